@@ -1,1 +1,20 @@
-"""ledger."""
+"""The cost ledger: one row per request, batched crash-safe writes, prices, virtual keys."""
+
+from ledger.db import Database
+from ledger.errors import LedgerError, UnknownKeyError
+from ledger.keys import KeyInfo, KeyStore
+from ledger.pricing import Price, PriceBook
+from ledger.records import RequestRecord
+from ledger.writer import LedgerWriter
+
+__all__ = [
+    "Database",
+    "KeyInfo",
+    "KeyStore",
+    "LedgerError",
+    "LedgerWriter",
+    "Price",
+    "PriceBook",
+    "RequestRecord",
+    "UnknownKeyError",
+]

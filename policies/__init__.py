@@ -1,1 +1,45 @@
-"""policies."""
+"""draftgate.yaml: schema, loading with located errors, routing rules, matching and lint."""
+
+from policies.errors import ConfigError, ConfigProblem, PolicyError
+from policies.lint import implies, lint
+from policies.loading import default_config, load, load_text
+from policies.matching import ConditionResult, Decision, PolicySet, RequestFacts
+from policies.schema import (
+    CascadeAction,
+    GatewayConfig,
+    HostedAction,
+    LocalAction,
+    LocalConfig,
+    ModelConfig,
+    PoliciesConfig,
+    RequestedAction,
+    Rule,
+    VerifierSpec,
+    When,
+)
+
+__all__ = [
+    "CascadeAction",
+    "ConditionResult",
+    "ConfigError",
+    "ConfigProblem",
+    "Decision",
+    "GatewayConfig",
+    "HostedAction",
+    "LocalAction",
+    "LocalConfig",
+    "ModelConfig",
+    "PoliciesConfig",
+    "PolicyError",
+    "PolicySet",
+    "RequestFacts",
+    "RequestedAction",
+    "Rule",
+    "VerifierSpec",
+    "When",
+    "default_config",
+    "implies",
+    "lint",
+    "load",
+    "load_text",
+]

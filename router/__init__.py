@@ -1,1 +1,43 @@
-"""router."""
+"""The router: plans each request (policy + classifier), serves it locally or hosted, verifies drafts."""
+
+from router.errors import (
+    LocalUnavailableError,
+    RoutingError,
+    UnknownModelError,
+    UpstreamError,
+    UpstreamRejectedError,
+)
+from router.cascade import Cascade, CascadeSpec, EscalationMode, OnHostedUnavailable
+from router.executor import ChunkStream, Executor, Pricing
+from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
+from router.job import Job, Outcome, Plan, Route
+from router.planner import Planner, facts_for
+from router.transport import AttemptFailed, StreamBroken
+
+__all__ = [
+    "Attempt",
+    "Cascade",
+    "CascadeSpec",
+    "EscalationMode",
+    "OnHostedUnavailable",
+    "AttemptFailed",
+    "ChunkStream",
+    "Executor",
+    "HostedClient",
+    "HostedModel",
+    "HostedResult",
+    "HostedStream",
+    "Job",
+    "LocalUnavailableError",
+    "Outcome",
+    "Plan",
+    "Planner",
+    "Pricing",
+    "Route",
+    "RoutingError",
+    "StreamBroken",
+    "UnknownModelError",
+    "UpstreamError",
+    "UpstreamRejectedError",
+    "facts_for",
+]

@@ -1,0 +1,136 @@
+"""The `draftgate` command line (typer)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import policies
+from gateway.settings import Settings
+
+app = typer.Typer(help="draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="draftgate.yaml (default: embedded)",
+                                                 envvar="DRAFTGATE_CONFIG")]
+
+
+def _settings(config: Path | None) -> Settings:
+    return Settings(config=config) if config is not None else Settings()
+
+
+def _load_or_exit(settings: Settings) -> policies.GatewayConfig:
+    from gateway.services import load_config
+
+    try:
+        return load_config(settings)
+    except policies.ConfigError as exc:
+        err.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the configuration")
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from gateway.app import _version
+
+    console.print(f"draftgate {_version()}")
+
+
+@app.command("check-config")
+def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to check")]) -> None:
+    """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
+    config = _load_or_exit(Settings(config=file))
+    warnings = policies.lint(config)
+    for problem in warnings:
+        err.print(f"warning: {problem}", markup=False, highlight=False)
+    console.print(f"{file}: OK ({len(config.models)} hosted model(s), "
+                  f"{len(config.policies.rules)} rule(s), {len(warnings)} warning(s))")
+
+
+@app.command()
+def serve(config: ConfigOpt = None,
+          host: Annotated[str | None, typer.Option(help="bind address")] = None,
+          port: Annotated[int | None, typer.Option(help="port")] = None,
+          workers: Annotated[int, typer.Option(help="worker processes")] = 1) -> None:
+    """Run the gateway (embedded defaults when no config is given)."""
+    import uvicorn
+
+    settings = _settings(config)
+    _load_or_exit(settings)  # fail fast with precise errors before uvicorn starts
+    if config is not None:
+        os.environ["DRAFTGATE_CONFIG"] = str(config)
+    host = host or settings.host
+    port = port or settings.port
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"draftgate listening on http://{host}:{port}/v1")
+    uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=settings.log_level, loop="uvloop", http="httptools")
+
+
+def _key_store(config: Path | None):  # type: ignore[no-untyped-def]
+    from ledger import Database, KeyStore
+
+    settings = _settings(config)
+    cfg = _load_or_exit(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url(cfg.database_url))
+    db.migrate()
+    return KeyStore(db)
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
+                team: Annotated[str | None, typer.Option(help="the team it spends for")] = None,
+                config: ConfigOpt = None) -> None:
+    """Create a virtual key; the secret is printed once."""
+    raw, info = _key_store(config).create(name, team)
+    console.print(f"key_id: {info.key_id}\nteam:   {info.team or '-'}")
+    console.print(f"key:    {raw}", markup=False, highlight=False)
+    err.print("Store the key now: only its hash is kept.")
+
+
+@keys_app.command("list")
+def keys_list(team: Annotated[str | None, typer.Option(help="only this team")] = None,
+              config: ConfigOpt = None) -> None:
+    """List keys (never their secrets)."""
+    table = Table("key_id", "name", "team", "prefix", "created", "revoked")
+    for k in _key_store(config).list(team):
+        table.add_row(k.key_id, k.name, k.team or "-", k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}",
+                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke")],
+                config: ConfigOpt = None) -> None:
+    """Revoke a key."""
+    from ledger import UnknownKeyError
+
+    try:
+        info = _key_store(config).revoke(key_id)
+    except UnknownKeyError:
+        err.print(f"error: no key with id {key_id}")
+        raise typer.Exit(code=1) from None
+    console.print(f"revoked {info.key_id} ({info.name})")
+
+
+def main() -> None:
+    app(prog_name="draftgate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The one place where errors become HTTP: OpenAI-style JSON bodies with the right status codes.
+
+Inner packages raise their own exceptions carrying data; this module alone knows status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from local_engine import EngineError, EngineUnavailableError, QueueFullError
+from router.errors import LocalUnavailableError, RoutingError, UnknownModelError, UpstreamError, UpstreamRejectedError
+
+log = logging.getLogger("draftgate")
+
+
+class GatewayError(Exception):
+    """An error the gateway reports to the client as is."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    """The request is malformed or asks for something unsupported."""
+
+
+class AuthenticationFailed(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "insufficient_permissions"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    code = "request_too_large"
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """Status, body fields and headers of one error response."""
+
+    status: int
+    message: str
+    error_type: str
+    code: str | None = None
+    param: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def error_response(reply: ErrorReply, extra_headers: dict[str, str] | None = None) -> Response:
+    """Renders `{"error": {"message", "type", "param", "code"}}`."""
+    body = {"error": {"message": reply.message, "type": reply.error_type, "param": reply.param,
+                      "code": reply.code}}
+    headers = dict(reply.headers)
+    headers.update(extra_headers or {})
+    return Response(orjson.dumps(body), status_code=reply.status, media_type="application/json",
+                    headers=headers)
+
+
+def reply_for(exc: BaseException) -> ErrorReply:
+    """Maps any exception to what the client is told. Unknown ones become a bare 500."""
+    if isinstance(exc, GatewayError):
+        return ErrorReply(exc.status_code, exc.message, exc.error_type, exc.code, exc.param,
+                          tuple(exc.headers.items()))
+    if isinstance(exc, UnknownModelError):
+        return ErrorReply(404, str(exc), "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, UpstreamRejectedError):
+        status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
+        return ErrorReply(status, f"upstream {exc.alias}: {exc.message}", "invalid_request_error",
+                          "upstream_rejected")
+    if isinstance(exc, UpstreamError):
+        return ErrorReply(502, f"upstream {exc.alias} failed after {exc.attempts} attempt(s): {exc.message}",
+                          "api_error", "upstream_error")
+    if isinstance(exc, QueueFullError):
+        retry = max(1, round(exc.retry_after_s))
+        return ErrorReply(429, "the local model's queue is full; retry later", "rate_limit_error",
+                          "local_queue_full", headers=(("retry-after", str(retry)),))
+    if isinstance(exc, (EngineUnavailableError, LocalUnavailableError)):
+        return ErrorReply(503, str(exc) or "the local model is unavailable", "api_error", "local_unavailable",
+                          headers=(("retry-after", "5"),))
+    if isinstance(exc, EngineError):
+        return ErrorReply(500, f"the local model failed: {exc}", "api_error", "local_error")
+    if isinstance(exc, RoutingError):
+        return ErrorReply(400, str(exc), "invalid_request_error", "routing_error")
+    return ErrorReply(500, "internal error; the gateway logged the details", "api_error", "internal_error")
+
+
+def _validation_reply(exc: RequestValidationError) -> ErrorReply:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return ErrorReply(400, "the request body is not valid JSON", "invalid_request_error", "invalid_json")
+    if first.get("type") == "extra_forbidden":
+        return ErrorReply(400, f"Unrecognized request argument supplied: {param}", "invalid_request_error",
+                          "unknown_parameter", param)
+    message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                        for e in errors[:5])
+    return ErrorReply(400, message, "invalid_request_error", "invalid_value", param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves the gateway as OpenAI-style JSON, never as a traceback."""
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(_validation_reply(exc), request_headers(request))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        return error_response(ErrorReply(exc.status_code, str(exc.detail), error_type, code),
+                              request_headers(request))
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        reply = reply_for(exc)
+        if reply.status >= 500 and not isinstance(exc, (UpstreamError, EngineError, LocalUnavailableError)):
+            log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        return error_response(reply, request_headers(request))
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_error)
+
+
+def request_headers(request: Request) -> dict[str, str]:
+    """The draftgate headers already decided for this request (id, route), for error replies too."""
+    headers: dict[str, str] = getattr(request.state, "draftgate_headers", None) or {}
+    return headers

@@ -1,0 +1,55 @@
+"""Prometheus metrics, one registry per app so tests and workers never share counters by accident."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """Requests, latency, tokens and dollars by route and model."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("draftgate_requests", "Chat requests served", ["route", "model", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("draftgate_request_latency_seconds", "End-to-end chat latency",
+                                 ["route", "model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.tokens = Counter("draftgate_tokens", "Tokens by direction", ["route", "model", "direction"],
+                              registry=self.registry)
+        self.cost = Counter("draftgate_cost_usd", "Dollars spent", ["route", "model", "kind"],
+                            registry=self.registry)
+        self.device_seconds = Counter("draftgate_local_device_seconds", "Local engine device time charged",
+                                      ["model"], registry=self.registry)
+        self.unpriced = Counter("draftgate_unpriced_requests", "Requests whose price is unknown", ["model"],
+                                registry=self.registry)
+        self.ledger_pending = Gauge("draftgate_ledger_pending_rows", "Rows not yet written to the database",
+                                    registry=self.registry)
+
+    def observe(self, *, route: str, model: str, status: str, latency_s: float, prompt_tokens: int,
+                completion_tokens: int, hosted_usd: float | None, local_usd: float | None,
+                wasted_usd: float, device_seconds: float, unpriced: bool) -> None:
+        """Counts one finished request."""
+        self.requests.labels(route, model, status).inc()
+        self.latency.labels(route, model).observe(latency_s)
+        if prompt_tokens:
+            self.tokens.labels(route, model, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.tokens.labels(route, model, "completion").inc(completion_tokens)
+        if hosted_usd:
+            self.cost.labels(route, model, "hosted").inc(hosted_usd)
+        if local_usd:
+            self.cost.labels(route, model, "local").inc(local_usd)
+        if wasted_usd:
+            self.cost.labels(route, model, "wasted_draft").inc(wasted_usd)
+        if device_seconds:
+            self.device_seconds.labels(model).inc(device_seconds)
+        if unpriced:
+            self.unpriced.labels(model).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

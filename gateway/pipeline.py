@@ -1,0 +1,165 @@
+"""One chat request end to end: plan, serve, and account for it in the ledger and metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.auth import Principal
+from gateway.errors import reply_for
+from gateway.metrics import Metrics
+from gateway.schemas import ChatRequest
+from ledger import LedgerWriter, RequestRecord
+from router import Cascade, Executor, Job, Outcome, Plan, Planner, Pricing, Route, StreamBroken
+
+
+def _headers(request_id: str, plan: Plan | None, outcome: Outcome | None, *, deferred: bool = False) -> dict[str, str]:
+    """The x-draftgate-* headers: what was decided so far, and what it cost when that is known."""
+    route = outcome.route.value if outcome else (plan.route.value if plan else "none")
+    headers = {"x-draftgate-request-id": request_id, "x-draftgate-route": route}
+    if outcome is None or deferred:
+        headers["x-draftgate-cost-usd"] = "deferred" if deferred else "0"
+    else:
+        cost = outcome.cost_usd
+        headers["x-draftgate-cost-usd"] = f"{cost:.8f}" if cost is not None else "unpriced"
+    if plan is not None and plan.rule_summary:
+        headers["x-draftgate-rule"] = _header_safe(plan.rule_summary)
+    if outcome is not None:
+        if outcome.escalation_reason:
+            headers["x-draftgate-escalation"] = _header_safe(outcome.escalation_reason)
+        if "unverified_draft" in outcome.detail:
+            headers["x-draftgate-unverified-draft"] = "true"
+        confidence = outcome.detail.get("confidence") or outcome.detail.get("draft_confidence")
+        if confidence:
+            headers["x-draftgate-confidence"] = _header_safe(
+                ";".join(f"{k}={v}" for k, v in confidence.items() if not isinstance(v, (list, tuple))))
+    return headers
+
+
+def _header_safe(text: str, limit: int = 512) -> str:
+    """Header values must be latin-1 on one line."""
+    return text.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace").decode("latin-1")[:limit]
+
+
+def to_job(body: ChatRequest, request_id: str) -> Job:
+    """The router's view of a validated request."""
+    provider_body = body.upstream_body("")
+    return Job(request_id=request_id, alias=body.model, body=body.model_dump(exclude_none=True),
+               messages=[m.model_dump(exclude_none=True) for m in body.messages], stream=body.stream,
+               wants_usage=body.wants_usage_chunk(), max_tokens=body.token_cap(), temperature=body.temperature,
+               stop=tuple(body.stop_list()), seed=body.seed, upstream_body=provider_body)
+
+
+class ChatPipeline:
+    """Plans with the policy, serves with the executor, records every request exactly once."""
+
+    def __init__(self, *, planner: Planner, executor: Executor, cascade: Cascade, writer: LedgerWriter,
+                 metrics: Metrics, pricing: Pricing) -> None:
+        self._planner = planner
+        self._executor = executor
+        self._cascade = cascade
+        self._writer = writer
+        self._metrics = metrics
+        self._pricing = pricing
+
+    async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
+                       headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Serves a non-streaming request; `headers_out` is filled as soon as the route is known."""
+        started, created_at = time.perf_counter(), datetime.now(UTC)
+        job = to_job(body, request_id)
+        plan: Plan | None = None
+        try:
+            plan = await self._planner.plan(job, principal.key_name, principal.team)
+            headers_out.update(_headers(request_id, plan, None))
+            if plan.cascade is not None:
+                outcome = await self._cascade.run(job, plan, plan.cascade)
+            else:
+                outcome = await self._executor.run(job, plan)
+        except BaseException as exc:
+            self._record_failure(job, plan, principal, created_at, started, exc)
+            raise
+        self._record(job, plan, principal, outcome, created_at, started, "ok", 200)
+        assert outcome.body is not None
+        return outcome.body, _headers(request_id, plan, outcome)
+
+    async def stream(self, body: ChatRequest, principal: Principal, request_id: str,
+                     headers_out: dict[str, str]) -> tuple[AsyncIterator[bytes], dict[str, str]]:
+        """Opens a stream (errors before the first byte become normal error responses)."""
+        started, created_at = time.perf_counter(), datetime.now(UTC)
+        job = to_job(body, request_id)
+        plan: Plan | None = None
+        try:
+            plan = await self._planner.plan(job, principal.key_name, principal.team)
+            headers_out.update(_headers(request_id, plan, None))
+            if plan.cascade is not None:
+                chunks = await self._cascade.stream(job, plan, plan.cascade)
+            else:
+                chunks = await self._executor.stream(job, plan)
+        except BaseException as exc:
+            self._record_failure(job, plan, principal, created_at, started, exc)
+            raise
+        headers = _headers(request_id, plan, chunks.outcome, deferred=True)
+        return self._sse(job, plan, principal, chunks, created_at, started), headers
+
+    async def _sse(self, job: Job, plan: Plan, principal: Principal, chunks: Any, created_at: datetime,
+                   started: float) -> AsyncIterator[bytes]:
+        status, code, error = "cancelled", 499, "client disconnected"
+        try:
+            async for payload in chunks:
+                yield b"data: " + payload + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            status, code, error = "ok", 200, ""
+        except Exception as exc:  # noqa: BLE001 - reported in-band (headers are gone), then recorded
+            if isinstance(exc, StreamBroken):
+                code, error = 502, exc.message
+            else:
+                reply = reply_for(exc)
+                code, error = reply.status, reply.message
+            status = "error"
+            yield b"data: " + orjson.dumps({"error": {"message": error, "type": "api_error", "param": None,
+                                                      "code": "stream_interrupted"}}) + b"\n\n"
+        finally:
+            outcome: Outcome = chunks.outcome
+            self._record(job, plan, principal, outcome, created_at, started, status, code, error or None)
+
+    def _record_failure(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime,
+                        started: float, exc: BaseException) -> None:
+        reply = reply_for(exc)
+        route = plan.route if plan else Route.HOSTED
+        outcome = Outcome(route=route, provider_model=None)
+        attempts = getattr(exc, "attempts", None)
+        if isinstance(attempts, int):
+            outcome.detail["attempts"] = attempts
+        status = "cancelled" if not isinstance(exc, Exception) else "error"
+        self._record(job, plan, principal, outcome, created_at, started, status, reply.status, reply.message)
+
+    def _record(self, job: Job, plan: Plan | None, principal: Principal, outcome: Outcome, created_at: datetime,
+                started: float, status: str, status_code: int, error: str | None = None) -> None:
+        latency_s = time.perf_counter() - started
+        reference = (outcome.hosted_cost_usd if outcome.route is Route.HOSTED
+                     else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens))
+        detail = dict(outcome.detail)
+        if plan is not None:
+            detail["route"] = {"rule": plan.rule, "explanation": plan.explanation, "p_hosted": plan.p_hosted}
+        if outcome.attempts:
+            detail["attempts"] = outcome.attempts
+        record = RequestRecord(
+            request_id=job.request_id, created_at=created_at, finished_at=datetime.now(UTC),
+            key_id=principal.key_id, team=principal.team, model_alias=job.alias, route=outcome.route.value,
+            provider_model=outcome.provider_model, prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens, latency_ms=latency_s * 1000, status=status,
+            status_code=status_code, hosted_cost_usd=outcome.hosted_cost_usd, local_cost_usd=outcome.local_cost_usd,
+            device_seconds=outcome.device_seconds, wasted_draft_usd=outcome.wasted_draft_usd,
+            reference_cost_usd=reference, unpriced=outcome.unpriced, stream=job.stream,
+            attempts=max(1, len(outcome.attempts)), rule=plan.rule if plan else None, error=error,
+            escalation_reason=outcome.escalation_reason, detail=detail or None)
+        self._writer.record(record)
+        self._metrics.observe(route=outcome.route.value, model=job.alias, status=status, latency_s=latency_s,
+                              prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+                              hosted_usd=outcome.hosted_cost_usd, local_usd=outcome.local_cost_usd,
+                              wasted_usd=outcome.wasted_draft_usd, device_seconds=outcome.device_seconds,
+                              unpriced=outcome.unpriced)

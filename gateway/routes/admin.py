@@ -1,0 +1,64 @@
+"""Admin endpoints (master key only): virtual keys."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.deps import MasterDep, ServicesDep
+from gateway.errors import NotFound
+from ledger import KeyInfo, UnknownKeyError
+
+router = APIRouter(prefix="/admin")
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    team: str | None = Field(default=None, max_length=128)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    team: str | None
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, info: KeyInfo) -> KeyOut:
+        return cls(key_id=info.key_id, name=info.name, team=info.team, prefix=info.prefix,
+                   created_at=info.created_at, revoked_at=info.revoked_at)
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret; shown once, never stored")
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep) -> KeyCreated:
+    """Creates a virtual key for a team."""
+    raw, info = await asyncio.to_thread(services.keys.create, body.name, body.team)
+    return KeyCreated(key=raw, **KeyOut.of(info).model_dump())
+
+
+@router.get("/keys")
+async def list_keys(services: ServicesDep, _master: MasterDep, team: str | None = None) -> list[KeyOut]:
+    """Lists keys (never their secrets)."""
+    return [KeyOut.of(k) for k in await asyncio.to_thread(services.keys.list, team)]
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, services: ServicesDep, _master: MasterDep) -> KeyOut:
+    """Revokes a key; it stops working on this replica at once, on others within the key cache TTL."""
+    try:
+        info = await asyncio.to_thread(services.keys.revoke, key_id)
+    except UnknownKeyError:
+        raise NotFound(f"no key with id {key_id}") from None
+    services.auth.forget(key_id)
+    return KeyOut.of(info)

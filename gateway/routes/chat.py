@@ -1,0 +1,40 @@
+"""OpenAI-compatible chat completions and model listing."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.deps import PrincipalDep, ServicesDep
+from gateway.schemas import ChatRequest
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+@router.post("/chat/completions", include_in_schema=False)
+async def chat_completions(body: ChatRequest, request: Request, services: ServicesDep,
+                           principal: PrincipalDep) -> Response:
+    """Serves a chat completion from the route the policy picks; SSE when `stream` is true."""
+    assert services.pipeline is not None
+    headers_out = request.state.draftgate_headers
+    if body.stream:
+        chunks, headers = await services.pipeline.stream(body, principal, request.state.request_id, headers_out)
+        return StreamingResponse(chunks, media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+    result, headers = await services.pipeline.complete(body, principal, request.state.request_id, headers_out)
+    return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+
+
+@router.get("/v1/models")
+@router.get("/models", include_in_schema=False)
+async def list_models(services: ServicesDep, _principal: PrincipalDep) -> Response:
+    """Every alias a client may send as `model`."""
+    created = int(time.time())
+    aliases = ["auto"] + ([services.config.local.alias] if services.config.local.enabled else [])
+    aliases += services.hosted.aliases
+    data = [{"id": a, "object": "model", "created": created, "owned_by": "draftgate"} for a in aliases]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")

@@ -1,0 +1,124 @@
+"""HTTP schemas at the edge: the OpenAI chat-completions request, validated strictly.
+
+Unknown top-level fields are refused (as OpenAI does) so a typo never silently changes behaviour;
+message objects allow provider extras (tool_calls, name, ...) because they are relayed, not read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TOKENS_LIMIT = 1_000_000
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ChatMessage(BaseModel):
+    """One chat message; content is text, a list of parts, or null for tool-call turns."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = Field(default=None, max_length=256)
+
+    def text(self) -> str:
+        """The message's text parts joined; images and audio contribute nothing."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class ChatRequest(BaseModel):
+    """POST /v1/chat/completions body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    user: str | None = Field(default=None, max_length=512)
+    metadata: dict[str, str] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=512)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    verbosity: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_limits(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > 4 or any(not s or len(s) > 256 for s in items):
+            raise ValueError("stop takes at most 4 non-empty strings of at most 256 characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
+            raise ValueError("metadata takes at most 16 keys of at most 64 characters with values of at most 512")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_cap(self) -> ChatRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    def token_cap(self) -> int | None:
+        """The client's completion cap, whichever spelling it used."""
+        return self.max_completion_tokens or self.max_tokens
+
+    def stop_list(self) -> list[str]:
+        """Stop sequences as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def wants_usage_chunk(self) -> bool:
+        """True when a streaming client asked for the final usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def upstream_body(self, provider_model: str) -> dict[str, Any]:
+        """The body relayed to an OpenAI-compatible upstream: the client's fields, the provider's model."""
+        # metadata steers draftgate's own rules; OpenAI refuses it without `store`, so it stays here.
+        body = self.model_dump(exclude_none=True, exclude={"metadata"})
+        body["model"] = provider_model
+        if self.stream:
+            # Always ask for usage so the ledger has real token counts; the relay drops the
+            # usage chunk again when the client did not ask for it.
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        return body

@@ -1,0 +1,140 @@
+"""The composition root: builds every service once per app from settings and the YAML config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+import policies
+from gateway.auth import Authenticator, StaticKey
+from gateway.metrics import Metrics
+from gateway.pipeline import ChatPipeline
+from gateway.settings import Settings
+from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook
+from local_engine import EngineConfig, LocalBackend, create_backend
+from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing
+
+log = logging.getLogger("draftgate")
+
+
+def load_config(settings: Settings) -> policies.GatewayConfig:
+    """The YAML config named by the settings, or the embedded defaults. Raises policies.ConfigError."""
+    if settings.config is None:
+        return policies.default_config()
+    return policies.load(settings.config, os.environ)
+
+
+def hosted_models(config: policies.GatewayConfig) -> dict[str, HostedModel]:
+    return {m.name: HostedModel(alias=m.name, model=m.model, api_base=m.api_base, api_key=m.api_key,
+                                timeout_s=m.timeout_s, max_retries=m.max_retries, fallbacks=tuple(m.fallbacks))
+            for m in config.models}
+
+
+def price_overrides(config: policies.GatewayConfig) -> dict[str, Price]:
+    return {m.name: Price(m.price.input_per_mtok, m.price.output_per_mtok) for m in config.models if m.price}
+
+
+def engine_config(config: policies.GatewayConfig) -> EngineConfig:
+    local = config.local
+    return EngineConfig(model=local.model, backend=local.backend, device=local.device, dtype=local.dtype,
+                        threads=local.threads, max_batch_size=local.max_batch_size, max_queue=local.max_queue,
+                        device_usd_per_hour=local.device_usd_per_hour, max_tokens=local.max_tokens,
+                        api_bases=(local.api_base,) if local.api_base else ())
+
+
+@dataclass
+class Services:
+    """Everything a request needs, built once; `lifespan` starts and stops what runs in the background."""
+
+    settings: Settings
+    config: policies.GatewayConfig
+    db: Database
+    writer: LedgerWriter
+    keys: KeyStore
+    auth: Authenticator
+    prices: PriceBook
+    http: httpx.AsyncClient
+    hosted: HostedClient
+    metrics: Metrics
+    planner: Planner
+    pricing: Pricing
+    local: LocalBackend | None = None
+    executor: Executor | None = None
+    pipeline: ChatPipeline | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, config: policies.GatewayConfig | None = None) -> Services:
+        """Cheap, synchronous construction; the model loads in `lifespan`."""
+        # LiteLLM must never fetch its price map from the internet at import time.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        config = config or load_config(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url(config.database_url))
+        db.migrate()
+        keys = KeyStore(db)
+        master = settings.master_key.get_secret_value() if settings.master_key else config.master_key
+        static = [StaticKey(k.name, k.key, k.team) for k in config.keys]
+        auth = Authenticator(master, static, keys, ttl_s=settings.key_cache_ttl_s)
+        prices = PriceBook(price_overrides(config))
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
+        http = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0, connect=10.0))
+        hosted = HostedClient(hosted_models(config), http)
+        pricing = Pricing(prices, hosted, config.reference_model)
+        planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
+                          local_enabled=config.local.enabled)
+        return cls(settings=settings, config=config, db=db, writer=LedgerWriter(db, settings.journal_path()),
+                   keys=keys, auth=auth, prices=prices, http=http, hosted=hosted, metrics=Metrics(),
+                   planner=planner, pricing=pricing)
+
+    def warn_about_config(self) -> None:
+        """Loud startup warnings: open mode, and models whose price is unknown (never silently $0)."""
+        if self.auth.open_mode:
+            log.warning("no master_key configured: the gateway accepts requests without a key (open mode)")
+        for alias in self.hosted.aliases:
+            model = self.hosted.get(alias)
+            if self.pricing.hosted_cost(model, 1, 1) is None:
+                log.warning("model %s (%s) has no known price: its requests are recorded as unpriced", alias,
+                            model.model)
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.writer.start()
+        if self.config.local.enabled and self.settings.load_local_engine:
+            self.local = await asyncio.to_thread(create_backend, engine_config(self.config))
+            await self.local.start()
+        self.executor = Executor(self.hosted, self.local, self.pricing, local_alias=self.config.local.alias,
+                                 local_max_tokens=self.config.local.max_tokens)
+        self.pipeline = ChatPipeline(planner=self.planner, executor=self.executor, cascade=Cascade(self.executor),
+                                     writer=self.writer, metrics=self.metrics, pricing=self.pricing)
+        self.warn_about_config()
+
+    async def stop(self) -> None:
+        """Drains: the engine stops taking work, the ledger is flushed, connections close."""
+        if self.local is not None:
+            await self.local.stop()
+        await self.writer.close()
+        await self.http.aclose()
+        self.db.dispose()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def ready(self) -> dict[str, bool]:
+        """What /readyz reports: the database answers and the local model (if enabled) is loaded."""
+        checks = {"database": self.db.ping()}
+        if self.config.local.enabled and self.settings.load_local_engine:
+            checks["local_model"] = self.local is not None and self.local.is_ready()
+        return checks

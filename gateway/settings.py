@@ -1,0 +1,47 @@
+"""Process-level settings: where the config file and data live, how to listen.
+
+The product configuration (models, keys, policies) lives in the YAML file loaded by `policies`;
+these settings only say where that file is and how this process runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed process settings, read from `DRAFTGATE_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DRAFTGATE_", env_nested_delimiter="__", extra="ignore")
+
+    config: Path | None = Field(default=None, description="draftgate.yaml; None = embedded defaults")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DRAFTGATE_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL; overrides the YAML; default SQLite file in data_dir",
+    )
+    data_dir: Path = Field(default=Path("draftgate-data"), description="SQLite ledger and journals")
+    master_key: SecretStr | None = Field(default=None, description="overrides the YAML master_key")
+    host: str = "127.0.0.1"
+    port: int = 4000
+    workers: int = 1
+    worker_id: str = Field(default="0", description="names this process's ledger journal")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    key_cache_ttl_s: float = Field(default=2.0, ge=0.0, description="how long a verified key is trusted")
+    load_local_engine: bool = Field(default=True, description="False skips loading the local model")
+    log_level: str = "info"
+
+    def resolved_database_url(self, config_url: str | None) -> str:
+        """Environment beats YAML beats the default SQLite file under data_dir."""
+        if self.database_url:
+            return self.database_url
+        if config_url:
+            return config_url
+        return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
+
+    def journal_path(self) -> Path:
+        """Each process journals to its own file so workers never interleave lines."""
+        return self.data_dir / f"ledger-{self.worker_id}.journal"

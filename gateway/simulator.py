@@ -1,0 +1,214 @@
+"""A simulated OpenAI-compatible provider on a raw asyncio socket, for tests, benchmarks and the demo.
+
+Raw sockets (not an ASGI app) so faults a real provider shows can be injected exactly: HTTP errors
+with `Retry-After`, stalls past a timeout, connection resets, and streams that stop halfway.
+It answers deterministically: scripted replies first, else an echo of the last user message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+@dataclass
+class Fault:
+    """One injected failure, consumed by the next request that reaches the simulator."""
+
+    status: int | None = None  # reply with this HTTP status and an OpenAI error body
+    message: str = "simulated upstream failure"
+    retry_after_s: float | None = None
+    delay_s: float = 0.0  # stall before answering (to trip client timeouts)
+    reset: bool = False  # close the connection without a response
+    break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
+    error_in_stream_after: int | None = None  # stream this many chunks, then send an error event
+
+
+@dataclass
+class Received:
+    """What the simulator saw: for assertions on relayed bodies and headers."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+@dataclass
+class Simulator:
+    """State of one simulated provider: faults to inject, scripted replies, requests received."""
+
+    faults: deque[Fault] = field(default_factory=deque)
+    replies: deque[str] = field(default_factory=deque)
+    received: list[Received] = field(default_factory=list)
+    reply_fn: Callable[[dict[str, Any]], str] | None = None
+    chunk_words: int = 1
+    record: bool = True
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def reply_for(self, body: dict[str, Any]) -> str:
+        if self.replies:
+            return self.replies.popleft()
+        if self.reply_fn is not None:
+            return self.reply_fn(body)
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        content = users[-1].get("content", "") if users else ""
+        if isinstance(content, list):
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return f"echo: {content}"
+
+    def usage(self, body: dict[str, Any], reply: str) -> dict[str, int]:
+        prompt = sum(_words(str(m.get("content") or "")) for m in body.get("messages", []))
+        completion = _words(reply)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def completion(self, body: dict[str, Any], reply: str) -> dict[str, Any]:
+        return {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model", "sim"), "system_fingerprint": "fp_sim",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": self.usage(body, reply)}
+
+    def chunks(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
+        base = {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model", "sim"), "system_fingerprint": "fp_sim"}
+        words = reply.split(" ")
+        parts = [" ".join(words[i:i + self.chunk_words]) for i in range(0, len(words), self.chunk_words)]
+        parts = [p if i == 0 else " " + p for i, p in enumerate(parts)]
+        out = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                     "logprobs": None, "finish_reason": None}]}]
+        out += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "logprobs": None,
+                                      "finish_reason": None}]} for p in parts]
+        out.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            out.append({**base, "choices": [], "usage": self.usage(body, reply)})
+        return out
+
+
+def _response(status: int, body: bytes, content_type: str = "application/json",
+              extra: dict[str, str] | None = None) -> bytes:
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
+              500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Status")
+    headers = {"content-type": content_type, "content-length": str(len(body))}
+    headers.update(extra or {})
+    head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode() + body
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+    return method, path, headers, body
+
+
+class SimulatorServer:
+    """Runs a Simulator on 127.0.0.1; `async with SimulatorServer() as sim: sim.base_url`."""
+
+    def __init__(self, state: Simulator | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = state or Simulator()
+        self._host, self._port = host, port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://{self._host}:{port}/v1"
+
+    async def start(self) -> SimulatorServer:
+        self._server = await asyncio.start_server(self._handle, self._host, self._port, backlog=1024)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def __aenter__(self) -> SimulatorServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (request := await _read_request(reader)) is not None:
+                if not await self._serve(request, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve(self, request: tuple[str, str, dict[str, str], bytes], writer: asyncio.StreamWriter) -> bool:
+        method, path, headers, raw = request
+        if method == "GET" and path.endswith("/models"):
+            writer.write(_response(200, b'{"object":"list","data":[{"id":"sim","object":"model"}]}'))
+            return True
+        body: dict[str, Any] = orjson.loads(raw) if raw else {}
+        sim = self.state
+        if sim.record:
+            sim.received.append(Received(path, headers, body))
+        fault = sim.faults.popleft() if sim.faults else Fault()
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.reset:
+            writer.transport.abort()
+            return False
+        if fault.status is not None:
+            extra = {"retry-after": f"{fault.retry_after_s:g}"} if fault.retry_after_s is not None else {}
+            err = {"error": {"message": fault.message, "type": "server_error" if fault.status >= 500 else
+                             "invalid_request_error", "param": None, "code": None}}
+            writer.write(_response(fault.status, orjson.dumps(err), extra=extra))
+            return True
+        reply = sim.reply_for(body)
+        if not body.get("stream"):
+            writer.write(_response(200, orjson.dumps(sim.completion(body, reply))))
+            await writer.drain()
+            return True
+        return await self._stream(body, reply, fault, writer)
+
+    async def _stream(self, body: dict[str, Any], reply: str, fault: Fault, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        for i, chunk in enumerate(self.state.chunks(body, reply)):
+            if fault.break_stream_after is not None and i > fault.break_stream_after:
+                await writer.drain()
+                writer.transport.abort()
+                return False
+            if fault.error_in_stream_after is not None and i > fault.error_in_stream_after:
+                payload = b'data: {"error":{"message":"' + fault.message.encode() + b'","type":"server_error"}}\n\n'
+                writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+                break
+            payload = b"data: " + orjson.dumps(chunk) + b"\n\n"
+            writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+            await writer.drain()
+        else:
+            payload = b"data: [DONE]\n\n"
+            writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True

@@ -1,0 +1,98 @@
+"""The ledger database: a synchronous SQLAlchemy engine, used from worker threads off the event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from ledger.errors import LedgerError
+from ledger.models import RequestRow
+from ledger.records import RequestRecord
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
+INSERT_CHUNK = 500  # rows per INSERT: well under SQLite's bound-parameter limit
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """One engine per process. SQLite runs in WAL mode so readers never block the writer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split(":///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    def migrate(self) -> None:
+        """Brings the schema to the newest migration (safe to call on every start)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"could not migrate the ledger database: {exc}") from exc
+
+    def ping(self) -> bool:
+        """True when the database answers."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def insert_records(self, records: Sequence[RequestRecord]) -> int:
+        """Inserts rows, skipping request ids already stored (replays are idempotent). Returns rows added."""
+        if not records:
+            return 0
+        insert = sqlite_insert if self.is_sqlite else pg_insert
+        added = 0
+        with self.engine.begin() as connection:
+            for start in range(0, len(records), INSERT_CHUNK):
+                rows = [{name: getattr(r, name) for name in RECORD_FIELDS}
+                        for r in records[start:start + INSERT_CHUNK]]
+                statement = insert(RequestRow).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
+                added += max(0, connection.execute(statement).rowcount or 0)
+        return added
+
+    def get_record(self, request_id: str) -> RequestRecord | None:
+        table = RequestRow.__table__
+        with self.engine.connect() as connection:
+            row = connection.execute(select(table).where(table.c.request_id == request_id)).first()
+        if row is None:
+            return None
+        return RequestRecord(**{name: row._mapping[name] for name in RECORD_FIELDS})
+
+    def count_records(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(RequestRow)).scalar_one())
+
+    def dispose(self) -> None:
+        self.engine.dispose()

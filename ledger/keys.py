@@ -1,0 +1,88 @@
+"""Virtual keys: only a SHA-256 hash and a short display prefix are stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+
+from ledger.db import Database
+from ledger.errors import UnknownKeyError
+from ledger.models import ApiKeyRow
+
+KEY_PREFIX = "sk-dg-"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as listed: never the secret itself."""
+
+    key_id: str
+    name: str
+    team: str | None
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_key(raw_key: str) -> str:
+    # Keys are 192-bit random strings, so a fast hash is enough (no password stretching needed).
+    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
+
+
+def _info(row: ApiKeyRow) -> KeyInfo:
+    return KeyInfo(row.key_id, row.name, row.team, row.prefix, row.created_at, row.revoked_at)
+
+
+class KeyStore:
+    """Creates, verifies, lists and revokes virtual keys in the ledger database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create(self, name: str, team: str | None) -> tuple[str, KeyInfo]:
+        """Returns the raw key (shown once) and its stored description."""
+        raw = KEY_PREFIX + secrets.token_urlsafe(24)
+        row = ApiKeyRow(key_id="key_" + secrets.token_hex(8), name=name, team=team, key_hash=hash_key(raw),
+                        prefix=raw[: len(KEY_PREFIX) + 4], created_at=datetime.now(UTC), revoked_at=None)
+        info = _info(row)
+        with self._db.engine.begin() as connection:
+            connection.execute(ApiKeyRow.__table__.insert().values(
+                key_id=row.key_id, name=name, team=team, key_hash=row.key_hash, prefix=row.prefix,
+                created_at=row.created_at, revoked_at=None))
+        return raw, info
+
+    def _rows(self, statement):  # type: ignore[no-untyped-def]
+        with self._db.engine.connect() as connection:
+            return [ApiKeyRow(**dict(r._mapping)) for r in connection.execute(statement)]
+
+    def verify(self, raw_key: str) -> KeyInfo | None:
+        """The key's info if it exists and is not revoked, else None."""
+        digest = hash_key(raw_key)
+        table = ApiKeyRow.__table__
+        rows = self._rows(select(table).where(table.c.key_hash == digest))
+        if not rows or not hmac.compare_digest(rows[0].key_hash, digest) or rows[0].revoked_at is not None:
+            return None
+        return _info(rows[0])
+
+    def list(self, team: str | None = None) -> list[KeyInfo]:
+        table = ApiKeyRow.__table__
+        statement = select(table).order_by(table.c.created_at)
+        if team is not None:
+            statement = statement.where(table.c.team == team)
+        return [_info(r) for r in self._rows(statement)]
+
+    def revoke(self, key_id: str) -> KeyInfo:
+        """Marks a key revoked (idempotent); UnknownKeyError if it never existed."""
+        table = ApiKeyRow.__table__
+        with self._db.engine.begin() as connection:
+            connection.execute(update(table).where(table.c.key_id == key_id, table.c.revoked_at.is_(None))
+                               .values(revoked_at=datetime.now(UTC)))
+        rows = self._rows(select(table).where(table.c.key_id == key_id))
+        if not rows:
+            raise UnknownKeyError(key_id)
+        return _info(rows[0])

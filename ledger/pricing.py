@@ -1,0 +1,81 @@
+"""Token prices: YAML overrides first, then LiteLLM's bundled cost map, read offline.
+
+The map is read as a JSON file from LiteLLM's package directory without importing LiteLLM
+(that import costs seconds and may try the network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("draftgate.ledger")
+COST_MAP_FILE = "model_prices_and_context_window_backup.json"
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1_000_000
+
+
+@cache
+def _litellm_cost_map() -> dict[str, Any]:
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        log.warning("litellm is not installed: only YAML price overrides are known")
+        return {}
+    path = Path(list(spec.submodule_search_locations)[0]) / COST_MAP_FILE
+    data: dict[str, Any] = json.loads(path.read_text())
+    data.pop("sample_spec", None)
+    return data
+
+
+def _candidates(model: str) -> list[str]:
+    """Keys to try, as LiteLLM does: the full string, then without the `provider/` prefix."""
+    keys = [model]
+    if "/" in model:
+        provider, rest = model.split("/", 1)
+        keys.append(rest)
+        keys.append(f"{provider}/{rest.split('/', 1)[-1]}")
+    return keys
+
+
+class PriceBook:
+    """Looks up prices by alias or provider model string; None means unknown (never $0)."""
+
+    def __init__(self, overrides: Mapping[str, Price] | None = None,
+                 cost_map: Mapping[str, Any] | None = None) -> None:
+        self._overrides = dict(overrides or {})
+        self._map = _litellm_cost_map() if cost_map is None else cost_map
+
+    def lookup(self, model: str) -> Price | None:
+        if model in self._overrides:
+            return self._overrides[model]
+        provider = model.split("/", 1)[0] if "/" in model else None
+        for key in _candidates(model):
+            entry = self._map.get(key)
+            if not isinstance(entry, dict):
+                continue
+            if provider and key != model and entry.get("litellm_provider") not in (None, provider):
+                if not str(entry.get("litellm_provider", "")).startswith(provider):
+                    continue
+            inp, out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+            if isinstance(inp, (int, float)) and isinstance(out, (int, float)):
+                return Price(float(inp) * 1_000_000, float(out) * 1_000_000)
+        return None
+
+    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        price = self.lookup(model)
+        return None if price is None else price.cost_usd(prompt_tokens, completion_tokens)

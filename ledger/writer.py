@@ -1,0 +1,143 @@
+"""Batched ledger writes off the request path, crash-safe through an append-only journal.
+
+Each record is appended to the current journal segment with one `write()` before it is queued, so a
+killed process (kill -9) loses nothing the OS already has. Every flush seals the segment, inserts its
+rows in a worker thread and deletes the segment once committed. On start, leftover segments are
+replayed; inserts skip request ids already stored, so a crash between commit and delete cannot
+double count. Each process must own its journal path (workers get one each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from ledger.db import Database
+from ledger.records import RequestRecord
+
+log = logging.getLogger("draftgate.ledger")
+
+
+@dataclass
+class _Segment:
+    path: Path
+    records: list[RequestRecord] = field(default_factory=list)
+
+
+def read_segment(path: Path) -> list[RequestRecord]:
+    """Records in a journal segment; a torn or corrupt line (crash mid-write) is skipped with a warning."""
+    records = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(RequestRecord.from_json_dict(orjson.loads(line)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("skipping unreadable journal line %s:%d", path, number)
+    return records
+
+
+class LedgerWriter:
+    """Queues records on the event loop; a background task writes them in batches."""
+
+    def __init__(self, db: Database, journal_path: Path, *, batch_size: int = 256,
+                 flush_interval_s: float = 0.2) -> None:
+        self._db = db
+        self._journal = journal_path
+        self._batch_size = batch_size
+        self._interval = flush_interval_s
+        self._current: _Segment | None = None
+        self._fd: int | None = None
+        self._sealed: list[_Segment] = []
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _segments(self) -> list[Path]:
+        found = self._journal.parent.glob(self._journal.name + ".*")
+        return sorted((p for p in found if p.suffix[1:].isdigit()), key=lambda p: int(p.suffix[1:]))
+
+    async def start(self) -> None:
+        """Replays leftover journal segments into the database, then starts the flush task."""
+        self._journal.parent.mkdir(parents=True, exist_ok=True)
+        leftovers = self._segments()
+        for path in leftovers:
+            records = await asyncio.to_thread(read_segment, path)
+            added = await asyncio.to_thread(self._db.insert_records, records)
+            if records:
+                log.info("recovered %d journalled ledger row(s) from %s (%d new)", len(records), path.name, added)
+            path.unlink()
+        self._seq = int(leftovers[-1].suffix[1:]) + 1 if leftovers else 0
+        self._open_segment()
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    def _open_segment(self) -> None:
+        path = self._journal.with_name(f"{self._journal.name}.{self._seq}")
+        self._seq += 1
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._current = _Segment(path)
+
+    def record(self, record: RequestRecord) -> None:
+        """Journals and queues one row; never blocks on the database."""
+        assert self._current is not None and self._fd is not None, "LedgerWriter.start() was not awaited"
+        os.write(self._fd, orjson.dumps(record.to_json_dict()) + b"\n")
+        self._current.records.append(record)
+        if len(self._current.records) >= self._batch_size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Rows recorded but not yet committed to the database."""
+        current = len(self._current.records) if self._current else 0
+        return current + sum(len(s.records) for s in self._sealed)
+
+    def _seal(self) -> None:
+        if self._current is None or not self._current.records:
+            return
+        assert self._fd is not None
+        os.close(self._fd)
+        self._sealed.append(self._current)
+        self._open_segment()
+
+    async def flush(self) -> None:
+        """Returns once every row recorded before the call is in the database (raises if it cannot be)."""
+        async with self._lock:
+            self._seal()
+            while self._sealed:
+                segment = self._sealed[0]
+                await asyncio.to_thread(self._db.insert_records, segment.records)
+                segment.path.unlink(missing_ok=True)
+                self._sealed.pop(0)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - the database may be down; rows stay journalled and queued
+                log.exception("ledger flush failed; %d row(s) kept in the journal for retry", self.pending)
+                await asyncio.sleep(min(5.0, self._interval * 10))
+
+    async def close(self) -> None:
+        """Flushes everything and stops; a clean close leaves no journal segment behind."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._current is not None and not self._current.records:
+            self._current.path.unlink(missing_ok=True)
+        self._current = None

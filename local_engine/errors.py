@@ -1,0 +1,24 @@
+"""Errors raised by the local engine. They carry data; the gateway decides the HTTP status."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every local-engine error."""
+
+
+class QueueFullError(EngineError):
+    """The bounded request queue is full; try again after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float, queued: int) -> None:
+        super().__init__(f"local queue full ({queued} waiting)")
+        self.retry_after_s = retry_after_s
+        self.queued = queued
+
+
+class EngineUnavailableError(EngineError):
+    """The engine is not running (not loaded, stopping, or its model is missing)."""
+
+
+class GenerationFailedError(EngineError):
+    """This request failed inside the engine; other requests in its batch are unaffected."""

@@ -1,0 +1,82 @@
+"""Values exchanged with the engine: configuration, requests, confidence signals and results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to load and run the local model; built by the gateway from the YAML `local:` section."""
+
+    model: str | None = None  # None = the bundled tiny checkpoint
+    backend: str = "transformers"  # or "vllm"
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    max_batch_size: int = 8
+    max_queue: int = 64
+    device_usd_per_hour: float | None = None  # None = the default for the device kind
+    max_tokens: int = 512
+    api_bases: tuple[str, ...] = ()  # vllm backend
+    served_model: str | None = None  # vllm: the model name to send upstream
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    messages: Sequence[Mapping[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """How sure the model was: the router's escalation signals."""
+
+    steps_per_canvas: tuple[int, ...]
+    step_cap_hit: bool
+    tokens_per_pass: float
+    mean_entropy: float
+    max_entropy: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"steps_per_canvas": list(self.steps_per_canvas), "step_cap_hit": self.step_cap_hit,
+                "tokens_per_pass": round(self.tokens_per_pass, 4), "mean_entropy": round(self.mean_entropy, 6),
+                "max_entropy": round(self.max_entropy, 6)}
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int  # useful tokens only: up to EOS, a stop string or max_tokens
+    device_seconds: float
+    cost_usd: float
+    confidence: Confidence
+    model: str
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """New text from one finished canvas."""
+
+    text: str
+
+
+class LocalBackend(Protocol):
+    """What the router needs from a local model server (in-process engine or a vLLM pool)."""
+
+    model_name: str
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def is_ready(self) -> bool: ...
+    def count_prompt_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int: ...
+    async def generate(self, request: GenerationRequest) -> Completion: ...
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]: ...

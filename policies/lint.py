@@ -1,0 +1,95 @@
+"""Static checks on a loaded config: rules that can never match because an earlier rule always wins."""
+
+from __future__ import annotations
+
+import math
+
+from policies.errors import ConfigProblem
+from policies.matching import as_list
+from policies.schema import GatewayConfig, MetadataMatch, NumberCondition, When
+
+Interval = tuple[float, bool, float, bool]  # low, low inclusive, high, high inclusive
+
+
+def _interval(c: NumberCondition) -> Interval:
+    low, low_inc, high, high_inc = -math.inf, False, math.inf, False
+    for value, inclusive in ((c.gt, False), (c.gte, True), (c.eq, True)):
+        if value is not None and (value > low or (value == low and not inclusive)):
+            low, low_inc = value, inclusive
+    for value, inclusive in ((c.lt, False), (c.lte, True), (c.eq, True)):
+        if value is not None and (value < high or (value == high and not inclusive)):
+            high, high_inc = value, inclusive
+    return low, low_inc, high, high_inc
+
+
+def _inside(inner: NumberCondition | None, outer: NumberCondition | None) -> bool:
+    """Every value satisfying `inner` satisfies `outer` (None outer = no constraint)."""
+    if outer is None:
+        return True
+    if inner is None:
+        return False
+    il, ili, ih, ihi = _interval(inner)
+    ol, oli, oh, ohi = _interval(outer)
+    low_ok = il > ol or (il == ol and (oli or not ili))
+    high_ok = ih < oh or (ih == oh and (ohi or not ihi))
+    return low_ok and high_ok
+
+
+def _metadata_implied(later: When, earlier: When) -> bool:
+    for key, want in (earlier.metadata or {}).items():
+        have = (later.metadata or {}).get(key)
+        if have is None:
+            return False
+        if isinstance(want, str):
+            if have != want:
+                return False
+        elif isinstance(have, str):
+            if want.regex is not None or (want.in_ is not None and have not in want.in_):
+                return False
+        elif not (isinstance(have, MetadataMatch) and have == want):
+            return False
+    return True
+
+
+def implies(later: When, earlier: When) -> bool:
+    """True only when certain: any request matching `later` also matches `earlier`."""
+    for name in ("model", "team", "key"):
+        wanted = getattr(earlier, name)
+        if wanted is not None:
+            have = getattr(later, name)
+            if have is None or not set(as_list(have)) <= set(as_list(wanted)):
+                return False
+    for flag in ("has_tools", "has_response_format"):
+        if getattr(earlier, flag) is not None and getattr(later, flag) != getattr(earlier, flag):
+            return False
+    if not (_inside(later.prompt_tokens, earlier.prompt_tokens) and _inside(later.p_hosted, earlier.p_hosted)):
+        return False
+    if earlier.messages is not None:
+        lm = later.messages
+        if earlier.messages.count is not None and not _inside(lm.count if lm else None, earlier.messages.count):
+            return False
+        if earlier.messages.roles is not None and (lm is None or lm.roles is None
+                                                   or not set(lm.roles) <= set(earlier.messages.roles)):
+            return False
+    if earlier.content is not None:
+        lc = later.content
+        if earlier.content.regex is not None and (lc is None or lc.regex != earlier.content.regex):
+            return False
+        if earlier.content.keywords and (lc is None or not lc.keywords
+                                         or not set(lc.keywords) <= set(earlier.content.keywords)):
+            return False
+    return _metadata_implied(later, earlier)
+
+
+def lint(config: GatewayConfig, filename: str = "config") -> list[ConfigProblem]:
+    """Warnings that do not stop loading: unreachable (shadowed) rules."""
+    problems = []
+    rules = config.policies.rules
+    for j, later in enumerate(rules):
+        for earlier in rules[:j]:
+            if implies(later.when, earlier.when):
+                problems.append(ConfigProblem(filename, None, f"policies.rules[{j}]",
+                                              f"rule {later.name!r} is unreachable: rule {earlier.name!r} "
+                                              f"before it matches every request it would match"))
+                break
+    return problems

@@ -1,0 +1,260 @@
+"""The draftgate.yaml schema. Every model forbids unknown keys so typos are errors, not silence."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(BaseModel):
+    model_config = Strict
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class ModelConfig(BaseModel):
+    """One hosted alias."""
+
+    model_config = Strict
+    name: str = Field(min_length=1, max_length=256)
+    model: str = Field(min_length=1, description="LiteLLM model string, provider/model")
+    api_base: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    price: PriceConfig | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+
+class LocalConfig(BaseModel):
+    """The in-process engine (or a vLLM pool) serving the local alias."""
+
+    model_config = Strict
+    enabled: bool = True
+    alias: str = "local/diffusiongemma"
+    backend: Literal["transformers", "vllm"] = "transformers"
+    model: str | None = None
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threads: int | None = Field(default=None, ge=1, le=256)
+    max_batch_size: int = Field(default=8, ge=1, le=512)
+    max_queue: int = Field(default=64, ge=1, le=100_000)
+    device_usd_per_hour: float | None = Field(default=None, ge=0)
+    api_base: str | None = None
+    max_tokens: int = Field(default=512, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _vllm_needs_a_server(self) -> LocalConfig:
+        if self.backend == "vllm" and not self.api_base:
+            raise ValueError("backend vllm needs api_base (the vLLM server's /v1 URL)")
+        return self
+
+
+class TeamConfig(BaseModel):
+    model_config = Strict
+    name: str = Field(min_length=1, max_length=128)
+
+
+class KeyConfig(BaseModel):
+    model_config = Strict
+    name: str = Field(min_length=1, max_length=128)
+    key: str = Field(min_length=8, repr=False)
+    team: str | None = None
+
+
+class NumberCondition(BaseModel):
+    """Numeric bounds; all given bounds must hold."""
+
+    model_config = Strict
+    lt: float | None = None
+    lte: float | None = None
+    gt: float | None = None
+    gte: float | None = None
+    eq: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> NumberCondition:
+        if all(v is None for v in (self.lt, self.lte, self.gt, self.gte, self.eq)):
+            raise ValueError("give at least one of lt, lte, gt, gte, eq")
+        return self
+
+
+class MetadataMatch(BaseModel):
+    model_config = Strict
+    in_: list[str] | None = Field(default=None, alias="in")
+    regex: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        return _check_regex(value)
+
+
+class MessagesCondition(BaseModel):
+    model_config = Strict
+    count: NumberCondition | None = None
+    roles: list[str] | None = None
+
+
+class ContentCondition(BaseModel):
+    model_config = Strict
+    regex: str | None = None
+    keywords: list[str] | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        return _check_regex(value)
+
+
+def _check_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+StrOrList = str | list[str]
+
+
+class When(BaseModel):
+    """A rule's conditions; all must hold (an empty `when` matches everything)."""
+
+    model_config = Strict
+    model: StrOrList | None = None
+    team: StrOrList | None = None
+    key: StrOrList | None = None
+    metadata: dict[str, str | MetadataMatch] | None = None
+    prompt_tokens: NumberCondition | None = None
+    messages: MessagesCondition | None = None
+    content: ContentCondition | None = None
+    has_tools: bool | None = None
+    has_response_format: bool | None = None
+    p_hosted: NumberCondition | None = None
+
+
+class VerifierSpec(BaseModel):
+    """Exactly one verifier kind with its options, e.g. `{json_schema: {from_request: true}}`."""
+
+    model_config = Strict
+    json_: dict[str, Any] | None = Field(default=None, alias="json")
+    json_schema: dict[str, Any] | None = None
+    regex: dict[str, Any] | None = None
+    min_confidence: dict[str, Any] | None = None
+    python_tests: dict[str, Any] | None = None
+    judge: dict[str, Any] | None = None
+    classifier: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VerifierSpec:
+        if len(self.items()) != 1:
+            raise ValueError("each verifier is a mapping with exactly one kind: json, json_schema, regex, "
+                             "min_confidence, python_tests, judge or classifier")
+        return self
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        names = ("json", "json_schema", "regex", "min_confidence", "python_tests", "judge", "classifier")
+        values = (self.json_, self.json_schema, self.regex, self.min_confidence, self.python_tests, self.judge,
+                  self.classifier)
+        return [(n, v) for n, v in zip(names, values, strict=True) if v is not None]
+
+    @property
+    def kind(self) -> str:
+        return self.items()[0][0]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.items()[0][1]
+
+
+class LocalAction(BaseModel):
+    model_config = Strict
+    kind: Literal["local"] = "local"
+    max_local_tokens: int | None = Field(default=None, ge=1, le=65_536)
+
+
+class HostedAction(BaseModel):
+    model_config = Strict
+    kind: Literal["hosted"] = "hosted"
+    alias: str
+
+
+class RequestedAction(BaseModel):
+    model_config = Strict
+    kind: Literal["requested"] = "requested"
+
+
+class CascadeAction(BaseModel):
+    """Draft locally, verify, escalate to `escalate_to` when a verifier fails."""
+
+    model_config = Strict
+    kind: Literal["cascade"] = "cascade"
+    escalate_to: str
+    mode: Literal["regenerate", "refine"] = "regenerate"
+    max_local_tokens: int | None = Field(default=None, ge=1, le=65_536)
+    on_hosted_unavailable: Literal["serve_draft", "error"] = "error"
+    verifiers: list[VerifierSpec] = Field(default_factory=list)
+
+
+Action = Annotated[LocalAction | HostedAction | RequestedAction | CascadeAction, Field(discriminator="kind")]
+
+
+def _normalize_action(value: Any) -> Any:
+    """`local` / `{hosted: alias}` / `{cascade: {...}}` / `{local: {...}}` → a tagged dict."""
+    if isinstance(value, str) and value in ("local", "requested"):
+        return {"kind": value}
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, options), = value.items()
+        if kind == "hosted" and isinstance(options, str):
+            return {"kind": "hosted", "alias": options}
+        if kind in ("local", "cascade", "hosted") and isinstance(options, dict):
+            return {"kind": kind, **options}
+        if kind == "local" and options is None:
+            return {"kind": "local"}
+    return value
+
+
+class Rule(BaseModel):
+    model_config = Strict
+    name: str = Field(min_length=1, max_length=128)
+    when: When = Field(default_factory=When)
+    action: Action
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, value: Any) -> Any:
+        return _normalize_action(value)
+
+
+class PoliciesConfig(BaseModel):
+    model_config = Strict
+    default: Action = Field(default_factory=RequestedAction)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @field_validator("default", mode="before")
+    @classmethod
+    def _default(cls, value: Any) -> Any:
+        return _normalize_action(value)
+
+
+class GatewayConfig(BaseModel):
+    """The whole draftgate.yaml."""
+
+    model_config = Strict
+    master_key: str | None = Field(default=None, repr=False)
+    database_url: str | None = None
+    reference_model: str | None = None
+    models: list[ModelConfig] = Field(default_factory=list)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    teams: list[TeamConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]

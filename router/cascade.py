@@ -1,0 +1,183 @@
+"""Draft → verify → escalate: the local model drafts, verifiers judge, a hosted model takes over on failure.
+
+Streaming-safe by construction: the draft is generated and verified in full before the first byte
+is sent, so a client never sees part of a draft that is later replaced.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from local_engine import Completion
+from router.errors import UpstreamError
+from router.executor import ChunkStream, Executor, completion_body, usage_dict
+from router.job import Job, Outcome, Plan, Route
+from router.verifiers import Draft, Verdict, Verifier, run_verifiers
+
+
+class EscalationMode(str, enum.Enum):
+    """`regenerate`: the hosted model answers the original request; `refine`: it fixes the draft."""
+
+    REGENERATE = "regenerate"
+    REFINE = "refine"
+
+
+class OnHostedUnavailable(str, enum.Enum):
+    SERVE_DRAFT = "serve_draft"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    """A cascade rule's settings, with its verifiers already built."""
+
+    escalate_to: str
+    verifiers: Sequence[Verifier] = ()
+    mode: EscalationMode = EscalationMode.REGENERATE
+    on_hosted_unavailable: OnHostedUnavailable = OnHostedUnavailable.ERROR
+    max_local_tokens: int | None = None
+    max_p_hosted: float | None = None  # escalate when the classifier, given the draft, scores above this
+
+
+@dataclass
+class Judgement:
+    """The verifiers' verdicts on one draft."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts)
+
+    def reason(self) -> str:
+        failed = [f"{v.verifier}: {v.reason}" for v in self.verdicts if not v.passed]
+        return "; ".join(failed)
+
+
+REFINE_INSTRUCTIONS = (
+    "A draft answer to the conversation above was produced by a smaller model and failed automatic "
+    "verification. Write the correct final answer for the user. Reuse what is right in the draft, fix what "
+    "the findings point out, and reply with the answer only (no commentary about the draft).\n\n"
+    "Draft:\n{draft}\n\nVerification findings:\n{findings}"
+)
+
+
+def refine_messages(messages: list[dict[str, Any]], draft: str, judgement: Judgement) -> list[dict[str, Any]]:
+    """The conversation plus the draft and the verifier's findings, for `refine` escalations."""
+    findings = "\n".join(f"- {v.verifier}: {v.reason}" for v in judgement.verdicts if not v.passed)
+    return [*messages, {"role": "user", "content": REFINE_INSTRUCTIONS.format(draft=draft, findings=findings)}]
+
+
+class Cascade:
+    """Runs cascade plans with the executor's local and hosted paths."""
+
+    def __init__(self, executor: Executor, score_draft: Callable[[str, str], float] | None = None) -> None:
+        self._executor = executor
+        self._score_draft = score_draft
+
+    async def judge(self, job: Job, spec: CascadeSpec, completion: Completion) -> Judgement:
+        draft = Draft(text=completion.text, request=job.body, signals=completion.confidence.as_dict())
+        verdicts = list(await run_verifiers(spec.verifiers, draft, stop_on_first_failure=False))
+        if spec.max_p_hosted is not None and self._score_draft is not None:
+            prompt = "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
+            score = self._score_draft(prompt, completion.text)
+            verdicts.append(Verdict("classifier", score <= spec.max_p_hosted,
+                                    f"p_hosted with the draft is {score:.3f} (limit {spec.max_p_hosted:g})",
+                                    {"p_hosted": score}))
+        return Judgement(verdicts)
+
+    async def _draft(self, job: Job, plan: Plan, spec: CascadeSpec) -> tuple[Completion, Judgement]:
+        local_plan = Plan(route=Route.LOCAL, alias=self._executor.local_alias,
+                          max_local_tokens=spec.max_local_tokens or plan.max_local_tokens)
+        completion = await self._executor.local.generate(self._executor.generation_request(job, local_plan))
+        return completion, await self.judge(job, spec, completion)
+
+    def _escalation_job(self, job: Job, spec: CascadeSpec, completion: Completion, judgement: Judgement) -> Job:
+        if spec.mode is EscalationMode.REGENERATE:
+            return job
+        messages = refine_messages(job.messages, completion.text, judgement)
+        body = {**job.upstream_body, "messages": messages}
+        return Job(**{**job.__dict__, "messages": messages, "upstream_body": body})
+
+    def _annotate(self, outcome: Outcome, spec: CascadeSpec, completion: Completion, judgement: Judgement,
+                  escalated: bool) -> None:
+        outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]
+        outcome.detail["draft_confidence"] = completion.confidence.as_dict()
+        if escalated:
+            outcome.route = Route.ESCALATED
+            outcome.escalation_reason = judgement.reason()
+            outcome.wasted_draft_usd = completion.cost_usd
+            outcome.device_seconds = completion.device_seconds
+            outcome.detail["escalation"] = {"mode": spec.mode.value, "to": spec.escalate_to,
+                                            "reason": outcome.escalation_reason}
+
+    def _serve_draft(self, job: Job, completion: Completion, judgement: Judgement, error: UpstreamError) -> Outcome:
+        outcome = self._executor.local_outcome(completion)
+        outcome.detail["unverified_draft"] = {"reason": judgement.reason(), "hosted_error": error.message}
+        outcome.escalation_reason = f"hosted unavailable, served the unverified draft: {error.message}"
+        return outcome
+
+    async def run(self, job: Job, plan: Plan, spec: CascadeSpec) -> Outcome:
+        """Non-streaming: draft, verify, and escalate when a verifier fails."""
+        completion, judgement = await self._draft(job, plan, spec)
+        if judgement.passed:
+            outcome = self._executor.local_outcome(completion)
+            self._annotate(outcome, spec, completion, judgement, escalated=False)
+            outcome.body = completion_body(job, self._executor.local_alias, completion)
+            return outcome
+        try:
+            outcome = await self._executor.run_hosted(self._escalation_job(job, spec, completion, judgement),
+                                                      spec.escalate_to)
+        except UpstreamError as exc:
+            if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
+                raise
+            outcome = self._serve_draft(job, completion, judgement, exc)
+            outcome.body = completion_body(job, self._executor.local_alias, completion)
+            outcome.body["draftgate"]["unverified_draft"] = outcome.detail["unverified_draft"]
+            return outcome
+        self._annotate(outcome, spec, completion, judgement, escalated=True)
+        assert outcome.body is not None
+        outcome.body["draftgate"] = {"escalation": outcome.detail["escalation"],
+                                     "verdicts": outcome.detail["verdicts"]}
+        return outcome
+
+    async def stream(self, job: Job, plan: Plan, spec: CascadeSpec) -> ChunkStream:
+        """Streaming: the verdict is in before the first byte; then the draft or the hosted stream flows."""
+        completion, judgement = await self._draft(job, plan, spec)
+        if not judgement.passed:
+            try:
+                opened = await self._executor.stream_hosted(
+                    self._escalation_job(job, spec, completion, judgement), spec.escalate_to)
+            except UpstreamError as exc:
+                if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
+                    raise
+                outcome = self._serve_draft(job, completion, judgement, exc)
+                return ChunkStream(outcome, self._draft_chunks(job, completion))
+            self._annotate(opened.outcome, spec, completion, judgement, escalated=True)
+            return opened
+        outcome = self._executor.local_outcome(completion)
+        self._annotate(outcome, spec, completion, judgement, escalated=False)
+        return ChunkStream(outcome, self._draft_chunks(job, completion))
+
+    async def _draft_chunks(self, job: Job, completion: Completion) -> AsyncIterator[bytes]:
+        base = {"id": f"chatcmpl-{job.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self._executor.local_alias, "system_fingerprint": None}
+        extra = {"usage": None} if job.wants_usage else {}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return orjson.dumps({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                      "finish_reason": finish}], **extra})
+
+        yield chunk({"role": "assistant", "content": ""})
+        if completion.text:
+            yield chunk({"content": completion.text})
+        yield chunk({}, completion.finish_reason)
+        if job.wants_usage:
+            yield orjson.dumps({**base, "choices": [],
+                                "usage": usage_dict(completion.prompt_tokens, completion.completion_tokens)})

@@ -1,0 +1,44 @@
+"""Errors raised by the router: routing, verification and classification failures."""
+
+from __future__ import annotations
+
+
+class RoutingError(Exception):
+    """Base class of every error the router raises."""
+
+
+class UpstreamError(RoutingError):
+    """A hosted model failed after retries and fallbacks; carries the upstream's own words."""
+
+    def __init__(self, alias: str, message: str, *, status_code: int | None = None,
+                 error_type: str | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.alias = alias
+        self.message = message
+        self.status_code = status_code
+        self.error_type = error_type
+        self.attempts = attempts
+
+
+class UpstreamRejectedError(UpstreamError):
+    """The upstream refused the request itself (a 4xx that retrying cannot fix)."""
+
+
+class UnknownModelError(RoutingError):
+    """The request names a model alias the gateway does not serve."""
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(f"The model `{alias}` does not exist or you do not have access to it.")
+        self.alias = alias
+
+
+class LocalUnavailableError(RoutingError):
+    """The policy chose the local model but no local backend is loaded."""
+
+
+class VerifierConfigError(RoutingError):
+    """A verifier's options in the policy are wrong (caught at startup, not per request)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"verifier {kind}: {message}")
+        self.kind = kind

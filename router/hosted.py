@@ -1,0 +1,214 @@
+"""Hosted model calls: retries, timeouts and fallbacks around one upstream transport per alias.
+
+OpenAI-compatible upstreams (`openai/...` models, any `api_base`) are called with one shared
+`httpx.AsyncClient`; other providers go through LiteLLM, which translates their APIs. The choice
+is measured in `bench/litellm_overhead.py`: LiteLLM's call path costs milliseconds per request,
+far more than the rest of the gateway, so it stays off the hot path where it adds nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httpx
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from router.errors import UnknownModelError, UpstreamError, UpstreamRejectedError
+from router.transport import AttemptFailed, LiteLLMTransport, OpenAITransport, Transport, UpstreamStream
+
+MAX_RETRY_AFTER_S = 30.0
+RETRYABLE_4XX = frozenset({408, 409, 429})
+OPENAI_COMPATIBLE = frozenset({"openai", "openai_compatible", "custom_openai"})
+
+
+@dataclass(frozen=True)
+class HostedModel:
+    """One configured alias: which provider model, where, with which credentials and limits."""
+
+    alias: str
+    model: str
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = 60.0
+    max_retries: int = 2
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def provider(self) -> str:
+        """The LiteLLM provider prefix (`openai` for `openai/gpt-4o-mini`)."""
+        return self.model.split("/", 1)[0] if "/" in self.model else "openai"
+
+    @property
+    def upstream_name(self) -> str:
+        """The model name the provider itself expects."""
+        return self.model.split("/", 1)[1] if "/" in self.model else self.model
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One upstream call, successful or not, as the ledger records it."""
+
+    alias: str
+    provider_model: str
+    status_code: int | None
+    error: str | None
+    latency_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"alias": self.alias, "provider_model": self.provider_model, "status_code": self.status_code,
+                "error": self.error, "latency_ms": round(self.latency_ms, 3)}
+
+
+@dataclass
+class HostedResult:
+    """A finished non-streaming completion and how it was obtained."""
+
+    body: dict[str, Any]
+    model: HostedModel
+    attempts: list[Attempt]
+
+
+@dataclass
+class HostedStream:
+    """An open stream; iterate `lines()` for SSE `data:` payloads. Attempts so far are final."""
+
+    model: HostedModel
+    attempts: list[Attempt]
+    upstream: UpstreamStream
+
+    def lines(self) -> AsyncIterator[bytes]:
+        """JSON payloads of the upstream's chunks, in order, without the `data: ` prefix or [DONE]."""
+        return self.upstream.lines()
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, AttemptFailed) and exc.retryable
+
+
+def _make_wait(backoff_initial_s: float) -> Any:
+    backoff = wait_exponential_jitter(initial=backoff_initial_s, max=8.0, jitter=backoff_initial_s)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, AttemptFailed) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, MAX_RETRY_AFTER_S)
+        return float(backoff(state))
+
+    return wait
+
+
+class HostedClient:
+    """Calls hosted aliases with retries (tenacity) and per-alias fallbacks."""
+
+    def __init__(self, models: Mapping[str, HostedModel], http: httpx.AsyncClient,
+                 *, backoff_initial_s: float = 0.25) -> None:
+        self._models = dict(models)
+        self._openai = OpenAITransport(http)
+        self._litellm = LiteLLMTransport()
+        self._wait = _make_wait(backoff_initial_s)
+
+    def get(self, alias: str) -> HostedModel:
+        """The configured model for an alias; UnknownModelError otherwise."""
+        try:
+            return self._models[alias]
+        except KeyError:
+            raise UnknownModelError(alias) from None
+
+    def __contains__(self, alias: object) -> bool:
+        return alias in self._models
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self._models)
+
+    def _transport(self, model: HostedModel) -> Transport:
+        if model.provider in OPENAI_COMPATIBLE:
+            return self._openai
+        return self._litellm
+
+    def _chain(self, alias: str) -> list[HostedModel]:
+        first = self.get(alias)
+        return [first] + [self._models[a] for a in first.fallbacks if a in self._models]
+
+    async def complete(self, alias: str, body: dict[str, Any]) -> HostedResult:
+        """A non-streaming completion from `alias` or, failing that, its fallbacks in order."""
+        attempts: list[Attempt] = []
+        last: AttemptFailed | None = None
+        for model in self._chain(alias):
+            try:
+                response = await self._with_retries(model, body, attempts, stream=False)
+            except AttemptFailed as exc:
+                last = exc
+                if not exc.retryable:
+                    break
+                continue
+            return HostedResult(body=cast(dict[str, Any], response), model=model, attempts=attempts)
+        raise self._final_error(alias, last, attempts)
+
+    async def stream(self, alias: str, body: dict[str, Any]) -> HostedStream:
+        """Opens a stream; retries and fallbacks apply until the upstream accepts the request."""
+        attempts: list[Attempt] = []
+        last: AttemptFailed | None = None
+        for model in self._chain(alias):
+            try:
+                upstream = await self._with_retries(model, body, attempts, stream=True)
+            except AttemptFailed as exc:
+                last = exc
+                if not exc.retryable:
+                    break
+                continue
+            return HostedStream(model=model, attempts=attempts, upstream=cast(UpstreamStream, upstream))
+        raise self._final_error(alias, last, attempts)
+
+    async def _with_retries(self, model: HostedModel, body: dict[str, Any], attempts: list[Attempt],
+                            *, stream: bool) -> dict[str, Any] | UpstreamStream:
+        transport = self._transport(model)
+        retrying = AsyncRetrying(stop=stop_after_attempt(model.max_retries + 1), wait=self._wait,
+                                 retry=retry_if_exception(_is_retryable), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                started = time.perf_counter()
+                try:
+                    if stream:
+                        result: dict[str, Any] | UpstreamStream = await transport.open_stream(model, body)
+                    else:
+                        result = await transport.complete(model, body)
+                except AttemptFailed as exc:
+                    attempts.append(Attempt(model.alias, model.model, exc.status_code, exc.message,
+                                            (time.perf_counter() - started) * 1000))
+                    raise
+                attempts.append(Attempt(model.alias, model.model, 200, None,
+                                        (time.perf_counter() - started) * 1000))
+                return result
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    @staticmethod
+    def _final_error(alias: str, last: AttemptFailed | None, attempts: list[Attempt]) -> UpstreamError:
+        if last is None:
+            return UpstreamError(alias, "no upstream was tried", attempts=len(attempts))
+        cls = UpstreamError if last.retryable else UpstreamRejectedError
+        return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type,
+                   attempts=len(attempts))
+
+
+def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) from an OpenAI response or usage chunk, if present."""
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def parse_chunk(line: bytes) -> dict[str, Any]:
+    """Parses one relayed chunk payload."""
+    value = orjson.loads(line)
+    if not isinstance(value, dict):
+        raise ValueError("chunk is not a JSON object")
+    return value

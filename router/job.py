@@ -1,0 +1,75 @@
+"""Values that flow through the router: the job to serve, the plan chosen, and what it cost."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router.cascade import CascadeSpec
+
+
+class Route(str, enum.Enum):
+    """Where a request was served: as the ledger and the `x-draftgate-route` header say it."""
+
+    LOCAL = "local"
+    HOSTED = "hosted"
+    ESCALATED = "escalated"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One chat request, validated, as the router sees it (no HTTP types)."""
+
+    request_id: str
+    alias: str
+    body: dict[str, Any]  # the client's request, None fields dropped, `model` = alias
+    messages: list[dict[str, Any]]
+    stream: bool = False
+    wants_usage: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    upstream_body: dict[str, Any] = field(default_factory=dict)  # body for hosted models, model filled in later
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with a job: serve it locally, or at a hosted alias."""
+
+    route: Route
+    alias: str  # the hosted alias for HOSTED; the local alias for LOCAL
+    rule: str | None = None
+    rule_summary: str | None = None
+    explanation: list[dict[str, Any]] = field(default_factory=list)
+    p_hosted: float | None = None
+    max_local_tokens: int | None = None
+    cascade: CascadeSpec | None = None  # set for draft → verify → escalate routes
+
+
+@dataclass
+class Outcome:
+    """The result of serving a job and everything the ledger needs about it."""
+
+    route: Route
+    provider_model: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    hosted_cost_usd: float | None = None
+    local_cost_usd: float | None = None
+    device_seconds: float = 0.0
+    wasted_draft_usd: float = 0.0
+    unpriced: bool = False
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+    escalation_reason: str | None = None
+    body: dict[str, Any] | None = None  # the OpenAI response (non-streaming)
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Everything this request cost; None while any part of it is unpriced."""
+        if self.unpriced:
+            return None
+        return (self.hosted_cost_usd or 0.0) + (self.local_cost_usd or 0.0) + self.wasted_draft_usd

@@ -1,0 +1,93 @@
+"""Turns a request and the policy's decision into a plan: local, hosted alias, or cascade."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from policies import PolicySet, RequestFacts
+from router.errors import RoutingError, UnknownModelError
+from router.hosted import HostedClient
+from router.job import Job, Plan, Route
+
+AUTO_ALIAS = "auto"
+CHARS_PER_TOKEN = 4  # prompt-size rules use this estimate; exact counts come from the model that serves
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def facts_for(job: Job, key_name: str | None, team: str | None) -> RequestFacts:
+    """What rules may look at. Only request structure and caller identity: never instructions in text."""
+    text = "\n".join(_text_of(m) for m in job.messages)
+    metadata = job.body.get("metadata") or {}
+    return RequestFacts(model=job.alias, key_name=key_name, team=team, metadata=dict(metadata),
+                        prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN) if text else 0,
+                        roles=tuple(str(m.get("role")) for m in job.messages), message_count=len(job.messages),
+                        text=text, has_tools=bool(job.body.get("tools")),
+                        has_response_format=bool(job.body.get("response_format")))
+
+
+class Planner:
+    """Applies the policy; the classifier's score is computed off the event loop and only when a rule asks."""
+
+    def __init__(self, policy: PolicySet, hosted: HostedClient, *, local_alias: str, local_enabled: bool,
+                 score_prompt: Callable[[str], float] | None = None) -> None:
+        self._policy = policy
+        self._hosted = hosted
+        self.local_alias = local_alias
+        self._local_enabled = local_enabled
+        self._score_prompt = score_prompt
+
+    def known_alias(self, alias: str) -> bool:
+        return alias in (AUTO_ALIAS, self.local_alias) or alias in self._hosted
+
+    async def plan(self, job: Job, key_name: str | None, team: str | None) -> Plan:
+        """The plan for a job, or UnknownModelError / RoutingError."""
+        if not self.known_alias(job.alias):
+            raise UnknownModelError(job.alias)
+        facts = facts_for(job, key_name, team)
+        if self._policy.needs_p_hosted and self._score_prompt is not None:
+            score = self._score_prompt
+            decision = await asyncio.to_thread(self._policy.match, facts, lambda: score(facts.text))
+        else:
+            decision = self._policy.match(facts, None)
+        return self._to_plan(job, decision)
+
+    def explain(self, job: Job, key_name: str | None, team: str | None) -> tuple[Plan, Any]:
+        """The plan and the policy's full decision, synchronously (for `draftgate route explain`)."""
+        facts = facts_for(job, key_name, team)
+        score = self._score_prompt
+        decision = self._policy.match(facts, (lambda: score(facts.text)) if score else None)
+        return self._to_plan(job, decision), decision
+
+    def _to_plan(self, job: Job, decision: Any) -> Plan:
+        action = decision.action
+        kind = action.kind
+        common: dict[str, Any] = {"rule": decision.rule,
+                                  "rule_summary": decision.summary() if decision.rule else None,
+                                  "explanation": [c.as_dict() for c in decision.explanation],
+                                  "p_hosted": decision.p_hosted}
+        if kind == "requested":
+            kind = "local" if job.alias in (AUTO_ALIAS, self.local_alias) else "hosted"
+            target = job.alias
+        else:
+            target = getattr(action, "alias", None) or getattr(action, "escalate_to", None) or self.local_alias
+        if kind == "hosted":
+            if target not in self._hosted:
+                raise UnknownModelError(target)
+            return Plan(route=Route.HOSTED, alias=target, **common)
+        if kind == "cascade":
+            raise RoutingError("cascade routes are not available in this build")
+        if job.body.get("tools"):
+            raise RoutingError("the local model does not call tools; send tool requests to a hosted model "
+                               "or add a policy rule routing `has_tools: true` to one")
+        return Plan(route=Route.LOCAL, alias=self.local_alias,
+                    max_local_tokens=getattr(action, "max_local_tokens", None), **common)

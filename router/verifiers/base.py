@@ -1,0 +1,52 @@
+"""The verifier contract: a draft goes in, a verdict with a specific reason comes out."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+JudgeFn = Callable[[str, list[dict[str, Any]]], Awaitable[str]]  # (hosted alias, messages) -> reply text
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A local answer to judge, with the request it answers and the engine's confidence signals."""
+
+    text: str
+    request: Mapping[str, Any]
+    signals: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Pass or fail, and a reason specific enough to hand to a model that must fix the draft."""
+
+    verifier: str
+    passed: bool
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verifier": self.verifier, "passed": self.passed, "reason": self.reason,
+                "details": dict(self.details)}
+
+
+class Verifier(Protocol):
+    """Judges drafts. A bad draft is a failed Verdict, never an exception; only misconfiguration raises."""
+
+    name: str
+
+    async def verify(self, draft: Draft) -> Verdict: ...
+
+
+async def run_verifiers(verifiers: Sequence[Verifier], draft: Draft, *,
+                        stop_on_first_failure: bool = True) -> list[Verdict]:
+    """Runs verifiers in order; with `stop_on_first_failure` the later (often costlier) ones are skipped."""
+    verdicts = []
+    for verifier in verifiers:
+        verdict = await verifier.verify(draft)
+        verdicts.append(verdict)
+        if stop_on_first_failure and not verdict.passed:
+            break
+    return verdicts

@@ -1,0 +1,100 @@
+"""Shared fixtures: temp data dirs, the simulated provider, and a real gateway on a free port."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from gateway.app import create_app  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from gateway.simulator import Simulator, SimulatorServer  # noqa: E402
+from tests.support.servers import serve_in_thread, simulator_server  # noqa: E402
+
+MASTER_KEY = "sk-master-test-0123456789"
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    """A fresh simulated provider per test."""
+    with simulator_server(Simulator()) as server:
+        yield server
+
+
+@dataclass
+class Gateway:
+    """A running gateway: its URL, the app (for services) and its settings."""
+
+    url: str
+    app: Any
+    settings: Settings
+    _ctx: Any = None
+
+    def stop(self) -> None:
+        """Graceful shutdown (lifespan: drain, flush the ledger)."""
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+
+def hosted_config(sim_url: str, extra: str = "", *, master: bool = True, local: bool = False) -> str:
+    """A YAML config with two simulated hosted models (priced like gpt-4o-mini via the real map)."""
+    head = "master_key: os.environ/DRAFTGATE_TEST_MASTER\n" if master else ""
+    return head + textwrap.dedent(f"""\
+        reference_model: gpt-4o-mini
+        models:
+          - name: gpt-4o-mini
+            model: openai/gpt-4o-mini
+            api_base: {sim_url}
+            api_key: os.environ/DRAFTGATE_TEST_UPSTREAM_KEY
+            timeout_s: 2
+            max_retries: 2
+            fallbacks: [backup]
+          - name: backup
+            model: openai/gpt-4o
+            api_base: {sim_url}
+            api_key: os.environ/DRAFTGATE_TEST_UPSTREAM_KEY
+            timeout_s: 2
+            max_retries: 0
+        local:
+          enabled: {'true' if local else 'false'}
+        """) + extra
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Gateway]]:
+    """Starts gateways from YAML text on temp SQLite ledgers; all are stopped after the test."""
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    monkeypatch.setenv("DRAFTGATE_TEST_UPSTREAM_KEY", "sk-upstream-secret-abc")
+    stack: list[Gateway] = []
+
+    def start(yaml_text: str, data_dir: Path | None = None, **settings: Any) -> Gateway:
+        config_path = tmp_path / f"draftgate-{len(stack)}.yaml"
+        config_path.write_text(yaml_text)
+        s = Settings(config=config_path, data_dir=data_dir or tmp_path / "data", **settings)
+        app = create_app(s)
+        ctx = serve_in_thread(app)
+        gateway = Gateway(url=ctx.__enter__(), app=app, settings=s, _ctx=ctx)
+        stack.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in reversed(stack):
+        gateway.stop()

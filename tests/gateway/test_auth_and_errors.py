@@ -1,0 +1,91 @@
+"""Keys, admin endpoints and OpenAI-style errors with the right status codes."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MASTER_KEY, hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_missing_and_wrong_keys_are_401_json(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error" and r.headers["x-draftgate-request-id"]
+    with pytest.raises(openai.AuthenticationError):
+        client(gw, "sk-wrong").chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+
+def test_virtual_key_lifecycle_and_team_attribution(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url), key_cache_ttl_s=60)
+    admin = {"authorization": f"Bearer {MASTER_KEY}"}
+    created = httpx.post(gw.url + "/admin/keys", json={"name": "app-1", "team": "research"}, headers=admin)
+    assert created.status_code == 201
+    key, key_id = created.json()["key"], created.json()["key_id"]
+    assert key.startswith("sk-dg-")
+    listed = httpx.get(gw.url + "/admin/keys", headers=admin).json()
+    assert [k["key_id"] for k in listed] == [key_id] and "key" not in listed[0]
+
+    raw = client(gw, key).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and (row.team, row.key_id) == ("research", key_id)
+
+    # a team key is not an admin key
+    assert httpx.get(gw.url + "/admin/keys", headers={"authorization": f"Bearer {key}"}).status_code == 403
+    # revoked keys stop working at once, even with a long cache TTL on this replica
+    assert httpx.delete(gw.url + f"/admin/keys/{key_id}", headers=admin).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert httpx.delete(gw.url + "/admin/keys/nope", headers=admin).status_code == 404
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"model": "no-such-model", "messages": MSG}, 404, "model_not_found"),
+    ({"model": "gpt-4o-mini", "messages": MSG, "n": 2}, 400, "invalid_value"),
+    ({"model": "gpt-4o-mini", "messages": MSG, "bogus_field": 1}, 400, "unknown_parameter"),
+    ({"model": "gpt-4o-mini", "messages": []}, 400, "invalid_value"),
+    ({"model": "gpt-4o-mini", "messages": MSG, "max_tokens": -5}, 400, "invalid_value"),
+    ({"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 10**12}, 400, "invalid_value"),
+    ({"model": "gpt-4o-mini", "messages": MSG, "temperature": 9}, 400, "invalid_value"),
+    ({"model": "gpt-4o-mini", "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_value"),
+])
+def test_bad_requests_are_openai_style_4xx(gateway_factory, simulator, body, status, code) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {MASTER_KEY}"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and "Traceback" not in r.text
+    assert set(err) == {"message", "type", "param", "code"}
+    assert simulator.state.received == []
+
+
+def test_malformed_json_and_oversized_bodies(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url), max_body_bytes=4096)
+    headers = {"authorization": f"Bearer {MASTER_KEY}", "content-type": "application/json"}
+    r = httpx.post(gw.url + "/v1/chat/completions", content=b'{"model": "gpt-4o-mini", "messages": [', headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(gw.url + "/v1/chat/completions", content=b"\xff\xfe\xfa", headers=headers)
+    assert r.status_code == 400
+    big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 10_000}]}
+    r = httpx.post(gw.url + "/v1/chat/completions", json=big, headers=headers)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no content-length: the limit is enforced while counting
+        yield b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}]}'
+    r = httpx.post(gw.url + "/v1/chat/completions", content=chunks(), headers=headers)
+    assert r.status_code == 413
+
+
+def test_open_mode_without_master_key(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url, master=False))
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG})
+    assert r.status_code == 200
+    assert httpx.get(gw.url + "/admin/keys").status_code == 403  # admin still needs a master key

@@ -1,0 +1,138 @@
+"""Hosted path end to end: the openai SDK -> a real gateway -> the simulated provider -> the ledger."""
+
+from __future__ import annotations
+
+import json
+from importlib.util import find_spec
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from ledger import Database
+from tests.conftest import MASTER_KEY, hosted_config
+
+
+def litellm_price(model: str) -> tuple[float, float]:
+    """Per-token input/output prices straight from LiteLLM's bundled cost map."""
+    root = Path(find_spec("litellm").submodule_search_locations[0])  # type: ignore[index, union-attr]
+    entry = json.loads((root / "model_prices_and_context_window_backup.json").read_text())[model]
+    return entry["input_cost_per_token"], entry["output_cost_per_token"]
+
+
+def client(gw, key: str = MASTER_KEY) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=20)
+
+
+def flushed_db(gw) -> Database:  # type: ignore[no-untyped-def]
+    services = gw.services
+    fut = __import__("asyncio").run_coroutine_threadsafe(services.writer.flush(), services.loop)
+    fut.result(10)
+    return services.db
+
+
+def test_non_streaming_completion_is_relayed_priced_and_recorded(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there world"}],
+        metadata={"task": "greet"}, temperature=0.2, max_tokens=50, user="u-1")
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "echo: hello there world"
+    assert raw.headers["x-draftgate-route"] == "hosted"
+    request_id = raw.headers["x-draftgate-request-id"]
+    inp, out = litellm_price("gpt-4o-mini")
+    expected = 3 * inp + 4 * out  # the simulator counts words: 3 prompt, 4 completion
+    assert float(raw.headers["x-draftgate-cost-usd"]) == pytest.approx(expected, rel=1e-6)
+
+    sent = simulator.state.received[-1]
+    assert sent.body["model"] == "gpt-4o-mini"  # provider name, prefix stripped
+    assert sent.headers["authorization"] == "Bearer sk-upstream-secret-abc"
+    assert "metadata" not in sent.body and sent.body["temperature"] == 0.2 and sent.body["user"] == "u-1"
+
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None
+    assert (row.route, row.model_alias, row.provider_model) == ("hosted", "gpt-4o-mini", "openai/gpt-4o-mini")
+    assert (row.prompt_tokens, row.completion_tokens) == (3, 4)
+    assert row.hosted_cost_usd == pytest.approx(expected, rel=1e-6)
+    assert row.reference_cost_usd == pytest.approx(expected, rel=1e-6)
+    assert row.status == "ok" and row.status_code == 200 and not row.unpriced
+
+
+def test_streaming_relays_chunks_and_usage(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four"}], stream=True,
+            stream_options={"include_usage": True}) as response:
+        assert response.headers["x-draftgate-route"] == "hosted"
+        request_id = response.headers["x-draftgate-request-id"]
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: one two three four"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.stream and row.completion_tokens == 5 and row.hosted_cost_usd > 0
+
+
+def test_stream_without_usage_option_gets_no_usage_chunk_but_ledger_has_tokens(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a b"}], stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        chunks = list(response.parse())
+    assert all(c.choices for c in chunks)  # no usage-only chunk leaked to a client that did not ask
+    assert simulator.state.received[-1].body["stream_options"] == {"include_usage": True}
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and (row.prompt_tokens, row.completion_tokens) == (2, 3)
+
+
+def test_unpriced_model_is_flagged_never_zero(gateway_factory, simulator) -> None:
+    extra = f"""\
+  - name: mystery
+    model: openai/mystery-model-9000
+    api_base: {simulator.base_url}
+"""
+    yaml_text = hosted_config(simulator.base_url).replace("local:\n", extra + "local:\n", 1)
+    gw = gateway_factory(yaml_text)
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="mystery", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-draftgate-cost-usd"] == "unpriced"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.unpriced and row.hosted_cost_usd is None and row.cost_usd is None
+
+
+def test_price_override_from_yaml_wins(gateway_factory, simulator) -> None:
+    yaml_text = hosted_config(simulator.base_url).replace(
+        "    max_retries: 2\n", "    max_retries: 2\n    price: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n", 1)
+    gw = gateway_factory(yaml_text)
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x y"}])
+    assert float(raw.headers["x-draftgate-cost-usd"]) == pytest.approx((2 * 1.0 + 3 * 2.0) / 1e6)
+
+
+def test_models_health_ready_metrics(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    ids = [m.id for m in client(gw).models.list()]
+    assert ids == ["auto", "gpt-4o-mini", "backup"]
+    assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(gw.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True}
+    client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "m"}])
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'draftgate_requests_total{model="gpt-4o-mini",route="hosted",status="ok"} 1.0' in text
+    assert "draftgate_request_latency_seconds_bucket" in text
+    assert 'draftgate_cost_usd_total{kind="hosted",model="gpt-4o-mini",route="hosted"}' in text
+    assert "sk-upstream-secret-abc" not in text
+
+
+def test_restart_keeps_the_ledger(gateway_factory, simulator, tmp_path) -> None:
+    data = tmp_path / "persist"
+    gw = gateway_factory(hosted_config(simulator.base_url), data_dir=data)
+    ids = [client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"n{i}"}]).headers["x-draftgate-request-id"]
+        for i in range(3)]
+    gw.stop()
+    gw2 = gateway_factory(hosted_config(simulator.base_url), data_dir=data)
+    db = flushed_db(gw2)
+    assert all(db.get_record(i) is not None for i in ids)

@@ -1,0 +1,102 @@
+"""Retries, Retry-After, fallbacks, timeouts and broken streams against the simulated provider."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from gateway.simulator import Fault
+from tests.conftest import hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+
+
+def ask(gw, content: str = "hi"):  # type: ignore[no-untyped-def]
+    return client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": content}])
+
+
+def test_500_is_retried_and_attempts_are_recorded(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(status=500), Fault(status=502)])
+    raw = ask(gw, "retry me")
+    assert raw.parse().choices[0].message.content == "echo: retry me"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.attempts == 3
+    assert [a["status_code"] for a in row.detail["attempts"]] == [500, 502, 200]
+    assert len(simulator.state.received) == 3
+
+
+def test_429_retry_after_is_honoured(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=429, retry_after_s=0.6, message="slow down"))
+    started = time.monotonic()
+    raw = ask(gw)
+    assert time.monotonic() - started >= 0.6
+    assert raw.parse().choices[0].message.content == "echo: hi"
+
+
+def test_400_is_not_retried_and_returns_upstream_message(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=400, message="context too long for this model"))
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(gw)
+    assert "context too long for this model" in info.value.message
+    assert len(simulator.state.received) == 1  # neither retried nor sent to the fallback
+
+
+def test_exhausted_retries_fall_back_to_the_next_alias(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(status=503)] * 3)  # gpt-4o-mini: 1 try + 2 retries
+    raw = ask(gw, "fallback please")
+    assert raw.parse().choices[0].message.content == "echo: fallback please"
+    assert simulator.state.received[-1].body["model"] == "gpt-4o"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.provider_model == "openai/gpt-4o" and row.attempts == 4
+
+
+def test_all_upstreams_failing_is_a_502_with_the_upstream_message(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(status=500, message="kaboom upstream")] * 4)
+    with pytest.raises(openai.InternalServerError) as info:
+        ask(gw)
+    assert info.value.status_code == 502
+    assert "kaboom upstream" in info.value.message
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_error"
+    request_id = info.value.response.headers["x-draftgate-request-id"]
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.status == "error" and row.status_code == 502
+
+
+def test_timeout_and_connection_reset_are_retried(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(delay_s=2.5), Fault(reset=True)])  # timeout_s is 2
+    raw = ask(gw, "after faults")
+    assert raw.parse().choices[0].message.content == "echo: after faults"
+
+
+def test_stream_broken_halfway_ends_with_an_error_not_a_mixed_answer(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(break_stream_after=2))
+    received: list[str] = []
+    with pytest.raises(openai.APIError):
+        with client(gw).chat.completions.with_streaming_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}],
+                stream=True) as response:
+            request_id = response.headers["x-draftgate-request-id"]
+            for chunk in response.parse():
+                received.append(chunk.choices[0].delta.content or "")
+    assert "echo: a b c d e f".startswith("".join(received))  # a prefix of one answer, nothing else
+    assert len(simulator.state.received) == 1  # a started stream is never silently retried (no duplicates)
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.status == "error" and row.stream
+
+
+def test_stream_open_failure_is_retried_before_the_first_byte(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=500))
+    stream = client(gw).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: x"
