@@ -49,6 +49,16 @@ def engine_config(config: policies.GatewayConfig) -> EngineConfig:
                         api_bases=(local.api_base,) if local.api_base else ())
 
 
+def judge_with(hosted: HostedClient) -> Any:
+    """The LLM-judge verifier's hosted call."""
+
+    async def judge(alias: str, messages: list[dict[str, Any]]) -> str:
+        result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0})
+        return str(result.body["choices"][0]["message"].get("content") or "")
+
+    return judge
+
+
 @dataclass
 class Services:
     """Everything a request needs, built once; `lifespan` starts and stops what runs in the background."""
@@ -89,7 +99,7 @@ class Services:
         hosted = HostedClient(hosted_models(config), http)
         pricing = Pricing(prices, hosted, config.reference_model)
         planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
-                          local_enabled=config.local.enabled)
+                          local_enabled=config.local.enabled, judge=judge_with(hosted))
         return cls(settings=settings, config=config, db=db, writer=LedgerWriter(db, settings.journal_path()),
                    keys=keys, auth=auth, prices=prices, http=http, hosted=hosted, metrics=Metrics(),
                    planner=planner, pricing=pricing)

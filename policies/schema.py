@@ -149,19 +149,17 @@ class VerifierSpec(BaseModel):
     min_confidence: dict[str, Any] | None = None
     python_tests: dict[str, Any] | None = None
     judge: dict[str, Any] | None = None
-    classifier: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> VerifierSpec:
         if len(self.items()) != 1:
             raise ValueError("each verifier is a mapping with exactly one kind: json, json_schema, regex, "
-                             "min_confidence, python_tests, judge or classifier")
+                             "min_confidence, python_tests or judge")
         return self
 
     def items(self) -> list[tuple[str, dict[str, Any]]]:
-        names = ("json", "json_schema", "regex", "min_confidence", "python_tests", "judge", "classifier")
-        values = (self.json_, self.json_schema, self.regex, self.min_confidence, self.python_tests, self.judge,
-                  self.classifier)
+        names = ("json", "json_schema", "regex", "min_confidence", "python_tests", "judge")
+        values = (self.json_, self.json_schema, self.regex, self.min_confidence, self.python_tests, self.judge)
         return [(n, v) for n, v in zip(names, values, strict=True) if v is not None]
 
     @property

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from policies import PolicySet, RequestFacts
+from policies import CascadeAction, PolicySet, RequestFacts
+from router.cascade import CascadeSpec, EscalationMode, OnHostedUnavailable
 from router.errors import RoutingError, UnknownModelError
 from router.hosted import HostedClient
 from router.job import Job, Plan, Route
+from router.verifiers import JudgeFn, build_verifier
 
 AUTO_ALIAS = "auto"
 CHARS_PER_TOKEN = 4  # prompt-size rules use this estimate; exact counts come from the model that serves
@@ -39,12 +41,18 @@ class Planner:
     """Applies the policy; the classifier's score is computed off the event loop and only when a rule asks."""
 
     def __init__(self, policy: PolicySet, hosted: HostedClient, *, local_alias: str, local_enabled: bool,
-                 score_prompt: Callable[[str], float] | None = None) -> None:
+                 score_prompt: Callable[[str], float] | None = None, judge: JudgeFn | None = None) -> None:
         self._policy = policy
         self._hosted = hosted
         self.local_alias = local_alias
         self._local_enabled = local_enabled
         self._score_prompt = score_prompt
+        # Verifiers are built once, at startup, so a bad option fails the start, not a request.
+        self._cascades: dict[int, CascadeSpec] = {}
+        actions = [policy.config.default] + [rule.action for rule in policy.config.rules]
+        for action in actions:
+            if isinstance(action, CascadeAction):
+                self._cascades[id(action)] = cascade_spec(action, judge)
 
     def known_alias(self, alias: str) -> bool:
         return alias in (AUTO_ALIAS, self.local_alias) or alias in self._hosted
@@ -85,9 +93,21 @@ class Planner:
                 raise UnknownModelError(target)
             return Plan(route=Route.HOSTED, alias=target, **common)
         if kind == "cascade":
-            raise RoutingError("cascade routes are not available in this build")
+            spec = self._cascades[id(action)]
+            if job.body.get("tools"):
+                return Plan(route=Route.HOSTED, alias=spec.escalate_to, **common)
+            return Plan(route=Route.LOCAL, alias=self.local_alias, max_local_tokens=spec.max_local_tokens,
+                        cascade=spec, **common)
         if job.body.get("tools"):
             raise RoutingError("the local model does not call tools; send tool requests to a hosted model "
                                "or add a policy rule routing `has_tools: true` to one")
         return Plan(route=Route.LOCAL, alias=self.local_alias,
                     max_local_tokens=getattr(action, "max_local_tokens", None), **common)
+
+
+def cascade_spec(action: CascadeAction, judge: JudgeFn | None) -> CascadeSpec:
+    """A cascade rule's settings with its verifiers built (VerifierConfigError on bad options)."""
+    verifiers = [build_verifier(spec.kind, spec.options, judge=judge) for spec in action.verifiers]
+    return CascadeSpec(escalate_to=action.escalate_to, verifiers=tuple(verifiers),
+                       mode=EscalationMode(action.mode), on_hosted_unavailable=OnHostedUnavailable(
+                           action.on_hosted_unavailable), max_local_tokens=action.max_local_tokens)

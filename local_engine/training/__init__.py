@@ -1,0 +1,1 @@
+"""Reproduces the bundled tiny DiffusionGemma: task family, tokenizer, block-diffusion loss, training."""

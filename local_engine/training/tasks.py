@@ -1,0 +1,111 @@
+"""A family of routine, machine-checkable tasks that users send to cheap models.
+
+Each kind has several phrasings; `generate(kind, rng)` returns (prompt, answer) and `check` judges an
+answer by exact match. Held-out prompts come from a disjoint seed range; OUT_OF_DISTRIBUTION prompts
+are what the tiny model was never trained on (its confidence signals should show it).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+NAMES = ["Ada", "Alan", "Grace", "Linus", "Edsger", "Barbara", "Ken", "Margaret", "Dennis", "Frances"]
+CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Tokyo", "Quito", "Rome", "Delhi", "Austin", "Perth"]
+WORDS = ["user", "name", "order", "total", "item", "count", "first", "last", "page", "size", "date", "id"]
+GOOD = ["loved", "great", "excellent", "wonderful", "fantastic"]
+BAD = ["hated", "terrible", "awful", "broken", "useless"]
+MEH = ["okay", "average", "fine", "ordinary", "acceptable"]
+THINGS = ["phone", "book", "movie", "hotel", "laptop", "pizza"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+
+
+def arithmetic(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    if rng.random() < 0.5:
+        prompt = rng.choice(["What is {a} + {b}?", "Compute {a} + {b}.", "{a} plus {b} = ?"]).format(a=a, b=b)
+        return prompt, str(a + b)
+    a, b = max(a, b), min(a, b)
+    prompt = rng.choice(["What is {a} - {b}?", "Compute {a} - {b}.", "{a} minus {b} = ?"]).format(a=a, b=b)
+    return prompt, str(a - b)
+
+
+def sort_numbers(rng: random.Random) -> tuple[str, str]:
+    values = [rng.randint(0, 99) for _ in range(rng.randint(3, 5))]
+    listed = ", ".join(map(str, values))
+    prompt = rng.choice(["Sort ascending: {v}", "Sort these numbers: {v}", "Order from smallest: {v}"])
+    return prompt.format(v=listed), ", ".join(map(str, sorted(values)))
+
+
+def extract_json(rng: random.Random) -> tuple[str, str]:
+    record = {"name": rng.choice(NAMES), "age": rng.randint(18, 90), "city": rng.choice(CITIES)}
+    field = rng.choice(list(record))
+    prompt = rng.choice(["Extract {f} as JSON: {r}", "From {r} return the {f} field as JSON."])
+    return prompt.format(f=field, r=json.dumps(record)), json.dumps({field: record[field]})
+
+
+def reformat_date(rng: random.Random) -> tuple[str, str]:
+    y, m, d = rng.randint(1990, 2029), rng.randint(1, 12), rng.randint(1, 28)
+    iso = f"{y:04d}-{m:02d}-{d:02d}"
+    if rng.random() < 0.5:
+        prompt = rng.choice(["Convert {iso} to DD/MM/YYYY.", "Reformat {iso} as DD/MM/YYYY."]).format(iso=iso)
+        return prompt, f"{d:02d}/{m:02d}/{y:04d}"
+    prompt = rng.choice(["Write {iso} as Month D, YYYY.", "Spell out the date {iso}."]).format(iso=iso)
+    return prompt, f"{MONTHS[m - 1]} {d}, {y}"
+
+
+def convert_case(rng: random.Random) -> tuple[str, str]:
+    words = rng.sample(WORDS, rng.randint(2, 3))
+    snake = "_".join(words)
+    style = rng.random()
+    if style < 0.5:
+        camel = words[0] + "".join(w.capitalize() for w in words[1:])
+        prompt = rng.choice(["Convert {s} to camelCase.", "camelCase of {s}?"]).format(s=snake)
+        return prompt, camel
+    prompt = rng.choice(["Convert {s} to UPPER_CASE.", "Uppercase {s}."]).format(s=snake)
+    return prompt, snake.upper()
+
+
+def classify_sentiment(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(["positive", "negative", "neutral"])
+    word = rng.choice({"positive": GOOD, "negative": BAD, "neutral": MEH}[label])
+    review = rng.choice(["I {w} this {t}.", "The {t} was {w}.", "This {t}: {w}."]).format(w=word, t=rng.choice(THINGS))
+    prompt = rng.choice(["Sentiment (positive/negative/neutral): {r}", "Classify the review: {r}"])
+    return prompt.format(r=review), label
+
+
+KINDS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "arithmetic": arithmetic, "sort": sort_numbers, "extract_json": extract_json,
+    "date": reformat_date, "case": convert_case, "sentiment": classify_sentiment,
+}
+HELD_OUT_SEED_BASE = 10_000_000  # held-out prompts use seeds at or above this; training stays below
+
+OUT_OF_DISTRIBUTION = [
+    "Explain why the sky is blue in two sentences.",
+    "Write a haiku about databases.",
+    "A train leaves at 3pm going 60 mph; when does it cover 150 miles?",
+    "def fib(n): complete this Python function.",
+    "Summarize the plot of Hamlet.",
+    "What is the capital of Australia and why?",
+    "Translate 'good morning' into French and German.",
+    "List three risks of deploying LLMs in production.",
+]
+
+
+def generate(kind: str, rng: random.Random) -> tuple[str, str]:
+    return KINDS[kind](rng)
+
+
+def check(answer: str, expected: str) -> bool:
+    """Exact match after trimming surrounding whitespace."""
+    return answer.strip() == expected.strip()
+
+
+def sample(seed: int) -> tuple[str, str, str]:
+    """One (kind, prompt, answer) from a seed; kinds are balanced by seed."""
+    rng = random.Random(seed)
+    kind = list(KINDS)[seed % len(KINDS)]
+    prompt, answer = generate(kind, rng)
+    return kind, prompt, answer

@@ -1,0 +1,154 @@
+"""The scheduler on a tiny random checkpoint: join, leave, cancel, queue full, failures, metering, seeds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from local_engine import (
+    Completion,
+    EngineConfig,
+    EngineUnavailableError,
+    GenerationFailedError,
+    GenerationRequest,
+    QueueFullError,
+    StreamDelta,
+    create_backend,
+)
+from local_engine.engine import DiffusionEngine
+from local_engine.loading import load_model
+
+MSG = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+def req(rid: str, max_tokens: int = 16, seed: int = 1, **kw: object) -> GenerationRequest:
+    return GenerationRequest(request_id=rid, messages=MSG, max_tokens=max_tokens, seed=seed, **kw)  # type: ignore[arg-type]
+
+
+class FailingEngine(DiffusionEngine):
+    """Raises inside the batch for one request id (an engine bug or OOM hitting one row)."""
+
+    def _decode(self, row):  # type: ignore[no-untyped-def]
+        if row.request.request_id == "boom":
+            raise RuntimeError("simulated out of memory")
+        return super()._decode(row)
+
+
+@pytest.fixture
+def engine_factory(random_checkpoint: Path):  # type: ignore[no-untyped-def]
+    engines: list[DiffusionEngine] = []
+
+    async def make(cls: type[DiffusionEngine] = DiffusionEngine, **kw: object) -> DiffusionEngine:
+        config = EngineConfig(model=str(random_checkpoint), max_tokens=64, **kw)  # type: ignore[arg-type]
+        engine = cls(load_model(config), config)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine._running = False
+
+
+async def test_loads_through_from_pretrained(random_checkpoint: Path) -> None:
+    backend = create_backend(EngineConfig(model=str(random_checkpoint)))
+    assert isinstance(backend, DiffusionEngine)
+    assert backend.sampling.canvas_length == 8 and backend.sampling.max_steps == 4
+    assert backend.count_prompt_tokens(MSG) == len("<bos><start_of_turn>user\n".replace("<bos>", "B")
+                                                   .replace("<start_of_turn>", "S")) + len("What is 2 + 2?") + len(
+        "<end_of_turn>\n<start_of_turn>model\n".replace("<end_of_turn>", "E").replace("<start_of_turn>", "S"))
+
+
+async def test_max_tokens_is_trimmed_exactly_and_seeds_reproduce(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    for max_tokens in (1, 5, 13):
+        first = await engine.generate(req(f"a{max_tokens}", max_tokens=max_tokens, seed=3))
+        again = await engine.generate(req(f"b{max_tokens}", max_tokens=max_tokens, seed=3))
+        assert first.text == again.text and first.completion_tokens == again.completion_tokens
+        assert first.completion_tokens <= max_tokens
+        if first.finish_reason == "length":
+            assert first.completion_tokens == max_tokens
+
+
+async def test_rows_join_mid_batch_and_short_rows_leave_first(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    long_stream = engine.stream(req("long", max_tokens=64, seed=11))
+    first = await long_stream.__anext__()  # the long row has finished at least one canvas
+    assert isinstance(first, StreamDelta) or isinstance(first, Completion)
+    short = await engine.generate(req("short", max_tokens=2, seed=5))
+    assert engine.admitted_at_tick["short"] > engine.admitted_at_tick["long"]
+    rest = [e async for e in long_stream]
+    final = rest[-1] if rest else first
+    assert isinstance(final, Completion)
+    # the short row used only its own canvases: it did not wait for the long one to finish
+    assert len(short.confidence.steps_per_canvas) == 1
+    assert len(final.confidence.steps_per_canvas) >= 1
+
+
+async def test_cancel_removes_the_row_and_others_finish(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    victim = asyncio.create_task(engine.generate(req("victim", max_tokens=64, seed=2)))
+    other = asyncio.create_task(engine.generate(req("other", max_tokens=8, seed=4)))
+    await asyncio.sleep(0.05)
+    victim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    done = await other
+    assert done.completion_tokens <= 8
+    for _ in range(100):
+        if not engine._active:
+            break
+        await asyncio.sleep(0.02)
+    assert engine._active == []
+
+
+async def test_queue_full_is_refused_with_retry_after(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory(max_batch_size=1, max_queue=2)
+    running = [asyncio.create_task(engine.generate(req("q0", max_tokens=64, seed=0)))]
+    while "q0" not in engine.admitted_at_tick:
+        await asyncio.sleep(0.005)
+    running += [asyncio.create_task(engine.generate(req(f"q{i}", max_tokens=64, seed=i))) for i in (1, 2)]
+    await asyncio.sleep(0)  # both are queued behind q0 (batch size 1)
+    with pytest.raises(QueueFullError) as info:
+        await engine.generate(req("extra"))
+    assert info.value.retry_after_s >= 1 and info.value.queued == 2
+    assert all(isinstance(r, Completion) for r in await asyncio.gather(*running))
+
+
+async def test_an_exception_fails_one_request_not_the_batch(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory(FailingEngine)
+    results = await asyncio.gather(engine.generate(req("boom")), engine.generate(req("fine", max_tokens=4)),
+                                   return_exceptions=True)
+    assert isinstance(results[0], GenerationFailedError) and "out of memory" in str(results[0])
+    assert isinstance(results[1], Completion)
+    assert isinstance(await engine.generate(req("after", max_tokens=3)), Completion)  # the engine recovered
+
+
+async def test_metering_shares_add_up_to_device_time(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory(device_usd_per_hour=3600.0)
+    results = await asyncio.gather(*(engine.generate(req(f"m{i}", max_tokens=4 + i, seed=i)) for i in range(6)))
+    total = sum(r.device_seconds for r in results)
+    assert total == pytest.approx(engine.meter.total_seconds, rel=1e-9)
+    assert all(r.device_seconds > 0 for r in results)
+    assert all(r.cost_usd == pytest.approx(r.device_seconds) for r in results)  # $3600/h = $1/s
+
+
+async def test_stream_deltas_concatenate_to_the_text_and_stops_trim(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    events = [e async for e in engine.stream(req("s", max_tokens=30, seed=9))]
+    final = events[-1]
+    assert isinstance(final, Completion)
+    assert "".join(e.text for e in events[:-1]) == final.text
+    if len(final.text) >= 3:
+        stop = final.text[1:3]
+        stopped = await engine.generate(req("t", max_tokens=30, seed=9, stop=(stop,)))
+        assert stopped.text == final.text[: final.text.find(stop)] and stopped.finish_reason == "stop"
+
+
+async def test_stopped_engine_refuses_work(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    await engine.stop()
+    with pytest.raises(EngineUnavailableError):
+        await engine.generate(req("late"))

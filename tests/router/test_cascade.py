@@ -1,0 +1,147 @@
+"""Draft → verify → escalate on scripted local drafts, with the simulated provider as the hosted side."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+
+from gateway.simulator import Fault, SimulatorServer
+from ledger import PriceBook
+from local_engine import Completion, Confidence, GenerationRequest, StreamDelta
+from router import Cascade, CascadeSpec, EscalationMode, Executor, HostedClient, HostedModel, Job, Plan, Pricing, Route
+from router.cascade import OnHostedUnavailable
+from router.errors import UpstreamError
+from router.verifiers import build_verifier
+
+SIGNALS = Confidence(steps_per_canvas=(5,), step_cap_hit=False, tokens_per_pass=3.0, mean_entropy=0.01,
+                     max_entropy=0.2)
+
+
+class ScriptedBackend:
+    """A LocalBackend whose drafts are scripted: unit tests of the router need no model."""
+
+    model_name = "scripted-local"
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = deque(texts)
+        self.requests: list[GenerationRequest] = []
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def is_ready(self) -> bool:
+        return True
+
+    def count_prompt_tokens(self, messages: object) -> int:
+        return 5
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self.requests.append(request)
+        return Completion(text=self.texts.popleft(), finish_reason="stop", prompt_tokens=5, completion_tokens=3,
+                          device_seconds=0.5, cost_usd=0.001, confidence=SIGNALS, model=self.model_name)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
+        completion = await self.generate(request)
+        yield StreamDelta(completion.text)
+        yield completion
+
+
+def job(content: str = "give me json", *, stream: bool = False) -> Job:
+    messages = [{"role": "user", "content": content}]
+    body = {"model": "auto", "messages": messages, "stream": stream}
+    upstream = {"messages": messages, "stream": stream}
+    if stream:
+        upstream["stream_options"] = {"include_usage": True}
+    return Job(request_id="req1", alias="auto", body=body, messages=messages, stream=stream, upstream_body=upstream)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatorServer]:
+    async with SimulatorServer() as server:
+        yield server
+
+
+async def make(sim: SimulatorServer, backend: ScriptedBackend) -> tuple[Cascade, httpx.AsyncClient]:
+    http = httpx.AsyncClient()
+    hosted = HostedClient({"big": HostedModel("big", "openai/gpt-4o", api_base=sim.base_url, max_retries=0)}, http,
+                          backoff_initial_s=0.01)
+    executor = Executor(hosted, backend, Pricing(PriceBook(), hosted, "big"), local_alias="local/x",
+                        local_max_tokens=64)
+    return Cascade(executor), http
+
+
+def spec(mode: EscalationMode = EscalationMode.REGENERATE, **kw: object) -> CascadeSpec:
+    return CascadeSpec(escalate_to="big", verifiers=(build_verifier("json", {}),), mode=mode, **kw)  # type: ignore[arg-type]
+
+
+PLAN = Plan(route=Route.LOCAL, alias="local/x")
+
+
+async def test_a_draft_that_passes_is_served_locally(sim: SimulatorServer) -> None:
+    cascade, http = await make(sim, ScriptedBackend('{"ok": true}'))
+    outcome = await cascade.run(job(), PLAN, spec())
+    await http.aclose()
+    assert outcome.route is Route.LOCAL and outcome.body is not None
+    assert outcome.body["choices"][0]["message"]["content"] == '{"ok": true}'
+    assert outcome.local_cost_usd == 0.001 and outcome.wasted_draft_usd == 0
+    assert outcome.detail["verdicts"][0]["passed"] is True
+    assert sim.state.received == []
+
+
+async def test_a_broken_draft_is_regenerated_by_the_hosted_model(sim: SimulatorServer) -> None:
+    cascade, http = await make(sim, ScriptedBackend('{"ok": tru'))
+    outcome = await cascade.run(job("need json"), PLAN, spec())
+    await http.aclose()
+    assert outcome.route is Route.ESCALATED
+    assert outcome.body["choices"][0]["message"]["content"] == "echo: need json"  # type: ignore[index]
+    assert outcome.wasted_draft_usd == 0.001 and outcome.hosted_cost_usd and outcome.hosted_cost_usd > 0
+    assert "invalid JSON" in (outcome.escalation_reason or "")
+    assert outcome.body["draftgate"]["escalation"]["mode"] == "regenerate"  # type: ignore[index]
+    assert sim.state.received[0].body["messages"] == [{"role": "user", "content": "need json"}]
+
+
+async def test_refine_hands_the_draft_and_findings_to_the_hosted_model(sim: SimulatorServer) -> None:
+    cascade, http = await make(sim, ScriptedBackend('{"ok": tru'))
+    outcome = await cascade.run(job("need json"), PLAN, spec(EscalationMode.REFINE))
+    await http.aclose()
+    sent = sim.state.received[0].body["messages"]
+    assert sent[0] == {"role": "user", "content": "need json"}
+    assert '{"ok": tru' in sent[-1]["content"] and "invalid JSON" in sent[-1]["content"]
+    assert outcome.route is Route.ESCALATED and outcome.detail["escalation"]["mode"] == "refine"
+
+
+async def test_hosted_unavailable_serves_the_flagged_draft_or_errors(sim: SimulatorServer) -> None:
+    cascade, http = await make(sim, ScriptedBackend("not json", "not json"))
+    sim.state.faults.append(Fault(status=503))
+    outcome = await cascade.run(job(), PLAN, spec(on_hosted_unavailable=OnHostedUnavailable.SERVE_DRAFT))
+    assert outcome.route is Route.LOCAL and "unverified_draft" in outcome.detail
+    assert outcome.body["draftgate"]["unverified_draft"]["reason"].startswith("json:")  # type: ignore[index]
+    sim.state.faults.append(Fault(status=503))
+    with pytest.raises(UpstreamError):
+        await cascade.run(job(), PLAN, spec())
+    await http.aclose()
+
+
+async def test_streaming_never_sends_part_of_a_replaced_draft(sim: SimulatorServer) -> None:
+    draft = "DRAFT-SECRET not json"
+    cascade, http = await make(sim, ScriptedBackend(draft))
+    chunks = await cascade.stream(job("stream it", stream=True), PLAN, spec())
+    assert chunks.outcome.route is Route.ESCALATED  # decided before the first byte
+    payloads = [orjson.loads(c) async for c in chunks]
+    await http.aclose()
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads if p.get("choices"))
+    assert text == "echo: stream it"
+    assert all("DRAFT-SECRET" not in orjson.dumps(p).decode() for p in payloads)
+
+
+async def test_streaming_a_verified_draft(sim: SimulatorServer) -> None:
+    cascade, http = await make(sim, ScriptedBackend('{"a": 1}'))
+    chunks = await cascade.stream(job("s", stream=True), PLAN, spec())
+    payloads = [orjson.loads(c) async for c in chunks]
+    await http.aclose()
+    assert chunks.outcome.route is Route.LOCAL
+    assert "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads) == '{"a": 1}'
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
