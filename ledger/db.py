@@ -78,8 +78,9 @@ class Database:
             for start in range(0, len(records), INSERT_CHUNK):
                 rows = [{name: getattr(r, name) for name in RECORD_FIELDS}
                         for r in records[start:start + INSERT_CHUNK]]
-                statement = insert(RequestRow).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
-                added += max(0, connection.execute(statement).rowcount or 0)
+                statement = (insert(RequestRow).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
+                             .returning(RequestRow.request_id))  # rowcount is unreliable across drivers
+                added += len(connection.execute(statement).fetchall())
         return added
 
     def get_record(self, request_id: str) -> RequestRecord | None:

@@ -1,0 +1,112 @@
+"""The ledger on a real database: migrations, idempotent inserts, keys, and the crash-safe writer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook, UnknownKeyError
+from tests.ledger.conftest import T0, record
+
+
+def test_migrate_twice_and_roundtrip(db: Database) -> None:
+    db.migrate()
+    row = record("r1", detail={"verdicts": [{"passed": False}], "p": 0.5}, hosted_cost_usd=None, unpriced=True)
+    assert db.insert_records([row]) == 1
+    got = db.get_record("r1")
+    assert got == row and got.created_at.tzinfo is not None and got.cost_usd is None
+
+
+def test_inserts_are_idempotent(db: Database) -> None:
+    assert db.insert_records([record("a"), record("b")]) == 2
+    assert db.insert_records([record("a"), record("c")]) == 1
+    assert db.count_records() == 3
+
+
+def test_keys_are_hashed_verified_and_revoked(db: Database, tmp_path: Path) -> None:
+    store = KeyStore(db)
+    raw, info = store.create("app", "research")
+    assert store.verify(raw) == info and store.verify(raw + "x") is None
+    assert [k.key_id for k in store.list("research")] == [info.key_id] and store.list("sales") == []
+    assert store.revoke(info.key_id).revoked_at is not None
+    assert store.verify(raw) is None
+    with pytest.raises(UnknownKeyError):
+        store.revoke("key_missing")
+    if db.is_sqlite:
+        for path in tmp_path.glob("ledger.db*"):
+            assert raw.encode() not in path.read_bytes()
+
+
+def test_prices_from_the_litellm_map_and_overrides() -> None:
+    book = PriceBook({"cheap-alias": Price(1.0, 2.0)})
+    mini = book.lookup("openai/gpt-4o-mini")
+    assert mini is not None and mini == book.lookup("gpt-4o-mini")
+    assert book.cost_usd("openai/gpt-4o-mini", 1000, 500) == pytest.approx(
+        1000 * mini.input_per_mtok / 1e6 + 500 * mini.output_per_mtok / 1e6)
+    assert book.cost_usd("cheap-alias", 1_000_000, 1_000_000) == pytest.approx(3.0)
+    assert book.lookup("openai/no-such-model") is None and book.cost_usd("nothing", 1, 1) is None
+
+
+async def test_writer_batches_and_a_clean_close_leaves_no_journal(db: Database, tmp_path: Path) -> None:
+    writer = LedgerWriter(db, tmp_path / "j" / "ledger.journal", flush_interval_s=0.05)
+    await writer.start()
+    for i in range(300):
+        writer.record(record(f"w{i}"))
+    await writer.flush()
+    assert db.count_records() == 300 and writer.pending == 0
+    await writer.close()
+    assert list((tmp_path / "j").iterdir()) == []
+
+
+async def test_a_crash_loses_nothing_and_counts_nothing_twice(db: Database, tmp_path: Path) -> None:
+    journal = tmp_path / "ledger.journal"
+    crashed = LedgerWriter(db, journal, flush_interval_s=60)
+    await crashed.start()
+    for i in range(5):
+        crashed.record(record(f"c{i}"))
+    (committed,) = journal.parent.glob("ledger.journal.*")
+    saved = committed.read_bytes()
+    await crashed.flush()  # c0..c4 committed and their segment deleted ...
+    committed.write_bytes(saved)  # ... except the process died between the commit and the delete
+    for i in range(5, 8):
+        crashed.record(record(f"c{i}"))  # journalled, never flushed
+    current = max(journal.parent.glob("ledger.journal.*"), key=lambda p: int(p.suffix[1:]))
+    current.write_bytes(current.read_bytes() + b'{"request_id": "torn", "creat')  # a half-written line
+    crashed._task.cancel()  # type: ignore[union-attr]  # no graceful close: as after kill -9
+
+    restarted = LedgerWriter(db, journal)
+    await restarted.start()
+    assert db.count_records() == 8
+    assert all(db.get_record(f"c{i}") is not None for i in range(8))
+    await restarted.close()
+    assert list(journal.parent.glob("ledger.journal.*")) == []
+
+
+def test_timestamps_survive_as_utc(db: Database) -> None:
+    db.insert_records([record("t")])
+    assert db.get_record("t").created_at == T0  # type: ignore[union-attr]
+
+
+def test_unreachable_database_fails_ping(tmp_path: Path) -> None:
+    assert Database(f"sqlite:///{tmp_path}/ok.db").ping()
+    assert not Database("postgresql+psycopg://nobody@127.0.0.1:1/none").ping()
+
+
+def test_writer_survives_a_failing_database(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = Database(f"sqlite:///{tmp_path}/l.db")
+        db.migrate()
+        writer = LedgerWriter(db, tmp_path / "ledger.journal", flush_interval_s=0.01)
+        await writer.start()
+        real_insert = db.insert_records
+        db.insert_records = lambda rows: (_ for _ in ()).throw(RuntimeError("db down"))  # type: ignore[method-assign]
+        writer.record(record("kept"))
+        await asyncio.sleep(0.1)
+        assert writer.pending == 1  # still queued and journalled
+        db.insert_records = real_insert  # type: ignore[method-assign]
+        await writer.close()
+        assert db.get_record("kept") is not None
+
+    asyncio.run(scenario())

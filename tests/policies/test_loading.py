@@ -1,0 +1,118 @@
+"""Loading draftgate.yaml: every problem with its file, line and field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import policies
+from policies import ConfigError
+
+GOOD = """\
+master_key: os.environ/MASTER
+reference_model: gpt-4o-mini
+models:
+  - name: gpt-4o-mini
+    model: openai/gpt-4o-mini
+    api_key: os.environ/OPENAI_API_KEY
+    price: {input_per_mtok: 0.15, output_per_mtok: 0.60}
+    fallbacks: [claude-haiku]
+  - name: claude-haiku
+    model: anthropic/claude-haiku-4-5
+teams:
+  - name: research
+keys:
+  - name: ci-bot
+    key: os.environ/CI_KEY
+    team: research
+policies:
+  default: requested
+  rules:
+    - name: tools
+      when: {has_tools: true}
+      action: {hosted: gpt-4o-mini}
+    - name: json
+      when: {has_response_format: true, prompt_tokens: {lt: 2000}}
+      action:
+        cascade:
+          escalate_to: gpt-4o-mini
+          mode: refine
+          verifiers: [{json_schema: {from_request: true}}, {min_confidence: {max_entropy: 0.8}}]
+    - name: rest
+      action: local
+"""
+ENV = {"MASTER": "sk-master-123456", "OPENAI_API_KEY": "sk-openai", "CI_KEY": "sk-ci-key-123"}
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        policies.load_text(text, ENV if env is None else env, "draftgate.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_a_good_file_loads_with_env_resolved(tmp_path: Path) -> None:
+    path = tmp_path / "draftgate.yaml"
+    path.write_text(GOOD)
+    config = policies.load(path, ENV)
+    assert config.master_key == "sk-master-123456" and config.models[0].api_key == "sk-openai"
+    assert config.keys[0].key == "sk-ci-key-123"
+    rule = config.policies.rules[1]
+    assert rule.action.kind == "cascade" and rule.action.mode == "refine"
+    assert [v.kind for v in rule.action.verifiers] == ["json_schema", "min_confidence"]
+    assert config.policies.rules[2].action.kind == "local"
+    assert config.policies.default.kind == "requested"
+
+
+def test_default_config_loads() -> None:
+    config = policies.default_config()
+    assert config.local.enabled and config.local.alias == "local/diffusiongemma" and config.models == []
+
+
+def test_all_problems_are_reported_together_with_lines() -> None:
+    text = GOOD.replace("    fallbacks: [claude-haiku]\n", "    fallbacks: [claude-haiku]\n    colour: blue\n")
+    text = text.replace("output_per_mtok: 0.60", "output_per_mtok: cheap")
+    found = problems(text, {"OPENAI_API_KEY": "x", "CI_KEY": "sk-ci-key-123"})
+    assert found == [
+        "draftgate.yaml:1: master_key: environment variable MASTER is not set",
+        "draftgate.yaml:7: models[0].price.output_per_mtok: Input should be a valid number, unable to parse "
+        "string as a number (got 'cheap')",
+        "draftgate.yaml:9: models[0].colour: unknown key",
+    ]
+
+
+def test_semantic_problems() -> None:
+    text = GOOD.replace("name: claude-haiku\n", "name: gpt-4o-mini\n").replace(
+        "action: {hosted: gpt-4o-mini}", "action: {hosted: gpt-5}").replace(
+        "escalate_to: gpt-4o-mini", "escalate_to: nowhere").replace("reference_model: gpt-4o-mini",
+                                                                   "reference_model: ghost")
+    assert problems(text) == [
+        "draftgate.yaml:8: models[0].fallbacks[0]: unknown fallback alias 'claude-haiku'",
+        "draftgate.yaml:9: models[1].name: duplicate alias 'gpt-4o-mini'",
+        "draftgate.yaml:2: reference_model: unknown model alias 'ghost'",
+        "draftgate.yaml:22: policies.rules[0].action.hosted: unknown model alias 'gpt-5'",
+        "draftgate.yaml:27: policies.rules[1].action.cascade.escalate_to: unknown model alias 'nowhere'",
+    ]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "draftgate.yaml: the file is empty"),
+    ("- a\n- b\n", "draftgate.yaml:1: the top level must be a mapping of settings"),
+    ("models:\n  - name: a\n   model: b\n", "draftgate.yaml:3: invalid YAML"),
+    ("models:\n  - name: a\n", "draftgate.yaml:2: models[0].model: required key is missing"),
+    ("local:\n  backend: vllm\n", "draftgate.yaml:1: local: backend vllm needs api_base"),
+    ("policies:\n  rules:\n    - name: r\n      when: {content: {regex: '(x'}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
+    ("policies:\n  rules:\n    - name: r\n      action: teleport\n", "draftgate.yaml:4: policies.rules[0].action"),
+    ("policies:\n  rules:\n    - name: r\n      action: {cascade: {escalate_to: a, verifiers: [{json: {}, regex: {}}]}}\n",
+     "exactly one kind"),
+])
+def test_each_error_kind(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(p.startswith(expected) or expected in p for p in found), found
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        policies.load(tmp_path / "missing.yaml", {})
+    assert "cannot read the file" in str(info.value)

@@ -1,0 +1,108 @@
+"""Every verifier, passing and failing, with the reasons a refining model would be given."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.errors import VerifierConfigError
+from router.verifiers import Draft, Verdict, build_verifier, run_verifiers
+
+SIGNALS = {"steps_per_canvas": [6, 9], "step_cap_hit": False, "tokens_per_pass": 4.0, "mean_entropy": 0.05,
+           "max_entropy": 0.6}
+
+
+def draft(text: str, request: dict | None = None, signals: dict | None = SIGNALS) -> Draft:  # type: ignore[type-arg]
+    return Draft(text=text, request=request or {"messages": [{"role": "user", "content": "q"}]}, signals=signals)
+
+
+async def verify(kind: str, options: dict, text: str, **kw: object) -> Verdict:  # type: ignore[type-arg]
+    return await build_verifier(kind, options).verify(draft(text, **kw))  # type: ignore[arg-type]
+
+
+async def test_json() -> None:
+    assert (await verify("json", {}, '{"a": [1, 2]}')).passed
+    assert (await verify("json", {}, '```json\n{"a": 1}\n```')).passed
+    bad = await verify("json", {}, '{"a": 1,\n "b": }')
+    assert not bad.passed and bad.reason.startswith("invalid JSON at line 2 column")
+
+
+async def test_json_schema_given_and_from_request() -> None:
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    assert (await verify("json_schema", {"schema": schema}, '{"age": 3}')).passed
+    bad = await verify("json_schema", {"schema": schema}, '{"age": "x"}')
+    assert not bad.passed and "$.age: 'x' is not of type 'integer'" in bad.reason
+    request = {"messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    missing = await verify("json_schema", {"from_request": True}, "{}", request=request)
+    assert not missing.passed and "'age' is a required property" in missing.reason
+    as_object = {"messages": [], "response_format": {"type": "json_object"}}
+    assert not (await verify("json_schema", {"from_request": True}, "[1]", request=as_object)).passed
+    assert (await verify("json_schema", {"from_request": True}, "anything", request={"messages": []})).passed
+
+
+async def test_regex_modes_and_flags() -> None:
+    assert (await verify("regex", {"pattern": r"^\d+$", "mode": "fullmatch"}, " 42 ")).passed
+    miss = await verify("regex", {"pattern": r"^\d+$", "mode": "fullmatch"}, "42 apples")
+    assert not miss.passed and "does not match" in miss.reason
+    assert (await verify("regex", {"pattern": "POSITIVE", "flags": "i"}, "it is positive")).passed
+    refusal = await verify("regex", {"pattern": "sorry", "flags": "i", "must_match": False}, "Sorry, I can't")
+    assert not refusal.passed and "matches /sorry/" in refusal.reason
+    assert (await verify("regex", {"pattern": "sorry", "flags": "i", "must_match": False}, "Here it is")).passed
+
+
+@pytest.mark.parametrize(("options", "passed", "reason"), [
+    ({"max_entropy": 1.0}, True, "confident"),
+    ({"max_entropy": 0.5}, False, "max token entropy 0.600 > 0.5"),
+    ({"max_mean_entropy": 0.01}, False, "mean token entropy 0.050 > 0.01"),
+    ({"max_steps": 8}, False, "9 denoising steps > 8"),
+    ({"min_tokens_per_pass": 8}, False, "4.00 tokens per pass < 8"),
+])
+async def test_min_confidence_thresholds(options: dict, passed: bool, reason: str) -> None:  # type: ignore[type-arg]
+    verdict = await verify("min_confidence", options, "x")
+    assert verdict.passed is passed and reason in verdict.reason
+
+
+async def test_min_confidence_step_cap_and_missing_signals() -> None:
+    capped = {**SIGNALS, "step_cap_hit": True}
+    assert not (await verify("min_confidence", {}, "x", signals=capped)).passed
+    assert (await verify("min_confidence", {"allow_step_cap": True}, "x", signals=capped)).passed
+    none = await verify("min_confidence", {}, "x", signals=None)
+    assert not none.passed and none.reason == "no confidence signals"
+    assert (await verify("min_confidence", {"missing": "pass"}, "x", signals=None)).passed
+
+
+async def test_judge_parses_grades_and_fails_closed() -> None:
+    replies = iter(["SCORE: 9", "I think it's fine", "SCORE: 3"])
+
+    async def judge(alias: str, messages: list[dict]) -> str:  # type: ignore[type-arg]
+        assert alias == "gpt-4o-mini" and "Candidate answer:\nthe answer" in messages[0]["content"]
+        return next(replies)
+
+    verifier = build_verifier("judge", {"model": "gpt-4o-mini", "threshold": 0.7}, judge=judge)
+    assert (await verifier.verify(draft("the answer"))).passed
+    garbage = await verifier.verify(draft("the answer"))
+    assert not garbage.passed and "no SCORE line" in garbage.reason
+    low = await verifier.verify(draft("the answer"))
+    assert not low.passed and "0.30" in low.reason
+
+
+async def test_run_verifiers_stops_on_first_failure_unless_asked() -> None:
+    verifiers = [build_verifier("json", {}), build_verifier("regex", {"pattern": "x"})]
+    assert len(await run_verifiers(verifiers, draft("nope"))) == 1
+    assert len(await run_verifiers(verifiers, draft("nope"), stop_on_first_failure=False)) == 2
+
+
+@pytest.mark.parametrize(("kind", "options"), [
+    ("nope", {}), ("regex", {}), ("regex", {"pattern": "("}), ("json_schema", {}),
+    ("json_schema", {"schema": {"type": "nonsense"}}), ("python_tests", {"tests": "assert ("}),
+    ("judge", {"model": "m"}), ("min_confidence", {"missing": "maybe"}),
+])
+def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(VerifierConfigError):
+        build_verifier(kind, options)
+
+
+def test_verdicts_serialize() -> None:
+    verdict = asyncio.run(verify("json", {}, "{}"))
+    assert verdict.as_dict() == {"verifier": "json", "passed": True, "reason": "valid JSON", "details": {}}
