@@ -19,6 +19,8 @@ app = typer.Typer(help="draftgate: one OpenAI-compatible URL; local drafts, host
                   no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
+app.add_typer(route_app, name="route")
 console = Console()
 err = Console(stderr=True)
 
@@ -38,7 +40,7 @@ def _load_or_exit(settings: Settings) -> policies.GatewayConfig:
     except policies.ConfigError as exc:
         err.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the configuration")
         for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False)
+            typer.echo(str(problem), err=True)  # plain: one problem per line, never wrapped
         raise typer.Exit(code=2) from None
 
 
@@ -56,7 +58,7 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
     config = _load_or_exit(Settings(config=file))
     warnings = policies.lint(config)
     for problem in warnings:
-        err.print(f"warning: {problem}", markup=False, highlight=False)
+        typer.echo(f"warning: {problem}", err=True)
     console.print(f"{file}: OK ({len(config.models)} hosted model(s), "
                   f"{len(config.policies.rules)} rule(s), {len(warnings)} warning(s))")
 
@@ -99,7 +101,7 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
     """Create a virtual key; the secret is printed once."""
     raw, info = _key_store(config).create(name, team)
     console.print(f"key_id: {info.key_id}\nteam:   {info.team or '-'}")
-    console.print(f"key:    {raw}", markup=False, highlight=False)
+    typer.echo(f"key:    {raw}")
     err.print("Store the key now: only its hash is kept.")
 
 
@@ -126,6 +128,30 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
         err.print(f"error: no key with id {key_id}")
         raise typer.Exit(code=1) from None
     console.print(f"revoked {info.key_id} ({info.name})")
+
+
+@route_app.command("explain")
+def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat request body (JSON)")],
+                  config: ConfigOpt = None,
+                  team: Annotated[str | None, typer.Option(help="the caller's team")] = None,
+                  key: Annotated[str | None, typer.Option(help="the caller's key name")] = None) -> None:
+    """Show which rule a request matches, every condition checked, and the decision."""
+    from gateway.explain import explain_request
+
+    settings = _settings(config)
+    try:
+        report = explain_request(_load_or_exit(settings), request_file, team=team, key_name=key)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    table = Table("rule", "condition", "expected", "actual", "result")
+    for c in report["explanation"]:
+        table.add_row(c["rule"], c["condition"], c["expected"], c["actual"], "pass" if c["passed"] else "fail")
+    console.print(table)
+    console.print(f"matched rule: {report['rule'] or '(default)'}")
+    typer.echo(f"decision: {report['decision']}")
+    if report["p_hosted"] is not None:
+        console.print(f"classifier p_hosted: {report['p_hosted']:.3f}")
 
 
 def main() -> None:

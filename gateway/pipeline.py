@@ -36,7 +36,8 @@ def _headers(request_id: str, plan: Plan | None, outcome: Outcome | None, *, def
         confidence = outcome.detail.get("confidence") or outcome.detail.get("draft_confidence")
         if confidence:
             headers["x-draftgate-confidence"] = _header_safe(
-                ";".join(f"{k}={v}" for k, v in confidence.items() if not isinstance(v, (list, tuple))))
+                ";".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                         for k, v in confidence.items()))
     return headers
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion, DiffusionGemmaGenerationConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +20,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from gateway.app import create_app  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from gateway.simulator import Simulator, SimulatorServer  # noqa: E402
+from local_engine.training.config import GENERATION, tiny_config  # noqa: E402
+from local_engine.training.tokenizer import build_tokenizer  # noqa: E402
 from tests.support.servers import serve_in_thread, simulator_server  # noqa: E402
 
 MASTER_KEY = "sk-master-test-0123456789"
@@ -98,3 +102,16 @@ def gateway_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     yield start
     for gateway in reversed(stack):
         gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DiffusionGemma saved with save_pretrained: engine tests never need the trained one."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-random")
+    model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
+    model.generation_config = DiffusionGemmaGenerationConfig(**{**GENERATION, "max_new_tokens": 8,
+                                                                "max_denoising_steps": 4})
+    model.save_pretrained(out)
+    build_tokenizer().save_pretrained(out)
+    return out

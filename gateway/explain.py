@@ -1,0 +1,37 @@
+"""`draftgate route explain`: the policy's decision for a request file, without serving it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+import policies
+from gateway.pipeline import to_job
+from gateway.schemas import ChatRequest
+from gateway.services import hosted_models
+from router import HostedClient, Planner
+
+
+def explain_request(config: policies.GatewayConfig, request_file: Path, *, team: str | None,
+                    key_name: str | None) -> dict[str, Any]:
+    """Rule, conditions and decision for one request body; ValueError for an unreadable request."""
+    try:
+        body = ChatRequest.model_validate(json.loads(request_file.read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{request_file}: cannot read a JSON request: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{request_file}: {where}: {first['msg']}") from None
+    hosted = HostedClient(hosted_models(config), httpx.AsyncClient())  # never called: planning only
+    planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
+                      local_enabled=config.local.enabled)
+    plan, decision = planner.explain(to_job(body, "explain"), key_name, team)
+    action = ("cascade via local draft, escalate to " + plan.cascade.escalate_to if plan.cascade
+              else f"{plan.route.value} ({plan.alias})")
+    return {"rule": decision.rule, "explanation": [c.as_dict() for c in decision.explanation],
+            "decision": action, "p_hosted": decision.p_hosted, "summary": decision.summary()}

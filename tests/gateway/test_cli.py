@@ -1,0 +1,89 @@
+"""The draftgate command: precise config errors with non-zero exits, keys, and route explain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BAD = """\
+models:
+  - name: gpt-4o-mini
+    model: openai/gpt-4o-mini
+    api_key: os.environ/DRAFTGATE_TEST_MISSING_VAR
+    timeout_s: soon
+"""
+RULES = """\
+models:
+  - name: big
+    model: openai/gpt-4o
+policies:
+  rules:
+    - name: json-to-big
+      when: {has_response_format: true}
+      action: {hosted: big}
+    - name: never
+      when: {has_response_format: true, team: research}
+      action: local
+"""
+
+
+def draftgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DRAFTGATE_TEST_MISSING_VAR"}
+    env["DRAFTGATE_DATA_DIR"] = str(cwd / "data")
+    env["COLUMNS"] = "200"  # rich tables: no wrapping inside ids
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+def test_check_config_reports_every_problem_and_exits_non_zero(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text(BAD)
+    result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "draftgate.yaml:4: models[0].api_key: environment variable DRAFTGATE_TEST_MISSING_VAR is not set" in result.stderr
+    assert "draftgate.yaml:5: models[0].timeout_s: Input should be a valid number" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_check_config_ok_with_lint_warnings(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text(RULES)
+    result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rule 'never' is unreachable" in result.stderr
+    assert "OK (1 hosted model(s), 2 rule(s), 1 warning(s))" in result.stdout
+
+
+def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text(BAD)
+    result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "draftgate.yaml:4" in result.stderr
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    created = draftgate("keys", "create", "--name", "bot", "--team", "research", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.split("key_id:")[1].split()[0]
+    assert "sk-dg-" in created.stdout
+    listed = draftgate("keys", "list", cwd=tmp_path)
+    assert key_id in listed.stdout and "sk-dg-" in listed.stdout  # the display prefix only
+    assert draftgate("keys", "revoke", key_id, cwd=tmp_path).returncode == 0
+    assert draftgate("keys", "revoke", "key_nope", cwd=tmp_path).returncode == 1
+
+
+def test_route_explain(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text(RULES)
+    request = {"model": "auto", "messages": [{"role": "user", "content": "x"}],
+               "response_format": {"type": "json_object"}}
+    (tmp_path / "req.json").write_text(json.dumps(request))
+    result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "matched rule: json-to-big" in result.stdout and "decision: hosted (big)" in result.stdout
+    (tmp_path / "bad.json").write_text('{"model": "auto"}')
+    bad = draftgate("route", "explain", "bad.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert bad.returncode == 2 and "messages" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    assert draftgate("version", cwd=tmp_path).stdout.startswith("draftgate ")

@@ -1,0 +1,79 @@
+"""The local route through the real gateway: the openai SDK against the in-process engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MASTER_KEY, hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+
+
+def local_config(sim_url: str, checkpoint: Path, extra: str = "") -> str:
+    return hosted_config(sim_url, extra, local=True).replace(
+        "local:\n  enabled: true\n", f"local:\n  enabled: true\n  model: {checkpoint}\n  max_tokens: 24\n"
+        "  device_usd_per_hour: 3600\n")
+
+
+def test_local_alias_non_streaming_and_streaming(gateway_factory, simulator, random_checkpoint) -> None:
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    assert httpx.get(gw.url + "/readyz").json()["checks"] == {"database": True, "local_model": True}
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="local/diffusiongemma", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=12,
+        seed=7)
+    completion = raw.parse()
+    assert raw.headers["x-draftgate-route"] == "local" and "steps_per_canvas" in raw.headers["x-draftgate-confidence"]
+    assert completion.usage.completion_tokens <= 12
+    assert completion.model_extra["draftgate"]["confidence"]["steps_per_canvas"]
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.route == "local" and row.device_seconds > 0
+    assert row.local_cost_usd == pytest.approx(row.device_seconds)  # $3600 per device-hour
+    assert float(raw.headers["x-draftgate-cost-usd"]) == pytest.approx(row.device_seconds, rel=1e-6)
+    assert row.completion_tokens == completion.usage.completion_tokens and row.prompt_tokens > 0
+    assert simulator.state.received == []
+
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="auto", messages=[{"role": "user", "content": "Sort: 3, 1"}], stream=True, max_tokens=20,
+            seed=7, stream_options={"include_usage": True}) as response:
+        assert response.headers["x-draftgate-route"] == "local"
+        chunks = list(response.parse())
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-2].choices[0].finish_reason in ("stop", "length")
+    again = client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": "Sort: 3, 1"}],
+                                               max_tokens=20, seed=7)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == again.choices[0].message.content  # same seed, same answer, streamed or not
+
+
+def test_tools_on_the_local_route_are_refused_clearly(gateway_factory, simulator, random_checkpoint) -> None:
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gw).chat.completions.create(model="local/diffusiongemma", tools=tools,
+                                           messages=[{"role": "user", "content": "x"}])
+    assert "does not call tools" in info.value.message
+
+
+def test_policy_rules_route_and_explain_in_headers(gateway_factory, simulator, random_checkpoint) -> None:
+    rules = """\
+policies:
+  default: requested
+  rules:
+    - name: extract-local
+      when: {metadata: {task: extract}, model: [gpt-4o-mini]}
+      action: local
+"""
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint, rules))
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], metadata={"task": "extract"}, max_tokens=4)
+    assert raw.headers["x-draftgate-route"] == "local"
+    assert raw.headers["x-draftgate-rule"] == "extract-local (model=gpt-4o-mini, metadata.task='extract')"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.rule == "extract-local"
+    assert row.detail["route"]["explanation"][0]["condition"] == "model"
+    other = client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], metadata={"task": "chat"})
+    assert other.headers["x-draftgate-route"] == "hosted" and "x-draftgate-rule" not in other.headers
