@@ -1,0 +1,189 @@
+"""The engine against plain `generate()`, side by side in one process and one run.
+
+Same workload (mixed task-family prompts, held-out seeds) through:
+  (a) plain model.generate(), one request at a time, the checkpoint's own generation config
+  (b) one batched model.generate() per group of 8 (left padding + attention mask)
+  (c) the engine, at concurrency 1, 4, 8, 16 (closed loop: each client sends its next request when served)
+Prints useful tokens/s (up to EOS, never padding), p50/p99 latency, decoder passes per canvas, tokens
+per decoder pass, RSS, exact-match accuracy, and the ratios (c)/(a), (c)/(b).
+
+    python bench/engine.py [--requests 48] [--out bench/results/engine.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from local_engine.engine import DiffusionEngine  # noqa: E402
+from local_engine.interface import EngineConfig, GenerationRequest  # noqa: E402
+from local_engine.loading import BUNDLED, LoadedModel, load_model  # noqa: E402
+from local_engine.training.evaluate import held_out  # noqa: E402
+from local_engine.training.tasks import check  # noqa: E402
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class DecoderCounter:
+    """Counts decoder forward passes of the plain-generate modes (a hook, no code changes)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.calls = 0
+        loaded.model.model.decoder.register_forward_hook(self._hook)
+
+    def _hook(self, *_: Any) -> None:
+        self.calls += 1
+
+
+def prompt_ids(loaded: LoadedModel, prompt: str) -> list[int]:
+    text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                tokenize=False)
+    ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def useful(loaded: LoadedModel, new: list[int]) -> list[int]:
+    gen = loaded.model.generation_config
+    cut = new.index(gen.eos_token_id) if gen.eos_token_id in new else len(new)
+    return [t for t in new[:cut] if t != gen.pad_token_id]
+
+
+def report(name: str, answers: list[str], expected: list[str], latencies: list[float], tokens: int, wall: float,
+           passes: int, canvases: int) -> dict[str, Any]:
+    return {"mode": name, "requests": len(answers), "useful_tokens": tokens, "wall_s": round(wall, 3),
+            "useful_tokens_per_s": round(tokens / wall, 2), "p50_latency_s": round(pct(latencies, 0.5), 4),
+            "p99_latency_s": round(pct(latencies, 0.99), 4), "decoder_passes": passes,
+            "passes_per_canvas": round(passes / max(1, canvases), 2),
+            "tokens_per_pass": round(tokens / max(1, passes), 2),
+            "accuracy": round(sum(check(a, e) for a, e in zip(answers, expected, strict=True)) / len(answers), 4),
+            "rss_mb": round(rss_mb(), 1)}
+
+
+def plain_sequential(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple[str, str, str]]) -> dict[str, Any]:
+    counter.calls, answers, latencies, tokens, canvases = 0, [], [], 0, 0
+    started = time.perf_counter()
+    for _, prompt, _ in work:
+        t = time.perf_counter()
+        ids = torch.tensor([prompt_ids(loaded, prompt)])
+        out = loaded.model.generate(ids)
+        seq = (out.sequences if hasattr(out, "sequences") else out)[0, ids.shape[1]:].tolist()
+        canvases += len(seq) // loaded.model.config.canvas_length
+        kept = useful(loaded, seq)
+        tokens += len(kept)
+        answers.append(loaded.tokenizer.decode(kept))
+        latencies.append(time.perf_counter() - t)
+    return report("a: generate() sequential", answers, [w[2] for w in work], latencies, tokens,
+                  time.perf_counter() - started, counter.calls, canvases)
+
+
+def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple[str, str, str]],
+                  group: int = 8) -> dict[str, Any]:
+    counter.calls, answers, latencies, tokens, canvases = 0, [], [], 0, 0
+    pad = loaded.model.generation_config.pad_token_id
+    started = time.perf_counter()
+    for i in range(0, len(work), group):
+        t = time.perf_counter()
+        batch = [prompt_ids(loaded, p) for _, p, _ in work[i:i + group]]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+        out = loaded.model.generate(ids, attention_mask=mask)
+        seqs = (out.sequences if hasattr(out, "sequences") else out)[:, width:].tolist()
+        for seq in seqs:
+            canvases += len(seq) // loaded.model.config.canvas_length
+            kept = useful(loaded, seq)
+            tokens += len(kept)
+            answers.append(loaded.tokenizer.decode(kept))
+        latencies += [time.perf_counter() - t] * len(batch)  # every row waits for the whole group
+    return report("b: generate() batched x8", answers, [w[2] for w in work], latencies, tokens,
+                  time.perf_counter() - started, counter.calls, canvases)
+
+
+async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], concurrency: int) -> dict[str, Any]:
+    config = EngineConfig(max_batch_size=max(1, concurrency), max_queue=1024, max_tokens=256)
+    engine = DiffusionEngine(loaded, config)
+    await engine.start()
+    pending = list(enumerate(work))
+    answers: list[str] = [""] * len(work)
+    latencies: list[float] = []
+    stats = {"tokens": 0, "passes": 0, "canvases": 0}
+
+    async def client() -> None:
+        while pending:
+            i, (_, prompt, _) = pending.pop(0)
+            t = time.perf_counter()
+            c = await engine.generate(GenerationRequest(request_id=f"r{i}", seed=i,
+                                                        messages=[{"role": "user", "content": prompt}]))
+            latencies.append(time.perf_counter() - t)
+            answers[i] = c.text
+            stats["tokens"] += c.completion_tokens
+            stats["passes"] += sum(c.confidence.steps_per_canvas)
+            stats["canvases"] += len(c.confidence.steps_per_canvas)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    await engine.stop()
+    return report(f"c: engine concurrency {concurrency}", answers, [w[2] for w in work], latencies,
+                  stats["tokens"], wall, stats["passes"], stats["canvases"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--checkpoint", type=Path, default=BUNDLED)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    loaded = load_model(EngineConfig(model=str(args.checkpoint)))
+    counter = DecoderCounter(loaded)
+    work = held_out(args.requests // 6 + 1)[: args.requests]
+    torch.set_grad_enabled(False)
+    modes = [plain_sequential(loaded, counter, work), plain_batched(loaded, counter, work)]
+    for concurrency in (1, 4, 8, 16):
+        modes.append(asyncio.run(engine_mode(loaded, work, concurrency)))
+    for m in modes:
+        print(json.dumps(m))
+    a, b = modes[0], modes[1]
+    c8 = next(m for m in modes if m["mode"].endswith("concurrency 8"))
+    c1 = next(m for m in modes if m["mode"].endswith("concurrency 1"))
+    ratios = {"c8_over_a_throughput": round(c8["useful_tokens_per_s"] / a["useful_tokens_per_s"], 2),
+              "c8_over_b_throughput": round(c8["useful_tokens_per_s"] / b["useful_tokens_per_s"], 2),
+              "c8_p99_over_c1_p50_latency": round(c8["p99_latency_s"] / c1["p50_latency_s"], 2),
+              "c8_accuracy_minus_a": round(c8["accuracy"] - a["accuracy"], 4)}
+    print(json.dumps(ratios))
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                         f"device {loaded.device}",
+              "checkpoint": str(args.checkpoint), "requests": len(work), "modes": modes, "ratios": ratios,
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

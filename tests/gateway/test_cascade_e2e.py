@@ -1,0 +1,101 @@
+"""A cascade rule file end to end: the openai SDK, the bundled tiny model drafting, the simulated provider
+as the escalation target, and the ledger recording verdicts and wasted drafts."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from local_engine.loading import BUNDLED
+from tests.conftest import hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+
+pytestmark = pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(), reason="bundled checkpoint missing")
+
+RULES = """\
+policies:
+  default: requested
+  rules:
+    - name: arithmetic
+      when: {metadata: {task: math}}
+      action:
+        cascade:
+          escalate_to: gpt-4o-mini
+          verifiers: [{regex: {pattern: '^-?\\d+$', mode: fullmatch}}]
+    - name: invoice-regenerate
+      when: {metadata: {task: invoice}}
+      action:
+        cascade:
+          escalate_to: gpt-4o-mini
+          mode: regenerate
+          verifiers: [{json_schema: {schema: {type: object, required: [total]}}}]
+    - name: invoice-refine
+      when: {metadata: {task: invoice-refine}}
+      action:
+        cascade:
+          escalate_to: gpt-4o-mini
+          mode: refine
+          verifiers: [{json_schema: {schema: {type: object, required: [total]}}}]
+"""
+EXTRACT = 'Extract city as JSON: {"name": "Ada", "age": 36, "city": "Oslo"}'
+
+
+@pytest.fixture
+def gw(gateway_factory, simulator):  # type: ignore[no-untyped-def]
+    return gateway_factory(hosted_config(simulator.base_url, RULES, local=True))
+
+
+def test_a_routine_request_is_answered_locally(gw, simulator) -> None:  # type: ignore[no-untyped-def]
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "What is 37 + 58?"}], metadata={"task": "math"}, seed=1)
+    assert raw.headers["x-draftgate-route"] == "local", raw.headers.get("x-draftgate-escalation")
+    assert raw.parse().choices[0].message.content.strip().lstrip("-").isdigit()
+    assert simulator.state.received == []
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.rule == "arithmetic" and row.detail["verdicts"][0]["passed"]
+    assert row.local_cost_usd and row.local_cost_usd > 0 and row.wasted_draft_usd == 0
+
+
+@pytest.mark.parametrize("mode", ["regenerate", "refine"])
+def test_a_broken_draft_is_caught_and_escalated(gw, simulator, mode) -> None:  # type: ignore[no-untyped-def]
+    task = "invoice" if mode == "regenerate" else "invoice-refine"
+    simulator.state.replies.append('{"total": 42}')
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], metadata={"task": task}, seed=1)
+    body = raw.parse()
+    assert raw.headers["x-draftgate-route"] == "escalated"
+    assert "'total' is a required property" in raw.headers["x-draftgate-escalation"]
+    assert body.choices[0].message.content == '{"total": 42}'
+    assert body.model_extra["draftgate"]["escalation"]["mode"] == mode
+    sent = simulator.state.received[-1].body["messages"]
+    if mode == "refine":
+        assert len(sent) == 2 and "'total' is a required property" in sent[-1]["content"]
+    else:
+        assert sent == [{"role": "user", "content": EXTRACT}]
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.route == "escalated" and row.wasted_draft_usd > 0
+    assert row.hosted_cost_usd and row.hosted_cost_usd > 0 and row.device_seconds > 0
+    assert row.cost_usd == pytest.approx(row.hosted_cost_usd + row.wasted_draft_usd)
+    assert "total" in (row.escalation_reason or "")
+
+
+def test_streaming_escalation_sends_no_draft_bytes(gw, simulator) -> None:  # type: ignore[no-untyped-def]
+    simulator.state.replies.append('{"total": 7}')
+    stream = client(gw).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], metadata={"task": "invoice"}, stream=True,
+        seed=1)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert json.loads(text) == {"total": 7}
+    assert "Oslo" not in text
+
+
+def test_cascade_with_the_hosted_side_down_errors_cleanly(gw, simulator) -> None:  # type: ignore[no-untyped-def]
+    from gateway.simulator import Fault
+
+    simulator.state.faults.extend([Fault(status=503)] * 8)
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": EXTRACT}],
+                                           metadata={"task": "invoice"}, seed=1)
+    assert info.value.status_code == 502

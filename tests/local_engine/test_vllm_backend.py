@@ -1,0 +1,40 @@
+"""`backend: vllm` against an OpenAI-compatible server on 127.0.0.1 (the simulator stands in for vLLM)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.simulator import SimulatorServer
+from local_engine import Completion, EngineConfig, GenerationRequest, StreamDelta, create_backend
+from local_engine.errors import EngineUnavailableError
+from local_engine.vllm_backend import VllmBackend
+
+
+async def test_generate_and_stream_with_metering() -> None:
+    async with SimulatorServer() as server_a, SimulatorServer() as server_b:
+        backend = create_backend(EngineConfig(backend="vllm", api_bases=(server_a.base_url, server_b.base_url),
+                                              served_model="google/diffusiongemma-26B-A4B-it",
+                                              device_usd_per_hour=3600.0))
+        assert isinstance(backend, VllmBackend)
+        await backend.start()
+        request = GenerationRequest(request_id="v1", messages=[{"role": "user", "content": "one two"}],
+                                    max_tokens=9, seed=3, stop=["zz"])
+        done = await backend.generate(request)
+        assert done.text == "echo: one two" and done.completion_tokens == 3 and done.prompt_tokens == 2
+        assert done.device_seconds > 0 and done.cost_usd == pytest.approx(done.device_seconds)
+        events = [e async for e in backend.stream(request)]
+        assert all(isinstance(e, StreamDelta) for e in events[:-1]) and isinstance(events[-1], Completion)
+        assert "".join(e.text for e in events[:-1]) == events[-1].text == "echo: one two"
+        assert events[-1].completion_tokens == 3
+        sent = (server_a.state.received + server_b.state.received)
+        assert {r.body["model"] for r in sent} == {"google/diffusiongemma-26B-A4B-it"}
+        assert sent[0].body["max_tokens"] == 9 and sent[0].body["stop"] == ["zz"] and sent[0].body["seed"] == 3
+        await backend.stop()
+
+
+async def test_unreachable_server_is_unavailable() -> None:
+    backend = VllmBackend(EngineConfig(backend="vllm", api_bases=("http://127.0.0.1:9/v1",)))
+    await backend.start()
+    with pytest.raises(EngineUnavailableError):
+        await backend.generate(GenerationRequest(request_id="x", messages=[{"role": "user", "content": "hi"}]))
+    await backend.stop()
