@@ -100,7 +100,7 @@ class Services:
         pricing = Pricing(prices, hosted, config.reference_model)
         planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
                           local_enabled=config.local.enabled, judge=judge_with(hosted))
-        return cls(settings=settings, config=config, db=db, writer=LedgerWriter(db, settings.journal_path()),
+        return cls(settings=settings, config=config, db=db, writer=LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*"),
                    keys=keys, auth=auth, prices=prices, http=http, hosted=hosted, metrics=Metrics(),
                    planner=planner, pricing=pricing)
 

@@ -6,6 +6,7 @@ these settings only say where that file is and how this process runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 4000
     workers: int = 1
-    worker_id: str = Field(default="0", description="names this process's ledger journal")
+    worker_id: str | None = Field(default=None, description="names this process's ledger journal (default: pid)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     key_cache_ttl_s: float = Field(default=2.0, ge=0.0, description="how long a verified key is trusted")
     load_local_engine: bool = Field(default=True, description="False skips loading the local model")
@@ -44,4 +45,4 @@ class Settings(BaseSettings):
 
     def journal_path(self) -> Path:
         """Each process journals to its own file so workers never interleave lines."""
-        return self.data_dir / f"ledger-{self.worker_id}.journal"
+        return self.data_dir / f"ledger-{self.worker_id or os.getpid()}.journal"

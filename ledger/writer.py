@@ -4,13 +4,15 @@ Each record is appended to the current journal segment with one `write()` before
 killed process (kill -9) loses nothing the OS already has. Every flush seals the segment, inserts its
 rows in a worker thread and deletes the segment once committed. On start, leftover segments are
 replayed; inserts skip request ids already stored, so a crash between commit and delete cannot
-double count. Each process must own its journal path (workers get one each).
+double count. Each process must own its journal path (workers get one each); a process holds an
+advisory lock on its open segment, so a starting worker replays only segments no live process owns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
@@ -47,9 +49,10 @@ class LedgerWriter:
     """Queues records on the event loop; a background task writes them in batches."""
 
     def __init__(self, db: Database, journal_path: Path, *, batch_size: int = 256,
-                 flush_interval_s: float = 0.2) -> None:
+                 flush_interval_s: float = 0.2, recover_glob: str | None = None) -> None:
         self._db = db
         self._journal = journal_path
+        self._recover_glob = recover_glob or journal_path.name + ".*"
         self._batch_size = batch_size
         self._interval = flush_interval_s
         self._current: _Segment | None = None
@@ -60,28 +63,45 @@ class LedgerWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def _segments(self) -> list[Path]:
-        found = self._journal.parent.glob(self._journal.name + ".*")
-        return sorted((p for p in found if p.suffix[1:].isdigit()), key=lambda p: int(p.suffix[1:]))
+    def _segments(self, pattern: str) -> list[Path]:
+        found = self._journal.parent.glob(pattern)
+        return sorted((p for p in found if p.suffix[1:].isdigit()), key=lambda p: (p.stem, int(p.suffix[1:])))
 
     async def start(self) -> None:
-        """Replays leftover journal segments into the database, then starts the flush task."""
+        """Replays orphaned journal segments into the database, then starts the flush task."""
         self._journal.parent.mkdir(parents=True, exist_ok=True)
-        leftovers = self._segments()
-        for path in leftovers:
-            records = await asyncio.to_thread(read_segment, path)
-            added = await asyncio.to_thread(self._db.insert_records, records)
-            if records:
-                log.info("recovered %d journalled ledger row(s) from %s (%d new)", len(records), path.name, added)
-            path.unlink()
-        self._seq = int(leftovers[-1].suffix[1:]) + 1 if leftovers else 0
+        for path in self._segments(self._recover_glob):
+            await asyncio.to_thread(self._recover, path)
+        own = self._segments(self._journal.name + ".*")
+        self._seq = int(own[-1].suffix[1:]) + 1 if own else 0
         self._open_segment()
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    def _recover(self, path: Path) -> None:
+        """Replays one segment unless a live process holds it (its lock says so)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return
+        try:
+            records = read_segment(path)
+            added = self._db.insert_records(records)
+            if records:
+                log.info("recovered %d journalled ledger row(s) from %s (%d new)", len(records), path.name, added)
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
     def _open_segment(self) -> None:
         path = self._journal.with_name(f"{self._journal.name}.{self._seq}")
         self._seq += 1
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we append to it
         self._current = _Segment(path)
 
     def record(self, record: RequestRecord) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,8 @@ async def test_a_crash_loses_nothing_and_counts_nothing_twice(db: Database, tmp_
         crashed.record(record(f"c{i}"))  # journalled, never flushed
     current = max(journal.parent.glob("ledger.journal.*"), key=lambda p: int(p.suffix[1:]))
     current.write_bytes(current.read_bytes() + b'{"request_id": "torn", "creat')  # a half-written line
-    crashed._task.cancel()  # type: ignore[union-attr]  # no graceful close: as after kill -9
+    crashed._task.cancel()  # type: ignore[union-attr]  # no graceful close: as after kill -9,
+    os.close(crashed._fd)  # type: ignore[arg-type]  # which also drops the process's journal lock
 
     restarted = LedgerWriter(db, journal)
     await restarted.start()
@@ -110,3 +112,18 @@ def test_writer_survives_a_failing_database(tmp_path: Path) -> None:
         assert db.get_record("kept") is not None
 
     asyncio.run(scenario())
+
+
+async def test_a_worker_replays_orphans_but_not_a_live_workers_journal(db: Database, tmp_path: Path) -> None:
+    live = LedgerWriter(db, tmp_path / "ledger-1.journal", flush_interval_s=60, recover_glob="ledger-*.journal.*")
+    await live.start()
+    live.record(record("live-row"))  # journalled by a running worker, not flushed yet
+    orphan = tmp_path / "ledger-99.journal.0"  # left by a worker that was killed
+    orphan.write_bytes((tmp_path / "ledger-1.journal.0").read_bytes().replace(b"live-row", b"dead-row"))
+    other = LedgerWriter(db, tmp_path / "ledger-2.journal", recover_glob="ledger-*.journal.*")
+    await other.start()
+    assert db.get_record("dead-row") is not None and not orphan.exists()
+    assert db.get_record("live-row") is None and (tmp_path / "ledger-1.journal.0").exists()
+    await live.close()
+    await other.close()
+    assert db.get_record("live-row") is not None
