@@ -136,3 +136,21 @@ def test_restart_keeps_the_ledger(gateway_factory, simulator, tmp_path) -> None:
     gw2 = gateway_factory(hosted_config(simulator.base_url), data_dir=data)
     db = flushed_db(gw2)
     assert all(db.get_record(i) is not None for i in ids)
+
+
+def test_providers_that_need_translation_go_through_litellm(gateway_factory, simulator) -> None:
+    extra = f"""\
+  - name: via-litellm
+    model: hosted_vllm/sim-model
+    api_base: {simulator.base_url}
+    price: {{input_per_mtok: 1.0, output_per_mtok: 1.0}}
+"""
+    gw = gateway_factory(hosted_config(simulator.base_url).replace("local:\n", extra + "local:\n", 1))
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="via-litellm", messages=[{"role": "user", "content": "through litellm"}])
+    assert raw.parse().choices[0].message.content == "echo: through litellm"
+    assert simulator.state.received[-1].body["model"] == "sim-model"
+    assert float(raw.headers["x-draftgate-cost-usd"]) == pytest.approx((2 + 3) / 1e6)
+    stream = client(gw).chat.completions.create(model="via-litellm", stream=True,
+                                                messages=[{"role": "user", "content": "streamed too"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: streamed too"
