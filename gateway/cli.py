@@ -21,6 +21,9 @@ keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database)
 app.add_typer(keys_app, name="keys")
 route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
 app.add_typer(route_app, name="route")
+router_app = typer.Typer(help="The learned difficulty classifier.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
+DEFAULT_DATA = Path("../shared/data/routellm")
 console = Console()
 err = Console(stderr=True)
 
@@ -152,6 +155,44 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     typer.echo(f"decision: {report['decision']}")
     if report["p_hosted"] is not None:
         console.print(f"classifier p_hosted: {report['p_hosted']:.3f}")
+
+
+@router_app.command("score")
+def router_score(input: Annotated[Path, typer.Option("--input", help="JSONL: {id, prompt, draft?} per line")],
+                 output: Annotated[Path, typer.Option("--output", help="JSONL: {id, p_hosted} per line")],
+                 weights: Annotated[Path | None, typer.Option(help="classifier .npz (default: bundled)")] = None,
+                 ) -> None:
+    """Score prompts (and optional drafts) with p_hosted, one output line per input line, same order."""
+    from router.classifier import ClassifierUnavailableError, DifficultyClassifier
+    from router.scoring import ScoreInputError, score_file
+
+    try:
+        count = score_file(input, output, DifficultyClassifier.load(weights))
+    except (ScoreInputError, ClassifierUnavailableError, OSError) as exc:
+        typer.echo(f"error: {input}: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    console.print(f"scored {count} prompt(s) -> {output}")
+
+
+@router_app.command("train")
+def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data folder")] = DEFAULT_DATA,
+                 out: Annotated[Path | None, typer.Option(help="where to write the .npz")] = None,
+                 from_ledger: Annotated[bool, typer.Option("--from-ledger", help="add the gateway's own "
+                                                           "verification outcomes")] = False,
+                 config: ConfigOpt = None) -> None:
+    """Train the difficulty classifier (the bundled weights come from this command)."""
+    from router.classifier import BUNDLED_WEIGHTS
+    from router.training import train
+
+    extra = []
+    if from_ledger:
+        from gateway.outcomes import ledger_outcomes
+
+        settings = _settings(config)
+        extra = ledger_outcomes(settings.resolved_database_url(_load_or_exit(settings).database_url))
+        console.print(f"{len(extra)} outcome(s) from the ledger")
+    report = train(data, out or BUNDLED_WEIGHTS, extra_rows=extra)
+    console.print(f"trained on {report.rows} rows ({report.positives} needed hosted) -> {report.weights_path}")
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,17 @@ class Database:
         if row is None:
             return None
         return RequestRecord(**{name: row._mapping[name] for name in RECORD_FIELDS})
+
+    def iter_records(self, *, routes: Sequence[str] | None = None, batch: int = 1000) -> Iterator[RequestRecord]:
+        """Every row (optionally of some routes), oldest first, fetched in batches."""
+        table = RequestRow.__table__
+        statement = select(table).order_by(table.c.created_at)
+        if routes:
+            statement = statement.where(table.c.route.in_(list(routes)))
+        with self.engine.connect() as connection:
+            result = connection.execution_options(yield_per=batch).execute(statement)
+            for row in result:
+                yield RequestRecord(**{name: row._mapping[name] for name in RECORD_FIELDS})
 
     def count_records(self) -> int:
         with self.engine.connect() as connection:

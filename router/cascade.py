@@ -60,6 +60,13 @@ class Judgement:
         return "; ".join(failed)
 
 
+MAX_STORED_CHARS = 4000
+
+
+def _prompt_text(job: Job) -> str:
+    return "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
+
+
 REFINE_INSTRUCTIONS = (
     "A draft answer to the conversation above was produced by a smaller model and failed automatic "
     "verification. Write the correct final answer for the user. Reuse what is right in the draft, fix what "
@@ -105,10 +112,13 @@ class Cascade:
         body = {**job.upstream_body, "messages": messages}
         return Job(**{**job.__dict__, "messages": messages, "upstream_body": body})
 
-    def _annotate(self, outcome: Outcome, spec: CascadeSpec, completion: Completion, judgement: Judgement,
-                  escalated: bool) -> None:
+    def _annotate(self, outcome: Outcome, job: Job, spec: CascadeSpec, completion: Completion,
+                  judgement: Judgement, escalated: bool) -> None:
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]
         outcome.detail["draft_confidence"] = completion.confidence.as_dict()
+        # What `draftgate router train --from-ledger` learns from: the prompt, the draft and its fate.
+        outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],
+                                     "draft": completion.text[:MAX_STORED_CHARS], "passed": not escalated}
         if escalated:
             outcome.route = Route.ESCALATED
             outcome.escalation_reason = judgement.reason()
@@ -128,7 +138,7 @@ class Cascade:
         completion, judgement = await self._draft(job, plan, spec)
         if judgement.passed:
             outcome = self._executor.local_outcome(completion)
-            self._annotate(outcome, spec, completion, judgement, escalated=False)
+            self._annotate(outcome, job, spec, completion, judgement, escalated=False)
             outcome.body = completion_body(job, self._executor.local_alias, completion)
             return outcome
         try:
@@ -141,7 +151,7 @@ class Cascade:
             outcome.body = completion_body(job, self._executor.local_alias, completion)
             outcome.body["draftgate"]["unverified_draft"] = outcome.detail["unverified_draft"]
             return outcome
-        self._annotate(outcome, spec, completion, judgement, escalated=True)
+        self._annotate(outcome, job, spec, completion, judgement, escalated=True)
         assert outcome.body is not None
         outcome.body["draftgate"] = {"escalation": outcome.detail["escalation"],
                                      "verdicts": outcome.detail["verdicts"]}
@@ -159,10 +169,10 @@ class Cascade:
                     raise
                 outcome = self._serve_draft(job, completion, judgement, exc)
                 return ChunkStream(outcome, self._draft_chunks(job, completion))
-            self._annotate(opened.outcome, spec, completion, judgement, escalated=True)
+            self._annotate(opened.outcome, job, spec, completion, judgement, escalated=True)
             return opened
         outcome = self._executor.local_outcome(completion)
-        self._annotate(outcome, spec, completion, judgement, escalated=False)
+        self._annotate(outcome, job, spec, completion, judgement, escalated=False)
         return ChunkStream(outcome, self._draft_chunks(job, completion))
 
     async def _draft_chunks(self, job: Job, completion: Completion) -> AsyncIterator[bytes]:

@@ -1,0 +1,25 @@
+"""Verification outcomes recorded by the gateway, as training rows for the difficulty classifier."""
+
+from __future__ import annotations
+
+from ledger import Database
+from router.training import TrainingRow
+
+
+def ledger_outcomes(database_url: str) -> list[TrainingRow]:
+    """Cascade drafts and their fate: escalated (label 1, the hosted model was needed) or served (0)."""
+    db = Database(database_url)
+    rows = []
+    try:
+        for record in db.iter_records(routes=("local", "escalated")):
+            outcome = (record.detail or {}).get("outcome")
+            if not isinstance(outcome, dict) or not outcome.get("prompt"):
+                continue
+            label = 0.0 if outcome.get("passed") else 1.0
+            rows.append(TrainingRow(prompt=outcome["prompt"], label=label, draft=None, source="ledger"))
+            if outcome.get("draft"):
+                rows.append(TrainingRow(prompt=outcome["prompt"], label=label, draft=outcome["draft"],
+                                        source="ledger+draft"))
+    finally:
+        db.dispose()
+    return rows
