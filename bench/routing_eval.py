@@ -31,6 +31,7 @@ def load_tool(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location("routing_eval", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules["routing_eval"] = module  # its dataclasses look themselves up there
     spec.loader.exec_module(module)
     return module
 
@@ -79,7 +80,7 @@ def mean_of(folds: list[dict[str, float | None]]) -> dict[str, float | None]:
 def evaluate(data_dir: Path, tool: Any, cache_dir: Path) -> dict[str, Any]:
     rows = read_outcomes(data_dir)
     raw = {json.loads(line)["prompt"]: json.loads(line) for name in ("gsm8k_dev.jsonl", "mmlu_dev.jsonl")
-           for line in (data_dir / name).read_text().splitlines()}
+           for line in (data_dir / name).read_text(encoding="utf-8").split("\n") if line.strip()}
     prompts = sorted({r.prompt for r in rows})
     index = {p: i for i, p in enumerate(prompts)}
     unique = embeddings_for(prompts, cache_dir / "minilm.npy")

@@ -44,7 +44,9 @@ def read_outcomes(data_dir: Path) -> list[TrainingRow]:
     """RouteLLM outcome rows (prompt only, and with the draft where the data has one)."""
     rows = []
     for name in DATA_FILES:
-        for line in (data_dir / name).read_text().splitlines():
+        for line in (data_dir / name).read_text(encoding="utf-8").split("\n"):  # not splitlines(): U+2028 in text
+            if not line.strip():
+                continue
             item = json.loads(line)
             label = float(item["strong_score"] > item["weak_score"])
             group = item.get("subject") or item["source"]
