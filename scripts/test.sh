@@ -7,5 +7,9 @@ bash scripts/install.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 if [ -z "${DRAFTGATE_TEST_POSTGRES_URL:-}" ] && [ "${DRAFTGATE_START_POSTGRES:-${CI:-}}" != "" ]; then
   eval "$(bash scripts/postgres.sh)"
+  if [ -z "${DRAFTGATE_TEST_POSTGRES_URL:-}" ]; then
+    echo "error: CI runs the ledger tests on PostgreSQL too, and scripts/postgres.sh could not start one" >&2
+    exit 1
+  fi
 fi
 exec python -m pytest -q -ra "$@"
