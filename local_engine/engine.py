@@ -1,12 +1,11 @@
 """The in-process DiffusionGemma engine: a bounded queue and a step-level scheduler in a worker thread.
 
-Scheduling is per denoising step, not per `generate()` call: each tick admits waiting requests (up to
-`max_batch_size` active rows), then advances every active row by one unit of work. A row whose canvas
-converged commits it at once and either finishes (EOS, max_tokens, a stop string) and leaves, or
-encodes the canvas and starts the next one — nobody waits for the slowest row, and no canvas is
-computed after EOS. Rows keep their own KV caches, so a row joins or leaves without touching others;
-each pass runs one row. On CPU a 256-token canvas is already compute-bound at batch 1 (see the notes:
-canvas throughput is flat from batch 1 to 8), so the gain comes from not computing what is not needed.
+Scheduling is per denoising step, not per `generate()` call. Each tick admits waiting requests as a
+new cohort (up to `max_batch_size` active rows in all), then advances every cohort by one unit of work:
+rows of a cohort share one left-padded KV cache and one batched decoder pass per step. A row whose
+canvas converged commits it at once; if it is finished (EOS, max_tokens, a stop string) it leaves the
+batch immediately and is never computed again; no canvas is computed after EOS. Requests that arrive
+while cohorts run start their own cohort at the next tick, interleaved with the running ones.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 
 from local_engine.errors import EngineUnavailableError, GenerationFailedError, QueueFullError
 from local_engine.interface import Completion, EngineConfig, GenerationRequest, StreamDelta
+from local_engine.cohort import Cohort
 from local_engine.loading import LoadedModel, load_model
 from local_engine.metering import Meter, default_rate
 from local_engine.rows import Row, RowState, Sampling
@@ -55,6 +56,7 @@ class _Slot:
     def __init__(self, row: Row, emit: Emit) -> None:
         self.row = row
         self.emit = emit
+        self.queued_at = time.monotonic()
 
 
 class DiffusionEngine:
@@ -68,7 +70,7 @@ class DiffusionEngine:
         rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else default_rate(loaded.device)
         self.meter = Meter(loaded.device, rate)
         self._waiting: queue.Queue[_Slot] = queue.Queue()
-        self._active: list[_Slot] = []
+        self._cohorts: list[Cohort] = []
         self._running = False
         self._thread: threading.Thread | None = None
         self.ticks = 0  # scheduler ticks, for tests and benchmarks
@@ -90,9 +92,10 @@ class DiffusionEngine:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
         error = EngineUnavailableError("the local engine is shutting down")
-        for slot in self._active:
-            slot.emit(error)
-        self._active.clear()
+        for cohort in self._cohorts:
+            for slot in cohort.members:
+                slot.emit(error)
+        self._cohorts.clear()
         while not self._waiting.empty():
             self._waiting.get_nowait().emit(error)
 
@@ -171,70 +174,74 @@ class DiffusionEngine:
 
     # -- the worker-thread side ---------------------------------------------------------------------------
 
+    @property
+    def _active(self) -> list[_Slot]:
+        return [m for c in self._cohorts for m in c.members]
+
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         while self._running:
-            self._admit(block=not self._active)
-            if not self._active:
+            self._admit(block=not self._cohorts)
+            if not self._cohorts:
                 continue
             self.ticks += 1
-            for slot in list(self._active):
-                self._advance(slot)
-            self._active = [s for s in self._active if s.row.state is not RowState.DONE]
+            for cohort in list(self._cohorts):
+                self._advance(cohort)
+            self._cohorts = [c for c in self._cohorts if c.members]
+
+    def _should_admit(self, room: int) -> bool:
+        """Start a new cohort when idle, when it would be full, or when the oldest waiter waited long enough.
+
+        Waiting briefly for running cohorts to reach their canvas boundary lets arrivals share batched
+        passes instead of each opening a one-row cohort; `max_join_wait_s` bounds what that costs a request.
+        """
+        if not self._cohorts:
+            return True
+        waiting = self._waiting.qsize()
+        if waiting == 0 or room <= 0:
+            return False
+        if waiting >= room:
+            return True
+        with self._waiting.mutex:
+            oldest = self._waiting.queue[0].queued_at if self._waiting.queue else time.monotonic()
+        return time.monotonic() - oldest >= self._config.max_join_wait_s
 
     def _admit(self, *, block: bool) -> None:
-        while len(self._active) < self._config.max_batch_size:
-            try:
-                slot = self._waiting.get(timeout=0.05) if block else self._waiting.get_nowait()
-            except queue.Empty:
-                return
-            block = False
-            if slot.row.cancelled:
-                continue
-            self.admitted_at_tick[slot.row.request.request_id] = self.ticks
-            self._active.append(slot)
-
-    def _advance(self, slot: _Slot) -> None:
-        row = slot.row
-        if row.cancelled:
-            row.state = RowState.DONE
+        room = self._config.max_batch_size - len(self._active)
+        if not self._should_admit(room):
             return
+        joining: list[_Slot] = []
+        while len(joining) < room:
+            try:
+                slot = self._waiting.get(timeout=0.05) if block and not joining else self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if not slot.row.cancelled:
+                self.admitted_at_tick[slot.row.request.request_id] = self.ticks
+                joining.append(slot)
+        if joining:
+            self._cohorts.append(Cohort(joining, self._loaded.model, self.sampling, self.meter,
+                                        self._loaded.device, self.sampling.pad_id))
+
+    def _advance(self, cohort: Cohort) -> None:
         try:
-            if row.state is RowState.NEW:
-                self._encode(row, row.prompt_ids)
-                row.start_canvas(self.sampling, self._loaded.device)
-                return
-            if row.denoise(self._decode(row), self.sampling):
-                self._finish_canvas(slot)
+            cohort.step(self._converged)
+        except Exception as exc:  # noqa: BLE001 - a failed batched pass fails its cohort, not the engine
+            for slot in cohort.members:
+                slot.row.state = RowState.DONE
+                slot.emit(GenerationFailedError(f"{type(exc).__name__}: {exc}"))
+            cohort.members = []
+
+    def _converged(self, slot: _Slot) -> None:
+        try:
+            self._finish_canvas(slot)
         except Exception as exc:  # noqa: BLE001 - one failing request must not take the batch down
-            row.state = RowState.DONE
+            slot.row.state = RowState.DONE
             slot.emit(GenerationFailedError(f"{type(exc).__name__}: {exc}"))
-
-    def _encode(self, row: Row, ids: list[int]) -> None:
-        model = self._loaded.model
-        if row.cache is None:
-            row.new_cache(model.config.text_config)
-        device = self._loaded.device
-        input_ids = torch.tensor([ids], device=device)
-        positions = torch.arange(row.position, row.position + len(ids), device=device).unsqueeze(0)
-        started = self.meter.start()
-        model.model.encoder(input_ids=input_ids, position_ids=positions, cache=row.cache)
-        self.meter.stop(started, [row.device_seconds])
-        row.position += len(ids)
-
-    def _decode(self, row: Row) -> torch.Tensor:
-        length = self.sampling.canvas_length
-        positions = torch.arange(row.position, row.position + length, device=self._loaded.device).unsqueeze(0)
-        started = self.meter.start()
-        logits = self._loaded.model(cache=row.cache, decoder_input_ids=row.canvas, decoder_position_ids=positions,
-                                    self_conditioning_logits=row.self_conditioning).logits  # (1, L, V)
-        self.meter.stop(started, [row.device_seconds])
-        row.decoder_passes += 1
-        return logits.float()
 
     def _finish_canvas(self, slot: _Slot) -> None:
         row = slot.row
-        canvas = row.commit(self.sampling)
+        row.commit(self.sampling)
         text = self._loaded.tokenizer.decode(row.tokens)
         stop_at = self._stop_index(text, row.request.stop)
         if stop_at is not None:
@@ -243,9 +250,7 @@ class DiffusionEngine:
         if row.finish_reason is None:
             hold = max((len(s) for s in row.request.stop), default=1) - 1  # a stop string may span canvases
             self._emit_text(slot, text[: len(text) - hold] if hold else text)
-            self._encode(row, canvas)
-            row.start_canvas(self.sampling, self._loaded.device)
-            return
+            return  # the cohort encodes this canvas and opens the next at its canvas boundary
         self._emit_text(slot, text)
         row.state = RowState.DONE
         slot.emit(self._completion(row, text))

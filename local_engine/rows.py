@@ -67,6 +67,8 @@ class Row:
     cancelled: bool = False
     emitted_chars: int = 0
     last_entropy: torch.Tensor | None = None  # (1, L) entropy of the latest step
+    converged_canvas: bool = False  # True from the commit of a canvas until the next one opens
+    last_canvas: torch.Tensor | None = None  # (L,) the committed canvas, to encode at the boundary
 
     def new_cache(self, text_config: Any) -> None:
         self.cache = DynamicCache(config=text_config)
@@ -78,6 +80,7 @@ class Row:
         self.self_conditioning = None
         self.step = 0
         self.state = RowState.DENOISING
+        self.converged_canvas = False
 
     def denoise(self, logits: torch.Tensor, sampling: Sampling) -> bool:
         """Applies one step's logits (1, L, V); returns True when this canvas has converged."""
@@ -114,6 +117,7 @@ class Row:
     def commit(self, sampling: Sampling) -> list[int]:
         """Commits the argmax canvas: useful tokens up to EOS and max_tokens. Returns the whole canvas ids."""
         assert self.argmax is not None
+        self.last_canvas = self.argmax[0]
         canvas = self.argmax[0].tolist()
         assert self.last_entropy is not None
         entropy = self.last_entropy[0].tolist()

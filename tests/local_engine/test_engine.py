@@ -28,12 +28,12 @@ def req(rid: str, max_tokens: int = 16, seed: int = 1, **kw: object) -> Generati
 
 
 class FailingEngine(DiffusionEngine):
-    """Raises inside the batch for one request id (an engine bug or OOM hitting one row)."""
+    """Raises inside the batch for one request id (an engine bug hitting one row)."""
 
-    def _decode(self, row):  # type: ignore[no-untyped-def]
-        if row.request.request_id == "boom":
+    def _finish_canvas(self, slot):  # type: ignore[no-untyped-def]
+        if slot.row.request.request_id == "boom":
             raise RuntimeError("simulated out of memory")
-        return super()._decode(row)
+        return super()._finish_canvas(slot)
 
 
 @pytest.fixture
