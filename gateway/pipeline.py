@@ -67,9 +67,9 @@ class ChatPipeline:
         self._metrics = metrics
         self._pricing = pricing
 
-    async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
-                       headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-        """Serves a non-streaming request; `headers_out` is filled as soon as the route is known."""
+    async def _serve(self, body: ChatRequest, principal: Principal, request_id: str,
+                     headers_out: dict[str, str]) -> tuple[Job, Plan, Any, float, datetime]:
+        """Plans and serves (or opens the stream); a failure here is recorded, then raised."""
         started, created_at = time.perf_counter(), datetime.now(UTC)
         job = to_job(body, request_id)
         plan: Plan | None = None
@@ -77,12 +77,19 @@ class ChatPipeline:
             plan = await self._planner.plan(job, principal.key_name, principal.team)
             headers_out.update(_headers(request_id, plan, None))
             if plan.cascade is not None:
-                outcome = await self._cascade.run(job, plan, plan.cascade)
+                serve = self._cascade.stream if job.stream else self._cascade.run
+                result = await serve(job, plan, plan.cascade)
             else:
-                outcome = await self._executor.run(job, plan)
+                result = await (self._executor.stream(job, plan) if job.stream else self._executor.run(job, plan))
         except BaseException as exc:
             self._record_failure(job, plan, principal, created_at, started, exc)
             raise
+        return job, plan, result, started, created_at
+
+    async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
+                       headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Serves a non-streaming request; `headers_out` is filled as soon as the route is known."""
+        job, plan, outcome, started, created_at = await self._serve(body, principal, request_id, headers_out)
         self._record(job, plan, principal, outcome, created_at, started, "ok", 200)
         assert outcome.body is not None
         return outcome.body, _headers(request_id, plan, outcome)
@@ -90,19 +97,7 @@ class ChatPipeline:
     async def stream(self, body: ChatRequest, principal: Principal, request_id: str,
                      headers_out: dict[str, str]) -> tuple[AsyncIterator[bytes], dict[str, str]]:
         """Opens a stream (errors before the first byte become normal error responses)."""
-        started, created_at = time.perf_counter(), datetime.now(UTC)
-        job = to_job(body, request_id)
-        plan: Plan | None = None
-        try:
-            plan = await self._planner.plan(job, principal.key_name, principal.team)
-            headers_out.update(_headers(request_id, plan, None))
-            if plan.cascade is not None:
-                chunks = await self._cascade.stream(job, plan, plan.cascade)
-            else:
-                chunks = await self._executor.stream(job, plan)
-        except BaseException as exc:
-            self._record_failure(job, plan, principal, created_at, started, exc)
-            raise
+        job, plan, chunks, started, created_at = await self._serve(body, principal, request_id, headers_out)
         headers = _headers(request_id, plan, chunks.outcome, deferred=True)
         return self._sse(job, plan, principal, chunks, created_at, started), headers
 

@@ -139,32 +139,26 @@ class HostedClient:
 
     async def complete(self, alias: str, body: dict[str, Any]) -> HostedResult:
         """A non-streaming completion from `alias` or, failing that, its fallbacks in order."""
-        attempts: list[Attempt] = []
-        last: AttemptFailed | None = None
-        for model in self._chain(alias):
-            try:
-                response = await self._with_retries(model, body, attempts, stream=False)
-            except AttemptFailed as exc:
-                last = exc
-                if not exc.retryable:
-                    break
-                continue
-            return HostedResult(body=cast(dict[str, Any], response), model=model, attempts=attempts)
-        raise self._final_error(alias, last, attempts)
+        model, attempts, response = await self._through_chain(alias, body, stream=False)
+        return HostedResult(body=cast(dict[str, Any], response), model=model, attempts=attempts)
 
     async def stream(self, alias: str, body: dict[str, Any]) -> HostedStream:
         """Opens a stream; retries and fallbacks apply until the upstream accepts the request."""
+        model, attempts, upstream = await self._through_chain(alias, body, stream=True)
+        return HostedStream(model=model, attempts=attempts, upstream=cast(UpstreamStream, upstream))
+
+    async def _through_chain(self, alias: str, body: dict[str, Any], *, stream: bool,
+                             ) -> tuple[HostedModel, list[Attempt], dict[str, Any] | UpstreamStream]:
+        """The first alias of the fallback chain that answers; a non-retryable failure stops the chain."""
         attempts: list[Attempt] = []
         last: AttemptFailed | None = None
         for model in self._chain(alias):
             try:
-                upstream = await self._with_retries(model, body, attempts, stream=True)
+                return model, attempts, await self._with_retries(model, body, attempts, stream=stream)
             except AttemptFailed as exc:
                 last = exc
                 if not exc.retryable:
                     break
-                continue
-            return HostedStream(model=model, attempts=attempts, upstream=cast(UpstreamStream, upstream))
         raise self._final_error(alias, last, attempts)
 
     async def _with_retries(self, model: HostedModel, body: dict[str, Any], attempts: list[Attempt],
