@@ -49,6 +49,14 @@ def engine_config(config: policies.GatewayConfig) -> EngineConfig:
                         api_bases=(local.api_base,) if local.api_base else ())
 
 
+def prompt_scorer() -> Any:
+    """The bundled difficulty classifier, for rules on `p_hosted` (loaded only when a rule uses it)."""
+    from router.classifier import DifficultyClassifier
+
+    classifier = DifficultyClassifier.load()
+    return lambda text: classifier.score([text])[0]
+
+
 def judge_with(hosted: HostedClient) -> Any:
     """The LLM-judge verifier's hosted call."""
 
@@ -98,8 +106,9 @@ class Services:
         http = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0, connect=10.0))
         hosted = HostedClient(hosted_models(config), http)
         pricing = Pricing(prices, hosted, config.reference_model)
-        planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
-                          local_enabled=config.local.enabled, judge=judge_with(hosted))
+        policy = policies.PolicySet(config.policies)
+        planner = Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
+                          judge=judge_with(hosted), score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
         return cls(settings=settings, config=config, db=db, writer=LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*"),
                    keys=keys, auth=auth, prices=prices, http=http, hosted=hosted, metrics=Metrics(),
                    planner=planner, pricing=pricing)

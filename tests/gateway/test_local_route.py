@@ -77,3 +77,19 @@ policies:
     other = client(gw).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], metadata={"task": "chat"})
     assert other.headers["x-draftgate-route"] == "hosted" and "x-draftgate-rule" not in other.headers
+
+
+def test_rules_on_p_hosted_use_the_bundled_classifier(gateway_factory, simulator, random_checkpoint) -> None:
+    rules = """\
+policies:
+  rules:
+    - name: hard
+      when: {p_hosted: {gte: 0.0}}
+      action: {hosted: gpt-4o-mini}
+"""
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint, rules))
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Prove that there are infinitely many primes."}])
+    assert raw.headers["x-draftgate-route"] == "hosted" and raw.headers["x-draftgate-rule"].startswith("hard (p_hosted=")
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and 0 <= row.detail["route"]["p_hosted"] <= 1
