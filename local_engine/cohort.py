@@ -41,13 +41,18 @@ class Cohort:
     def _charge(self, started: float) -> None:
         self._meter.stop(started, [r.device_seconds for r in self.rows])
 
+    @property
+    def _padded(self) -> bool:
+        return self._mask is not None and not bool(self._mask.all())
+
     def _encode(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
         """Appends (B, n) tokens to the shared cache."""
         n = ids.shape[1]
         self._mask = mask if self._mask is None else torch.cat([self._mask, mask], dim=1)
+        attention = self._mask if self._padded else None
         positions = torch.arange(self._length, self._length + n, device=self._device).unsqueeze(0)
         started = self._meter.start()
-        self._model.model.encoder(input_ids=ids, attention_mask=self._mask, position_ids=positions,
+        self._model.model.encoder(input_ids=ids, attention_mask=attention, position_ids=positions,
                                   cache=self._cache)
         self._charge(started)
         self._length += n
@@ -102,8 +107,10 @@ class Cohort:
         length = self._sampling.canvas_length
         positions = torch.arange(self._length, self._length + length, device=self._device).unsqueeze(0)
         assert self._mask is not None
-        mask = torch.cat([self._mask, torch.ones(len(rows), length, dtype=self._mask.dtype,
-                                                 device=self._device)], dim=1)
+        mask: torch.Tensor | None = None
+        if self._padded:  # without padding the decoder takes its fast path (no mask, as generate() does)
+            mask = torch.cat([self._mask, torch.ones(len(rows), length, dtype=self._mask.dtype,
+                                                     device=self._device)], dim=1)
         conditioning = None
         if all(r.self_conditioning is not None for r in rows):
             conditioning = torch.cat([r.self_conditioning for r in rows], dim=0)  # type: ignore[misc]
