@@ -88,7 +88,7 @@ def plain_sequential(loaded: LoadedModel, counter: DecoderCounter, work: list[tu
     started = time.perf_counter()
     for _, prompt, _ in work:
         t = time.perf_counter()
-        ids = torch.tensor([prompt_ids(loaded, prompt)])
+        ids = torch.tensor([prompt_ids(loaded, prompt)], device=loaded.device)
         out = loaded.model.generate(ids)
         seq = (out.sequences if hasattr(out, "sequences") else out)[0, ids.shape[1]:].tolist()
         canvases += len(seq) // loaded.model.config.canvas_length
@@ -109,8 +109,8 @@ def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple
         t = time.perf_counter()
         batch = [prompt_ids(loaded, p) for _, p, _ in work[i:i + group]]
         width = max(map(len, batch))
-        ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
-        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+        ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch], device=loaded.device)
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=loaded.device)
         out = loaded.model.generate(ids, attention_mask=mask)
         seqs = (out.sequences if hasattr(out, "sequences") else out)[:, width:].tolist()
         for seq in seqs:
@@ -163,7 +163,7 @@ def run_mode(mode: str, checkpoint: Path, requests: int) -> dict[str, Any]:
     work = held_out(requests // 6 + 1)[:requests]
     torch.set_grad_enabled(False)
     if mode in ("a", "b"):  # warm-up, untimed, in the thread that will do the work (engine: in engine_mode)
-        loaded.model.generate(torch.tensor([prompt_ids(loaded, work[0][1])]))
+        loaded.model.generate(torch.tensor([prompt_ids(loaded, work[0][1])], device=loaded.device))
     if mode == "a":
         return plain_sequential(loaded, DecoderCounter(loaded), work)
     if mode == "b":
@@ -198,7 +198,8 @@ def main() -> None:
               "c8_p99_over_c1_p50_latency": round(c8["p99_latency_s"] / c1["p50_latency_s"], 2),
               "c8_accuracy_minus_a": round(c8["accuracy"] - a["accuracy"], 4)}
     print(json.dumps(ratios))
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, cpu",
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                         f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}",
               "checkpoint": str(args.checkpoint), "requests": args.requests,
               "method": "each mode in a fresh process, sequentially, in one run", "modes": modes,
               "ratios": ratios, "peak_rss_mb": max(m["rss_mb"] for m in modes)}
