@@ -9,18 +9,41 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.errors import LedgerError
-from ledger.models import RequestRow
+from ledger.models import RequestRow, usage_daily
 from ledger.records import RequestRecord
+from ledger.rollup import GROUP_COLUMNS, aggregate
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
 INSERT_CHUNK = 500  # rows per INSERT: well under SQLite's bound-parameter limit
+
+
+def upsert_usage(connection: Connection, records: Sequence[RequestRecord]) -> None:
+    """Adds rows to the daily roll-up with `col = col + excluded.col`: atomic across replicas."""
+    groups = aggregate(records)
+    if not groups:
+        return
+    insert = sqlite_insert if connection.dialect.name == "sqlite" else pg_insert
+    rows = [dict(zip(GROUP_COLUMNS, key, strict=True)) | totals.as_columns() for key, totals in groups.items()]
+    for start in range(0, len(rows), 50):  # 89 columns a row: stay under SQLite's parameter limit
+        statement = insert(usage_daily).values(rows[start:start + 50])
+        sums = {c.name: c + statement.excluded[c.name] for c in usage_daily.c if c.name not in GROUP_COLUMNS}
+        connection.execute(statement.on_conflict_do_update(index_elements=list(GROUP_COLUMNS), set_=sums))
+
+
+def backfill_usage(connection: Connection, batch: int = 5000) -> None:
+    """Rebuilds the roll-up from the requests table (the migration that adds it calls this)."""
+    connection.execute(usage_daily.delete())
+    table = RequestRow.__table__
+    result = connection.execute(select(table)).mappings()
+    while chunk := result.fetchmany(batch):
+        upsert_usage(connection, [RequestRecord(**{n: row[n] for n in RECORD_FIELDS}) for row in chunk])
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -73,15 +96,20 @@ class Database:
         if not records:
             return 0
         insert = sqlite_insert if self.is_sqlite else pg_insert
-        added = 0
+        added: list[RequestRecord] = []
         with self.engine.begin() as connection:
             for start in range(0, len(records), INSERT_CHUNK):
-                rows = [{name: getattr(r, name) for name in RECORD_FIELDS}
-                        for r in records[start:start + INSERT_CHUNK]]
+                chunk = records[start:start + INSERT_CHUNK]
+                rows = [{name: getattr(r, name) for name in RECORD_FIELDS} for r in chunk]
                 statement = (insert(RequestRow).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
                              .returning(RequestRow.request_id))  # rowcount is unreliable across drivers
-                added += len(connection.execute(statement).fetchall())
-        return added
+                new_ids = {row[0] for row in connection.execute(statement)}
+                for record in chunk:
+                    if record.request_id in new_ids:
+                        new_ids.discard(record.request_id)  # a duplicate inside the batch counts once
+                        added.append(record)
+            upsert_usage(connection, added)  # same transaction: the roll-up never disagrees with the rows
+        return len(added)
 
     def get_record(self, request_id: str) -> RequestRecord | None:
         table = RequestRow.__table__

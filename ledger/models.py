@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, PrimaryKeyConstraint, String,
+                        Table, Text, TypeDecorator)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ledger.rollup import GROUP_COLUMNS, LATENCY_BUCKETS, latency_column
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -79,6 +82,10 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    max_budget_usd: Mapped[float | None] = mapped_column(Float)
+    budget_period: Mapped[str | None] = mapped_column(String(16))
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
 
 
 class TeamRow(Base):
@@ -86,3 +93,36 @@ class TeamRow(Base):
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+def usage_daily_columns() -> list[Column[Any]]:
+    """The roll-up's columns (also used by the migration that creates it)."""
+    keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
+            Column("key_id", String(64), nullable=False), Column("model_alias", String(256), nullable=False),
+            Column("route", String(16), nullable=False), Column("reason", String(64), nullable=False)]
+    assert tuple(c.name for c in keys) == GROUP_COLUMNS
+    sums = [Column("requests", BigInteger, nullable=False), Column("errors", BigInteger, nullable=False),
+            Column("prompt_tokens", BigInteger, nullable=False), Column("completion_tokens", BigInteger, nullable=False),
+            Column("device_seconds", Float, nullable=False), Column("local_usd", Float, nullable=False),
+            Column("hosted_usd", Float, nullable=False), Column("wasted_usd", Float, nullable=False),
+            Column("reference_usd", Float, nullable=False), Column("unpriced", BigInteger, nullable=False),
+            Column("latency_ms_sum", Float, nullable=False)]
+    latency = [Column(latency_column(i), BigInteger, nullable=False, default=0) for i in range(LATENCY_BUCKETS)]
+    return keys + sums + latency
+
+
+usage_daily = Table("usage_daily", Base.metadata, *usage_daily_columns(),
+                    PrimaryKeyConstraint(*GROUP_COLUMNS, name="pk_usage_daily"),
+                    Index("ix_usage_daily_team_day", "team", "day"))
+
+
+class BudgetUsageRow(Base):
+    """Spend and in-flight reservations per scope (key:... / team:...), metric and window."""
+
+    __tablename__ = "budget_usage"
+
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(8), primary_key=True)  # usd | requests | tokens
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds
+    used: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    reserved: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)

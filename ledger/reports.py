@@ -1,0 +1,189 @@
+"""Cost reports: who spent what, where, and what routing saved, read from the daily roll-up.
+
+Whole days come from `usage_daily` (one row per day x team x key x model x route x escalation kind);
+the partial days at the edges of a `since`/`until` window come from the raw rows, aggregated the same
+way, so a report is exact at any boundary and still reads only a few thousand roll-up rows.
+Savings = what the same requests would have cost all-hosted (each request's own tokens at the
+reference hosted model; hosted requests at what they cost) minus what they did cost (local device $ +
+hosted $ + wasted drafts). Unpriced rows are counted on their own and never enter the dollar sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, Literal, get_args
+
+from sqlalchemy import and_, func, select
+
+from ledger.db import RECORD_FIELDS, Database
+from ledger.models import ApiKeyRow, RequestRow, usage_daily
+from ledger.records import RequestRecord
+from ledger.rollup import GROUP_COLUMNS, LATENCY_BUCKETS, SCALAR_FIELDS, UsageTotals, aggregate, latency_column, quantile_ms
+
+GroupBy = Literal["team", "key", "model", "route", "day", "reason"]
+GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
+_COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "route": "route", "day": "day",
+           "reason": "reason"}
+ROUTES = ("local", "hosted", "escalated")
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    """A window [since, until) in UTC, a grouping, and optional team/key filters."""
+
+    group_by: GroupBy = "team"
+    since: datetime | None = None
+    until: datetime | None = None
+    team: str | None = None
+    key_id: str | None = None
+
+
+@dataclass
+class ReportRow:
+    """One group's figures."""
+
+    group: str
+    label: str
+    totals: UsageTotals = field(default_factory=UsageTotals)
+    by_route: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTES, 0))
+
+    def add(self, route: str, totals: UsageTotals) -> None:
+        self.totals.merge(totals)
+        self.by_route[route] = self.by_route.get(route, 0) + totals.requests
+
+    def as_dict(self) -> dict[str, Any]:
+        t = self.totals
+        cost = t.local_usd + t.hosted_usd + t.wasted_usd
+        served = max(1, t.requests)
+        return {
+            "group": self.group, "label": self.label, "requests": t.requests, "errors": t.errors,
+            "local_requests": self.by_route.get("local", 0), "hosted_requests": self.by_route.get("hosted", 0),
+            "escalated_requests": self.by_route.get("escalated", 0),
+            "local_share": self.by_route.get("local", 0) / served if t.requests else 0.0,
+            "escalation_rate": self.by_route.get("escalated", 0) / served if t.requests else 0.0,
+            "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
+            "device_hours": t.device_seconds / 3600, "local_usd": t.local_usd, "hosted_usd": t.hosted_usd,
+            "wasted_draft_usd": t.wasted_usd, "cost_usd": cost, "all_hosted_usd": t.reference_usd,
+            "savings_usd": t.reference_usd - cost, "unpriced_requests": t.unpriced,
+            "p50_latency_ms": quantile_ms(t.latency, 0.50), "p99_latency_ms": quantile_ms(t.latency, 0.99),
+        }
+
+
+@dataclass
+class Report:
+    query: ReportQuery
+    rows: list[ReportRow]
+    total: ReportRow
+
+    def as_dict(self) -> dict[str, Any]:
+        q = self.query
+        return {"object": "report", "group_by": q.group_by,
+                "since": q.since.isoformat() if q.since else None,
+                "until": q.until.isoformat() if q.until else None, "team": q.team,
+                "rows": [r.as_dict() for r in self.rows], "total": self.total.as_dict()}
+
+
+def _day(moment: datetime) -> str:
+    return moment.astimezone(UTC).date().isoformat()
+
+
+def _midnight(moment: datetime, *, up: bool) -> datetime:
+    """The UTC midnight at or after (`up`) / at or before `moment`."""
+    moment = moment.astimezone(UTC)
+    floor = datetime.combine(moment.date(), time(0), tzinfo=UTC)
+    return floor + timedelta(days=1) if up and floor < moment else floor
+
+
+class Reporter:
+    """Builds reports from one ledger database (synchronous: call it from a worker thread)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def report(self, query: ReportQuery) -> Report:
+        rows: dict[str, ReportRow] = {}
+        whole_from = _midnight(query.since, up=True) if query.since else None
+        whole_to = _midnight(query.until, up=False) if query.until else None
+        if query.since and query.until and whole_from and whole_to and whole_to < whole_from:
+            self._fold_raw(query, query.since, query.until, rows)  # the window lies inside one day
+        else:
+            self._fold_rollup(query, whole_from, whole_to, rows)
+            if query.since is not None and whole_from is not None and query.since < whole_from:
+                self._fold_raw(query, query.since, whole_from, rows)
+            if query.until is not None and whole_to is not None and whole_to < query.until:
+                self._fold_raw(query, whole_to, query.until, rows)
+        labels = self._labels(query.group_by, rows)
+        for row in rows.values():
+            row.label = labels.get(row.group, row.group)
+        ordered = sorted(rows.values(), key=lambda r: r.group if query.group_by == "day" else
+                         (-(r.totals.local_usd + r.totals.hosted_usd + r.totals.wasted_usd), r.group))
+        total = ReportRow(group="total", label="total")
+        for row in ordered:
+            for route, count in row.by_route.items():
+                total.by_route[route] = total.by_route.get(route, 0) + count
+            total.totals.merge(row.totals)
+        return Report(query, ordered, total)
+
+    def _fold_rollup(self, query: ReportQuery, since: datetime | None, until: datetime | None,
+                     rows: dict[str, ReportRow]) -> None:
+        group_col = usage_daily.c[_COLUMN[query.group_by]]
+        sums = [func.sum(usage_daily.c[name]).label(name) for name in SCALAR_FIELDS]
+        sums += [func.sum(usage_daily.c[latency_column(i)]).label(latency_column(i)) for i in range(LATENCY_BUCKETS)]
+        statement = select(group_col.label("grp"), usage_daily.c.route, *sums).group_by(group_col, usage_daily.c.route)
+        conditions = []
+        if since is not None:
+            conditions.append(usage_daily.c.day >= _day(since))
+        if until is not None:
+            conditions.append(usage_daily.c.day < _day(until))
+        if query.team is not None:
+            conditions.append(usage_daily.c.team == query.team)
+        if query.key_id is not None:
+            conditions.append(usage_daily.c.key_id == query.key_id)
+        if conditions:
+            statement = statement.where(and_(*conditions))
+        with self._db.engine.connect() as connection:
+            for row in connection.execute(statement).mappings():
+                group = row["grp"] or ""
+                rows.setdefault(group, ReportRow(group, group)).add(row["route"], UsageTotals.from_columns(row))
+
+    def _fold_raw(self, query: ReportQuery, since: datetime, until: datetime, rows: dict[str, ReportRow]) -> None:
+        if until <= since:
+            return
+        table = RequestRow.__table__
+        statement = select(table).where(table.c.created_at >= since, table.c.created_at < until)
+        if query.team is not None:
+            statement = statement.where(table.c.team == query.team)
+        if query.key_id is not None:
+            statement = statement.where(table.c.key_id == query.key_id)
+        with self._db.engine.connect() as connection:
+            records = [RequestRecord(**{n: r[n] for n in RECORD_FIELDS})
+                       for r in connection.execute(statement).mappings()]
+        index = GROUP_COLUMNS.index(_COLUMN[query.group_by])
+        route_index = GROUP_COLUMNS.index("route")
+        for key, totals in aggregate(records).items():
+            rows.setdefault(key[index], ReportRow(key[index], key[index])).add(key[route_index], totals)
+
+    def _labels(self, group_by: str, rows: dict[str, ReportRow]) -> dict[str, str]:
+        """Readable names: key names for key ids, '(none)' for requests without a team or key."""
+        groups = list(rows)
+        labels = {g: g for g in groups}
+        if group_by in ("team", "key", "reason"):
+            labels.update({g: "(none)" for g in groups if g == ""})
+        if group_by == "key":
+            with self._db.engine.connect() as connection:
+                names = dict(connection.execute(select(ApiKeyRow.key_id, ApiKeyRow.name)).all())
+            for g in groups:
+                if g in names:
+                    labels[g] = f"{names[g]} ({g})"
+                elif g.startswith("config:"):
+                    labels[g] = g.removeprefix("config:") + " (config)"
+        return labels
+
+
+def escalation_reasons(db: Database, query: ReportQuery) -> list[tuple[str, int]]:
+    """Escalated (or unverified-draft) requests by kind of reason, most frequent first."""
+    report = Reporter(db).report(ReportQuery("reason", query.since, query.until, query.team, query.key_id))
+    return [(r.group, r.totals.requests) for r in report.rows if r.group]
+
+

@@ -1,0 +1,160 @@
+"""Reports: sums checked against hand-computed values, and the roll-up against a brute-force recount."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert
+
+from ledger import Database, RequestRecord
+from ledger.db import MIGRATIONS, RECORD_FIELDS
+from ledger.models import RequestRow
+from ledger.reports import Reporter, ReportQuery
+from ledger.rollup import aggregate, is_unpriced, latency_bucket, quantile_ms
+from tests.ledger.conftest import T0, record
+
+
+def seeded() -> list[RequestRecord]:
+    day2 = T0 + timedelta(days=1)
+    return [
+        record("r1", hosted_cost_usd=0.001, reference_cost_usd=0.001),
+        record("r2", route="local", model_alias="local/dg", provider_model=None, hosted_cost_usd=None,
+               local_cost_usd=0.0001, device_seconds=36.0, reference_cost_usd=0.002, latency_ms=200.0),
+        record("r3", key_id="key_b", route="escalated", hosted_cost_usd=0.003, wasted_draft_usd=0.0002,
+               device_seconds=7.2, reference_cost_usd=0.003, escalation_reason="json_schema: not valid JSON"),
+        record("r6", status="error", status_code=502, hosted_cost_usd=None, reference_cost_usd=None,
+               prompt_tokens=0, completion_tokens=0),
+        record("r4", created_at=day2, team="ops", key_id="key_c", route="local", hosted_cost_usd=None,
+               local_cost_usd=0.0003, device_seconds=3.6, reference_cost_usd=0.004),
+        record("r5", created_at=day2, team="ops", key_id="key_c", model_alias="mystery", hosted_cost_usd=None,
+               reference_cost_usd=None, unpriced=True, prompt_tokens=100, completion_tokens=100),
+    ]
+
+
+def by_group(db: Database, **kw: object) -> dict[str, dict[str, object]]:
+    report = Reporter(db).report(ReportQuery(**kw))  # type: ignore[arg-type]
+    return {row["group"]: row for row in report.as_dict()["rows"]} | {"total": report.as_dict()["total"]}
+
+
+def test_report_by_team_matches_hand_computed_figures(db: Database) -> None:
+    db.insert_records(seeded())
+    rows = by_group(db, group_by="team")
+    research, ops = rows["research"], rows["ops"]
+    assert research["requests"] == 4 and research["errors"] == 1
+    assert (research["local_requests"], research["hosted_requests"], research["escalated_requests"]) == (1, 2, 1)
+    assert research["escalation_rate"] == pytest.approx(0.25)
+    assert research["local_usd"] == pytest.approx(0.0001)
+    assert research["hosted_usd"] == pytest.approx(0.004)
+    assert research["wasted_draft_usd"] == pytest.approx(0.0002)
+    assert research["cost_usd"] == pytest.approx(0.0043)
+    assert research["all_hosted_usd"] == pytest.approx(0.006)
+    assert research["savings_usd"] == pytest.approx(0.0017)
+    assert research["device_hours"] == pytest.approx(43.2 / 3600)
+    assert research["prompt_tokens"] == 30 and research["completion_tokens"] == 60
+    assert research["unpriced_requests"] == 0
+    assert ops["requests"] == 2 and ops["unpriced_requests"] == 1
+    assert ops["cost_usd"] == pytest.approx(0.0003) and ops["savings_usd"] == pytest.approx(0.0037)
+    assert ops["prompt_tokens"] == 110  # an unpriced row's tokens still count
+    total = rows["total"]
+    assert total["requests"] == 6 and total["savings_usd"] == pytest.approx(0.0054)
+    assert total["unpriced_requests"] == 1
+    assert 90 <= research["p50_latency_ms"] <= 110  # 100 ms, read off 20%-wide buckets
+    assert 180 <= research["p99_latency_ms"] <= 220
+
+
+def test_replays_do_not_count_twice(db: Database) -> None:
+    db.insert_records(seeded())
+    before = by_group(db, group_by="route")
+    assert db.insert_records(seeded() + seeded()) == 0
+    assert by_group(db, group_by="route") == before
+
+
+def test_windows_and_filters(db: Database) -> None:
+    db.insert_records(seeded())
+    first_day = by_group(db, group_by="team", since=T0, until=T0 + timedelta(hours=1))
+    assert set(first_day) == {"research", "total"} and first_day["research"]["requests"] == 4
+    later = by_group(db, group_by="team", since=T0 + timedelta(minutes=1), until=T0 + timedelta(days=5))
+    assert set(later) == {"ops", "total"} and later["ops"]["requests"] == 2
+    only_ops = by_group(db, group_by="key", team="ops")
+    assert set(only_ops) == {"key_c", "total"}
+    days = by_group(db, group_by="day")
+    assert days["2026-11-01"]["requests"] == 4 and days["2026-11-02"]["requests"] == 2
+    reasons = by_group(db, group_by="reason")
+    assert reasons["json_schema"]["requests"] == 1
+
+
+def _brute_force(records: list[RequestRecord], since: datetime, until: datetime, team: str | None) -> dict:
+    chosen = [r for r in records if since <= r.created_at < until and (team is None or r.team == team)]
+    totals = {}
+    for key, t in aggregate(chosen).items():
+        totals.setdefault(key[1], []).append(t)
+    out = {}
+    for group, parts in totals.items():
+        requests = sum(t.requests for t in parts)
+        cost = sum(t.local_usd + t.hosted_usd + t.wasted_usd for t in parts)
+        out[group] = (requests, round(cost, 9), round(sum(t.reference_usd for t in parts) - cost, 9),
+                      sum(t.prompt_tokens for t in parts), sum(t.unpriced for t in parts))
+    return out
+
+
+def test_rollup_and_raw_edges_agree_with_a_brute_force_recount(db: Database) -> None:
+    rng = random.Random(7)
+    records = []
+    for i in range(400):
+        route = rng.choice(["local", "hosted", "escalated"])
+        unpriced = rng.random() < 0.05
+        records.append(record(
+            f"q{i}", created_at=T0 + timedelta(minutes=rng.randrange(0, 6 * 24 * 60)), team=rng.choice(["a", "b", None]),
+            key_id=rng.choice(["k1", "k2", "k3"]), route=route, prompt_tokens=rng.randrange(1, 500),
+            completion_tokens=rng.randrange(1, 500), latency_ms=rng.uniform(1, 5000), unpriced=unpriced,
+            hosted_cost_usd=None if route == "local" or unpriced else rng.uniform(0, 0.01),
+            local_cost_usd=rng.uniform(0, 0.001) if route != "hosted" else None,
+            wasted_draft_usd=rng.uniform(0, 0.001) if route == "escalated" else 0.0,
+            reference_cost_usd=None if unpriced else rng.uniform(0, 0.02),
+            escalation_reason="regex: no match" if route == "escalated" else None))
+    db.insert_records(records)
+    for _ in range(12):
+        since = T0 + timedelta(minutes=rng.randrange(-600, 5 * 24 * 60))
+        until = since + timedelta(minutes=rng.randrange(1, 4 * 24 * 60))
+        team = rng.choice(["a", None])
+        report = Reporter(db).report(ReportQuery(group_by="team", since=since, until=until, team=team))
+        got = {r.group: (r.totals.requests, round(r.totals.local_usd + r.totals.hosted_usd + r.totals.wasted_usd, 9),
+                         round(r.totals.reference_usd - (r.totals.local_usd + r.totals.hosted_usd
+                                                         + r.totals.wasted_usd), 9),
+                         r.totals.prompt_tokens, r.totals.unpriced) for r in report.rows}
+        assert got == _brute_force(records, since, until, team), (since, until, team)
+
+
+def test_percentiles_from_buckets_are_within_ten_percent() -> None:
+    rng = random.Random(3)
+    values = sorted(rng.lognormvariate(5, 1.5) for _ in range(5000))
+    histogram = [0] * 72
+    for v in values:
+        histogram[latency_bucket(v)] += 1
+    for q in (0.5, 0.9, 0.99):
+        exact = values[int(q * len(values)) - 1]
+        assert abs(quantile_ms(histogram, q) - exact) / exact < 0.10
+
+
+def test_unpriced_means_unknown_not_zero() -> None:
+    assert is_unpriced(record("x", unpriced=True))
+    assert is_unpriced(record("y", reference_cost_usd=None))  # served, but the counterfactual is unknown
+    assert not is_unpriced(record("z", status="error", reference_cost_usd=None))  # failed, nothing billed
+
+
+def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    db = Database(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(insert(RequestRow), [{n: getattr(r, n) for n in RECORD_FIELDS} for r in seeded()])
+    db.migrate()
+    assert by_group(db, group_by="team")["research"]["savings_usd"] == pytest.approx(0.0017)
+    db.dispose()
