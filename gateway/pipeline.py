@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from gateway.auth import Principal
+from gateway.budgets import Budgets, Reservation
 from gateway.errors import reply_for
 from gateway.metrics import Metrics
 from gateway.schemas import ChatRequest
@@ -59,37 +60,43 @@ class ChatPipeline:
     """Plans with the policy, serves with the executor, records every request exactly once."""
 
     def __init__(self, *, planner: Planner, executor: Executor, cascade: Cascade, writer: LedgerWriter,
-                 metrics: Metrics, pricing: Pricing) -> None:
+                 metrics: Metrics, pricing: Pricing, budgets: Budgets) -> None:
         self._planner = planner
         self._executor = executor
         self._cascade = cascade
         self._writer = writer
         self._metrics = metrics
         self._pricing = pricing
+        self._budgets = budgets
 
     async def _serve(self, body: ChatRequest, principal: Principal, request_id: str,
-                     headers_out: dict[str, str]) -> tuple[Job, Plan, Any, float, datetime]:
-        """Plans and serves (or opens the stream); a failure here is recorded, then raised."""
+                     headers_out: dict[str, str]) -> tuple[Job, Plan, Any, float, datetime, Reservation | None]:
+        """Plans, reserves budget, and serves (or opens the stream); a failure is recorded, then raised."""
         started, created_at = time.perf_counter(), datetime.now(UTC)
         job = to_job(body, request_id)
         plan: Plan | None = None
+        reservation: Reservation | None = None
         try:
             plan = await self._planner.plan(job, principal.key_name, principal.team)
             headers_out.update(_headers(request_id, plan, None))
+            reservation = await self._budgets.reserve(principal, job, plan)
             if plan.cascade is not None:
                 serve = self._cascade.stream if job.stream else self._cascade.run
                 result = await serve(job, plan, plan.cascade)
             else:
                 result = await (self._executor.stream(job, plan) if job.stream else self._executor.run(job, plan))
         except BaseException as exc:
+            self._budgets.settle(reservation, None)
             self._record_failure(job, plan, principal, created_at, started, exc)
             raise
-        return job, plan, result, started, created_at
+        return job, plan, result, started, created_at, reservation
 
     async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
                        headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         """Serves a non-streaming request; `headers_out` is filled as soon as the route is known."""
-        job, plan, outcome, started, created_at = await self._serve(body, principal, request_id, headers_out)
+        job, plan, outcome, started, created_at, reservation = await self._serve(body, principal, request_id,
+                                                                                  headers_out)
+        self._budgets.settle(reservation, outcome)
         self._record(job, plan, principal, outcome, created_at, started, "ok", 200)
         assert outcome.body is not None
         return outcome.body, _headers(request_id, plan, outcome)
@@ -97,12 +104,13 @@ class ChatPipeline:
     async def stream(self, body: ChatRequest, principal: Principal, request_id: str,
                      headers_out: dict[str, str]) -> tuple[AsyncIterator[bytes], dict[str, str]]:
         """Opens a stream (errors before the first byte become normal error responses)."""
-        job, plan, chunks, started, created_at = await self._serve(body, principal, request_id, headers_out)
+        job, plan, chunks, started, created_at, reservation = await self._serve(body, principal, request_id,
+                                                                                 headers_out)
         headers = _headers(request_id, plan, chunks.outcome, deferred=True)
-        return self._sse(job, plan, principal, chunks, created_at, started), headers
+        return self._sse(job, plan, principal, chunks, created_at, started, reservation), headers
 
     async def _sse(self, job: Job, plan: Plan, principal: Principal, chunks: Any, created_at: datetime,
-                   started: float) -> AsyncIterator[bytes]:
+                   started: float, reservation: Reservation | None) -> AsyncIterator[bytes]:
         status, code, error = "cancelled", 499, "client disconnected"
         try:
             async for payload in chunks:
@@ -120,6 +128,7 @@ class ChatPipeline:
                                                       "code": "stream_interrupted"}}) + b"\n\n"
         finally:
             outcome: Outcome = chunks.outcome
+            self._budgets.settle(reservation, outcome)
             self._record(job, plan, principal, outcome, created_at, started, status, code, error or None)
 
     def _record_failure(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime,

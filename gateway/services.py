@@ -14,10 +14,12 @@ import httpx
 
 import policies
 from gateway.auth import Authenticator, StaticKey
+from gateway.budgets import Budgets
 from gateway.metrics import Metrics
 from gateway.pipeline import ChatPipeline
 from gateway.settings import Settings
 from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook
+from ledger.budgets import BudgetStore
 from local_engine import EngineConfig, LocalBackend, create_backend
 from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing
 
@@ -83,6 +85,7 @@ class Services:
     metrics: Metrics
     planner: Planner
     pricing: Pricing
+    budgets: Budgets
     local: LocalBackend | None = None
     executor: Executor | None = None
     pipeline: ChatPipeline | None = None
@@ -109,9 +112,11 @@ class Services:
         policy = policies.PolicySet(config.policies)
         planner = Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
                           judge=judge_with(hosted), score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
-        return cls(settings=settings, config=config, db=db, writer=LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*"),
-                   keys=keys, auth=auth, prices=prices, http=http, hosted=hosted, metrics=Metrics(),
-                   planner=planner, pricing=pricing)
+        budgets = Budgets(config, keys, BudgetStore(db), pricing, hosted, local_max_tokens=config.local.max_tokens,
+                          key_ttl_s=settings.key_cache_ttl_s)
+        writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*")
+        return cls(settings=settings, config=config, db=db, writer=writer, keys=keys, auth=auth, prices=prices,
+                   http=http, hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
 
     def warn_about_config(self) -> None:
         """Loud startup warnings: open mode, and models whose price is unknown (never silently $0)."""
@@ -132,13 +137,15 @@ class Services:
         self.executor = Executor(self.hosted, self.local, self.pricing, local_alias=self.config.local.alias,
                                  local_max_tokens=self.config.local.max_tokens)
         self.pipeline = ChatPipeline(planner=self.planner, executor=self.executor, cascade=Cascade(self.executor),
-                                     writer=self.writer, metrics=self.metrics, pricing=self.pricing)
+                                     writer=self.writer, metrics=self.metrics, pricing=self.pricing,
+                                     budgets=self.budgets)
         self.warn_about_config()
 
     async def stop(self) -> None:
         """Drains: the engine stops taking work, the ledger is flushed, connections close."""
         if self.local is not None:
             await self.local.stop()
+        await self.budgets.drain()
         await self.writer.close()
         await self.http.aclose()
         self.db.dispose()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
+from ledger.budgets import Limits
 from ledger.db import Database
 from ledger.errors import UnknownKeyError
 from ledger.models import ApiKeyRow
@@ -27,6 +28,7 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    limits: Limits = Limits()
 
 
 def hash_key(raw_key: str) -> str:
@@ -35,7 +37,9 @@ def hash_key(raw_key: str) -> str:
 
 
 def _info(row: ApiKeyRow) -> KeyInfo:
-    return KeyInfo(row.key_id, row.name, row.team, row.prefix, row.created_at, row.revoked_at)
+    limits = Limits(row.max_budget_usd, row.budget_period or "month", row.rpm_limit,  # type: ignore[arg-type]
+                    row.tpm_limit)
+    return KeyInfo(row.key_id, row.name, row.team, row.prefix, row.created_at, row.revoked_at, limits)
 
 
 class KeyStore:
@@ -44,17 +48,22 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, name: str, team: str | None) -> tuple[str, KeyInfo]:
+    def create(self, name: str, team: str | None, limits: Limits | None = None) -> tuple[str, KeyInfo]:
         """Returns the raw key (shown once) and its stored description."""
         raw = KEY_PREFIX + secrets.token_urlsafe(24)
-        row = ApiKeyRow(key_id="key_" + secrets.token_hex(8), name=name, team=team, key_hash=hash_key(raw),
-                        prefix=raw[: len(KEY_PREFIX) + 4], created_at=datetime.now(UTC), revoked_at=None)
-        info = _info(row)
+        limits = limits or Limits()
+        values = dict(key_id="key_" + secrets.token_hex(8), name=name, team=team, key_hash=hash_key(raw),
+                      prefix=raw[: len(KEY_PREFIX) + 4], created_at=datetime.now(UTC), revoked_at=None,
+                      max_budget_usd=limits.max_budget_usd, budget_period=limits.budget_period,
+                      rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit)
         with self._db.engine.begin() as connection:
-            connection.execute(ApiKeyRow.__table__.insert().values(
-                key_id=row.key_id, name=name, team=team, key_hash=row.key_hash, prefix=row.prefix,
-                created_at=row.created_at, revoked_at=None))
-        return raw, info
+            connection.execute(ApiKeyRow.__table__.insert().values(**values))
+        return raw, _info(ApiKeyRow(**values))
+
+    def get(self, key_id: str) -> KeyInfo | None:
+        table = ApiKeyRow.__table__
+        rows = self._rows(select(table).where(table.c.key_id == key_id))
+        return _info(rows[0]) if rows else None
 
     def _rows(self, statement):  # type: ignore[no-untyped-def]
         with self._db.engine.connect() as connection:

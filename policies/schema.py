@@ -54,13 +54,21 @@ class LocalConfig(BaseModel):
         return self
 
 
-class TeamConfig(BaseModel):
+class LimitsConfig(BaseModel):
+    """Budgets and rate limits (LiteLLM's names); enforced atomically in the ledger database."""
+
     model_config = Strict
+    max_budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
+    rpm_limit: int | None = Field(default=None, ge=1)
+    tpm_limit: int | None = Field(default=None, ge=1)
+
+
+class TeamConfig(LimitsConfig):
     name: str = Field(min_length=1, max_length=128)
 
 
-class KeyConfig(BaseModel):
-    model_config = Strict
+class KeyConfig(LimitsConfig):
     name: str = Field(min_length=1, max_length=128)
     key: str = Field(min_length=8, repr=False)
     team: str | None = None

@@ -1,0 +1,183 @@
+"""Which budgets and rate limits apply to a caller, what a request may cost, and 429s when full.
+
+Reservations are upper bounds (prompt bytes as tokens, `max_tokens` or a 4,096-token cap, the
+priciest model the request may reach, fallbacks included), so concurrent requests on any number of
+replicas cannot together pass a dollar budget; `settle` then charges what each request really cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+import policies
+from gateway.auth import Principal
+from gateway.errors import GatewayError, InvalidRequest
+from ledger import KeyStore
+from ledger.budgets import BudgetExceeded, BudgetStore, Claim, Limits, counters
+from router import Job, Outcome, Plan, Pricing, Route
+from router.hosted import HostedClient
+
+log = logging.getLogger("draftgate")
+DEFAULT_COMPLETION_RESERVE = 4096  # tokens reserved when a request sets no max_tokens
+MESSAGE_OVERHEAD_TOKENS = 8
+
+
+class BudgetExceededError(GatewayError):
+    status_code = 429
+
+    def __init__(self, exc: BudgetExceeded) -> None:
+        counter = exc.counter
+        headers: dict[str, str] = {}
+        message = str(exc)
+        if counter.resets_at is not None:
+            seconds = max(1, int((counter.resets_at - datetime.now(UTC)).total_seconds() + 0.999))
+            headers = {"retry-after": str(seconds), "x-draftgate-budget-reset": counter.resets_at.isoformat()}
+            reset_header = {"usd": "x-ratelimit-reset-budget", "requests": "x-ratelimit-reset-requests",
+                            "tokens": "x-ratelimit-reset-tokens"}[counter.metric]
+            headers[reset_header] = f"{seconds}s"
+            message += f"; it resets at {counter.resets_at.isoformat()}"
+        else:
+            message += "; the budget has no period and never resets"
+        super().__init__(message, headers=headers)
+        if counter.metric == "usd":
+            self.error_type, self.code = "budget_exceeded", "budget_exceeded"
+        else:
+            self.error_type, self.code = "rate_limit_error", "rate_limit_exceeded"
+
+
+@dataclass
+class Reservation:
+    claims: list[Claim]
+
+
+def _limits(config: policies.LimitsConfig) -> Limits:
+    return Limits(config.max_budget_usd, config.budget_period, config.rpm_limit, config.tpm_limit)
+
+
+def prompt_token_bound(job: Job) -> int:
+    """An upper bound on prompt tokens: no tokenizer makes more tokens than UTF-8 bytes."""
+    size = len(orjson.dumps(job.messages))
+    for extra in ("tools", "response_format"):
+        if job.body.get(extra):
+            size += len(orjson.dumps(job.body[extra]))
+    return size + MESSAGE_OVERHEAD_TOKENS * len(job.messages)
+
+
+class Budgets:
+    """Reserves before a request runs, settles after; only callers with limits touch the database."""
+
+    def __init__(self, config: policies.GatewayConfig, keys: KeyStore, store: BudgetStore, pricing: Pricing,
+                 hosted: HostedClient, *, local_max_tokens: int, key_ttl_s: float = 2.0) -> None:
+        self._teams: Mapping[str, Limits] = {t.name: _limits(t) for t in config.teams if _limits(t).any}
+        self._static: Mapping[str, Limits] = {f"config:{k.name}": _limits(k) for k in config.keys if _limits(k).any}
+        self._keys = keys
+        self._store = store
+        self._pricing = pricing
+        self._hosted = hosted
+        self._local_max_tokens = local_max_tokens
+        self._key_ttl_s = key_ttl_s
+        self._key_cache: dict[str, tuple[float, Limits]] = {}
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def _scopes(self, principal: Principal) -> list[tuple[str, Limits]]:
+        scopes = []
+        if principal.key_id is not None:
+            limits = self._static.get(principal.key_id) if principal.key_id.startswith("config:") \
+                else await self._virtual_limits(principal.key_id)
+            if limits is not None and limits.any:
+                scopes.append((f"key:{principal.key_id}", limits))
+        if principal.team is not None and principal.team in self._teams:
+            scopes.append((f"team:{principal.team}", self._teams[principal.team]))
+        return scopes
+
+    async def _virtual_limits(self, key_id: str) -> Limits | None:
+        cached = self._key_cache.get(key_id)
+        if cached is not None and time.monotonic() - cached[0] < self._key_ttl_s:
+            return cached[1]
+        info = await asyncio.to_thread(self._keys.get, key_id)
+        limits = info.limits if info is not None else Limits()
+        self._key_cache[key_id] = (time.monotonic(), limits)
+        return limits
+
+    def _max_cost(self, job: Job, plan: Plan, prompt_tokens: int) -> float | None:
+        """The most this request can cost at the models it may reach; None if one of them is unpriced."""
+        hosted_cap = job.max_tokens or DEFAULT_COMPLETION_RESERVE
+        aliases: list[str] = []
+        if plan.route is Route.HOSTED:
+            aliases.append(plan.alias)
+        if plan.cascade is not None:
+            aliases.append(plan.cascade.escalate_to)
+        costs: list[float] = []
+        for alias in aliases:
+            first = self._hosted.get(alias)
+            chain = [first] + [self._hosted.get(a) for a in first.fallbacks if a in self._hosted]
+            for model in chain:
+                cost = self._pricing.hosted_cost(model, prompt_tokens, hosted_cap)
+                if cost is None:
+                    return None
+                costs.append(cost)
+        total = max(costs, default=0.0)
+        if plan.route is not Route.HOSTED:
+            # The local draft: its device time is not known before it runs, so it is bounded by the
+            # reference hosted price of its tokens (local device $ per token is far below that).
+            local_cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)
+            total += self._pricing.reference_cost(prompt_tokens, local_cap) or 0.0
+        return total
+
+    async def reserve(self, principal: Principal, job: Job, plan: Plan) -> Reservation | None:
+        """Reserves this request's worst case in every scope that limits the caller, or raises a 429."""
+        scopes = await self._scopes(principal)
+        if not scopes:
+            return None
+        now = datetime.now(UTC)
+        prompt_tokens = prompt_token_bound(job)
+        completion_cap = job.max_tokens or DEFAULT_COMPLETION_RESERVE
+        claims: list[Claim] = []
+        for scope, limits in scopes:
+            for counter in counters(scope, limits, now):
+                if counter.metric == "requests":
+                    claims.append(Claim(counter, 1.0))
+                elif counter.metric == "tokens":
+                    claims.append(Claim(counter, float(prompt_tokens + completion_cap)))
+                else:
+                    cost = self._max_cost(job, plan, prompt_tokens)
+                    if cost is None:
+                        raise InvalidRequest(f"{scope} has a dollar budget, and a model this request may use has "
+                                             "no known price; set `price:` for it in the config", param="model")
+                    claims.append(Claim(counter, cost))
+        try:
+            await asyncio.to_thread(self._store.reserve, claims)
+        except BudgetExceeded as exc:
+            raise BudgetExceededError(exc) from None
+        return Reservation(claims)
+
+    def settle(self, reservation: Reservation | None, outcome: Outcome | None) -> None:
+        """Charges what the request really used, in the background (off the response path)."""
+        if reservation is None:
+            return
+        actual: dict[str, float] = {"requests": 1.0}
+        if outcome is not None:
+            actual["tokens"] = float(outcome.prompt_tokens + outcome.completion_tokens)
+            if outcome.cost_usd is not None:
+                actual["usd"] = outcome.cost_usd
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self._store.settle, reservation.claims, actual))  # type: ignore[arg-type]
+        self._settling.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not settle a budget reservation: %s", task.exception())
+
+    async def drain(self) -> None:
+        """Waits for pending settlements (shutdown)."""
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)

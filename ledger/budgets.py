@@ -1,0 +1,163 @@
+"""Budgets and rate limits, enforced atomically in the database so replicas cannot overspend together.
+
+Before a request runs, the gateway reserves what it may cost (dollars, tokens, one request) in every
+scope that limits it (its key, its team) with one conditional upsert per counter:
+`reserved = reserved + x WHERE used + reserved + x <= limit`. The database serializes competing
+upserts on a row (PostgreSQL row locks, SQLite's single writer), so two gateways racing for the last
+dollars cannot both win. All counters of one request are reserved in one transaction, in a fixed
+order, so either all hold or none does. When the request ends, `settle` turns the reservation into
+what was really spent. A gateway killed mid-request leaves its reservation held until the window ends:
+limits err on the side of not overspending.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import Connection, case, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ledger.db import Database
+from ledger.errors import LedgerError
+from ledger.models import BudgetUsageRow
+
+Period = Literal["minute", "hour", "day", "week", "month", "total"]
+Metric = Literal["usd", "requests", "tokens"]
+EPSILON = 1e-12
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one key or team may use; None means no limit."""
+
+    max_budget_usd: float | None = None
+    budget_period: Period = "month"
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.max_budget_usd is not None or self.rpm_limit is not None or self.tpm_limit is not None
+
+
+def window(period: Period, now: datetime) -> tuple[datetime, datetime | None]:
+    """The UTC calendar window containing `now`: [start, end); 'total' never resets (end None)."""
+    now = now.astimezone(UTC)
+    if period == "minute":
+        start = now.replace(second=0, microsecond=0)
+        return start, start + timedelta(minutes=1)
+    if period == "hour":
+        start = now.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    if period == "week":
+        start = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=7)
+    if period == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        days = calendar.monthrange(now.year, now.month)[1]
+        return start, start + timedelta(days=days)
+    return datetime(1970, 1, 1, tzinfo=UTC), None
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One limited quantity of one scope in one window."""
+
+    scope: str  # "key:<id>" | "team:<name>"
+    metric: Metric
+    window_start: int
+    limit: float
+    resets_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An amount reserved on a counter."""
+
+    counter: Counter
+    amount: float
+
+
+class BudgetExceeded(LedgerError):
+    """A counter would go over its limit."""
+
+    def __init__(self, counter: Counter, requested: float) -> None:
+        what = {"usd": "dollar budget", "requests": "requests-per-minute limit",
+                "tokens": "tokens-per-minute limit"}[counter.metric]
+        limit = f"${counter.limit:g}" if counter.metric == "usd" else f"{counter.limit:g}"
+        super().__init__(f"{counter.scope} has reached its {what} ({limit})")
+        self.counter = counter
+        self.requested = requested
+
+
+def counters(scope: str, limits: Limits, now: datetime) -> list[Counter]:
+    """The counters a scope's limits imply at `now`."""
+    found = []
+    if limits.max_budget_usd is not None:
+        start, end = window(limits.budget_period, now)
+        found.append(Counter(scope, "usd", int(start.timestamp()), limits.max_budget_usd, end))
+    start, end = window("minute", now)
+    if limits.rpm_limit is not None:
+        found.append(Counter(scope, "requests", int(start.timestamp()), limits.rpm_limit, end))
+    if limits.tpm_limit is not None:
+        found.append(Counter(scope, "tokens", int(start.timestamp()), limits.tpm_limit, end))
+    return found
+
+
+class BudgetStore:
+    """Reserves and settles budget counters (synchronous: call from a worker thread)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._insert = sqlite_insert if db.is_sqlite else pg_insert
+
+    def reserve(self, claims: Sequence[Claim]) -> None:
+        """Reserves every claim or none; BudgetExceeded names the first counter that is full."""
+        ordered = sorted(claims, key=lambda c: (c.counter.scope, c.counter.metric, c.counter.window_start))
+        with self._db.engine.begin() as connection:
+            for claim in ordered:
+                if not self._reserve_one(connection, claim):
+                    raise BudgetExceeded(claim.counter, claim.amount)  # rolls back the claims before it
+
+    def _reserve_one(self, connection: Connection, claim: Claim) -> bool:
+        counter = claim.counter
+        if claim.amount > counter.limit + EPSILON:
+            return False
+        table = BudgetUsageRow.__table__
+        statement = self._insert(table).values(scope=counter.scope, metric=counter.metric,
+                                               window_start=counter.window_start, used=0.0, reserved=claim.amount)
+        statement = statement.on_conflict_do_update(
+            index_elements=["scope", "metric", "window_start"],
+            set_={"reserved": table.c.reserved + statement.excluded.reserved},
+            where=table.c.used + table.c.reserved + statement.excluded.reserved <= counter.limit + EPSILON,
+        ).returning(table.c.used)
+        return connection.execute(statement).first() is not None
+
+    def settle(self, claims: Sequence[Claim], actual: dict[Metric, float]) -> None:
+        """Releases the reservations and adds what was really used (the estimate where unknown)."""
+        table = BudgetUsageRow.__table__
+        with self._db.engine.begin() as connection:
+            for claim in sorted(claims, key=lambda c: (c.counter.scope, c.counter.metric, c.counter.window_start)):
+                counter = claim.counter
+                spent = actual.get(counter.metric, claim.amount)
+                released = table.c.reserved - claim.amount
+                connection.execute(update(table).where(
+                    table.c.scope == counter.scope, table.c.metric == counter.metric,
+                    table.c.window_start == counter.window_start,
+                ).values(used=table.c.used + spent, reserved=case((released < 0, 0.0), else_=released)))
+
+    def usage(self, scope: str, metric: Metric, window_start: int) -> tuple[float, float]:
+        """(used, reserved) of one counter; (0, 0) if it was never touched."""
+        table = BudgetUsageRow.__table__
+        with self._db.engine.connect() as connection:
+            row = connection.execute(table.select().where(
+                table.c.scope == scope, table.c.metric == metric, table.c.window_start == window_start)).first()
+        return (0.0, 0.0) if row is None else (float(row.used), float(row.reserved))

@@ -1,0 +1,141 @@
+"""Budgets and rate limits: atomic across two gateway replicas on one database, 429s that say when."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from gateway.simulator import Simulator
+from ledger import Database
+from tests.support.servers import simulator_server
+
+PRICE_PER_REQUEST = 0.005  # 5 completion tokens at $1,000 per million (prompt tokens are free here)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def shared_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One database for several gateways: a SQLite file, or a fresh schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/shared.db"
+        return
+    url = os.environ.get("DRAFTGATE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
+    schema = f"b_{uuid.uuid4().hex[:10]}"
+    admin = Database(url)
+    with admin.engine.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    admin.dispose()
+    yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def budget_config(sim_url: str, db_url: str, team_limits: str = "", key_limits: str = "") -> str:
+    return f"""
+master_key: os.environ/DRAFTGATE_TEST_MASTER
+database_url: "{db_url}"
+reference_model: gpt-4o-mini
+models:
+  - name: gpt-4o-mini
+    model: openai/gpt-4o-mini
+    api_base: {sim_url}
+    api_key: os.environ/DRAFTGATE_TEST_UPSTREAM_KEY
+    price: {{input_per_mtok: 0, output_per_mtok: 1000}}
+    max_retries: 0
+  - name: mystery
+    model: openai/no-such-model-anywhere
+    api_base: {sim_url}
+    api_key: os.environ/DRAFTGATE_TEST_UPSTREAM_KEY
+teams:
+  - name: racers
+    {team_limits}
+keys:
+  - name: racer
+    key: sk-racer-key-123456
+    team: racers
+    {key_limits}
+local:
+  enabled: false
+"""
+
+
+async def _call(client: httpx.AsyncClient, url: str, model: str = "gpt-4o-mini") -> httpx.Response:
+    return await client.post(f"{url}/v1/chat/completions", headers={"authorization": "Bearer sk-racer-key-123456"},
+                             json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "go"}]})
+
+
+def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_db_url: str, tmp_path: Path) -> None:
+    with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
+        yaml_text = budget_config(sim.base_url, shared_db_url, "max_budget_usd: 0.1\n    budget_period: day")
+        a = gateway_factory(yaml_text, data_dir=tmp_path / "a")
+        b = gateway_factory(yaml_text, data_dir=tmp_path / "b")
+
+        async def race() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(*[_call(client, (a if i % 2 else b).url) for i in range(60)])
+
+        responses = asyncio.run(race())
+        ok = [r for r in responses if r.status_code == 200]
+        refused = [r for r in responses if r.status_code == 429]
+        assert len(ok) == 20, [r.status_code for r in responses]  # $0.10 / $0.005: exactly 20, across both
+        assert len(refused) == 40
+        error = refused[0].json()["error"]
+        assert error["code"] == "budget_exceeded" and error["type"] == "budget_exceeded"
+        assert "team:racers" in error["message"]
+        assert int(refused[0].headers["retry-after"]) >= 1 and "x-draftgate-budget-reset" in refused[0].headers
+        spent_per_gateway = [float(r.headers["x-draftgate-cost-usd"]) for r in ok]
+        assert sum(spent_per_gateway) == pytest.approx(0.1)
+        for gateway in (a, b):
+            gateway.stop()  # drains settlements and flushes the ledger
+        db = Database(shared_db_url)
+        with db.engine.connect() as connection:
+            used, reserved = connection.execute(text(
+                "SELECT used, reserved FROM budget_usage WHERE scope = 'team:racers' AND metric = 'usd'")).one()
+            ledger_ok, ledger_429, ledger_usd = connection.execute(text(
+                "SELECT SUM(CASE WHEN status_code = 200 THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN status_code = 429 THEN 1 ELSE 0 END), SUM(hosted_cost_usd) FROM requests")).one()
+        db.dispose()
+        assert used == pytest.approx(0.1) and reserved == pytest.approx(0.0)
+        assert (ledger_ok, ledger_429) == (20, 40)  # refusals are recorded too, never lost
+        assert ledger_usd == pytest.approx(0.1)
+
+
+def test_requests_per_minute_limit_per_key(gateway_factory, shared_db_url: str, tmp_path: Path) -> None:
+    with simulator_server(Simulator(reply_fn=lambda _body: "ok")) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, shared_db_url, key_limits="rpm_limit: 3"), data_dir=tmp_path / "a")
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return [await _call(client, gw.url) for _ in range(5)]
+
+        responses = asyncio.run(burst())
+        codes = [r.status_code for r in responses]
+        if codes.count(200) < 3:  # the minute turned over mid-burst: the next window allows 3 more
+            pytest.fail(f"expected 3 successes in one minute window, got {codes}")
+        limited = [r for r in responses if r.status_code == 429]
+        assert limited, codes
+        error = limited[0].json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and "key:config:racer" in error["message"]
+        assert 1 <= int(limited[0].headers["retry-after"]) <= 60
+        assert limited[0].headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_a_dollar_budget_refuses_an_unpriced_model(gateway_factory, shared_db_url: str, tmp_path: Path) -> None:
+    with simulator_server(Simulator()) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, shared_db_url, "max_budget_usd: 5"), data_dir=tmp_path / "a")
+        response = asyncio.run(_one(gw.url, "mystery"))
+        assert response.status_code == 400
+        assert "no known price" in response.json()["error"]["message"]
+        assert len(sim.state.received) == 0  # refused before any upstream call
+
+
+async def _one(url: str, model: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await _call(client, url, model)
