@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -97,12 +98,26 @@ def _key_store(config: Path | None):  # type: ignore[no-untyped-def]
     return KeyStore(db)
 
 
+class Period(str, Enum):
+    hour = "hour"
+    day = "day"
+    week = "week"
+    month = "month"
+    total = "total"
+
+
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
                 team: Annotated[str | None, typer.Option(help="the team it spends for")] = None,
+                max_budget_usd: Annotated[float | None, typer.Option(min=0, help="dollar budget per period")] = None,
+                budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
+                rpm: Annotated[int | None, typer.Option(min=1, help="requests per minute")] = None,
+                tpm: Annotated[int | None, typer.Option(min=1, help="tokens per minute")] = None,
                 config: ConfigOpt = None) -> None:
     """Create a virtual key; the secret is printed once."""
-    raw, info = _key_store(config).create(name, team)
+    from ledger.budgets import Limits
+
+    raw, info = _key_store(config).create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm))
     console.print(f"key_id: {info.key_id}\nteam:   {info.team or '-'}")
     typer.echo(f"key:    {raw}")
     err.print("Store the key now: only its hash is kept.")
@@ -131,6 +146,55 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
         err.print(f"error: no key with id {key_id}")
         raise typer.Exit(code=1) from None
     console.print(f"revoked {info.key_id} ({info.name})")
+
+
+class GroupBy(str, Enum):
+    team = "team"
+    key = "key"
+    model = "model"
+    route = "route"
+    day = "day"
+    reason = "reason"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = GroupBy.team,
+           since: Annotated[str, typer.Option(help="start: a date/time or a span back from now (30d, 12h)")] = "30d",
+           until: Annotated[str | None, typer.Option(help="end (exclusive); default now")] = None,
+           team: Annotated[str | None, typer.Option(help="only this team")] = None,
+           format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
+           config: ConfigOpt = None) -> None:
+    """Costs, savings vs all-hosted, escalations and latency from the ledger."""
+    from gateway import report_render
+    from ledger import Database
+    from ledger.reports import Reporter, ReportQuery, parse_moment
+
+    settings = _settings(config)
+    try:
+        start = parse_moment(since)
+        end = parse_moment(until) if until else None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    db = Database(settings.resolved_database_url(_load_or_exit(settings).database_url))
+    db.migrate()
+    result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))  # type: ignore[arg-type]
+    db.dispose()
+    if format is Format.table:
+        wide = console if console.is_terminal else Console(width=220)  # pipes and files get every column
+        wide.print(report_render.as_table(result))
+        if result.total.totals.unpriced:
+            err.print(f"{result.total.totals.unpriced} request(s) have no known price: counted, not in the $ sums")
+    elif format is Format.csv:
+        typer.echo(report_render.as_csv(result), nl=False)
+    else:
+        typer.echo(report_render.as_json(result))
 
 
 @route_app.command("explain")

@@ -187,3 +187,21 @@ def escalation_reasons(db: Database, query: ReportQuery) -> list[tuple[str, int]
     return [(r.group, r.totals.requests) for r in report.rows if r.group]
 
 
+
+
+def parse_moment(text: str, now: datetime | None = None) -> datetime:
+    """`2026-11-01`, `2026-11-01T12:00:00+00:00`, or a span back from now: `30d`, `12h`, `90m`, `2w`.
+
+    Raises ValueError with a message fit for the user.
+    """
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    units = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+    if len(value) >= 2 and value[-1] in units and value[:-1].isdigit():
+        return now - int(value[:-1]) * units[value[-1]]
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a date/time (2026-11-01, 2026-11-01T12:00Z) "
+                         "nor a span like 30d, 12h, 2w") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.deps import MasterDep, ServicesDep
 from gateway.errors import NotFound
 from ledger import KeyInfo, UnknownKeyError
+from ledger.budgets import Limits
 
 router = APIRouter(prefix="/admin")
 
@@ -20,6 +22,10 @@ class KeyCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=128)
     team: str | None = Field(default=None, max_length=128)
+    max_budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
+    rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
+    tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
 
 
 class KeyOut(BaseModel):
@@ -29,11 +35,17 @@ class KeyOut(BaseModel):
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    max_budget_usd: float | None = None
+    budget_period: str = "month"
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
     @classmethod
     def of(cls, info: KeyInfo) -> KeyOut:
+        limits = info.limits
         return cls(key_id=info.key_id, name=info.name, team=info.team, prefix=info.prefix,
-                   created_at=info.created_at, revoked_at=info.revoked_at)
+                   created_at=info.created_at, revoked_at=info.revoked_at, max_budget_usd=limits.max_budget_usd,
+                   budget_period=limits.budget_period, rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit)
 
 
 class KeyCreated(KeyOut):
@@ -43,7 +55,8 @@ class KeyCreated(KeyOut):
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep) -> KeyCreated:
     """Creates a virtual key for a team."""
-    raw, info = await asyncio.to_thread(services.keys.create, body.name, body.team)
+    limits = Limits(body.max_budget_usd, body.budget_period, body.rpm_limit, body.tpm_limit)
+    raw, info = await asyncio.to_thread(services.keys.create, body.name, body.team, limits)
     return KeyCreated(key=raw, **KeyOut.of(info).model_dump())
 
 

@@ -1,0 +1,52 @@
+"""Cost reports over HTTP: the master key sees every team, a team key only its own."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter
+
+from gateway.auth import Principal
+from gateway.deps import PrincipalDep, ServicesDep
+from gateway.errors import InvalidRequest, PermissionDenied
+from ledger.reports import GROUP_BY_VALUES, Reporter, ReportQuery, parse_moment
+
+router = APIRouter()
+DEFAULT_DAYS = 30
+
+
+def report_query(principal: Principal, *, open_mode: bool, group_by: str, since: str | None, until: str | None,
+                 team: str | None) -> ReportQuery:
+    """Validates the parameters and scopes the query to what the caller may see."""
+    if group_by not in GROUP_BY_VALUES:
+        raise InvalidRequest(f"group_by must be one of {', '.join(GROUP_BY_VALUES)}", param="group_by")
+    now = datetime.now(UTC)
+    start, end = now - timedelta(days=DEFAULT_DAYS), None
+    for name, text in (("since", since), ("until", until)):
+        if text:
+            try:
+                moment = parse_moment(text, now)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param=name) from None
+            start, end = (moment, end) if name == "since" else (start, moment)
+    if end is not None and end <= start:
+        raise InvalidRequest("until must be after since", param="until")
+    if not (principal.is_master or open_mode):
+        if principal.team is None:
+            raise PermissionDenied("Reports need the master key or a key that belongs to a team.")
+        if team is not None and team != principal.team:
+            raise PermissionDenied("A team key can only read its own team's report.")
+        team = principal.team
+    return ReportQuery(group_by=group_by, since=start, until=end, team=team)  # type: ignore[arg-type]
+
+
+@router.get("/v1/reports/costs")
+async def costs(services: ServicesDep, principal: PrincipalDep, group_by: str = "team", since: str | None = None,
+                until: str | None = None, team: str | None = None) -> dict[str, Any]:
+    """Requests, tokens, device-hours, dollars and savings vs all-hosted, grouped (default: last 30 days)."""
+    query = report_query(principal, open_mode=services.auth.open_mode, group_by=group_by, since=since, until=until,
+                         team=team)
+    report = await asyncio.to_thread(Reporter(services.db).report, query)
+    return report.as_dict()

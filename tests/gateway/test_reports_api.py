@@ -1,0 +1,100 @@
+"""Cost reports over HTTP and in the CLI, on a seeded ledger with hand-computed figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from gateway.cli import app as cli
+from tests.conftest import MASTER_KEY
+from tests.ledger.test_reports import seeded
+
+SINCE = "2026-10-01"
+
+
+def config(db_path: Path) -> str:
+    return f"""
+master_key: os.environ/DRAFTGATE_TEST_MASTER
+database_url: "sqlite:///{db_path}"
+teams:
+  - name: research
+  - name: ops
+keys:
+  - name: research-key
+    key: sk-research-123456
+    team: research
+  - name: loner
+    key: sk-loner-1234567
+local:
+  enabled: false
+"""
+
+
+@pytest.fixture
+def seeded_gateway(gateway_factory, tmp_path: Path):
+    gw = gateway_factory(config(tmp_path / "ledger.db"))
+    gw.services.db.insert_records(seeded())
+    return gw
+
+
+def get(gw, key: str, **params: str) -> httpx.Response:
+    return httpx.get(f"{gw.url}/v1/reports/costs", params=params, headers={"authorization": f"Bearer {key}"})
+
+
+def test_master_sees_every_team_with_savings(seeded_gateway) -> None:
+    body = get(seeded_gateway, MASTER_KEY, group_by="team", since=SINCE).json()
+    rows = {r["group"]: r for r in body["rows"]}
+    assert set(rows) == {"research", "ops"}
+    assert rows["research"]["savings_usd"] == pytest.approx(0.0017)
+    assert rows["research"]["wasted_draft_usd"] == pytest.approx(0.0002)
+    assert rows["ops"]["unpriced_requests"] == 1
+    assert body["total"]["requests"] == 6 and body["total"]["cost_usd"] == pytest.approx(0.0046)
+
+
+def test_a_team_key_sees_only_its_team(seeded_gateway) -> None:
+    body = get(seeded_gateway, "sk-research-123456", group_by="model", since=SINCE).json()
+    assert body["team"] == "research" and body["total"]["requests"] == 4
+    denied = get(seeded_gateway, "sk-research-123456", group_by="team", since=SINCE, team="ops")
+    assert denied.status_code == 403 and denied.json()["error"]["type"] == "permission_error"
+    assert get(seeded_gateway, "sk-loner-1234567", since=SINCE).status_code == 403
+    assert get(seeded_gateway, "sk-wrong-key-0000").status_code == 401
+
+
+def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
+    bad_group = get(seeded_gateway, MASTER_KEY, group_by="planet")
+    assert bad_group.status_code == 400 and bad_group.json()["error"]["param"] == "group_by"
+    bad_since = get(seeded_gateway, MASTER_KEY, since="last tuesday")
+    assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
+    backwards = get(seeded_gateway, MASTER_KEY, since="2026-11-02", until="2026-11-01")
+    assert backwards.status_code == 400
+
+
+def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger import Database
+
+    db_path = tmp_path / "ledger.db"
+    db = Database(f"sqlite:///{db_path}")
+    db.migrate()
+    db.insert_records(seeded())
+    db.dispose()
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(db_path))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    monkeypatch.setenv("COLUMNS", "250")
+    runner = CliRunner()
+    as_json = runner.invoke(cli, ["report", "--by", "team", "--since", SINCE, "--format", "json", "-c", str(cfg)])
+    assert as_json.exit_code == 0, as_json.output
+    rows = {r["group"]: r for r in json.loads(as_json.output)["rows"]}
+    assert rows["research"]["savings_usd"] == pytest.approx(0.0017)
+    as_csv = runner.invoke(cli, ["report", "--by", "team", "--since", SINCE, "--format", "csv", "-c", str(cfg)])
+    lines = as_csv.output.strip().splitlines()
+    assert lines[0].startswith("group,label,requests") and len(lines) == 4  # header, 2 teams, total
+    table = runner.invoke(cli, ["report", "--by", "team", "--since", SINCE, "-c", str(cfg)])
+    assert table.exit_code == 0
+    assert "research" in table.output and "0.0017" in table.output and "0.0054" in table.output
+    bad = runner.invoke(cli, ["report", "--since", "yesterday-ish", "-c", str(cfg)])
+    assert bad.exit_code == 2 and "span like 30d" in bad.output
