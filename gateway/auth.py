@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -50,15 +49,21 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 
 
 class Authenticator:
-    """Verifies keys in constant time; verified virtual keys are trusted for `ttl_s` seconds."""
+    """Verifies keys in constant time. Virtual keys are looked up in the shared database on every request.
+
+    Nothing about a virtual key is cached, so a revocation committed by any replica (or by
+    `draftgate keys revoke`) refuses the very next request everywhere. The cost is one SHA-256 and one
+    unique-index lookup per request (measured in docs/reliability.md); master and static keys never
+    touch the database.
+    """
 
     def __init__(self, master_key: str | None, static_keys: Iterable[StaticKey], store: KeyStore,
-                 *, ttl_s: float = 2.0) -> None:
+                 *, ttl_s: float | None = None) -> None:
+        # `ttl_s` is accepted for callers that still pass the old cache setting; nothing is cached.
+        del ttl_s
         self._master = _digest(master_key) if master_key else None
         self._static = [(_digest(k.raw), Principal(f"config:{k.name}", k.name, k.team)) for k in static_keys]
         self._store = store
-        self._ttl_s = ttl_s
-        self._cache: dict[bytes, tuple[float, Principal]] = {}
 
     @property
     def open_mode(self) -> bool:
@@ -78,33 +83,16 @@ class Authenticator:
         for key_digest, principal in self._static:
             if hmac.compare_digest(digest, key_digest):
                 return principal
-        found = await self._virtual(token, digest)
-        if found is not None:
-            return found
+        info: KeyInfo | None = await asyncio.to_thread(self._store.verify, token)
+        if info is not None:
+            return Principal(info.key_id, info.name, info.team)
         if self.open_mode:
             return OPEN_PRINCIPAL
         raise AuthenticationFailed("Incorrect API key provided.")
 
-    async def _virtual(self, token: str, digest: bytes) -> Principal | None:
-        cached = self._cache.get(digest)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._ttl_s:
-            return cached[1]
-        info: KeyInfo | None = await asyncio.to_thread(self._store.verify, token)
-        if info is None:
-            self._cache.pop(digest, None)
-            return None
-        principal = Principal(info.key_id, info.name, info.team)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now, principal)
-        return principal
-
     def forget(self, key_id: str) -> None:
-        """Drops a revoked key from this process's cache at once."""
-        for digest, (_, principal) in list(self._cache.items()):
-            if principal.key_id == key_id:
-                del self._cache[digest]
+        """Kept for callers of the old cache: revocation needs no eviction, nothing is cached."""
+        del key_id
 
     def require_master(self, principal: Principal) -> None:
         """Admin endpoints: master key only."""

@@ -1,0 +1,105 @@
+"""Tenant isolation on the admin API, and revocation that takes effect at once on every replica."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import text
+
+from ledger import Database, KeyStore
+from tests.conftest import MASTER_KEY, hosted_config
+from tests.gateway.test_chat_hosted import client
+
+MSG = [{"role": "user", "content": "hi"}]
+ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
+STATIC_KEY = "sk-static-team-key-4242"
+POSTGRES_URL = os.environ.get("DRAFTGATE_TEST_POSTGRES_URL")
+
+
+def _new_key(gw, name: str, team: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    r = httpx.post(gw.url + "/admin/keys", json={"name": name, "team": team}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return r.json()["key"], r.json()["key_id"]
+
+
+def _assert_forbidden(response: httpx.Response) -> None:
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "permission_error"
+
+
+def test_team_keys_cannot_use_the_admin_api_nor_touch_other_keys(gateway_factory, simulator, monkeypatch) -> None:
+    monkeypatch.setenv("DRAFTGATE_TEST_STATIC_KEY", STATIC_KEY)
+    static = "teams:\n  - name: research\nkeys:\n  - name: ci-bot\n    key: os.environ/DRAFTGATE_TEST_STATIC_KEY\n" \
+             "    team: research\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, static))
+    mine, mine_id = _new_key(gw, "app-research", "research")
+    theirs, theirs_id = _new_key(gw, "app-ops", "ops")
+    for key in (mine, STATIC_KEY):
+        auth = {"authorization": f"Bearer {key}"}
+        _assert_forbidden(httpx.get(gw.url + "/admin/keys", headers=auth))
+        _assert_forbidden(httpx.get(gw.url + "/admin/keys", params={"team": "ops"}, headers=auth))
+        _assert_forbidden(httpx.get(gw.url + "/admin/keys", params={"team": "research"}, headers=auth))
+        _assert_forbidden(httpx.post(gw.url + "/admin/keys", json={"name": "x", "team": "ops"}, headers=auth))
+        _assert_forbidden(httpx.delete(gw.url + f"/admin/keys/{theirs_id}", headers=auth))
+        _assert_forbidden(httpx.delete(gw.url + f"/admin/keys/{mine_id}", headers=auth))  # not even its own
+    # nothing changed: both keys still work, no key was added
+    for key in (mine, theirs):
+        assert client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    listed = httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()
+    assert sorted(k["key_id"] for k in listed) == sorted([mine_id, theirs_id])
+    assert all(k["revoked_at"] is None for k in listed)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One database two replicas share: a SQLite file, or a fresh schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one; CI does)")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = Database(POSTGRES_URL)
+    with admin.engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_revocation_is_immediate_on_every_replica(gateway_factory, simulator, tmp_path, shared_database_url) -> None:
+    config = hosted_config(simulator.base_url)
+    # a long cache TTL on both replicas: revocation must not depend on it
+    a = gateway_factory(config, data_dir=tmp_path / "a", database_url=shared_database_url, key_cache_ttl_s=600)
+    b = gateway_factory(config, data_dir=tmp_path / "b", database_url=shared_database_url, key_cache_ttl_s=600)
+    key, key_id = _new_key(a, "app-1", "research")
+    other, _ = _new_key(a, "app-2", "research")
+    for _ in range(3):  # B has verified the key, more than once
+        assert client(b, key).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    assert httpx.delete(a.url + f"/admin/keys/{key_id}", headers=ADMIN).status_code == 200
+    for gw in (b, a):  # the very next request, on the other replica first
+        with pytest.raises(openai.AuthenticationError):
+            client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        assert httpx.get(gw.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 401
+    assert client(b, other).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices  # others unaffected
+
+    # a revocation made outside any replica (what `draftgate keys revoke` does) is seen at once too
+    assert client(a, other).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    store_db = Database(shared_database_url)
+    try:
+        other_id = next(k.key_id for k in KeyStore(store_db).list() if k.name == "app-2")
+        KeyStore(store_db).revoke(other_id)
+    finally:
+        store_db.dispose()
+    for gw in (a, b):
+        with pytest.raises(openai.AuthenticationError):
+            client(gw, other).chat.completions.create(model="gpt-4o-mini", messages=MSG)
