@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from gateway.errors import install_error_handlers
 from gateway.middleware import BodyLimit, DraftgateHeaders
-from gateway.routes import admin, chat, health, reports
+from gateway.routes import admin, chat, dashboard, health, reports
 from gateway.services import Services
 from gateway.settings import Settings
 from policies import GatewayConfig
@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(reports.router)
+    app.include_router(dashboard.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DraftgateHeaders)
     return app

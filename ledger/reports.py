@@ -37,6 +37,7 @@ class ReportQuery:
     until: datetime | None = None
     team: str | None = None
     key_id: str | None = None
+    route: str | None = None
 
 
 @dataclass
@@ -140,6 +141,8 @@ class Reporter:
             conditions.append(usage_daily.c.team == query.team)
         if query.key_id is not None:
             conditions.append(usage_daily.c.key_id == query.key_id)
+        if query.route is not None:
+            conditions.append(usage_daily.c.route == query.route)
         if conditions:
             statement = statement.where(and_(*conditions))
         with self._db.engine.connect() as connection:
@@ -156,6 +159,8 @@ class Reporter:
             statement = statement.where(table.c.team == query.team)
         if query.key_id is not None:
             statement = statement.where(table.c.key_id == query.key_id)
+        if query.route is not None:
+            statement = statement.where(table.c.route == query.route)
         with self._db.engine.connect() as connection:
             records = [RequestRecord(**{n: r[n] for n in RECORD_FIELDS})
                        for r in connection.execute(statement).mappings()]
@@ -184,7 +189,7 @@ class Reporter:
 def escalation_reasons(db: Database, query: ReportQuery) -> list[tuple[str, int]]:
     """Escalated (or unverified-draft) requests by kind of reason, most frequent first."""
     report = Reporter(db).report(ReportQuery("reason", query.since, query.until, query.team, query.key_id))
-    return [(r.group, r.totals.requests) for r in report.rows if r.group]
+    return sorted(((r.group, r.totals.requests) for r in report.rows if r.group), key=lambda item: (-item[1], item[0]))
 
 
 

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/chromium.sh  # the dashboard is tested in a real headless Chromium
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 if [ -z "${DRAFTGATE_TEST_POSTGRES_URL:-}" ] && [ "${DRAFTGATE_START_POSTGRES:-${CI:-}}" != "" ]; then
