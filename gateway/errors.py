@@ -111,6 +111,9 @@ def reply_for(exc: BaseException) -> ErrorReply:
     return ErrorReply(500, "internal error; the gateway logged the details", "api_error", "internal_error")
 
 
+KNOWN_ERRORS: tuple[type[Exception], ...] = (GatewayError, RoutingError, EngineError)  # and their subclasses
+
+
 def _validation_reply(exc: RequestValidationError) -> ErrorReply:
     errors = exc.errors()
     first = errors[0] if errors else {}
@@ -148,6 +151,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Known errors by class: Starlette answers them and keeps the connection open. The catch-all
+    # `Exception` handler runs in ServerErrorMiddleware, which re-raises after answering, and the
+    # server then closes a keep-alive connection the client may be about to reuse.
+    for known in KNOWN_ERRORS:
+        app.add_exception_handler(known, on_error)
     app.add_exception_handler(Exception, on_error)
 
 

@@ -30,11 +30,11 @@ def upsert_usage(connection: Connection, records: Sequence[RequestRecord]) -> No
     if not groups:
         return
     insert = sqlite_insert if connection.dialect.name == "sqlite" else pg_insert
+    statement = insert(usage_daily)
+    sums = {c.name: c + statement.excluded[c.name] for c in usage_daily.c if c.name not in GROUP_COLUMNS}
+    statement = statement.on_conflict_do_update(index_elements=list(GROUP_COLUMNS), set_=sums)
     rows = [dict(zip(GROUP_COLUMNS, key, strict=True)) | totals.as_columns() for key, totals in groups.items()]
-    for start in range(0, len(rows), 50):  # 89 columns a row: stay under SQLite's parameter limit
-        statement = insert(usage_daily).values(rows[start:start + 50])
-        sums = {c.name: c + statement.excluded[c.name] for c in usage_daily.c if c.name not in GROUP_COLUMNS}
-        connection.execute(statement.on_conflict_do_update(index_elements=list(GROUP_COLUMNS), set_=sums))
+    connection.execute(statement, rows)  # executemany: compiled once, cached
 
 
 def backfill_usage(connection: Connection, batch: int = 5000) -> None:
@@ -97,13 +97,15 @@ class Database:
             return 0
         insert = sqlite_insert if self.is_sqlite else pg_insert
         added: list[RequestRecord] = []
+        # One cached statement, executed many times (SQLAlchemy batches it into multi-row INSERTs);
+        # RETURNING names the rows really added (rowcount is unreliable across drivers).
+        statement = (insert(RequestRow).on_conflict_do_nothing(index_elements=["request_id"])
+                     .returning(RequestRow.request_id))
         with self.engine.begin() as connection:
             for start in range(0, len(records), INSERT_CHUNK):
                 chunk = records[start:start + INSERT_CHUNK]
                 rows = [{name: getattr(r, name) for name in RECORD_FIELDS} for r in chunk]
-                statement = (insert(RequestRow).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
-                             .returning(RequestRow.request_id))  # rowcount is unreliable across drivers
-                new_ids = {row[0] for row in connection.execute(statement)}
+                new_ids = {row[0] for row in connection.execute(statement, rows)}
                 for record in chunk:
                     if record.request_id in new_ids:
                         new_ids.discard(record.request_id)  # a duplicate inside the batch counts once
