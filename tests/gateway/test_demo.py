@@ -1,0 +1,29 @@
+"""`draftgate demo` end to end in a subprocess: bundled local model, simulated provider, report, URL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ledger import Database
+from ledger.reports import Reporter, ReportQuery
+
+
+def test_demo_sends_a_mixed_workload_and_prints_the_report(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "220"}
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--requests", "16", "--no-keep-serving",
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=240, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "SIMULATED provider" in out
+    assert "draftgate costs by route" in out and "draftgate costs by team" in out
+    assert "savings vs all-hosted:" in out and "/dashboard" in out and "sk-demo-master-" in out
+    db = Database(f"sqlite:///{tmp_path / 'ledger.db'}")
+    total = Reporter(db).report(ReportQuery(group_by="route")).total.as_dict()
+    db.dispose()
+    assert total["requests"] == 16 and total["errors"] == 0
+    assert total["local_requests"] > 0 and total["hosted_requests"] + total["escalated_requests"] > 0
+    assert total["savings_usd"] > 0 and f"${total['savings_usd']:.6f}" in out
