@@ -1,0 +1,121 @@
+"""A real `draftgate serve` killed with SIGKILL under load, and stopped with SIGTERM mid-request.
+
+The ledger promise: every request whose answer a client fully received is in the ledger exactly once,
+with the tokens the client was told, after a restart on the same data dir; a graceful stop finishes the
+requests in flight and leaves nothing unflushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger import RequestRecord
+from ledger.writer import read_segment
+from tests.support.load import LoadResult, run_load
+from tests.support.processes import MASTER_KEY, GatewayProcess, process_config, simulator_process
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(gw: GatewayProcess) -> dict[str, RequestRecord]:
+    db = gw.database()
+    try:
+        return {r.request_id: r for r in db.iter_records()}
+    finally:
+        db.dispose()
+
+
+async def _load_then_kill(gw: GatewayProcess, *, min_completed: int, min_s: float) -> LoadResult:
+    """64 clients (a third streaming); SIGKILL once enough answers are in, while the rest are in flight."""
+    stop, result = asyncio.Event(), LoadResult()
+    load = asyncio.create_task(run_load(gw.url + "/v1", MASTER_KEY, concurrency=64, duration_s=60,
+                                        kinds={"hosted_stream": 22}, stop=stop, result=result))
+    started = time.monotonic()
+    while not load.done() and (time.monotonic() - started < min_s or len(result.completed) < min_completed):
+        await asyncio.sleep(0.05)
+    answered = len(result.completed)
+    while not load.done() and len(result.completed) == answered:
+        await asyncio.sleep(0.002)
+    gw.kill()  # right after an answer arrived: its row is, at most, a few milliseconds old
+    stop.set()
+    return await load
+
+
+def test_kill_9_under_load_loses_no_answered_request_and_counts_none_twice(tmp_path: Path) -> None:
+    with simulator_process() as sim:
+        config = tmp_path / "draftgate.yaml"
+        config.write_text(process_config(sim, timeout_s=60))
+        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log")
+        try:
+            gw.start()
+            result = asyncio.run(_load_then_kill(gw, min_completed=80, min_s=2.0))
+            completed = {r.request_id: r for r in result.completed}
+            assert len(completed) >= 80 and None not in completed
+            cut_off = [r for r in result.replies if not r.complete]
+            assert cut_off, "the kill should have cut requests off mid-flight"
+
+            # What the kill left: rows in the database, the rest only in the journal
+            before = _rows(gw)
+            journalled = [rec for seg in gw.journal_segments() for rec in read_segment(seg)]
+            assert journalled, "nothing was waiting in the journal: the kill did not test recovery"
+            missing_before = set(completed) - set(before)
+            assert missing_before <= {rec.request_id for rec in journalled}
+            # a kill in the middle of a journal append leaves a torn last line
+            with gw.journal_segments()[-1].open("ab") as segment:
+                segment.write(b'{"request_id": "torn-by-kill-9", "created_at": "2026-')
+
+            gw.start()  # replays the journal before it reports ready
+            assert not [p for p in gw.journal_segments() if p.stat().st_size]  # replayed and removed
+            gw.terminate()
+        finally:
+            gw.stop()
+
+    rows = _rows(gw)
+    assert "torn-by-kill-9" not in rows
+    lost = [rid for rid in completed if rid not in rows]
+    assert not lost, f"{len(lost)} answered request(s) missing from the ledger: {lost[:5]}"
+    for rid, reply in completed.items():
+        row = rows[rid]
+        assert (row.status, row.status_code) == ("ok", 200), (rid, row.status, row.error)
+        assert row.stream == reply.kind.endswith("stream")
+        assert (row.prompt_tokens, row.completion_tokens) == (reply.prompt_tokens, reply.completion_tokens)
+        assert row.hosted_cost_usd and row.hosted_cost_usd > 0 and row.finished_at >= row.created_at
+    # nothing invented: every row is a request a client sent (ids are unique: the primary key)
+    sent_ids = {r.request_id for r in result.replies if r.request_id}
+    assert len(rows) <= len(result.replies)
+    assert set(rows) - sent_ids <= {rid for rid, r in rows.items() if r.status != "ok"}
+    print(f"\nkill -9: {len(completed)} answered, {len(cut_off)} cut off, {len(missing_before)} answered "
+          f"but only in the journal at the kill, {len(rows)} rows after restart")
+
+
+def test_sigterm_finishes_in_flight_requests_then_flushes(tmp_path: Path) -> None:
+    with simulator_process(delay_s=1.5) as sim:  # every upstream answer takes 1.5 s
+        config = tmp_path / "draftgate.yaml"
+        config.write_text(process_config(sim, timeout_s=30))
+        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log")
+        try:
+            gw.start()
+
+            async def scenario() -> tuple:  # type: ignore[type-arg]
+                load = asyncio.create_task(run_load(gw.url + "/v1", MASTER_KEY, concurrency=16, duration_s=30,
+                                                    kinds={"hosted_stream": 8}, max_requests=16))
+                await asyncio.sleep(0.8)  # all 16 are waiting on the upstream now
+                sent_term = time.monotonic()
+                rc = await asyncio.to_thread(gw.terminate, 30)
+                return await load, sent_term, rc
+
+            result, sent_term, rc = asyncio.run(scenario())
+        finally:
+            gw.stop()
+    assert rc in (0, -15), gw.log.read_text()  # uvicorn re-raises the SIGTERM it handled
+    assert len(result.replies) == 16 and not result.errors, result.summary()
+    assert all(r.finished_s > sent_term for r in result.replies)  # they were in flight at SIGTERM
+    rows = _rows(gw)
+    assert {r.request_id for r in result.replies} == set(rows)
+    assert all(r.status == "ok" for r in rows.values())
+    assert sum(r.stream for r in rows.values()) == 8
+    assert not gw.journal_segments()  # flushed and removed: nothing left for a replay
