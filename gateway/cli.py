@@ -87,6 +87,23 @@ def serve(config: ConfigOpt = None,
                 log_level=settings.log_level, loop="uvloop", http="httptools")
 
 
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Bring the ledger database to the newest schema (the gateway also does this at start)."""
+    from ledger import Database, LedgerError
+
+    settings = _settings(config)
+    db = Database(settings.resolved_database_url(_load_or_exit(settings).database_url))
+    try:
+        db.migrate()
+    except LedgerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    finally:
+        db.dispose()
+    console.print("ledger schema is up to date")
+
+
 def _key_store(config: Path | None):  # type: ignore[no-untyped-def]
     from ledger import Database, KeyStore
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -76,11 +78,27 @@ class Database:
         config.set_main_option("script_location", str(MIGRATIONS))
         config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         try:
-            with self.engine.begin() as connection:
+            with self._migration_lock(), self.engine.begin() as connection:
+                if not self.is_sqlite:  # replicas starting together: one migrates, the others wait
+                    connection.execute(text("SELECT pg_advisory_xact_lock(7235104501)"))
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as exc:
             raise LedgerError(f"could not migrate the ledger database: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """SQLite runs DDL outside transactions, so processes migrating one file take turns on a lock file."""
+        path = self.url.split(":///", 1)[-1] if self.is_sqlite else ""
+        if not path or path == ":memory:":
+            yield
+            return
+        with open(f"{path}.migrate-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def ping(self) -> bool:
         """True when the database answers."""

@@ -127,3 +127,33 @@ async def test_a_worker_replays_orphans_but_not_a_live_workers_journal(db: Datab
     await live.close()
     await other.close()
     assert db.get_record("live-row") is not None
+
+
+def test_replicas_migrating_at_once_all_succeed(tmp_path: Path) -> None:
+    """Workers and replicas start together and each migrates: none may fail or double-create."""
+    import subprocess
+    import sys
+    import uuid
+
+    from sqlalchemy import text
+
+    from tests.ledger.conftest import POSTGRES_URL
+
+    urls = [f"sqlite:///{tmp_path}/fresh.db"]
+    if POSTGRES_URL:
+        schema = f"m_{uuid.uuid4().hex[:8]}"
+        admin = Database(POSTGRES_URL)
+        with admin.engine.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        admin.dispose()
+        urls.append(f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}")
+    for url in urls:
+        code = f"from ledger import Database; Database({url!r}).migrate()"
+        workers = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+                   for _ in range(4)]
+        failures = [w.stderr.read()[-800:] for w in workers if w.wait(120) != 0]  # type: ignore[union-attr]
+        assert failures == [], (url, failures)
+        db = Database(url)
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+        db.dispose()
