@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import and_, func, select
 
-from ledger.db import RECORD_FIELDS, Database
+from ledger.db import Database
 from ledger.models import ApiKeyRow, RequestRow, usage_daily
 from ledger.records import RequestRecord
 from ledger.rollup import GROUP_COLUMNS, LATENCY_BUCKETS, SCALAR_FIELDS, UsageTotals, aggregate, latency_column, quantile_ms
@@ -26,6 +26,11 @@ GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
 _COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "route": "route", "day": "day",
            "reason": "reason"}
 ROUTES = ("local", "hosted", "escalated")
+# What the roll-up needs from a raw row (not the JSON detail, errors or prompts).
+RAW_FIELDS = ("request_id", "created_at", "team", "key_id", "model_alias", "route", "escalation_reason", "status",
+              "prompt_tokens", "completion_tokens", "latency_ms", "device_seconds", "unpriced", "local_cost_usd",
+              "hosted_cost_usd", "wasted_draft_usd", "reference_cost_usd")
+RAW_DEFAULTS = {"finished_at": None, "provider_model": None, "status_code": 0}
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,8 @@ class Reporter:
         if until <= since:
             return
         table = RequestRow.__table__
-        statement = select(table).where(table.c.created_at >= since, table.c.created_at < until)
+        statement = select(*(table.c[name] for name in RAW_FIELDS)).where(
+            table.c.created_at >= since, table.c.created_at < until)
         if query.team is not None:
             statement = statement.where(table.c.team == query.team)
         if query.key_id is not None:
@@ -162,8 +168,7 @@ class Reporter:
         if query.route is not None:
             statement = statement.where(table.c.route == query.route)
         with self._db.engine.connect() as connection:
-            records = [RequestRecord(**{n: r[n] for n in RECORD_FIELDS})
-                       for r in connection.execute(statement).mappings()]
+            records = [RequestRecord(**dict(r), **RAW_DEFAULTS) for r in connection.execute(statement).mappings()]
         index = GROUP_COLUMNS.index(_COLUMN[query.group_by])
         route_index = GROUP_COLUMNS.index("route")
         for key, totals in aggregate(records).items():
