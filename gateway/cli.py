@@ -81,10 +81,22 @@ def serve(config: ConfigOpt = None,
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     host = host or settings.host
     port = port or settings.port
+    if workers > 1:
+        _share_metrics_between_workers(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"draftgate listening on http://{host}:{port}/v1")
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level, loop="uvloop", http="httptools")
+
+
+def _share_metrics_between_workers(settings: Settings) -> None:
+    """Prometheus multiprocess mode: workers write values to files that any worker's /metrics adds up."""
+    import shutil
+
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics")
+    shutil.rmtree(folder, ignore_errors=True)  # counters from an earlier run must not carry over
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 @app.command()

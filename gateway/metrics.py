@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -28,7 +30,7 @@ class Metrics:
         self.unpriced = Counter("draftgate_unpriced_requests", "Requests whose price is unknown", ["model"],
                                 registry=self.registry)
         self.ledger_pending = Gauge("draftgate_ledger_pending_rows", "Rows not yet written to the database",
-                                    registry=self.registry)
+                                    registry=self.registry, multiprocess_mode="livesum")
 
     def observe(self, *, route: str, model: str, status: str, latency_s: float, prompt_tokens: int,
                 completion_tokens: int, hosted_usd: float | None, local_usd: float | None,
@@ -52,4 +54,13 @@ class Metrics:
             self.unpriced.labels(model).inc()
 
     def render(self) -> bytes:
+        """This process's metrics or, under `serve --workers N`, every worker's added up.
+
+        With PROMETHEUS_MULTIPROC_DIR set (the CLI sets it for N > 1) each worker writes its values
+        to files there, and whichever worker answers a scrape reads all of them.
+        """
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
