@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Creates .venv and installs draftgate with its test extras. torch 2.13.0 goes first: an open
-# range would pull a multi-GB CUDA build on CPU machines (GPU users may install their own torch).
+# Creates .venv and installs draftgate with its test extras from requirements.lock: every package
+# pinned and checked against its sha256 (pip --require-hashes), then draftgate itself with --no-deps.
+# torch 2.13.0 goes first and outside the lock: the CPU wheel is a local build (2.13.0+cpu) whose hash
+# PyPI does not publish, and an open range would pull a multi-GB CUDA build on CPU machines (GPU users
+# may install their own torch first). Its dependencies (sympy, networkx, ...) come hashed from the lock.
+# Regenerate the lock with scripts/lock.sh after changing dependencies in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,8 +12,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install --quiet --upgrade "pip>=24,<27"
 if ! python -c "import torch" 2>/dev/null; then
-  python -m pip install --quiet "torch==2.13.0"
+  python -m pip install --quiet --no-deps "torch==2.13.0"
 fi
-python -m pip install --quiet -e ".[test]"
+python -m pip install --quiet --require-hashes -r requirements.lock
+python -m pip install --quiet --no-deps --no-build-isolation -e .
+python -m pip check

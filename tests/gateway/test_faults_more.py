@@ -1,0 +1,91 @@
+"""Faults test_faults.py does not cover: an error event inside an upstream stream, a client that hangs up
+mid-stream, and a saturated local engine, all through the real gateway and the openai SDK."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.simulator import Fault
+from tests.conftest import MASTER_KEY, hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+from tests.gateway.test_local_route import local_config
+from tests.support.processes import MASTER_KEY as PROC_MASTER_KEY
+from tests.support.processes import GatewayProcess, process_config
+from tests.support.servers import simulator_server
+
+
+def test_an_error_event_mid_stream_ends_the_stream_with_an_error_and_is_recorded(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(error_in_stream_after=2, message="overloaded mid-answer"))
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as info:
+        with client(gw).chat.completions.with_streaming_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}],
+                stream=True) as response:
+            request_id = response.headers["x-draftgate-request-id"]
+            for chunk in response.parse():
+                received += [c.delta.content or "" for c in chunk.choices]
+    assert "overloaded mid-answer" in str(info.value)
+    assert "echo: a b c d e f".startswith("".join(received)) and "".join(received) != "echo: a b c d e f"
+    assert len(simulator.state.received) == 1  # never retried once bytes went out
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.status == "error" and "overloaded mid-answer" in (row.error or "")
+
+
+def test_a_client_hanging_up_mid_stream_is_recorded_as_cancelled(tmp_path: Path) -> None:
+    # a real `draftgate serve` (uvloop + httptools): how production notices a client going away
+    with simulator_server() as sim:
+        sim.state.replies.append(" ".join(["word"] * 200_000))  # long enough to still be streaming
+        config = tmp_path / "draftgate.yaml"
+        config.write_text(process_config(sim.base_url, timeout_s=30))
+        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log")
+        try:
+            gw.start()
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "long"}], "stream": True}
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=30,
+                              headers={"authorization": f"Bearer {PROC_MASTER_KEY}"}) as response:
+                request_id = response.headers["x-draftgate-request-id"]
+                assert next(response.iter_lines()).startswith("data: ")
+            ok = httpx.post(gw.url + "/v1/chat/completions", timeout=30,
+                            headers={"authorization": f"Bearer {PROC_MASTER_KEY}"},
+                            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+            assert ok.status_code == 200  # the gateway is fine afterwards
+            gw.terminate()
+        finally:
+            gw.stop()
+    db = gw.database()
+    row = db.get_record(request_id)
+    db.dispose()
+    assert row is not None and (row.status, row.status_code) == ("cancelled", 499), (row.status, row.error)
+    assert row.stream and row.provider_model == "openai/gpt-4o-mini"
+    assert row.latency_ms < 10_000  # noticed at once, not when the 200,000-word answer would have ended
+
+
+def test_a_saturated_local_engine_answers_429_with_retry_after(gateway_factory, simulator, random_checkpoint) -> None:
+    config = local_config(simulator.base_url, random_checkpoint).replace(
+        "  max_tokens: 24\n", "  max_tokens: 24\n  max_queue: 1\n  max_batch_size: 1\n")
+    assert "max_queue: 1" in config
+    gw = gateway_factory(config)
+    body = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "Sort: 3, 1"}],
+            "max_tokens": 24, "seed": 1}
+
+    def call(_: int) -> httpx.Response:
+        return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60,
+                          headers={"authorization": f"Bearer {MASTER_KEY}"})
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(call, range(12)))
+    statuses = sorted(r.status_code for r in replies)
+    assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+    refused = next(r for r in replies if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "local_queue_full"
+    assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
+    row = flushed_db(gw).get_record(refused.headers["x-draftgate-request-id"])
+    assert row is not None and row.status == "error" and row.status_code == 429
