@@ -11,10 +11,13 @@ import asyncio
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ledger import RequestRecord
 from ledger.writer import read_segment
+from tests.conftest import MASTER_KEY as CONFTEST_MASTER_KEY
+from tests.conftest import hosted_config
 from tests.support.load import LoadResult, run_load
 from tests.support.processes import MASTER_KEY, GatewayProcess, process_config, simulator_process
 
@@ -119,3 +122,53 @@ def test_sigterm_finishes_in_flight_requests_then_flushes(tmp_path: Path) -> Non
     assert all(r.status == "ok" for r in rows.values())
     assert sum(r.stream for r in rows.values()) == 8
     assert not gw.journal_segments()  # flushed and removed: nothing left for a replay
+
+
+def _journalled_or_stored(gw, request_id: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the row for `request_id` would survive a kill -9 right now."""
+    segments = gw.settings.data_dir.glob("ledger-*.journal.*")
+    if any(r.request_id == request_id for seg in segments for r in read_segment(seg)):
+        return True
+    return gw.services.db.get_record(request_id) is not None
+
+
+async def _drive(gw, body: bytes) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+    """Calls the live app as its server would and notes, at each message sent, whether the row is safe."""
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+             "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"authorization", f"Bearer {CONFTEST_MASTER_KEY}".encode()),
+                         (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
+    sent: list[tuple[str, bool]] = []
+    request_id = ""
+    delivered = False
+
+    async def receive():  # type: ignore[no-untyped-def]
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected
+
+    async def send(message) -> None:  # type: ignore[no-untyped-def]
+        nonlocal request_id
+        if message["type"] == "http.response.start":
+            request_id = dict(message["headers"])[b"x-draftgate-request-id"].decode()
+            sent.append(("start", _journalled_or_stored(gw, request_id)))
+        elif b"[DONE]" in message.get("body", b""):
+            sent.append(("[DONE]", _journalled_or_stored(gw, request_id)))
+
+    await gw.app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_the_row_is_journalled_before_the_client_can_see_a_complete_answer(gateway_factory, simulator,
+                                                                           stream: bool) -> None:
+    """What the kill -9 guarantee rests on, checked at the exact moment each byte leaves the app."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": stream})
+    sent = asyncio.run_coroutine_threadsafe(_drive(gw, body), gw.services.loop).result(30)
+    complete_at = "[DONE]" if stream else "start"  # a JSON answer is one message after its start
+    assert (complete_at, True) in sent, f"the answer was complete for the client before its row was safe: {sent}"
