@@ -66,7 +66,7 @@ class Row:
     finish_reason: str | None = None
     cancelled: bool = False
     emitted_chars: int = 0
-    last_entropy: torch.Tensor | None = None  # (1, L) entropy of the latest step
+    last_entropy: torch.Tensor | None = None  # (1, L) entropy of the model's own distribution, latest step
     converged_canvas: bool = False  # True from the commit of a canvas until the next one opens
     last_canvas: torch.Tensor | None = None  # (L,) the committed canvas, to encode at the boundary
 
@@ -107,7 +107,10 @@ class Row:
         self.argmax = new_argmax
         self.self_conditioning = processed
         self.step += 1
-        self.last_entropy = entropy
+        # The confidence signal is the model's own uncertainty (temperature 1), not the sampling
+        # distribution's: at temperature 0 that one is one-hot and would always read 0.
+        raw = torch.softmax(logits, dim=-1, dtype=torch.float32) if temperature != 1.0 else probs
+        self.last_entropy = -(raw * torch.log(raw.clamp_min(1e-12))).sum(-1)
         converged = stable and confident
         if not converged and self.step >= sampling.max_steps:
             self.step_cap_hit = True

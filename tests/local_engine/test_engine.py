@@ -152,3 +152,15 @@ async def test_stopped_engine_refuses_work(engine_factory) -> None:  # type: ign
     await engine.stop()
     with pytest.raises(EngineUnavailableError):
         await engine.generate(req("late"))
+
+
+async def test_confidence_is_the_models_own_entropy_even_at_temperature_zero(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    try:
+        greedy = await engine.generate(req("greedy", temperature=0.0))
+        sampled = await engine.generate(req("sampled", temperature=1.0))
+    finally:
+        await engine.stop()
+    # An untrained model is unsure of everything: greedy decoding must not hide that (one-hot = 0).
+    assert greedy.confidence.max_entropy > 0.5 and greedy.confidence.mean_entropy > 0.1
+    assert sampled.confidence.max_entropy > 0.5
