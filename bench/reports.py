@@ -130,7 +130,7 @@ def main() -> None:
                 connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
             admin.dispose()
     if args.out:
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        args.out.write_text(json.dumps(out, indent=2, default=float) + "\n")
         print(f"\nwrote {args.out}")
 
 

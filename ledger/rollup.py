@@ -112,12 +112,14 @@ class UsageTotals:
 
     @classmethod
     def from_columns(cls, row: Any) -> UsageTotals:
-        totals = cls(**{name: row[name] or 0 for name in SCALAR_FIELDS})
+        # PostgreSQL sums BIGINT columns into NUMERIC (Decimal): bring every value back to int/float.
+        totals = cls(**{name: INT_OR_FLOAT[name](row[name] or 0) for name in SCALAR_FIELDS})
         totals.latency = [int(row[latency_column(i)] or 0) for i in range(LATENCY_BUCKETS)]
         return totals
 
 
 SCALAR_FIELDS = tuple(f.name for f in fields(UsageTotals) if f.name != "latency")
+INT_OR_FLOAT = {f.name: int if f.type in ("int", int) else float for f in fields(UsageTotals)}
 
 
 def latency_column(index: int) -> str:

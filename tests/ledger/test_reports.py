@@ -158,3 +158,14 @@ def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
     db.migrate()
     assert by_group(db, group_by="team")["research"]["savings_usd"] == pytest.approx(0.0017)
     db.dispose()
+
+
+def test_report_values_are_plain_ints_and_floats(db: Database) -> None:
+    """PostgreSQL returns SUM(BIGINT) as Decimal: reports must still be JSON-ready ints and floats."""
+    import json
+
+    db.insert_records(seeded())
+    data = Reporter(db).report(ReportQuery(group_by="team")).as_dict()
+    json.dumps(data)
+    assert type(data["total"]["requests"]) is int and type(data["total"]["prompt_tokens"]) is int
+    assert type(data["total"]["cost_usd"]) is float
