@@ -10,15 +10,18 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.deps import PrincipalDep, ServicesDep
 from gateway.schemas import ChatRequest
+from gateway.services import Services
 
 router = APIRouter()
 
 
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions", include_in_schema=False)
-async def chat_completions(body: ChatRequest, request: Request, services: ServicesDep,
-                           principal: PrincipalDep) -> Response:
+async def chat_completions(body: ChatRequest, request: Request, principal: PrincipalDep) -> Response:
     """Serves a chat completion from the route the policy picks; SSE when `stream` is true."""
+    # app.state, not ServicesDep: FastAPI runs the sync `get_services` dependency in its thread pool, a
+    # thread hop per request that bench/gateway_overhead's profile showed on the hot path.
+    services: Services = request.app.state.services
     assert services.pipeline is not None
     headers_out = request.state.draftgate_headers
     if body.stream:
