@@ -87,6 +87,9 @@ def run(spec: LoadSpec, *, cpus: set[int] | None, watch: dict[str, int],
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         killer.cancel()
+        if proc.returncode is None:  # interrupted (signal, the run's time bound): never leave wrk behind
+            proc.kill()
+            proc.wait(timeout=5)
     line = next((ln for ln in output.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no report (rc {proc.returncode}): {output[-800:]}")
