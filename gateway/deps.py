@@ -10,7 +10,7 @@ from gateway.auth import Principal
 from gateway.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
