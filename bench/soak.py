@@ -19,16 +19,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.load import run_load
+from tests.support.load import LoadResult, run_load
 from tests.support.processes import MASTER_KEY, GatewayProcess, process_config, simulator_process
 
 
-async def _soak(gw: GatewayProcess, key: str, args: argparse.Namespace) -> tuple[object, list[tuple[float, int]]]:
+async def _soak(gw: GatewayProcess, key: str, args: argparse.Namespace) -> tuple[LoadResult, list[tuple[float, int]]]:
     kinds = {"hosted_stream": args.clients * 3 // 10}
     if not args.no_local:
         kinds.update(local=4, local_stream=4)
-    load = asyncio.create_task(run_load(gw.url + "/v1", key, concurrency=args.clients, duration_s=args.seconds,
-                                        kinds=kinds))
+    load = asyncio.create_task(run_load(gw.url + "/v1", key, concurrency=args.clients,
+                                        duration_s=args.seconds, kinds=kinds))
     started, samples = time.monotonic(), []
     while not load.done():
         samples.append((time.monotonic() - started, gw.rss_bytes()))
@@ -56,17 +56,18 @@ def main() -> int:
             gw.terminate()
         finally:
             gw.stop()
-    print(result.summary())  # type: ignore[attr-defined]
+    print(result.summary())
     settled = [rss for t, rss in samples if t >= args.seconds * 0.1] or [samples[-1][1]]
     growth_mib = (max(settled) - settled[0]) / 2**20
-    print("RSS MiB over time: " + " ".join(f"{t:.0f}s={rss / 2**20:.0f}" for t, rss in samples[:: max(1, len(samples) // 12)]))
+    every = max(1, len(samples) // 12)
+    print("RSS MiB over time: " + " ".join(f"{t:.0f}s={rss / 2**20:.0f}" for t, rss in samples[::every]))
     print(f"RSS growth after warm-up: {growth_mib:.1f} MiB (limit {args.rss_limit_mib:g})")
     db = gw.database()
     recorded = {r.request_id for r in db.iter_records()}
     db.dispose()
-    missing = [r.request_id for r in result.completed if r.request_id not in recorded]  # type: ignore[attr-defined]
+    missing = [r.request_id for r in result.completed if r.request_id not in recorded]
     print(f"ledger: {len(recorded)} rows, {len(missing)} answered request(s) missing; logs in {tmp}")
-    return int(bool(result.errors) or growth_mib > args.rss_limit_mib or bool(missing))  # type: ignore[attr-defined]
+    return int(bool(result.errors) or growth_mib > args.rss_limit_mib or bool(missing))
 
 
 if __name__ == "__main__":

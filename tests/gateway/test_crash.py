@@ -168,7 +168,8 @@ def test_the_row_is_journalled_before_the_client_can_see_a_complete_answer(gatew
                                                                            stream: bool) -> None:
     """What the kill -9 guarantee rests on, checked at the exact moment each byte leaves the app."""
     gw = gateway_factory(hosted_config(simulator.base_url))
-    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": stream})
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                         "stream": stream})
     sent = asyncio.run_coroutine_threadsafe(_drive(gw, body), gw.services.loop).result(30)
     complete_at = "[DONE]" if stream else "start"  # a JSON answer is one message after its start
-    assert (complete_at, True) in sent, f"the answer was complete for the client before its row was safe: {sent}"
+    assert (complete_at, True) in sent, f"the client had the whole answer before its row was safe: {sent}"

@@ -33,7 +33,7 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float = 0.0
-    finished_s: float = field(default_factory=time.monotonic)  # monotonic clock when the client gave up or got it
+    finished_s: float = field(default_factory=time.monotonic)  # when the client got it or gave up
 
 
 @dataclass
@@ -54,7 +54,8 @@ class LoadResult:
     def summary(self) -> str:
         by_kind = Counter(r.kind for r in self.completed)
         latencies = sorted(r.latency_s for r in self.completed) or [0.0]
-        p50, p99 = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        p50 = latencies[len(latencies) // 2]
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         return (f"{len(self.completed)} ok / {len(self.replies)} sent in {self.duration_s:.1f}s "
                 f"({len(self.completed) / max(self.duration_s, 1e-9):.0f} req/s), p50 {p50 * 1000:.0f} ms, "
                 f"p99 {p99 * 1000:.0f} ms, by kind {dict(by_kind)}, errors {dict(self.errors)}")
@@ -83,8 +84,8 @@ async def _one(client: openai.AsyncOpenAI, kind: str, n: int) -> Reply:
             got, prompt_tokens = "".join(text), usage.prompt_tokens if usage else None
             completion_tokens = usage.completion_tokens if usage else None
         else:
-            raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages,  # type: ignore[arg-type]
-                                                                          seed=0)
+            raw = await client.chat.completions.with_raw_response.create(
+                model=model, messages=messages, seed=0)  # type: ignore[arg-type]
             rid = raw.headers.get("x-draftgate-request-id")
             completion = raw.parse()
             got = completion.choices[0].message.content or ""

@@ -103,7 +103,8 @@ class GatewayProcess:
     def start(self, ready_timeout_s: float = 120) -> GatewayProcess:
         """Starts the process and returns once /readyz says ready (journal replay happens before that)."""
         self.port = free_port()
-        env = _env({"DRAFTGATE_DATA_DIR": str(self.data_dir), "DRAFTGATE_LOG_LEVEL": "warning", **(self.env or {})})
+        env = _env({"DRAFTGATE_DATA_DIR": str(self.data_dir), "DRAFTGATE_LOG_LEVEL": "warning",
+                    **(self.env or {})})
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config), "--port",
@@ -111,7 +112,8 @@ class GatewayProcess:
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"draftgate serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                log = self.log.read_text()
+                raise RuntimeError(f"draftgate serve exited with {self.proc.returncode}:\n{log}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self
