@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from ledger import KeyInfo, KeyStore
+from ledger.budgets import Limits
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Principal:
     key_name: str | None
     team: str | None
     is_master: bool = False
+    limits: Limits | None = None  # a virtual key's own budget and rate limits, read with the key
 
 
 OPEN_PRINCIPAL = Principal(key_id=None, key_name=None, team=None)
@@ -57,10 +59,7 @@ class Authenticator:
     touch the database.
     """
 
-    def __init__(self, master_key: str | None, static_keys: Iterable[StaticKey], store: KeyStore,
-                 *, ttl_s: float | None = None) -> None:
-        # `ttl_s` is accepted for callers that still pass the old cache setting; nothing is cached.
-        del ttl_s
+    def __init__(self, master_key: str | None, static_keys: Iterable[StaticKey], store: KeyStore) -> None:
         self._master = _digest(master_key) if master_key else None
         self._static = [(_digest(k.raw), Principal(f"config:{k.name}", k.name, k.team)) for k in static_keys]
         self._store = store
@@ -85,14 +84,10 @@ class Authenticator:
                 return principal
         info: KeyInfo | None = await asyncio.to_thread(self._store.verify, token)
         if info is not None:
-            return Principal(info.key_id, info.name, info.team)
+            return Principal(info.key_id, info.name, info.team, limits=info.limits)
         if self.open_mode:
             return OPEN_PRINCIPAL
         raise AuthenticationFailed("Incorrect API key provided.")
-
-    def forget(self, key_id: str) -> None:
-        """Kept for callers of the old cache: revocation needs no eviction, nothing is cached."""
-        del key_id
 
     def require_master(self, principal: Principal) -> None:
         """Admin endpoints: master key only."""

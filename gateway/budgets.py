@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +18,6 @@ import orjson
 import policies
 from gateway.auth import Principal
 from gateway.errors import GatewayError, InvalidRequest
-from ledger import KeyStore
 from ledger.budgets import BudgetExceeded, BudgetStore, Claim, Limits, counters
 from router import Job, Outcome, Plan, Pricing, Route
 from router.hosted import HostedClient
@@ -73,38 +71,26 @@ def prompt_token_bound(job: Job) -> int:
 class Budgets:
     """Reserves before a request runs, settles after; only callers with limits touch the database."""
 
-    def __init__(self, config: policies.GatewayConfig, keys: KeyStore, store: BudgetStore, pricing: Pricing,
-                 hosted: HostedClient, *, local_max_tokens: int, key_ttl_s: float = 2.0) -> None:
+    def __init__(self, config: policies.GatewayConfig, store: BudgetStore, pricing: Pricing, hosted: HostedClient,
+                 *, local_max_tokens: int) -> None:
         self._teams: Mapping[str, Limits] = {t.name: _limits(t) for t in config.teams if _limits(t).any}
         self._static: Mapping[str, Limits] = {f"config:{k.name}": _limits(k) for k in config.keys if _limits(k).any}
-        self._keys = keys
         self._store = store
         self._pricing = pricing
         self._hosted = hosted
         self._local_max_tokens = local_max_tokens
-        self._key_ttl_s = key_ttl_s
-        self._key_cache: dict[str, tuple[float, Limits]] = {}
         self._settling: set[asyncio.Task[None]] = set()
 
     async def _scopes(self, principal: Principal) -> list[tuple[str, Limits]]:
         scopes = []
         if principal.key_id is not None:
             limits = self._static.get(principal.key_id) if principal.key_id.startswith("config:") \
-                else await self._virtual_limits(principal.key_id)
+                else principal.limits  # read from the database with the key itself, on this request
             if limits is not None and limits.any:
                 scopes.append((f"key:{principal.key_id}", limits))
         if principal.team is not None and principal.team in self._teams:
             scopes.append((f"team:{principal.team}", self._teams[principal.team]))
         return scopes
-
-    async def _virtual_limits(self, key_id: str) -> Limits | None:
-        cached = self._key_cache.get(key_id)
-        if cached is not None and time.monotonic() - cached[0] < self._key_ttl_s:
-            return cached[1]
-        info = await asyncio.to_thread(self._keys.get, key_id)
-        limits = info.limits if info is not None else Limits()
-        self._key_cache[key_id] = (time.monotonic(), limits)
-        return limits
 
     def _max_cost(self, job: Job, plan: Plan, prompt_tokens: int) -> float | None:
         """The most this request can cost at the models it may reach; None if one of them is unpriced."""

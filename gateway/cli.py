@@ -86,7 +86,7 @@ def serve(config: ConfigOpt = None,
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"draftgate listening on http://{host}:{port}/v1")
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level, loop="uvloop", http="httptools")
+                log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75)
 
 
 def _share_metrics_between_workers(settings: Settings) -> None:

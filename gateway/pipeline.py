@@ -112,11 +112,15 @@ class ChatPipeline:
     async def _sse(self, job: Job, plan: Plan, principal: Principal, chunks: Any, created_at: datetime,
                    started: float, reservation: Reservation | None) -> AsyncIterator[bytes]:
         status, code, error = "cancelled", 499, "client disconnected"
+        recorded = False
         try:
             async for payload in chunks:
                 yield b"data: " + payload + b"\n\n"
-            yield b"data: [DONE]\n\n"
             status, code, error = "ok", 200, ""
+            # journalled before [DONE]: once a client has the whole answer, a kill -9 cannot lose its row
+            self._finish_stream(job, plan, principal, chunks.outcome, created_at, started, reservation, status, code)
+            recorded = True
+            yield b"data: [DONE]\n\n"
         except Exception as exc:  # noqa: BLE001 - reported in-band (headers are gone), then recorded
             if isinstance(exc, StreamBroken):
                 code, error = 502, exc.message
@@ -127,9 +131,15 @@ class ChatPipeline:
             yield b"data: " + orjson.dumps({"error": {"message": error, "type": "api_error", "param": None,
                                                       "code": "stream_interrupted"}}) + b"\n\n"
         finally:
-            outcome: Outcome = chunks.outcome
-            self._budgets.settle(reservation, outcome)
-            self._record(job, plan, principal, outcome, created_at, started, status, code, error or None)
+            if not recorded:
+                self._finish_stream(job, plan, principal, chunks.outcome, created_at, started, reservation, status,
+                                    code, error or None)
+
+    def _finish_stream(self, job: Job, plan: Plan, principal: Principal, outcome: Outcome, created_at: datetime,
+                       started: float, reservation: Reservation | None, status: str, code: int,
+                       error: str | None = None) -> None:
+        self._budgets.settle(reservation, outcome)
+        self._record(job, plan, principal, outcome, created_at, started, status, code, error)
 
     def _record_failure(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime,
                         started: float, exc: BaseException) -> None:

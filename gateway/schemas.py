@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_TOKENS_LIMIT = 1_000_000
@@ -96,6 +97,16 @@ class ChatRequest(BaseModel):
     def _one_token_cap(self) -> ChatRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @model_validator(mode="after")
+    def _relayable(self) -> ChatRequest:
+        # JSON admits lone surrogate escapes ("\ud800") and integers of any size; neither can be relayed
+        # upstream, journalled or matched as text, so they are refused here rather than failing later as a 500.
+        try:
+            orjson.dumps(self.model_dump(exclude_none=True))
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"the request holds a value that cannot be relayed as JSON: {exc}") from None
         return self
 
     def token_cap(self) -> int | None:

@@ -103,7 +103,7 @@ class Services:
         keys = KeyStore(db)
         master = settings.master_key.get_secret_value() if settings.master_key else config.master_key
         static = [StaticKey(k.name, k.key, k.team) for k in config.keys]
-        auth = Authenticator(master, static, keys, ttl_s=settings.key_cache_ttl_s)
+        auth = Authenticator(master, static, keys)
         prices = PriceBook(price_overrides(config))
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
         http = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0, connect=10.0))
@@ -112,9 +112,9 @@ class Services:
         policy = policies.PolicySet(config.policies)
         planner = Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
                           judge=judge_with(hosted), score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
-        budgets = Budgets(config, keys, BudgetStore(db), pricing, hosted, local_max_tokens=config.local.max_tokens,
-                          key_ttl_s=settings.key_cache_ttl_s)
-        writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*")
+        budgets = Budgets(config, BudgetStore(db), pricing, hosted, local_max_tokens=config.local.max_tokens)
+        writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*",
+                              flush_interval_s=settings.ledger_flush_interval_s)
         return cls(settings=settings, config=config, db=db, writer=writer, keys=keys, auth=auth, prices=prices,
                    http=http, hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
 

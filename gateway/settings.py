@@ -29,9 +29,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 4000
     workers: int = 1
+    ledger_flush_interval_s: float = Field(default=0.2, ge=0.01, le=60.0,
+                                           description="how often journalled ledger rows are written to the database")
     worker_id: str | None = Field(default=None, description="names this process's ledger journal (default: pid)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    key_cache_ttl_s: float = Field(default=2.0, ge=0.0, description="how long a verified key is trusted")
     load_local_engine: bool = Field(default=True, description="False skips loading the local model")
     log_level: str = "info"
 

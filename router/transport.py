@@ -84,9 +84,14 @@ def _error_message(content: bytes, status: int) -> tuple[str, str | None]:
     return (text or f"upstream returned HTTP {status}"), None
 
 
-def _failure_from_response(response: httpx.Response) -> AttemptFailed:
+def redact(message: str, model: HostedModel) -> str:
+    """Upstream text with the model's own API key blanked out: some upstreams and proxies echo it."""
+    return message.replace(model.api_key, "[redacted]") if model.api_key else message
+
+
+def _failure_from_response(response: httpx.Response, model: HostedModel) -> AttemptFailed:
     message, error_type = _error_message(response.content, response.status_code)
-    return AttemptFailed(message, status_code=response.status_code,
+    return AttemptFailed(redact(message, model), status_code=response.status_code,
                          retryable=is_retryable_status(response.status_code),
                          retry_after_s=retry_after_seconds(response.headers), error_type=error_type)
 
@@ -116,7 +121,7 @@ class _HTTPStream:
                     return
                 if payload.startswith('{"error"'):
                     message, error_type = _error_message(payload.encode(), 502)
-                    raise StreamBroken(message, retryable=False, error_type=error_type)
+                    raise StreamBroken(redact(message, self._model), retryable=False, error_type=error_type)
                 yield payload.encode()
         except httpx.HTTPError as exc:
             raise StreamBroken(f"upstream {self._model.alias} stream broke: {type(exc).__name__}",
@@ -150,7 +155,7 @@ class OpenAITransport:
         except httpx.HTTPError as exc:
             raise _failure_from_transport(exc, model) from exc
         if response.status_code != 200:
-            raise _failure_from_response(response)
+            raise _failure_from_response(response, model)
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
@@ -172,7 +177,7 @@ class OpenAITransport:
                 raise _failure_from_transport(exc, model) from exc
             finally:
                 await response.aclose()
-            raise _failure_from_response(response)
+            raise _failure_from_response(response, model)
         return _HTTPStream(response, model)
 
 
@@ -186,8 +191,8 @@ class _LiteLLMStream:
             async for chunk in self._chunks:
                 yield orjson.dumps(chunk.model_dump(exclude_none=True))
         except Exception as exc:  # noqa: BLE001 - LiteLLM raises provider-specific types
-            raise StreamBroken(f"upstream {self._model.alias} stream broke: {exc}", retryable=False,
-                               error_type="stream_interrupted") from exc
+            message = redact(f"upstream {self._model.alias} stream broke: {exc}", self._model)
+            raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc
 
     async def aclose(self) -> None:
         close = getattr(self._chunks, "aclose", None)
@@ -218,7 +223,7 @@ class LiteLLMTransport:
             status = getattr(exc, "status_code", None)
             status = int(status) if isinstance(status, int) else None
             retryable = status is None or is_retryable_status(status)
-            message = str(getattr(exc, "message", None) or exc)
+            message = redact(str(getattr(exc, "message", None) or exc), model)
             raise AttemptFailed(message, status_code=status, retryable=retryable,
                                 error_type=type(exc).__name__) from exc
 

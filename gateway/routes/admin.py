@@ -68,10 +68,9 @@ async def list_keys(services: ServicesDep, _master: MasterDep, team: str | None 
 
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, services: ServicesDep, _master: MasterDep) -> KeyOut:
-    """Revokes a key; it stops working on this replica at once, on others within the key cache TTL."""
+    """Revokes a key; it stops working at once on every replica (keys are read from the database on each request)."""
     try:
         info = await asyncio.to_thread(services.keys.revoke, key_id)
     except UnknownKeyError:
         raise NotFound(f"no key with id {key_id}") from None
-    services.auth.forget(key_id)
     return KeyOut.of(info)

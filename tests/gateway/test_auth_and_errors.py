@@ -22,7 +22,7 @@ def test_missing_and_wrong_keys_are_401_json(gateway_factory, simulator) -> None
 
 
 def test_virtual_key_lifecycle_and_team_attribution(gateway_factory, simulator) -> None:
-    gw = gateway_factory(hosted_config(simulator.base_url), key_cache_ttl_s=60)
+    gw = gateway_factory(hosted_config(simulator.base_url))
     admin = {"authorization": f"Bearer {MASTER_KEY}"}
     created = httpx.post(gw.url + "/admin/keys", json={"name": "app-1", "team": "research"}, headers=admin)
     assert created.status_code == 201

@@ -52,7 +52,9 @@ def test_kill_9_under_load_loses_no_answered_request_and_counts_none_twice(tmp_p
     with simulator_process() as sim:
         config = tmp_path / "draftgate.yaml"
         config.write_text(process_config(sim, timeout_s=60))
-        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log")
+        # Rows reach the database every 2 s, so a kill always finds answered rows still only journalled.
+        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log",
+                            env={"DRAFTGATE_LEDGER_FLUSH_INTERVAL_S": "2"})
         try:
             gw.start()
             result = asyncio.run(_load_then_kill(gw, min_completed=80, min_s=2.0))

