@@ -18,7 +18,6 @@ from sqlalchemy import and_, func, select
 
 from ledger.db import Database
 from ledger.models import ApiKeyRow, RequestRow, usage_daily
-from ledger.records import RequestRecord
 from ledger.rollup import GROUP_COLUMNS, LATENCY_BUCKETS, SCALAR_FIELDS, UsageTotals, aggregate, latency_column, quantile_ms
 
 GroupBy = Literal["team", "key", "model", "route", "day", "reason"]
@@ -30,7 +29,6 @@ ROUTES = ("local", "hosted", "escalated")
 RAW_FIELDS = ("request_id", "created_at", "team", "key_id", "model_alias", "route", "escalation_reason", "status",
               "prompt_tokens", "completion_tokens", "latency_ms", "device_seconds", "unpriced", "local_cost_usd",
               "hosted_cost_usd", "wasted_draft_usd", "reference_cost_usd")
-RAW_DEFAULTS = {"finished_at": None, "provider_model": None, "status_code": 0}
 
 
 @dataclass(frozen=True)
@@ -168,7 +166,9 @@ class Reporter:
         if query.route is not None:
             statement = statement.where(table.c.route == query.route)
         with self._db.engine.connect() as connection:
-            records = [RequestRecord(**dict(r), **RAW_DEFAULTS) for r in connection.execute(statement).mappings()]
+            # Rows go straight into the aggregation (they have the attributes it reads): building a
+            # record object per row would double the cost of the edge days.
+            records = connection.execute(statement).all()
         index = GROUP_COLUMNS.index(_COLUMN[query.group_by])
         route_index = GROUP_COLUMNS.index("route")
         for key, totals in aggregate(records).items():

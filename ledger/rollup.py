@@ -132,7 +132,8 @@ def group_key(record: RequestRecord) -> tuple[str, ...]:
             record.route, reason_kind(record.escalation_reason))
 
 
-def aggregate(records: Iterable[RequestRecord]) -> dict[tuple[str, ...], UsageTotals]:
+def aggregate(records: Iterable[RequestRecord] | Iterable[Any]) -> dict[tuple[str, ...], UsageTotals]:
+    """Roll-up groups of records, or of database rows with the same attribute names."""
     groups: dict[tuple[str, ...], UsageTotals] = {}
     for record in records:
         groups.setdefault(group_key(record), UsageTotals()).add(record)
