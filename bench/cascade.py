@@ -32,16 +32,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import uvicorn  # noqa: E402
-from openai import AsyncOpenAI  # noqa: E402
+import uvicorn
+from openai import AsyncOpenAI
 
-from gateway.app import create_app  # noqa: E402
-from gateway.demo import ROUTINE  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from gateway.simulator import Simulator, SimulatorServer  # noqa: E402
-from ledger import Database  # noqa: E402
-from ledger.reports import Reporter, ReportQuery  # noqa: E402
-from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, check, sample  # noqa: E402
+from gateway.app import create_app
+from gateway.demo import ROUTINE
+from gateway.settings import Settings
+from gateway.simulator import Simulator, SimulatorServer
+from ledger import Database
+from ledger.reports import Reporter, ReportQuery
+from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, check, sample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
 

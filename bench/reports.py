@@ -27,12 +27,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import case, func, select, text  # noqa: E402
+from sqlalchemy import case, func, select, text
 
-from ledger import Database  # noqa: E402
-from ledger.models import RequestRow  # noqa: E402
-from ledger.reports import Reporter, ReportQuery  # noqa: E402
-from ledger.synthetic import synthetic_records  # noqa: E402
+from ledger import Database
+from ledger.models import RequestRow
+from ledger.reports import Reporter, ReportQuery
+from ledger.synthetic import synthetic_records
 
 GROUPS = ("team", "key", "model", "route", "day")
 RAW_COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "route": "route"}

@@ -15,7 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from local_engine import EngineError, EngineUnavailableError, QueueFullError
-from router.errors import LocalUnavailableError, RoutingError, UnknownModelError, UpstreamError, UpstreamRejectedError
+from router.errors import (
+    LocalUnavailableError,
+    RoutingError,
+    UnknownModelError,
+    UpstreamError,
+    UpstreamRejectedError,
+)
 
 log = logging.getLogger("draftgate")
 

@@ -18,7 +18,15 @@ from sqlalchemy import and_, func, select
 
 from ledger.db import Database
 from ledger.models import ApiKeyRow, RequestRow, usage_daily
-from ledger.rollup import GROUP_COLUMNS, LATENCY_BUCKETS, SCALAR_FIELDS, UsageTotals, aggregate, latency_column, quantile_ms
+from ledger.rollup import (
+    GROUP_COLUMNS,
+    LATENCY_BUCKETS,
+    SCALAR_FIELDS,
+    UsageTotals,
+    aggregate,
+    latency_column,
+    quantile_ms,
+)
 
 GroupBy = Literal["team", "key", "model", "route", "day", "reason"]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)

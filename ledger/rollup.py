@@ -10,9 +10,9 @@ from it is within about 10% of the exact value), the way Prometheus keeps latenc
 from __future__ import annotations
 
 import math
-from datetime import UTC
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import UTC
 from typing import Any
 
 from ledger.records import RequestRecord

@@ -143,7 +143,7 @@ class LedgerWriter:
             self._wake.clear()
             try:
                 await self.flush()
-            except Exception:  # noqa: BLE001 - the database may be down; rows stay journalled and queued
+            except Exception:
                 log.exception("ledger flush failed; %d row(s) kept in the journal for retry", self.pending)
                 await asyncio.sleep(min(5.0, self._interval * 10))
 

@@ -11,18 +11,22 @@ from typing import Any
 
 import pytest
 import torch
-from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion, DiffusionGemmaGenerationConfig
+from transformers.models.diffusion_gemma import (
+    DiffusionGemmaForBlockDiffusion,
+    DiffusionGemmaGenerationConfig,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from gateway.app import create_app  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from gateway.simulator import Simulator, SimulatorServer  # noqa: E402
-from local_engine.training.config import GENERATION, tiny_config  # noqa: E402
-from local_engine.training.tokenizer import build_tokenizer  # noqa: E402
-from tests.support.servers import serve_in_thread, simulator_server  # noqa: E402
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.simulator import Simulator, SimulatorServer
+from local_engine.training.config import GENERATION, tiny_config
+from local_engine.training.tokenizer import build_tokenizer
+from tests.support.postgres import POSTGRES_URL, fresh_schema
+from tests.support.servers import serve_in_thread, simulator_server
 
 MASTER_KEY = "sk-master-test-0123456789"
 
@@ -115,3 +119,15 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(out)
     build_tokenizer().save_pretrained(out)
     return out
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One database several gateways share: a SQLite file, or a fresh schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one; CI does)")
+    with fresh_schema(POSTGRES_URL) as url:
+        yield url

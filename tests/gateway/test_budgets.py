@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,24 +14,6 @@ from ledger import Database
 from tests.support.servers import simulator_server
 
 PRICE_PER_REQUEST = 0.005  # 5 completion tokens at $1,000 per million (prompt tokens are free here)
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def shared_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """One database for several gateways: a SQLite file, or a fresh schema on the test PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/shared.db"
-        return
-    url = os.environ.get("DRAFTGATE_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
-    schema = f"b_{uuid.uuid4().hex[:10]}"
-    admin = Database(url)
-    with admin.engine.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    admin.dispose()
-    yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
 def budget_config(sim_url: str, db_url: str, team_limits: str = "", key_limits: str = "") -> str:
@@ -71,9 +50,9 @@ async def _call(client: httpx.AsyncClient, url: str, model: str = "gpt-4o-mini")
                              json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "go"}]})
 
 
-def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_db_url: str, tmp_path: Path) -> None:
+def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
     with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
-        yaml_text = budget_config(sim.base_url, shared_db_url, "max_budget_usd: 0.1\n    budget_period: day")
+        yaml_text = budget_config(sim.base_url, shared_database_url, "max_budget_usd: 0.1\n    budget_period: day")
         a = gateway_factory(yaml_text, data_dir=tmp_path / "a")
         b = gateway_factory(yaml_text, data_dir=tmp_path / "b")
 
@@ -94,7 +73,7 @@ def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_db_
         assert sum(spent_per_gateway) == pytest.approx(0.1)
         for gateway in (a, b):
             gateway.stop()  # drains settlements and flushes the ledger
-        db = Database(shared_db_url)
+        db = Database(shared_database_url)
         with db.engine.connect() as connection:
             used, reserved = connection.execute(text(
                 "SELECT used, reserved FROM budget_usage WHERE scope = 'team:racers' AND metric = 'usd'")).one()
@@ -107,9 +86,9 @@ def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_db_
         assert ledger_usd == pytest.approx(0.1)
 
 
-def test_requests_per_minute_limit_per_key(gateway_factory, shared_db_url: str, tmp_path: Path) -> None:
+def test_requests_per_minute_limit_per_key(gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
     with simulator_server(Simulator(reply_fn=lambda _body: "ok")) as sim:
-        gw = gateway_factory(budget_config(sim.base_url, shared_db_url, key_limits="rpm_limit: 3"), data_dir=tmp_path / "a")
+        gw = gateway_factory(budget_config(sim.base_url, shared_database_url, key_limits="rpm_limit: 3"), data_dir=tmp_path / "a")
 
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=30) as client:
@@ -127,9 +106,9 @@ def test_requests_per_minute_limit_per_key(gateway_factory, shared_db_url: str, 
         assert limited[0].headers["x-ratelimit-reset-requests"].endswith("s")
 
 
-def test_a_dollar_budget_refuses_an_unpriced_model(gateway_factory, shared_db_url: str, tmp_path: Path) -> None:
+def test_a_dollar_budget_refuses_an_unpriced_model(gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
     with simulator_server(Simulator()) as sim:
-        gw = gateway_factory(budget_config(sim.base_url, shared_db_url, "max_budget_usd: 5"), data_dir=tmp_path / "a")
+        gw = gateway_factory(budget_config(sim.base_url, shared_database_url, "max_budget_usd: 5"), data_dir=tmp_path / "a")
         response = asyncio.run(_one(gw.url, "mystery"))
         assert response.status_code == 400
         assert "no known price" in response.json()["error"]["message"]

@@ -81,13 +81,12 @@ def test_stream_broken_halfway_ends_with_an_error_not_a_mixed_answer(gateway_fac
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(break_stream_after=2))
     received: list[str] = []
-    with pytest.raises(openai.APIError):
-        with client(gw).chat.completions.with_streaming_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}],
-                stream=True) as response:
-            request_id = response.headers["x-draftgate-request-id"]
-            for chunk in response.parse():
-                received.append(chunk.choices[0].delta.content or "")
+    with pytest.raises(openai.APIError), client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}],
+            stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for chunk in response.parse():
+            received.append(chunk.choices[0].delta.content or "")
     assert "echo: a b c d e f".startswith("".join(received))  # a prefix of one answer, nothing else
     assert len(simulator.state.received) == 1  # a started stream is never silently retried (no duplicates)
     row = flushed_db(gw).get_record(request_id)

@@ -4,7 +4,6 @@ mid-stream, and a saturated local engine, all through the real gateway and the o
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from pathlib import Path
 
 import httpx

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, hosted_config
+from tests.conftest import hosted_config
 from tests.gateway.test_chat_hosted import client, flushed_db
 
 

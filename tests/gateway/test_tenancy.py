@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from sqlalchemy import text
 
 from ledger import Database, KeyStore
 from tests.conftest import MASTER_KEY, hosted_config
@@ -55,25 +51,6 @@ def test_team_keys_cannot_use_the_admin_api_nor_touch_other_keys(gateway_factory
     listed = httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()
     assert sorted(k["key_id"] for k in listed) == sorted([mine_id, theirs_id])
     assert all(k["revoked_at"] is None for k in listed)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def shared_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """One database two replicas share: a SQLite file, or a fresh schema on the test PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    if not POSTGRES_URL:
-        pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one; CI does)")
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    admin = Database(POSTGRES_URL)
-    with admin.engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    with admin.engine.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def test_revocation_is_immediate_on_every_replica(gateway_factory, simulator, tmp_path, shared_database_url) -> None:

@@ -22,7 +22,7 @@ REQUESTS = 40
 
 
 def _requests_total(text: str) -> float:
-    return sum(float(m.group(1)) for m in re.finditer(r'^draftgate_requests_total\{[^}]*\} (\S+)$', text, re.M))
+    return sum(float(m.group(1)) for m in re.finditer(r'^draftgate_requests_total\{[^}]*\} (\S+)$', text, re.MULTILINE))
 
 
 def test_two_workers_share_metrics_and_ledger(tmp_path: Path) -> None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from ledger import Database, RequestRecord
+from tests.support.postgres import POSTGRES_URL, fresh_schema
 
-POSTGRES_URL = os.environ.get("DRAFTGATE_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -21,19 +18,17 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "sqlite":
         database = Database(f"sqlite:///{tmp_path}/ledger.db")
-    else:
-        if not POSTGRES_URL:
-            pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
-        schema = f"t_{uuid.uuid4().hex[:10]}"
-        admin = Database(POSTGRES_URL)
-        with admin.engine.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        admin.dispose()
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        database = Database(f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}")
-    database.migrate()
-    yield database
-    database.dispose()
+        database.migrate()
+        yield database
+        database.dispose()
+        return
+    if not POSTGRES_URL:
+        pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
+    with fresh_schema(POSTGRES_URL) as url:
+        database = Database(url)
+        database.migrate()
+        yield database
+        database.dispose()
 
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

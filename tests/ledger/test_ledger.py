@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook, UnknownKeyError
 from tests.ledger.conftest import T0, record
+from tests.support.postgres import POSTGRES_URL, fresh_schema
 
 
 def test_migrate_twice_and_roundtrip(db: Database) -> None:
@@ -131,22 +133,19 @@ async def test_a_worker_replays_orphans_but_not_a_live_workers_journal(db: Datab
 
 def test_replicas_migrating_at_once_all_succeed(tmp_path: Path) -> None:
     """Workers and replicas start together and each migrates: none may fail or double-create."""
+    urls = [f"sqlite:///{tmp_path}/fresh.db"]
+    with contextlib.ExitStack() as stack:
+        if POSTGRES_URL:
+            urls.append(stack.enter_context(fresh_schema(POSTGRES_URL, "m")))
+        _migrate_concurrently(urls)
+
+
+def _migrate_concurrently(urls: list[str]) -> None:
     import subprocess
     import sys
-    import uuid
 
     from sqlalchemy import text
 
-    from tests.ledger.conftest import POSTGRES_URL
-
-    urls = [f"sqlite:///{tmp_path}/fresh.db"]
-    if POSTGRES_URL:
-        schema = f"m_{uuid.uuid4().hex[:8]}"
-        admin = Database(POSTGRES_URL)
-        with admin.engine.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        admin.dispose()
-        urls.append(f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}")
     for url in urls:
         code = f"from ledger import Database; Database({url!r}).migrate()"
         workers = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,18 @@ import pytest
 from gateway.simulator import Fault, SimulatorServer
 from ledger import PriceBook
 from local_engine import Completion, Confidence, GenerationRequest, StreamDelta
-from router import Cascade, CascadeSpec, EscalationMode, Executor, HostedClient, HostedModel, Job, Plan, Pricing, Route
+from router import (
+    Cascade,
+    CascadeSpec,
+    EscalationMode,
+    Executor,
+    HostedClient,
+    HostedModel,
+    Job,
+    Plan,
+    Pricing,
+    Route,
+)
 from router.cascade import OnHostedUnavailable
 from router.errors import UpstreamError
 from router.verifiers import build_verifier

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from router.classifier import BUNDLED_WEIGHTS, DifficultyClassifier
-from router.features import DRAFT_FEATURES, PROMPT_FEATURES, arithmetic_errors, draft_features, prompt_features
+from router.features import (
+    DRAFT_FEATURES,
+    PROMPT_FEATURES,
+    arithmetic_errors,
+    draft_features,
+    prompt_features,
+)
 from router.scoring import ScoreInputError, read_requests, score_file
 
 needs_weights = pytest.mark.skipif(not BUNDLED_WEIGHTS.exists(), reason="bundled classifier weights missing")
