@@ -30,6 +30,8 @@ class Fault:
     reset: bool = False  # close the connection without a response
     break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
     error_in_stream_after: int | None = None  # stream this many chunks, then send an error event
+    stall_stream_after: int | None = None  # stream this many chunks, then go silent for stall_s (then drop)
+    stall_s: float = 30.0
 
 
 @dataclass
@@ -130,6 +132,7 @@ class SimulatorServer:
         self._host, self._port = host, port
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def base_url(self) -> str:
@@ -146,6 +149,8 @@ class SimulatorServer:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            for task in list(self._handlers):  # e.g. one stalling a stream on purpose
+                task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
@@ -157,14 +162,19 @@ class SimulatorServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             while (request := await _read_request(reader)) is not None:
                 if not await self._serve(request, writer):
                     break
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
             self._writers.discard(writer)
+            if task is not None:
+                self._handlers.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -202,6 +212,11 @@ class SimulatorServer:
         for i, chunk in enumerate(self.state.chunks(body, reply)):
             if fault.break_stream_after is not None and i > fault.break_stream_after:
                 await writer.drain()
+                writer.transport.abort()
+                return False
+            if fault.stall_stream_after is not None and i > fault.stall_stream_after:
+                await writer.drain()
+                await asyncio.sleep(fault.stall_s)  # alive but silent: only a read timeout notices
                 writer.transport.abort()
                 return False
             if fault.error_in_stream_after is not None and i > fault.error_in_stream_after:

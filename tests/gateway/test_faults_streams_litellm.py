@@ -1,0 +1,81 @@
+"""Faults the first fault tests left open: an upstream stream that goes silent after it started, and
+the same faults on a provider reached through LiteLLM (translation path) instead of the direct one."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from gateway.simulator import Fault
+from tests.conftest import hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+
+LITELLM_MODEL = """\
+  - name: via-litellm
+    model: hosted_vllm/sim-model
+    api_base: {url}
+    price: {{input_per_mtok: 1.0, output_per_mtok: 1.0}}
+    timeout_s: 2
+    max_retries: 2
+"""
+
+
+def litellm_config(url: str) -> str:
+    return hosted_config(url).replace("local:\n", LITELLM_MODEL.format(url=url) + "local:\n", 1)
+
+
+def _stream_text(gw, model: str, prompt: str) -> tuple[list[str], str]:  # type: ignore[no-untyped-def]
+    received: list[str] = []
+    with pytest.raises(openai.APIError), client(gw).chat.completions.with_streaming_response.create(
+            model=model, messages=[{"role": "user", "content": prompt}], stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for chunk in response.parse():
+            received.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    return received, request_id
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "via-litellm"])
+def test_a_stream_that_goes_silent_ends_with_an_error_after_the_read_timeout(gateway_factory, simulator,
+                                                                              model: str) -> None:
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    simulator.state.faults.append(Fault(stall_stream_after=2, stall_s=20))
+    started = time.monotonic()
+    received, request_id = _stream_text(gw, model, "a b c d e f")
+    assert time.monotonic() - started < 10  # the model's 2 s timeout, not the upstream's 20 s silence
+    assert "echo: a b c d e f".startswith("".join(received)) and received  # a prefix of one answer
+    assert len(simulator.state.received) == 1  # a started stream is never retried
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.status == "error" and row.stream
+
+
+def test_litellm_path_retries_5xx_and_honours_retry_after(gateway_factory, simulator) -> None:
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(status=500), Fault(status=429, retry_after_s=0.6)])
+    started = time.monotonic()
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="via-litellm", messages=[{"role": "user", "content": "again"}])
+    assert time.monotonic() - started >= 0.6
+    assert raw.parse().choices[0].message.content == "echo: again"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.attempts == 3 and len(simulator.state.received) == 3
+
+
+def test_litellm_path_does_not_retry_a_400_and_relays_its_message(gateway_factory, simulator) -> None:
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=400, message="context too long for this model"))
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gw).chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "x"}])
+    assert "context too long for this model" in info.value.message
+    assert len(simulator.state.received) == 1
+
+
+def test_litellm_path_stream_broken_halfway_is_not_a_mixed_answer(gateway_factory, simulator) -> None:
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    simulator.state.faults.append(Fault(break_stream_after=2))
+    received, request_id = _stream_text(gw, "via-litellm", "a b c d e f")
+    assert "echo: a b c d e f".startswith("".join(received))
+    assert len(simulator.state.received) == 1
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.status == "error"
