@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 import policies
@@ -27,7 +26,7 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{request_file}: {where}: {first['msg']}") from None
-    hosted = HostedClient(hosted_models(config), httpx.AsyncClient())  # never called: planning only
+    hosted = HostedClient(hosted_models(config))  # never called: planning only
     planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
                       local_enabled=config.local.enabled)
     plan, decision = planner.explain(to_job(body, "explain"), key_name, team)

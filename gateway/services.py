@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 
 import policies
 from gateway.auth import Authenticator, StaticKey
@@ -80,7 +79,6 @@ class Services:
     keys: KeyStore
     auth: Authenticator
     prices: PriceBook
-    http: httpx.AsyncClient
     hosted: HostedClient
     metrics: Metrics
     planner: Planner
@@ -105,9 +103,7 @@ class Services:
         static = [StaticKey(k.name, k.key, k.team) for k in config.keys]
         auth = Authenticator(master, static, keys)
         prices = PriceBook(price_overrides(config))
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
-        http = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0, connect=10.0))
-        hosted = HostedClient(hosted_models(config), http)
+        hosted = HostedClient(hosted_models(config))
         pricing = Pricing(prices, hosted, config.reference_model)
         policy = policies.PolicySet(config.policies)
         planner = Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
@@ -116,7 +112,7 @@ class Services:
         writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*",
                               flush_interval_s=settings.ledger_flush_interval_s)
         return cls(settings=settings, config=config, db=db, writer=writer, keys=keys, auth=auth, prices=prices,
-                   http=http, hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
+                   hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
 
     def warn_about_config(self) -> None:
         """Loud startup warnings: open mode, and models whose price is unknown (never silently $0)."""
@@ -147,7 +143,7 @@ class Services:
             await self.local.stop()
         await self.budgets.drain()
         await self.writer.close()
-        await self.http.aclose()
+        await self.hosted.aclose()
         self.db.dispose()
 
     @asynccontextmanager

@@ -1,7 +1,7 @@
 """Hosted model calls: retries, timeouts and fallbacks around one upstream transport per alias.
 
 OpenAI-compatible upstreams (`openai/...` models, any `api_base`) are called with one shared
-`httpx.AsyncClient`; other providers go through LiteLLM, which translates their APIs. The choice
+aiohttp connection pool; other providers go through LiteLLM, which translates their APIs. The choice
 is measured in `bench/litellm_overhead.py`: LiteLLM's call path costs milliseconds per request,
 far more than the rest of the gateway, so it stays off the hot path where it adds nothing.
 """
@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import httpx
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -107,10 +106,10 @@ def _make_wait(backoff_initial_s: float) -> Any:
 class HostedClient:
     """Calls hosted aliases with retries (tenacity) and per-alias fallbacks."""
 
-    def __init__(self, models: Mapping[str, HostedModel], http: httpx.AsyncClient,
-                 *, backoff_initial_s: float = 0.25) -> None:
+    def __init__(self, models: Mapping[str, HostedModel], *, backoff_initial_s: float = 0.25,
+                 openai: OpenAITransport | None = None) -> None:
         self._models = dict(models)
-        self._openai = OpenAITransport(http)
+        self._openai = openai or OpenAITransport()
         self._litellm = LiteLLMTransport()
         self._wait = _make_wait(backoff_initial_s)
 
@@ -120,6 +119,10 @@ class HostedClient:
             return self._models[alias]
         except KeyError:
             raise UnknownModelError(alias) from None
+
+    async def aclose(self) -> None:
+        """Closes the shared connection pool (shutdown)."""
+        await self._openai.aclose()
 
     def __contains__(self, alias: object) -> bool:
         return alias in self._models

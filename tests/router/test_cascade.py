@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator
 
-import httpx
 import orjson
 import pytest
 
@@ -75,13 +74,12 @@ async def sim() -> AsyncIterator[SimulatorServer]:
         yield server
 
 
-async def make(sim: SimulatorServer, backend: ScriptedBackend) -> tuple[Cascade, httpx.AsyncClient]:
-    http = httpx.AsyncClient()
-    hosted = HostedClient({"big": HostedModel("big", "openai/gpt-4o", api_base=sim.base_url, max_retries=0)}, http,
+async def make(sim: SimulatorServer, backend: ScriptedBackend) -> tuple[Cascade, HostedClient]:
+    hosted = HostedClient({"big": HostedModel("big", "openai/gpt-4o", api_base=sim.base_url, max_retries=0)},
                           backoff_initial_s=0.01)
     executor = Executor(hosted, backend, Pricing(PriceBook(), hosted, "big"), local_alias="local/x",
                         local_max_tokens=64)
-    return Cascade(executor), http
+    return Cascade(executor), hosted
 
 
 def spec(mode: EscalationMode = EscalationMode.REGENERATE, **kw: object) -> CascadeSpec:
