@@ -73,15 +73,17 @@ class Budgets:
 
     def __init__(self, config: policies.GatewayConfig, store: BudgetStore, pricing: Pricing, hosted: HostedClient,
                  *, local_max_tokens: int) -> None:
-        self._teams: Mapping[str, Limits] = {t.name: _limits(t) for t in config.teams if _limits(t).any}
-        self._static: Mapping[str, Limits] = {f"config:{k.name}": _limits(k) for k in config.keys if _limits(k).any}
+        teams = {t.name: _limits(t) for t in config.teams}
+        static = {f"config:{k.name}": _limits(k) for k in config.keys}
+        self._teams: Mapping[str, Limits] = {name: limits for name, limits in teams.items() if limits.any}
+        self._static: Mapping[str, Limits] = {key: limits for key, limits in static.items() if limits.any}
         self._store = store
         self._pricing = pricing
         self._hosted = hosted
         self._local_max_tokens = local_max_tokens
         self._settling: set[asyncio.Task[None]] = set()
 
-    async def _scopes(self, principal: Principal) -> list[tuple[str, Limits]]:
+    def _scopes(self, principal: Principal) -> list[tuple[str, Limits]]:
         scopes = []
         if principal.key_id is not None:
             limits = self._static.get(principal.key_id) if principal.key_id.startswith("config:") \
@@ -102,9 +104,7 @@ class Budgets:
             aliases.append(plan.cascade.escalate_to)
         costs: list[float] = []
         for alias in aliases:
-            first = self._hosted.get(alias)
-            chain = [first] + [self._hosted.get(a) for a in first.fallbacks if a in self._hosted]
-            for model in chain:
+            for model in self._hosted.chain(alias):
                 cost = self._pricing.hosted_cost(model, prompt_tokens, hosted_cap)
                 if cost is None:
                     return None
@@ -119,13 +119,14 @@ class Budgets:
 
     async def reserve(self, principal: Principal, job: Job, plan: Plan) -> Reservation | None:
         """Reserves this request's worst case in every scope that limits the caller, or raises a 429."""
-        scopes = await self._scopes(principal)
+        scopes = self._scopes(principal)
         if not scopes:
             return None
         now = datetime.now(UTC)
         prompt_tokens = prompt_token_bound(job)
         completion_cap = job.max_tokens or DEFAULT_COMPLETION_RESERVE
         claims: list[Claim] = []
+        max_cost: float | None = None  # priced once, only if some scope has a dollar budget
         for scope, limits in scopes:
             for counter in counters(scope, limits, now):
                 if counter.metric == "requests":
@@ -133,11 +134,12 @@ class Budgets:
                 elif counter.metric == "tokens":
                     claims.append(Claim(counter, float(prompt_tokens + completion_cap)))
                 else:
-                    cost = self._max_cost(job, plan, prompt_tokens)
-                    if cost is None:
+                    if max_cost is None:
+                        max_cost = self._max_cost(job, plan, prompt_tokens)
+                    if max_cost is None:
                         raise InvalidRequest(f"{scope} has a dollar budget, and a model this request may use has "
                                              "no known price; set `price:` for it in the config", param="model")
-                    claims.append(Claim(counter, cost))
+                    claims.append(Claim(counter, max_cost))
         try:
             await asyncio.to_thread(self._store.reserve, claims)
         except BudgetExceeded as exc:

@@ -53,9 +53,7 @@ def collect(db: Database, *, days: int, team: str | None, now: datetime | None =
         data = row.as_dict()
         figures.all_hosted_usd = data["all_hosted_usd"]
         figures.local_share = data["local_share"] if data["requests"] else None
-    for route in ROUTES:
-        for row in reporter.report(ReportQuery("day", since, until, team, route=route)).rows:
-            by_day.setdefault(row.group, DayFigures(row.group)).cost_by_route[route] = row.as_dict()["cost_usd"]
+        figures.cost_by_route = {route: row.cost_on(route) for route in ROUTES}
     return DashboardData(
         since=since, until=until, team=team, total=overall.total.as_dict(),
         days=[by_day[d] for d in sorted(by_day)], reasons=escalation_reasons(db, base),

@@ -48,7 +48,6 @@ class ReportQuery:
     until: datetime | None = None
     team: str | None = None
     key_id: str | None = None
-    route: str | None = None
 
 
 @dataclass
@@ -58,11 +57,19 @@ class ReportRow:
     group: str
     label: str
     totals: UsageTotals = field(default_factory=UsageTotals)
-    by_route: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTES, 0))
+    by_route: dict[str, UsageTotals] = field(default_factory=lambda: {r: UsageTotals() for r in ROUTES})
 
     def add(self, route: str, totals: UsageTotals) -> None:
         self.totals.merge(totals)
-        self.by_route[route] = self.by_route.get(route, 0) + totals.requests
+        self.by_route.setdefault(route, UsageTotals()).merge(totals)
+
+    def requests_on(self, route: str) -> int:
+        return self.by_route[route].requests if route in self.by_route else 0
+
+    def cost_on(self, route: str) -> float:
+        """Dollars spent by this group's requests that took `route`."""
+        t = self.by_route.get(route)
+        return 0.0 if t is None else t.local_usd + t.hosted_usd + t.wasted_usd
 
     def as_dict(self) -> dict[str, Any]:
         t = self.totals
@@ -70,10 +77,10 @@ class ReportRow:
         served = max(1, t.requests)
         return {
             "group": self.group, "label": self.label, "requests": t.requests, "errors": t.errors,
-            "local_requests": self.by_route.get("local", 0), "hosted_requests": self.by_route.get("hosted", 0),
-            "escalated_requests": self.by_route.get("escalated", 0),
-            "local_share": self.by_route.get("local", 0) / served if t.requests else 0.0,
-            "escalation_rate": self.by_route.get("escalated", 0) / served if t.requests else 0.0,
+            "local_requests": self.requests_on("local"), "hosted_requests": self.requests_on("hosted"),
+            "escalated_requests": self.requests_on("escalated"),
+            "local_share": self.requests_on("local") / served if t.requests else 0.0,
+            "escalation_rate": self.requests_on("escalated") / served if t.requests else 0.0,
             "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
             "device_hours": t.device_seconds / 3600, "local_usd": t.local_usd, "hosted_usd": t.hosted_usd,
             "wasted_draft_usd": t.wasted_usd, "cost_usd": cost, "all_hosted_usd": t.reference_usd,
@@ -132,9 +139,8 @@ class Reporter:
                          (-(r.totals.local_usd + r.totals.hosted_usd + r.totals.wasted_usd), r.group))
         total = ReportRow(group="total", label="total")
         for row in ordered:
-            for route, count in row.by_route.items():
-                total.by_route[route] = total.by_route.get(route, 0) + count
-            total.totals.merge(row.totals)
+            for route, totals in row.by_route.items():
+                total.add(route, totals)
         return Report(query, ordered, total)
 
     def _fold_rollup(self, query: ReportQuery, since: datetime | None, until: datetime | None,
@@ -152,8 +158,6 @@ class Reporter:
             conditions.append(usage_daily.c.team == query.team)
         if query.key_id is not None:
             conditions.append(usage_daily.c.key_id == query.key_id)
-        if query.route is not None:
-            conditions.append(usage_daily.c.route == query.route)
         if conditions:
             statement = statement.where(and_(*conditions))
         with self._db.engine.connect() as connection:
@@ -171,8 +175,6 @@ class Reporter:
             statement = statement.where(table.c.team == query.team)
         if query.key_id is not None:
             statement = statement.where(table.c.key_id == query.key_id)
-        if query.route is not None:
-            statement = statement.where(table.c.route == query.route)
         with self._db.engine.connect() as connection:
             # Rows go straight into the aggregation (they have the attributes it reads): building a
             # record object per row would double the cost of the edge days.

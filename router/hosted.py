@@ -136,7 +136,8 @@ class HostedClient:
             return self._openai
         return self._litellm
 
-    def _chain(self, alias: str) -> list[HostedModel]:
+    def chain(self, alias: str) -> list[HostedModel]:
+        """The alias's model, then its configured fallbacks, in the order they are tried."""
         first = self.get(alias)
         return [first] + [self._models[a] for a in first.fallbacks if a in self._models]
 
@@ -155,7 +156,7 @@ class HostedClient:
         """The first alias of the fallback chain that answers; a non-retryable failure stops the chain."""
         attempts: list[Attempt] = []
         last: AttemptFailed | None = None
-        for model in self._chain(alias):
+        for model in self.chain(alias):
             try:
                 return model, attempts, await self._with_retries(model, body, attempts, stream=stream)
             except AttemptFailed as exc:
