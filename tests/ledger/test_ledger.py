@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from sqlalchemy import event
+
 from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook, UnknownKeyError
+from ledger.db import INSERT_CHUNK
 from tests.ledger.conftest import T0, record
 from tests.support.postgres import POSTGRES_URL, fresh_schema
 
@@ -26,6 +29,27 @@ def test_inserts_are_idempotent(db: Database) -> None:
     assert db.insert_records([record("a"), record("b")]) == 2
     assert db.insert_records([record("a"), record("c")]) == 1
     assert db.count_records() == 3
+
+
+def test_batches_of_any_size_reuse_a_few_insert_statements(db: Database) -> None:
+    """Each distinct INSERT text is a prepared statement the driver caches per connection (sqlite3: 128,
+    each one large for many rows): batch sizes must map onto a few statements, or memory grows for hours."""
+    statements: set[str] = set()
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO REQUESTS"):
+            statements.add(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        n = 0
+        for size in range(1, 300, 7):
+            assert db.insert_records([record(f"s{n + i}") for i in range(size)]) == size
+            n += size
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert db.count_records() == n
+    assert 1 < len(statements) <= INSERT_CHUNK.bit_length()  # sizes 256, 128, ..., 1
 
 
 def test_keys_are_hashed_verified_and_revoked(db: Database, tmp_path: Path) -> None:
