@@ -1,0 +1,81 @@
+"""A KV cache shared by rows of different lengths: left-padded, merged, sliced and trimmed by row.
+
+The running batch keeps one `DynamicCache` whose rows are right-aligned: each row's real tokens are
+contiguous and end at the last column, shorter rows are padded on the left and masked out by a
+(B, T) mask. Every row appends the same number of tokens at a canvas boundary (a canvas), so the
+layout never needs gaps. Sliding-window layers store only their last `sliding_window - 1` columns;
+every helper here keeps them consistent with the full layers (`cumulative_length` = T).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def width(cache: Any) -> int:
+    """T: columns in the cache (the full layers' length; sliding layers count it as cumulative_length)."""
+    return int(cache.get_seq_length())
+
+
+def _sliding(layer: Any) -> bool:
+    return hasattr(layer, "cumulative_length") and hasattr(layer, "sliding_window")
+
+
+def _stored(layer: Any, total: int) -> int:
+    """How many of `total` columns this layer keeps."""
+    return min(total, layer.sliding_window - 1) if _sliding(layer) else total
+
+
+def _pad_left(t: torch.Tensor, columns: int) -> torch.Tensor:
+    return F.pad(t, (0, 0, columns, 0)) if columns > 0 else t  # (B, H, S, D): pad S on the left
+
+
+def merge(a: Any, mask_a: torch.Tensor, b: Any, mask_b: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """Stacks cache `b`'s rows under `a`'s (both left-padded to the wider), returning (cache, mask).
+
+    `a` is reused and extended in place; `b` must come from the same model with the same layer kinds.
+    """
+    total = max(mask_a.shape[1], mask_b.shape[1])
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        keep = _stored(la, total)
+        la.keys = torch.cat([_pad_left(la.keys, keep - la.keys.shape[-2]),
+                             _pad_left(lb.keys, keep - lb.keys.shape[-2])], dim=0)
+        la.values = torch.cat([_pad_left(la.values, keep - la.values.shape[-2]),
+                               _pad_left(lb.values, keep - lb.values.shape[-2])], dim=0)
+        if _sliding(la):
+            la.cumulative_length = total
+    mask = torch.cat([F.pad(mask_a, (total - mask_a.shape[1], 0)), F.pad(mask_b, (total - mask_b.shape[1], 0))])
+    return a, mask
+
+
+def select(cache: Any, index: torch.Tensor) -> None:
+    """Keeps only the rows in `index` (a copy per layer; the cache object stays the same)."""
+    cache.batch_select_indices(index)
+
+
+def view(cache: Any, index: torch.Tensor) -> Any:
+    """A cache holding only the rows in `index`, for a read-only decoder pass; `cache` is untouched."""
+    sub = copy.copy(cache)
+    sub.layers = [copy.copy(layer) for layer in cache.layers]
+    sub.batch_select_indices(index)
+    return sub
+
+
+def trim(cache: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Drops the leading columns that are padding in every row (left behind by rows that left); returns the mask."""
+    real = mask.bool().any(dim=0)  # (T,)
+    if not bool(real.any()) or bool(real[0]):
+        return mask
+    first = int(real.long().argmax())
+    total = mask.shape[1] - first
+    for layer in cache.layers:
+        keep = _stored(layer, total)
+        layer.keys = layer.keys[:, :, layer.keys.shape[-2] - keep:, :]
+        layer.values = layer.values[:, :, layer.values.shape[-2] - keep:, :]
+        if _sliding(layer):
+            layer.cumulative_length = total
+    return mask[:, first:]
