@@ -1,11 +1,10 @@
 """The in-process DiffusionGemma engine: a bounded queue and a step-level scheduler in a worker thread.
 
-Scheduling is per denoising step, not per `generate()` call. Each tick admits waiting requests as a
-new cohort (up to `max_batch_size` active rows in all), then advances every cohort by one unit of work:
-rows of a cohort share one left-padded KV cache and one batched decoder pass per step. A row whose
-canvas converged commits it at once; if it is finished (EOS, max_tokens, a stop string) it leaves the
-batch immediately and is never computed again; no canvas is computed after EOS. Requests that arrive
-while cohorts run start their own cohort at the next tick, interleaved with the running ones.
+Scheduling is per denoising step, not per `generate()` call: one running batch (`local_engine/batch.py`)
+holds every active request, and each scheduler tick does, in order: drop finished or cancelled rows;
+encode the batch's committed canvases if it reached a canvas boundary; admit waiting requests into the
+running batch (one encoder pass for their prompts, then they share every decoder pass); one batched
+decoder pass with a vectorised denoising step. An idle engine admits a request the moment it arrives.
 """
 
 from __future__ import annotations
@@ -13,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from local_engine.batch import Batch, BatchStats
 from local_engine.errors import EngineUnavailableError, GenerationFailedError, QueueFullError
 from local_engine.interface import Completion, EngineConfig, GenerationRequest, StreamDelta
-from local_engine.cohort import Cohort
 from local_engine.loading import LoadedModel, load_model
 from local_engine.metering import Meter, default_rate
 from local_engine.rows import Row, RowState, Sampling
@@ -56,7 +54,6 @@ class _Slot:
     def __init__(self, row: Row, emit: Emit) -> None:
         self.row = row
         self.emit = emit
-        self.queued_at = time.monotonic()
 
 
 class DiffusionEngine:
@@ -70,11 +67,13 @@ class DiffusionEngine:
         rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else default_rate(loaded.device)
         self.meter = Meter(loaded.device, rate)
         self._waiting: queue.Queue[_Slot] = queue.Queue()
-        self._cohorts: list[Cohort] = []
+        self._arrived = threading.Event()  # set on every submit: wakes an idle worker at once
+        self._batch = Batch(loaded.model, self.sampling, self.meter, loaded.device)
         self._running = False
         self._thread: threading.Thread | None = None
         self.ticks = 0  # scheduler ticks, for tests and benchmarks
         self.admitted_at_tick: dict[str, int] = {}
+        self.joined_with: dict[str, int] = {}  # request id -> rows already running when it joined
 
     @classmethod
     def load(cls, config: EngineConfig) -> DiffusionEngine:
@@ -92,10 +91,9 @@ class DiffusionEngine:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
         error = EngineUnavailableError("the local engine is shutting down")
-        for cohort in self._cohorts:
-            for slot in cohort.members:
-                slot.emit(error)
-        self._cohorts.clear()
+        for slot in self._batch.members:
+            slot.emit(error)
+        self._batch.clear()
         while not self._waiting.empty():
             self._waiting.get_nowait().emit(error)
 
@@ -119,12 +117,15 @@ class DiffusionEngine:
         queued = self._waiting.qsize()
         if queued >= self._config.max_queue:
             raise QueueFullError(retry_after_s=self._retry_after(queued), queued=queued)
-        seed = request.seed if request.seed is not None else torch.seed() % (2**63)
+        generator = None
+        if request.seed is not None:  # on the model's device, so no draw copies a distribution to the host
+            generator = torch.Generator(device=self._loaded.device).manual_seed(request.seed)
         scale = 1.0 if request.temperature is None else request.temperature
         cap = min(request.max_tokens or self._config.max_tokens, self._config.max_tokens)
         row = Row(request=request, prompt_ids=self._prompt_ids(request.messages), max_tokens=cap,
-                  generator=torch.Generator().manual_seed(seed), temperature_scale=scale)
+                  generator=generator, temperature_scale=scale)
         self._waiting.put(_Slot(row, emit))
+        self._arrived.set()
         return row
 
     def _retry_after(self, queued: int) -> float:
@@ -175,73 +176,79 @@ class DiffusionEngine:
     # -- the worker-thread side ---------------------------------------------------------------------------
 
     @property
+    def stats(self) -> BatchStats:
+        """What the running batch computed: passes, rows per pass, joins, canvas boundaries."""
+        return self._batch.stats
+
+    @property
     def _active(self) -> list[_Slot]:
-        return [m for c in self._cohorts for m in c.members]
+        return list(self._batch.members)
 
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
-        while self._running:
-            self._admit(block=not self._cohorts)
-            if not self._cohorts:
-                continue
-            self.ticks += 1
-            for cohort in list(self._cohorts):
-                self._advance(cohort)
-            self._cohorts = [c for c in self._cohorts if c.members]
+        if self._config.threads:  # torch's CPU thread count is per thread: set it where the model runs
+            torch.set_num_threads(self._config.threads)
+        with torch.inference_mode():
+            while self._running:
+                if not self._batch.members and self._waiting.empty():
+                    self._arrived.wait(0.05)  # idle: no fixed join wait, a submit wakes this at once
+                    self._arrived.clear()
+                    continue
+                self.ticks += 1
+                self._tick()
 
-    def _should_admit(self, room: int) -> bool:
-        """Start a new cohort when idle, when it would be full, or when the oldest waiter waited long enough.
-
-        Waiting briefly for running cohorts to reach their canvas boundary lets arrivals share batched
-        passes instead of each opening a one-row cohort; `max_join_wait_s` bounds what that costs a request.
-        """
-        if not self._cohorts:
-            return True
-        waiting = self._waiting.qsize()
-        if waiting == 0 or room <= 0:
-            return False
-        if waiting >= room:
-            return True
-        with self._waiting.mutex:
-            oldest = self._waiting.queue[0].queued_at if self._waiting.queue else time.monotonic()
-        return time.monotonic() - oldest >= self._config.max_join_wait_s
-
-    def _admit(self, *, block: bool) -> None:
-        room = self._config.max_batch_size - len(self._active)
-        if not self._should_admit(room):
+    def _tick(self) -> None:
+        batch = self._batch
+        batch.drop()
+        try:
+            if batch.at_boundary:
+                batch.boundary()
+        except Exception as exc:  # noqa: BLE001 - a failed batched pass fails its batch, not the engine
+            self._fail(batch.members, exc)
+            batch.drop()
+        if not batch.waiting:  # a row waiting for the boundary holds arrivals back, so it cannot starve
+            self._admit()
+        if not any(r.state is RowState.DENOISING for r in batch.rows):
             return
+        try:
+            batch.step(self._converged)
+        except Exception as exc:  # noqa: BLE001 - a failed batched pass fails its batch, not the engine
+            self._fail(batch.members, exc)
+        batch.drop()
+
+    def _admit(self) -> None:
+        room = self._config.max_batch_size - len(self._batch.members)
         joining: list[_Slot] = []
         while len(joining) < room:
             try:
-                slot = self._waiting.get(timeout=0.05) if block and not joining else self._waiting.get_nowait()
+                slot = self._waiting.get_nowait()
             except queue.Empty:
                 break
             if not slot.row.cancelled:
                 self.admitted_at_tick[slot.row.request.request_id] = self.ticks
+                self.joined_with[slot.row.request.request_id] = len(self._batch.members)
                 joining.append(slot)
-        if joining:
-            self._cohorts.append(Cohort(joining, self._loaded.model, self.sampling, self.meter,
-                                        self._loaded.device, self.sampling.pad_id))
-
-    def _advance(self, cohort: Cohort) -> None:
+        if not joining:
+            return
         try:
-            cohort.step(self._converged)
-        except Exception as exc:  # noqa: BLE001 - a failed batched pass fails its cohort, not the engine
-            for slot in cohort.members:
-                slot.row.state = RowState.DONE
-                slot.emit(GenerationFailedError(f"{type(exc).__name__}: {exc}"))
-            cohort.members = []
+            self._batch.admit(joining)
+        except Exception as exc:  # noqa: BLE001 - arrivals that cannot be encoded fail alone
+            self._fail(joining, exc)
+
+    @staticmethod
+    def _fail(slots: Sequence[_Slot], exc: Exception) -> None:
+        for slot in slots:
+            slot.row.state = RowState.DONE
+            slot.emit(GenerationFailedError(f"{type(exc).__name__}: {exc}"))
 
     def _converged(self, slot: _Slot) -> None:
         try:
             self._finish_canvas(slot)
         except Exception as exc:  # noqa: BLE001 - one failing request must not take the batch down
-            slot.row.state = RowState.DONE
-            slot.emit(GenerationFailedError(f"{type(exc).__name__}: {exc}"))
+            self._fail([slot], exc)
 
     def _finish_canvas(self, slot: _Slot) -> None:
+        """Streams a committed canvas's text; ends the request on EOS, max_tokens or a stop string."""
         row = slot.row
-        row.commit(self.sampling)
         text = self._loaded.tokenizer.decode(row.tokens)
         stop_at = self._stop_index(text, row.request.stop)
         if stop_at is not None:
@@ -250,7 +257,7 @@ class DiffusionEngine:
         if row.finish_reason is None:
             hold = max((len(s) for s in row.request.stop), default=1) - 1  # a stop string may span canvases
             self._emit_text(slot, text[: len(text) - hold] if hold else text)
-            return  # the cohort encodes this canvas and opens the next at its canvas boundary
+            return  # the batch encodes this canvas and opens the next at its canvas boundary
         self._emit_text(slot, text)
         row.state = RowState.DONE
         slot.emit(self._completion(row, text))

@@ -18,7 +18,6 @@ class EngineConfig:
     threads: int | None = None
     max_batch_size: int = 8
     max_queue: int = 64
-    max_join_wait_s: float = 0.05  # how long an arrival may wait to share a batch with the next cohort
     device_usd_per_hour: float | None = None  # None = the default for the device kind
     max_tokens: int = 512
     api_bases: tuple[str, ...] = ()  # vllm backend

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from local_engine import (
     Completion,
@@ -164,3 +166,62 @@ async def test_confidence_is_the_models_own_entropy_even_at_temperature_zero(eng
     # An untrained model is unsure of everything: greedy decoding must not hide that (one-hot = 0).
     assert greedy.confidence.max_entropy > 0.5 and greedy.confidence.mean_entropy > 0.1
     assert sampled.confidence.max_entropy > 0.5
+
+
+class GatedEngine(DiffusionEngine):
+    """Holds the worker at the first canvas commit of request "long" until the test lets it go."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.gate = threading.Event()
+        self.held_unfinished: bool | None = None
+
+    def _finish_canvas(self, slot):  # type: ignore[no-untyped-def]
+        super()._finish_canvas(slot)
+        if slot.row.request.request_id == "long" and self.held_unfinished is None:
+            self.held_unfinished = slot.row.finish_reason is None
+            assert self.gate.wait(10)
+
+
+async def test_an_arrival_joins_the_running_batch_at_its_canvas_boundary(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory(GatedEngine)
+    long_task = asyncio.create_task(engine.generate(req("long", max_tokens=64, seed=11)))
+    while engine.held_unfinished is None:  # the worker holds at the long row's first committed canvas
+        await asyncio.sleep(0.005)
+    assert engine.held_unfinished, "the long row must still run after its first canvas"
+    short_task = asyncio.create_task(engine.generate(req("short", max_tokens=2, seed=5)))
+    await asyncio.sleep(0)  # submitted: queued while the long row waits for its canvas boundary
+    assert engine.stats.canvas_boundaries == 0 and engine.stats.joined_running == 0
+    engine.gate.set()
+    short, long = await short_task, await long_task
+    # It was merged into the running batch (one row running), on the boundary tick, and shared its passes.
+    assert engine.joined_with["short"] == 1 and engine.stats.joined_running == 1
+    assert engine.stats.canvas_boundaries >= 1
+    assert engine.stats.rows_per_pass[2] >= 1
+    assert engine.stats.encoder_passes >= 3  # long's prompt, the short prompt, long's canvases; never re-encoded
+    assert len(long.confidence.steps_per_canvas) >= 2 and len(short.confidence.steps_per_canvas) == 1
+    # The batch computed each request's steps exactly once: row passes equal the steps reported per request.
+    steps = sum(long.confidence.steps_per_canvas) + sum(short.confidence.steps_per_canvas)
+    assert engine.stats.row_passes == steps
+
+
+async def test_a_seed_gives_generates_answer_alone_and_in_a_batch(engine_factory, random_checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    loaded = load_model(EngineConfig(model=str(random_checkpoint)))
+    ids = torch.tensor([engine._prompt_ids(MSG)])
+    eos = loaded.model.generation_config.eos_token_id
+    expected = {}
+    for seed in (3, 4, 5, 6):
+        torch.manual_seed(seed)  # generate() draws from the global generator in the order the engine draws
+        out = loaded.model.generate(ids, max_new_tokens=16).sequences[0, ids.shape[1]:].tolist()
+        expected[seed] = (out[: out.index(eos)] if eos in out else out)[:16]
+    alone = {s: await engine.generate(req(f"alone{s}", max_tokens=16, seed=s)) for s in expected}
+    together = await asyncio.gather(*(engine.generate(req(f"batch{s}", max_tokens=16, seed=s)) for s in expected))
+    assert engine.stats.rows_per_pass[4] >= 1  # the four did share passes
+    for seed, batched in zip(expected, together, strict=True):
+        assert alone[seed].completion_tokens == len(expected[seed])
+        assert alone[seed].text == loaded.tokenizer.decode(expected[seed])
+        assert batched.text == alone[seed].text
+        a, b = alone[seed].confidence, batched.confidence
+        assert (a.steps_per_canvas, a.step_cap_hit) == (b.steps_per_canvas, b.step_cap_hit)
+        assert b.max_entropy == pytest.approx(a.max_entropy, abs=1e-4)  # batched matmuls round differently

@@ -1,0 +1,224 @@
+"""The running batch: every active request in one left-padded KV cache, denoised by one decoder pass per tick.
+
+Continuous batching across denoising blocks. Arrivals have their prompts encoded in one encoder pass
+and their cache rows merged into the running batch's (`kv.merge`); they start their first canvas in
+the very next decoder pass, next to rows that are steps into theirs (each row has its own step count,
+temperature and self-conditioning mask). A row whose canvas finished commits it at once; a finished
+request leaves at once (its cache row is dropped) and is never computed again. A row that goes on waits,
+computing nothing, for the batch's canvas boundary: the tick on which no row is still denoising, when
+every row's committed canvas is encoded in one pass (rows must append together, or the cache would
+need gaps) and all open their next canvas. While a row waits, arrivals wait too, so it cannot starve.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from local_engine import kv
+from local_engine.denoise import denoise, entropy_of
+from local_engine.metering import Meter
+from local_engine.rows import Row, RowState, Sampling
+
+
+@dataclass
+class BatchStats:
+    """What the batch computed, for tests and benchmarks (plain counters; they only grow)."""
+
+    decoder_passes: int = 0
+    row_passes: int = 0  # rows computed, summed over decoder passes
+    encoder_passes: int = 0
+    canvas_boundaries: int = 0
+    joined_running: int = 0  # requests merged into a batch that already had rows
+    rows_per_pass: Counter[int] = field(default_factory=Counter)
+
+
+class Batch:
+    """Active rows and their tensors; `members` are opaque slots whose `.row` is a Row (same order as the tensors)."""
+
+    def __init__(self, model: Any, sampling: Sampling, meter: Meter, device: torch.device) -> None:
+        self._model = model
+        self._sampling = sampling
+        self._meter = meter
+        self._device = device
+        self.stats = BatchStats()
+        self._embed_dtype = model.model.decoder.embed_tokens.weight.dtype
+        self.clear()
+
+    def clear(self) -> None:
+        """Forgets every row (the engine failed or stopped them)."""
+        self.members: list[Any] = []
+        self._cache: Any = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long, device=self._device)  # (B, T): 1 real, 0 left padding
+        length = self._sampling.canvas_length
+        self._canvas = torch.zeros(0, length, dtype=torch.long, device=self._device)  # (B, L) noisy canvas
+        self._argmax = torch.zeros_like(self._canvas)  # (B, L) previous step's argmax; the commit at the end
+        self._steps = torch.zeros(0, dtype=torch.long, device=self._device)  # (B,) steps on the current canvas
+        self._scales = torch.zeros(0, device=self._device)  # (B,) each request's temperature scale
+        self._conditioning = torch.zeros(0, length, self._sampling.vocab_size, dtype=self._embed_dtype,
+                                         device=self._device)  # (B, L, V) previous step's processed logits
+
+    @property
+    def rows(self) -> list[Row]:
+        return [m.row for m in self.members]
+
+    @property
+    def waiting(self) -> bool:
+        """Some row committed its canvas and waits for the canvas boundary."""
+        return any(r.state is RowState.BOUNDARY for r in self.rows)
+
+    @property
+    def at_boundary(self) -> bool:
+        return bool(self.members) and all(r.state is RowState.BOUNDARY for r in self.rows)
+
+    def _charge(self, started: float, rows: list[Row]) -> None:
+        self._meter.stop(started, [r.device_seconds for r in rows])
+
+    def _padded(self, mask: torch.Tensor) -> bool:
+        return not bool(mask.all())
+
+    def _encode(self, cache: Any, mask: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor) -> None:
+        """Appends (b, n) tokens to `cache`; `mask` (b, T + n) covers the cache and the new tokens."""
+        attention = mask if self._padded(mask) else None  # no mask: the fast path, as generate() takes
+        self._model.model.encoder(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache)
+        self.stats.encoder_passes += 1
+
+    def _open_canvases(self, rows: list[Row]) -> torch.Tensor:
+        """(n, L) fresh uniform-random canvases, each from its request's generator (generate()'s first draw)."""
+        length, vocab = self._sampling.canvas_length, self._sampling.vocab_size
+        canvas = torch.empty(len(rows), length, dtype=torch.long, device=self._device)
+        shared = [i for i, r in enumerate(rows) if r.generator is None]
+        for i, row in enumerate(rows):
+            row.state = RowState.DENOISING
+            if row.generator is not None:
+                canvas[i] = torch.randint(0, vocab, (1, length), generator=row.generator, device=self._device)
+        if shared:
+            canvas[torch.tensor(shared, device=self._device)] = torch.randint(
+                0, vocab, (len(shared), length), device=self._device)
+        return canvas
+
+    def admit(self, slots: list[Any]) -> None:
+        """Encodes the arrivals' prompts (left-padded, one pass) and merges them into the running batch."""
+        rows = [s.row for s in slots]
+        started = self._meter.start()
+        width = max(len(r.prompt_ids) for r in rows)
+        pad = self._sampling.pad_id
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=self._device)
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+                            device=self._device)
+        positions = (mask.cumsum(1) - 1).clamp_min(0)  # (n, w): each row counts from 0, whatever its padding
+        cache = DynamicCache(config=self._model.config.text_config)
+        self._encode(cache, mask, ids, positions)
+        if self.members:
+            self.stats.joined_running += len(slots)
+            self._cache, self._mask = kv.merge(self._cache, self._mask, cache, mask)
+        else:
+            self._cache, self._mask = cache, mask
+        n, length = len(rows), self._sampling.canvas_length
+        self.members += slots
+        self._canvas = torch.cat([self._canvas, self._open_canvases(rows)])
+        self._argmax = torch.cat([self._argmax, torch.zeros(n, length, dtype=torch.long, device=self._device)])
+        self._steps = torch.cat([self._steps, torch.zeros(n, dtype=torch.long, device=self._device)])
+        self._scales = torch.cat([self._scales, torch.tensor([r.temperature_scale for r in rows],
+                                                             device=self._device)])
+        self._conditioning = torch.cat([self._conditioning, self._conditioning.new_zeros(
+            n, length, self._sampling.vocab_size)])
+        self._charge(started, rows)
+
+    def boundary(self) -> None:
+        """Every row committed its canvas and goes on: encodes all the canvases in one pass, opens the next ones."""
+        rows = self.rows
+        started = self._meter.start()
+        length = self._sampling.canvas_length
+        positions = self._mask.sum(1, keepdim=True) + torch.arange(length, device=self._device)  # (B, L)
+        self._mask = torch.cat([self._mask, torch.ones_like(self._argmax)], dim=1)
+        self._encode(self._cache, self._mask, self._argmax, positions)
+        self._canvas = self._open_canvases(rows)
+        self._steps.zero_()
+        self.stats.canvas_boundaries += 1
+        self._charge(started, rows)
+
+    def step(self, on_converged: Callable[[Any], None]) -> None:
+        """One decoder pass over the denoising rows and one vectorised denoising step; commits finished canvases.
+
+        `on_converged(member)` is called after the member's row committed a canvas (it may finish the row).
+        """
+        index_list = [i for i, r in enumerate(self.rows) if r.state is RowState.DENOISING]
+        full = len(index_list) == len(self.members)
+        index = torch.tensor(index_list, device=self._device)
+        members = [self.members[i] for i in index_list]
+        rows = [m.row for m in members]
+        started = self._meter.start()
+        logits = self._decode(index, full)  # (b, L, V)
+        steps = self._steps if full else self._steps[index]
+        result = denoise(logits, self._canvas if full else self._canvas[index],
+                         self._argmax if full else self._argmax[index], steps,
+                         self._scales if full else self._scales[index], [r.generator for r in rows],
+                         [r.greedy for r in rows], self._sampling)
+        processed = result.processed.to(self._embed_dtype)
+        if full:
+            self._canvas, self._argmax, self._conditioning = result.canvas, result.argmax, processed
+            self._steps += 1
+        else:
+            self._canvas[index], self._argmax[index], self._conditioning[index] = (result.canvas, result.argmax,
+                                                                                  processed)
+            self._steps[index] += 1
+        done = [j for j, d in enumerate(result.done) if d]
+        entropy = entropy_of(logits[done]).tolist() if done else []  # the model's own (temperature 1)
+        canvases = result.argmax[done].tolist() if done else []
+        committed_steps = (self._steps if full else self._steps[index])[done].tolist() if done else []
+        for row in rows:
+            row.decoder_passes += 1
+        self._charge(started, rows)
+        for k, j in enumerate(done):
+            row = rows[j]
+            row.step_cap_hit |= result.cap_hit[j]
+            row.commit(canvases[k], entropy[k], committed_steps[k], self._sampling)
+            row.state = RowState.BOUNDARY
+            on_converged(members[j])
+
+    def _decode(self, index: torch.Tensor, full: bool) -> torch.Tensor:
+        """The decoder pass over the rows in `index` (all of them when `full`): (b, L, V) float32 logits."""
+        cache = self._cache if full else kv.view(self._cache, index)
+        mask = self._mask if full else self._mask[index]
+        length = self._sampling.canvas_length
+        positions = mask.sum(1, keepdim=True) + torch.arange(length, device=self._device)  # (b, L)
+        decoder_mask = None
+        if self._padded(mask):  # without padding the decoder takes its fast path (no mask, as generate() does)
+            decoder_mask = torch.cat([mask, torch.ones(mask.shape[0], length, dtype=mask.dtype,
+                                                       device=self._device)], dim=1)
+        steps = self._steps if full else self._steps[index]
+        has_conditioning = steps > 0  # (b,) a canvas's first step has no previous logits
+        count = int(has_conditioning.sum())
+        conditioning = conditioning_mask = None
+        if count:
+            conditioning = self._conditioning if full else self._conditioning[index]
+            conditioning_mask = None if count == len(steps) else has_conditioning
+        out = self._model(cache=cache, decoder_input_ids=self._canvas if full else self._canvas[index],
+                          decoder_position_ids=positions, decoder_attention_mask=decoder_mask,
+                          self_conditioning_logits=conditioning, self_conditioning_mask=conditioning_mask)
+        self.stats.decoder_passes += 1
+        self.stats.row_passes += len(steps)
+        self.stats.rows_per_pass[len(steps)] += 1
+        logits: torch.Tensor = out.logits.float()
+        return logits
+
+    def drop(self) -> None:
+        """Removes finished and cancelled rows (and their cache rows) at once; trims padding nobody needs."""
+        keep = [i for i, r in enumerate(self.rows) if r.state is not RowState.DONE and not r.cancelled]
+        if len(keep) == len(self.members):
+            return
+        if not keep:
+            self.clear()
+            return
+        index = torch.tensor(keep, device=self._device)
+        self.members = [self.members[i] for i in keep]
+        kv.select(self._cache, index)
+        self._mask = kv.trim(self._cache, self._mask[index])
+        self._canvas, self._argmax = self._canvas[index], self._argmax[index]
+        self._steps, self._scales, self._conditioning = self._steps[index], self._scales[index], self._conditioning[index]
