@@ -56,6 +56,7 @@ class Simulator:
     received: list[Received] = field(default_factory=list)
     reply_fn: Callable[[dict[str, Any]], str] | None = None
     chunk_words: int = 1
+    done_gap_s: float = 0.0  # pause between `data: [DONE]` and the end of the body, as a framework may leave
     record: bool = True
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -133,6 +134,7 @@ class SimulatorServer:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
+        self.connections = 0  # TCP connections accepted: tests check that clients reuse them
 
     @property
     def base_url(self) -> str:
@@ -161,6 +163,7 @@ class SimulatorServer:
         await self.stop()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         self._writers.add(writer)
         task = asyncio.current_task()
         if task is not None:
@@ -229,6 +232,9 @@ class SimulatorServer:
         else:
             payload = b"data: [DONE]\n\n"
             writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+            if self.state.done_gap_s:
+                await writer.drain()
+                await asyncio.sleep(self.state.done_gap_s)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

@@ -108,15 +108,23 @@ def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFa
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
+_DRAIN_LIMIT = 4096  # bytes after `[DONE]` worth reading to keep a connection; more means a misbehaving upstream
+_DRAIN_TIMEOUT_S = 1.0
+
+
 class _HTTPStream:
     """SSE lines of an accepted streaming response."""
 
-    def __init__(self, response: aiohttp.ClientResponse, model: HostedModel) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, model: HostedModel,
+                 background: set[asyncio.Task[None]]) -> None:
         self._response = response
         self._model = model
+        self._background = background
+        self._finished = False  # read to `[DONE]` or the end: the pool (or the drain task) owns the connection
 
     async def lines(self) -> AsyncIterator[bytes]:
         count = 0
+        done = False
         try:
             async for raw in self._response.content:
                 # Buffered lines are handed out without awaiting: give the event loop a turn now and
@@ -129,19 +137,49 @@ class _HTTPStream:
                     continue
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
+                    done = True
                     return
                 if payload.startswith(b'{"error"'):
                     message, error_type = _error_message(payload, 502)
                     raise StreamBroken(redact(message, self._model), retryable=False, error_type=error_type)
                 yield payload
+            done = True
         except TRANSPORT_ERRORS as exc:
             raise StreamBroken(f"upstream {self._model.alias} stream broke: {type(exc).__name__}",
                                retryable=False, error_type="stream_interrupted") from exc
         finally:
-            self._response.close()  # a stream left early must not go back to the pool half-read
+            self._finished = done
+            if done and not self._response.content.at_eof():
+                # The body's end may still be on its way after `[DONE]`: read it off the client's path,
+                # so the connection goes back to the pool instead of a new one per stream.
+                task = asyncio.get_running_loop().create_task(self._drain_then_release())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            elif done:
+                self._response.release()
+            else:
+                self._response.close()  # a stream left early must not go back to the pool half-read
+
+    async def _drain_then_release(self) -> None:
+        content = self._response.content
+        seen = 0
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                while not content.at_eof() and seen <= _DRAIN_LIMIT:
+                    chunk = await content.read(_DRAIN_LIMIT)
+                    if not chunk:
+                        break
+                    seen += len(chunk)
+        except TRANSPORT_ERRORS:
+            pass
+        if content.at_eof() and seen <= _DRAIN_LIMIT:
+            self._response.release()
+        else:
+            self._response.close()
 
     async def aclose(self) -> None:
-        self._response.close()
+        if not self._finished:
+            self._response.close()
 
 
 class OpenAITransport:
@@ -155,6 +193,7 @@ class OpenAITransport:
     def __init__(self, *, max_connections: int = 1000) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._draining: set[asyncio.Task[None]] = set()  # streams reading their last bytes after `[DONE]`
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop it belongs to.
@@ -166,6 +205,8 @@ class OpenAITransport:
         return self._session
 
     async def aclose(self) -> None:
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -216,7 +257,7 @@ class OpenAITransport:
             finally:
                 response.release()
             raise _failure_from_response(response.status, content, response.headers, model)
-        return _HTTPStream(response, model)
+        return _HTTPStream(response, model, self._draining)
 
 
 class _LiteLLMStream:

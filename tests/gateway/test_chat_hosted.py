@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -154,3 +155,18 @@ def test_providers_that_need_translation_go_through_litellm(gateway_factory, sim
     stream = client(gw).chat.completions.create(model="via-litellm", stream=True,
                                                 messages=[{"role": "user", "content": "streamed too"}])
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: streamed too"
+
+
+def test_upstream_connections_are_reused_after_complete_answers_streamed_or_not(gateway_factory, simulator) -> None:
+    """A stream read to its end goes back to the pool; only a stream left early closes its connection."""
+    simulator.state.done_gap_s = 0.05  # the body's end arrives after `[DONE]`: it must be read, not cut off
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    sdk = client(gw)
+    for i in range(6):
+        stream = sdk.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                             messages=[{"role": "user", "content": f"tell me {i} things"}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == f"echo: tell me {i} things"
+        time.sleep(0.2)  # the body's end is read after the client has its answer
+        done = sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert done.choices[0].message.content == "echo: hi"
+    assert simulator.connections == 1
