@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -45,17 +46,30 @@ def chunk_sizes(n: int) -> list[int]:
     return sizes
 
 
+@functools.cache
+def _usage_upsert(dialect: str) -> Any:
+    """Built once per dialect: ~80 `col = col + excluded.col` terms cost more to build than a small flush."""
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    statement = insert(usage_daily)
+    sums = {c.name: c + statement.excluded[c.name] for c in usage_daily.c if c.name not in GROUP_COLUMNS}
+    return statement.on_conflict_do_update(index_elements=list(GROUP_COLUMNS), set_=sums)
+
+
+@functools.cache
+def _request_insert(dialect: str) -> Any:
+    # RETURNING names the rows really added (rowcount is unreliable across drivers).
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    return (insert(RequestRow).on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(RequestRow.request_id))
+
+
 def upsert_usage(connection: Connection, records: Sequence[RequestRecord]) -> None:
     """Adds rows to the daily roll-up with `col = col + excluded.col`: atomic across replicas."""
     groups = aggregate(records)
     if not groups:
         return
-    insert = sqlite_insert if connection.dialect.name == "sqlite" else pg_insert
-    statement = insert(usage_daily)
-    sums = {c.name: c + statement.excluded[c.name] for c in usage_daily.c if c.name not in GROUP_COLUMNS}
-    statement = statement.on_conflict_do_update(index_elements=list(GROUP_COLUMNS), set_=sums)
     rows = [dict(zip(GROUP_COLUMNS, key, strict=True)) | totals.as_columns() for key, totals in groups.items()]
-    connection.execute(statement, rows)  # executemany: compiled once, cached
+    connection.execute(_usage_upsert(connection.dialect.name), rows)  # executemany: compiled once, cached
 
 
 def backfill_usage(connection: Connection, batch: int = 5000) -> None:
@@ -132,12 +146,9 @@ class Database:
         """Inserts rows, skipping request ids already stored (replays are idempotent). Returns rows added."""
         if not records:
             return 0
-        insert = sqlite_insert if self.is_sqlite else pg_insert
         added: list[RequestRecord] = []
-        # One cached statement, executed many times (SQLAlchemy batches it into multi-row INSERTs);
-        # RETURNING names the rows really added (rowcount is unreliable across drivers).
-        statement = (insert(RequestRow).on_conflict_do_nothing(index_elements=["request_id"])
-                     .returning(RequestRow.request_id))
+        # One cached statement, executed many times (SQLAlchemy batches it into multi-row INSERTs).
+        statement = _request_insert(self.engine.dialect.name)
         with self.engine.begin() as connection:
             start = 0
             for size in chunk_sizes(len(records)):

@@ -107,7 +107,7 @@ class LedgerWriter:
     def record(self, record: RequestRecord) -> None:
         """Journals and queues one row; never blocks on the database."""
         assert self._current is not None and self._fd is not None, "LedgerWriter.start() was not awaited"
-        os.write(self._fd, orjson.dumps(record.to_json_dict()) + b"\n")
+        os.write(self._fd, record.to_json() + b"\n")
         self._current.records.append(record)
         if len(self._current.records) >= self._batch_size:
             self._wake.set()
