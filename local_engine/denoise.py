@@ -39,10 +39,13 @@ def temperatures(steps: torch.Tensor, scales: torch.Tensor, sampling: Sampling) 
     return (temperature * scales).clamp_min(1e-6)
 
 
-def entropy_of(logits: torch.Tensor) -> torch.Tensor:
-    """(…, L) entropy of softmax(logits) over the last axis, as `Categorical(logits=…).entropy()` computes it."""
-    log_p = torch.log_softmax(logits, dim=-1)
-    return -(log_p.clamp_min(torch.finfo(log_p.dtype).min) * log_p.exp()).sum(-1)
+def entropy_of(logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """(…, L) entropy of softmax(logits) over the last axis, as `Categorical(logits=…).entropy()` computes it.
+
+    `probs`, when given, is softmax(logits) already computed (saves a (b, L, V) temporary).
+    """
+    log_p = torch.log_softmax(logits, dim=-1).clamp_min_(torch.finfo(logits.dtype).min)
+    return -(log_p * (log_p.exp() if probs is None else probs)).sum(-1)
 
 
 def draw(probs: torch.Tensor, greedy_canvas: torch.Tensor, generators: Sequence[torch.Generator | None],
@@ -80,7 +83,7 @@ def denoise(logits: torch.Tensor, canvas: torch.Tensor, previous_argmax: torch.T
     temperature = temperatures(steps, scales, sampling).to(logits.device)  # (b,)
     processed = logits / temperature[:, None, None]  # (b, L, V)
     probs = torch.softmax(processed, dim=-1, dtype=torch.float32)  # (b, L, V)
-    entropy = entropy_of(processed)  # (b, L)
+    entropy = entropy_of(processed, probs)  # (b, L)
     argmax = processed.argmax(-1)  # (b, L)
     sampled, noise = draw(probs, argmax, generators, greedy, sampling.vocab_size)
     # Entropy-bound acceptance: the lowest-entropy positions whose summed entropy (less the largest) fits the bound.
