@@ -114,14 +114,16 @@ class Batch:
         positions = (mask.cumsum(1) - 1).clamp_min(0)  # (n, w): each row counts from 0, whatever its padding
         cache = DynamicCache(config=self._model.config.text_config)
         self._encode(cache, mask, ids, positions)
+        n, length = len(rows), self._sampling.canvas_length
+        canvas = torch.cat([self._canvas, self._open_canvases(rows)])
+        # Nothing below raises short of running out of memory, so a failed admission leaves the batch as it was.
         if self.members:
-            self.stats.joined_running += len(slots)
+            self.stats.joined_running += n
             self._cache, self._mask = kv.merge(self._cache, self._mask, cache, mask)
         else:
             self._cache, self._mask = cache, mask
-        n, length = len(rows), self._sampling.canvas_length
         self.members += slots
-        self._canvas = torch.cat([self._canvas, self._open_canvases(rows)])
+        self._canvas = canvas
         self._argmax = torch.cat([self._argmax, torch.zeros(n, length, dtype=torch.long, device=self._device)])
         self._steps = torch.cat([self._steps, torch.zeros(n, dtype=torch.long, device=self._device)])
         self._scales = torch.cat([self._scales, torch.tensor([r.temperature_scale for r in rows],

@@ -91,9 +91,10 @@ class DiffusionEngine:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
         error = EngineUnavailableError("the local engine is shutting down")
-        for slot in self._batch.members:
-            slot.emit(error)
+        members = self._batch.members
         self._batch.clear()
+        for slot in members:
+            slot.emit(error)
         while not self._waiting.empty():
             self._waiting.get_nowait().emit(error)
 
@@ -198,22 +199,19 @@ class DiffusionEngine:
 
     def _tick(self) -> None:
         batch = self._batch
-        batch.drop()
         try:
+            batch.drop()
             if batch.at_boundary:
                 batch.boundary()
-        except Exception as exc:  # noqa: BLE001 - a failed batched pass fails its batch, not the engine
-            self._fail(batch.members, exc)
+            if not batch.waiting:  # a row waiting for the boundary holds arrivals back, so it cannot starve
+                self._admit()
+            if any(r.state is RowState.DENOISING for r in batch.rows):
+                batch.step(self._converged)
             batch.drop()
-        if not batch.waiting:  # a row waiting for the boundary holds arrivals back, so it cannot starve
-            self._admit()
-        if not any(r.state is RowState.DENOISING for r in batch.rows):
-            return
-        try:
-            batch.step(self._converged)
         except Exception as exc:  # noqa: BLE001 - a failed batched pass fails its batch, not the engine
-            self._fail(batch.members, exc)
-        batch.drop()
+            members = batch.members
+            batch.clear()  # before anyone hears of the failure
+            self._fail(members, exc)
 
     def _admit(self) -> None:
         room = self._config.max_batch_size - len(self._batch.members)

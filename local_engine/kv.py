@@ -40,12 +40,13 @@ def merge(a: Any, mask_a: torch.Tensor, b: Any, mask_b: torch.Tensor) -> tuple[A
     `a` is reused and extended in place; `b` must come from the same model with the same layer kinds.
     """
     total = max(mask_a.shape[1], mask_b.shape[1])
+    merged = []  # built before any layer changes, so a failure leaves `a` as it was
     for la, lb in zip(a.layers, b.layers, strict=True):
         keep = _stored(la, total)
-        la.keys = torch.cat([_pad_left(la.keys, keep - la.keys.shape[-2]),
-                             _pad_left(lb.keys, keep - lb.keys.shape[-2])], dim=0)
-        la.values = torch.cat([_pad_left(la.values, keep - la.values.shape[-2]),
-                               _pad_left(lb.values, keep - lb.values.shape[-2])], dim=0)
+        merged.append([torch.cat([_pad_left(x, keep - x.shape[-2]), _pad_left(y, keep - y.shape[-2])])
+                       for x, y in ((la.keys, lb.keys), (la.values, lb.values))])
+    for la, (keys, values) in zip(a.layers, merged, strict=True):
+        la.keys, la.values = keys, values
         if _sliding(la):
             la.cumulative_length = total
     mask = torch.cat([F.pad(mask_a, (total - mask_a.shape[1], 0)), F.pad(mask_b, (total - mask_b.shape[1], 0))])

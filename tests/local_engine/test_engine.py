@@ -225,3 +225,20 @@ async def test_a_seed_gives_generates_answer_alone_and_in_a_batch(engine_factory
         a, b = alone[seed].confidence, batched.confidence
         assert (a.steps_per_canvas, a.step_cap_hit) == (b.steps_per_canvas, b.step_cap_hit)
         assert b.max_entropy == pytest.approx(a.max_entropy, abs=1e-4)  # batched matmuls round differently
+
+
+async def test_a_failed_batched_pass_fails_its_rows_and_the_engine_goes_on(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    real_step, calls = engine._batch.step, []
+
+    def failing_once(on_converged):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated device fault")
+        return real_step(on_converged)
+
+    engine._batch.step = failing_once
+    with pytest.raises(GenerationFailedError, match="device fault"):
+        await engine.generate(req("hit", max_tokens=4))
+    assert engine._active == []
+    assert isinstance(await engine.generate(req("after", max_tokens=4)), Completion)
