@@ -1,13 +1,15 @@
 """The engine against plain `generate()`, side by side in one process and one run.
 
 Same workload (mixed task-family prompts, held-out seeds) through:
-  (a) plain model.generate(), one request at a time, the checkpoint's own generation config
+  (a) plain model.generate(), one request at a time, the checkpoint's own generation config; request i
+      runs after torch.manual_seed(i), the engine gets seed=i: the same random draws, so answers pair 1:1
   (b) one batched model.generate() per group of 8 (left padding + attention mask)
   (c) the engine, at concurrency 1, 4, 8, 16 (closed loop: each client sends its next request when served)
-Prints useful tokens/s (up to EOS, never padding), p50/p99 latency, decoder passes per canvas, tokens
-per decoder pass, RSS, exact-match accuracy, and the ratios (c)/(a), (c)/(b).
+Prints useful tokens/s (up to EOS, never padding), p50/p99 latency, decoder forward passes and rows per
+pass, row passes per canvas, tokens per row pass (a request's own signal) and per forward pass, RSS,
+exact-match accuracy, and the ratios (c)/(a), (c)/(b). Every mode uses the same torch thread count.
 
-    python bench/engine.py [--requests 48] [--out bench/results/engine.json]
+    python bench/engine.py [--requests 48] [--threads 1] [--out bench/results/engine.json]
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -73,12 +74,15 @@ def useful(loaded: LoadedModel, new: list[int]) -> list[int]:
 
 
 def report(name: str, answers: list[str], expected: list[str], latencies: list[float], tokens: int, wall: float,
-           passes: int, canvases: int) -> dict[str, Any]:
+           passes: int, row_passes: int, canvases: int) -> dict[str, Any]:
+    """`passes`: decoder forward calls; `row_passes`: rows computed, summed over them (equal at batch 1)."""
     return {"mode": name, "requests": len(answers), "useful_tokens": tokens, "wall_s": round(wall, 3),
             "useful_tokens_per_s": round(tokens / wall, 2), "p50_latency_s": round(pct(latencies, 0.5), 4),
-            "p99_latency_s": round(pct(latencies, 0.99), 4), "decoder_passes": passes,
-            "passes_per_canvas": round(passes / max(1, canvases), 2),
-            "tokens_per_pass": round(tokens / max(1, passes), 2),
+            "p99_latency_s": round(pct(latencies, 0.99), 4), "decoder_passes": passes, "row_passes": row_passes,
+            "rows_per_pass": round(row_passes / max(1, passes), 2),
+            "passes_per_canvas": round(row_passes / max(1, canvases), 2),
+            "tokens_per_pass": round(tokens / max(1, row_passes), 2),
+            "tokens_per_forward": round(tokens / max(1, passes), 2),
             "accuracy": round(sum(check(a, e) for a, e in zip(answers, expected, strict=True)) / len(answers), 4),
             "rss_mb": round(rss_mb(), 1)}
 
@@ -86,8 +90,9 @@ def report(name: str, answers: list[str], expected: list[str], latencies: list[f
 def plain_sequential(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple[str, str, str]]) -> dict[str, Any]:
     counter.calls, answers, latencies, tokens, canvases = 0, [], [], 0, 0
     started = time.perf_counter()
-    for _, prompt, _ in work:
+    for i, (_, prompt, _) in enumerate(work):
         t = time.perf_counter()
+        torch.manual_seed(i)  # paired with the engine's request seed i: same draws, so answers compare 1:1
         ids = torch.tensor([prompt_ids(loaded, prompt)], device=loaded.device)
         out = loaded.model.generate(ids)
         seq = (out.sequences if hasattr(out, "sequences") else out)[0, ids.shape[1]:].tolist()
@@ -97,12 +102,12 @@ def plain_sequential(loaded: LoadedModel, counter: DecoderCounter, work: list[tu
         answers.append(loaded.tokenizer.decode(kept))
         latencies.append(time.perf_counter() - t)
     return report("a: generate() sequential", answers, [w[2] for w in work], latencies, tokens,
-                  time.perf_counter() - started, counter.calls, canvases)
+                  time.perf_counter() - started, counter.calls, counter.calls, canvases)
 
 
 def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple[str, str, str]],
                   group: int = 8) -> dict[str, Any]:
-    counter.calls, answers, latencies, tokens, canvases = 0, [], [], 0, 0
+    counter.calls, answers, latencies, tokens, canvases, row_passes = 0, [], [], 0, 0, 0
     pad = loaded.model.generation_config.pad_token_id
     started = time.perf_counter()
     for i in range(0, len(work), group):
@@ -111,7 +116,9 @@ def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple
         width = max(map(len, batch))
         ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch], device=loaded.device)
         mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=loaded.device)
+        calls = counter.calls
         out = loaded.model.generate(ids, attention_mask=mask)
+        row_passes += (counter.calls - calls) * len(batch)  # generate() computes every row on every pass
         seqs = (out.sequences if hasattr(out, "sequences") else out)[:, width:].tolist()
         for seq in seqs:
             canvases += len(seq) // loaded.model.config.canvas_length
@@ -120,11 +127,12 @@ def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple
             answers.append(loaded.tokenizer.decode(kept))
         latencies += [time.perf_counter() - t] * len(batch)  # every row waits for the whole group
     return report("b: generate() batched x8", answers, [w[2] for w in work], latencies, tokens,
-                  time.perf_counter() - started, counter.calls, canvases)
+                  time.perf_counter() - started, counter.calls, row_passes, canvases)
 
 
-async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], concurrency: int) -> dict[str, Any]:
-    config = EngineConfig(max_batch_size=max(1, concurrency), max_queue=1024, max_tokens=256)
+async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], concurrency: int,
+                      threads: int | None) -> dict[str, Any]:
+    config = EngineConfig(max_batch_size=max(1, concurrency), max_queue=1024, max_tokens=256, threads=threads)
     engine = DiffusionEngine(loaded, config)
     await engine.start()
     await engine.generate(GenerationRequest(request_id="warm-up", seed=0,  # untimed, on the engine's own thread
@@ -146,18 +154,23 @@ async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], con
             stats["passes"] += sum(c.confidence.steps_per_canvas)
             stats["canvases"] += len(c.confidence.steps_per_canvas)
 
+    before = (engine.stats.decoder_passes, engine.stats.row_passes)
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     await engine.stop()
+    passes, row_passes = engine.stats.decoder_passes - before[0], engine.stats.row_passes - before[1]
+    assert row_passes == stats["passes"], "every row pass is one denoising step of one request"
     return report(f"c: engine concurrency {concurrency}", answers, [w[2] for w in work], latencies,
-                  stats["tokens"], wall, stats["passes"], stats["canvases"])
+                  stats["tokens"], wall, passes, row_passes, stats["canvases"])
 
 
 MODES = ["a", "b", "c1", "c4", "c8", "c16"]
 
 
-def run_mode(mode: str, checkpoint: Path, requests: int) -> dict[str, Any]:
+def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     loaded = load_model(EngineConfig(model=str(checkpoint)))
     work = held_out(requests // 6 + 1)[:requests]
@@ -168,7 +181,7 @@ def run_mode(mode: str, checkpoint: Path, requests: int) -> dict[str, Any]:
         return plain_sequential(loaded, DecoderCounter(loaded), work)
     if mode == "b":
         return plain_batched(loaded, DecoderCounter(loaded), work)
-    return asyncio.run(engine_mode(loaded, work, int(mode[1:])))
+    return asyncio.run(engine_mode(loaded, work, int(mode[1:]), threads))
 
 
 def main() -> None:
@@ -176,18 +189,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for every mode (0 = torch's default); see the note in main()")
     parser.add_argument("--mode", choices=MODES, default=None, help="run one mode in this process (internal)")
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run_mode(args.mode, args.checkpoint, args.requests)))
+        print(json.dumps(run_mode(args.mode, args.checkpoint, args.requests, args.threads or None)))
         return
     # Each mode runs in a fresh process, one after the other: torch's per-thread CPU thread pools left
     # behind by one mode measurably slow the next mode's thread down (seen here: up to 3x), which would
-    # bias whichever mode runs second.
+    # bias whichever mode runs second. Every mode runs with the same torch thread count: on a small
+    # shared machine two OpenMP threads stall whenever another process holds a core (seen here: one
+    # decoder pass 6 ms with one thread, 25-190 ms with two, under load), so one is the default.
+    load_at_start = os.getloadavg()[0]
     modes = []
     for mode in MODES:
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--requests", str(args.requests),
-                              "--checkpoint", str(args.checkpoint)], capture_output=True, text=True, check=True)
+                              "--checkpoint", str(args.checkpoint), "--threads", str(args.threads)],
+                             capture_output=True, text=True, check=True)
         modes.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(modes[-1]))
     a, b = modes[0], modes[1]
@@ -196,11 +215,13 @@ def main() -> None:
     ratios = {"c8_over_a_throughput": round(c8["useful_tokens_per_s"] / a["useful_tokens_per_s"], 2),
               "c8_over_b_throughput": round(c8["useful_tokens_per_s"] / b["useful_tokens_per_s"], 2),
               "c8_p99_over_c1_p50_latency": round(c8["p99_latency_s"] / c1["p50_latency_s"], 2),
+              "c8_p99_over_c1_p99_latency": round(c8["p99_latency_s"] / c1["p99_latency_s"], 2),
               "c8_accuracy_minus_a": round(c8["accuracy"] - a["accuracy"], 4)}
     print(json.dumps(ratios))
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}",
-              "checkpoint": str(args.checkpoint), "requests": args.requests,
+              "checkpoint": str(args.checkpoint), "requests": args.requests, "torch_threads": args.threads or "default",
+              "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0]},
               "method": "each mode in a fresh process, sequentially, in one run", "modes": modes,
               "ratios": ratios, "peak_rss_mb": max(m["rss_mb"] for m in modes)}
     if args.out:
