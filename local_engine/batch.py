@@ -35,6 +35,7 @@ class BatchStats:
     encoder_passes: int = 0
     canvas_boundaries: int = 0
     joined_running: int = 0  # requests merged into a batch that already had rows
+    joined_mid_canvas: int = 0  # of those, merged next to rows already steps into their canvas
     rows_per_pass: Counter[int] = field(default_factory=Counter)
 
 
@@ -119,6 +120,7 @@ class Batch:
         # Nothing below raises short of running out of memory, so a failed admission leaves the batch as it was.
         if self.members:
             self.stats.joined_running += n
+            self.stats.joined_mid_canvas += n if bool((self._steps > 0).any()) else 0
             self._cache, self._mask = kv.merge(self._cache, self._mask, cache, mask)
         else:
             self._cache, self._mask = cache, mask
