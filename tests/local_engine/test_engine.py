@@ -196,8 +196,12 @@ async def test_an_arrival_joins_the_running_batch_at_its_canvas_boundary(engine_
     assert engine.stats.canvas_boundaries == 0 and engine.stats.joined_running == 0
     engine.gate.set()
     short, long = await short_task, await long_task
-    # It was merged into the running batch (one row running), on the boundary tick, and shared its passes.
+    # It was merged into the running batch (one row running), on the boundary tick, and shared its passes:
+    # long was admitted and took its first step on one tick, committed its first canvas steps later, and
+    # the very next tick encoded that canvas and admitted short.
     assert engine.joined_with["short"] == 1 and engine.stats.joined_running == 1
+    first_canvas_steps = long.confidence.steps_per_canvas[0]
+    assert engine.admitted_at_tick["short"] == engine.admitted_at_tick["long"] + first_canvas_steps
     assert engine.stats.canvas_boundaries >= 1
     assert engine.stats.rows_per_pass[2] >= 1
     assert engine.stats.encoder_passes >= 3  # long's prompt, the short prompt, long's canvases; never re-encoded
