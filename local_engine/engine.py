@@ -38,12 +38,12 @@ def sampling_of(loaded: LoadedModel) -> Sampling:
     gen = loaded.model.generation_config
     sampler = getattr(gen, "sampler_config", None)
     bound = getattr(sampler, "entropy_bound", None) if sampler is not None else None
-    return Sampling(canvas_length=loaded.model.config.canvas_length,
+    return Sampling(canvas_length=int(loaded.model.config.canvas_length or 0),
                     max_steps=int(getattr(gen, "max_denoising_steps", None) or 48),
                     t_min=float(getattr(gen, "t_min", None) or 0.4), t_max=float(getattr(gen, "t_max", None) or 0.8),
                     entropy_bound=float(bound if bound is not None else 0.1),
                     confidence_threshold=float(getattr(gen, "confidence_threshold", None) or 0.005),
-                    vocab_size=loaded.model.config.text_config.vocab_size,
+                    vocab_size=int(loaded.model.config.get_text_config().vocab_size),
                     eos_id=int(gen.eos_token_id if gen.eos_token_id is not None else 1),
                     pad_id=int(gen.pad_token_id if gen.pad_token_id is not None else 0))
 
