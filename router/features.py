@@ -1,34 +1,40 @@
-"""Cheap, deterministic features of a prompt and of a draft answer, for the difficulty classifier.
+"""Cheap, deterministic, subject-agnostic features of a prompt, for the difficulty classifier.
 
-Prompt features describe what makes a question hard regardless of its subject (length, quantities,
-negations, multiple-choice structure). Draft features check the answer itself: is there a final
-answer, does the arithmetic in the working hold, does it hedge.
+Why these: the classifier is judged on subjects it never saw, so a feature must describe the *shape*
+of a question (how long, how many quantities, whether it asks to judge several claims at once, how
+alike the answer options are), not its topic. Features that name a topic (and MiniLM embeddings fed
+in whole) learn which training subjects were hard, which does not transfer to new subjects.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from difflib import SequenceMatcher
 
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-CHOICE = re.compile(r"^([A-D])\.\s*(.*)$", re.MULTILINE)
-CALC = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
-EQUATION = re.compile(r"(-?\d+(?:\.\d+)?)\s*([+\-*/x×])\s*(-?\d+(?:\.\d+)?)\s*=\s*\$?(-?\d+(?:\.\d+)?)")
-HEDGES = ("i think", "probably", "not sure", "assume", "approximately", "maybe", "it seems", "cannot determine")
-NEGATIONS = re.compile(r"\b(NOT|EXCEPT|LEAST|FALSE|never|incorrect)\b")
+CHOICE = re.compile(r"^([A-J])\.\s*(.*)$", re.MULTILINE)
+WORD = re.compile(r"[A-Za-z]+")
+CONTENT_WORD = re.compile(r"[a-z]{4,}")
+NEGATION_WORDS = re.compile(r"\b(NOT|EXCEPT|LEAST|FALSE|never|incorrect|not)\b")
+UNITS = re.compile(r"\b(hours?|minutes?|days?|weeks?|years?|miles?|feet|inch(?:es)?|pounds?|kg|meters?|cm|"
+                   r"dollars?|cents?)\b")
+STEP_WORDS = re.compile(r"\b(each|every|per|twice|half|times|remaining|left|more than|less than|fewer|total|"
+                        r"average|after|then)\b")
 
-PROMPT_FEATURES = ("log_chars", "log_words", "numbers", "log_max_number", "decimals", "percent", "money",
-                   "fractions", "sentences", "questions", "negation", "statements", "is_mcq", "choice_mean_len",
-                   "choice_len_spread", "numeric_choices", "all_of_above", "code_markers", "math_markers",
-                   "long_words", "capitals")
-DRAFT_FEATURES = ("draft_present", "draft_log_chars", "draft_has_final", "draft_calc_errors", "draft_eq_errors",
-                  "draft_checks", "draft_hedges", "draft_lines", "draft_numbers_ratio", "draft_final_in_text",
-                  "signal_max_entropy", "signal_step_cap", "signal_tokens_per_pass")
+PROMPT_FEATURES = (
+    "log_chars", "log_stem_chars", "log_stem_words", "stem_sentences", "stem_numbers", "stem_log_max_number",
+    "stem_decimals", "percent", "money", "fractions", "question_mark", "fill_in", "negation", "negation_words",
+    "enumerated_claims", "roman_numerals", "is_mcq", "choice_log_mean_len", "choice_log_max_len", "choice_len_cv",
+    "choice_stem_ratio", "choice_word_overlap", "choice_similarity", "choice_vocab_ratio", "numeric_choices",
+    "pure_numeric_choices", "of_the_above", "longest_choice_unique", "stem_choice_overlap", "which_of_following",
+    "true_false", "math_markers", "logic_symbols", "code_markers", "long_words", "mean_word_len", "capitals",
+    "quotes", "units", "step_words",
+)
 
 
-def _numbers(text: str) -> list[float]:
+def numbers_in(text: str) -> list[float]:
+    """Every number written with digits (thousands separators allowed), in order."""
     out = []
     for raw in NUMBER.findall(text):
         try:
@@ -38,72 +44,70 @@ def _numbers(text: str) -> list[float]:
     return out
 
 
-def prompt_features(prompt: str) -> list[float]:
-    """A fixed-length vector (PROMPT_FEATURES order)."""
-    words = prompt.split()
-    numbers = _numbers(prompt)
-    choices = [c[1] for c in CHOICE.findall(prompt)]
+def split_choices(prompt: str) -> tuple[str, list[str]]:
+    """(question stem, answer options) of a multiple-choice prompt; (prompt, []) otherwise."""
+    first = CHOICE.search(prompt)
+    if first is None:
+        return prompt, []
+    return prompt[:first.start()], [c[1].strip() for c in CHOICE.findall(prompt)]
+
+
+def _pairs(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _choice_features(stem: str, choices: list[str]) -> list[float]:
+    """Option structure: lengths, how alike they are (near-identical options are traps), numbers."""
     lengths = [len(c) for c in choices] or [0]
     mean_len = sum(lengths) / len(lengths)
-    spread = (max(lengths) - min(lengths)) / (mean_len + 1)
+    tokens = [set(WORD.findall(c.lower())) for c in choices]
+    index_pairs = [(i, j) for i in range(len(choices)) for j in range(i + 1, len(choices))]
+    overlap = _pairs([len(tokens[i] & tokens[j]) / max(1, len(tokens[i] | tokens[j])) for i, j in index_pairs])
+    similarity = _pairs([SequenceMatcher(None, choices[i].lower(), choices[j].lower()).ratio()
+                         for i, j in index_pairs])
+    vocab = set().union(*tokens) if tokens else set()
+    total_tokens = sum(len(WORD.findall(c)) for c in choices)
+    stem_words = set(CONTENT_WORD.findall(stem.lower()))
+    shared = [len(stem_words & set(CONTENT_WORD.findall(c.lower()))) / max(1, len(set(CONTENT_WORD.findall(
+        c.lower())))) for c in choices]
+    ranked = sorted(lengths)
+    n = max(1, len(choices))
     return [
-        math.log1p(len(prompt)), math.log1p(len(words)), float(len(numbers)),
-        math.log1p(max((abs(n) for n in numbers), default=0.0)), float(prompt.count(".") - prompt.count(". ")),
-        float("%" in prompt or "percent" in prompt.lower()), float("$" in prompt),
-        float(len(re.findall(r"\b\d+/\d+\b", prompt))), float(prompt.count(". ") + 1), float(prompt.count("?")),
-        float(len(NEGATIONS.findall(prompt))), float("Statement 1" in prompt), float(len(choices) >= 4),
-        math.log1p(mean_len), spread,
-        float(sum(bool(NUMBER.fullmatch(c.strip().rstrip("%"))) for c in choices)),
-        float("all of the above" in prompt.lower() or "none of the above" in prompt.lower()),
-        float(any(m in prompt for m in ("def ", "()", "{", "};", "print(", "return "))),
-        float(len(re.findall(r"[=^√∫∑π]|\bsqrt\b|\blog\b", prompt))),
-        float(sum(len(w) > 12 for w in words)) / (len(words) + 1),
-        float(sum(w[:1].isupper() for w in words)) / (len(words) + 1),
+        float(len(choices) >= 2), math.log1p(mean_len), math.log1p(max(lengths)),
+        (max(lengths) - min(lengths)) / (mean_len + 1), math.log1p(sum(lengths)) - math.log1p(len(stem)),
+        overlap, similarity, len(vocab) / max(1, total_tokens) if choices else 0.0,
+        sum(bool(NUMBER.search(c)) for c in choices) / n,
+        sum(bool(re.fullmatch(r"[-$\d.,%/ ]+\s*\w{0,8}", c)) for c in choices) / n,
+        float(any(re.search(r"\b(all|none|both) of (the above|these)\b", c.lower()) for c in choices)),
+        float(len(ranked) >= 2 and ranked[-1] > 1.5 * ranked[-2]),
+        (max(shared) - _pairs(shared)) if shared else 0.0,
     ]
 
 
-def _safe_eval(expr: str) -> float | None:
-    expr = expr.replace("x", "*").replace("×", "*").replace(",", "").strip()
-    if not re.fullmatch(r"[\d\s.+\-*/()]+", expr) or len(expr) > 80:
-        return None
-    try:
-        value = eval(expr, {"__builtins__": {}}, {})  # noqa: S307 - digits and operators only, checked above
-    except (SyntaxError, ZeroDivisionError, TypeError, ValueError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def arithmetic_errors(draft: str) -> tuple[int, int, int]:
-    """(calculator annotations that do not hold, `a op b = c` that do not hold, checks made)."""
-    calc_bad = checks = 0
-    for expr, stated in CALC.findall(draft):
-        value, claimed = _safe_eval(expr), _numbers(stated)
-        if value is not None and claimed:
-            checks += 1
-            calc_bad += abs(value - claimed[0]) > 1e-6 * max(1.0, abs(value))
-    eq_bad = 0
-    for a, op, b, c in EQUATION.findall(CALC.sub(" ", draft)):  # annotations were checked above
-        value = _safe_eval(f"{a}{'*' if op in 'x×' else op}{b}")
-        if value is not None:
-            checks += 1
-            eq_bad += abs(value - float(c)) > 1e-6 * max(1.0, abs(value))
-    return calc_bad, eq_bad, checks
-
-
-def draft_features(draft: str | None, signals: Mapping[str, Any] | None = None) -> list[float]:
-    """A fixed-length vector (DRAFT_FEATURES order); zeros when there is no draft."""
-    sig = signals or {}
-    signal_part = [float(sig.get("max_entropy", 0.0)), float(bool(sig.get("step_cap_hit", False))),
-                   float(sig.get("tokens_per_pass", 0.0))]
-    if not draft:
-        return [0.0] * (len(DRAFT_FEATURES) - 3) + signal_part
-    calc_bad, eq_bad, checks = arithmetic_errors(draft)
-    final = re.search(r"####\s*(-?[\d,.]+)", draft)
-    numbers = _numbers(draft)
-    last = numbers[-1] if numbers else None
-    final_value = _numbers(final.group(1))[0] if final and _numbers(final.group(1)) else last
-    mentions = sum(1 for n in numbers if final_value is not None and abs(n - final_value) < 1e-9)
-    lowered = draft.lower()
-    return [1.0, math.log1p(len(draft)), float(final is not None), float(calc_bad), float(eq_bad), float(checks),
-            float(sum(h in lowered for h in HEDGES)), float(draft.count("\n") + 1),
-            len(numbers) / (len(draft.split()) + 1), float(mentions > 1)] + signal_part
+def prompt_features(prompt: str) -> list[float]:
+    """A fixed-length vector (PROMPT_FEATURES order)."""
+    stem, choices = split_choices(prompt)
+    words = WORD.findall(stem)
+    stem_numbers = numbers_in(stem)
+    lowered = stem.lower()
+    n_words = len(words) + 1
+    return [
+        math.log1p(len(prompt)), math.log1p(len(stem)), math.log1p(len(words)),
+        math.log1p(len(re.findall(r"[.!?](\s|$)", stem))), math.log1p(len(stem_numbers)),
+        math.log1p(max((abs(v) for v in stem_numbers), default=0.0)), float(bool(re.search(r"\d\.\d", stem))),
+        float("%" in prompt or "percent" in prompt.lower()), float("$" in prompt),
+        float(bool(re.search(r"\b\d+/\d+\b", prompt))), float(stem.rstrip().endswith("?")),
+        float("_" in stem or stem.rstrip().endswith((":", " is", " of", " the", " a", " an", " to"))),
+        float(bool(re.search(r"\b(NOT|EXCEPT|LEAST)\b", stem))), math.log1p(len(NEGATION_WORDS.findall(stem))),
+        float(bool(re.search(r"(Statement|Scenario) \d|\|", stem))),
+        float(bool(re.search(r"\b(I{1,3}|IV)\b[.)]", stem))
+              or any(re.search(r"\bI{1,3}\b.*\b(and|only)\b", c) for c in choices)),
+        *_choice_features(stem, choices),
+        float("which of the following" in lowered), float(bool(re.search(r"\b(true|false|correct)\b", lowered))),
+        math.log1p(len(re.findall(r"[=^√∫∑π<>≤≥±]|\bsqrt\b|\blog\b", prompt))),
+        float(bool(re.search(r"[⊃≡∨·~]", prompt))),
+        float(any(m in prompt for m in ("def ", "()", "{", "};", "print(", "return ", "int "))),
+        sum(len(w) > 12 for w in words) / n_words, sum(map(len, words)) / n_words,
+        sum(w[:1].isupper() for w in words) / n_words, float(stem.count('"') >= 2 or "“" in stem),
+        math.log1p(len(UNITS.findall(stem)) + stem.count("%")), math.log1p(len(STEP_WORDS.findall(lowered))),
+    ]
