@@ -11,6 +11,7 @@ def ledger_outcomes(database_url: str) -> list[TrainingRow]:
     db = Database(database_url)
     rows = []
     try:
+        db.migrate()  # a gateway that never started has no tables yet: that is zero outcomes, not a crash
         for record in db.iter_records(routes=("local", "escalated")):
             outcome = (record.detail or {}).get("outcome")
             if not isinstance(outcome, dict) or not outcome.get("prompt"):

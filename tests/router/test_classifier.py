@@ -197,3 +197,9 @@ def test_the_cli_contract(tmp_path: Path) -> None:
                              "--output", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 2 and "line 2" in result.stderr and not (tmp_path / "o.jsonl").exists()
+
+
+def test_ledger_outcomes_of_a_ledger_never_migrated_are_empty(tmp_path: Path) -> None:
+    from gateway.outcomes import ledger_outcomes
+
+    assert ledger_outcomes(f"sqlite:///{tmp_path}/never-started.db") == []
