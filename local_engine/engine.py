@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,15 @@ from local_engine.metering import Meter, default_rate
 from local_engine.rows import Row, RowState, Sampling
 
 Emit = Callable[[StreamDelta | Completion | BaseException], None]
+ADMISSIONS_KEPT = 1024  # recent admissions kept for tests and benchmarks; bounded, the engine runs for months
+
+
+@dataclass(frozen=True)
+class Admission:
+    """When a request joined the running batch."""
+
+    tick: int  # the scheduler tick it was admitted on
+    joined_with: int  # rows already running when it joined
 
 
 def message_text(message: Mapping[str, Any]) -> str:
@@ -72,8 +82,7 @@ class DiffusionEngine:
         self._running = False
         self._thread: threading.Thread | None = None
         self.ticks = 0  # scheduler ticks, for tests and benchmarks
-        self.admitted_at_tick: dict[str, int] = {}
-        self.joined_with: dict[str, int] = {}  # request id -> rows already running when it joined
+        self.admissions: dict[str, Admission] = {}  # request id -> its admission, the newest ADMISSIONS_KEPT
 
     @classmethod
     def load(cls, config: EngineConfig) -> DiffusionEngine:
@@ -222,8 +231,7 @@ class DiffusionEngine:
             except queue.Empty:
                 break
             if not slot.row.cancelled:
-                self.admitted_at_tick[slot.row.request.request_id] = self.ticks
-                self.joined_with[slot.row.request.request_id] = len(self._batch.members)
+                self._note_admission(slot.row.request.request_id)
                 joining.append(slot)
         if not joining:
             return
@@ -231,6 +239,11 @@ class DiffusionEngine:
             self._batch.admit(joining)
         except Exception as exc:  # noqa: BLE001 - arrivals that cannot be encoded fail alone
             self._fail(joining, exc)
+
+    def _note_admission(self, request_id: str) -> None:
+        self.admissions[request_id] = Admission(self.ticks, len(self._batch.members))
+        if len(self.admissions) > ADMISSIONS_KEPT:
+            del self.admissions[next(iter(self.admissions))]  # dicts keep insertion order: the oldest
 
     @staticmethod
     def _fail(slots: Sequence[_Slot], exc: Exception) -> None:

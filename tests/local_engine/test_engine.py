@@ -20,6 +20,7 @@ from local_engine import (
     StreamDelta,
     create_backend,
 )
+from local_engine import engine as engine_module
 from local_engine.engine import DiffusionEngine
 from local_engine.loading import load_model
 from local_engine.training.evaluate import held_out
@@ -82,13 +83,21 @@ async def test_rows_join_mid_batch_and_short_rows_leave_first(engine_factory) ->
     first = await long_stream.__anext__()  # the long row has finished at least one canvas
     assert isinstance(first, StreamDelta) or isinstance(first, Completion)
     short = await engine.generate(req("short", max_tokens=2, seed=5))
-    assert engine.admitted_at_tick["short"] > engine.admitted_at_tick["long"]
+    assert engine.admissions["short"].tick > engine.admissions["long"].tick
     rest = [e async for e in long_stream]
     final = rest[-1] if rest else first
     assert isinstance(final, Completion)
     # the short row used only its own canvases: it did not wait for the long one to finish
     assert len(short.confidence.steps_per_canvas) == 1
     assert len(final.confidence.steps_per_canvas) >= 1
+
+
+async def test_the_admission_record_keeps_only_the_newest(engine_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(engine_module, "ADMISSIONS_KEPT", 3)
+    engine = await engine_factory()
+    for i in range(5):
+        await engine.generate(req(f"r{i}", max_tokens=2, seed=i))
+    assert list(engine.admissions) == ["r2", "r3", "r4"]
 
 
 async def test_cancel_removes_the_row_and_others_finish(engine_factory) -> None:  # type: ignore[no-untyped-def]
@@ -111,7 +120,7 @@ async def test_cancel_removes_the_row_and_others_finish(engine_factory) -> None:
 async def test_queue_full_is_refused_with_retry_after(engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = await engine_factory(max_batch_size=1, max_queue=2)
     running = [asyncio.create_task(engine.generate(req("q0", max_tokens=64, seed=0)))]
-    while "q0" not in engine.admitted_at_tick:
+    while "q0" not in engine.admissions:
         await asyncio.sleep(0.005)
     running += [asyncio.create_task(engine.generate(req(f"q{i}", max_tokens=64, seed=i))) for i in (1, 2)]
     await asyncio.sleep(0)  # both are queued behind q0 (batch size 1)
@@ -199,9 +208,9 @@ async def test_an_arrival_joins_the_running_batch_at_its_canvas_boundary(engine_
     # It was merged into the running batch (one row running), on the boundary tick, and shared its passes:
     # long was admitted and took its first step on one tick, committed its first canvas steps later, and
     # the very next tick encoded that canvas and admitted short.
-    assert engine.joined_with["short"] == 1 and engine.stats.joined_running == 1
+    assert engine.admissions["short"].joined_with == 1 and engine.stats.joined_running == 1
     first_canvas_steps = long.confidence.steps_per_canvas[0]
-    assert engine.admitted_at_tick["short"] == engine.admitted_at_tick["long"] + first_canvas_steps
+    assert engine.admissions["short"].tick == engine.admissions["long"].tick + first_canvas_steps
     assert engine.stats.canvas_boundaries >= 1
     assert engine.stats.rows_per_pass[2] >= 1
     assert engine.stats.encoder_passes >= 3  # long's prompt, the short prompt, long's canvases; never re-encoded
@@ -284,7 +293,7 @@ async def test_an_arrival_mid_canvas_shares_passes_and_answers_as_alone(engine_f
     await asyncio.sleep(0)
     gate.set()
     assert [(await first).text, (await second).text] == alone
-    assert engine.stats.joined_mid_canvas == 1 and engine.joined_with["second"] == 1
+    assert engine.stats.joined_mid_canvas == 1 and engine.admissions["second"].joined_with == 1
 
 
 async def test_batched_engine_gives_seeded_generates_answers_on_the_bundled_model() -> None:
