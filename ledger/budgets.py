@@ -19,10 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import Connection, case, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ledger.db import Database
+from ledger.db import Database, insert_for
 from ledger.errors import LedgerError
 from ledger.models import BudgetUsageRow
 
@@ -117,7 +115,7 @@ class BudgetStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._insert = sqlite_insert if db.is_sqlite else pg_insert
+        self._insert = insert_for(db.engine.dialect.name)
 
     def reserve(self, claims: Sequence[Claim]) -> None:
         """Reserves every claim or none; BudgetExceeded names the first counter that is full."""

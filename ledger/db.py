@@ -46,11 +46,15 @@ def chunk_sizes(n: int) -> list[int]:
     return sizes
 
 
+def insert_for(dialect: str) -> Any:
+    """The dialect's INSERT construct: both have ON CONFLICT, which the generic one lacks."""
+    return sqlite_insert if dialect == "sqlite" else pg_insert
+
+
 @functools.cache
 def _usage_upsert(dialect: str) -> Any:
     """Built once per dialect: ~80 `col = col + excluded.col` terms cost more to build than a small flush."""
-    insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    statement = insert(usage_daily)
+    statement = insert_for(dialect)(usage_daily)
     sums = {c.name: c + statement.excluded[c.name] for c in usage_daily.c if c.name not in GROUP_COLUMNS}
     return statement.on_conflict_do_update(index_elements=list(GROUP_COLUMNS), set_=sums)
 
@@ -58,8 +62,7 @@ def _usage_upsert(dialect: str) -> Any:
 @functools.cache
 def _request_insert(dialect: str) -> Any:
     # RETURNING names the rows really added (rowcount is unreliable across drivers).
-    insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    return (insert(RequestRow).on_conflict_do_nothing(index_elements=["request_id"])
+    return (insert_for(dialect)(RequestRow).on_conflict_do_nothing(index_elements=["request_id"])
             .returning(RequestRow.request_id))
 
 

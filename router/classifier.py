@@ -87,7 +87,6 @@ class Head:
 class Weights:
     """The three heads, the PCA of the embedding they read (k may be 0), and calibration quantiles."""
 
-
     heads: Mapping[str, Head]
     pca_mean: np.ndarray  # (384,) or (0,)
     pca_components: np.ndarray  # (k, 384)

@@ -124,7 +124,6 @@ class _HTTPStream:
 
     async def lines(self) -> AsyncIterator[bytes]:
         count = 0
-        done = False
         try:
             async for raw in self._response.content:
                 # Buffered lines are handed out without awaiting: give the event loop a turn now and
@@ -137,25 +136,24 @@ class _HTTPStream:
                     continue
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
-                    done = True
+                    self._finished = True
                     return
                 if payload.startswith(b'{"error"'):
                     message, error_type = _error_message(payload, 502)
                     raise StreamBroken(redact(message, self._model), retryable=False, error_type=error_type)
                 yield payload
-            done = True
+            self._finished = True
         except TRANSPORT_ERRORS as exc:
             raise StreamBroken(f"upstream {self._model.alias} stream broke: {type(exc).__name__}",
                                retryable=False, error_type="stream_interrupted") from exc
         finally:
-            self._finished = done
-            if done and not self._response.content.at_eof():
+            if self._finished and not self._response.content.at_eof():
                 # The body's end may still be on its way after `[DONE]`: read it off the client's path,
                 # so the connection goes back to the pool instead of a new one per stream.
                 task = asyncio.get_running_loop().create_task(self._drain_then_release())
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-            elif done:
+            elif self._finished:
                 self._response.release()
             else:
                 self._response.close()  # a stream left early must not go back to the pool half-read
