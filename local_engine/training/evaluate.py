@@ -19,20 +19,37 @@ import torch
 from local_engine.engine import DiffusionEngine
 from local_engine.interface import EngineConfig, GenerationRequest
 from local_engine.loading import BUNDLED, load_model
-from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, OUT_OF_DISTRIBUTION, check, sample
+from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, OUT_OF_DISTRIBUTION, check, sample_problem
+from local_engine.training.train import trained_problems
+
+
+def held_out_problems(per_kind: int) -> list[tuple[str, str, str, str]]:
+    """`per_kind` (kind, prompt, answer, problem) of every kind from seeds training never draws."""
+    out, seed = [], HELD_OUT_SEED_BASE
+    counts = dict.fromkeys(KINDS, 0)
+    while min(counts.values()) < per_kind:
+        kind, prompt, answer, problem = sample_problem(seed)
+        if counts[kind] < per_kind:
+            out.append((kind, prompt, answer, problem))
+            counts[kind] += 1
+        seed += 1
+    return out
 
 
 def held_out(per_kind: int) -> list[tuple[str, str, str]]:
     """`per_kind` prompts of every kind from seeds training never draws."""
-    out, seed = [], HELD_OUT_SEED_BASE
-    counts = dict.fromkeys(KINDS, 0)
-    while min(counts.values()) < per_kind:
-        kind, prompt, answer = sample(seed)
-        if counts[kind] < per_kind:
-            out.append((kind, prompt, answer))
-            counts[kind] += 1
-        seed += 1
-    return out
+    return [row[:3] for row in held_out_problems(per_kind)]
+
+
+def seen_in_training(checkpoint: Path, rows: list[tuple[str, str, str, str]]) -> list[bool] | None:
+    """Whether each held-out problem was also drawn in training (in any phrasing), replayed from the
+    checkpoint's training log; None for a checkpoint this repo did not train."""
+    log = checkpoint / "training_log.json"
+    if not log.exists():
+        return None
+    run = json.loads(log.read_text())["summary"]
+    trained = trained_problems(run["steps"], run["batch_size"], run["seed"])
+    return [(kind, problem) in trained for kind, _, _, problem in rows]
 
 
 def generate_plain(loaded: Any, prompt: str) -> str:
@@ -61,6 +78,10 @@ async def engine_signals(checkpoint: str, prompts: list[str]) -> list[dict[str, 
         await engine.stop()
 
 
+def _share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
 def summarize(signals: list[dict[str, Any]]) -> dict[str, float]:
     return {"mean_steps_per_canvas": round(statistics.fmean(statistics.fmean(s["steps_per_canvas"]) for s in signals), 2),
             "step_cap_hit_rate": round(sum(s["step_cap_hit"] for s in signals) / len(signals), 3),
@@ -72,17 +93,20 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
     torch.manual_seed(0)
     loaded = load_model(EngineConfig(model=str(checkpoint)))
     started = time.time()
-    rows = held_out(per_kind)
-    per: dict[str, list[bool]] = {k: [] for k in KINDS}
-    for kind, prompt, answer in rows:
-        per[kind].append(check(generate_plain(loaded, prompt), answer))
-    accuracy = {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in per.items()}
-    in_dist = [p for _, p, _ in rows[: len(OUT_OF_DISTRIBUTION) * 3]]
+    rows = held_out_problems(per_kind)
+    seen = seen_in_training(checkpoint, rows) or [False] * len(rows)
+    per: dict[str, list[tuple[bool, bool]]] = {k: [] for k in KINDS}
+    for (kind, prompt, answer, _), was_seen in zip(rows, seen):
+        per[kind].append((check(generate_plain(loaded, prompt), answer), was_seen))
+    accuracy = {k: {"n": len(v), "accuracy": round(sum(r for r, _ in v) / len(v), 4),
+                    "problem_seen_in_training": round(sum(s for _, s in v) / len(v), 4),
+                    "accuracy_on_unseen_problems": _share([r for r, s in v if not s])} for k, v in per.items()}
+    in_dist = [p for _, p, _, _ in rows[: len(OUT_OF_DISTRIBUTION) * 3]]
     signals_id = asyncio.run(engine_signals(str(checkpoint), in_dist))
     signals_ood = asyncio.run(engine_signals(str(checkpoint), OUT_OF_DISTRIBUTION))
     return {"checkpoint": str(checkpoint), "mode": "plain model.generate(), checkpoint generation config",
             "held_out_seed_base": HELD_OUT_SEED_BASE, "accuracy": accuracy,
-            "overall_accuracy": round(sum(sum(v) for v in per.values()) / len(rows), 4),
+            "overall_accuracy": round(sum(r for v in per.values() for r, _ in v) / len(rows), 4),
             "confidence_in_distribution": summarize(signals_id),
             "confidence_out_of_distribution": summarize(signals_ood), "wall_s": round(time.time() - started, 1)}
 

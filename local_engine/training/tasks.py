@@ -1,8 +1,11 @@
 """A family of routine, machine-checkable tasks that users send to cheap models.
 
 Each kind has several phrasings; `generate(kind, rng)` returns (prompt, answer) and `check` judges an
-answer by exact match. Held-out prompts come from a disjoint seed range; OUT_OF_DISTRIBUTION prompts
-are what the tiny model was never trained on (its confidence signals should show it).
+answer by exact match. Held-out prompts come from a disjoint seed range, which makes them unseen
+*draws*, not unseen *problems*: where a kind has few distinct problems (a review, a pair of words) the
+same problem was drawn in training too, and the evaluation reports how often (`problem`, below, names
+the instance whatever its phrasing). OUT_OF_DISTRIBUTION prompts are what the tiny model was never
+trained on (its confidence signals should show it).
 """
 
 from __future__ import annotations
@@ -22,61 +25,64 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
           "November", "December"]
 
 
-def arithmetic(rng: random.Random) -> tuple[str, str]:
+Task = tuple[str, str, str]  # (prompt, answer, problem): `problem` names the instance whatever its phrasing
+
+
+def arithmetic(rng: random.Random) -> Task:
     a, b = rng.randint(0, 99), rng.randint(0, 99)
     if rng.random() < 0.5:
         prompt = rng.choice(["What is {a} + {b}?", "Compute {a} + {b}.", "{a} plus {b} = ?"]).format(a=a, b=b)
-        return prompt, str(a + b)
+        return prompt, str(a + b), f"{a}+{b}"
     a, b = max(a, b), min(a, b)
     prompt = rng.choice(["What is {a} - {b}?", "Compute {a} - {b}.", "{a} minus {b} = ?"]).format(a=a, b=b)
-    return prompt, str(a - b)
+    return prompt, str(a - b), f"{a}-{b}"
 
 
-def sort_numbers(rng: random.Random) -> tuple[str, str]:
+def sort_numbers(rng: random.Random) -> Task:
     values = [rng.randint(0, 99) for _ in range(rng.randint(3, 5))]
     listed = ", ".join(map(str, values))
     prompt = rng.choice(["Sort ascending: {v}", "Sort these numbers: {v}", "Order from smallest: {v}"])
-    return prompt.format(v=listed), ", ".join(map(str, sorted(values)))
+    return prompt.format(v=listed), ", ".join(map(str, sorted(values))), listed
 
 
-def extract_json(rng: random.Random) -> tuple[str, str]:
+def extract_json(rng: random.Random) -> Task:
     record = {"name": rng.choice(NAMES), "age": rng.randint(18, 90), "city": rng.choice(CITIES)}
     field = rng.choice(list(record))
     prompt = rng.choice(["Extract {f} as JSON: {r}", "From {r} return the {f} field as JSON."])
-    return prompt.format(f=field, r=json.dumps(record)), json.dumps({field: record[field]})
+    return prompt.format(f=field, r=json.dumps(record)), json.dumps({field: record[field]}), f"{record}|{field}"
 
 
-def reformat_date(rng: random.Random) -> tuple[str, str]:
+def reformat_date(rng: random.Random) -> Task:
     y, m, d = rng.randint(1990, 2029), rng.randint(1, 12), rng.randint(1, 28)
     iso = f"{y:04d}-{m:02d}-{d:02d}"
     if rng.random() < 0.5:
         prompt = rng.choice(["Convert {iso} to DD/MM/YYYY.", "Reformat {iso} as DD/MM/YYYY."]).format(iso=iso)
-        return prompt, f"{d:02d}/{m:02d}/{y:04d}"
+        return prompt, f"{d:02d}/{m:02d}/{y:04d}", f"{iso}|dmy"
     prompt = rng.choice(["Write {iso} as Month D, YYYY.", "Spell out the date {iso}."]).format(iso=iso)
-    return prompt, f"{MONTHS[m - 1]} {d}, {y}"
+    return prompt, f"{MONTHS[m - 1]} {d}, {y}", f"{iso}|long"
 
 
-def convert_case(rng: random.Random) -> tuple[str, str]:
+def convert_case(rng: random.Random) -> Task:
     words = rng.sample(WORDS, rng.randint(2, 3))
     snake = "_".join(words)
     style = rng.random()
     if style < 0.5:
         camel = words[0] + "".join(w.capitalize() for w in words[1:])
         prompt = rng.choice(["Convert {s} to camelCase.", "camelCase of {s}?"]).format(s=snake)
-        return prompt, camel
+        return prompt, camel, f"{snake}|camel"
     prompt = rng.choice(["Convert {s} to UPPER_CASE.", "Uppercase {s}."]).format(s=snake)
-    return prompt, snake.upper()
+    return prompt, snake.upper(), f"{snake}|upper"
 
 
-def classify_sentiment(rng: random.Random) -> tuple[str, str]:
+def classify_sentiment(rng: random.Random) -> Task:
     label = rng.choice(["positive", "negative", "neutral"])
     word = rng.choice({"positive": GOOD, "negative": BAD, "neutral": MEH}[label])
     review = rng.choice(["I {w} this {t}.", "The {t} was {w}.", "This {t}: {w}."]).format(w=word, t=rng.choice(THINGS))
     prompt = rng.choice(["Sentiment (positive/negative/neutral): {r}", "Classify the review: {r}"])
-    return prompt.format(r=review), label
+    return prompt.format(r=review), label, review
 
 
-KINDS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+KINDS: dict[str, Callable[[random.Random], Task]] = {
     "arithmetic": arithmetic, "sort": sort_numbers, "extract_json": extract_json,
     "date": reformat_date, "case": convert_case, "sentiment": classify_sentiment,
 }
@@ -95,7 +101,8 @@ OUT_OF_DISTRIBUTION = [
 
 
 def generate(kind: str, rng: random.Random) -> tuple[str, str]:
-    return KINDS[kind](rng)
+    prompt, answer, _ = KINDS[kind](rng)
+    return prompt, answer
 
 
 def check(answer: str, expected: str) -> bool:
@@ -103,9 +110,14 @@ def check(answer: str, expected: str) -> bool:
     return answer.strip() == expected.strip()
 
 
-def sample(seed: int) -> tuple[str, str, str]:
-    """One (kind, prompt, answer) from a seed; kinds are balanced by seed."""
+def sample_problem(seed: int) -> tuple[str, str, str, str]:
+    """One (kind, prompt, answer, problem) from a seed; kinds are balanced by seed."""
     rng = random.Random(seed)
     kind = list(KINDS)[seed % len(KINDS)]
-    prompt, answer = generate(kind, rng)
-    return kind, prompt, answer
+    prompt, answer, problem = KINDS[kind](rng)
+    return kind, prompt, answer, problem
+
+
+def sample(seed: int) -> tuple[str, str, str]:
+    """One (kind, prompt, answer) from a seed; kinds are balanced by seed."""
+    return sample_problem(seed)[:3]

@@ -10,6 +10,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion,
 
 from local_engine.training.config import CANVAS_LENGTH, GENERATION, tiny_config
 from local_engine.training.objective import block_diffusion_loss
-from local_engine.training.tasks import HELD_OUT_SEED_BASE, sample
+from local_engine.training.tasks import HELD_OUT_SEED_BASE, sample, sample_problem
 from local_engine.training.tokenizer import build_tokenizer
 
 
@@ -40,6 +41,19 @@ def encode_batch(tokenizer, seeds: list[int]) -> tuple[torch.Tensor, torch.Tenso
     return prompt_ids, prompt_mask, torch.tensor(targets)
 
 
+def training_batches(steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """The task seeds of every training step, in order: the one definition of what training saw."""
+    seeds = random.Random(seed)
+    for _ in range(steps):
+        yield [seeds.randrange(HELD_OUT_SEED_BASE) for _ in range(batch_size)]
+
+
+def trained_problems(steps: int, batch_size: int, seed: int) -> set[tuple[str, str]]:
+    """(kind, problem) of every example a run with these settings trained on."""
+    return {(kind, problem) for batch in training_batches(steps, batch_size, seed)
+            for kind, _, _, problem in map(sample_problem, batch)}
+
+
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None) -> dict[str, float]:
     if threads:
         torch.set_num_threads(threads)
@@ -53,10 +67,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     generator = torch.Generator().manual_seed(seed)
-    seeds = random.Random(seed)
     started, log = time.time(), []
-    for step in range(steps):
-        batch = [seeds.randrange(HELD_OUT_SEED_BASE) for _ in range(batch_size)]
+    for step, batch in enumerate(training_batches(steps, batch_size, seed)):
         prompt_ids, prompt_mask, target = encode_batch(tokenizer, batch)
         loss = block_diffusion_loss(model, prompt_ids, prompt_mask, target, generator=generator)
         optimizer.zero_grad(set_to_none=True)

@@ -74,9 +74,9 @@ def test_answers_are_right() -> None:
     assert tasks.arithmetic(random.Random(1))[1] == str(eval(
         tasks.arithmetic(random.Random(1))[0].split("is ")[-1].split("?")[0].split(" =")[0].replace("Compute ", "")
         .rstrip(".").replace("plus", "+").replace("minus", "-")))
-    prompt, answer = tasks.sort_numbers(random.Random(3))
+    prompt, answer, problem = tasks.sort_numbers(random.Random(3))
     numbers = [int(x) for x in prompt.split(": ")[1].split(", ")]
-    assert answer == ", ".join(map(str, sorted(numbers)))
+    assert answer == ", ".join(map(str, sorted(numbers))) and problem == prompt.split(": ")[1]
 
 
 def test_tokenizer_round_trips_and_renders_the_chat_template() -> None:
@@ -86,3 +86,22 @@ def test_tokenizer_round_trips_and_renders_the_chat_template() -> None:
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                              tokenize=False)
     assert rendered == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_the_training_stream_replays_and_names_the_problems_it_saw(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from local_engine.training.evaluate import held_out_problems, seen_in_training
+    from local_engine.training.train import trained_problems, training_batches
+
+    batches = list(training_batches(3, 4, 0))
+    assert batches == list(training_batches(3, 4, 0)) and len(batches) == 3
+    assert all(0 <= s < tasks.HELD_OUT_SEED_BASE for batch in batches for s in batch)
+    drawn = {tasks.sample_problem(s) for batch in batches for s in batch}
+    assert trained_problems(3, 4, 0) == {(kind, problem) for kind, _, _, problem in drawn}
+
+    (tmp_path / "training_log.json").write_text(json.dumps({"summary": {"steps": 3, "batch_size": 4, "seed": 0}}))
+    trained_row = next(iter(drawn))
+    rows = held_out_problems(1)[:2] + [trained_row]
+    assert seen_in_training(tmp_path, rows)[-1] is True
+    assert seen_in_training(tmp_path / "nowhere", rows) is None  # not a checkpoint this repo trained
