@@ -7,7 +7,7 @@ is cross-entropy over every canvas position. Scoring clean positions too teaches
 tokens it already has (generation renoises only what it did not accept), and scoring the padding
 after EOS teaches it to stop confidently, which is what lets the engine exit a canvas early.
 With self-conditioning, half of the rows first get a no-grad pass whose logits are fed back, as the
-decoder sees them at inference from the second denoising step on.
+decoder sees them at inference from the second denoising step on; only those rows run that pass.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def block_diffusion_loss(model: torch.nn.Module, prompt_ids: torch.Tensor, promp
     if self_condition_p > 0:
         use = torch.rand(batch, generator=generator) < self_condition_p  # (B,)
         if bool(use.any()):
-            with torch.no_grad():
-                first = model(**kwargs).logits.detach()  # (B, L, V)
+            first = torch.zeros(batch, canvas_len, vocab)
+            with torch.no_grad():  # only the rows that use it pay for the first pass
+                first[use] = model(**{k: v[use] if v.shape[0] == batch else v for k, v in kwargs.items()}).logits
             kwargs.update(self_conditioning_logits=first, self_conditioning_mask=use)
     logits = model(**kwargs).logits  # (B, L, V), float32, soft-capped
     return F.cross_entropy(logits.reshape(-1, vocab), target.reshape(-1))

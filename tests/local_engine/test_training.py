@@ -105,3 +105,53 @@ def test_the_training_stream_replays_and_names_the_problems_it_saw(tmp_path) -> 
     rows = held_out_problems(1)[:2] + [trained_row]
     assert seen_in_training(tmp_path, rows)[-1] is True
     assert seen_in_training(tmp_path / "nowhere", rows) is None  # not a checkpoint this repo trained
+
+
+def test_length_sorted_pieces_keep_every_seed_and_the_gradient() -> None:
+    from local_engine.training.train import length_chunks
+
+    seeds = list(range(12))
+    pieces = length_chunks(seeds, 3)
+    assert sorted(s for piece in pieces for s in piece) == seeds and len(pieces) == 3
+    widths = [[len(tasks.sample(s)[1]) for s in piece] for piece in pieces]
+    assert max(widths[0]) <= min(widths[1]) and max(widths[1]) <= min(widths[2])
+
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
+    tokenizer = build_tokenizer()
+    target = {s: torch.randint(6, 100, (8,)) for s in seeds}
+
+    noisy = {s: torch.randint(6, 100, (8,)) for s in seeds}
+
+    def gradient(groups: list[list[int]]) -> torch.Tensor:
+        """The gradient of the mean canvas loss over all seeds, accumulated group by group."""
+        model.zero_grad()
+        for group in groups:
+            prompt_ids, prompt_mask, _ = encode_batch(tokenizer, group)
+            canvas_mask = torch.ones(len(group), 8, dtype=prompt_mask.dtype)
+            positions = torch.arange(prompt_ids.shape[1], prompt_ids.shape[1] + 8).unsqueeze(0)
+            logits = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                           decoder_input_ids=torch.stack([noisy[s] for s in group]),
+                           decoder_attention_mask=torch.cat([prompt_mask, canvas_mask], 1),
+                           decoder_position_ids=positions).logits
+            clean = torch.stack([target[s] for s in group])
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 128), clean.reshape(-1))
+            (loss * len(group) / len(seeds)).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    assert torch.allclose(gradient([seeds]), gradient(pieces), atol=1e-5)  # left padding changes nothing
+
+
+def test_the_self_conditioning_pass_on_a_subset_of_rows_matches_the_full_batch() -> None:
+    """The loss runs the first pass only for the rows that use it; rows must not depend on each other."""
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
+    prompt_ids, prompt_mask, _ = encode_batch(build_tokenizer(), [0, 1, 2, 3])
+    kwargs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=torch.randint(6, 100, (4, 8)),
+                  decoder_attention_mask=torch.cat([prompt_mask, torch.ones(4, 8, dtype=prompt_mask.dtype)], 1),
+                  decoder_position_ids=torch.arange(prompt_ids.shape[1], prompt_ids.shape[1] + 8).unsqueeze(0))
+    use = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        full = model(**kwargs).logits
+        subset = model(**{k: v[use] if v.shape[0] == 4 else v for k, v in kwargs.items()}).logits
+    assert torch.allclose(full[use], subset, atol=1e-4)
