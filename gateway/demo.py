@@ -65,14 +65,14 @@ policies:
           escalate_to: gpt-4o-mini
           verifiers:
             - json: {{}}
-            - min_confidence: {{max_entropy: 0.1}}
+            - min_confidence: {{max_entropy: 0.02}}  # bench/results/cascade.json: 0.6% leak at 0.02, 8.8% at 0.1
     - name: routine-tasks
       when: {{content: {{regex: '{ROUTINE}'}}}}
       action:
         cascade:
           escalate_to: gpt-4o-mini
           verifiers:
-            - min_confidence: {{max_entropy: 0.1, allow_step_cap: false}}
+            - min_confidence: {{max_entropy: 0.02, allow_step_cap: false}}
 """
 
 
