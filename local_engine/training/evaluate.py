@@ -79,6 +79,7 @@ async def engine_signals(checkpoint: str, prompts: list[str]) -> list[dict[str, 
 
 
 def _share(flags: list[bool]) -> float | None:
+    """The share of True, None when there is nothing to count (e.g. no held-out problem was unseen)."""
     return round(sum(flags) / len(flags), 4) if flags else None
 
 
@@ -94,13 +95,15 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
     loaded = load_model(EngineConfig(model=str(checkpoint)))
     started = time.time()
     rows = held_out_problems(per_kind)
-    seen = seen_in_training(checkpoint, rows) or [False] * len(rows)
-    per: dict[str, list[tuple[bool, bool]]] = {k: [] for k in KINDS}
-    for (kind, prompt, answer, _), was_seen in zip(rows, seen):
+    seen = seen_in_training(checkpoint, rows)  # None: unknown (a checkpoint this repo did not train)
+    flags: list[bool | None] = list(seen) if seen is not None else [None] * len(rows)
+    per: dict[str, list[tuple[bool, bool | None]]] = {k: [] for k in KINDS}
+    for (kind, prompt, answer, _), was_seen in zip(rows, flags, strict=True):
         per[kind].append((check(generate_plain(loaded, prompt), answer), was_seen))
-    accuracy = {k: {"n": len(v), "accuracy": round(sum(r for r, _ in v) / len(v), 4),
-                    "problem_seen_in_training": round(sum(s for _, s in v) / len(v), 4),
-                    "accuracy_on_unseen_problems": _share([r for r, s in v if not s])} for k, v in per.items()}
+    accuracy = {k: {"n": len(v), "accuracy": _share([r for r, _ in v]),
+                    "problem_seen_in_training": None if seen is None else _share([bool(s) for _, s in v]),
+                    "accuracy_on_unseen_problems": None if seen is None else _share([r for r, s in v if not s])}
+                for k, v in per.items()}
     in_dist = [p for _, p, _, _ in rows[: len(OUT_OF_DISTRIBUTION) * 3]]
     signals_id = asyncio.run(engine_signals(str(checkpoint), in_dist))
     signals_ood = asyncio.run(engine_signals(str(checkpoint), OUT_OF_DISTRIBUTION))
