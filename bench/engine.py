@@ -99,7 +99,7 @@ def plain_sequential(loaded: LoadedModel, counter: DecoderCounter, work: list[tu
         canvases += len(seq) // loaded.model.config.canvas_length
         kept = useful(loaded, seq)
         tokens += len(kept)
-        answers.append(loaded.tokenizer.decode(kept))
+        answers.append(loaded.tokenizer.decode(kept, skip_special_tokens=True))
         latencies.append(time.perf_counter() - t)
     return report("a: generate() sequential", answers, [w[2] for w in work], latencies, tokens,
                   time.perf_counter() - started, counter.calls, counter.calls, canvases)
@@ -124,7 +124,7 @@ def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple
             canvases += len(seq) // loaded.model.config.canvas_length
             kept = useful(loaded, seq)
             tokens += len(kept)
-            answers.append(loaded.tokenizer.decode(kept))
+            answers.append(loaded.tokenizer.decode(kept, skip_special_tokens=True))
         latencies += [time.perf_counter() - t] * len(batch)  # every row waits for the whole group
     return report("b: generate() batched x8", answers, [w[2] for w in work], latencies, tokens,
                   time.perf_counter() - started, counter.calls, row_passes, canvases)

@@ -47,6 +47,8 @@ def engine_config(config: policies.GatewayConfig) -> EngineConfig:
     return EngineConfig(model=local.model, backend=local.backend, device=local.device, dtype=local.dtype,
                         threads=local.threads, max_batch_size=local.max_batch_size, max_queue=local.max_queue,
                         device_usd_per_hour=local.device_usd_per_hour, max_tokens=local.max_tokens,
+                        prefix_cache_tokens=local.prefix_cache_tokens,
+                        prefix_cache_min_tokens=local.prefix_cache_min_tokens,
                         api_bases=(local.api_base,) if local.api_base else ())
 
 

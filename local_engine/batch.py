@@ -1,7 +1,8 @@
 """The running batch: every active request in one left-padded KV cache, denoised by one decoder pass per tick.
 
 Continuous batching across denoising blocks. Arrivals have their prompts encoded in one encoder pass
-and their cache rows merged into the running batch's (`kv.merge`); they start their first canvas in
+(a row whose prompt starts with a cached prefix encodes only the rest, on a fork of the prefix's
+states: `local_engine/prefix.py`) and their cache rows merged into the running batch's (`kv.merge`); they start their first canvas in
 the very next decoder pass, next to rows that are steps into theirs (each row has its own step count,
 temperature and self-conditioning mask). A row whose canvas finished commits it at once; a finished
 request leaves at once (its cache row is dropped) and is never computed again. A row that goes on waits,
@@ -23,6 +24,7 @@ from transformers import DynamicCache
 from local_engine import kv
 from local_engine.denoise import denoise, entropy_of
 from local_engine.metering import Meter
+from local_engine.prefix import PrefixCache
 from local_engine.rows import Row, RowState, Sampling
 
 
@@ -42,8 +44,10 @@ class BatchStats:
 class Batch:
     """Active rows and their tensors; `members` are opaque slots whose `.row` is a Row (same order as the tensors)."""
 
-    def __init__(self, model: Any, sampling: Sampling, meter: Meter, device: torch.device) -> None:
+    def __init__(self, model: Any, sampling: Sampling, meter: Meter, device: torch.device,
+                 prefixes: PrefixCache) -> None:
         self._model = model
+        self._prefixes = prefixes
         self._sampling = sampling
         self._meter = meter
         self._device = device
@@ -103,9 +107,8 @@ class Batch:
                 0, vocab, (len(shared), length), device=self._device)
         return canvas
 
-    def admit(self, slots: list[Any]) -> None:
-        """Encodes the arrivals' prompts (left-padded, one pass) and merges them into the running batch."""
-        rows = [s.row for s in slots]
+    def _encode_group(self, rows: list[Row]) -> tuple[Any, torch.Tensor]:
+        """The rows' whole prompts, left-padded, in one encoder pass: (cache, mask)."""
         started = self._meter.start()
         width = max(len(r.prompt_ids) for r in rows)
         pad = self._sampling.pad_id
@@ -115,6 +118,60 @@ class Batch:
         positions = (mask.cumsum(1) - 1).clamp_min(0)  # (n, w): each row counts from 0, whatever its padding
         cache = DynamicCache(config=self._model.config.text_config)
         self._encode(cache, mask, ids, positions)
+        self._charge(started, rows)
+        return cache, mask
+
+    def _encode_after_prefix(self, row: Row, key: tuple[int, ...], entry: Any) -> tuple[Any, torch.Tensor]:
+        """One row's prompt on top of its prefix's states: the cached ones, or encoded now and cached."""
+        started = self._meter.start()
+        cut, total = len(key), len(row.prompt_ids)
+        if entry is None:
+            entry = DynamicCache(config=self._model.config.text_config)
+            ones = torch.ones(1, cut, dtype=torch.long, device=self._device)
+            self._encode(entry, ones, torch.tensor([list(key)], device=self._device), ones.cumsum(1) - 1)
+            self._prefixes.put(key, entry)
+        else:
+            row.cached_tokens = cut
+        cache = kv.fork(entry)  # the cached states stay as they are while this row's grow
+        mask = torch.ones(1, total, dtype=torch.long, device=self._device)
+        suffix = torch.tensor([row.prompt_ids[cut:]], device=self._device)
+        self._encode(cache, mask, suffix, torch.arange(cut, total, device=self._device).unsqueeze(0))
+        self._charge(started, [row])
+        return cache, mask
+
+    def _encode_prompts(self, slots: list[Any]) -> tuple[list[Any], Any, torch.Tensor]:
+        """Encodes the arrivals' prompts; returns the slots in the order of the (cache, mask) rows.
+
+        Rows whose prefix is cached (or seen for the second time) encode only their suffix, one pass
+        each; the others share one left-padded pass.
+        """
+        plain: list[Any] = []
+        parts: list[tuple[list[Any], Any, torch.Tensor]] = []
+        for slot in slots:
+            row = slot.row
+            if not self._prefixes.usable(row.prefix_len, len(row.prompt_ids)):
+                plain.append(slot)
+                continue
+            key = tuple(row.prompt_ids[:row.prefix_len])
+            entry = self._prefixes.get(key)
+            if entry is None and not self._prefixes.wanted(key):
+                plain.append(slot)
+                continue
+            parts.append(([slot], *self._encode_after_prefix(row, key, entry)))
+        if plain:
+            parts.insert(0, (plain, *self._encode_group([s.row for s in plain])))
+        ordered, cache, mask = parts[0]
+        ordered = list(ordered)
+        for more, other, other_mask in parts[1:]:
+            cache, mask = kv.merge(cache, mask, other, other_mask)
+            ordered += more
+        return ordered, cache, mask
+
+    def admit(self, slots: list[Any]) -> None:
+        """Encodes the arrivals' prompts and merges them into the running batch."""
+        slots, cache, mask = self._encode_prompts(slots)
+        rows = [s.row for s in slots]
+        started = self._meter.start()
         n, length = len(rows), self._sampling.canvas_length
         canvas = torch.cat([self._canvas, self._open_canvases(rows)])
         # Nothing below raises short of running out of memory, so a failed admission leaves the batch as it was.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from local_engine.errors import EngineUnavailableError, GenerationFailedError, Q
 from local_engine.interface import Completion, EngineConfig, GenerationRequest, StreamDelta
 from local_engine.loading import LoadedModel, load_model
 from local_engine.metering import Meter, default_rate
+from local_engine.prefix import PrefixCache
 from local_engine.rows import Row, RowState, Sampling
 
 Emit = Callable[[StreamDelta | Completion | BaseException], None]
@@ -78,7 +79,8 @@ class DiffusionEngine:
         self.meter = Meter(loaded.device, rate)
         self._waiting: queue.Queue[_Slot] = queue.Queue()
         self._arrived = threading.Event()  # set on every submit: wakes an idle worker at once
-        self._batch = Batch(loaded.model, self.sampling, self.meter, loaded.device)
+        self.prefixes = PrefixCache(config.prefix_cache_tokens, config.prefix_cache_min_tokens)
+        self._batch = Batch(loaded.model, self.sampling, self.meter, loaded.device, self.prefixes)
         self._running = False
         self._thread: threading.Thread | None = None
         self.ticks = 0  # scheduler ticks, for tests and benchmarks
@@ -114,10 +116,28 @@ class DiffusionEngine:
         return len(self._prompt_ids(messages))
 
     def _prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        return self._render(messages, generation_prompt=True)
+
+    def _render(self, messages: Sequence[Mapping[str, Any]], generation_prompt: bool) -> list[int]:
         flat = [{"role": m.get("role", "user"), "content": message_text(m)} for m in messages]
-        text = self._loaded.tokenizer.apply_chat_template(flat, add_generation_prompt=True, tokenize=False)
+        text = self._loaded.tokenizer.apply_chat_template(flat, add_generation_prompt=generation_prompt,
+                                                          tokenize=False)
         ids: list[int] = self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
+
+    def _prefix_len(self, messages: Sequence[Mapping[str, Any]], ids: list[int]) -> int:
+        """How many leading tokens the turns before the last message render to, if they are a prefix of `ids`.
+
+        Templates that fold a system prompt into the first user turn (or refuse a conversation that
+        does not end on a user turn) give no usable prefix: the request is then encoded whole.
+        """
+        if len(messages) < 2 or not self.prefixes.enabled:
+            return 0
+        try:
+            prefix = self._render(messages[:-1], generation_prompt=False)
+        except Exception:  # noqa: BLE001 - a template may reject a partial conversation; that is not an error
+            return 0
+        return len(prefix) if ids[:len(prefix)] == prefix else 0
 
     # -- the event-loop side ------------------------------------------------------------------------------
 
@@ -132,8 +152,9 @@ class DiffusionEngine:
             generator = torch.Generator(device=self._loaded.device).manual_seed(request.seed)
         scale = 1.0 if request.temperature is None else request.temperature
         cap = min(request.max_tokens or self._config.max_tokens, self._config.max_tokens)
-        row = Row(request=request, prompt_ids=self._prompt_ids(request.messages), max_tokens=cap,
-                  generator=generator, temperature_scale=scale)
+        ids = self._prompt_ids(request.messages)
+        row = Row(request=request, prompt_ids=ids, max_tokens=cap, generator=generator, temperature_scale=scale,
+                  prefix_len=self._prefix_len(request.messages, ids))
         self._waiting.put(_Slot(row, emit))
         self._arrived.set()
         return row
@@ -260,7 +281,7 @@ class DiffusionEngine:
     def _finish_canvas(self, slot: _Slot) -> None:
         """Streams a committed canvas's text; ends the request on EOS, max_tokens or a stop string."""
         row = slot.row
-        text = self._loaded.tokenizer.decode(row.tokens)
+        text = self._loaded.tokenizer.decode(row.tokens, skip_special_tokens=True)  # as vLLM and OpenAI do
         stop_at = self._stop_index(text, row.request.stop)
         if stop_at is not None:
             text, row.finish_reason = text[:stop_at], "stop"
@@ -289,6 +310,7 @@ class DiffusionEngine:
         confidence = row.confidence()
         return Completion(text=text, finish_reason=row.finish_reason or "length",
                           prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.tokens),
+                          cached_tokens=row.cached_tokens,
                           device_seconds=seconds, cost_usd=self.meter.cost_usd(seconds), confidence=confidence,
                           model=self.model_name)
 

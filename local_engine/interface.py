@@ -22,6 +22,8 @@ class EngineConfig:
     max_tokens: int = 512
     api_bases: tuple[str, ...] = ()  # vllm backend
     served_model: str | None = None  # vllm: the model name to send upstream
+    prefix_cache_tokens: int = 32_768  # prompt-prefix KV reuse: tokens of shared prefixes kept (0: off)
+    prefix_cache_min_tokens: int = 64  # shorter prefixes are encoded with their request, not cached
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Completion:
     cost_usd: float
     confidence: Confidence
     model: str
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (OpenAI's prompt_tokens_details)
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,20 @@ def select(cache: Any, index: torch.Tensor) -> None:
     cache.batch_select_indices(index)
 
 
+def fork(cache: Any) -> Any:
+    """A cache sharing `cache`'s tensors but not its layers: extending one leaves the other as it was.
+
+    Safe because every cache update (encoder pass, merge, select, trim) replaces a layer's tensors and
+    none writes into them.
+    """
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    return out
+
+
 def view(cache: Any, index: torch.Tensor) -> Any:
     """A cache holding only the rows in `index`, for a read-only decoder pass; `cache` is untouched."""
-    sub = copy.copy(cache)
-    sub.layers = [copy.copy(layer) for layer in cache.layers]
+    sub = fork(cache)
     sub.batch_select_indices(index)
     return sub
 

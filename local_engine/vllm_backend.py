@@ -68,9 +68,11 @@ class VllmBackend:
         return body
 
     def _completion(self, text: str, finish: str, usage: Mapping[str, Any], seconds: float) -> Completion:
+        details = usage.get("prompt_tokens_details") or {}  # vLLM fills it when its prefix caching is on
         return Completion(text=text, finish_reason=finish, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0), device_seconds=seconds,
-                          cost_usd=seconds / 3600 * self._rate, confidence=NO_SIGNALS, model=self.model_name)
+                          cost_usd=seconds / 3600 * self._rate, confidence=NO_SIGNALS, model=self.model_name,
+                          cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         assert self._http is not None, "start() first"

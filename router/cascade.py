@@ -190,4 +190,5 @@ class Cascade:
         yield chunk({}, completion.finish_reason)
         if job.wants_usage:
             yield orjson.dumps({**base, "choices": [],
-                                "usage": usage_dict(completion.prompt_tokens, completion.completion_tokens)})
+                                "usage": usage_dict(completion.prompt_tokens, completion.completion_tokens,
+                                                  completion.cached_tokens)})

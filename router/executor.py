@@ -46,14 +46,16 @@ def completion_body(job: Job, model: str, completion: Completion) -> dict[str, A
         "system_fingerprint": None,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text, "refusal": None},
                      "logprobs": None, "finish_reason": completion.finish_reason}],
-        "usage": usage_dict(completion.prompt_tokens, completion.completion_tokens),
+        "usage": usage_dict(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens),
         "draftgate": {"confidence": completion.confidence.as_dict()},
     }
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; `cached_tokens` are prompt tokens served from the engine's prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 class ChunkStream:
@@ -178,6 +180,6 @@ class Executor:
                 if job.wants_usage:
                     yield orjson.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
                                         "model": self.local_alias, "system_fingerprint": None, "choices": [],
-                                        "usage": usage_dict(event.prompt_tokens, event.completion_tokens)})
+                                        "usage": usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens)})
         finally:
             await events.aclose()  # type: ignore[attr-defined]

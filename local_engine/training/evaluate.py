@@ -60,7 +60,7 @@ def generate_plain(loaded: Any, prompt: str) -> str:
     out = loaded.model.generate(ids)
     new = (out.sequences if hasattr(out, "sequences") else out)[0, ids.shape[1]:].tolist()
     eos = loaded.model.generation_config.eos_token_id
-    return str(loaded.tokenizer.decode(new[: new.index(eos)] if eos in new else new))
+    return str(loaded.tokenizer.decode(new[: new.index(eos)] if eos in new else new, skip_special_tokens=True))
 
 
 async def engine_signals(checkpoint: str, prompts: list[str]) -> list[dict[str, Any]]:

@@ -48,6 +48,23 @@ def test_local_alias_non_streaming_and_streaming(gateway_factory, simulator, ran
     assert streamed == again.choices[0].message.content  # same seed, same answer, streamed or not
 
 
+def test_a_shared_system_prompt_is_reported_as_cached_prompt_tokens(gateway_factory, simulator,
+                                                                    random_checkpoint) -> None:
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    system = {"role": "system", "content": "You answer billing questions for ACME. Reply with the result only. " * 2}
+    usages = [client(gw).chat.completions.create(
+        model="local/diffusiongemma", messages=[system, {"role": "user", "content": f"What is {i} + 1?"}],
+        max_tokens=8, seed=i).usage for i in range(3)]
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="local/diffusiongemma", messages=[system, {"role": "user", "content": "Sort: 2, 1"}],
+            stream=True, max_tokens=8, seed=3, stream_options={"include_usage": True}) as response:
+        usages.append(list(response.parse())[-1].usage)
+    cached = [u.prompt_tokens_details.cached_tokens for u in usages]
+    # Seen once: encoded whole; seen twice: cached (its own prefix pass); then reused, streamed or not.
+    assert cached[:2] == [0, 0] and cached[2] == cached[3] > 64
+    assert all(u.prompt_tokens > c for u, c in zip(usages, cached, strict=True))
+
+
 def test_tools_on_the_local_route_are_refused_clearly(gateway_factory, simulator, random_checkpoint) -> None:
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
