@@ -121,23 +121,42 @@ class Batch:
         self._charge(started, rows)
         return cache, mask
 
-    def _encode_after_prefix(self, row: Row, key: tuple[int, ...], entry: Any) -> tuple[Any, torch.Tensor]:
-        """One row's prompt on top of its prefix's states: the cached ones, or encoded now and cached."""
+    def _prefix_plan(self, row: Row) -> tuple[int, Any, int] | None:
+        """(tokens to take from the cache, their states, the longer prefix to cache now), or None: no prefix.
+
+        The longest cached prefix is used; a longer one seen for the second time is encoded on top of
+        it and cached.
+        """
+        ids, cached = row.prompt_ids, self._prefixes
+        start, entry = 0, None
+        for cut in reversed(row.prefix_cuts):
+            entry = cached.get(tuple(ids[:cut]))
+            if entry is not None:
+                start = cut
+                break
+        wanted = [cut for cut in row.prefix_cuts if cut > start and cached.wanted(tuple(ids[:cut]))]  # notes all
+        store = max(wanted, default=0)
+        return (start, entry, store) if start or store else None
+
+    def _encode_after_prefix(self, row: Row, start: int, entry: Any, store: int) -> tuple[Any, torch.Tensor]:
+        """One row's prompt on a fork of its cached prefix's states (`start` tokens; 0: none), caching the
+        first `store` tokens' states on the way (0: nothing to cache)."""
         started = self._meter.start()
-        cut, total = len(key), len(row.prompt_ids)
-        if entry is None:
-            entry = DynamicCache(config=self._model.config.text_config)
-            ones = torch.ones(1, cut, dtype=torch.long, device=self._device)
-            self._encode(entry, ones, torch.tensor([list(key)], device=self._device), ones.cumsum(1) - 1)
-            self._prefixes.put(key, entry)
-        else:
-            row.cached_tokens = cut
-        cache = kv.fork(entry)  # the cached states stay as they are while this row's grow
-        mask = torch.ones(1, total, dtype=torch.long, device=self._device)
-        suffix = torch.tensor([row.prompt_ids[cut:]], device=self._device)
-        self._encode(cache, mask, suffix, torch.arange(cut, total, device=self._device).unsqueeze(0))
+        ids, total = row.prompt_ids, len(row.prompt_ids)
+        cache = kv.fork(entry) if entry is not None else DynamicCache(config=self._model.config.text_config)
+        row.cached_tokens = start
+        done = start
+        for end in (store, total):
+            if end <= done:
+                continue
+            mask = torch.ones(1, end, dtype=torch.long, device=self._device)
+            positions = torch.arange(done, end, device=self._device).unsqueeze(0)
+            self._encode(cache, mask, torch.tensor([ids[done:end]], device=self._device), positions)
+            if end == store:
+                self._prefixes.put(tuple(ids[:store]), kv.fork(cache))  # the row's own states grow on
+            done = end
         self._charge(started, [row])
-        return cache, mask
+        return cache, torch.ones(1, total, dtype=torch.long, device=self._device)
 
     def _encode_prompts(self, slots: list[Any]) -> tuple[list[Any], Any, torch.Tensor]:
         """Encodes the arrivals' prompts; returns the slots in the order of the (cache, mask) rows.
@@ -148,16 +167,11 @@ class Batch:
         plain: list[Any] = []
         parts: list[tuple[list[Any], Any, torch.Tensor]] = []
         for slot in slots:
-            row = slot.row
-            if not self._prefixes.usable(row.prefix_len, len(row.prompt_ids)):
+            plan = self._prefix_plan(slot.row)
+            if plan is None:
                 plain.append(slot)
                 continue
-            key = tuple(row.prompt_ids[:row.prefix_len])
-            entry = self._prefixes.get(key)
-            if entry is None and not self._prefixes.wanted(key):
-                plain.append(slot)
-                continue
-            parts.append(([slot], *self._encode_after_prefix(row, key, entry)))
+            parts.append(([slot], *self._encode_after_prefix(slot.row, *plan)))
         if plain:
             parts.insert(0, (plain, *self._encode_group([s.row for s in plain])))
         ordered, cache, mask = parts[0]

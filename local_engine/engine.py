@@ -125,19 +125,27 @@ class DiffusionEngine:
         ids: list[int] = self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
-    def _prefix_len(self, messages: Sequence[Mapping[str, Any]], ids: list[int]) -> int:
-        """How many leading tokens the turns before the last message render to, if they are a prefix of `ids`.
+    def _prefix_cuts(self, messages: Sequence[Mapping[str, Any]], ids: list[int]) -> tuple[int, ...]:
+        """Token counts of the prompt's cacheable prefixes, shortest first: its leading system messages
+        (shared by every conversation of an app) and every turn before the last message (a retry, a
+        fixed few-shot preamble). Only cuts that are token prefixes of `ids` count.
 
         Templates that fold a system prompt into the first user turn (or refuse a conversation that
-        does not end on a user turn) give no usable prefix: the request is then encoded whole.
+        does not end on a user turn) give no usable cut: the request is then encoded whole.
         """
         if len(messages) < 2 or not self.prefixes.enabled:
-            return 0
-        try:
-            prefix = self._render(messages[:-1], generation_prompt=False)
-        except Exception:  # noqa: BLE001 - a template may reject a partial conversation; that is not an error
-            return 0
-        return len(prefix) if ids[:len(prefix)] == prefix else 0
+            return ()
+        systems = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")),
+                       len(messages))
+        cuts = set()
+        for count in {systems, len(messages) - 1} - {0, len(messages)}:
+            try:
+                prefix = self._render(messages[:count], generation_prompt=False)
+            except Exception:  # noqa: BLE001 - a template may reject a partial conversation; not an error
+                continue
+            if self.prefixes.usable(len(prefix), len(ids)) and ids[:len(prefix)] == prefix:
+                cuts.add(len(prefix))
+        return tuple(sorted(cuts))
 
     # -- the event-loop side ------------------------------------------------------------------------------
 
@@ -154,7 +162,7 @@ class DiffusionEngine:
         cap = min(request.max_tokens or self._config.max_tokens, self._config.max_tokens)
         ids = self._prompt_ids(request.messages)
         row = Row(request=request, prompt_ids=ids, max_tokens=cap, generator=generator, temperature_scale=scale,
-                  prefix_len=self._prefix_len(request.messages, ids))
+                  prefix_cuts=self._prefix_cuts(request.messages, ids))
         self._waiting.put(_Slot(row, emit))
         self._arrived.set()
         return row

@@ -2,9 +2,13 @@
 
 The encoder is causal, so a prefix's keys and values do not depend on what follows it: a request whose
 prompt starts with a cached prefix only encodes the rest (its suffix) on top of a copy of the cached
-states, and gets the same states as encoding the whole prompt. The prefix of a request is what its chat
-template renders before the last message, when that is a token prefix of the whole prompt (every
-template that renders turns in order) and at least `min_tokens` long.
+states, and gets the same states as encoding the whole prompt. A request has up to two candidate
+prefixes: its leading system messages (shared by every conversation of an app) and every turn before
+its last message (a retried request, a fixed few-shot preamble); each counts when the chat template
+renders it as a token prefix of the whole prompt (templates that render turns in order do) and it is
+at least `min_tokens` long. The longest cached one is used; a longer one seen for the second time is
+encoded on top of it and cached. A conversation's history is a new prefix every turn, so across turns
+it reuses its system prompt only.
 
 A prefix is cached the second time it is seen, not the first: a cached prefix costs its own encoder
 pass and a per-request suffix pass (rows cannot share a suffix pass without gaps in the left-padded

@@ -45,7 +45,7 @@ class Row:
     max_tokens: int
     generator: torch.Generator | None  # None: unseeded, draws from the engine thread's global generator
     temperature_scale: float
-    prefix_len: int = 0  # leading prompt tokens that may come from the prefix cache (0: none)
+    prefix_cuts: tuple[int, ...] = ()  # prompt prefixes (token counts, ascending) the prefix cache may hold
     cached_tokens: int = 0  # prompt tokens whose encoder states did come from it
     state: RowState = RowState.NEW
     steps_per_canvas: list[int] = field(default_factory=list)

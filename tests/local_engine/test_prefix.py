@@ -91,7 +91,7 @@ async def test_the_engine_reuses_a_shared_system_prompt_with_the_same_answers(ra
             await engine.stop()
     assert [c.text for c in on] == [c.text for c in off]
     assert [c.prompt_tokens for c in on] == [c.prompt_tokens for c in off]
-    cached = engines["on"]._prefix_len(conversation("x"), engines["on"]._prompt_ids(conversation("x")))
+    (cached,) = engines["on"]._prefix_cuts(conversation("x"), engines["on"]._prompt_ids(conversation("x")))
     assert cached > engines["on"].prefixes.min_tokens
     # The first sighting is encoded whole; the second caches the prefix; the three after it reuse it.
     assert [c.cached_tokens for c in on].count(cached) == 3 and on[0].cached_tokens == 0
@@ -104,8 +104,8 @@ async def test_the_engine_reuses_a_shared_system_prompt_with_the_same_answers(ra
 async def test_single_turn_prompts_and_short_prefixes_are_encoded_whole(random_checkpoint: Path) -> None:
     config = EngineConfig(model=str(random_checkpoint), max_tokens=8, prefix_cache_min_tokens=32)
     engine = DiffusionEngine(load_model(config), config)
-    assert engine._prefix_len([{"role": "user", "content": "hi"}], engine._prompt_ids([{"role": "user",
-                                                                                         "content": "hi"}])) == 0
+    assert engine._prefix_cuts([{"role": "user", "content": "hi"}], engine._prompt_ids([{"role": "user",
+                                                                                          "content": "hi"}])) == ()
     await engine.start()
     try:
         short = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
@@ -114,3 +114,33 @@ async def test_single_turn_prompts_and_short_prefixes_are_encoded_whole(random_c
     finally:
         await engine.stop()
     assert engine.prefixes.stats.stored == 0 and len(engine.prefixes) == 0
+
+
+async def test_conversations_share_their_system_prompt_and_a_retried_history_is_reused(random_checkpoint: Path,
+                                                                                        ) -> None:
+    config = EngineConfig(model=str(random_checkpoint), max_tokens=8, prefix_cache_min_tokens=32)
+    engine = DiffusionEngine(load_model(config), config)
+    system = {"role": "system", "content": SYSTEM}
+
+    def chat(topic: str) -> list[dict[str, str]]:
+        return [system, {"role": "user", "content": f"Tell me about {topic} in one word."},
+                {"role": "assistant", "content": f"{topic.capitalize()} is fine, thanks for asking."},
+                {"role": "user", "content": "And in two words?"}]
+
+    system_cut, history_cut = engine._prefix_cuts(chat("tea"), engine._prompt_ids(chat("tea")))
+    assert system_cut == len(engine._render([system], generation_prompt=False)) and history_cut > system_cut
+    await engine.start()
+    try:
+        async def cached(rid: str, messages: list[dict[str, str]]) -> int:
+            return (await engine.generate(GenerationRequest(rid, messages, seed=1))).cached_tokens
+
+        # tea: all first sightings; coffee: the system prompt's second (cached now); cocoa: reuses it;
+        # tea again: its history's second sighting, encoded on the cached system prompt and cached;
+        # tea a third time: the whole history comes from the cache.
+        assert [await cached("a", chat("tea")), await cached("b", chat("coffee"))] == [0, 0]
+        assert await cached("c", chat("cocoa")) == system_cut
+        assert await cached("d", chat("tea")) == system_cut
+        assert await cached("e", chat("tea")) == history_cut
+    finally:
+        await engine.stop()
+    assert engine.prefixes.stats.stored == 2 and len(engine.prefixes) == 2
