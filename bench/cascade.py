@@ -8,7 +8,11 @@ and for routine prompts that get escalated it returns the correct answer (a stro
 these right); its price is gpt-4o-mini's from LiteLLM's map. Each `--thresholds` value is a fresh
 gateway whose cascade rule escalates drafts whose max commit entropy exceeds it.
 
-    python bench/cascade.py [--routine 120] [--hard 40] [--thresholds 0.02,0.1,0.5] [--out bench/results/cascade.json]
+With `--system-share S`, that share of the routine requests comes after an app's system prompt (held
+out like the prompts: `tasks.messages_for`), as apps send them (`cascade_system.json`: 0.5).
+
+    python bench/cascade.py [--routine 120] [--hard 40] [--thresholds 0.02,0.1,0.5] [--system-share 0]
+                            [--out bench/results/cascade.json]
 """
 
 from __future__ import annotations
@@ -41,20 +45,25 @@ from gateway.settings import Settings
 from gateway.simulator import Simulator, SimulatorServer
 from ledger import Database
 from ledger.reports import Reporter, ReportQuery
-from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, check, sample
+from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, check, messages_for, sample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
 
 
-def workload(routine: int, hard: int, seed: int = 5) -> list[dict[str, Any]]:
-    jobs = [{"kind": kind, "prompt": prompt, "answer": answer, "hard": False}
-            for kind, prompt, answer in (sample(HELD_OUT_SEED_BASE + 700_000 + i) for i in range(routine))]
+def workload(routine: int, hard: int, seed: int = 5, system_share: float = 0.0) -> list[dict[str, Any]]:
+    """Routine jobs (a `system_share` of them after an app's system prompt, held out like the prompts)
+    and hard ones from the shared data, shuffled."""
+    seeds = [HELD_OUT_SEED_BASE + 700_000 + i for i in range(routine)]
+    jobs = [{"kind": kind, "prompt": prompt, "answer": answer, "hard": False,
+             "messages": messages_for(s, prompt, system_share)}
+            for s, (kind, prompt, answer) in zip(seeds, map(sample, seeds), strict=True)]
     rng = random.Random(seed)
     for source in ("gsm8k", "mmlu"):
         rows = [json.loads(line) for line in (DATA / f"{source}_dev.jsonl").read_text().split("\n") if line.strip()]
         for row in rng.sample(rows, hard // 2):
             jobs.append({"kind": source, "prompt": row["prompt"], "answer": row.get("strong_response"),
-                         "strong_score": row["strong_score"], "hard": True})
+                         "strong_score": row["strong_score"], "hard": True,
+                         "messages": [{"role": "user", "content": row["prompt"]}]})
     rng.shuffle(jobs)
     return jobs
 
@@ -99,7 +108,7 @@ async def drive(url: str, jobs: list[dict[str, Any]], concurrency: int) -> list[
         async with gate:
             started = time.perf_counter()
             raw = await client.chat.completions.with_raw_response.create(
-                model="auto", messages=[{"role": "user", "content": job["prompt"]}], max_tokens=64, temperature=0)
+                model="auto", messages=job["messages"], max_tokens=64, temperature=0)
             text = raw.parse().choices[0].message.content or ""
             return {**job, "route": raw.headers["x-draftgate-route"], "text": text,
                     "latency_s": time.perf_counter() - started}
@@ -147,6 +156,10 @@ def run_once(jobs: list[dict[str, Any]], threshold: float, concurrency: int) -> 
     leaks = [r for r in local_routine if not check(r["text"], r["answer"])]
     hard_local = [r for r in hard if r["route"] == "local"]
     routine_correct = sum(check(r["text"], r["answer"]) for r in routine)
+    with_system = [r for r in routine if len(r["messages"]) > 1]
+    system_stats = None if not with_system else {
+        "n": len(with_system), "served_locally": sum(r["route"] == "local" for r in with_system) / len(with_system),
+        "leaked": sum(r["route"] == "local" and not check(r["text"], r["answer"]) for r in with_system)}
     per_kind = {kind: {"n": len(rs), "local": sum(r["route"] == "local" for r in rs),
                        "leaked": sum(r["route"] == "local" and not check(r["text"], r["answer"]) for r in rs)}
                 for kind in KINDS for rs in [[r for r in routine if r["kind"] == kind]]}
@@ -165,6 +178,7 @@ def run_once(jobs: list[dict[str, Any]], threshold: float, concurrency: int) -> 
         "cost_usd": total["cost_usd"], "all_hosted_usd": total["all_hosted_usd"],
         "cost_vs_all_hosted": total["cost_usd"] / total["all_hosted_usd"] if total["all_hosted_usd"] else None,
         "wasted_draft_usd": total["wasted_draft_usd"], "latency_by_route": latency, "per_kind": per_kind,
+        "routine_after_a_system_prompt": system_stats,
     }
 
 
@@ -174,9 +188,11 @@ def main() -> None:
     parser.add_argument("--hard", type=int, default=40)
     parser.add_argument("--thresholds", default="0.02,0.1,0.5")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--system-share", type=float, default=0.0,
+                        help="share of routine requests sent after an app's system prompt")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    jobs = workload(args.routine, args.hard)
+    jobs = workload(args.routine, args.hard, system_share=args.system_share)
     runs = []
     print(f"{'max_entropy':>11} {'routine local':>13} {'leak rate':>9} {'routine leak':>12} {'escalated':>9} "
           f"{'correct':>7} {'hard hosted':>11} {'cost/all-hosted':>15}")
@@ -187,6 +203,7 @@ def main() -> None:
               f"{r['routine_leak_rate']:>12.1%} {r['routine_escalated']:>9.1%} {r['routine_answered_correctly']:>7.1%} "
               f"{r['hard_sent_hosted']:>11.1%} {r['cost_vs_all_hosted']:>15.2f}")
     out = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "routine": args.routine, "hard": args.hard,
+           "system_share": args.system_share,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "targets": {"routine_served_locally": ">= 0.60", "leak_rate": "< 0.01", "hard": "escalated"},
            "runs": runs}

@@ -28,7 +28,9 @@ from gateway.settings import Settings
 from gateway.simulator import Simulator, SimulatorServer
 from local_engine.training.tasks import HELD_OUT_SEED_BASE, OUT_OF_DISTRIBUTION, sample
 
-ROUTINE = r"(?i)^(sort|order|convert|reformat|write \d|spell|sentiment|classify|camelcase|uppercase|what is \d|compute|\d+ (plus|minus))"
+# (?m): rules see every message's text joined by newlines, so a routine question after a system prompt
+# starts a line, not the text.
+ROUTINE = r"(?im)^(sort|order|convert|reformat|write \d|spell|sentiment|classify|camelcase|uppercase|what is \d|compute|\d+ (plus|minus))"
 
 
 def demo_config(sim_url: str, master: str, db_path: Path) -> str:
@@ -65,7 +67,7 @@ policies:
           escalate_to: gpt-4o-mini
           verifiers:
             - json: {{}}
-            - min_confidence: {{max_entropy: 0.02}}  # bench/results/cascade.json: 0.6% leak at 0.02, 8.8% at 0.1
+            - min_confidence: {{max_entropy: 0.02}}  # bench/results/cascade.json: 0.0% leak at 0.02, 7.5% at 0.1
     - name: routine-tasks
       when: {{content: {{regex: '{ROUTINE}'}}}}
       action:

@@ -19,21 +19,33 @@ import torch
 from local_engine.engine import DiffusionEngine
 from local_engine.interface import EngineConfig, GenerationRequest
 from local_engine.loading import BUNDLED, load_model
-from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, OUT_OF_DISTRIBUTION, check, sample_problem
-from local_engine.training.train import trained_problems
+from local_engine.training.tasks import (
+    HELD_OUT_SEED_BASE,
+    KINDS,
+    OUT_OF_DISTRIBUTION,
+    check,
+    messages_for,
+    sample_problem,
+)
+from local_engine.training.train import stages_of, trained_problems
+
+
+def held_out_seeds(per_kind: int) -> list[int]:
+    """Seeds training never draws, `per_kind` of every kind."""
+    out, seed = [], HELD_OUT_SEED_BASE
+    counts = dict.fromkeys(KINDS, 0)
+    while min(counts.values()) < per_kind:
+        kind = sample_problem(seed)[0]
+        if counts[kind] < per_kind:
+            out.append(seed)
+            counts[kind] += 1
+        seed += 1
+    return out
 
 
 def held_out_problems(per_kind: int) -> list[tuple[str, str, str, str]]:
     """`per_kind` (kind, prompt, answer, problem) of every kind from seeds training never draws."""
-    out, seed = [], HELD_OUT_SEED_BASE
-    counts = dict.fromkeys(KINDS, 0)
-    while min(counts.values()) < per_kind:
-        kind, prompt, answer, problem = sample_problem(seed)
-        if counts[kind] < per_kind:
-            out.append((kind, prompt, answer, problem))
-            counts[kind] += 1
-        seed += 1
-    return out
+    return [sample_problem(seed) for seed in held_out_seeds(per_kind)]
 
 
 def held_out(per_kind: int) -> list[tuple[str, str, str]]:
@@ -47,15 +59,14 @@ def seen_in_training(checkpoint: Path, rows: list[tuple[str, str, str, str]]) ->
     log = checkpoint / "training_log.json"
     if not log.exists():
         return None
-    run = json.loads(log.read_text())["summary"]
-    trained = trained_problems(run["steps"], run["batch_size"], run["seed"])
+    trained = trained_problems(stages_of(json.loads(log.read_text())))
     return [(kind, problem) in trained for kind, _, _, problem in rows]
 
 
-def generate_plain(loaded: Any, prompt: str) -> str:
-    """One request through `model.generate()` with the checkpoint's own generation config."""
-    text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                tokenize=False)
+def generate_plain(loaded: Any, prompt: str | list[dict[str, str]]) -> str:
+    """One request (a user prompt or a whole chat) through `model.generate()` with the checkpoint's config."""
+    chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    text = loaded.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     ids = torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]])
     out = loaded.model.generate(ids)
     new = (out.sequences if hasattr(out, "sequences") else out)[0, ids.shape[1]:].tolist()
@@ -104,12 +115,18 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
                     "problem_seen_in_training": None if seen is None else _share([bool(s) for _, s in v]),
                     "accuracy_on_unseen_problems": None if seen is None else _share([r for r, s in v if not s])}
                 for k, v in per.items()}
+    # The same held-out prompts after a system prompt each (held out too: drawn from the prompt's seed).
+    with_system: dict[str, list[bool]] = {k: [] for k in KINDS}
+    for seed, (kind, prompt, answer, _) in zip(held_out_seeds(per_kind), rows, strict=True):
+        with_system[kind].append(check(generate_plain(loaded, messages_for(seed, prompt, 1.0)), answer))
     in_dist = [p for _, p, _, _ in rows[: len(OUT_OF_DISTRIBUTION) * 3]]
     signals_id = asyncio.run(engine_signals(str(checkpoint), in_dist))
     signals_ood = asyncio.run(engine_signals(str(checkpoint), OUT_OF_DISTRIBUTION))
     return {"checkpoint": str(checkpoint), "mode": "plain model.generate(), checkpoint generation config",
             "held_out_seed_base": HELD_OUT_SEED_BASE, "accuracy": accuracy,
             "overall_accuracy": round(sum(r for v in per.values() for r, _ in v) / len(rows), 4),
+            "accuracy_after_a_system_prompt": {k: _share(v) for k, v in with_system.items()},
+            "overall_accuracy_after_a_system_prompt": _share([r for v in with_system.values() for r in v]),
             "confidence_in_distribution": summarize(signals_id),
             "confidence_out_of_distribution": summarize(signals_ood), "wall_s": round(time.time() - started, 1)}
 

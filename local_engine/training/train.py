@@ -1,6 +1,8 @@
-"""Trains the bundled tiny DiffusionGemma from scratch, deterministically, on CPU.
+"""Trains the bundled tiny DiffusionGemma from scratch, deterministically, on CPU, in two stages:
+single-turn task prompts (5,000 steps), then 800 steps with half of the prompts after an app's system
+prompt (apps send one; the answer never depends on it), going on from the first stage's weights.
 
-    python -m local_engine.training.train --out local_engine/assets/tiny-diffusiongemma [--steps 3000]
+    python -m local_engine.training.train [--out DIR] [--steps 5000] [--system-steps 800] [--init-from DIR]
 """
 
 from __future__ import annotations
@@ -12,22 +14,24 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion, DiffusionGemmaGenerationConfig
 
 from local_engine.training.config import CANVAS_LENGTH, GENERATION, tiny_config
 from local_engine.training.objective import block_diffusion_loss
-from local_engine.training.tasks import HELD_OUT_SEED_BASE, sample, sample_problem
+from local_engine.training.tasks import HELD_OUT_SEED_BASE, messages_for, sample, sample_problem
 from local_engine.training.tokenizer import build_tokenizer
 
 
-def encode_batch(tokenizer, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+def encode_batch(tokenizer, seeds: list[int], system_share: float = 0.0,  # type: ignore[no-untyped-def]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded chat prompts (B, P) with their mask, and canvases (B, L): answer, EOS, padding."""
     samples = [sample(seed) for seed in seeds]
     # Rendering the chat template once per batch and tokenizing in one Rust call keeps data prep cheap.
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                           tokenize=False) for _, prompt, _ in samples]
+    texts = [tokenizer.apply_chat_template(messages_for(seed, prompt, system_share), add_generation_prompt=True,
+                                           tokenize=False) for seed, (_, prompt, _) in zip(seeds, samples)]
     prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
     answers = tokenizer([answer for _, _, answer in samples], add_special_tokens=False)["input_ids"]
     targets = []
@@ -48,27 +52,39 @@ def training_batches(steps: int, batch_size: int, seed: int) -> Iterator[list[in
         yield [seeds.randrange(HELD_OUT_SEED_BASE) for _ in range(batch_size)]
 
 
-def trained_problems(steps: int, batch_size: int, seed: int) -> set[tuple[str, str]]:
-    """(kind, problem) of every example a run with these settings trained on."""
-    return {(kind, problem) for batch in training_batches(steps, batch_size, seed)
+def trained_problems(stages: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(kind, problem) of every example the training stages (each: steps, batch_size, seed) trained on."""
+    return {(kind, problem) for stage in stages
+            for batch in training_batches(stage["steps"], stage["batch_size"], stage["seed"])
             for kind, _, _, problem in map(sample_problem, batch)}
 
 
-def length_chunks(seeds: list[int], chunks: int) -> list[list[int]]:
+def prompt_chars(seed: int, system_share: float = 0.0) -> int:
+    """Characters of a sample's chat (system prompt included), the sort key of `length_chunks`."""
+    return sum(len(m["content"]) for m in messages_for(seed, sample(seed)[1], system_share))
+
+
+def length_chunks(seeds: list[int], chunks: int, system_share: float = 0.0) -> list[list[int]]:
     """The batch's seeds sorted by prompt length, cut into `chunks` pieces (padding costs encoder time)."""
-    ordered = sorted(seeds, key=lambda s: (len(sample(s)[1]), s))
+    ordered = sorted(seeds, key=lambda s: (prompt_chars(s, system_share), s))
     size = math.ceil(len(ordered) / chunks)
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None,
-          chunks: int = 2) -> dict[str, float]:
+          chunks: int = 2, init_from: Path | None = None, system_share: float = 0.0) -> dict[str, Any]:
+    """One training stage: from scratch, or on from `init_from` (whose stages the log keeps)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     random.seed(seed)
     tokenizer = build_tokenizer()
-    model = DiffusionGemmaForBlockDiffusion(tiny_config())
+    earlier: list[dict[str, Any]] = []
+    if init_from is None:
+        model = DiffusionGemmaForBlockDiffusion(tiny_config())
+    else:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(init_from, dtype=torch.float32)
+        earlier = stages_of(json.loads((init_from / "training_log.json").read_text()))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
@@ -79,8 +95,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     for step, batch in enumerate(training_batches(steps, batch_size, seed)):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for piece in length_chunks(batch, chunks):  # gradient accumulation: the same gradient, less padding
-            prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece)
+        for piece in length_chunks(batch, chunks, system_share):  # gradient accumulation: the same gradient, less padding
+            prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece, system_share)
             loss = block_diffusion_loss(model, prompt_ids, prompt_mask, target, generator=generator)
             (loss * len(piece) / len(batch)).backward()
             total += loss.item() * len(piece) / len(batch)
@@ -95,10 +111,27 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
-               "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
-    (out / "training_log.json").write_text(json.dumps({"summary": summary, "log": log}, indent=1) + "\n")
+    stage = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
+             "system_share": system_share, "init_from": "previous stage" if init_from else None,
+             "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
+    stages = [*earlier, stage]
+    summary = {**stage, "stages": stages, "total_wall_s": round(sum(s["wall_s"] for s in stages), 1)}
+    logs = {"log": log} if not earlier else {"log": log, "earlier_logs": earlier_logs(init_from)}
+    (out / "training_log.json").write_text(json.dumps({"summary": summary, **logs}, indent=1) + "\n")
     return summary
+
+
+def stages_of(training_log: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stage a checkpoint's training log records (logs from before stages were recorded: one)."""
+    summary = training_log["summary"]
+    return list(summary.get("stages") or [summary])
+
+
+def earlier_logs(init_from: Path | None) -> list[list[dict[str, Any]]]:
+    if init_from is None:
+        return []
+    previous = json.loads((init_from / "training_log.json").read_text())
+    return [*previous.get("earlier_logs", []), previous["log"]]
 
 
 def main() -> None:
@@ -110,8 +143,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunks", type=int, default=2, help="length-sorted pieces per batch")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="skip the first stage: go on from this checkpoint")
+    parser.add_argument("--system-steps", type=int, default=800,
+                        help="second stage: steps with system prompts in the mix (0: no second stage)")
+    parser.add_argument("--system-share", type=float, default=0.5, help="second stage: share with a system prompt")
+    parser.add_argument("--system-lr", type=float, default=5e-4)
+    parser.add_argument("--system-seed", type=int, default=1)
     args = parser.parse_args()
-    print(json.dumps(train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.threads, args.chunks)))
+    start = args.init_from
+    if start is None:
+        print(json.dumps(train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.threads,
+                               args.chunks)))
+        start = args.out
+    if args.system_steps:
+        print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,
+                               args.threads, args.chunks, start, args.system_share)))
 
 
 if __name__ == "__main__":

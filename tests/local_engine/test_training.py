@@ -98,7 +98,7 @@ def test_the_training_stream_replays_and_names_the_problems_it_saw(tmp_path) -> 
     assert batches == list(training_batches(3, 4, 0)) and len(batches) == 3
     assert all(0 <= s < tasks.HELD_OUT_SEED_BASE for batch in batches for s in batch)
     drawn = {tasks.sample_problem(s) for batch in batches for s in batch}
-    assert trained_problems(3, 4, 0) == {(kind, problem) for kind, _, _, problem in drawn}
+    assert trained_problems([{"steps": 3, "batch_size": 4, "seed": 0}]) == {(kind, problem) for kind, _, _, problem in drawn}
 
     (tmp_path / "training_log.json").write_text(json.dumps({"summary": {"steps": 3, "batch_size": 4, "seed": 0}}))
     trained_row = next(iter(drawn))
@@ -155,3 +155,38 @@ def test_the_self_conditioning_pass_on_a_subset_of_rows_matches_the_full_batch()
         full = model(**kwargs).logits
         subset = model(**{k: v[use] if v.shape[0] == 4 else v for k, v in kwargs.items()}).logits
     assert torch.allclose(full[use], subset, atol=1e-4)
+
+
+def test_system_prompts_are_deterministic_held_apart_and_leave_the_answer_alone() -> None:
+    prompt = tasks.sample(5)[1]
+    assert tasks.messages_for(5, prompt, 0.0) == [{"role": "user", "content": prompt}]
+    chats = {seed: tasks.messages_for(seed, prompt, 0.5) for seed in range(400)}
+    assert chats == {seed: tasks.messages_for(seed, prompt, 0.5) for seed in range(400)}
+    with_system = [c for c in chats.values() if len(c) == 2]
+    assert 0.4 < len(with_system) / len(chats) < 0.6
+    assert all(c[0]["role"] == "system" and c[1] == {"role": "user", "content": prompt} for c in with_system)
+    assert len({c[0]["content"] for c in with_system}) > 0.9 * len(with_system)  # not a handful of fixed texts
+    assert all(len(tasks.messages_for(s, prompt, 1.0)) == 2 for s in range(20))
+    rendered = build_tokenizer().apply_chat_template(tasks.messages_for(0, "hi", 1.0), add_generation_prompt=True,
+                                                     tokenize=False)
+    assert rendered.startswith("<bos><start_of_turn>system\n") and rendered.endswith("<start_of_turn>model\n")
+
+
+def test_a_second_stage_goes_on_from_the_first_and_the_log_keeps_both(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from local_engine.training.evaluate import seen_in_training
+    from local_engine.training.train import stages_of, train, trained_problems, training_batches
+
+    first = train(tmp_path / "one", steps=2, batch_size=4, lr=1e-3, seed=0, threads=None)
+    second = train(tmp_path / "two", steps=2, batch_size=4, lr=1e-3, seed=1, threads=None,
+                   init_from=tmp_path / "one", system_share=1.0)
+    log = json.loads((tmp_path / "two" / "training_log.json").read_text())
+    stages = stages_of(log)
+    assert [(s["seed"], s["system_share"]) for s in stages] == [(0, 0.0), (1, 1.0)]
+    assert len(log["earlier_logs"]) == 1 and second["total_wall_s"] >= first["wall_s"]
+    only_second = {tasks.sample_problem(s) for b in training_batches(2, 4, 1) for s in b}
+    assert {(k, p) for k, _, _, p in only_second} <= trained_problems(stages)
+    row = next(iter(only_second))
+    assert seen_in_training(tmp_path / "two", [row]) == [True]
+    assert seen_in_training(tmp_path / "one", [row]) == [(row[0], row[3]) in trained_problems(stages[:1])]
