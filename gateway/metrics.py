@@ -34,7 +34,7 @@ class Metrics:
 
     def observe(self, *, route: str, model: str, status: str, latency_s: float, prompt_tokens: int,
                 completion_tokens: int, hosted_usd: float | None, local_usd: float | None,
-                wasted_usd: float, device_seconds: float, unpriced: bool) -> None:
+                wasted_usd: float, device_seconds: float, unpriced: bool, cached_tokens: int = 0) -> None:
         """Counts one finished request."""
         self.requests.labels(route, model, status).inc()
         self.latency.labels(route, model).observe(latency_s)
@@ -42,6 +42,8 @@ class Metrics:
             self.tokens.labels(route, model, "prompt").inc(prompt_tokens)
         if completion_tokens:
             self.tokens.labels(route, model, "completion").inc(completion_tokens)
+        if cached_tokens:  # of the prompt tokens, those the local engine's prefix cache served
+            self.tokens.labels(route, model, "prompt_cached").inc(cached_tokens)
         if hosted_usd:
             self.cost.labels(route, model, "hosted").inc(hosted_usd)
         if local_usd:

@@ -93,10 +93,12 @@ class Executor:
 
     def local_outcome(self, completion: Completion, route: Route = Route.LOCAL) -> Outcome:
         """Ledger figures for a local answer, with the all-hosted reference price."""
+        detail: dict[str, Any] = {"confidence": completion.confidence.as_dict()}
+        if completion.cached_tokens:
+            detail["cached_prompt_tokens"] = completion.cached_tokens
         return Outcome(route=route, provider_model=completion.model, prompt_tokens=completion.prompt_tokens,
-                       completion_tokens=completion.completion_tokens, local_cost_usd=completion.cost_usd,
-                       device_seconds=completion.device_seconds,
-                       detail={"confidence": completion.confidence.as_dict()})
+                       completion_tokens=completion.completion_tokens, cached_tokens=completion.cached_tokens,
+                       local_cost_usd=completion.cost_usd, device_seconds=completion.device_seconds, detail=detail)
 
     async def run(self, job: Job, plan: Plan) -> Outcome:
         """Serves a non-streaming job."""

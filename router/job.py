@@ -57,6 +57,7 @@ class Outcome:
     provider_model: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the local engine took from its prefix cache
     hosted_cost_usd: float | None = None
     local_cost_usd: float | None = None
     device_seconds: float = 0.0

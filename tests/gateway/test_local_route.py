@@ -52,9 +52,10 @@ def test_a_shared_system_prompt_is_reported_as_cached_prompt_tokens(gateway_fact
                                                                     random_checkpoint) -> None:
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
     system = {"role": "system", "content": "You answer billing questions for ACME. Reply with the result only. " * 2}
-    usages = [client(gw).chat.completions.create(
+    raws = [client(gw).chat.completions.with_raw_response.create(
         model="local/diffusiongemma", messages=[system, {"role": "user", "content": f"What is {i} + 1?"}],
-        max_tokens=8, seed=i).usage for i in range(3)]
+        max_tokens=8, seed=i) for i in range(3)]
+    usages = [raw.parse().usage for raw in raws]
     with client(gw).chat.completions.with_streaming_response.create(
             model="local/diffusiongemma", messages=[system, {"role": "user", "content": "Sort: 2, 1"}],
             stream=True, max_tokens=8, seed=3, stream_options={"include_usage": True}) as response:
@@ -63,6 +64,10 @@ def test_a_shared_system_prompt_is_reported_as_cached_prompt_tokens(gateway_fact
     # Seen once: encoded whole; seen twice: cached (its own prefix pass); then reused, streamed or not.
     assert cached[:2] == [0, 0] and cached[2] == cached[3] > 64
     assert all(u.prompt_tokens > c for u, c in zip(usages, cached, strict=True))
+    rows = [flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"]) for raw in raws]
+    assert [(row.detail or {}).get("cached_prompt_tokens", 0) for row in rows] == cached[:3]
+    metric = 'draftgate_tokens_total{direction="prompt_cached",model="local/diffusiongemma",route="local"}'
+    assert f"{metric} {float(2 * cached[2])}" in httpx.get(gw.url + "/metrics").text
 
 
 def test_tools_on_the_local_route_are_refused_clearly(gateway_factory, simulator, random_checkpoint) -> None:
