@@ -81,7 +81,7 @@ policies:
   default: {{hosted: gpt-4o-mini}}
   rules:
     - name: routine-tasks
-      when: {{content: {{regex: '{ROUTINE}|json|JSON'}}}}
+      when: {{content: {{regex: '{ROUTINE}|json|JSON', scope: last_user}}}}
       action:
         cascade:
           escalate_to: gpt-4o-mini

@@ -28,9 +28,7 @@ from gateway.settings import Settings
 from gateway.simulator import Simulator, SimulatorServer
 from local_engine.training.tasks import HELD_OUT_SEED_BASE, OUT_OF_DISTRIBUTION, sample
 
-# (?m): rules see every message's text joined by newlines, so a routine question after a system prompt
-# starts a line, not the text.
-ROUTINE = r"(?im)^(sort|order|convert|reformat|write \d|spell|sentiment|classify|camelcase|uppercase|what is \d|compute|\d+ (plus|minus))"
+ROUTINE = r"(?i)^(sort|order|convert|reformat|write \d|spell|sentiment|classify|camelcase|uppercase|what is \d|compute|\d+ (plus|minus))"
 
 
 def demo_config(sim_url: str, master: str, db_path: Path) -> str:
@@ -69,7 +67,7 @@ policies:
             - json: {{}}
             - min_confidence: {{max_entropy: 0.02}}  # bench/results/cascade.json: 0.0% leak at 0.02, 7.5% at 0.1
     - name: routine-tasks
-      when: {{content: {{regex: '{ROUTINE}'}}}}
+      when: {{content: {{regex: '{ROUTINE}', scope: last_user}}}}
       action:
         cascade:
           escalate_to: gpt-4o-mini

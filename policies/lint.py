@@ -73,11 +73,13 @@ def implies(later: When, earlier: When) -> bool:
             return False
     if earlier.content is not None:
         lc = later.content
-        if earlier.content.regex is not None and (lc is None or lc.regex != earlier.content.regex):
-            return False
+        if earlier.content.regex is not None and (lc is None or lc.regex != earlier.content.regex
+                                                  or lc.scope != earlier.content.scope):
+            return False  # an anchored regex that matches the last user message may not match all text
         if earlier.content.keywords and (lc is None or not lc.keywords
-                                         or not set(lc.keywords) <= set(earlier.content.keywords)):
-            return False
+                                         or not set(lc.keywords) <= set(earlier.content.keywords)
+                                         or earlier.content.scope not in ("all", lc.scope)):
+            return False  # a keyword in the last user message is in all text, not the other way round
     return _metadata_implied(later, earlier)
 
 

@@ -37,6 +37,7 @@ class RequestFacts:
     text: str
     has_tools: bool
     has_response_format: bool
+    last_user_text: str = ""  # the last user message's text: what a `scope: last_user` content rule reads
 
 
 @dataclass(frozen=True)
@@ -170,10 +171,13 @@ def _message_conditions(m: MessagesCondition, f: RequestFacts) -> Any:
 
 
 def _content_conditions(content: ContentCondition, c: _Compiled, f: RequestFacts) -> Any:
+    text = f.last_user_text if content.scope == "last_user" else f.text
+    where = " in the last user message" if content.scope == "last_user" else ""
     if c.content_re is not None:
-        found = c.content_re.search(f.text)
-        yield "content.regex", f"/{content.regex}/", repr(found.group(0)[:40]) if found else "no match", bool(found)
+        found = c.content_re.search(text)
+        yield ("content.regex", f"/{content.regex}/{where}", repr(found.group(0)[:40]) if found else "no match",
+               bool(found))
     if content.keywords:
-        lowered = f.text.lower()
+        lowered = text.lower()
         hits = [k for k in content.keywords if k.lower() in lowered]
-        yield "content.keywords", f"any of {content.keywords}", str(hits), bool(hits)
+        yield "content.keywords", f"any of {content.keywords}{where}", str(hits), bool(hits)

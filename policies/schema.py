@@ -111,9 +111,12 @@ class MessagesCondition(BaseModel):
 
 
 class ContentCondition(BaseModel):
+    """Matches message text: every message's joined by newlines (`all`), or the last user message's only."""
+
     model_config = Strict
     regex: str | None = None
     keywords: list[str] | None = None
+    scope: Literal["all", "last_user"] = "all"
 
     @field_validator("regex")
     @classmethod

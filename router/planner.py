@@ -29,11 +29,12 @@ def _text_of(message: dict[str, Any]) -> str:
 def facts_for(job: Job, key_name: str | None, team: str | None) -> RequestFacts:
     """What rules may look at. Only request structure and caller identity: never instructions in text."""
     text = "\n".join(_text_of(m) for m in job.messages)
+    last_user = next((_text_of(m) for m in reversed(job.messages) if m.get("role") == "user"), "")
     metadata = job.body.get("metadata") or {}
     return RequestFacts(model=job.alias, key_name=key_name, team=team, metadata=dict(metadata),
                         prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN) if text else 0,
                         roles=tuple(str(m.get("role")) for m in job.messages), message_count=len(job.messages),
-                        text=text, has_tools=bool(job.body.get("tools")),
+                        text=text, last_user_text=last_user, has_tools=bool(job.body.get("tools")),
                         has_response_format=bool(job.body.get("response_format")))
 
 

@@ -35,6 +35,9 @@ def policy(rules: str, default: str = "") -> PolicySet:
     ("{messages: {roles: [system, user]}}", {}, {"roles": ("user", "tool")}),
     ("{content: {regex: '(?i)json'}}", {}, {"text": "hello"}),
     ("{content: {keywords: [field, column]}}", {}, {"text": "nothing here"}),
+    ("{content: {regex: '^Sort', scope: last_user}}", {"text": "Be brief.\nSort: 2, 1", "last_user_text": "Sort: 2, 1"},
+     {"text": "Sort: 2, 1\nthanks", "last_user_text": "thanks"}),
+    ("{content: {keywords: [sort], scope: last_user}}", {"last_user_text": "Sort: 2, 1"}, {"text": "sort"}),
     ("{has_tools: false}", {}, {"has_tools": True}),
     ("{has_response_format: true}", {}, {"has_response_format": False}),
 ])
@@ -86,3 +89,13 @@ def test_lint_reports_shadowed_rules_only_when_certain() -> None:
         "rule 'narrow' is unreachable: rule 'wide' before it matches every request it would match",
         "rule 'dead' is unreachable: rule 'all' before it matches every request it would match",
     ]
+
+
+def test_lint_knows_a_last_user_scope_is_narrower_text_but_not_a_narrower_regex() -> None:
+    config = policies.load_text(HEAD + (
+        "    - name: kw-all\n      when: {content: {keywords: [sort]}}\n      action: local\n"
+        "    - name: kw-last\n      when: {content: {keywords: [sort], scope: last_user}}\n      action: local\n"
+        "    - name: re-all\n      when: {content: {regex: '^Sort'}}\n      action: local\n"
+        "    - name: re-last\n      when: {content: {regex: '^Sort', scope: last_user}}\n      action: local\n"), {})
+    assert [p.message for p in policies.lint(config)] == [
+        "rule 'kw-last' is unreachable: rule 'kw-all' before it matches every request it would match"]
