@@ -175,6 +175,6 @@ class ChatPipeline:
         self._writer.record(record)
         self._metrics.observe(route=outcome.route.value, model=job.alias, status=status, latency_s=latency_s,
                               prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-                              cached_tokens=outcome.cached_tokens, hosted_usd=outcome.hosted_cost_usd, local_usd=outcome.local_cost_usd,
+                              hosted_usd=outcome.hosted_cost_usd, local_usd=outcome.local_cost_usd,
                               wasted_usd=outcome.wasted_draft_usd, device_seconds=outcome.device_seconds,
-                              unpriced=outcome.unpriced)
+                              unpriced=outcome.unpriced, cached_tokens=outcome.cached_tokens)

@@ -2,13 +2,14 @@
 
 Continuous batching across denoising blocks. Arrivals have their prompts encoded in one encoder pass
 (a row whose prompt starts with a cached prefix encodes only the rest, on a fork of the prefix's
-states: `local_engine/prefix.py`) and their cache rows merged into the running batch's (`kv.merge`); they start their first canvas in
-the very next decoder pass, next to rows that are steps into theirs (each row has its own step count,
-temperature and self-conditioning mask). A row whose canvas finished commits it at once; a finished
-request leaves at once (its cache row is dropped) and is never computed again. A row that goes on waits,
-computing nothing, for the batch's canvas boundary: the tick on which no row is still denoising, when
-every row's committed canvas is encoded in one pass (rows must append together, or the cache would
-need gaps) and all open their next canvas. While a row waits, arrivals wait too, so it cannot starve.
+states: `local_engine/prefix.py`) and their cache rows merged into the running batch's (`kv.merge`);
+they start their first canvas in the very next decoder pass, next to rows that are steps into theirs
+(each row has its own step count, temperature and self-conditioning mask). A row whose canvas finished
+commits it at once; a finished request leaves at once (its cache row is dropped) and is never computed
+again. A row that goes on waits, computing nothing, for the batch's canvas boundary: the tick on which
+no row is still denoising, when every row's committed canvas is encoded in one pass (rows must append
+together, or the cache would need gaps) and all open their next canvas. While a row waits, arrivals
+wait too, so it cannot starve.
 """
 
 from __future__ import annotations

@@ -116,9 +116,12 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
                     "accuracy_on_unseen_problems": None if seen is None else _share([r for r, s in v if not s])}
                 for k, v in per.items()}
     # The same held-out prompts after a system prompt each (held out too: drawn from the prompt's seed).
+    # And as the last turn of a conversation: a system prompt, then 1-3 earlier held-out exchanges.
     with_system: dict[str, list[bool]] = {k: [] for k in KINDS}
+    in_conversation: dict[str, list[bool]] = {k: [] for k in KINDS}
     for seed, (kind, prompt, answer, _) in zip(held_out_seeds(per_kind), rows, strict=True):
         with_system[kind].append(check(generate_plain(loaded, messages_for(seed, prompt, 1.0)), answer))
+        in_conversation[kind].append(check(generate_plain(loaded, messages_for(seed, prompt, 1.0, 1.0)), answer))
     in_dist = [p for _, p, _, _ in rows[: len(OUT_OF_DISTRIBUTION) * 3]]
     signals_id = asyncio.run(engine_signals(str(checkpoint), in_dist))
     signals_ood = asyncio.run(engine_signals(str(checkpoint), OUT_OF_DISTRIBUTION))
@@ -127,6 +130,8 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
             "overall_accuracy": round(sum(r for v in per.values() for r, _ in v) / len(rows), 4),
             "accuracy_after_a_system_prompt": {k: _share(v) for k, v in with_system.items()},
             "overall_accuracy_after_a_system_prompt": _share([r for v in with_system.values() for r in v]),
+            "accuracy_in_a_conversation": {k: _share(v) for k, v in in_conversation.items()},
+            "overall_accuracy_in_a_conversation": _share([r for v in in_conversation.values() for r in v]),
             "confidence_in_distribution": summarize(signals_id),
             "confidence_out_of_distribution": summarize(signals_ood), "wall_s": round(time.time() - started, 1)}
 

@@ -124,9 +124,25 @@ def system_prompt(seed: int) -> str:
     return (f"Ticket {rng.randint(0, 99999):05d}. " if rng.random() < 0.3 else "") + text
 
 
-def messages_for(seed: int, prompt: str, system_share: float) -> list[dict[str, str]]:
-    """The chat for a sample: with a system prompt for a `system_share` of seeds (decided by the seed)."""
+def history_seeds(seed: int, history_share: float) -> list[int]:
+    """The seeds of the earlier exchanges before `seed`'s task (none for 1 - history_share of seeds)."""
+    rng = random.Random(f"history:{seed}")
+    if history_share <= 0 or rng.random() >= history_share:
+        return []
+    base = 0 if seed < HELD_OUT_SEED_BASE else HELD_OUT_SEED_BASE
+    return [base + rng.randrange(HELD_OUT_SEED_BASE) for _ in range(rng.randint(1, 3))]
+
+
+def messages_for(seed: int, prompt: str, system_share: float, history_share: float = 0.0) -> list[dict[str, str]]:
+    """The chat for a sample: after a system prompt for a `system_share` of seeds, after 1-3 earlier
+    exchanges (other tasks and their answers, from the same side of the held-out line) for a
+    `history_share` of them; each decided by the seed."""
     chat = [{"role": "user", "content": prompt}]
+    earlier: list[dict[str, str]] = []
+    for other in history_seeds(seed, history_share):
+        _, question, answer = sample(other)
+        earlier += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    chat = earlier + chat
     if system_share > 0 and random.Random(f"has-system:{seed}").random() < system_share:
         chat.insert(0, {"role": "system", "content": system_prompt(seed)})
     return chat

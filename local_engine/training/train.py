@@ -1,6 +1,7 @@
 """Trains the bundled tiny DiffusionGemma from scratch, deterministically, on CPU, in two stages:
-single-turn task prompts (5,000 steps), then 800 steps with half of the prompts after an app's system
-prompt (apps send one; the answer never depends on it), going on from the first stage's weights.
+single-turn task prompts (5,000 steps), then 800 steps as apps send requests — half of them after an
+app's system prompt, half after 1-3 earlier exchanges (the answer never depends on either) — going on
+from the first stage's weights.
 
     python -m local_engine.training.train [--out DIR] [--steps 5000] [--system-steps 800] [--init-from DIR]
 """
@@ -26,12 +27,13 @@ from local_engine.training.tokenizer import build_tokenizer
 
 
 def encode_batch(tokenizer, seeds: list[int], system_share: float = 0.0,  # type: ignore[no-untyped-def]
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 history_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded chat prompts (B, P) with their mask, and canvases (B, L): answer, EOS, padding."""
     samples = [sample(seed) for seed in seeds]
     # Rendering the chat template once per batch and tokenizing in one Rust call keeps data prep cheap.
-    texts = [tokenizer.apply_chat_template(messages_for(seed, prompt, system_share), add_generation_prompt=True,
-                                           tokenize=False) for seed, (_, prompt, _) in zip(seeds, samples)]
+    texts = [tokenizer.apply_chat_template(messages_for(seed, prompt, system_share, history_share),
+                                           add_generation_prompt=True, tokenize=False)
+             for seed, (_, prompt, _) in zip(seeds, samples, strict=True)]
     prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
     answers = tokenizer([answer for _, _, answer in samples], add_special_tokens=False)["input_ids"]
     targets = []
@@ -59,20 +61,22 @@ def trained_problems(stages: list[dict[str, Any]]) -> set[tuple[str, str]]:
             for kind, _, _, problem in map(sample_problem, batch)}
 
 
-def prompt_chars(seed: int, system_share: float = 0.0) -> int:
-    """Characters of a sample's chat (system prompt included), the sort key of `length_chunks`."""
-    return sum(len(m["content"]) for m in messages_for(seed, sample(seed)[1], system_share))
+def prompt_chars(seed: int, system_share: float = 0.0, history_share: float = 0.0) -> int:
+    """Characters of a sample's chat (system prompt and history included), the sort key of `length_chunks`."""
+    return sum(len(m["content"]) for m in messages_for(seed, sample(seed)[1], system_share, history_share))
 
 
-def length_chunks(seeds: list[int], chunks: int, system_share: float = 0.0) -> list[list[int]]:
+def length_chunks(seeds: list[int], chunks: int, system_share: float = 0.0,
+                  history_share: float = 0.0) -> list[list[int]]:
     """The batch's seeds sorted by prompt length, cut into `chunks` pieces (padding costs encoder time)."""
-    ordered = sorted(seeds, key=lambda s: (prompt_chars(s, system_share), s))
+    ordered = sorted(seeds, key=lambda s: (prompt_chars(s, system_share, history_share), s))
     size = math.ceil(len(ordered) / chunks)
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None,
-          chunks: int = 2, init_from: Path | None = None, system_share: float = 0.0) -> dict[str, Any]:
+          chunks: int = 2, init_from: Path | None = None, system_share: float = 0.0,
+          history_share: float = 0.0) -> dict[str, Any]:
     """One training stage: from scratch, or on from `init_from` (whose stages the log keeps)."""
     if threads:
         torch.set_num_threads(threads)
@@ -95,8 +99,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     for step, batch in enumerate(training_batches(steps, batch_size, seed)):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for piece in length_chunks(batch, chunks, system_share):  # gradient accumulation: the same gradient, less padding
-            prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece, system_share)
+        for piece in length_chunks(batch, chunks, system_share, history_share):  # gradient accumulation: the same gradient, less padding
+            prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece, system_share, history_share)
             loss = block_diffusion_loss(model, prompt_ids, prompt_mask, target, generator=generator)
             (loss * len(piece) / len(batch)).backward()
             total += loss.item() * len(piece) / len(batch)
@@ -112,7 +116,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     stage = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
-             "system_share": system_share, "init_from": "previous stage" if init_from else None,
+             "system_share": system_share, "history_share": history_share, "init_from": "previous stage" if init_from else None,
              "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
     stages = [*earlier, stage]
     summary = {**stage, "stages": stages, "total_wall_s": round(sum(s["wall_s"] for s in stages), 1)}
@@ -146,8 +150,10 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="skip the first stage: go on from this checkpoint")
     parser.add_argument("--system-steps", type=int, default=800,
-                        help="second stage: steps with system prompts in the mix (0: no second stage)")
+                        help="second stage: steps with system prompts and conversations (0: no second stage)")
     parser.add_argument("--system-share", type=float, default=0.5, help="second stage: share with a system prompt")
+    parser.add_argument("--history-share", type=float, default=0.0,
+                        help="second stage: share after 1-3 earlier exchanges (a conversation)")
     parser.add_argument("--system-lr", type=float, default=5e-4)
     parser.add_argument("--system-seed", type=int, default=1)
     args = parser.parse_args()
@@ -158,7 +164,7 @@ def main() -> None:
         start = args.out
     if args.system_steps:
         print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,
-                               args.threads, args.chunks, start, args.system_share)))
+                               args.threads, args.chunks, start, args.system_share, args.history_share)))
 
 
 if __name__ == "__main__":

@@ -172,6 +172,21 @@ def test_system_prompts_are_deterministic_held_apart_and_leave_the_answer_alone(
     assert rendered.startswith("<bos><start_of_turn>system\n") and rendered.endswith("<start_of_turn>model\n")
 
 
+def test_conversations_end_on_the_task_and_keep_history_on_its_side_of_the_held_out_line() -> None:
+    prompt = "Sort ascending: 3, 1"
+    for seed in (7, tasks.HELD_OUT_SEED_BASE + 7):
+        chat = tasks.messages_for(seed, prompt, 1.0, 1.0)
+        assert chat == tasks.messages_for(seed, prompt, 1.0, 1.0)
+        assert chat[0]["role"] == "system" and chat[-1] == {"role": "user", "content": prompt}
+        history = chat[1:-1]
+        assert 2 <= len(history) <= 6 and [m["role"] for m in history] == ["user", "assistant"] * (len(history) // 2)
+        others = tasks.history_seeds(seed, 1.0)
+        assert [m["content"] for m in history[::2]] == [tasks.sample(s)[1] for s in others]
+        assert all((s < tasks.HELD_OUT_SEED_BASE) == (seed < tasks.HELD_OUT_SEED_BASE) for s in others)
+    shares = [len(tasks.messages_for(s, prompt, 0.0, 0.5)) > 1 for s in range(400)]
+    assert 0.4 < sum(shares) / len(shares) < 0.6
+
+
 def test_a_second_stage_goes_on_from_the_first_and_the_log_keeps_both(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
