@@ -8,8 +8,10 @@ and for routine prompts that get escalated it returns the correct answer (a stro
 these right); its price is gpt-4o-mini's from LiteLLM's map. Each `--thresholds` value is a fresh
 gateway whose cascade rule escalates drafts whose max commit entropy exceeds it.
 
-With `--system-share S`, that share of the routine requests comes after an app's system prompt (held
-out like the prompts: `tasks.messages_for`), as apps send them (`cascade_system.json`: 0.5).
+With `--system-share S`, that share of the routine requests comes after an app's system prompt, and
+with `--history-share H` that share as the last turn of a conversation (1-3 earlier exchanges); both
+held out like the prompts (`tasks.messages_for`), as apps send them (`cascade_system.json`: S 0.5;
+`cascade_conversation.json`: S 0.5, H 0.5).
 
     python bench/cascade.py [--routine 120] [--hard 40] [--thresholds 0.02,0.1,0.5] [--system-share 0]
                             [--out bench/results/cascade.json]
@@ -50,12 +52,13 @@ from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, check, messag
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
 
 
-def workload(routine: int, hard: int, seed: int = 5, system_share: float = 0.0) -> list[dict[str, Any]]:
-    """Routine jobs (a `system_share` of them after an app's system prompt, held out like the prompts)
-    and hard ones from the shared data, shuffled."""
+def workload(routine: int, hard: int, seed: int = 5, system_share: float = 0.0,
+             history_share: float = 0.0) -> list[dict[str, Any]]:
+    """Routine jobs (a `system_share` of them after an app's system prompt, a `history_share` after 1-3
+    earlier exchanges, held out like the prompts) and hard ones from the shared data, shuffled."""
     seeds = [HELD_OUT_SEED_BASE + 700_000 + i for i in range(routine)]
     jobs = [{"kind": kind, "prompt": prompt, "answer": answer, "hard": False,
-             "messages": messages_for(s, prompt, system_share)}
+             "messages": messages_for(s, prompt, system_share, history_share)}
             for s, (kind, prompt, answer) in zip(seeds, map(sample, seeds), strict=True)]
     rng = random.Random(seed)
     for source in ("gsm8k", "mmlu"):
@@ -156,10 +159,13 @@ def run_once(jobs: list[dict[str, Any]], threshold: float, concurrency: int) -> 
     leaks = [r for r in local_routine if not check(r["text"], r["answer"])]
     hard_local = [r for r in hard if r["route"] == "local"]
     routine_correct = sum(check(r["text"], r["answer"]) for r in routine)
-    with_system = [r for r in routine if len(r["messages"]) > 1]
-    system_stats = None if not with_system else {
-        "n": len(with_system), "served_locally": sum(r["route"] == "local" for r in with_system) / len(with_system),
-        "leaked": sum(r["route"] == "local" and not check(r["text"], r["answer"]) for r in with_system)}
+    def subset(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return None if not rows else {
+            "n": len(rows), "served_locally": sum(r["route"] == "local" for r in rows) / len(rows),
+            "leaked": sum(r["route"] == "local" and not check(r["text"], r["answer"]) for r in rows)}
+
+    system_stats = subset([r for r in routine if r["messages"][0]["role"] == "system"])
+    history_stats = subset([r for r in routine if any(m["role"] == "assistant" for m in r["messages"])])
     per_kind = {kind: {"n": len(rs), "local": sum(r["route"] == "local" for r in rs),
                        "leaked": sum(r["route"] == "local" and not check(r["text"], r["answer"]) for r in rs)}
                 for kind in KINDS for rs in [[r for r in routine if r["kind"] == kind]]}
@@ -178,7 +184,7 @@ def run_once(jobs: list[dict[str, Any]], threshold: float, concurrency: int) -> 
         "cost_usd": total["cost_usd"], "all_hosted_usd": total["all_hosted_usd"],
         "cost_vs_all_hosted": total["cost_usd"] / total["all_hosted_usd"] if total["all_hosted_usd"] else None,
         "wasted_draft_usd": total["wasted_draft_usd"], "latency_by_route": latency, "per_kind": per_kind,
-        "routine_after_a_system_prompt": system_stats,
+        "routine_after_a_system_prompt": system_stats, "routine_in_a_conversation": history_stats,
     }
 
 
@@ -190,9 +196,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--system-share", type=float, default=0.0,
                         help="share of routine requests sent after an app's system prompt")
+    parser.add_argument("--history-share", type=float, default=0.0,
+                        help="share of routine requests sent as the last turn of a conversation")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    jobs = workload(args.routine, args.hard, system_share=args.system_share)
+    jobs = workload(args.routine, args.hard, system_share=args.system_share, history_share=args.history_share)
     runs = []
     print(f"{'max_entropy':>11} {'routine local':>13} {'leak rate':>9} {'routine leak':>12} {'escalated':>9} "
           f"{'correct':>7} {'hard hosted':>11} {'cost/all-hosted':>15}")
@@ -203,7 +211,7 @@ def main() -> None:
               f"{r['routine_leak_rate']:>12.1%} {r['routine_escalated']:>9.1%} {r['routine_answered_correctly']:>7.1%} "
               f"{r['hard_sent_hosted']:>11.1%} {r['cost_vs_all_hosted']:>15.2f}")
     out = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "routine": args.routine, "hard": args.hard,
-           "system_share": args.system_share,
+           "system_share": args.system_share, "history_share": args.history_share,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "targets": {"routine_served_locally": ">= 0.60", "leak_rate": "< 0.01", "hard": "escalated"},
            "runs": runs}
