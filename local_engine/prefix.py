@@ -27,7 +27,7 @@ SEEN_KEPT = 4096  # prefixes seen once, remembered so that the second sighting c
 
 @dataclass
 class PrefixStats:
-    """Plain counters for tests, benchmarks and the health endpoint; they only grow."""
+    """Plain counters for tests and benchmarks; they only grow."""
 
     hits: int = 0
     stored: int = 0
@@ -93,7 +93,3 @@ class PrefixCache:
             old, _ = self._entries.popitem(last=False)
             self._tokens -= len(old)
             self.stats.evicted += 1
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._tokens = 0

@@ -182,6 +182,7 @@ class Executor:
                 if job.wants_usage:
                     yield orjson.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
                                         "model": self.local_alias, "system_fingerprint": None, "choices": [],
-                                        "usage": usage_dict(event.prompt_tokens, event.completion_tokens, event.cached_tokens)})
+                                        "usage": usage_dict(event.prompt_tokens, event.completion_tokens,
+                                                            event.cached_tokens)})
         finally:
             await events.aclose()  # type: ignore[attr-defined]

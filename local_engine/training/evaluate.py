@@ -105,7 +105,8 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
     torch.manual_seed(0)
     loaded = load_model(EngineConfig(model=str(checkpoint)))
     started = time.time()
-    rows = held_out_problems(per_kind)
+    seeds = held_out_seeds(per_kind)
+    rows = [sample_problem(seed) for seed in seeds]
     seen = seen_in_training(checkpoint, rows)  # None: unknown (a checkpoint this repo did not train)
     flags: list[bool | None] = list(seen) if seen is not None else [None] * len(rows)
     per: dict[str, list[tuple[bool, bool | None]]] = {k: [] for k in KINDS}
@@ -119,7 +120,7 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
     # And as the last turn of a conversation: a system prompt, then 1-3 earlier held-out exchanges.
     with_system: dict[str, list[bool]] = {k: [] for k in KINDS}
     in_conversation: dict[str, list[bool]] = {k: [] for k in KINDS}
-    for seed, (kind, prompt, answer, _) in zip(held_out_seeds(per_kind), rows, strict=True):
+    for seed, (kind, prompt, answer, _) in zip(seeds, rows, strict=True):
         with_system[kind].append(check(generate_plain(loaded, messages_for(seed, prompt, 1.0)), answer))
         in_conversation[kind].append(check(generate_plain(loaded, messages_for(seed, prompt, 1.0, 1.0)), answer))
     in_dist = [p for _, p, _, _ in rows[: len(OUT_OF_DISTRIBUTION) * 3]]

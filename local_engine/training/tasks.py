@@ -137,12 +137,11 @@ def messages_for(seed: int, prompt: str, system_share: float, history_share: flo
     """The chat for a sample: after a system prompt for a `system_share` of seeds, after 1-3 earlier
     exchanges (other tasks and their answers, from the same side of the held-out line) for a
     `history_share` of them; each decided by the seed."""
-    chat = [{"role": "user", "content": prompt}]
-    earlier: list[dict[str, str]] = []
+    chat: list[dict[str, str]] = []
     for other in history_seeds(seed, history_share):
         _, question, answer = sample(other)
-        earlier += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    chat = earlier + chat
+        chat += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    chat.append({"role": "user", "content": prompt})
     if system_share > 0 and random.Random(f"has-system:{seed}").random() < system_share:
         chat.insert(0, {"role": "system", "content": system_prompt(seed)})
     return chat

@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion, DiffusionGemmaGenerationConfig
+from transformers.models.diffusion_gemma import (
+    DiffusionGemmaForBlockDiffusion,
+    DiffusionGemmaGenerationConfig,
+)
 
 from local_engine.training.config import CANVAS_LENGTH, GENERATION, tiny_config
 from local_engine.training.objective import block_diffusion_loss
@@ -83,12 +86,12 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     torch.manual_seed(seed)
     random.seed(seed)
     tokenizer = build_tokenizer()
-    earlier: list[dict[str, Any]] = []
+    previous: dict[str, Any] | None = None  # the training log of the checkpoint this stage goes on from
     if init_from is None:
         model = DiffusionGemmaForBlockDiffusion(tiny_config())
     else:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(init_from, dtype=torch.float32)
-        earlier = stages_of(json.loads((init_from / "training_log.json").read_text()))
+        previous = json.loads((init_from / "training_log.json").read_text())
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
@@ -99,7 +102,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     for step, batch in enumerate(training_batches(steps, batch_size, seed)):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for piece in length_chunks(batch, chunks, system_share, history_share):  # gradient accumulation: the same gradient, less padding
+        # Gradient accumulation over length-sorted pieces: the same gradient, less padding.
+        for piece in length_chunks(batch, chunks, system_share, history_share):
             prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece, system_share, history_share)
             loss = block_diffusion_loss(model, prompt_ids, prompt_mask, target, generator=generator)
             (loss * len(piece) / len(batch)).backward()
@@ -116,11 +120,14 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     stage = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
-             "system_share": system_share, "history_share": history_share, "init_from": "previous stage" if init_from else None,
+             "system_share": system_share, "history_share": history_share,
+             "init_from": "previous stage" if init_from else None,
              "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
-    stages = [*earlier, stage]
+    stages = [*(stages_of(previous) if previous else []), stage]
     summary = {**stage, "stages": stages, "total_wall_s": round(sum(s["wall_s"] for s in stages), 1)}
-    logs = {"log": log} if not earlier else {"log": log, "earlier_logs": earlier_logs(init_from)}
+    logs: dict[str, Any] = {"log": log}
+    if previous:
+        logs["earlier_logs"] = [*previous.get("earlier_logs", []), previous["log"]]
     (out / "training_log.json").write_text(json.dumps({"summary": summary, **logs}, indent=1) + "\n")
     return summary
 
@@ -130,12 +137,6 @@ def stages_of(training_log: dict[str, Any]) -> list[dict[str, Any]]:
     summary = training_log["summary"]
     return list(summary.get("stages") or [summary])
 
-
-def earlier_logs(init_from: Path | None) -> list[list[dict[str, Any]]]:
-    if init_from is None:
-        return []
-    previous = json.loads((init_from / "training_log.json").read_text())
-    return [*previous.get("earlier_logs", []), previous["log"]]
 
 
 def main() -> None:
