@@ -8,9 +8,9 @@ Each (workload, setting) runs in a fresh process; the rounds alternate off/on so
 machine hits both. Prints requests/s, p50/p99 latency, prompt tokens encoded, encoder passes, whether
 the answers are the same with the cache on as off, and the on/off ratios (median over rounds).
 
-The bundled tiny model was trained on single-turn prompts only: with a system prompt its answers are
-mostly wrong (accuracy is printed for both settings). What this measures is the cost of the prompt
-pass, which does not depend on the answers being right; the answers must be identical on and off.
+The bundled tiny model was trained with system prompts too, but not this one (accuracy is printed for
+both settings). What this measures is the cost of the prompt pass, which does not depend on the answers
+being right; the answers must be identical on and off.
 
     python bench/prefix_cache.py [--requests 48] [--system-chars 600] [--rounds 3] [--out bench/results/prefix_cache.json]
 """

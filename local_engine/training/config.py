@@ -6,7 +6,7 @@ from transformers.models.diffusion_gemma import DiffusionGemmaConfig, DiffusionG
 
 from local_engine.training.tokenizer import VOCAB_SIZE
 
-CANVAS_LENGTH = 32  # answers in the task family fit one canvas with room for EOS
+CANVAS_LENGTH = 16  # the longest answer in the task family is 9 tokens: room for EOS
 
 
 def tiny_config(hidden: int = 128, layers: int = 4, canvas_length: int = CANVAS_LENGTH) -> DiffusionGemmaConfig:

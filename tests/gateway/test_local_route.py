@@ -51,7 +51,7 @@ def test_local_alias_non_streaming_and_streaming(gateway_factory, simulator, ran
 def test_a_shared_system_prompt_is_reported_as_cached_prompt_tokens(gateway_factory, simulator,
                                                                     random_checkpoint) -> None:
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
-    system = {"role": "system", "content": "You answer billing questions for ACME. Reply with the result only. " * 2}
+    system = {"role": "system", "content": "You answer billing questions for ACME. Reply with the result only. " * 4}
     raws = [client(gw).chat.completions.with_raw_response.create(
         model="local/diffusiongemma", messages=[system, {"role": "user", "content": f"What is {i} + 1?"}],
         max_tokens=8, seed=i) for i in range(3)]

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
 from ledger import Database
 from local_engine.loading import BUNDLED
@@ -56,6 +57,7 @@ def test_serve_on_embedded_defaults_answers_locally_and_drains_on_sigterm(tmp_pa
     db = Database(f"sqlite:///{tmp_path / 'data' / 'ledger.db'}")
     row = db.get_record(request_id)  # flushed by the graceful shutdown
     assert row is not None and row.route == "local" and row.device_seconds > 0 and row.local_cost_usd
-    assert row.prompt_tokens > 0 and row.completion_tokens == len('{"city": "Oslo"}')
+    answer_ids = AutoTokenizer.from_pretrained(BUNDLED)('{"city": "Oslo"}', add_special_tokens=False)["input_ids"]
+    assert row.prompt_tokens > 0 and row.completion_tokens == len(answer_ids) == 6  # {" city ": " Oslo "}
     assert db.count_records() == 2
     assert not list((tmp_path / "data").glob("ledger-*.journal.*"))  # a clean stop leaves no journal

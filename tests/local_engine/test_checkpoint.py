@@ -25,7 +25,7 @@ def test_loads_offline_in_a_fresh_process_through_from_pretrained(tmp_path) -> N
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hub")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[:2] == ["32 1 16", "<bos><start_of_turn>user"]
+    assert out.stdout.splitlines()[:2] == ["16 1 16", "<bos><start_of_turn>user"]
 
 
 @pytest.mark.parametrize("kind", ["extract_json", "sentiment"])

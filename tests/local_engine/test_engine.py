@@ -61,9 +61,8 @@ async def test_loads_through_from_pretrained(random_checkpoint: Path) -> None:
     backend = create_backend(EngineConfig(model=str(random_checkpoint)))
     assert isinstance(backend, DiffusionEngine)
     assert backend.sampling.canvas_length == 8 and backend.sampling.max_steps == 4
-    assert backend.count_prompt_tokens(MSG) == len("<bos><start_of_turn>user\n".replace("<bos>", "B")
-                                                   .replace("<start_of_turn>", "S")) + len("What is 2 + 2?") + len(
-        "<end_of_turn>\n<start_of_turn>model\n".replace("<end_of_turn>", "E").replace("<start_of_turn>", "S"))
+    # <bos> <start_of_turn> user \n | What _is _ 2 _ + _ 2 ? | <end_of_turn> \n <start_of_turn> m o d e l \n
+    assert backend.count_prompt_tokens(MSG) == 4 + 9 + 9
 
 
 async def test_max_tokens_is_trimmed_exactly_and_seeds_reproduce(engine_factory) -> None:  # type: ignore[no-untyped-def]

@@ -9,9 +9,9 @@ import torch
 from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion
 
 from local_engine.training import tasks
-from local_engine.training.config import tiny_config
+from local_engine.training.config import CANVAS_LENGTH, tiny_config
 from local_engine.training.objective import block_diffusion_loss, corrupt
-from local_engine.training.tokenizer import build_tokenizer
+from local_engine.training.tokenizer import VOCAB_SIZE, build_tokenizer
 from local_engine.training.train import encode_batch
 
 
@@ -44,7 +44,7 @@ def test_loss_is_finite_scores_the_canvas_and_overfits_a_batch() -> None:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[0] == pytest.approx(torch.log(torch.tensor(128.0)).item(), rel=0.25)  # starts near uniform
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(float(VOCAB_SIZE))).item(), rel=0.25)  # starts near uniform
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0]  # and learns the canvas
 
 
@@ -86,6 +86,26 @@ def test_tokenizer_round_trips_and_renders_the_chat_template() -> None:
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                              tokenize=False)
     assert rendered == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_tokenizer_splits_numbers_into_three_digit_chunks_and_keeps_task_words_whole() -> None:
+    tokenizer = build_tokenizer()
+
+    def pieces(text: str) -> list[str]:
+        return tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    assert pieces("2029-03-05") == ["202", "9", "-", "03", "-", "05"]
+    assert pieces("1234567") == ["123", "456", "7"]
+    assert pieces("Sort ascending: 39, 42") == ["Sort", " ascending", ":", " ", "39", ", ", "42"]
+    assert pieces("firstLastOrder") == ["first", "Last", "Order"]
+    # A listed word at the start of a longer one does not swallow it: characters take over.
+    assert pieces("Sorted") == list("Sorted") and pieces("the theme") == ["the", " ", *"theme"]
+    for text in ["Explain why the sky is blue.\n", "x=1; y = [1, 22, 333, 4444]", "Spaces   and\nnew lines"]:
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    assert len(tokenizer) == VOCAB_SIZE
+    longest = max(len(tokenizer(tasks.sample(seed)[2], add_special_tokens=False)["input_ids"])
+                  for seed in range(2000))
+    assert longest < CANVAS_LENGTH  # every answer fits one canvas with its EOS
 
 
 def test_the_training_stream_replays_and_names_the_problems_it_saw(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -135,7 +155,7 @@ def test_length_sorted_pieces_keep_every_seed_and_the_gradient() -> None:
                            decoder_attention_mask=torch.cat([prompt_mask, canvas_mask], 1),
                            decoder_position_ids=positions).logits
             clean = torch.stack([target[s] for s in group])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 128), clean.reshape(-1))
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), clean.reshape(-1))
             (loss * len(group) / len(seeds)).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
