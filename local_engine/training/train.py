@@ -76,6 +76,27 @@ def length_chunks(seeds: list[int], chunks: int, system_share: float = 0.0,
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
+PERIODS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+def init_number_embeddings(model: torch.nn.Module, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Starts every number token's embedding (tied: also its output row) from its value: sin/cos of
+    value / period over PERIODS and the digit count, in the first dimensions, as Fourier number
+    embeddings do. Sorting compares values and a sum is a rotation of these features, so the model
+    does not have to discover what "37" means from co-occurrence alone; the rows still train."""
+    weight = model.get_input_embeddings().weight
+    scale = 2.5 * weight.std().item()
+    with torch.no_grad():
+        for token, index in tokenizer.get_vocab().items():
+            if not token.isdigit():
+                continue
+            value = int(token)
+            angles = torch.tensor([2 * math.pi * value / p for p in PERIODS])
+            width = torch.nn.functional.one_hot(torch.tensor(len(token) - 1), 3).float()
+            features = torch.cat([angles.sin(), angles.cos(), width])
+            weight[index, : features.numel()] = scale * features
+
+
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None,
           chunks: int = 2, init_from: Path | None = None, system_share: float = 0.0,
           history_share: float = 0.0) -> dict[str, Any]:
@@ -88,6 +109,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     previous: dict[str, Any] | None = None  # the training log of the checkpoint this stage goes on from
     if init_from is None:
         model = DiffusionGemmaForBlockDiffusion(tiny_config())
+        init_number_embeddings(model, tokenizer)
     else:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(init_from, dtype=torch.float32)
         previous = json.loads((init_from / "training_log.json").read_text())

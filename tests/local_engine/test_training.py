@@ -12,7 +12,7 @@ from local_engine.training import tasks
 from local_engine.training.config import CANVAS_LENGTH, tiny_config
 from local_engine.training.objective import block_diffusion_loss, corrupt
 from local_engine.training.tokenizer import VOCAB_SIZE, build_tokenizer
-from local_engine.training.train import encode_batch
+from local_engine.training.train import PERIODS, encode_batch, init_number_embeddings
 
 
 def test_corruption_rate_is_respected() -> None:
@@ -225,3 +225,23 @@ def test_a_second_stage_goes_on_from_the_first_and_the_log_keeps_both(tmp_path) 
     row = next(iter(only_second))
     assert seen_in_training(tmp_path / "two", [row]) == [True]
     assert seen_in_training(tmp_path / "one", [row]) == [(row[0], row[3]) in trained_problems(stages[:1])]
+
+
+def test_number_tokens_start_from_their_values() -> None:
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
+    tokenizer = build_tokenizer()
+    before = model.get_input_embeddings().weight.clone()
+    init_number_embeddings(model, tokenizer)
+    weight, vocab = model.get_input_embeddings().weight, tokenizer.get_vocab()
+    n = 2 * len(PERIODS)
+    # "37" and "037" share the value features and differ in the digit count; a rotation by the same
+    # amount maps 10 -> 37 and 20 -> 47 in the period-100 pair (what a sum has to compute).
+    assert torch.allclose(weight[vocab["37"], :n], weight[vocab["037"], :n])
+    assert not torch.equal(weight[vocab["37"], n:n + 3], weight[vocab["037"], n:n + 3])
+    k = PERIODS.index(100)
+    pair = [k, k + len(PERIODS)]
+    angle = lambda tok: torch.atan2(weight[vocab[tok], pair[0]], weight[vocab[tok], pair[1]])  # noqa: E731
+    assert torch.isclose((angle("37") - angle("10")) % (2 * torch.pi), (angle("47") - angle("20")) % (2 * torch.pi))
+    assert torch.equal(weight[vocab["Sort"]], before[vocab["Sort"]])  # words keep their random start
+    assert torch.equal(weight[vocab["7"], n + 3:], before[vocab["7"], n + 3:])  # and the rest of each row
