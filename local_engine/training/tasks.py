@@ -138,12 +138,12 @@ def messages_for(seed: int, prompt: str, system_share: float, history_share: flo
     exchanges (other tasks and their answers, from the same side of the held-out line) for a
     `history_share` of them; each decided by the seed."""
     chat: list[dict[str, str]] = []
+    if system_share > 0 and random.Random(f"has-system:{seed}").random() < system_share:
+        chat.append({"role": "system", "content": system_prompt(seed)})
     for other in history_seeds(seed, history_share):
         _, question, answer = sample(other)
         chat += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     chat.append({"role": "user", "content": prompt})
-    if system_share > 0 and random.Random(f"has-system:{seed}").random() < system_share:
-        chat.insert(0, {"role": "system", "content": system_prompt(seed)})
     return chat
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import cache
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -32,7 +33,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def task_words(count: int = WORD_COUNT, samples: int = 3_000) -> list[str]:
+@cache  # a pure function of the task family; every tokenizer build (tests, each training stage) needs it
+def task_words(count: int = WORD_COUNT, samples: int = 3_000) -> tuple[str, ...]:
     """The `count` most frequent words (ties: alphabetical) in training-side prompts, answers and
     system prompts: a deterministic word list, like a BPE vocabulary learned from the corpus."""
     counts: Counter[str] = Counter()
@@ -40,12 +42,12 @@ def task_words(count: int = WORD_COUNT, samples: int = 3_000) -> list[str]:
         _, prompt, answer = sample(seed)
         text = f"{prompt} {answer} {system_prompt(seed)}"
         counts.update(w for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", text) if len(w) > 1)  # camelCase: 2
-    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
+    return tuple(w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:count])
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     words = task_words()
-    tokens = SPECIALS + CHARS + DIGIT_CHUNKS + PIECES + words + [" " + w for w in words]
+    tokens = [*SPECIALS, *CHARS, *DIGIT_CHUNKS, *PIECES, *words, *(" " + w for w in words)]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     assert len(vocab) == len(tokens) <= VOCAB_SIZE
     for i in range(len(vocab), VOCAB_SIZE):

@@ -159,7 +159,6 @@ def stages_of(training_log: dict[str, Any]) -> list[dict[str, Any]]:
     return list(summary.get("stages") or [summary])
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "tiny-diffusiongemma")
