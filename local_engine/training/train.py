@@ -2,6 +2,8 @@
 single-turn task prompts (2,500 steps of 64), then 400 steps as apps send requests — half of them after
 an app's system prompt (`--history-share` adds earlier exchanges too; the answer never depends on
 either) — going on from the first stage's weights. About 20-23 minutes on 2 CPU cores.
+`--kind-weights` draws some task kinds more often than others (default: all alike; the weightings
+measured so far cost more on the other kinds than they gained, `bench/results/tiny_model.md`).
 
     python -m local_engine.training.train [--out DIR] [--steps 2500] [--system-steps 400] [--init-from DIR]"""
 
@@ -24,7 +26,7 @@ from transformers.models.diffusion_gemma import (
 
 from local_engine.training.config import CANVAS_LENGTH, GENERATION, tiny_config
 from local_engine.training.objective import block_diffusion_loss
-from local_engine.training.tasks import HELD_OUT_SEED_BASE, messages_for, sample, sample_problem
+from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, messages_for, sample, sample_problem
 from local_engine.training.tokenizer import build_tokenizer
 
 
@@ -49,17 +51,29 @@ def encode_batch(tokenizer, seeds: list[int], system_share: float = 0.0,  # type
     return prompt_ids, prompt_mask, torch.tensor(targets)
 
 
-def training_batches(steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """The task seeds of every training step, in order: the one definition of what training saw."""
+def training_batches(steps: int, batch_size: int, seed: int,
+                     kind_weights: dict[str, float] | None = None) -> Iterator[list[int]]:
+    """The task seeds of every training step, in order: the one definition of what training saw.
+    A seed's kind is drawn with probability proportional to its weight (default 1) by rejection from
+    the same stream, so the sequence stays a pure function of (seed, weights)."""
     seeds = random.Random(seed)
+    weights = [(kind_weights or {}).get(kind, 1.0) for kind in KINDS]
+    top = max(weights)
     for _ in range(steps):
-        yield [seeds.randrange(HELD_OUT_SEED_BASE) for _ in range(batch_size)]
+        batch: list[int] = []
+        while len(batch) < batch_size:
+            candidate = seeds.randrange(HELD_OUT_SEED_BASE)
+            weight = weights[candidate % len(KINDS)]
+            if weight >= top or seeds.random() < weight / top:
+                batch.append(candidate)
+        yield batch
 
 
 def trained_problems(stages: list[dict[str, Any]]) -> set[tuple[str, str]]:
     """(kind, problem) of every example the training stages (each: steps, batch_size, seed) trained on."""
     return {(kind, problem) for stage in stages
-            for batch in training_batches(stage["steps"], stage["batch_size"], stage["seed"])
+            for batch in training_batches(stage["steps"], stage["batch_size"], stage["seed"],
+                                          stage.get("kind_weights"))
             for kind, _, _, problem in map(sample_problem, batch)}
 
 
@@ -99,7 +113,7 @@ def init_number_embeddings(model: torch.nn.Module, tokenizer) -> None:  # type: 
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None,
           chunks: int = 2, init_from: Path | None = None, system_share: float = 0.0,
-          history_share: float = 0.0) -> dict[str, Any]:
+          history_share: float = 0.0, kind_weights: dict[str, float] | None = None) -> dict[str, Any]:
     """One training stage: from scratch, or on from `init_from` (whose stages the log keeps)."""
     if threads:
         torch.set_num_threads(threads)
@@ -120,7 +134,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     generator = torch.Generator().manual_seed(seed)
     started, log = time.time(), []
-    for step, batch in enumerate(training_batches(steps, batch_size, seed)):
+    for step, batch in enumerate(training_batches(steps, batch_size, seed, kind_weights)):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         # Gradient accumulation over length-sorted pieces: the same gradient, less padding.
@@ -142,7 +156,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     tokenizer.save_pretrained(out)
     stage = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
              "system_share": system_share, "history_share": history_share,
-             "init_from": "previous stage" if init_from else None,
+             "kind_weights": kind_weights, "init_from": "previous stage" if init_from else None,
              "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
     stages = [*(stages_of(previous) if previous else []), stage]
     summary = {**stage, "stages": stages, "total_wall_s": round(sum(s["wall_s"] for s in stages), 1)}
@@ -157,6 +171,22 @@ def stages_of(training_log: dict[str, Any]) -> list[dict[str, Any]]:
     """Every stage a checkpoint's training log records (logs from before stages were recorded: one)."""
     summary = training_log["summary"]
     return list(summary.get("stages") or [summary])
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`kind=weight,...` into a dict; unknown kinds and non-positive weights are errors."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, value = item.partition("=")
+        if kind not in KINDS:
+            raise argparse.ArgumentTypeError(f"unknown task kind {kind!r}; kinds: {', '.join(KINDS)}")
+        try:
+            weights[kind] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"weight of {kind!r} is not a number: {value!r}") from None
+        if weights[kind] <= 0:
+            raise argparse.ArgumentTypeError(f"weight of {kind!r} must be positive")
+    return weights
 
 
 def main() -> None:
@@ -177,15 +207,18 @@ def main() -> None:
                         help="second stage: share after 1-3 earlier exchanges (a conversation)")
     parser.add_argument("--system-lr", type=float, default=5e-4)
     parser.add_argument("--system-seed", type=int, default=1)
+    parser.add_argument("--kind-weights", type=parse_weights, default={},
+                        help="both stages: relative share of task kinds, e.g. sort=2.5,case=0.6 (others: 1)")
     args = parser.parse_args()
     start = args.init_from
     if start is None:
         print(json.dumps(train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.threads,
-                               args.chunks)))
+                               args.chunks, kind_weights=args.kind_weights or None)))
         start = args.out
     if args.system_steps:
         print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,
-                               args.threads, args.chunks, start, args.system_share, args.history_share)))
+                               args.threads, args.chunks, start, args.system_share, args.history_share,
+                               args.kind_weights or None)))
 
 
 if __name__ == "__main__":

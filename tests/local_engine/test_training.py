@@ -127,6 +127,30 @@ def test_the_training_stream_replays_and_names_the_problems_it_saw(tmp_path) -> 
     assert seen_in_training(tmp_path / "nowhere", rows) is None  # not a checkpoint this repo trained
 
 
+def test_kind_weights_shift_the_stream_and_the_replay_follows_them() -> None:
+    import argparse
+    from collections import Counter
+
+    from local_engine.training.train import parse_weights, trained_problems, training_batches
+
+    weights = {"sort": 3.0, "case": 0.5}
+    batches = list(training_batches(60, 32, 0, weights))
+    assert batches == list(training_batches(60, 32, 0, weights))
+    assert all(len(batch) == 32 for batch in batches)
+    counts = Counter(tasks.sample_problem(s)[0] for batch in batches for s in batch)
+    assert counts["sort"] / counts["date"] == pytest.approx(3.0, rel=0.2)
+    assert counts["case"] / counts["date"] == pytest.approx(0.5, rel=0.25)
+    assert list(training_batches(3, 4, 0, None)) == list(training_batches(3, 4, 0, {}))  # even: as before
+    stage = {"steps": 60, "batch_size": 32, "seed": 0}
+    weighted = {(k, p) for k, _, _, p in (tasks.sample_problem(s) for b in batches for s in b)}
+    assert trained_problems([{**stage, "kind_weights": weights}]) == weighted != trained_problems([stage])
+
+    assert parse_weights("sort=2.5, case=0.6") == {"sort": 2.5, "case": 0.6} and parse_weights("") == {}
+    for bad in ("poems=2", "sort=x", "sort=0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_weights(bad)
+
+
 def test_length_sorted_pieces_keep_every_seed_and_the_gradient() -> None:
     from local_engine.training.train import length_chunks
 
