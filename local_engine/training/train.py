@@ -207,6 +207,8 @@ def main() -> None:
                         help="second stage: share after 1-3 earlier exchanges (a conversation)")
     parser.add_argument("--system-lr", type=float, default=5e-4)
     parser.add_argument("--system-seed", type=int, default=1)
+    parser.add_argument("--system-chunks", type=int, default=None,
+                        help="second stage: length-sorted pieces per batch (default: --chunks)")
     parser.add_argument("--kind-weights", type=parse_weights, default={},
                         help="both stages: relative share of task kinds, e.g. sort=2.5,case=0.6 (others: 1)")
     args = parser.parse_args()
@@ -217,7 +219,8 @@ def main() -> None:
         start = args.out
     if args.system_steps:
         print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,
-                               args.threads, args.chunks, start, args.system_share, args.history_share,
+                               args.threads, args.system_chunks or args.chunks, start, args.system_share,
+                               args.history_share,
                                args.kind_weights or None)))
 
 
