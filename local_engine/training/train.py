@@ -70,7 +70,8 @@ def training_batches(steps: int, batch_size: int, seed: int,
 
 
 def trained_problems(stages: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """(kind, problem) of every example the training stages (each: steps, batch_size, seed) trained on."""
+    """(kind, problem) of every example the training stages (each: steps, batch_size, seed and, when
+    drawn unevenly, kind_weights) trained on."""
     return {(kind, problem) for stage in stages
             for batch in training_batches(stage["steps"], stage["batch_size"], stage["seed"],
                                           stage.get("kind_weights"))
@@ -184,8 +185,8 @@ def parse_weights(text: str) -> dict[str, float]:
             weights[kind] = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"weight of {kind!r} is not a number: {value!r}") from None
-        if weights[kind] <= 0:
-            raise argparse.ArgumentTypeError(f"weight of {kind!r} must be positive")
+        if not (weights[kind] > 0 and math.isfinite(weights[kind])):
+            raise argparse.ArgumentTypeError(f"weight of {kind!r} must be a positive number")
     return weights
 
 
@@ -220,8 +221,7 @@ def main() -> None:
     if args.system_steps:
         print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,
                                args.threads, args.system_chunks or args.chunks, start, args.system_share,
-                               args.history_share,
-                               args.kind_weights or None)))
+                               args.history_share, args.kind_weights or None)))
 
 
 if __name__ == "__main__":
