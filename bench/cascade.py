@@ -11,10 +11,12 @@ gateway whose cascade rule escalates drafts whose max commit entropy exceeds it.
 With `--system-share S`, that share of the routine requests comes after an app's system prompt, and
 with `--history-share H` that share as the last turn of a conversation (1-3 earlier exchanges); both
 held out like the prompts (`tasks.messages_for`), as apps send them (`cascade_system.json`: S 0.5;
-`cascade_conversation.json`: S 0.5, H 0.5).
+`cascade_conversation.json`: S 0.5, H 0.5). With `--conversation-threshold C`, requests with an earlier
+assistant turn get their own rule with max entropy C, matched by the policy's `messages.roles`
+condition, while the others keep the swept threshold (`cascade_conversation_split.json`).
 
     python bench/cascade.py [--routine 120] [--hard 40] [--thresholds 0.02,0.1,0.5] [--system-share 0]
-                            [--out bench/results/cascade.json]
+                            [--history-share 0] [--conversation-threshold C] [--out bench/results/cascade.json]
 """
 
 from __future__ import annotations
@@ -71,7 +73,22 @@ def workload(routine: int, hard: int, seed: int = 5, system_share: float = 0.0,
     return jobs
 
 
-def config(sim_url: str, threshold: float, db: Path) -> str:
+def config(sim_url: str, threshold: float, db: Path, conversation_threshold: float | None = None) -> str:
+    """The gateway's config: one cascade rule for routine prompts; with `conversation_threshold`, a
+    first rule keeps `threshold` for requests without an assistant turn (user, optionally a system
+    prompt) and the second applies the stricter bound to conversations."""
+    routine = f"{{content: {{regex: '{ROUTINE}|json|JSON', scope: last_user}}"
+    conversation = threshold if conversation_threshold is None else conversation_threshold
+    single_turn = ""
+    if conversation_threshold is not None:
+        single_turn = f"""
+    - name: routine-single-turn
+      when: {routine}, messages: {{roles: [system, user]}}}}
+      action:
+        cascade:
+          escalate_to: gpt-4o-mini
+          verifiers:
+            - min_confidence: {{max_entropy: {threshold}, allow_step_cap: false}}"""
     return f"""
 database_url: "sqlite:///{db}"
 reference_model: gpt-4o-mini
@@ -82,14 +99,14 @@ models:
     api_key: fake-upstream
 policies:
   default: {{hosted: gpt-4o-mini}}
-  rules:
+  rules:{single_turn}
     - name: routine-tasks
-      when: {{content: {{regex: '{ROUTINE}|json|JSON', scope: last_user}}}}
+      when: {routine}}}
       action:
         cascade:
           escalate_to: gpt-4o-mini
           verifiers:
-            - min_confidence: {{max_entropy: {threshold}, allow_step_cap: false}}
+            - min_confidence: {{max_entropy: {conversation}, allow_step_cap: false}}
 """
 
 
@@ -128,14 +145,15 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_once(jobs: list[dict[str, Any]], threshold: float, concurrency: int) -> dict[str, Any]:
+def run_once(jobs: list[dict[str, Any]], threshold: float, concurrency: int,
+             conversation_threshold: float | None = None) -> dict[str, Any]:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     sim = SimulatorServer(upstream(jobs))
     asyncio.run_coroutine_threadsafe(sim.start(), loop).result(10)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "draftgate.yaml"
-        cfg.write_text(config(sim.base_url, threshold, Path(tmp) / "ledger.db"))
+        cfg.write_text(config(sim.base_url, threshold, Path(tmp) / "ledger.db", conversation_threshold))
         server = uvicorn.Server(uvicorn.Config(create_app(Settings(config=cfg, data_dir=Path(tmp))),
                                                host="127.0.0.1", port=0, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -173,7 +191,8 @@ def run_once(jobs: list[dict[str, Any]], threshold: float, concurrency: int) -> 
                        "p99_s": pct([r["latency_s"] for r in results if r["route"] == route], 0.99),
                        "n": sum(r["route"] == route for r in results)} for route in ("local", "hosted", "escalated")}
     return {
-        "max_entropy_threshold": threshold, "requests": len(results),
+        "max_entropy_threshold": threshold, "conversation_max_entropy_threshold": conversation_threshold,
+        "requests": len(results),
         "routine_served_locally": len(local_routine) / len(routine),
         "leak_rate": (len(leaks) + len(hard_local)) / len(results),
         "routine_leak_rate": len(leaks) / len(routine),
@@ -198,6 +217,8 @@ def main() -> None:
                         help="share of routine requests sent after an app's system prompt")
     parser.add_argument("--history-share", type=float, default=0.0,
                         help="share of routine requests sent as the last turn of a conversation")
+    parser.add_argument("--conversation-threshold", type=float, default=None,
+                        help="a stricter max entropy for requests with an earlier assistant turn (a second rule)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     jobs = workload(args.routine, args.hard, system_share=args.system_share, history_share=args.history_share)
@@ -205,14 +226,14 @@ def main() -> None:
     print(f"{'max_entropy':>11} {'routine local':>13} {'leak rate':>9} {'routine leak':>12} {'escalated':>9} "
           f"{'correct':>7} {'hard hosted':>11} {'cost/all-hosted':>15}")
     for threshold in (float(t) for t in args.thresholds.split(",")):
-        r = run_once(jobs, threshold, args.concurrency)
+        r = run_once(jobs, threshold, args.concurrency, args.conversation_threshold)
         runs.append(r)
         print(f"{threshold:>11} {r['routine_served_locally']:>13.1%} {r['leak_rate']:>9.1%} "
               f"{r['routine_leak_rate']:>12.1%} {r['routine_escalated']:>9.1%} {r['routine_answered_correctly']:>7.1%} "
               f"{r['hard_sent_hosted']:>11.1%} {r['cost_vs_all_hosted']:>15.2f}")
     out = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "routine": args.routine, "hard": args.hard,
            "system_share": args.system_share, "history_share": args.history_share,
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+           "conversation_threshold": args.conversation_threshold, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "targets": {"routine_served_locally": ">= 0.60", "leak_rate": "< 0.01", "hard": "escalated"},
            "runs": runs}
     if args.out:
