@@ -73,22 +73,28 @@ def workload(routine: int, hard: int, seed: int = 5, system_share: float = 0.0,
     return jobs
 
 
-def config(sim_url: str, threshold: float, db: Path, conversation_threshold: float | None = None) -> str:
-    """The gateway's config: one cascade rule for routine prompts; with `conversation_threshold`, a
-    first rule keeps `threshold` for requests without an assistant turn (user, optionally a system
-    prompt) and the second applies the stricter bound to conversations."""
-    routine = f"{{content: {{regex: '{ROUTINE}|json|JSON', scope: last_user}}"
-    conversation = threshold if conversation_threshold is None else conversation_threshold
-    single_turn = ""
-    if conversation_threshold is not None:
-        single_turn = f"""
-    - name: routine-single-turn
-      when: {routine}, messages: {{roles: [system, user]}}}}
+def cascade_rule(name: str, when: str, threshold: float) -> str:
+    """One policy rule (YAML, indented for `rules:`) drafting locally and escalating above `threshold`."""
+    return f"""
+    - name: {name}
+      when: {when}
       action:
         cascade:
           escalate_to: gpt-4o-mini
           verifiers:
             - min_confidence: {{max_entropy: {threshold}, allow_step_cap: false}}"""
+
+
+def config(sim_url: str, threshold: float, db: Path, conversation_threshold: float | None = None) -> str:
+    """The gateway's config: one cascade rule for routine prompts; with `conversation_threshold`, a
+    first rule keeps `threshold` for requests without an assistant turn (user, optionally a system
+    prompt) and the second applies the stricter bound to conversations."""
+    routine = f"content: {{regex: '{ROUTINE}|json|JSON', scope: last_user}}"
+    rules = ""
+    if conversation_threshold is not None:
+        rules += cascade_rule("routine-single-turn", f"{{{routine}, messages: {{roles: [system, user]}}}}", threshold)
+        threshold = conversation_threshold
+    rules += cascade_rule("routine-tasks", f"{{{routine}}}", threshold)
     return f"""
 database_url: "sqlite:///{db}"
 reference_model: gpt-4o-mini
@@ -99,14 +105,7 @@ models:
     api_key: fake-upstream
 policies:
   default: {{hosted: gpt-4o-mini}}
-  rules:{single_turn}
-    - name: routine-tasks
-      when: {routine}}}
-      action:
-        cascade:
-          escalate_to: gpt-4o-mini
-          verifiers:
-            - min_confidence: {{max_entropy: {conversation}, allow_step_cap: false}}
+  rules:{rules}
 """
 
 
@@ -233,7 +232,8 @@ def main() -> None:
               f"{r['hard_sent_hosted']:>11.1%} {r['cost_vs_all_hosted']:>15.2f}")
     out = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "routine": args.routine, "hard": args.hard,
            "system_share": args.system_share, "history_share": args.history_share,
-           "conversation_threshold": args.conversation_threshold, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+           "conversation_threshold": args.conversation_threshold,
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "targets": {"routine_served_locally": ">= 0.60", "leak_rate": "< 0.01", "hard": "escalated"},
            "runs": runs}
     if args.out:

@@ -157,7 +157,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     tokenizer.save_pretrained(out)
     stage = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
              "system_share": system_share, "history_share": history_share,
-             "kind_weights": kind_weights, "init_from": "previous stage" if init_from else None,
+             "kind_weights": kind_weights or None, "init_from": "previous stage" if init_from else None,
              "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
     stages = [*(stages_of(previous) if previous else []), stage]
     summary = {**stage, "stages": stages, "total_wall_s": round(sum(s["wall_s"] for s in stages), 1)}
@@ -216,12 +216,12 @@ def main() -> None:
     start = args.init_from
     if start is None:
         print(json.dumps(train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.threads,
-                               args.chunks, kind_weights=args.kind_weights or None)))
+                               args.chunks, kind_weights=args.kind_weights)))
         start = args.out
     if args.system_steps:
         print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,
                                args.threads, args.system_chunks or args.chunks, start, args.system_share,
-                               args.history_share, args.kind_weights or None)))
+                               args.history_share, args.kind_weights)))
 
 
 if __name__ == "__main__":
