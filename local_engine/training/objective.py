@@ -6,14 +6,21 @@ positions with uniform random tokens; the bidirectional decoder predicts the cle
 is cross-entropy over every canvas position. Scoring clean positions too teaches the model to keep
 tokens it already has (generation renoises only what it did not accept), and scoring the padding
 after EOS teaches it to stop confidently, which is what lets the engine exit a canvas early.
-With self-conditioning, half of the rows first get a no-grad pass whose logits are fed back, as the
-decoder sees them at inference from the second denoising step on; only those rows run that pass.
+With self-conditioning, half of the rows first get a no-grad decoder pass whose logits are fed back,
+as the decoder sees them at inference from the second denoising step on; only those rows run that pass.
+The prompt goes through the encoder once: both decoder passes read the same cache (the no-grad one a
+detached copy of the rows it needs), as `generate()` reuses one cache across denoising steps. Running
+the whole model twice gives bit-identical losses and gradients and costs an extra encoder pass.
 """
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 
 def corrupt(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator | None = None,
@@ -27,6 +34,16 @@ def corrupt(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator | 
     return torch.where(mask, noise, canvas), mask
 
 
+def _detached_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A copy of `cache` holding only `rows`, cut off from the graph (for the no-grad pass); `cache` is untouched."""
+    sub = copy.copy(cache)
+    sub.layers = [copy.copy(layer) for layer in cache.layers]
+    sub.batch_select_indices(rows)
+    for layer in sub.layers:
+        layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+    return sub
+
+
 def block_diffusion_loss(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                          target: torch.Tensor, *, generator: torch.Generator | None = None,
                          self_condition_p: float = 0.5) -> torch.Tensor:
@@ -37,14 +54,17 @@ def block_diffusion_loss(model: torch.nn.Module, prompt_ids: torch.Tensor, promp
     noisy, _ = corrupt(target, vocab, generator)
     positions = torch.arange(prompt_len, prompt_len + canvas_len).unsqueeze(0)  # (1, L)
     decoder_mask = torch.cat([prompt_mask, torch.ones(batch, canvas_len, dtype=prompt_mask.dtype)], dim=1)
-    kwargs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=noisy,
-                  decoder_attention_mask=decoder_mask, decoder_position_ids=positions)
+    cache = DynamicCache(config=model.config.text_config)
+    model.model.encoder(input_ids=prompt_ids, attention_mask=prompt_mask, cache=cache)  # writes the cache, with grad
+    kwargs: dict[str, Any] = dict(cache=cache, decoder_input_ids=noisy, decoder_attention_mask=decoder_mask,
+                                  decoder_position_ids=positions)
     if self_condition_p > 0:
         use = torch.rand(batch, generator=generator) < self_condition_p  # (B,)
         if bool(use.any()):
             first = torch.zeros(batch, canvas_len, vocab)
             with torch.no_grad():  # only the rows that use it pay for the first pass
-                first[use] = model(**{k: v[use] if v.shape[0] == batch else v for k, v in kwargs.items()}).logits
+                first[use] = model(cache=_detached_rows(cache, use.nonzero().squeeze(1)), decoder_input_ids=noisy[use],
+                                   decoder_attention_mask=decoder_mask[use], decoder_position_ids=positions).logits
             kwargs.update(self_conditioning_logits=first, self_conditioning_mask=use)
     logits = model(**kwargs).logits  # (B, L, V), float32, soft-capped
     return F.cross_entropy(logits.reshape(-1, vocab), target.reshape(-1))

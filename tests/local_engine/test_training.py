@@ -203,6 +203,43 @@ def test_the_self_conditioning_pass_on_a_subset_of_rows_matches_the_full_batch()
     assert torch.allclose(full[use], subset, atol=1e-4)
 
 
+def test_one_encoder_pass_gives_the_loss_and_gradients_of_running_the_whole_model_twice() -> None:
+    """The loss encodes the prompt once and runs both decoder passes on that cache; the plain formulation runs
+    the whole model for the self-conditioning pass and again for the scored one. Same numbers either way."""
+    from local_engine.training.objective import corrupt
+
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
+    prompt_ids, prompt_mask, _ = encode_batch(build_tokenizer(), [0, 1, 2, 3, 4, 5])
+    target = torch.randint(6, 100, (6, 8))
+
+    def reference(generator: torch.Generator) -> torch.Tensor:
+        noisy, _ = corrupt(target, VOCAB_SIZE, generator)
+        kwargs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=noisy,
+                      decoder_attention_mask=torch.cat([prompt_mask, torch.ones(6, 8, dtype=prompt_mask.dtype)], 1),
+                      decoder_position_ids=torch.arange(prompt_ids.shape[1], prompt_ids.shape[1] + 8).unsqueeze(0))
+        use = torch.rand(6, generator=generator) < 0.5
+        assert 0 < int(use.sum()) < 6  # the seed below gives a mixed batch: both kinds of row are checked
+        first = torch.zeros(6, 8, VOCAB_SIZE)
+        with torch.no_grad():
+            first[use] = model(**{k: v[use] if v.shape[0] == 6 else v for k, v in kwargs.items()}).logits
+        logits = model(**kwargs, self_conditioning_logits=first, self_conditioning_mask=use).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), target.reshape(-1))
+
+    def loss_and_gradient(fn) -> tuple[float, torch.Tensor]:  # type: ignore[no-untyped-def]
+        model.zero_grad()
+        loss = fn(torch.Generator().manual_seed(3))
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    ours, ours_grad = loss_and_gradient(
+        lambda g: block_diffusion_loss(model, prompt_ids, prompt_mask, target, generator=g, self_condition_p=0.5))
+    plain, plain_grad = loss_and_gradient(reference)
+    assert ours == pytest.approx(plain, abs=1e-6)
+    assert ours_grad.shape == plain_grad.shape and torch.allclose(ours_grad, plain_grad, atol=1e-6)
+    assert ours_grad.abs().sum() > 0
+
+
 def test_system_prompts_are_deterministic_held_apart_and_leave_the_answer_alone() -> None:
     prompt = tasks.sample(5)[1]
     assert tasks.messages_for(5, prompt, 0.0) == [{"role": "user", "content": prompt}]
