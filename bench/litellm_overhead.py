@@ -23,9 +23,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gateway.simulator import Simulator, SimulatorServer  # noqa: E402
-from router.hosted import HostedModel  # noqa: E402
-from router.transport import LiteLLMTransport, OpenAITransport  # noqa: E402
+from gateway.simulator import Simulator, SimulatorServer
+from router.hosted import HostedModel
+from router.transport import LiteLLMTransport, OpenAITransport
 
 BODY = {"messages": [{"role": "user", "content": "hello from the benchmark"}], "max_tokens": 16}
 

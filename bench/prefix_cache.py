@@ -32,13 +32,13 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from local_engine.engine import DiffusionEngine  # noqa: E402
-from local_engine.interface import EngineConfig, GenerationRequest  # noqa: E402
-from local_engine.loading import load_model  # noqa: E402
-from local_engine.training.evaluate import held_out  # noqa: E402
-from local_engine.training.tasks import check  # noqa: E402
+from local_engine.engine import DiffusionEngine
+from local_engine.interface import EngineConfig, GenerationRequest
+from local_engine.loading import load_model
+from local_engine.training.evaluate import held_out
+from local_engine.training.tasks import check
 
 POLICY = ("You are the assistant of the ACME finance team. Answer with the result only: no greeting, no "
           "explanation, no markdown. Dates follow the format asked for; numbers use digits; JSON is compact. "

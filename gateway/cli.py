@@ -213,7 +213,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
         raise typer.Exit(code=2) from None
     db = Database(settings.resolved_database_url(_load_or_exit(settings).database_url))
     db.migrate()
-    result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))  # type: ignore[arg-type]
+    result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
     if format is Format.table:
         wide = console if console.is_terminal else Console(width=220)  # pipes and files get every column
@@ -348,4 +348,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -155,17 +156,18 @@ async def send(url: str, jobs: list[dict[str, Any]], console: Console, concurren
         async def one(job: dict[str, Any]) -> None:
             async with gate:
                 client = clients[job["key"]]
-                messages = [{"role": "user", "content": job["prompt"]}]
+                messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": job["prompt"]}]
                 try:
                     if job["stream"]:
-                        raw = await client.chat.completions.with_raw_response.create(
+                        streamed = await client.chat.completions.with_raw_response.create(
                             model="auto", messages=messages, stream=True, max_tokens=64)
-                        async for _ in raw.parse():
+                        async for _ in streamed.parse():
                             pass
+                        route = streamed.headers.get("x-draftgate-route", "?")
                     else:
                         raw = await client.chat.completions.with_raw_response.create(
                             model="auto", messages=messages, max_tokens=64)
-                    route = raw.headers.get("x-draftgate-route", "?")
+                        route = raw.headers.get("x-draftgate-route", "?")
                 except Exception as exc:  # noqa: BLE001 - the demo reports failures, it does not stop
                     route = f"error ({type(exc).__name__})"
                 routes[route] = routes.get(route, 0) + 1

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-
 import policies
 from gateway.auth import Authenticator, StaticKey
 from gateway.budgets import Budgets

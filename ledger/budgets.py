@@ -16,9 +16,9 @@ import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
-from sqlalchemy import Connection, case, update
+from sqlalchemy import Connection, Table, case, update
 
 from ledger.db import Database, insert_for
 from ledger.errors import LedgerError
@@ -129,7 +129,7 @@ class BudgetStore:
         counter = claim.counter
         if claim.amount > counter.limit + EPSILON:
             return False
-        table = BudgetUsageRow.__table__
+        table = cast(Table, BudgetUsageRow.__table__)
         statement = self._insert(table).values(scope=counter.scope, metric=counter.metric,
                                                window_start=counter.window_start, used=0.0, reserved=claim.amount)
         statement = statement.on_conflict_do_update(
@@ -141,7 +141,7 @@ class BudgetStore:
 
     def settle(self, claims: Sequence[Claim], actual: dict[Metric, float]) -> None:
         """Releases the reservations and adds what was really used (the estimate where unknown)."""
-        table = BudgetUsageRow.__table__
+        table = cast(Table, BudgetUsageRow.__table__)
         with self._db.engine.begin() as connection:
             for claim in sorted(claims, key=lambda c: (c.counter.scope, c.counter.metric, c.counter.window_start)):
                 counter = claim.counter
@@ -154,7 +154,7 @@ class BudgetStore:
 
     def usage(self, scope: str, metric: Metric, window_start: int) -> tuple[float, float]:
         """(used, reserved) of one counter; (0, 0) if it was never touched."""
-        table = BudgetUsageRow.__table__
+        table = cast(Table, BudgetUsageRow.__table__)
         with self._db.engine.connect() as connection:
             row = connection.execute(table.select().where(
                 table.c.scope == scope, table.c.metric == metric, table.c.window_start == window_start)).first()

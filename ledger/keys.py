@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, Table, select, update
 
 from ledger.budgets import Limits
 from ledger.db import Database
@@ -28,7 +29,7 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
 
 
 def hash_key(raw_key: str) -> str:
@@ -57,29 +58,29 @@ class KeyStore:
                       max_budget_usd=limits.max_budget_usd, budget_period=limits.budget_period,
                       rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit)
         with self._db.engine.begin() as connection:
-            connection.execute(ApiKeyRow.__table__.insert().values(**values))
+            connection.execute(cast(Table, ApiKeyRow.__table__).insert().values(**values))
         return raw, _info(ApiKeyRow(**values))
 
     def get(self, key_id: str) -> KeyInfo | None:
-        table = ApiKeyRow.__table__
+        table = cast(Table, ApiKeyRow.__table__)
         rows = self._rows(select(table).where(table.c.key_id == key_id))
         return _info(rows[0]) if rows else None
 
-    def _rows(self, statement):  # type: ignore[no-untyped-def]
+    def _rows(self, statement: Select[Any]) -> list[ApiKeyRow]:
         with self._db.engine.connect() as connection:
             return [ApiKeyRow(**dict(r._mapping)) for r in connection.execute(statement)]
 
     def verify(self, raw_key: str) -> KeyInfo | None:
         """The key's info if it exists and is not revoked, else None."""
         digest = hash_key(raw_key)
-        table = ApiKeyRow.__table__
+        table = cast(Table, ApiKeyRow.__table__)
         rows = self._rows(select(table).where(table.c.key_hash == digest))
         if not rows or not hmac.compare_digest(rows[0].key_hash, digest) or rows[0].revoked_at is not None:
             return None
         return _info(rows[0])
 
     def list(self, team: str | None = None) -> list[KeyInfo]:
-        table = ApiKeyRow.__table__
+        table = cast(Table, ApiKeyRow.__table__)
         statement = select(table).order_by(table.c.created_at)
         if team is not None:
             statement = statement.where(table.c.team == team)
@@ -87,7 +88,7 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> KeyInfo:
         """Marks a key revoked (idempotent); UnknownKeyError if it never existed."""
-        table = ApiKeyRow.__table__
+        table = cast(Table, ApiKeyRow.__table__)
         with self._db.engine.begin() as connection:
             connection.execute(update(table).where(table.c.key_id == key_id, table.c.revoked_at.is_(None))
                                .values(revoked_at=datetime.now(UTC)))

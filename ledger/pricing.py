@@ -36,7 +36,7 @@ def _litellm_cost_map() -> dict[str, Any]:
     if spec is None or not spec.submodule_search_locations:
         log.warning("litellm is not installed: only YAML price overrides are known")
         return {}
-    path = Path(list(spec.submodule_search_locations)[0]) / COST_MAP_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / COST_MAP_FILE
     data: dict[str, Any] = json.loads(path.read_text())
     data.pop("sample_spec", None)
     return data
@@ -68,9 +68,9 @@ class PriceBook:
             entry = self._map.get(key)
             if not isinstance(entry, dict):
                 continue
-            if provider and key != model and entry.get("litellm_provider") not in (None, provider):
-                if not str(entry.get("litellm_provider", "")).startswith(provider):
-                    continue
+            if (provider and key != model and entry.get("litellm_provider") not in (None, provider)
+                    and not str(entry.get("litellm_provider", "")).startswith(provider)):
+                continue
             inp, out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
             if isinstance(inp, (int, float)) and isinstance(out, (int, float)):
                 return Price(float(inp) * 1_000_000, float(out) * 1_000_000)

@@ -220,7 +220,7 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     if len(value) >= 2 and value[-1] in units and value[:-1].isdigit():
         return now - int(value[:-1]) * units[value[-1]]
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value)  # Python 3.11+ reads a trailing "Z" as UTC
     except ValueError:
         raise ValueError(f"{text!r} is neither a date/time (2026-11-01, 2026-11-01T12:00Z) "
                          "nor a span like 30d, 12h, 2w") from None

@@ -35,7 +35,7 @@ def bucket_value_ms(index: int) -> float:
     """A bucket's representative latency: the geometric middle of its bounds."""
     if index == 0:
         return LATENCY_BASE_MS
-    return LATENCY_BASE_MS * LATENCY_RATIO ** (index - 0.5)
+    return float(LATENCY_BASE_MS * LATENCY_RATIO ** (index - 0.5))
 
 
 def quantile_ms(histogram: Sequence[int], q: float) -> float | None:
@@ -113,7 +113,7 @@ class UsageTotals:
     @classmethod
     def from_columns(cls, row: Any) -> UsageTotals:
         # PostgreSQL sums BIGINT columns into NUMERIC (Decimal): bring every value back to int/float.
-        totals = cls(**{name: INT_OR_FLOAT[name](row[name] or 0) for name in SCALAR_FIELDS})
+        totals = cls(**{name: INT_OR_FLOAT[name](row[name] or 0) for name in SCALAR_FIELDS})  # type: ignore[arg-type]
         totals.latency = [int(row[latency_column(i)] or 0) for i in range(LATENCY_BUCKETS)]
         return totals
 

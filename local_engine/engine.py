@@ -141,7 +141,7 @@ class DiffusionEngine:
         for count in {systems, len(messages) - 1} - {0, len(messages)}:
             try:
                 prefix = self._render(messages[:count], generation_prompt=False)
-            except Exception:  # noqa: BLE001 - a template may reject a partial conversation; not an error
+            except Exception:  # noqa: BLE001, S112 - a template may reject a partial conversation; not an error
                 continue
             if self.prefixes.usable(len(prefix), len(ids)) and ids[:len(prefix)] == prefix:
                 cuts.add(len(prefix))

@@ -55,6 +55,6 @@ def load_model(config: EngineConfig) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
         raise EngineUnavailableError(f"cannot load the local model {source!r}: {exc}") from exc
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() for its own wrappers
     name = BUNDLED_NAME if config.model is None else config.model
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device)

@@ -104,7 +104,8 @@ class VllmBackend:
         base = self._pick()
         self._in_flight[base] += 1
         share = self._in_flight[base]
-        started, parts, finish, usage = time.perf_counter(), [], "stop", {}
+        started, parts, finish = time.perf_counter(), [], "stop"
+        usage: dict[str, Any] = {}
         try:
             async with self._http.stream("POST", base.rstrip("/") + "/chat/completions",
                                          content=orjson.dumps(self._body(request, True)),

@@ -155,11 +155,11 @@ def _conditions(c: _Compiled, f: RequestFacts, get_score: Callable[[], float | N
     if w.content is not None:
         yield from _content_conditions(w.content, c, f)
     if w.p_hosted is not None:
-        value = get_score()
-        if value is None:
+        score = get_score()
+        if score is None:
             yield "p_hosted", describe_number(w.p_hosted), "unavailable", False
         else:
-            yield "p_hosted", describe_number(w.p_hosted), f"{value:.3f}", number_holds(w.p_hosted, value)
+            yield "p_hosted", describe_number(w.p_hosted), f"{score:.3f}", number_holds(w.p_hosted, score)
 
 
 def _message_conditions(m: MessagesCondition, f: RequestFacts) -> Any:

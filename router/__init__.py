@@ -1,5 +1,6 @@
 """The router: plans each request (policy + classifier), serves it locally or hosted, verifies drafts."""
 
+from router.cascade import Cascade, CascadeSpec, EscalationMode, OnHostedUnavailable
 from router.errors import (
     LocalUnavailableError,
     RoutingError,
@@ -7,7 +8,6 @@ from router.errors import (
     UpstreamError,
     UpstreamRejectedError,
 )
-from router.cascade import Cascade, CascadeSpec, EscalationMode, OnHostedUnavailable
 from router.executor import ChunkStream, Executor, Pricing
 from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
 from router.job import Job, Outcome, Plan, Route
@@ -16,12 +16,11 @@ from router.transport import AttemptFailed, StreamBroken
 
 __all__ = [
     "Attempt",
+    "AttemptFailed",
     "Cascade",
     "CascadeSpec",
-    "EscalationMode",
-    "OnHostedUnavailable",
-    "AttemptFailed",
     "ChunkStream",
+    "EscalationMode",
     "Executor",
     "HostedClient",
     "HostedModel",
@@ -29,6 +28,7 @@ __all__ = [
     "HostedStream",
     "Job",
     "LocalUnavailableError",
+    "OnHostedUnavailable",
     "Outcome",
     "Plan",
     "Planner",

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from router.errors import UnknownModelError, UpstreamError, UpstreamRejectedError
 from router.transport import AttemptFailed, LiteLLMTransport, OpenAITransport, Transport, UpstreamStream

@@ -126,8 +126,7 @@ async def sequential(conn: Connection, path: str, body: bytes, stream: bool, cou
     for _ in range(count):
         try:
             series.samples.append(await asyncio.wait_for(conn.chat(path, body, stream), timeout_s))
-        except (BadResponse, OSError, ValueError, IndexError, asyncio.TimeoutError,
-                asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, BadResponse, OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
             series.errors += 1
             series.first_error = series.first_error or f"{type(exc).__name__}: {exc}"[:300]
             await conn.close()

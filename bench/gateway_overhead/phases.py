@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 import wrk
 from client import Connection, Series, percentile, sequential
 from procs import rss_mib

@@ -28,11 +28,11 @@ from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import phases  # noqa: E402
-import report  # noqa: E402
-import targets as paths  # noqa: E402
-import wrk  # noqa: E402
-from procs import Fleet, rss_mib  # noqa: E402
+import phases
+import report
+import targets as paths
+import wrk
+from procs import Fleet, rss_mib
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parents[1] / "bench" / "results" / "gateway_overhead.json"

@@ -14,7 +14,7 @@ def tiny_config(hidden: int = 128, layers: int = 4, canvas_length: int = CANVAS_
     vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=16, num_hidden_layers=0,
                   num_attention_heads=1, num_key_value_heads=1, head_dim=16, position_embedding_size=16,
                   patch_size=2)
-    text = DiffusionGemmaTextConfig(
+    text = DiffusionGemmaTextConfig(  # type: ignore[call-arg]  # the global_* keys become per_layer_config
         vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"],
         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,

@@ -44,7 +44,7 @@ def _detached_rows(cache: Any, rows: torch.Tensor) -> Any:
     return sub
 
 
-def block_diffusion_loss(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+def block_diffusion_loss(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                          target: torch.Tensor, *, generator: torch.Generator | None = None,
                          self_condition_p: float = 0.5) -> torch.Tensor:
     """Mean cross-entropy of the decoder's canvas predictions. Shapes: prompt (B, P), target (B, L)."""

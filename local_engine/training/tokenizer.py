@@ -60,7 +60,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.add_special_tokens(SPECIALS)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",  # type: ignore[no-untyped-call]
                                         bos_token="<bos>", unk_token="<unk>")
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 from transformers.models.diffusion_gemma import (
     DiffusionGemmaForBlockDiffusion,
     DiffusionGemmaGenerationConfig,
@@ -95,12 +96,14 @@ def length_chunks(seeds: list[int], chunks: int, system_share: float = 0.0,
 PERIODS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
-def init_number_embeddings(model: torch.nn.Module, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def init_number_embeddings(model: PreTrainedModel, tokenizer) -> None:  # type: ignore[no-untyped-def]
     """Starts every number token's embedding (tied: also its output row) from its value: sin/cos of
     value / period over PERIODS and the digit count, in the first dimensions, as Fourier number
     embeddings do. Sorting compares values and a sum is a rotation of these features, so the model
     does not have to discover what "37" means from co-occurrence alone; the rows still train."""
-    weight = model.get_input_embeddings().weight
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Embedding)
+    weight = embeddings.weight
     scale = 2.5 * weight.std().item()
     with torch.no_grad():
         for token, index in tokenizer.get_vocab().items():
@@ -143,7 +146,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
         for piece in length_chunks(batch, chunks, system_share, history_share):
             prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece, system_share, history_share)
             loss = block_diffusion_loss(model, prompt_ids, prompt_mask, target, generator=generator)
-            (loss * len(piece) / len(batch)).backward()
+            (loss * len(piece) / len(batch)).backward()  # type: ignore[no-untyped-call]
             total += loss.item() * len(piece) / len(batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -151,8 +154,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
         if step % 100 == 0 or step == steps - 1:
             log.append({"step": step, "loss": round(total, 4), "elapsed_s": round(time.time() - started, 1)})
             print(json.dumps(log[-1]), flush=True)
-    model.eval()
-    model.generation_config = DiffusionGemmaGenerationConfig(**GENERATION)
+    model.eval()  # type: ignore[no-untyped-call]
+    model.generation_config = DiffusionGemmaGenerationConfig(**GENERATION)  # type: ignore[no-untyped-call]
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

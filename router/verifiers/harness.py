@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import traceback
+from typing import Any
 
 DENIED_EVENTS = {
     "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system", "os.kill", "os.killpg",
@@ -33,11 +34,11 @@ def main() -> None:
     gate = {"open_result": False}
     result_path = os.path.join(work, result_name)
 
-    def inside(path: str, roots: tuple) -> bool:
+    def inside(path: str, roots: tuple[str, ...]) -> bool:
         real = os.path.realpath(path)
         return any(real == r or real.startswith(r + os.sep) for r in roots)
 
-    def hook(event: str, args: tuple) -> None:
+    def hook(event: str, args: tuple[Any, ...]) -> None:
         if event in DENIED_EVENTS:
             raise PermissionError(f"sandbox: {event} is not allowed")
         if event == "import" and args and str(args[0]).split(".")[0] in DENIED_IMPORTS:
@@ -72,7 +73,7 @@ def _failure(exc: BaseException) -> str:
     return text[:500]
 
 
-def run(solution: str, tests: str) -> dict:
+def run(solution: str, tests: str) -> dict[str, Any]:
     namespace = {"__name__": "solution"}
     try:
         exec(compile(solution, "solution.py", "exec"), namespace)

@@ -23,13 +23,11 @@ def test_an_error_event_mid_stream_ends_the_stream_with_an_error_and_is_recorded
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(error_in_stream_after=2, message="overloaded mid-answer"))
     received: list[str] = []
-    with pytest.raises(openai.APIError) as info:
-        with client(gw).chat.completions.with_streaming_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}],
-                stream=True) as response:
-            request_id = response.headers["x-draftgate-request-id"]
-            for chunk in response.parse():
-                received += [c.delta.content or "" for c in chunk.choices]
+    with pytest.raises(openai.APIError) as info, client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}], stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for chunk in response.parse():
+            received += [c.delta.content or "" for c in chunk.choices]
     assert "overloaded mid-answer" in str(info.value)
     assert "echo: a b c d e f".startswith("".join(received)) and "".join(received) != "echo: a b c d e f"
     assert len(simulator.state.received) == 1  # never retried once bytes went out

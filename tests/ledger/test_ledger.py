@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy import event
 
 from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook, UnknownKeyError

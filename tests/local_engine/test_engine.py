@@ -80,7 +80,7 @@ async def test_rows_join_mid_batch_and_short_rows_leave_first(engine_factory) ->
     engine = await engine_factory()
     long_stream = engine.stream(req("long", max_tokens=64, seed=11))
     first = await long_stream.__anext__()  # the long row has finished at least one canvas
-    assert isinstance(first, StreamDelta) or isinstance(first, Completion)
+    assert isinstance(first, (StreamDelta, Completion))
     short = await engine.generate(req("short", max_tokens=2, seed=5))
     assert engine.admissions["short"].tick > engine.admissions["long"].tick
     rest = [e async for e in long_stream]

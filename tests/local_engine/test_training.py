@@ -64,7 +64,7 @@ def test_tasks_are_deterministic_and_checkable(kind: str) -> None:
     a = tasks.generate(kind, random.Random(42))
     b = tasks.generate(kind, random.Random(42))
     assert a == b
-    prompt, answer = a
+    _, answer = a
     assert tasks.check(answer, answer) and tasks.check(f"  {answer}\n", answer)
     assert not tasks.check(answer + "x", answer)
     assert len(answer) < 31  # fits one canvas with its EOS
@@ -304,7 +304,7 @@ def test_number_tokens_start_from_their_values() -> None:
     assert not torch.equal(weight[vocab["37"], n:n + 3], weight[vocab["037"], n:n + 3])
     k = PERIODS.index(100)
     pair = [k, k + len(PERIODS)]
-    angle = lambda tok: torch.atan2(weight[vocab[tok], pair[0]], weight[vocab[tok], pair[1]])  # noqa: E731
+    angle = lambda tok: torch.atan2(weight[vocab[tok], pair[0]], weight[vocab[tok], pair[1]])
     assert torch.isclose((angle("37") - angle("10")) % (2 * torch.pi), (angle("47") - angle("20")) % (2 * torch.pi))
     assert torch.equal(weight[vocab["Sort"]], before[vocab["Sort"]])  # words keep their random start
     assert torch.equal(weight[vocab["7"], n + 3:], before[vocab["7"], n + 3:])  # and the rest of each row
