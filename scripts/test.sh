@@ -13,6 +13,9 @@ if [ -z "${DRAFTGATE_TEST_POSTGRES_URL:-}" ] && [ "${DRAFTGATE_START_POSTGRES:-$
     exit 1
   fi
 fi
+# Lint and types first: cheap, and a finding fails the run like a failing test.
+ruff check .
+mypy gateway router policies ledger local_engine
 # Known vulnerabilities (1) or an audit that got no answer from any source (2) fail the run. Without a
 # live vulnerability service (this CI's network has none) the committed advisory snapshot answers.
 bash scripts/audit.sh || exit $?
