@@ -267,7 +267,7 @@ class _LiteLLMStream:
         try:
             async for chunk in self._chunks:
                 yield orjson.dumps(chunk.model_dump(exclude_none=True))
-        except Exception as exc:
+        except Exception as exc:  # LiteLLM raises provider-specific types
             message = redact(f"upstream {self._model.alias} stream broke: {exc}", self._model)
             raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc
 
@@ -296,7 +296,7 @@ class LiteLLMTransport:
         try:
             return await litellm.acompletion(model=model.model, api_base=model.api_base, api_key=model.api_key,
                                              timeout=model.timeout_s, num_retries=0, stream=stream, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # LiteLLM maps providers onto its own exception zoo
             status = getattr(exc, "status_code", None)
             status = int(status) if isinstance(status, int) else None
             retryable = status is None or is_retryable_status(status)

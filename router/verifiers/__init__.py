@@ -30,7 +30,7 @@ def build_verifier(kind: str, options: Mapping[str, Any], *, judge: JudgeFn | No
         verifier: Verifier = factories[kind](**dict(options))
     except (TypeError, ValueError, SyntaxError) as exc:
         raise VerifierConfigError(kind, str(exc)) from exc
-    except Exception as exc:
+    except Exception as exc:  # e.g. jsonschema.SchemaError for a broken schema
         raise VerifierConfigError(kind, str(exc)) from exc
     return verifier
 
