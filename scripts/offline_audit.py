@@ -56,7 +56,7 @@ def _in_range(version: Version, events: list[dict[str, str]]) -> bool:
             continue
         if kind == "introduced" and version >= bound:
             affected = True
-        elif kind == "fixed" and version >= bound or kind == "last_affected" and version > bound:
+        elif (kind == "fixed" and version >= bound) or (kind == "last_affected" and version > bound):
             affected = False
     return affected
 
