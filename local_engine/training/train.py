@@ -1,8 +1,8 @@
 """Trains the bundled tiny DiffusionGemma from scratch, deterministically, on CPU, in two stages:
 single-turn task prompts (2,800 steps of 64), then 400 steps as apps send requests — half of them after
 an app's system prompt (`--history-share` adds earlier exchanges too; the answer never depends on
-either) — going on from the first stage's weights. About 19 minutes on 2 CPU cores (1,162 s for the
-shipped checkpoint).
+either) — going on from the first stage's weights. About 20 minutes on 2 CPU cores (1,162 s for the
+shipped checkpoint; a second full run, byte-identical, 1,259 s).
 `--kind-weights` draws some task kinds more often than others (default: all alike; the weightings
 measured so far cost more on the other kinds than they gained, `bench/results/tiny_model.md`).
 
