@@ -9,18 +9,20 @@ after EOS teaches it to stop confidently, which is what lets the engine exit a c
 With self-conditioning, half of the rows first get a no-grad decoder pass whose logits are fed back,
 as the decoder sees them at inference from the second denoising step on; only those rows run that pass.
 The prompt goes through the encoder once: both decoder passes read the same cache (the no-grad one a
-detached copy of the rows it needs), as `generate()` reuses one cache across denoising steps. Running
-the whole model twice gives bit-identical losses and gradients and costs an extra encoder pass.
+view of the rows it needs, `kv.view`), as `generate()` reuses one cache across denoising steps. Running
+the whole model twice gives the same loss and gradients up to float rounding and costs an extra encoder
+pass.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+
+from local_engine import kv
 
 
 def corrupt(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator | None = None,
@@ -32,16 +34,6 @@ def corrupt(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator | 
     mask = torch.rand(batch, length, generator=generator) < rate  # (B, L)
     noise = torch.randint(0, vocab_size, (batch, length), generator=generator)
     return torch.where(mask, noise, canvas), mask
-
-
-def _detached_rows(cache: Any, rows: torch.Tensor) -> Any:
-    """A copy of `cache` holding only `rows`, cut off from the graph (for the no-grad pass); `cache` is untouched."""
-    sub = copy.copy(cache)
-    sub.layers = [copy.copy(layer) for layer in cache.layers]
-    sub.batch_select_indices(rows)
-    for layer in sub.layers:
-        layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
-    return sub
 
 
 def block_diffusion_loss(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -62,8 +54,8 @@ def block_diffusion_loss(model: Any, prompt_ids: torch.Tensor, prompt_mask: torc
         use = torch.rand(batch, generator=generator) < self_condition_p  # (B,)
         if bool(use.any()):
             first = torch.zeros(batch, canvas_len, vocab)
-            with torch.no_grad():  # only the rows that use it pay for the first pass
-                first[use] = model(cache=_detached_rows(cache, use.nonzero().squeeze(1)), decoder_input_ids=noisy[use],
+            with torch.no_grad():  # only the rows that use it pay for the first pass; no graph reaches the cache
+                first[use] = model(cache=kv.view(cache, use.nonzero().squeeze(1)), decoder_input_ids=noisy[use],
                                    decoder_attention_mask=decoder_mask[use], decoder_position_ids=positions).logits
             kwargs.update(self_conditioning_logits=first, self_conditioning_mask=use)
     logits = model(**kwargs).logits  # (B, L, V), float32, soft-capped

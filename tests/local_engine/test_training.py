@@ -206,8 +206,6 @@ def test_the_self_conditioning_pass_on_a_subset_of_rows_matches_the_full_batch()
 def test_one_encoder_pass_gives_the_loss_and_gradients_of_running_the_whole_model_twice() -> None:
     """The loss encodes the prompt once and runs both decoder passes on that cache; the plain formulation runs
     the whole model for the self-conditioning pass and again for the scored one. Same numbers either way."""
-    from local_engine.training.objective import corrupt
-
     torch.manual_seed(0)
     model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
     prompt_ids, prompt_mask, _ = encode_batch(build_tokenizer(), [0, 1, 2, 3, 4, 5])
