@@ -48,6 +48,7 @@ def engine_config(config: policies.GatewayConfig) -> EngineConfig:
                         device_usd_per_hour=local.device_usd_per_hour, max_tokens=local.max_tokens,
                         prefix_cache_tokens=local.prefix_cache_tokens,
                         prefix_cache_min_tokens=local.prefix_cache_min_tokens,
+                        first_canvas_length=local.first_canvas_length,
                         api_bases=(local.api_base,) if local.api_base else ())
 
 

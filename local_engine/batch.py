@@ -7,9 +7,13 @@ they start their first canvas in the very next decoder pass, next to rows that a
 (each row has its own step count, temperature and self-conditioning mask). A row whose canvas finished
 commits it at once; a finished request leaves at once (its cache row is dropped) and is never computed
 again. A row that goes on waits, computing nothing, for the batch's canvas boundary: the tick on which
-no row is still denoising, when every row's committed canvas is encoded in one pass (rows must append
-together, or the cache would need gaps) and all open their next canvas. While a row waits, arrivals
-wait too, so it cannot starve.
+no row is still denoising, when every row's committed canvas is encoded in one pass and all open their
+next canvas. While a row waits, arrivals wait too, so it cannot starve.
+
+Canvases are fitted to each request (`Row.next_canvas_length`): the batch's canvas tensors are as wide
+as the longest canvas the checkpoint supports, and each decoder pass computes only as many positions as
+its longest row needs; a shorter row's extra positions are masked out of attention (and of the cache
+when its canvas is appended at the boundary, which leaves masked columns between its canvases).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class BatchStats:
 
     decoder_passes: int = 0
     row_passes: int = 0  # rows computed, summed over decoder passes
+    canvas_positions: int = 0  # canvas positions computed, summed over rows and decoder passes
     encoder_passes: int = 0
     canvas_boundaries: int = 0
     joined_running: int = 0  # requests merged into a batch that already had rows
@@ -64,6 +69,7 @@ class Batch:
         length = self._sampling.canvas_length
         self._canvas = torch.zeros(0, length, dtype=torch.long, device=self._device)  # (B, L) noisy canvas
         self._argmax = torch.zeros_like(self._canvas)  # (B, L) previous step's argmax; the commit at the end
+        self._live = torch.zeros(0, length, dtype=torch.bool, device=self._device)  # (B, L) inside the row's canvas
         self._steps = torch.zeros(0, dtype=torch.long, device=self._device)  # (B,) steps on the current canvas
         self._scales = torch.zeros(0, device=self._device)  # (B,) each request's temperature scale
         self._conditioning = torch.zeros(0, length, self._sampling.vocab_size, dtype=self._embed_dtype,
@@ -94,19 +100,23 @@ class Batch:
         self._model.model.encoder(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache)
         self.stats.encoder_passes += 1
 
-    def _open_canvases(self, rows: list[Row]) -> torch.Tensor:
-        """(n, L) fresh uniform-random canvases, each from its request's generator (generate()'s first draw)."""
+    def _open_canvases(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(canvas, live), both (n, L): fresh uniform-random canvases fitted to each request, each drawn from
+        its request's generator (generate()'s first draw at that length), padding past its length."""
         length, vocab = self._sampling.canvas_length, self._sampling.vocab_size
-        canvas = torch.empty(len(rows), length, dtype=torch.long, device=self._device)
+        canvas = torch.full((len(rows), length), self._sampling.pad_id, dtype=torch.long, device=self._device)
         shared = [i for i, r in enumerate(rows) if r.generator is None]
         for i, row in enumerate(rows):
             row.state = RowState.DENOISING
+            row.canvas_length = own = row.next_canvas_length(self._sampling)
             if row.generator is not None:
-                canvas[i] = torch.randint(0, vocab, (1, length), generator=row.generator, device=self._device)
+                canvas[i, :own] = torch.randint(0, vocab, (1, own), generator=row.generator, device=self._device)
         if shared:
             canvas[torch.tensor(shared, device=self._device)] = torch.randint(
                 0, vocab, (len(shared), length), device=self._device)
-        return canvas
+        lengths = torch.tensor([r.canvas_length for r in rows], device=self._device)
+        live = torch.arange(length, device=self._device) < lengths[:, None]
+        return canvas.masked_fill(~live, self._sampling.pad_id), live
 
     def _encode_group(self, rows: list[Row]) -> tuple[Any, torch.Tensor]:
         """The rows' whole prompts, left-padded, in one encoder pass: (cache, mask)."""
@@ -188,7 +198,8 @@ class Batch:
         rows = [s.row for s in slots]
         started = self._meter.start()
         n, length = len(rows), self._sampling.canvas_length
-        canvas = torch.cat([self._canvas, self._open_canvases(rows)])
+        opened, live = self._open_canvases(rows)
+        canvas, live = torch.cat([self._canvas, opened]), torch.cat([self._live, live])
         # Nothing below raises short of running out of memory, so a failed admission leaves the batch as it was.
         if self.members:
             self.stats.joined_running += n
@@ -197,7 +208,7 @@ class Batch:
         else:
             self._cache, self._mask = cache, mask
         self.members += slots
-        self._canvas = canvas
+        self._canvas, self._live = canvas, live
         self._argmax = torch.cat([self._argmax, torch.zeros(n, length, dtype=torch.long, device=self._device)])
         self._steps = torch.cat([self._steps, torch.zeros(n, dtype=torch.long, device=self._device)])
         self._scales = torch.cat([self._scales, torch.tensor([r.temperature_scale for r in rows],
@@ -210,11 +221,11 @@ class Batch:
         """Every row committed its canvas and goes on: encodes all the canvases in one pass, opens the next ones."""
         rows = self.rows
         started = self._meter.start()
-        length = self._sampling.canvas_length
-        positions = self._mask.sum(1, keepdim=True) + torch.arange(length, device=self._device)  # (B, L)
-        self._mask = torch.cat([self._mask, torch.ones_like(self._argmax)], dim=1)
-        self._encode(self._cache, self._mask, self._argmax, positions)
-        self._canvas = self._open_canvases(rows)
+        width = max(r.canvas_length for r in rows)
+        positions = self._mask.sum(1, keepdim=True) + torch.arange(width, device=self._device)  # (B, w)
+        self._mask = torch.cat([self._mask, self._live[:, :width].long()], dim=1)
+        self._encode(self._cache, self._mask, self._argmax[:, :width], positions)
+        self._canvas, self._live = self._open_canvases(rows)
         self._steps.zero_()
         self.stats.canvas_boundaries += 1
         self._charge(started, rows)
@@ -226,60 +237,59 @@ class Batch:
         """
         index_list = [i for i, r in enumerate(self.rows) if r.state is RowState.DENOISING]
         full = len(index_list) == len(self.members)
-        index = torch.tensor(index_list, device=self._device)
+        rows_of: Any = slice(None) if full else torch.tensor(index_list, device=self._device)
         members = [self.members[i] for i in index_list]
         rows = [m.row for m in members]
+        lengths = [r.canvas_length for r in rows]
+        width = max(lengths)  # the pass computes no position that no row in it needs
         started = self._meter.start()
-        logits = self._decode(index, full)  # (b, L, V)
-        steps = self._steps if full else self._steps[index]
-        result = denoise(logits, self._canvas if full else self._canvas[index],
-                         self._argmax if full else self._argmax[index], steps,
-                         self._scales if full else self._scales[index], [r.generator for r in rows],
-                         [r.greedy for r in rows], self._sampling)
-        processed = result.processed.to(self._embed_dtype)
-        if full:
-            self._canvas, self._argmax, self._conditioning = result.canvas, result.argmax, processed
-            self._steps += 1
-        else:
-            self._canvas[index], self._argmax[index], self._conditioning[index] = (result.canvas, result.argmax,
-                                                                                  processed)
-            self._steps[index] += 1
+        logits = self._decode(rows_of, full, width)  # (b, w, V)
+        steps = self._steps[rows_of]
+        result = denoise(logits, self._canvas[rows_of, :width], self._argmax[rows_of, :width], steps,
+                         self._scales[rows_of], [r.generator for r in rows], [r.greedy for r in rows],
+                         self._sampling, lengths)
+        self._canvas[rows_of, :width] = result.canvas
+        self._argmax[rows_of, :width] = result.argmax
+        self._conditioning[rows_of, :width] = result.processed.to(self._embed_dtype)
+        self._steps[rows_of] += 1
         done = [j for j, d in enumerate(result.done) if d]
         entropy = entropy_of(logits[done]).tolist() if done else []  # the model's own (temperature 1)
         canvases = result.argmax[done].tolist() if done else []
-        committed_steps = (self._steps if full else self._steps[index])[done].tolist() if done else []
+        committed_steps = self._steps[rows_of][done].tolist() if done else []
         for row in rows:
             row.decoder_passes += 1
         self._charge(started, rows)
         for k, j in enumerate(done):
             row = rows[j]
             row.step_cap_hit |= result.cap_hit[j]
-            row.commit(canvases[k], entropy[k], committed_steps[k], self._sampling)
+            own = row.canvas_length
+            row.commit(canvases[k][:own], entropy[k][:own], committed_steps[k], self._sampling)
             row.state = RowState.BOUNDARY
             on_converged(members[j])
 
-    def _decode(self, index: torch.Tensor, full: bool) -> torch.Tensor:
-        """The decoder pass over the rows in `index` (all of them when `full`): (b, L, V) float32 logits."""
-        cache = self._cache if full else kv.view(self._cache, index)
-        mask = self._mask if full else self._mask[index]
-        length = self._sampling.canvas_length
-        positions = mask.sum(1, keepdim=True) + torch.arange(length, device=self._device)  # (b, L)
+    def _decode(self, rows_of: Any, full: bool, width: int) -> torch.Tensor:
+        """The decoder pass over the rows `rows_of` (all of them when `full`), over the first `width` canvas
+        positions: (b, w, V) float32 logits."""
+        cache = self._cache if full else kv.view(self._cache, rows_of)
+        mask = self._mask[rows_of]
+        live = self._live[rows_of, :width]
+        positions = mask.sum(1, keepdim=True) + torch.arange(width, device=self._device)  # (b, w)
         decoder_mask = None
-        if self._padded(mask):  # without padding the decoder takes its fast path (no mask, as generate() does)
-            decoder_mask = torch.cat([mask, torch.ones(mask.shape[0], length, dtype=mask.dtype,
-                                                       device=self._device)], dim=1)
-        steps = self._steps if full else self._steps[index]
+        if self._padded(mask) or not bool(live.all()):  # else the decoder's fast path (no mask, as generate())
+            decoder_mask = torch.cat([mask, live.to(mask.dtype)], dim=1)
+        steps = self._steps[rows_of]
         has_conditioning = steps > 0  # (b,) a canvas's first step has no previous logits
         count = int(has_conditioning.sum())
         conditioning = conditioning_mask = None
         if count:
-            conditioning = self._conditioning if full else self._conditioning[index]
+            conditioning = self._conditioning[rows_of, :width]
             conditioning_mask = None if count == len(steps) else has_conditioning
-        out = self._model(cache=cache, decoder_input_ids=self._canvas if full else self._canvas[index],
+        out = self._model(cache=cache, decoder_input_ids=self._canvas[rows_of, :width],
                           decoder_position_ids=positions, decoder_attention_mask=decoder_mask,
                           self_conditioning_logits=conditioning, self_conditioning_mask=conditioning_mask)
         self.stats.decoder_passes += 1
         self.stats.row_passes += len(steps)
+        self.stats.canvas_positions += len(steps) * width
         self.stats.rows_per_pass[len(steps)] += 1
         logits: torch.Tensor = out.logits.float()
         return logits
@@ -296,5 +306,5 @@ class Batch:
         self.members = [self.members[i] for i in keep]
         kv.select(self._cache, index)
         self._mask = kv.trim(self._cache, self._mask[index])
-        self._canvas, self._argmax = self._canvas[index], self._argmax[index]
+        self._canvas, self._argmax, self._live = self._canvas[index], self._argmax[index], self._live[index]
         self._steps, self._scales, self._conditioning = self._steps[index], self._scales[index], self._conditioning[index]

@@ -6,6 +6,10 @@ a generator, so its multinomial sample and its renoise tokens are drawn from it 
 order and shapes as `generate()` draws them for one row. That keeps a seed's answer the same whatever
 else is in the batch, and equal to `torch.manual_seed(seed); model.generate(...)`. Unseeded rows share
 one draw from the global generator.
+
+Rows may denoise canvases of different lengths in one pass (`Row.next_canvas_length`): a row's
+positions past its own length are dead — masked out of attention by the batch, zero entropy here,
+padding in its canvas — so it takes the same steps, draws and decisions as a pass of its own length.
 """
 
 from __future__ import annotations
@@ -49,11 +53,13 @@ def entropy_of(logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch
 
 
 def draw(probs: torch.Tensor, greedy_canvas: torch.Tensor, generators: Sequence[torch.Generator | None],
-         greedy: Sequence[bool], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+         greedy: Sequence[bool], vocab_size: int, lengths: Sequence[int] | None = None,
+         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sampled, noise), both (b, L): a categorical sample per position and uniform renoise tokens.
 
-    Per row in generate()'s order (multinomial, then randint); greedy rows take the argmax and draw only noise.
-    A generator lives on the device of `probs`, so no row's distribution is copied to the host.
+    Per row in generate()'s order (multinomial, then randint) over the row's own length (`lengths`;
+    default L); greedy rows take the argmax and draw only noise. A generator lives on the device of
+    `probs`, so no row's distribution is copied to the host.
     """
     _, length, vocab = probs.shape
     sampled = greedy_canvas.clone()
@@ -62,9 +68,10 @@ def draw(probs: torch.Tensor, greedy_canvas: torch.Tensor, generators: Sequence[
     for i, g in enumerate(generators):
         if g is None:
             continue
+        own = length if lengths is None else lengths[i]
         if not greedy[i]:
-            sampled[i] = torch.multinomial(probs[i], 1, generator=g).view(length)
-        noise[i] = torch.randint(0, vocab_size, (1, length), generator=g, device=g.device)
+            sampled[i, :own] = torch.multinomial(probs[i, :own], 1, generator=g).view(own)
+        noise[i, :own] = torch.randint(0, vocab_size, (1, own), generator=g, device=g.device)
     if shared:
         index = torch.tensor(shared, device=probs.device)
         sampling_rows = [i for i in shared if not greedy[i]]
@@ -78,22 +85,34 @@ def draw(probs: torch.Tensor, greedy_canvas: torch.Tensor, generators: Sequence[
 
 def denoise(logits: torch.Tensor, canvas: torch.Tensor, previous_argmax: torch.Tensor, steps: torch.Tensor,
             scales: torch.Tensor, generators: Sequence[torch.Generator | None], greedy: Sequence[bool],
-            sampling: Sampling) -> Step:
-    """Applies one step's logits (b, L, V) to b rows; `steps` (b,) counts the steps already taken on each canvas."""
+            sampling: Sampling, lengths: Sequence[int] | None = None) -> Step:
+    """Applies one step's logits (b, L, V) to b rows; `steps` (b,) counts the steps already taken on each
+    canvas; `lengths` (default: all L) are the rows' own canvas lengths."""
     temperature = temperatures(steps, scales, sampling).to(logits.device)  # (b,)
     processed = logits / temperature[:, None, None]  # (b, L, V)
     probs = torch.softmax(processed, dim=-1, dtype=torch.float32)  # (b, L, V)
     entropy = entropy_of(processed, probs)  # (b, L)
     argmax = processed.argmax(-1)  # (b, L)
-    sampled, noise = draw(probs, argmax, generators, greedy, sampling.vocab_size)
+    live = None
+    width = logits.shape[1]
+    if lengths is not None and min(lengths) < width:
+        live = torch.arange(width, device=logits.device) < torch.tensor(lengths, device=logits.device)[:, None]
+        entropy = entropy.masked_fill(~live, 0.0)  # sorts first and adds nothing to the acceptance sums
+        argmax = argmax.masked_fill(~live, sampling.pad_id)
+    sampled, noise = draw(probs, argmax, generators, greedy, sampling.vocab_size, lengths)
     # Entropy-bound acceptance: the lowest-entropy positions whose summed entropy (less the largest) fits the bound.
     sorted_entropy, order = torch.sort(entropy, dim=-1)
     accept_sorted = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy <= sampling.entropy_bound
     accepted = torch.zeros_like(accept_sorted).scatter(-1, order, accept_sorted)  # (b, L)
     stable = (argmax == previous_argmax).all(-1) & (steps > 0)  # (b,)
-    confident = entropy.mean(-1) < sampling.confidence_threshold  # (b,)
+    mean = entropy.mean(-1)  # (b,)
+    if live is not None:  # a short row's mean is over its own positions; full rows keep generate()'s op
+        mean = torch.where(live.all(-1), mean, entropy.sum(-1) / live.sum(-1))
+    confident = mean < sampling.confidence_threshold  # (b,)
     converged = stable & confident
     cap = ~converged & (steps + 1 >= sampling.max_steps)
     flags = torch.stack([converged | cap, cap]).tolist()  # one host sync for the whole batch
-    return Step(canvas=torch.where(accepted, sampled, noise), argmax=argmax, processed=processed,
-                done=flags[0], cap_hit=flags[1])
+    next_canvas = torch.where(accepted, sampled, noise)
+    if live is not None:
+        next_canvas = next_canvas.masked_fill(~live, sampling.pad_id)
+    return Step(canvas=next_canvas, argmax=argmax, processed=processed, done=flags[0], cap_hit=flags[1])

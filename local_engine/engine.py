@@ -45,7 +45,21 @@ def message_text(message: Mapping[str, Any]) -> str:
     return str(content or "")
 
 
-def sampling_of(loaded: LoadedModel) -> Sampling:
+def canvas_lengths_of(loaded: LoadedModel) -> tuple[int, ...]:
+    """The canvas lengths the checkpoint was trained to denoise (`config.trained_canvas_lengths`, which
+    draftgate's training writes), ascending and ending at its canvas length; else just that length."""
+    longest = int(loaded.model.config.canvas_length or 0)
+    trained = getattr(loaded.model.config, "trained_canvas_lengths", None) or ()
+    return tuple(sorted({int(n) for n in trained if 0 < int(n) < longest} | {longest}))
+
+
+def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Sampling:
+    """The checkpoint's generation settings; `first_canvas` caps a request's first canvas (None: the
+    shortest trained length). It must be a length the checkpoint was trained for."""
+    lengths = canvas_lengths_of(loaded)
+    if first_canvas is not None and first_canvas not in lengths:
+        raise EngineUnavailableError(f"first_canvas_length {first_canvas} is not a canvas length this checkpoint "
+                                     f"was trained for: {', '.join(map(str, lengths))}")
     gen = loaded.model.generation_config
     sampler = getattr(gen, "sampler_config", None)
     bound = getattr(sampler, "entropy_bound", None) if sampler is not None else None
@@ -56,7 +70,8 @@ def sampling_of(loaded: LoadedModel) -> Sampling:
                     confidence_threshold=float(getattr(gen, "confidence_threshold", None) or 0.005),
                     vocab_size=int(loaded.model.config.get_text_config().vocab_size),
                     eos_id=int(gen.eos_token_id if gen.eos_token_id is not None else 1),
-                    pad_id=int(gen.pad_token_id if gen.pad_token_id is not None else 0))
+                    pad_id=int(gen.pad_token_id if gen.pad_token_id is not None else 0),
+                    canvas_lengths=lengths, first_canvas=first_canvas or lengths[0])
 
 
 class _Slot:
@@ -74,7 +89,7 @@ class DiffusionEngine:
         self._loaded = loaded
         self._config = config
         self.model_name = loaded.name
-        self.sampling = sampling_of(loaded)
+        self.sampling = sampling_of(loaded, config.first_canvas_length)
         rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else default_rate(loaded.device)
         self.meter = Meter(loaded.device, rate)
         self._waiting: queue.Queue[_Slot] = queue.Queue()

@@ -25,7 +25,12 @@ class RowState(enum.Enum):
 
 @dataclass(frozen=True)
 class Sampling:
-    """The checkpoint's generation settings (the request's temperature scales the schedule per row)."""
+    """The checkpoint's generation settings (the request's temperature scales the schedule per row).
+
+    `canvas_length` is the longest canvas (the checkpoint's); `canvas_lengths` are the lengths the
+    checkpoint was trained to denoise (ascending, ending at `canvas_length`; empty: only that one), and
+    `first_canvas` caps a request's first canvas (0: no cap).
+    """
 
     canvas_length: int
     max_steps: int
@@ -36,6 +41,12 @@ class Sampling:
     vocab_size: int
     eos_id: int
     pad_id: int
+    canvas_lengths: tuple[int, ...] = ()
+    first_canvas: int = 0
+
+    def fitted(self, tokens: int) -> int:
+        """The shortest supported canvas holding `tokens`, else the longest."""
+        return next((n for n in self.canvas_lengths or (self.canvas_length,) if n >= tokens), self.canvas_length)
 
 
 @dataclass
@@ -48,6 +59,7 @@ class Row:
     prefix_cuts: tuple[int, ...] = ()  # prompt prefixes (token counts, ascending) the prefix cache may hold
     cached_tokens: int = 0  # prompt tokens whose encoder states did come from it
     state: RowState = RowState.NEW
+    canvas_length: int = 0  # of the canvas it is denoising (or last committed)
     steps_per_canvas: list[int] = field(default_factory=list)
     step_cap_hit: bool = False
     tokens: list[int] = field(default_factory=list)  # useful tokens committed
@@ -62,6 +74,17 @@ class Row:
     @property
     def greedy(self) -> bool:
         return self.temperature_scale == 0
+
+    def next_canvas_length(self, sampling: Sampling) -> int:
+        """A canvas fitted to the request: no longer than what max_tokens leaves room for (plus EOS), the
+        first one at most `first_canvas`, each later one at most twice the last (an answer longer than a
+        short first canvas costs one more canvas, not many)."""
+        room = self.max_tokens - len(self.tokens) + 1
+        if self.steps_per_canvas:
+            room = min(room, 2 * self.canvas_length)
+        elif sampling.first_canvas:
+            room = min(room, sampling.first_canvas)
+        return sampling.fitted(room)
 
     def commit(self, canvas: list[int], entropy: list[float], steps: int, sampling: Sampling) -> None:
         """Commits an argmax canvas: useful tokens up to EOS and max_tokens; sets finish_reason when done."""

@@ -48,6 +48,7 @@ class LocalConfig(BaseModel):
     max_tokens: int = Field(default=512, ge=1, le=65_536)
     prefix_cache_tokens: int = Field(default=32_768, ge=0, le=10_000_000)
     prefix_cache_min_tokens: int = Field(default=64, ge=1, le=1_000_000)
+    first_canvas_length: int | None = Field(default=None, ge=1, le=65_536)
 
     @model_validator(mode="after")
     def _vllm_needs_a_server(self) -> LocalConfig:

@@ -32,9 +32,29 @@ from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, messages_for,
 from local_engine.training.tokenizer import build_tokenizer
 
 
+def block_starts(length: int, canvas: int, canvas_lengths: tuple[int, ...]) -> list[int]:
+    """Where a canvas of `canvas` tokens can start in an answer of `length` tokens (EOS included) when
+    generation opens with any of `canvas_lengths` and doubles the canvas up to the longest after each
+    one, as the engine does (`rows.Row.next_canvas_length`): every start that schedule reaches."""
+    starts = set()
+    for first in canvas_lengths:
+        start, size = 0, first
+        while start < length:
+            if size == canvas:
+                starts.add(start)
+            start, size = start + size, min(2 * size, max(canvas_lengths))
+    return sorted(starts)
+
+
 def encode_batch(tokenizer, seeds: list[int], system_share: float = 0.0,  # type: ignore[no-untyped-def]
-                 history_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded chat prompts (B, P) with their mask, and canvases (B, L): answer, EOS, padding."""
+                 history_share: float = 0.0, canvas: int = CANVAS_LENGTH,
+                 canvas_lengths: tuple[int, ...] = (), blocks: random.Random | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded chat prompts (B, P) with their mask, and canvases (B, `canvas`): answer, EOS, padding.
+
+    With `canvas_lengths` (and `blocks`, the stream that picks), a row's canvas is one block of its
+    answer that the engine's canvas schedule can open (`block_starts`); the answer tokens before it join
+    the clean prompt, as they sit in the KV cache at generation time."""
     samples = [sample(seed) for seed in seeds]
     # Rendering the chat template once per batch and tokenizing in one Rust call keeps data prep cheap.
     texts = [tokenizer.apply_chat_template(messages_for(seed, prompt, system_share, history_share),
@@ -43,10 +63,14 @@ def encode_batch(tokenizer, seeds: list[int], system_share: float = 0.0,  # type
     prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
     answers = tokenizer([answer for _, _, answer in samples], add_special_tokens=False)["input_ids"]
     targets = []
-    for answer_ids in answers:
-        answer_ids = answer_ids[: CANVAS_LENGTH - 1]
-        pad = [tokenizer.pad_token_id] * (CANVAS_LENGTH - 1 - len(answer_ids))
-        targets.append(answer_ids + [tokenizer.eos_token_id] + pad)
+    for i, answer_ids in enumerate(answers):
+        sequence = answer_ids[: CANVAS_LENGTH - 1] + [tokenizer.eos_token_id]
+        start = 0
+        if canvas_lengths and blocks is not None:
+            start = blocks.choice(block_starts(len(sequence), canvas, canvas_lengths) or [0])
+            prompts[i] = prompts[i] + sequence[:start]
+        block = sequence[start:start + canvas]
+        targets.append(block + [tokenizer.pad_token_id] * (canvas - len(block)))
     width = max(map(len, prompts))
     prompt_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
     prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -118,8 +142,13 @@ def init_number_embeddings(model: PreTrainedModel, tokenizer) -> None:  # type: 
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None,
           chunks: int = 2, init_from: Path | None = None, system_share: float = 0.0,
-          history_share: float = 0.0, kind_weights: dict[str, float] | None = None) -> dict[str, Any]:
-    """One training stage: from scratch, or on from `init_from` (whose stages the log keeps)."""
+          history_share: float = 0.0, kind_weights: dict[str, float] | None = None,
+          canvas_lengths: tuple[int, ...] = ()) -> dict[str, Any]:
+    """One training stage: from scratch, or on from `init_from` (whose stages the log keeps).
+
+    `canvas_lengths` trains canvases of those lengths (each piece draws one, each row a block the
+    engine's canvas schedule can open) instead of one canvas of CANVAS_LENGTH holding the whole
+    answer; the checkpoint records them (`config.trained_canvas_lengths`) for the engine."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -138,13 +167,16 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     generator = torch.Generator().manual_seed(seed)
+    blocks = random.Random(seed + 1_000_003) if canvas_lengths else None  # its own stream: batches stay the same
     started, log = time.time(), []
     for step, batch in enumerate(training_batches(steps, batch_size, seed, kind_weights)):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         # Gradient accumulation over length-sorted pieces: the same gradient, less padding.
         for piece in length_chunks(batch, chunks, system_share, history_share):
-            prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece, system_share, history_share)
+            canvas = blocks.choice(canvas_lengths) if blocks is not None else CANVAS_LENGTH
+            prompt_ids, prompt_mask, target = encode_batch(tokenizer, piece, system_share, history_share,
+                                                           canvas, canvas_lengths, blocks)
             loss = block_diffusion_loss(model, prompt_ids, prompt_mask, target, generator=generator)
             (loss * len(piece) / len(batch)).backward()  # type: ignore[no-untyped-call]
             total += loss.item() * len(piece) / len(batch)
@@ -156,12 +188,16 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
             print(json.dumps(log[-1]), flush=True)
     model.eval()  # type: ignore[no-untyped-call]
     model.generation_config = DiffusionGemmaGenerationConfig(**GENERATION)  # type: ignore[no-untyped-call]
+    trained = sorted({*canvas_lengths, *(getattr(model.config, "trained_canvas_lengths", None) or ())})
+    if trained:
+        model.config.trained_canvas_lengths = trained
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     stage = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
              "system_share": system_share, "history_share": history_share,
-             "kind_weights": kind_weights or None, "init_from": "previous stage" if init_from else None,
+             "kind_weights": kind_weights or None, "canvas_lengths": list(canvas_lengths) or None,
+             "init_from": "previous stage" if init_from else None,
              "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
     stages = [*(stages_of(previous) if previous else []), stage]
     summary = {**stage, "stages": stages, "total_wall_s": round(sum(s["wall_s"] for s in stages), 1)}
@@ -194,6 +230,17 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """`4,8,16` into (4, 8, 16): positive, and the longest is the checkpoint's canvas length."""
+    try:
+        lengths = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"canvas lengths must be integers: {text!r}") from None
+    if lengths and (lengths[0] < 1 or lengths[-1] != CANVAS_LENGTH):
+        raise argparse.ArgumentTypeError(f"canvas lengths must be positive and end at {CANVAS_LENGTH}: {text!r}")
+    return lengths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "tiny-diffusiongemma")
@@ -215,6 +262,9 @@ def main() -> None:
     parser.add_argument("--system-seed", type=int, default=1)
     parser.add_argument("--system-chunks", type=int, default=2,
                         help="second stage: length-sorted pieces per batch (system prompts vary, so padding costs)")
+    parser.add_argument("--canvas-lengths", type=parse_lengths, default=(4, 8, CANVAS_LENGTH),
+                        help="second stage: canvas lengths to train (comma-separated; the longest must be "
+                             f"{CANVAS_LENGTH}); empty: only {CANVAS_LENGTH}")
     parser.add_argument("--kind-weights", type=parse_weights, default={},
                         help="both stages: relative share of task kinds, e.g. sort=2.5,case=0.6 (others: 1)")
     args = parser.parse_args()
@@ -226,7 +276,7 @@ def main() -> None:
     if args.system_steps:
         print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,
                                args.threads, args.system_chunks, start, args.system_share,
-                               args.history_share, args.kind_weights)))
+                               args.history_share, args.kind_weights, args.canvas_lengths)))
 
 
 if __name__ == "__main__":
