@@ -4,9 +4,12 @@ Same workload (mixed task-family prompts, held-out seeds) through:
   (a) plain model.generate(), one request at a time, the checkpoint's own generation config; request i
       runs after torch.manual_seed(i), the engine gets seed=i: the same random draws, so answers pair 1:1
   (b) one batched model.generate() per group of 8 (left padding + attention mask)
-  (c) the engine, at concurrency 1, 4, 8, 16 (closed loop: each client sends its next request when served)
+  (c) the engine, at concurrency 1, 4, 8, 16 (closed loop: each client sends its next request when served),
+      with canvases fitted to each request (its default); and at concurrency 8 with every canvas as long as
+      the checkpoint's (`c8 unfitted`: what fitting the canvas adds)
 Prints useful tokens/s (up to EOS, never padding), p50/p99 latency, decoder forward passes and rows per
-pass, row passes per canvas, tokens per row pass (a request's own signal) and per forward pass, RSS,
+pass, row passes per canvas, canvas positions computed per row pass, tokens per row pass (a request's own
+signal) and per forward pass, RSS,
 exact-match accuracy, and the ratios (c)/(a), (c)/(b). Every mode uses the same torch thread count.
 
     python bench/engine.py [--requests 48] [--threads 1] [--out bench/results/engine.json]
@@ -131,8 +134,10 @@ def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple
 
 
 async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], concurrency: int,
-                      threads: int | None) -> dict[str, Any]:
-    config = EngineConfig(max_batch_size=max(1, concurrency), max_queue=1024, max_tokens=256, threads=threads)
+                      threads: int | None, fitted: bool = True) -> dict[str, Any]:
+    longest = None if fitted else int(loaded.model.config.canvas_length)
+    config = EngineConfig(max_batch_size=max(1, concurrency), max_queue=1024, max_tokens=256, threads=threads,
+                          first_canvas_length=longest)
     engine = DiffusionEngine(loaded, config)
     await engine.start()
     await engine.generate(GenerationRequest(request_id="warm-up", seed=0,  # untimed, on the engine's own thread
@@ -154,18 +159,22 @@ async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], con
             stats["passes"] += sum(c.confidence.steps_per_canvas)
             stats["canvases"] += len(c.confidence.steps_per_canvas)
 
-    before = (engine.stats.decoder_passes, engine.stats.row_passes)
+    before = (engine.stats.decoder_passes, engine.stats.row_passes, engine.stats.canvas_positions)
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     await engine.stop()
     passes, row_passes = engine.stats.decoder_passes - before[0], engine.stats.row_passes - before[1]
+    positions = engine.stats.canvas_positions - before[2]
     assert row_passes == stats["passes"], "every row pass is one denoising step of one request"
-    return report(f"c: engine concurrency {concurrency}", answers, [w[2] for w in work], latencies,
-                  stats["tokens"], wall, passes, row_passes, stats["canvases"])
+    name = f"c: engine concurrency {concurrency}" + ("" if fitted else ", canvases unfitted")
+    return {**report(name, answers, [w[2] for w in work], latencies, stats["tokens"], wall, passes, row_passes,
+                     stats["canvases"]),
+            "canvas_positions_per_row_pass": round(positions / max(1, row_passes), 2),
+            "canvases_per_request": round(stats["canvases"] / len(work), 2)}
 
 
-MODES = ["a", "b", "c1", "c4", "c8", "c16"]
+MODES = ["a", "b", "c1", "c4", "c8", "c16", "c8u"]
 
 
 def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None) -> dict[str, Any]:
@@ -181,7 +190,7 @@ def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None) ->
         return plain_sequential(loaded, DecoderCounter(loaded), work)
     if mode == "b":
         return plain_batched(loaded, DecoderCounter(loaded), work)
-    return asyncio.run(engine_mode(loaded, work, int(mode[1:]), threads))
+    return asyncio.run(engine_mode(loaded, work, int(mode[1:].rstrip("u")), threads, fitted=not mode.endswith("u")))
 
 
 def main() -> None:
@@ -211,12 +220,14 @@ def main() -> None:
         print(json.dumps(modes[-1]))
     a, b = modes[0], modes[1]
     c8 = next(m for m in modes if m["mode"].endswith("concurrency 8"))
+    c8u = next(m for m in modes if m["mode"].endswith("canvases unfitted"))
     c1 = next(m for m in modes if m["mode"].endswith("concurrency 1"))
     ratios = {"c8_over_a_throughput": round(c8["useful_tokens_per_s"] / a["useful_tokens_per_s"], 2),
               "c8_over_b_throughput": round(c8["useful_tokens_per_s"] / b["useful_tokens_per_s"], 2),
               "c8_p99_over_c1_p50_latency": round(c8["p99_latency_s"] / c1["p50_latency_s"], 2),
               "c8_p99_over_c1_p99_latency": round(c8["p99_latency_s"] / c1["p99_latency_s"], 2),
-              "c8_accuracy_minus_a": round(c8["accuracy"] - a["accuracy"], 4)}
+              "c8_accuracy_minus_a": round(c8["accuracy"] - a["accuracy"], 4),
+              "c8_over_c8_unfitted_throughput": round(c8["useful_tokens_per_s"] / c8u["useful_tokens_per_s"], 2)}
     print(json.dumps(ratios))
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}",

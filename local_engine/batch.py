@@ -6,9 +6,9 @@ states: `local_engine/prefix.py`) and their cache rows merged into the running b
 they start their first canvas in the very next decoder pass, next to rows that are steps into theirs
 (each row has its own step count, temperature and self-conditioning mask). A row whose canvas finished
 commits it at once; a finished request leaves at once (its cache row is dropped) and is never computed
-again. A row that goes on waits, computing nothing, for the batch's canvas boundary: the tick on which
-no row is still denoising, when every row's committed canvas is encoded in one pass and all open their
-next canvas. While a row waits, arrivals wait too, so it cannot starve.
+again. A row that goes on crosses its own canvas boundary on the next tick: its canvas is encoded
+(with the other rows that finished a canvas as long on the same tick) and appended to its cache row
+(`kv.append_rows`), and it opens its next canvas, while the other rows keep denoising theirs.
 
 Canvases are fitted to each request (`Row.next_canvas_length`): the batch's canvas tensors are as wide
 as the longest canvas the checkpoint supports, and each decoder pass computes only as many positions as
@@ -78,15 +78,6 @@ class Batch:
     @property
     def rows(self) -> list[Row]:
         return [m.row for m in self.members]
-
-    @property
-    def waiting(self) -> bool:
-        """Some row committed its canvas and waits for the canvas boundary."""
-        return any(r.state is RowState.BOUNDARY for r in self.rows)
-
-    @property
-    def at_boundary(self) -> bool:
-        return bool(self.members) and all(r.state is RowState.BOUNDARY for r in self.rows)
 
     def _charge(self, started: float, rows: list[Row]) -> None:
         self._meter.stop(started, [r.device_seconds for r in rows])
@@ -218,15 +209,27 @@ class Batch:
         self._charge(started, rows)
 
     def boundary(self) -> None:
-        """Every row committed its canvas and goes on: encodes all the canvases in one pass, opens the next ones."""
-        rows = self.rows
+        """The rows that committed a canvas and go on: encodes their canvases and opens their next ones,
+        while the other rows keep denoising. Rows whose canvases are equally long share an encoder pass."""
+        waiting = [i for i, r in enumerate(self.rows) if r.state is RowState.BOUNDARY]
+        if not waiting:
+            return
+        rows = [self.members[i].row for i in waiting]
         started = self._meter.start()
-        width = max(r.canvas_length for r in rows)
-        positions = self._mask.sum(1, keepdim=True) + torch.arange(width, device=self._device)  # (B, w)
-        self._mask = torch.cat([self._mask, self._live[:, :width].long()], dim=1)
-        self._encode(self._cache, self._mask, self._argmax[:, :width], positions)
-        self._canvas, self._live = self._open_canvases(rows)
-        self._steps.zero_()
+        for length in sorted({r.canvas_length for r in rows}):
+            group = [i for i in waiting if self.members[i].row.canvas_length == length]
+            everyone = len(group) == len(self.members)
+            index = torch.tensor(group, device=self._device)
+            cache = self._cache if everyone else kv.view(self._cache, index)
+            before = self._mask[index]
+            grown = torch.cat([before, before.new_ones(len(group), length)], dim=1)
+            positions = before.sum(1, keepdim=True) + torch.arange(length, device=self._device)  # (k, n)
+            self._encode(cache, grown, self._argmax[index, :length], positions)
+            self._mask = grown if everyone else kv.append_rows(self._cache, self._mask, cache, index, length)
+        self._mask = kv.trim(self._cache, self._mask)
+        index = torch.tensor(waiting, device=self._device)
+        self._canvas[index], self._live[index] = self._open_canvases(rows)
+        self._steps[index] = 0
         self.stats.canvas_boundaries += 1
         self._charge(started, rows)
 

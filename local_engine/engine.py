@@ -2,9 +2,9 @@
 
 Scheduling is per denoising step, not per `generate()` call: one running batch (`local_engine/batch.py`)
 holds every active request, and each scheduler tick does, in order: drop finished or cancelled rows;
-encode the batch's committed canvases if it reached a canvas boundary; admit waiting requests into the
-running batch (one encoder pass for their prompts, then they share every decoder pass); one batched
-decoder pass with a vectorised denoising step. An idle engine admits a request the moment it arrives.
+encode the committed canvases of the rows that go on (each row crosses its own canvas boundary); admit
+waiting requests into the running batch (one encoder pass for their prompts, then they share every
+decoder pass); one batched decoder pass with a vectorised denoising step. An idle engine admits a request the moment it arrives.
 """
 
 from __future__ import annotations
@@ -254,10 +254,8 @@ class DiffusionEngine:
         batch = self._batch
         try:
             batch.drop()
-            if batch.at_boundary:
-                batch.boundary()
-            if not batch.waiting:  # a row waiting for the boundary holds arrivals back, so it cannot starve
-                self._admit()
+            batch.boundary()  # rows that finished a canvas and go on open their next one
+            self._admit()
             if any(r.state is RowState.DENOISING for r in batch.rows):
                 batch.step(self._converged)
             batch.drop()

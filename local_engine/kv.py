@@ -2,9 +2,11 @@
 
 The running batch keeps one `DynamicCache` whose rows are right-aligned: each row's real tokens are
 contiguous and end at the last column, shorter rows are padded on the left and masked out by a
-(B, T) mask. Every row appends the same number of tokens at a canvas boundary (a canvas), so the
-layout never needs gaps. Sliding-window layers store only their last `sliding_window - 1` columns;
-every helper here keeps them consistent with the full layers (`cumulative_length` = T).
+(B, T) mask. Rows go on to their next canvas at different times and with canvases of different
+lengths; `append_rows` keeps the layout gap-free by shifting the rows that did not grow, so a row's
+sliding-window layers always hold its own most recent tokens, as `generate()`'s would. Sliding-window
+layers store only their last `sliding_window - 1` columns; every helper here keeps them consistent
+with the full layers (`cumulative_length` = T).
 """
 
 from __future__ import annotations
@@ -51,6 +53,29 @@ def merge(a: Any, mask_a: torch.Tensor, b: Any, mask_b: torch.Tensor) -> tuple[A
             la.cumulative_length = total
     mask = torch.cat([F.pad(mask_a, (total - mask_a.shape[1], 0)), F.pad(mask_b, (total - mask_b.shape[1], 0))])
     return a, mask
+
+
+def append_rows(cache: Any, mask: torch.Tensor, grown: Any, index: torch.Tensor, count: int) -> torch.Tensor:
+    """Rows `index` of `cache` go on by `count` tokens, whose states an encoder pass appended to `grown`
+    (a `view` of those rows); returns the (B, T + count) mask. The other rows gain `count` masked
+    columns on the left, so every row stays right-aligned and none has a gap."""
+    batch, total = mask.shape
+    rows = torch.zeros(batch, dtype=torch.bool, device=mask.device)
+    rows[index] = True
+    for layer, new in zip(cache.layers, grown.layers, strict=True):
+        keep = _stored(layer, total + count)
+        assert count <= keep, "a canvas longer than a sliding window"
+        for name in ("keys", "values"):
+            old = getattr(layer, name)  # (B, H, S, D)
+            tail = old.new_zeros(batch, old.shape[1], count, old.shape[3])
+            tail[index] = getattr(new, name)[:, :, -count:, :]
+            pad = old.new_zeros(batch, old.shape[1], count, old.shape[3])
+            out = torch.where(rows[:, None, None, None], torch.cat([old, tail], dim=-2), torch.cat([pad, old], dim=-2))
+            setattr(layer, name, out[:, :, out.shape[-2] - keep:, :])
+        if _sliding(layer):
+            layer.cumulative_length = total + count
+    ones, zeros = mask.new_ones(batch, count), mask.new_zeros(batch, count)
+    return torch.where(rows[:, None], torch.cat([mask, ones], dim=1), torch.cat([zeros, mask], dim=1))
 
 
 def select(cache: Any, index: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ import torch
 from transformers.models.diffusion_gemma import (
     DiffusionGemmaForBlockDiffusion,
     DiffusionGemmaGenerationConfig,
+    EntropyBoundSamplerConfig,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +30,10 @@ from tests.support.postgres import POSTGRES_URL, fresh_schema
 from tests.support.servers import serve_in_thread, simulator_server
 
 MASTER_KEY = "sk-master-test-0123456789"
+# Random weights give near-uniform logits: which position has the lowest entropy is then decided by float
+# rounding, which differs with the batch's composition. Accepting every sampled position makes a random
+# model's answer a function of its seed alone, so tests can compare answers token for token.
+ACCEPT_ALL = EntropyBoundSamplerConfig(entropy_bound=1e9)
 
 
 @pytest.fixture
@@ -115,7 +120,8 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-random")
     model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
     model.generation_config = DiffusionGemmaGenerationConfig(**{**GENERATION, "max_new_tokens": 8,
-                                                                "max_denoising_steps": 4})
+                                                                "max_denoising_steps": 4,
+                                                                "sampler_config": ACCEPT_ALL})
     model.save_pretrained(out)
     build_tokenizer().save_pretrained(out)
     return out

@@ -74,7 +74,8 @@ def generate_plain(loaded: Any, prompt: str | list[dict[str, str]]) -> str:
     return str(loaded.tokenizer.decode(new[: new.index(eos)] if eos in new else new, skip_special_tokens=True))
 
 
-async def engine_signals(checkpoint: str, prompts: list[str]) -> list[dict[str, Any]]:
+async def engine_run(checkpoint: str, prompts: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(answer, confidence signals) of each prompt through the engine with its defaults (canvases fitted)."""
     config = EngineConfig(model=checkpoint, max_tokens=64)
     engine = DiffusionEngine(load_model(config), config)
     await engine.start()
@@ -83,7 +84,7 @@ async def engine_signals(checkpoint: str, prompts: list[str]) -> list[dict[str, 
         for i, prompt in enumerate(prompts):
             c = await engine.generate(GenerationRequest(request_id=f"e{i}", messages=[{"role": "user",
                                                                                         "content": prompt}], seed=i))
-            results.append(c.confidence.as_dict())
+            results.append((c.text, c.confidence.as_dict()))
         return results
     finally:
         await engine.stop()
@@ -123,9 +124,12 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
     for seed, (kind, prompt, answer, _) in zip(seeds, rows, strict=True):
         with_system[kind].append(check(generate_plain(loaded, messages_for(seed, prompt, 1.0)), answer))
         in_conversation[kind].append(check(generate_plain(loaded, messages_for(seed, prompt, 1.0, 1.0)), answer))
-    in_dist = [p for _, p, _, _ in rows[: len(OUT_OF_DISTRIBUTION) * 3]]
-    signals_id = asyncio.run(engine_signals(str(checkpoint), in_dist))
-    signals_ood = asyncio.run(engine_signals(str(checkpoint), OUT_OF_DISTRIBUTION))
+    engine = asyncio.run(engine_run(str(checkpoint), [p for _, p, _, _ in rows]))
+    by_engine: dict[str, list[bool]] = {k: [] for k in KINDS}
+    for (kind, _, answer, _), (text, _) in zip(rows, engine, strict=True):
+        by_engine[kind].append(check(text, answer))
+    signals_id = [signals for _, signals in engine[: len(OUT_OF_DISTRIBUTION) * 3]]
+    signals_ood = [signals for _, signals in asyncio.run(engine_run(str(checkpoint), OUT_OF_DISTRIBUTION))]
     return {"checkpoint": str(checkpoint), "mode": "plain model.generate(), checkpoint generation config",
             "held_out_seed_base": HELD_OUT_SEED_BASE, "accuracy": accuracy,
             "overall_accuracy": round(sum(r for v in per.values() for r, _ in v) / len(rows), 4),
@@ -133,6 +137,8 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
             "overall_accuracy_after_a_system_prompt": _share([r for v in with_system.values() for r in v]),
             "accuracy_in_a_conversation": {k: _share(v) for k, v in in_conversation.items()},
             "overall_accuracy_in_a_conversation": _share([r for v in in_conversation.values() for r in v]),
+            "accuracy_engine_fitted_canvases": {k: _share(v) for k, v in by_engine.items()},
+            "overall_accuracy_engine_fitted_canvases": _share([r for v in by_engine.values() for r in v]),
             "confidence_in_distribution": summarize(signals_id),
             "confidence_out_of_distribution": summarize(signals_ood), "wall_s": round(time.time() - started, 1)}
 

@@ -26,6 +26,7 @@ from local_engine.rows import Row, Sampling
 from local_engine.training.config import GENERATION, tiny_config
 from local_engine.training.tokenizer import build_tokenizer
 from local_engine.training.train import block_starts, encode_batch, train
+from tests.conftest import ACCEPT_ALL
 
 MSG = [{"role": "user", "content": "Sort ascending: 5, 3, 9"}]
 LENGTHS = (2, 4, 8)
@@ -39,7 +40,8 @@ def multi_canvas_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
     model.config.trained_canvas_lengths = list(LENGTHS)
     model.generation_config = DiffusionGemmaGenerationConfig(**{**GENERATION, "max_new_tokens": 8,
-                                                                "max_denoising_steps": 4})
+                                                                "max_denoising_steps": 4,
+                                                                "sampler_config": ACCEPT_ALL})
     model.save_pretrained(out)
     build_tokenizer().save_pretrained(out)
     return out

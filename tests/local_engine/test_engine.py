@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from local_engine import (
 from local_engine import engine as engine_module
 from local_engine.engine import DiffusionEngine
 from local_engine.loading import load_model
+from local_engine.training.config import CANVAS_LENGTH
 from local_engine.training.evaluate import held_out
 
 MSG = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -285,18 +287,27 @@ async def test_an_arrival_mid_canvas_shares_passes_and_answers_as_alone(engine_f
             assert gate.wait(10)
 
     engine._batch.step = step_then_hold
+    before, boundaries = Counter(engine.stats.rows_per_pass), engine.stats.canvas_boundaries
     first = asyncio.create_task(engine.generate(req("first", max_tokens=24, seed=31)))
     while not held.is_set():
         await asyncio.sleep(0.002)
     second = asyncio.create_task(engine.generate(req("second", max_tokens=24, seed=32)))
     await asyncio.sleep(0)
     gate.set()
-    assert [(await first).text, (await second).text] == alone
+    first_done, second_done = await first, await second
+    assert [first_done.text, second_done.text] == alone
     assert engine.stats.joined_mid_canvas == 1 and engine.admissions["second"].joined_with == 1
+    # One step out of phase all the way: each row crossed its own canvas boundaries while the other was
+    # mid-canvas, and neither ever sat out a pass: first alone once, both together, second alone once.
+    steps = sum(first_done.confidence.steps_per_canvas)
+    assert steps == sum(second_done.confidence.steps_per_canvas) == 12  # 3 canvases x 4 steps (the cap)
+    assert engine.stats.rows_per_pass - before == Counter({2: steps - 1, 1: 2})
+    assert engine.stats.canvas_boundaries - boundaries == 4  # two each, on different ticks: nobody waited
 
 
 async def test_batched_engine_gives_seeded_generates_answers_on_the_bundled_model() -> None:
-    config = EngineConfig(max_batch_size=4, max_tokens=64)
+    # Every canvas as long as generate()'s (the checkpoint's); fitted canvases: test_canvas_lengths.py
+    config = EngineConfig(max_batch_size=4, max_tokens=64, first_canvas_length=CANVAS_LENGTH)
     loaded = load_model(config)
     engine = DiffusionEngine(loaded, config)
     prompts = [p for _, p, _ in held_out(2)[:12]]

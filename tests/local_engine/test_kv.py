@@ -74,3 +74,35 @@ def test_merged_rows_decode_as_alone_across_the_sliding_window(random_checkpoint
         assert mask.shape == (1, 9 + 2 * length) and bool(mask.all())
         assert kv.width(cache) == 9 + 2 * length
         torch.testing.assert_close(decode(model, cache, mask, canvases[2][1:]), alone_short[2], atol=2e-4, rtol=0)
+
+
+def test_rows_going_on_at_different_times_stay_right_aligned_and_decode_as_alone(random_checkpoint: Path) -> None:
+    torch.manual_seed(1)
+    model = load_model(EngineConfig(model=str(random_checkpoint))).model
+    window = model.config.text_config.sliding_window
+    length, vocab = model.config.canvas_length, model.config.text_config.vocab_size
+    with torch.inference_mode():
+        prompts = [torch.randint(3, vocab, (1, window + 20)), torch.randint(3, vocab, (1, 9))]
+        canvases = [[torch.randint(0, vocab, (1, length)) for _ in range(3)] for _ in prompts]
+        alone = [solo(model, p, c) for p, c in zip(prompts, canvases, strict=True)]
+
+        cache = DynamicCache(config=model.config.text_config)
+        mask = encode(model, cache, torch.zeros(1, 0, dtype=torch.long), prompts[0])
+        other = DynamicCache(config=model.config.text_config)
+        cache, mask = kv.merge(cache, mask, other, encode(model, other, torch.zeros(1, 0, dtype=torch.long), prompts[1]))
+        done = [0, 0]  # canvases each row has appended
+        for goes_on in ([0], [1], [1], [0]):  # row 0 one canvas ahead, then row 1 two, then row 0 again
+            for row in (0, 1):  # every row decodes its next canvas as it would alone
+                sub = kv.view(cache, torch.tensor([row]))
+                torch.testing.assert_close(decode(model, sub, mask[row:row + 1], canvases[row][done[row]]),
+                                           alone[row][done[row]], atol=2e-4, rtol=0)
+            index = torch.tensor(goes_on)
+            grown = kv.view(cache, index)
+            encode(model, grown, mask[index], canvases[goes_on[0]][done[goes_on[0]]])
+            mask = kv.append_rows(cache, mask, grown, index, length)
+            done[goes_on[0]] += 1
+            assert kv.width(cache) == mask.shape[1]
+            assert bool(mask[:, -1].all())  # both rows end at the last column: no gaps
+            assert [int(m.sum()) for m in mask] == [p.shape[1] + length * d for p, d in zip(prompts, done, strict=True)]
+            real = [int(m.sum()) for m in mask]
+            assert all(bool(mask[i, mask.shape[1] - real[i]:].all()) for i in (0, 1))  # contiguous
