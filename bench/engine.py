@@ -134,10 +134,10 @@ def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple
 
 
 async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], concurrency: int,
-                      threads: int | None, fitted: bool = True) -> dict[str, Any]:
-    longest = None if fitted else int(loaded.model.config.canvas_length)
+                      threads: int | None, fitted: bool = True, first_canvas: int | None = None) -> dict[str, Any]:
+    first = first_canvas if fitted else int(loaded.model.config.canvas_length)
     config = EngineConfig(max_batch_size=max(1, concurrency), max_queue=1024, max_tokens=256, threads=threads,
-                          first_canvas_length=longest)
+                          first_canvas_length=first)
     engine = DiffusionEngine(loaded, config)
     await engine.start()
     await engine.generate(GenerationRequest(request_id="warm-up", seed=0,  # untimed, on the engine's own thread
@@ -177,7 +177,8 @@ async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], con
 MODES = ["a", "b", "c1", "c4", "c8", "c16", "c8u"]
 
 
-def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None) -> dict[str, Any]:
+def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None,
+             first_canvas: int | None = None) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -190,7 +191,8 @@ def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None) ->
         return plain_sequential(loaded, DecoderCounter(loaded), work)
     if mode == "b":
         return plain_batched(loaded, DecoderCounter(loaded), work)
-    return asyncio.run(engine_mode(loaded, work, int(mode[1:].rstrip("u")), threads, fitted=not mode.endswith("u")))
+    return asyncio.run(engine_mode(loaded, work, int(mode[1:].rstrip("u")), threads, fitted=not mode.endswith("u"),
+                                   first_canvas=first_canvas))
 
 
 def main() -> None:
@@ -200,10 +202,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for every mode (0 = torch's default); see the note in main()")
+    parser.add_argument("--first-canvas", type=int, default=None,
+                        help="engine modes: cap on a request's first canvas (a length the checkpoint was trained for)")
     parser.add_argument("--mode", choices=MODES, default=None, help="run one mode in this process (internal)")
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run_mode(args.mode, args.checkpoint, args.requests, args.threads or None)))
+        print(json.dumps(run_mode(args.mode, args.checkpoint, args.requests, args.threads or None, args.first_canvas)))
         return
     # Each mode runs in a fresh process, one after the other: torch's per-thread CPU thread pools left
     # behind by one mode measurably slow the next mode's thread down (seen here: up to 3x), which would
@@ -214,7 +218,8 @@ def main() -> None:
     modes = []
     for mode in MODES:
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--requests", str(args.requests),
-                              "--checkpoint", str(args.checkpoint), "--threads", str(args.threads)],
+                              "--checkpoint", str(args.checkpoint), "--threads", str(args.threads),
+                              *(["--first-canvas", str(args.first_canvas)] if args.first_canvas else [])],
                              capture_output=True, text=True, check=True)
         modes.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(modes[-1]))
@@ -232,6 +237,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}",
               "checkpoint": str(args.checkpoint), "requests": args.requests, "torch_threads": args.threads or "default",
+              "first_canvas": args.first_canvas,
               "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0]},
               "method": "each mode in a fresh process, sequentially, in one run", "modes": modes,
               "ratios": ratios, "peak_rss_mb": max(m["rss_mb"] for m in modes)}

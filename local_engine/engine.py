@@ -54,8 +54,8 @@ def canvas_lengths_of(loaded: LoadedModel) -> tuple[int, ...]:
 
 
 def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Sampling:
-    """The checkpoint's generation settings; `first_canvas` caps a request's first canvas (None: the
-    shortest trained length). It must be a length the checkpoint was trained for."""
+    """The checkpoint's generation settings; `first_canvas` caps a request's first canvas (None: no cap
+    but max_tokens). It must be a length the checkpoint was trained for."""
     lengths = canvas_lengths_of(loaded)
     if first_canvas is not None and first_canvas not in lengths:
         raise EngineUnavailableError(f"first_canvas_length {first_canvas} is not a canvas length this checkpoint "
@@ -71,7 +71,7 @@ def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Samplin
                     vocab_size=int(loaded.model.config.get_text_config().vocab_size),
                     eos_id=int(gen.eos_token_id if gen.eos_token_id is not None else 1),
                     pad_id=int(gen.pad_token_id if gen.pad_token_id is not None else 0),
-                    canvas_lengths=lengths, first_canvas=first_canvas or lengths[0])
+                    canvas_lengths=lengths, first_canvas=first_canvas or 0)
 
 
 class _Slot:

@@ -24,7 +24,7 @@ class EngineConfig:
     served_model: str | None = None  # vllm: the model name to send upstream
     prefix_cache_tokens: int = 32_768  # prompt-prefix KV reuse: tokens of shared prefixes kept (0: off)
     prefix_cache_min_tokens: int = 64  # shorter prefixes are encoded with their request, not cached
-    first_canvas_length: int | None = None  # cap on a request's first canvas; None: the shortest trained length
+    first_canvas_length: int | None = None  # cap on a request's first canvas (None: only max_tokens caps it)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ either) — going on from the first stage's weights. About 20 minutes on 2 CPU c
 shipped checkpoint; a second full run, byte-identical, 1,259 s).
 `--kind-weights` draws some task kinds more often than others (default: all alike; the weightings
 measured so far cost more on the other kinds than they gained, `bench/results/tiny_model.md`).
+`--canvas-lengths 4,8,16` trains the second stage for canvases fitted to the request (the engine's
+`first_canvas_length`); not in the shipped recipe: on this CPU it was slower and the model worse
+(`bench/results/engine.md`).
 
     python -m local_engine.training.train [--out DIR] [--steps 2800] [--system-steps 400] [--init-from DIR]"""
 
@@ -262,9 +265,10 @@ def main() -> None:
     parser.add_argument("--system-seed", type=int, default=1)
     parser.add_argument("--system-chunks", type=int, default=2,
                         help="second stage: length-sorted pieces per batch (system prompts vary, so padding costs)")
-    parser.add_argument("--canvas-lengths", type=parse_lengths, default=(4, 8, CANVAS_LENGTH),
-                        help="second stage: canvas lengths to train (comma-separated; the longest must be "
-                             f"{CANVAS_LENGTH}); empty: only {CANVAS_LENGTH}")
+    parser.add_argument("--canvas-lengths", type=parse_lengths, default=(),
+                        help="second stage: canvas lengths to train, e.g. 4,8,16 (the longest must be "
+                             f"{CANVAS_LENGTH}); default: only {CANVAS_LENGTH}. Measured: no faster on CPU, "
+                             "bench/results/engine.md")
     parser.add_argument("--kind-weights", type=parse_weights, default={},
                         help="both stages: relative share of task kinds, e.g. sort=2.5,case=0.6 (others: 1)")
     args = parser.parse_args()
