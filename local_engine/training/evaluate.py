@@ -137,8 +137,8 @@ def evaluate(checkpoint: Path, per_kind: int) -> dict[str, Any]:
             "overall_accuracy_after_a_system_prompt": _share([r for v in with_system.values() for r in v]),
             "accuracy_in_a_conversation": {k: _share(v) for k, v in in_conversation.items()},
             "overall_accuracy_in_a_conversation": _share([r for v in in_conversation.values() for r in v]),
-            "accuracy_engine_fitted_canvases": {k: _share(v) for k, v in by_engine.items()},
-            "overall_accuracy_engine_fitted_canvases": _share([r for v in by_engine.values() for r in v]),
+            "accuracy_engine": {k: _share(v) for k, v in by_engine.items()},
+            "overall_accuracy_engine": _share([r for v in by_engine.values() for r in v]),
             "confidence_in_distribution": summarize(signals_id),
             "confidence_out_of_distribution": summarize(signals_ood), "wall_s": round(time.time() - started, 1)}
 
