@@ -48,6 +48,22 @@ def _load_or_exit(settings: Settings) -> policies.GatewayConfig:
         raise typer.Exit(code=2) from None
 
 
+def _check_local_engine(config: policies.GatewayConfig) -> None:
+    """The local model's checkpoint and the settings that depend on it, checked before a server starts
+    (loading it fails inside the server's startup, where the error would come with a traceback)."""
+    if not config.local.enabled or config.local.backend != "transformers":
+        return
+    from gateway.services import engine_config
+    from local_engine import EngineError
+    from local_engine.loading import check_model
+
+    try:
+        check_model(engine_config(config))
+    except EngineError as exc:
+        err.print(f"[red]error:[/red] local model: {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
 @app.command()
 def version() -> None:
     """Print the installed version."""
@@ -76,7 +92,7 @@ def serve(config: ConfigOpt = None,
     import uvicorn
 
     settings = _settings(config)
-    _load_or_exit(settings)  # fail fast with precise errors before uvicorn starts
+    _check_local_engine(_load_or_exit(settings))  # fail fast with precise errors before uvicorn starts
     if config is not None:
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     host = host or settings.host

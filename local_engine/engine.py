@@ -21,7 +21,7 @@ import torch
 from local_engine.batch import Batch, BatchStats
 from local_engine.errors import EngineUnavailableError, GenerationFailedError, QueueFullError
 from local_engine.interface import Completion, EngineConfig, GenerationRequest, StreamDelta
-from local_engine.loading import LoadedModel, load_model
+from local_engine.loading import LoadedModel, canvas_lengths, check_first_canvas, load_model
 from local_engine.metering import Meter, default_rate
 from local_engine.prefix import PrefixCache
 from local_engine.rows import Row, RowState, Sampling
@@ -45,21 +45,11 @@ def message_text(message: Mapping[str, Any]) -> str:
     return str(content or "")
 
 
-def canvas_lengths_of(loaded: LoadedModel) -> tuple[int, ...]:
-    """The canvas lengths the checkpoint was trained to denoise (`config.trained_canvas_lengths`, which
-    draftgate's training writes), ascending and ending at its canvas length; else just that length."""
-    longest = int(loaded.model.config.canvas_length or 0)
-    trained = getattr(loaded.model.config, "trained_canvas_lengths", None) or ()
-    return tuple(sorted({int(n) for n in trained if 0 < int(n) < longest} | {longest}))
-
-
 def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Sampling:
     """The checkpoint's generation settings; `first_canvas` caps a request's first canvas (None: no cap
     but max_tokens). It must be a length the checkpoint was trained for."""
-    lengths = canvas_lengths_of(loaded)
-    if first_canvas is not None and first_canvas not in lengths:
-        raise EngineUnavailableError(f"first_canvas_length {first_canvas} is not a canvas length this checkpoint "
-                                     f"was trained for: {', '.join(map(str, lengths))}")
+    lengths = canvas_lengths(loaded.model.config)
+    check_first_canvas(lengths, first_canvas)
     gen = loaded.model.generation_config
     sampler = getattr(gen, "sampler_config", None)
     bound = getattr(sampler, "entropy_bound", None) if sampler is not None else None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion
 
 from local_engine.errors import EngineUnavailableError
@@ -41,19 +41,52 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return DTYPES[requested]
 
 
-def load_model(config: EngineConfig) -> LoadedModel:
-    """Loads weights, tokenizer (with its chat template) and generation config; raises if missing."""
-    source = config.model or str(BUNDLED)
+def canvas_lengths(model_config: Any) -> tuple[int, ...]:
+    """The canvas lengths a checkpoint was trained to denoise (`trained_canvas_lengths`, which draftgate's
+    training writes into its config), ascending and ending at its canvas length; else just that length."""
+    longest = int(model_config.canvas_length or 0)
+    trained = getattr(model_config, "trained_canvas_lengths", None) or ()
+    return tuple(sorted({int(n) for n in trained if 0 < int(n) < longest} | {longest}))
+
+
+def check_first_canvas(lengths: tuple[int, ...], first_canvas: int | None) -> None:
+    if first_canvas is not None and first_canvas not in lengths:
+        raise EngineUnavailableError(f"first_canvas_length {first_canvas} is not a canvas length this checkpoint "
+                                     f"was trained for: {', '.join(map(str, lengths))}")
+
+
+def _source(config: EngineConfig) -> str:
     if config.model is None and not (BUNDLED / "config.json").exists():
         raise EngineUnavailableError(f"the bundled checkpoint is missing at {BUNDLED}; "
                                      "run `python -m local_engine.training.train` to rebuild it")
+    return config.model or str(BUNDLED)
+
+
+def check_model(config: EngineConfig) -> None:
+    """The cheap part of loading (device, the checkpoint's config, settings that depend on it), so that a
+    server can refuse to start with one clear line instead of failing inside its startup."""
+    pick_device(config.device)
+    source = _source(config)
+    try:
+        model_config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise EngineUnavailableError(f"cannot load the local model {source!r}: {exc}") from exc
+    if not hasattr(model_config, "canvas_length"):
+        raise EngineUnavailableError(f"{source!r} is not a DiffusionGemma checkpoint "
+                                     f"(model_type {getattr(model_config, 'model_type', None)!r})")
+    check_first_canvas(canvas_lengths(model_config), config.first_canvas_length)
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    """Loads weights, tokenizer (with its chat template) and generation config; raises if missing."""
+    source = _source(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     try:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=pick_dtype(config.dtype, device))
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing files; a path that is not a valid hub id
         raise EngineUnavailableError(f"cannot load the local model {source!r}: {exc}") from exc
     model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() for its own wrappers
     name = BUNDLED_NAME if config.model is None else config.model

@@ -61,6 +61,17 @@ def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:
     assert result.returncode == 2 and "draftgate.yaml:4" in result.stderr
 
 
+def test_serve_refuses_a_local_model_it_cannot_run_in_one_line(tmp_path: Path) -> None:
+    for local, message in (("first_canvas_length: 8", "first_canvas_length 8 is not a canvas length this checkpoint "
+                                                       "was trained for: 16"),
+                           (f"model: {tmp_path / 'missing'}", "cannot load the local model")):
+        (tmp_path / "draftgate.yaml").write_text(f"local:\n  {local}\n")
+        result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"error: local model: {message}" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_keys_create_list_revoke(tmp_path: Path) -> None:
     created = draftgate("keys", "create", "--name", "bot", "--team", "research", cwd=tmp_path)
     assert created.returncode == 0, created.stderr

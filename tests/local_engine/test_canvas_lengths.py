@@ -17,9 +17,9 @@ from transformers.models.diffusion_gemma import (
 from local_engine import EngineConfig, EngineUnavailableError, GenerationRequest
 from local_engine.batch import Batch
 from local_engine.denoise import denoise
-from local_engine.engine import DiffusionEngine, canvas_lengths_of, sampling_of
+from local_engine.engine import DiffusionEngine, sampling_of
 from local_engine.interface import Completion
-from local_engine.loading import load_model
+from local_engine.loading import canvas_lengths, check_model, load_model
 from local_engine.metering import Meter
 from local_engine.prefix import PrefixCache
 from local_engine.rows import Row, Sampling
@@ -80,11 +80,14 @@ def test_the_schedule_fits_max_tokens_caps_the_first_canvas_and_doubles_after_it
 
 def test_the_checkpoint_declares_its_lengths_and_a_first_canvas_it_was_not_trained_for_is_refused(
         multi_canvas_checkpoint: Path, random_checkpoint: Path) -> None:
-    assert canvas_lengths_of(load_model(EngineConfig(model=str(multi_canvas_checkpoint)))) == LENGTHS
-    assert canvas_lengths_of(load_model(EngineConfig(model=str(random_checkpoint)))) == (8,)
+    assert canvas_lengths(load_model(EngineConfig(model=str(multi_canvas_checkpoint))).model.config) == LENGTHS
+    assert canvas_lengths(load_model(EngineConfig(model=str(random_checkpoint))).model.config) == (8,)
     config = EngineConfig(model=str(multi_canvas_checkpoint), first_canvas_length=3)
     with pytest.raises(EngineUnavailableError, match="trained for: 2, 4, 8"):
         DiffusionEngine(load_model(config), config)
+    with pytest.raises(EngineUnavailableError, match="trained for: 2, 4, 8"):
+        check_model(config)  # what `draftgate serve` checks before it starts a server
+    check_model(EngineConfig(model=str(multi_canvas_checkpoint), first_canvas_length=4))
 
 
 async def run(engine: DiffusionEngine, specs: list[tuple[str, int, int]]) -> dict[str, Completion]:
@@ -178,7 +181,7 @@ def test_training_for_several_lengths_records_them_for_the_engine(tmp_path: Path
     second = train(tmp_path / "two", steps=2, batch_size=4, lr=1e-3, seed=1, threads=None,
                    init_from=tmp_path / "one", canvas_lengths=(4, 8, 16))
     assert first["canvas_lengths"] is None and second["canvas_lengths"] == [4, 8, 16]
-    assert canvas_lengths_of(load_model(EngineConfig(model=str(tmp_path / "two")))) == (4, 8, 16)
+    assert canvas_lengths(load_model(EngineConfig(model=str(tmp_path / "two"))).model.config) == (4, 8, 16)
 
 
 class Slot:
