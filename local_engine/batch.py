@@ -10,10 +10,10 @@ again. A row that goes on crosses its own canvas boundary on the next tick: its 
 (with the other rows that finished a canvas as long on the same tick) and appended to its cache row
 (`kv.append_rows`), and it opens its next canvas, while the other rows keep denoising theirs.
 
-Canvases are fitted to each request (`Row.next_canvas_length`): the batch's canvas tensors are as wide
-as the longest canvas the checkpoint supports, and each decoder pass computes only as many positions as
-its longest row needs; a shorter row's extra positions are masked out of attention (and of the cache
-when its canvas is appended at the boundary, which leaves masked columns between its canvases).
+Canvases are fitted to each request (`Row.next_canvas_length`) when the checkpoint was trained for
+several lengths: the batch's canvas tensors are as wide as its longest canvas, and each decoder pass
+computes only as many positions as its longest row needs; a shorter row's extra positions are masked
+out of attention. Rows append their canvases in groups of equal length, so the cache never holds them.
 """
 
 from __future__ import annotations
