@@ -144,7 +144,7 @@ def init_number_embeddings(model: PreTrainedModel, tokenizer) -> None:  # type: 
 
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None,
-          chunks: int = 2, init_from: Path | None = None, system_share: float = 0.0,
+          chunks: int = 1, init_from: Path | None = None, system_share: float = 0.0,
           history_share: float = 0.0, kind_weights: dict[str, float] | None = None,
           canvas_lengths: tuple[int, ...] = ()) -> dict[str, Any]:
     """One training stage: from scratch, or on from `init_from` (whose stages the log keeps).
