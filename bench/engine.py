@@ -6,7 +6,9 @@ Same workload (mixed task-family prompts, held-out seeds) through:
   (b) one batched model.generate() per group of 8 (left padding + attention mask)
   (c) the engine, at concurrency 1, 4, 8, 16 (closed loop: each client sends its next request when served),
       with canvases fitted to each request (its default); and at concurrency 8 with every canvas as long as
-      the checkpoint's (`c8 unfitted`: what fitting the canvas adds)
+      the checkpoint's (`c8 unfitted`: what fitting the canvas adds), and at concurrency 8 with the previous
+      scheduler's batch-wide canvas boundaries (`c8 batch-wide boundaries`: what a row crossing its own
+      canvas boundary adds)
 Prints useful tokens/s (up to EOS, never padding), p50/p99 latency, decoder forward passes and rows per
 pass, row passes per canvas, canvas positions computed per row pass, tokens per row pass (a request's own
 signal) and per forward pass, RSS,
@@ -36,6 +38,7 @@ import torch
 from local_engine.engine import DiffusionEngine
 from local_engine.interface import EngineConfig, GenerationRequest
 from local_engine.loading import BUNDLED, LoadedModel, load_model
+from local_engine.rows import RowState
 from local_engine.training.evaluate import held_out
 from local_engine.training.tasks import check
 
@@ -133,12 +136,35 @@ def plain_batched(loaded: LoadedModel, counter: DecoderCounter, work: list[tuple
                   time.perf_counter() - started, counter.calls, row_passes, canvases)
 
 
+class BatchWideBoundaries(DiffusionEngine):
+    """The scheduler before 2026-11-30 evening, for a side-by-side run: a row that goes on to another canvas
+    waits until no row is denoising, when every row's canvas is encoded together, and arrivals wait while
+    any row waits."""
+
+    def _tick(self) -> None:
+        batch = self._batch
+        try:
+            batch.drop()
+            if batch.members and all(r.state is RowState.BOUNDARY for r in batch.rows):
+                batch.boundary()
+            if all(r.state is not RowState.BOUNDARY for r in batch.rows):
+                self._admit()
+            if any(r.state is RowState.DENOISING for r in batch.rows):
+                batch.step(self._converged)
+            batch.drop()
+        except Exception as exc:  # noqa: BLE001 - as DiffusionEngine._tick: a failed pass fails its batch
+            members = batch.members
+            batch.clear()
+            self._fail(members, exc)
+
+
 async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], concurrency: int,
-                      threads: int | None, fitted: bool = True, first_canvas: int | None = None) -> dict[str, Any]:
+                      threads: int | None, fitted: bool = True, first_canvas: int | None = None,
+                      batch_wide: bool = False) -> dict[str, Any]:
     first = first_canvas if fitted else int(loaded.model.config.canvas_length)
     config = EngineConfig(max_batch_size=max(1, concurrency), max_queue=1024, max_tokens=256, threads=threads,
                           first_canvas_length=first)
-    engine = DiffusionEngine(loaded, config)
+    engine = (BatchWideBoundaries if batch_wide else DiffusionEngine)(loaded, config)
     await engine.start()
     await engine.generate(GenerationRequest(request_id="warm-up", seed=0,  # untimed, on the engine's own thread
                                             messages=[{"role": "user", "content": work[0][1]}]))
@@ -167,14 +193,15 @@ async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], con
     passes, row_passes = engine.stats.decoder_passes - before[0], engine.stats.row_passes - before[1]
     positions = engine.stats.canvas_positions - before[2]
     assert row_passes == stats["passes"], "every row pass is one denoising step of one request"
-    name = f"c: engine concurrency {concurrency}" + ("" if fitted else ", canvases unfitted")
+    name = (f"c: engine concurrency {concurrency}" + ("" if fitted else ", canvases unfitted")
+            + (", batch-wide boundaries" if batch_wide else ""))
     return {**report(name, answers, [w[2] for w in work], latencies, stats["tokens"], wall, passes, row_passes,
                      stats["canvases"]),
             "canvas_positions_per_row_pass": round(positions / max(1, row_passes), 2),
             "canvases_per_request": round(stats["canvases"] / len(work), 2)}
 
 
-MODES = ["a", "b", "c1", "c4", "c8", "c16", "c8u"]
+MODES = ["a", "b", "c1", "c4", "c8", "c16", "c8u", "c8w"]
 
 
 def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None,
@@ -191,8 +218,8 @@ def run_mode(mode: str, checkpoint: Path, requests: int, threads: int | None,
         return plain_sequential(loaded, DecoderCounter(loaded), work)
     if mode == "b":
         return plain_batched(loaded, DecoderCounter(loaded), work)
-    return asyncio.run(engine_mode(loaded, work, int(mode[1:].rstrip("u")), threads, fitted=not mode.endswith("u"),
-                                   first_canvas=first_canvas))
+    return asyncio.run(engine_mode(loaded, work, int(mode[1:].rstrip("uw")), threads, fitted=not mode.endswith("u"),
+                                   first_canvas=first_canvas, batch_wide=mode.endswith("w")))
 
 
 def main() -> None:
@@ -226,13 +253,17 @@ def main() -> None:
     a, b = modes[0], modes[1]
     c8 = next(m for m in modes if m["mode"].endswith("concurrency 8"))
     c8u = next(m for m in modes if m["mode"].endswith("canvases unfitted"))
+    c8w = next(m for m in modes if m["mode"].endswith("batch-wide boundaries"))
     c1 = next(m for m in modes if m["mode"].endswith("concurrency 1"))
     ratios = {"c8_over_a_throughput": round(c8["useful_tokens_per_s"] / a["useful_tokens_per_s"], 2),
               "c8_over_b_throughput": round(c8["useful_tokens_per_s"] / b["useful_tokens_per_s"], 2),
               "c8_p99_over_c1_p50_latency": round(c8["p99_latency_s"] / c1["p50_latency_s"], 2),
               "c8_p99_over_c1_p99_latency": round(c8["p99_latency_s"] / c1["p99_latency_s"], 2),
               "c8_accuracy_minus_a": round(c8["accuracy"] - a["accuracy"], 4),
-              "c8_over_c8_unfitted_throughput": round(c8["useful_tokens_per_s"] / c8u["useful_tokens_per_s"], 2)}
+              "c8_over_c8_unfitted_throughput": round(c8["useful_tokens_per_s"] / c8u["useful_tokens_per_s"], 2),
+              "c8_over_c8_batch_wide_boundaries_throughput": round(
+                  c8["useful_tokens_per_s"] / c8w["useful_tokens_per_s"], 2),
+              "c8_p99_over_c8_batch_wide_boundaries_p99": round(c8["p99_latency_s"] / c8w["p99_latency_s"], 2)}
     print(json.dumps(ratios))
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}",
