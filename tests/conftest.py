@@ -113,18 +113,24 @@ def gateway_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         gateway.stop()
 
 
-@pytest.fixture(scope="session")
-def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random DiffusionGemma saved with save_pretrained: engine tests never need the trained one."""
+def save_random_checkpoint(out: Path, trained_canvas_lengths: list[int] | None = None) -> Path:
+    """A tiny random DiffusionGemma (8-token canvases) saved with save_pretrained into `out`."""
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-random")
     model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
+    if trained_canvas_lengths:
+        model.config.trained_canvas_lengths = trained_canvas_lengths
     model.generation_config = DiffusionGemmaGenerationConfig(**{**GENERATION, "max_new_tokens": 8,
                                                                 "max_denoising_steps": 4,
                                                                 "sampler_config": ACCEPT_ALL})
     model.save_pretrained(out)
     build_tokenizer().save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DiffusionGemma saved with save_pretrained: engine tests never need the trained one."""
+    return save_random_checkpoint(tmp_path_factory.mktemp("tiny-random"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

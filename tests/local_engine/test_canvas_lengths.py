@@ -9,10 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers.models.diffusion_gemma import (
-    DiffusionGemmaForBlockDiffusion,
-    DiffusionGemmaGenerationConfig,
-)
 
 from local_engine import EngineConfig, EngineUnavailableError, GenerationRequest
 from local_engine.batch import Batch
@@ -23,10 +19,9 @@ from local_engine.loading import canvas_lengths, check_model, load_model
 from local_engine.metering import Meter
 from local_engine.prefix import PrefixCache
 from local_engine.rows import Row, Sampling
-from local_engine.training.config import GENERATION, tiny_config
 from local_engine.training.tokenizer import build_tokenizer
 from local_engine.training.train import block_starts, encode_batch, train
-from tests.conftest import ACCEPT_ALL
+from tests.conftest import save_random_checkpoint
 
 MSG = [{"role": "user", "content": "Sort ascending: 5, 3, 9"}]
 LENGTHS = (2, 4, 8)
@@ -35,16 +30,7 @@ LENGTHS = (2, 4, 8)
 @pytest.fixture(scope="module")
 def multi_canvas_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random DiffusionGemma whose config says it was trained for canvases of 2, 4 and 8."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-multi-canvas")
-    model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
-    model.config.trained_canvas_lengths = list(LENGTHS)
-    model.generation_config = DiffusionGemmaGenerationConfig(**{**GENERATION, "max_new_tokens": 8,
-                                                                "max_denoising_steps": 4,
-                                                                "sampler_config": ACCEPT_ALL})
-    model.save_pretrained(out)
-    build_tokenizer().save_pretrained(out)
-    return out
+    return save_random_checkpoint(tmp_path_factory.mktemp("tiny-multi-canvas"), list(LENGTHS))
 
 
 def sampling(first: int = 0) -> Sampling:

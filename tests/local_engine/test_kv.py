@@ -42,11 +42,15 @@ def solo(model: Any, prompt: torch.Tensor, canvases: list[torch.Tensor]) -> list
     return out
 
 
+def setup(checkpoint: Path, seed: int) -> tuple[Any, int, int, int]:
+    """(model, sliding window, canvas length, vocabulary size) of the random checkpoint, seeded."""
+    torch.manual_seed(seed)
+    model = load_model(EngineConfig(model=str(checkpoint))).model
+    return model, model.config.text_config.sliding_window, model.config.canvas_length, model.config.text_config.vocab_size
+
+
 def test_merged_rows_decode_as_alone_across_the_sliding_window(random_checkpoint: Path) -> None:
-    torch.manual_seed(0)
-    model = load_model(EngineConfig(model=str(random_checkpoint))).model
-    window = model.config.text_config.sliding_window
-    length, vocab = model.config.canvas_length, model.config.text_config.vocab_size
+    model, window, length, vocab = setup(random_checkpoint, 0)
     with torch.inference_mode():
         long_prompt = torch.randint(3, vocab, (1, window + 20))  # its sliding layers are already full
         short_prompt = torch.randint(3, vocab, (1, 9))
@@ -77,10 +81,7 @@ def test_merged_rows_decode_as_alone_across_the_sliding_window(random_checkpoint
 
 
 def test_rows_going_on_at_different_times_stay_right_aligned_and_decode_as_alone(random_checkpoint: Path) -> None:
-    torch.manual_seed(1)
-    model = load_model(EngineConfig(model=str(random_checkpoint))).model
-    window = model.config.text_config.sliding_window
-    length, vocab = model.config.canvas_length, model.config.text_config.vocab_size
+    model, window, length, vocab = setup(random_checkpoint, 1)
     with torch.inference_mode():
         prompts = [torch.randint(3, vocab, (1, window + 20)), torch.randint(3, vocab, (1, 9))]
         canvases = [[torch.randint(0, vocab, (1, length)) for _ in range(3)] for _ in prompts]
