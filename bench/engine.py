@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from local_engine.batch import Batch
 from local_engine.engine import DiffusionEngine
 from local_engine.interface import EngineConfig, GenerationRequest
 from local_engine.loading import BUNDLED, LoadedModel, load_model
@@ -141,21 +142,15 @@ class BatchWideBoundaries(DiffusionEngine):
     waits until no row is denoising, when every row's canvas is encoded together, and arrivals wait while
     any row waits."""
 
-    def _tick(self) -> None:
-        batch = self._batch
-        try:
-            batch.drop()
-            if batch.members and all(r.state is RowState.BOUNDARY for r in batch.rows):
-                batch.boundary()
-            if all(r.state is not RowState.BOUNDARY for r in batch.rows):
-                self._admit()
-            if any(r.state is RowState.DENOISING for r in batch.rows):
-                batch.step(self._converged)
-            batch.drop()
-        except Exception as exc:  # noqa: BLE001 - as DiffusionEngine._tick: a failed pass fails its batch
-            members = batch.members
-            batch.clear()
-            self._fail(members, exc)
+    def _schedule(self, batch: Batch) -> None:
+        batch.drop()
+        if batch.members and all(r.state is RowState.BOUNDARY for r in batch.rows):
+            batch.boundary()
+        if all(r.state is not RowState.BOUNDARY for r in batch.rows):
+            self._admit()
+        if any(r.state is RowState.DENOISING for r in batch.rows):
+            batch.step(self._converged)
+        batch.drop()
 
 
 async def engine_mode(loaded: LoadedModel, work: list[tuple[str, str, str]], concurrency: int,

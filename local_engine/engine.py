@@ -4,7 +4,8 @@ Scheduling is per denoising step, not per `generate()` call: one running batch (
 holds every active request, and each scheduler tick does, in order: drop finished or cancelled rows;
 encode the committed canvases of the rows that go on (each row crosses its own canvas boundary); admit
 waiting requests into the running batch (one encoder pass for their prompts, then they share every
-decoder pass); one batched decoder pass with a vectorised denoising step. An idle engine admits a request the moment it arrives.
+decoder pass); one batched decoder pass with a vectorised denoising step. An idle engine admits a
+request the moment it arrives.
 """
 
 from __future__ import annotations
@@ -243,16 +244,20 @@ class DiffusionEngine:
     def _tick(self) -> None:
         batch = self._batch
         try:
-            batch.drop()
-            batch.boundary()  # rows that finished a canvas and go on open their next one
-            self._admit()
-            if any(r.state is RowState.DENOISING for r in batch.rows):
-                batch.step(self._converged)
-            batch.drop()
+            self._schedule(batch)
         except Exception as exc:  # noqa: BLE001 - a failed batched pass fails its batch, not the engine
             members = batch.members
             batch.clear()  # before anyone hears of the failure
             self._fail(members, exc)
+
+    def _schedule(self, batch: Batch) -> None:
+        """One tick's work, in order (the policy a benchmark may replace; failures are `_tick`'s)."""
+        batch.drop()
+        batch.boundary()  # rows that finished a canvas and go on open their next one
+        self._admit()
+        if any(r.state is RowState.DENOISING for r in batch.rows):
+            batch.step(self._converged)
+        batch.drop()
 
     def _admit(self) -> None:
         room = self._config.max_batch_size - len(self._batch.members)

@@ -75,7 +75,7 @@ def generate_plain(loaded: Any, prompt: str | list[dict[str, str]]) -> str:
 
 
 async def engine_run(checkpoint: str, prompts: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(answer, confidence signals) of each prompt through the engine with its defaults (canvases fitted)."""
+    """(answer, confidence signals) of each prompt through the engine with its defaults, one at a time."""
     config = EngineConfig(model=checkpoint, max_tokens=64)
     engine = DiffusionEngine(load_model(config), config)
     await engine.start()
