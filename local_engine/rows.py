@@ -23,6 +23,11 @@ class RowState(enum.Enum):
     DONE = "done"
 
 
+def fit(lengths: tuple[int, ...], tokens: int) -> int:
+    """The shortest of `lengths` (ascending) that holds `tokens`, else the longest."""
+    return next((n for n in lengths if n >= tokens), lengths[-1])
+
+
 @dataclass(frozen=True)
 class Sampling:
     """The checkpoint's generation settings (the request's temperature scales the schedule per row).
@@ -46,7 +51,7 @@ class Sampling:
 
     def fitted(self, tokens: int) -> int:
         """The shortest supported canvas holding `tokens`, else the longest."""
-        return next((n for n in self.canvas_lengths or (self.canvas_length,) if n >= tokens), self.canvas_length)
+        return fit(self.canvas_lengths or (self.canvas_length,), tokens)
 
 
 @dataclass

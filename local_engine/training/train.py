@@ -29,6 +29,7 @@ from transformers.models.diffusion_gemma import (
     DiffusionGemmaGenerationConfig,
 )
 
+from local_engine.rows import fit
 from local_engine.training.config import CANVAS_LENGTH, GENERATION, tiny_config
 from local_engine.training.objective import block_diffusion_loss
 from local_engine.training.tasks import HELD_OUT_SEED_BASE, KINDS, messages_for, sample, sample_problem
@@ -37,15 +38,15 @@ from local_engine.training.tokenizer import build_tokenizer
 
 def block_starts(length: int, canvas: int, canvas_lengths: tuple[int, ...]) -> list[int]:
     """Where a canvas of `canvas` tokens can start in an answer of `length` tokens (EOS included) when
-    generation opens with any of `canvas_lengths` and doubles the canvas up to the longest after each
-    one, as the engine does (`rows.Row.next_canvas_length`): every start that schedule reaches."""
+    generation opens with any of `canvas_lengths` and then takes the shortest of them holding twice the
+    last canvas, as the engine does (`rows.Row.next_canvas_length`): every start that schedule reaches."""
     starts = set()
     for first in canvas_lengths:
         start, size = 0, first
         while start < length:
             if size == canvas:
                 starts.add(start)
-            start, size = start + size, min(2 * size, max(canvas_lengths))
+            start, size = start + size, fit(canvas_lengths, 2 * size)
     return sorted(starts)
 
 

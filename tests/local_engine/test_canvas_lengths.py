@@ -139,6 +139,7 @@ def test_block_starts_follow_the_engines_schedule() -> None:
     assert block_starts(10, 4, lengths) == [0]
     assert block_starts(3, 16, lengths) == [0]
     assert block_starts(40, 16, lengths) == [0, 8, 12, 16, 24, 28, 32]
+    assert block_starts(30, 16, (4, 16)) == [0, 4, 16, 20]  # after a 4 the engine opens 16, not 8
 
 
 def test_a_later_block_puts_the_answer_before_it_into_the_prompt() -> None:
