@@ -45,6 +45,10 @@ ENTRIES = {
     "features_only": "the shipped label and heads without the embedding components",
     "classifier": "what `draftgate router train` ships, prompt only",
     "with_draft": "the same, given the weak model's real answer as the draft (draft head)",
+    "oracle_solution_steps": ("GSM8K, not a router: the number of '=' in the strong model's recorded worked answer, "
+                              "i.e. how many calculations the problem really takes; unknowable at request time, "
+                              "it bounds what an estimate of a problem's difficulty from its prompt can reach"),
+    "oracle_solution_length": "GSM8K, not a router: the length of the strong model's recorded answer, likewise",
 }
 
 
@@ -68,6 +72,12 @@ def outcomes(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
                 weak += [item["weak_score"]] * copies
                 strong += [item["strong_score"]] * copies
     return np.array(weak, dtype=float), np.array(strong, dtype=float)
+
+
+def solutions(data_dir: Path) -> dict[str, str]:
+    """The strong model's recorded answer to each GSM8K prompt (for the oracle entries only)."""
+    lines = (data_dir / "gsm8k_dev.jsonl").read_text(encoding="utf-8").split("\n")
+    return {item["prompt"]: item["strong_response"] for item in map(json.loads, filter(str.strip, lines))}
 
 
 def embeddings_for(prompts: list[str], cache: Path) -> np.ndarray:
@@ -119,6 +129,7 @@ def evaluate(data_dir: Path, tool: Any, cache_dir: Path) -> dict[str, Any]:
     index = {p: i for i, p in enumerate(prompts)}
     emb = embeddings_for(prompts, cache_dir / f"minilm{EMBED_MAX_TOKENS}.npy")[[index[r.prompt] for r in rows]]
     cheap = [cheap_features(r.prompt, r.draft) for r in rows]
+    solved = solutions(data_dir)
     results: dict[str, Any] = {}
     for source, splitter in (("mmlu", GroupKFold(n_splits=FOLDS)),
                              ("gsm8k", KFold(FOLDS, shuffle=True, random_state=0))):
@@ -142,6 +153,9 @@ def evaluate(data_dir: Path, tool: Any, cache_dir: Path) -> dict[str, Any]:
             final = scorer(rows, cheap, emb, train, PCA_COMPONENTS)  # what `router train` ships
             add("classifier", final(test), test)
             if source == "gsm8k":
+                worked = [solved[rows[i].prompt] for i in test]
+                add("oracle_solution_steps", np.array([w.count("=") for w in worked], dtype=float), test)
+                add("oracle_solution_length", np.array([len(w) for w in worked], dtype=float), test)
                 with_draft = np.array([drafts[rows[i].prompt] for i in test])
                 add("with_draft", final(with_draft), with_draft)
         results[source] = {name: mean_of(folds) for name, folds in per.items()}
