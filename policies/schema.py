@@ -7,6 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policies.verifier_options import (
+    JsonOptions,
+    JsonSchemaOptions,
+    JudgeOptions,
+    MinConfidenceOptions,
+    PythonTestsOptions,
+    RegexOptions,
+)
+
 Strict = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -157,12 +166,12 @@ class VerifierSpec(BaseModel):
     """Exactly one verifier kind with its options, e.g. `{json_schema: {from_request: true}}`."""
 
     model_config = Strict
-    json_: dict[str, Any] | None = Field(default=None, alias="json")
-    json_schema: dict[str, Any] | None = None
-    regex: dict[str, Any] | None = None
-    min_confidence: dict[str, Any] | None = None
-    python_tests: dict[str, Any] | None = None
-    judge: dict[str, Any] | None = None
+    json_: JsonOptions | None = Field(default=None, alias="json")
+    json_schema: JsonSchemaOptions | None = None
+    regex: RegexOptions | None = None
+    min_confidence: MinConfidenceOptions | None = None
+    python_tests: PythonTestsOptions | None = None
+    judge: JudgeOptions | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> VerifierSpec:
@@ -172,9 +181,10 @@ class VerifierSpec(BaseModel):
         return self
 
     def items(self) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, options as the verifier's keyword arguments) of each kind given."""
         names = ("json", "json_schema", "regex", "min_confidence", "python_tests", "judge")
         values = (self.json_, self.json_schema, self.regex, self.min_confidence, self.python_tests, self.judge)
-        return [(n, v) for n, v in zip(names, values, strict=True) if v is not None]
+        return [(n, v.model_dump(by_alias=True)) for n, v in zip(names, values, strict=True) if v is not None]
 
     @property
     def kind(self) -> str:

@@ -104,12 +104,33 @@ def test_semantic_problems() -> None:
     ("policies:\n  rules:\n    - name: r\n      when: {content: {regex: '(x'}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
     ("policies:\n  rules:\n    - name: r\n      action: teleport\n", "draftgate.yaml:4: policies.rules[0].action"),
-    ("policies:\n  rules:\n    - name: r\n      action: {cascade: {escalate_to: a, verifiers: [{json: {}, regex: {}}]}}\n",
+    ("policies:\n  rules:\n    - name: r\n      action: {cascade: {escalate_to: a, verifiers: [{json: {}, regex: {pattern: x}}]}}\n",
      "exactly one kind"),
 ])
 def test_each_error_kind(text: str, expected: str) -> None:
     found = problems(text)
     assert any(p.startswith(expected) or expected in p for p in found), found
+
+
+CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n          escalate_to: a\n          verifiers:\n"
+
+
+@pytest.mark.parametrize(("verifier", "expected"), [
+    ("{regex: {patern: x}}", "verifiers[0].regex.patern: unknown key"),
+    ("{regex: {pattern: '(x'}}", "verifiers[0].regex.pattern: not a valid regular expression"),
+    ("{regex: {pattern: x, flags: q}}", "verifiers[0].regex.flags"),
+    ("{min_confidence: {max_entropy: -1}}", "verifiers[0].min_confidence.max_entropy: Input should be greater"),
+    ("{min_confidence: {missing: maybe}}", "verifiers[0].min_confidence.missing"),
+    ("{json_schema: {}}", "verifiers[0].json_schema: json_schema needs `schema` or `from_request: true`"),
+    ("{json_schema: {schema: {type: 12}}}", "verifiers[0].json_schema: not a valid JSON Schema"),
+    ("{python_tests: {tests: 'def f(:'}}", "verifiers[0].python_tests.tests: the tests do not compile"),
+    ("{python_tests: {tests: 'pass', timeout_s: 600}}", "verifiers[0].python_tests.timeout_s"),
+    ("{judge: {model: a, threshold: 2}}", "verifiers[0].judge.threshold"),
+])
+def test_bad_verifier_options_are_config_errors(verifier: str, expected: str) -> None:
+    """Caught by the schema, with the line, not when the gateway builds the verifier at startup."""
+    found = problems(CASCADE + f"            - {verifier}\n")
+    assert any(p.startswith("draftgate.yaml:8: policies.rules[0].action.cascade." + expected) for p in found), found
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
