@@ -97,6 +97,15 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, AttemptFailed) and exc.retryable
 
 
+# A bad key, no access, an unknown model name: this upstream's own setup, so the next alias may answer.
+FALLBACK_STATUSES = frozenset({401, 403, 404})
+
+
+def _stops_chain(exc: AttemptFailed) -> bool:
+    """Whether every fallback would fail the same way: the request itself was rejected (400, 413, 422 …)."""
+    return not exc.retryable and exc.status_code not in FALLBACK_STATUSES
+
+
 def _make_wait(backoff_initial_s: float) -> Any:
     backoff = wait_exponential_jitter(initial=backoff_initial_s, max=8.0, jitter=backoff_initial_s)
 
@@ -159,7 +168,7 @@ class HostedClient:
 
     async def _through_chain(self, alias: str, body: dict[str, Any], *, stream: bool,
                              ) -> tuple[HostedModel, list[Attempt], dict[str, Any] | UpstreamStream]:
-        """The first alias of the fallback chain that answers; a non-retryable failure stops the chain."""
+        """The first alias of the fallback chain that answers; a rejected request stops the chain."""
         attempts: list[Attempt] = []
         last: AttemptFailed | None = None
         for model in self.chain(alias):
@@ -167,7 +176,7 @@ class HostedClient:
                 return model, attempts, await self._with_retries(model, body, attempts, stream=stream)
             except AttemptFailed as exc:
                 last = exc
-                if not exc.retryable:
+                if _stops_chain(exc):
                     break
         raise self._final_error(alias, last, attempts)
 

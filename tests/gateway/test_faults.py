@@ -56,6 +56,18 @@ def test_exhausted_retries_fall_back_to_the_next_alias(gateway_factory, simulato
     assert row is not None and row.provider_model == "openai/gpt-4o" and row.attempts == 4
 
 
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_upstream_key_or_model_errors_go_to_the_fallback_without_retries(gateway_factory, simulator,
+                                                                          status: int) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=status, message="invalid api key"))
+    raw = ask(gw, "other provider")
+    assert raw.parse().choices[0].message.content == "echo: other provider"
+    assert [r.body["model"] for r in simulator.state.received] == ["gpt-4o-mini", "gpt-4o"]
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and [a["status_code"] for a in row.detail["attempts"]] == [status, 200]
+
+
 def test_all_upstreams_failing_is_a_502_with_the_upstream_message(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.extend([Fault(status=500, message="kaboom upstream")] * 4)

@@ -97,7 +97,8 @@ def test_an_upstream_that_echoes_the_key_does_not_leak_it(gateway_factory, simul
     gw = gateway_factory(hosted_config(simulator.base_url))
     secret = "sk-upstream-secret-abc"  # DRAFTGATE_TEST_UPSTREAM_KEY in tests/conftest.py
     caplog.set_level("DEBUG")
-    simulator.state.faults.append(Fault(status=401, message=f"Incorrect API key provided: {secret}."))
+    # The alias and its fallback both refuse the key (a 401 goes on to the fallback).
+    simulator.state.faults.extend([Fault(status=401, message=f"Incorrect API key provided: {secret}.")] * 2)
     with pytest.raises(openai.AuthenticationError) as info:
         client(gw).chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert secret not in info.value.response.text and "Incorrect API key provided" in info.value.response.text
