@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -33,7 +34,16 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="draftgat
 
 
 def _settings(config: Path | None) -> Settings:
-    return Settings(config=config) if config is not None else Settings()
+    """Process settings; a bad environment variable is one line each and exit 2, not a traceback."""
+    try:
+        return Settings(config=config) if config is not None else Settings()
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {exc.error_count()} bad setting(s) in the environment")
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = field if field.isupper() else f"DRAFTGATE_{field.upper()}"
+            typer.echo(f"{name}: {error['msg']} (got {error.get('input')!r})", err=True)
+        raise typer.Exit(2) from None
 
 
 def _load_or_exit(settings: Settings) -> policies.GatewayConfig:
@@ -75,7 +85,7 @@ def version() -> None:
 @app.command("check-config")
 def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to check")]) -> None:
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
-    config = _load_or_exit(Settings(config=file))
+    config = _load_or_exit(_settings(file))
     warnings = policies.lint(config)
     for problem in warnings:
         typer.echo(f"warning: {problem}", err=True)
@@ -87,7 +97,8 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
 def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="bind address")] = None,
           port: Annotated[int | None, typer.Option(help="port")] = None,
-          workers: Annotated[int, typer.Option(help="worker processes")] = 1) -> None:
+          workers: Annotated[int | None, typer.Option(help="worker processes (default: DRAFTGATE_WORKERS, 1)",
+                                                      min=1)] = None) -> None:
     """Run the gateway (embedded defaults when no config is given)."""
     import uvicorn
 
@@ -97,6 +108,7 @@ def serve(config: ConfigOpt = None,
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     host = host or settings.host
     port = port or settings.port
+    workers = workers or settings.workers
     if workers > 1:
         _share_metrics_between_workers(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -259,6 +271,8 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
     from gateway import report_render
     from ledger import Database
     from ledger.reports import Reporter, ReportQuery
+
+    _settings(None)  # a bad environment setting is one line here, not a traceback from inside the tour
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     folder = data_dir or Path(tempfile.mkdtemp(prefix="draftgate-demo-"))

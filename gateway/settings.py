@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = Field(default=None, description="overrides the YAML master_key")
     host: str = "127.0.0.1"
     port: int = 4000
-    workers: int = 1
+    workers: int = Field(default=1, ge=1, description="worker processes of `draftgate serve`")
     ledger_flush_interval_s: float = Field(default=0.2, ge=0.01, le=60.0,
                                            description="how often journalled ledger rows are written to the database")
     worker_id: str | None = Field(default=None, description="names this process's ledger journal (default: pid)")

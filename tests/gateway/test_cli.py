@@ -30,8 +30,8 @@ policies:
 """
 
 
-def draftgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DRAFTGATE_TEST_MISSING_VAR"}
+def draftgate(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if k != "DRAFTGATE_TEST_MISSING_VAR"}, **(env or {})}
     env["DRAFTGATE_DATA_DIR"] = str(cwd / "data")
     env["COLUMNS"] = "200"  # rich tables: no wrapping inside ids
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=cwd,
@@ -69,6 +69,16 @@ def test_serve_refuses_a_local_model_it_cannot_run_in_one_line(tmp_path: Path) -
         result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert f"error: local model: {message}" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_bad_environment_setting_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    for command in (("serve", "--port", "0"), ("check-config", "draftgate.yaml"), ("keys", "list")):
+        (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+        result = draftgate(*command, cwd=tmp_path, env={"DRAFTGATE_PORT": "abc", "DRAFTGATE_WORKERS": "0"})
+        assert result.returncode == 2, result.stderr
+        assert "DRAFTGATE_PORT: Input should be a valid integer" in result.stderr
+        assert "DRAFTGATE_WORKERS: Input should be greater than or equal to 1" in result.stderr
         assert "Traceback" not in result.stderr + result.stdout
 
 
