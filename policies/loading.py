@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from policies.errors import ConfigError, ConfigProblem
 from policies.schema import CascadeAction, GatewayConfig, HostedAction
-from policies.source import Located, resolve_env
+from policies.source import ConfigShapeError, Located, render_path, resolve_env
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 RESERVED_ALIASES = frozenset({"auto"})
@@ -34,6 +34,9 @@ def default_config() -> GatewayConfig:
 def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> GatewayConfig:
     try:
         source = Located(text, filename)
+    except (ConfigShapeError, RecursionError) as exc:  # RecursionError: nesting thousands of levels deep
+        reason = str(exc) if isinstance(exc, ConfigShapeError) else "values nested too deeply"
+        raise ConfigError([ConfigProblem(filename, None, "", reason)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -43,13 +46,16 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
         raise ConfigError([ConfigProblem(filename, None, "", "the file is empty")])
     if not isinstance(source.data, dict):
         raise ConfigError([ConfigProblem(filename, 1, "", "the top level must be a mapping of settings")])
-    problems: list[ConfigProblem] = []
+    problems = [ConfigProblem(filename, line, render_path(path), f"duplicate key (first on line {source.lines[path]})")
+                for path, line in source.duplicate_keys]
     data = resolve_env(source.data, env, source, problems)
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         problems.extend(_validation_problems(exc, source))
         raise ConfigError(problems) from None
+    except RecursionError:  # e.g. a JSON Schema nested thousands of levels deep
+        raise ConfigError([*problems, ConfigProblem(filename, None, "", "values nested too deeply")]) from None
     problems.extend(_semantic_problems(config, source))
     if problems:
         raise ConfigError(problems)

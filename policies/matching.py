@@ -6,10 +6,11 @@ inside prompt text can change which keyword or regex matches, never the policy i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import regex
 
 from policies.schema import (
     Action,
@@ -83,14 +84,25 @@ def as_list(value: str | list[str] | None) -> list[str]:
     return [] if value is None else ([value] if isinstance(value, str) else list(value))
 
 
+REGEX_TIMEOUT_S = 0.05  # per condition and request: a pattern that backtracks without end must not stall the gateway
+
+
+def bounded_search(pattern: regex.Pattern[str], text: str) -> tuple[regex.Match[str] | None, bool]:
+    """(match, timed out): a rule's regex runs on client text, so its time is bounded (`regex`'s timeout)."""
+    try:
+        return pattern.search(text, timeout=REGEX_TIMEOUT_S), False
+    except TimeoutError:
+        return None, True
+
+
 class _Compiled:
     """A rule with its regexes compiled once at load."""
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         when = rule.when
-        self.content_re = re.compile(when.content.regex) if when.content and when.content.regex else None
-        self.meta_re = {k: re.compile(v.regex) for k, v in (when.metadata or {}).items()
+        self.content_re = regex.compile(when.content.regex) if when.content and when.content.regex else None
+        self.meta_re = {k: regex.compile(v.regex) for k, v in (when.metadata or {}).items()
                         if isinstance(v, MetadataMatch) and v.regex}
 
 
@@ -144,9 +156,11 @@ def _conditions(c: _Compiled, f: RequestFacts, get_score: Callable[[], float | N
             yield f"metadata.{key}", f"== {want!r}", repr(value), value == want
         else:
             ok = value is not None and (want.in_ is None or value in want.in_)
-            regex = c.meta_re.get(key)
-            ok = ok and (regex is None or regex.search(value or "") is not None)
-            yield f"metadata.{key}", f"in {want.in_}" if want.in_ else f"~ /{want.regex}/", repr(value), ok
+            pattern = c.meta_re.get(key)
+            found, timed_out = bounded_search(pattern, value or "") if pattern is not None else (None, False)
+            ok = ok and (pattern is None or found is not None)
+            actual = f"{value!r} (regex timed out: no match)" if timed_out else repr(value)
+            yield f"metadata.{key}", f"in {want.in_}" if want.in_ else f"~ /{want.regex}/", actual, ok
     if w.prompt_tokens is not None:
         yield "prompt_tokens", describe_number(w.prompt_tokens), str(f.prompt_tokens), number_holds(
             w.prompt_tokens, f.prompt_tokens)
@@ -174,9 +188,10 @@ def _content_conditions(content: ContentCondition, c: _Compiled, f: RequestFacts
     text = f.last_user_text if content.scope == "last_user" else f.text
     where = " in the last user message" if content.scope == "last_user" else ""
     if c.content_re is not None:
-        found = c.content_re.search(text)
-        yield ("content.regex", f"/{content.regex}/{where}", repr(found.group(0)[:40]) if found else "no match",
-               bool(found))
+        found, timed_out = bounded_search(c.content_re, text)
+        actual = repr(found.group(0)[:40]) if found else (
+            f"timed out after {REGEX_TIMEOUT_S * 1000:g} ms: no match" if timed_out else "no match")
+        yield "content.regex", f"/{content.regex}/{where}", actual, bool(found)
     if content.keywords:
         lowered = text.lower()
         hits = [k for k in content.keywords if k.lower() in lowered]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policies.verifier_options import (
@@ -137,9 +137,9 @@ class ContentCondition(BaseModel):
 def _check_regex(value: str | None) -> str | None:
     if value is not None:
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression: {exc}") from None
+            regex.compile(value)  # the engine policies/matching.py runs them with (`regex`: it has timeouts)
+        except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
+            raise ValueError(f"invalid regular expression: {str(exc) or 'nested too deeply'}") from None
     return value
 
 

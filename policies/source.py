@@ -21,16 +21,48 @@ def render_path(path: Path) -> str:
     return out
 
 
-def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
+def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list[tuple[Path, int]]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key, value in node.value:
             child = path + (str(key.value),)
+            if str(key.value) in seen:  # YAML loaders keep the last silently; a typo'd config would lose a section
+                duplicates.append((child, key.start_mark.line + 1))
+                continue
+            seen.add(str(key.value))
             lines[child] = key.start_mark.line + 1
-            _index_lines(value, child, lines)
+            _index_lines(value, child, lines, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), lines)
+            _index_lines(item, path + (i,), lines, duplicates)
+
+
+MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expand it past this
+
+
+class ConfigShapeError(ValueError):
+    """YAML that is valid but cannot be a config: aliases that refer to themselves or expand too far."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values the node becomes once every alias is expanded (memoised: aliases share nodes)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise ConfigShapeError("a YAML alias refers to a value that contains it")
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes, open_nodes) for item in node.value)
+    open_nodes.discard(key)
+    sizes[key] = size
+    if size > MAX_VALUES:
+        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)")
+    return size
 
 
 class Located:
@@ -39,9 +71,11 @@ class Located:
     def __init__(self, text: str, filename: str) -> None:
         self.filename = filename
         self.lines: dict[Path, int] = {}
+        self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
-            _index_lines(node, (), self.lines)
+            _expanded_size(node, {}, set())
+            _index_lines(node, (), self.lines, self.duplicate_keys)
         self.data: Any = yaml.safe_load(text)
 
     def line_of(self, path: Path) -> int | None:

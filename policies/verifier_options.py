@@ -8,6 +8,7 @@ import re
 from typing import Any, Literal
 
 import jsonschema
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Options = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -31,6 +32,8 @@ class JsonSchemaOptions(BaseModel):
                 jsonschema.Draft202012Validator.check_schema(self.schema_)
             except jsonschema.SchemaError as exc:
                 raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+            except (re.error, OverflowError, RecursionError) as exc:  # a "pattern" that cannot compile, deep nesting
+                raise ValueError(f"not a valid JSON Schema: {str(exc) or 'nested too deeply'}") from None
         return self
 
 
@@ -45,9 +48,9 @@ class RegexOptions(BaseModel):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
+            regex.compile(value)
+        except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
+            raise ValueError(f"not a valid regular expression: {str(exc) or 'nested too deeply'}") from None
         return value
 
 
@@ -73,7 +76,10 @@ class PythonTestsOptions(BaseModel):
         try:
             compile(value, "tests.py", "exec")
         except SyntaxError as exc:
-            raise ValueError(f"the tests do not compile: {exc.msg} (line {exc.lineno})") from None
+            where = f" (line {exc.lineno})" if exc.lineno else ""
+            raise ValueError(f"the tests do not compile: {exc.msg}{where}") from None
+        except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; expressions nested too deeply
+            raise ValueError(f"the tests do not compile: {str(exc) or 'nested too deeply'}") from None
         return value
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
+import regex
 
 from router.verifiers.base import Draft, JudgeFn, Verdict
 
@@ -74,7 +75,8 @@ class JsonSchemaVerifier:
         return Verdict(self.name, False, "schema: " + "; ".join(found) + more, {"errors": found})
 
 
-FLAG_BITS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
+FLAG_BITS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL}
+REGEX_TIMEOUT_S = 0.1  # a pattern that backtracks without end fails the draft instead of stalling the gateway
 
 
 class RegexVerifier:
@@ -88,12 +90,17 @@ class RegexVerifier:
             if flag not in FLAG_BITS:
                 raise ValueError(f"unknown regex flag {flag!r} (use i, m, s)")
             bits |= FLAG_BITS[flag]
-        self._regex = re.compile(pattern, bits)
+        self._regex = regex.compile(pattern, bits)
         self._mode, self._must_match = mode, must_match
 
     async def verify(self, draft: Draft) -> Verdict:
         text = draft.text.strip()
-        found = (self._regex.fullmatch(text) if self._mode == "fullmatch" else self._regex.search(text)) is not None
+        try:
+            matcher = self._regex.fullmatch if self._mode == "fullmatch" else self._regex.search
+            found = matcher(text, timeout=REGEX_TIMEOUT_S) is not None
+        except TimeoutError:
+            return Verdict(self.name, False, f"/{self._regex.pattern}/ timed out after "
+                                             f"{REGEX_TIMEOUT_S * 1000:g} ms on the answer (counted as a failure)")
         ok = found == self._must_match
         what = "matches" if found else "does not match"
         return Verdict(self.name, ok, f"the answer {what} /{self._regex.pattern}/ ({self._mode})")

@@ -106,6 +106,17 @@ def test_semantic_problems() -> None:
     ("policies:\n  rules:\n    - name: r\n      action: teleport\n", "draftgate.yaml:4: policies.rules[0].action"),
     ("policies:\n  rules:\n    - name: r\n      action: {cascade: {escalate_to: a, verifiers: [{json: {}, regex: {pattern: x}}]}}\n",
      "exactly one kind"),
+    ("policies:\n  rules:\n    - name: r\n      when: {content: {regex: 'a{4294967296}'}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
+    ("policies:\n  rules:\n    - name: r\n      when: {content: {regex: '" + "(" * 3000 + ")" * 3000 + "'}}\n"
+     "      action: local\n", "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
+    ("local:\n  enabled: true\nmodels: []\nlocal:\n  enabled: false\n",
+     "draftgate.yaml:4: local: duplicate key (first on line 1)"),
+    ("a: &a [*a]\n", "draftgate.yaml: a YAML alias refers to a value that contains it"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml: values nested too deeply"),
+    ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+                                               for p, n in zip("abcdefghi", "bcdefghij")),
+     "draftgate.yaml: the file expands to more than 100,000 values (YAML aliases)"),
 ])
 def test_each_error_kind(text: str, expected: str) -> None:
     found = problems(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import policies
@@ -47,6 +49,18 @@ def test_each_condition(when: str, passing: dict, failing: dict) -> None:  # typ
     miss = rules.match(facts(**failing))
     assert miss.rule is None and miss.action.kind == "requested"
     assert miss.explanation[-1].passed is False
+
+
+def test_a_rule_regex_that_backtracks_without_end_does_not_match_and_returns_quickly() -> None:
+    """Client text meets the operator's regex: `regex`'s timeout bounds it (without one, ~fib(45) steps)."""
+    started = time.monotonic()
+    for when, hostile in (("{content: {regex: '^(a|aa)+$'}}", {"text": "a" * 45 + "!"}),
+                          ("{metadata: {task: {regex: '^(b|bb)+$'}}}", {"metadata": {"task": "b" * 45 + "!"}})):
+        rules = policy(f"    - name: r\n      when: {when}\n      action: {{hosted: big}}\n")
+        miss = rules.match(facts(**hostile))
+        assert miss.rule is None and "timed out" in miss.explanation[-1].actual
+        assert rules.match(facts(text="aaaa", metadata={"task": "bb"})).rule == "r"
+    assert time.monotonic() - started < 5
 
 
 def test_first_match_wins_and_explains() -> None:

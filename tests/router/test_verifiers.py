@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -49,6 +50,13 @@ async def test_regex_modes_and_flags() -> None:
     refusal = await verify("regex", {"pattern": "sorry", "flags": "i", "must_match": False}, "Sorry, I can't")
     assert not refusal.passed and "matches /sorry/" in refusal.reason
     assert (await verify("regex", {"pattern": "sorry", "flags": "i", "must_match": False}, "Here it is")).passed
+
+
+async def test_a_regex_that_backtracks_without_end_fails_the_draft_in_bounded_time() -> None:
+    started = time.monotonic()
+    verdict = await verify("regex", {"pattern": r"^(a|aa)+$"}, "a" * 45 + "b")  # ~fib(45) steps without the timeout
+    assert not verdict.passed and "timed out" in verdict.reason
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(("options", "passed", "reason"), [
