@@ -103,18 +103,27 @@ class Weights:
         for name, head in self.heads.items():
             arrays |= {f"{name}_mean": head.mean, f"{name}_scale": head.scale, f"{name}_coef": head.coef,
                        f"{name}_bias": head.intercept, f"{name}_setting": np.array([head.l2, head.components])}
-        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+        with path.open("wb") as file:  # a file handle: savez would add ".npz" to a path without it
+            np.savez_compressed(file, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> Weights:
         if not path.exists():
             raise ClassifierUnavailableError(f"no classifier weights at {path}; run `draftgate router train`")
-        data = np.load(path, allow_pickle=False)
-        if "version" not in data or int(data["version"][0]) != FORMAT_VERSION:
+        try:
+            data = np.load(path, allow_pickle=False)
+            version = int(data["version"][0]) if "version" in data else None
+        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, AttributeError) as exc:
+            raise ClassifierUnavailableError(f"{path} is not a classifier weights file: {exc}") from None
+        if version != FORMAT_VERSION:
             raise ClassifierUnavailableError(f"{path} is from an older classifier; run `draftgate router train`")
-        heads = {name: Head(data[f"{name}_mean"], data[f"{name}_scale"], data[f"{name}_coef"], data[f"{name}_bias"],
-                            float(data[f"{name}_setting"][0]), int(data[f"{name}_setting"][1])) for name in HEADS}
-        return cls(heads, data["pca_mean"], data["pca_components"], data["quantiles"])
+        try:
+            heads = {name: Head(data[f"{name}_mean"], data[f"{name}_scale"], data[f"{name}_coef"],
+                                data[f"{name}_bias"], float(data[f"{name}_setting"][0]),
+                                int(data[f"{name}_setting"][1])) for name in HEADS}
+            return cls(heads, data["pca_mean"], data["pca_components"], data["quantiles"])
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ClassifierUnavailableError(f"{path} is an incomplete classifier weights file: {exc}") from None
 
 
 def project(embeddings: np.ndarray | None, pca_mean: np.ndarray, pca_components: np.ndarray,

@@ -42,3 +42,7 @@ class VerifierConfigError(RoutingError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"verifier {kind}: {message}")
         self.kind = kind
+
+
+class TrainingDataError(RoutingError):
+    """Outcome data the classifier cannot be trained on; the message names the file and line."""

@@ -26,22 +26,39 @@ class ScoreInputError(RoutingError):
         self.line_no = line_no
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def read_requests(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ScoreInputError(line_no, "not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                item = json.loads(line, parse_constant=_no_constants)
             except json.JSONDecodeError as exc:
                 raise ScoreInputError(line_no, f"not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:
+                raise ScoreInputError(line_no, f"not valid JSON ({exc or 'nested too deeply'})") from None
             if not isinstance(item, dict) or "id" not in item:
                 raise ScoreInputError(line_no, "each line needs an \"id\"")
-            if not isinstance(item.get("prompt"), str):
-                raise ScoreInputError(line_no, "\"prompt\" must be a string")
-            if item.get("draft") is not None and not isinstance(item["draft"], str):
-                raise ScoreInputError(line_no, "\"draft\" must be a string when given")
+            for field in ("prompt", "draft"):
+                value = item.get(field)
+                if field == "prompt" and not isinstance(value, str):
+                    raise ScoreInputError(line_no, "\"prompt\" must be a string")
+                if value is not None and not isinstance(value, str):
+                    raise ScoreInputError(line_no, "\"draft\" must be a string when given")
+                try:
+                    (value or "").encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ScoreInputError(line_no, f"\"{field}\" holds a lone surrogate (\\ud800-\\udfff), "
+                                                   "not text") from None
             rows.append(item)
     return rows
 
@@ -53,10 +70,14 @@ def score_file(input_path: Path, output_path: Path, classifier: DifficultyClassi
     scores = model.score([r["prompt"] for r in rows], [r.get("draft") for r in rows]) if rows else []
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=output_path.parent, prefix=".scores-")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        for row, score in zip(rows, scores, strict=True):
-            out.write(json.dumps({"id": row["id"], "p_hosted": round(score, 6)}) + "\n")
-    os.replace(tmp, output_path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for row, score in zip(rows, scores, strict=True):
+                out.write(json.dumps({"id": row["id"], "p_hosted": round(score, 6)}) + "\n")
+        os.replace(tmp, output_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # an output path that is a folder must not leave a temp file behind
+        raise
     return len(rows)
 
 

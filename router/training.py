@@ -18,6 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from router.classifier import (
     project,
 )
 from router.draft_checks import DRAFT_FEATURES
+from router.errors import TrainingDataError
 from router.features import PROMPT_FEATURES
 
 DATA_FILES = ("gsm8k_dev.jsonl", "mmlu_dev.jsonl")
@@ -42,6 +44,7 @@ PENALTIES = (10.0, 100.0, 1000.0)  # L2 on standardized features; 1000 ~ sklearn
 COMPONENT_CHOICES = (0, 8, 16, 32)  # principal components of the MiniLM embedding a head may read
 PCA_COMPONENTS = max(COMPONENT_CHOICES)
 INNER_FOLDS = 5
+MIN_ROWS = 50  # below this the inner folds have too few rows to choose a penalty
 # These two subjects share 78 identical questions: one group, so no inner or outer fold leaks.
 SAME_GROUP = {"college_medicine": "clinical_knowledge"}
 
@@ -77,20 +80,36 @@ class TrainReport:
 
 
 def read_outcomes(data_dir: Path) -> list[TrainingRow]:
-    """RouteLLM outcome rows (prompt only, and with the draft where the data has one)."""
+    """RouteLLM outcome rows (prompt only, and with the draft where the data has one).
+    TrainingDataError names the file and line of anything that is not an outcome row."""
     rows = []
     for name in DATA_FILES:
-        for line in (data_dir / name).read_text(encoding="utf-8").split("\n"):  # not splitlines(): U+2028 in text
+        path = data_dir / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TrainingDataError(f"{path}: cannot read the outcome data: {exc}") from None
+        for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 in text
             if not line.strip():
                 continue
-            item = json.loads(line)
-            weak, strong = float(item["weak_score"]), float(item["strong_score"])
-            subject = item.get("subject")
-            group = SAME_GROUP.get(subject, subject) if subject else item["id"]
-            rows.append(TrainingRow(item["prompt"], strong - weak, None, item["source"], group, weak, strong))
-            if item.get("weak_response"):
-                rows.append(TrainingRow(item["prompt"], strong - weak, item["weak_response"],
-                                        item["source"] + "+draft", group, weak, strong))
+            try:
+                rows += _outcome_rows(json.loads(line))
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+                raise TrainingDataError(f"{path}:{number}: not an outcome row: {reason}") from None
+    return rows
+
+
+def _outcome_rows(item: dict[str, Any]) -> list[TrainingRow]:
+    weak, strong = float(item["weak_score"]), float(item["strong_score"])
+    if not (isinstance(item["prompt"], str) and item["prompt"] and 0 <= weak <= 1 and 0 <= strong <= 1):
+        raise ValueError("needs a non-empty prompt and scores between 0 and 1")
+    subject = item.get("subject")
+    group = SAME_GROUP.get(subject, subject) if subject else str(item["id"])
+    rows = [TrainingRow(item["prompt"], strong - weak, None, str(item["source"]), group, weak, strong)]
+    if item.get("weak_response"):
+        rows.append(TrainingRow(item["prompt"], strong - weak, str(item["weak_response"]),
+                                str(item["source"]) + "+draft", group, weak, strong))
     return rows
 
 
@@ -215,13 +234,18 @@ def fit(rows: Sequence[TrainingRow], embeddings: np.ndarray | None, *, component
 def train(data_dir: Path, out_path: Path, *, extra_rows: Sequence[TrainingRow] = (),
           embedder: TextEncoder | None = None) -> TrainReport:
     rows = read_outcomes(data_dir) + list(extra_rows)
+    if len(rows) < MIN_ROWS:
+        raise TrainingDataError(f"{data_dir}: {len(rows)} outcome row(s); training needs at least {MIN_ROWS}")
     prompts = sorted({r.prompt for r in rows})
     index = {p: i for i, p in enumerate(prompts)}
     unique = (embedder or Embedder()).encode(prompts)  # (P, 384): each distinct prompt once
-    weights = fit(rows, unique[[index[r.prompt] for r in rows]])
+    try:
+        weights = fit(rows, unique[[index[r.prompt] for r in rows]])
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        raise TrainingDataError(f"{data_dir}: the outcomes cannot be fitted (too few or too uniform): {exc}") from None
     weights.save(out_path)
-    sources: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for r in rows:
-        sources[r.source] = sources.get(r.source, 0) + 1
+        counts[r.source] = counts.get(r.source, 0) + 1
     return TrainReport(rows=len(rows), positives=int(sum(r.label > 0 for r in rows)), weights_path=str(out_path),
-                       sources=sources)
+                       sources=counts)

@@ -12,6 +12,7 @@ import pytest
 
 from router.classifier import (
     BUNDLED_WEIGHTS,
+    FORMAT_VERSION,
     ClassifierUnavailableError,
     DifficultyClassifier,
     Weights,
@@ -132,9 +133,10 @@ def test_train_writes_weights_with_ledger_outcomes(tmp_path: Path) -> None:
     for name, items in (("gsm8k_dev.jsonl", gsm), ("mmlu_dev.jsonl", mmlu)):
         (tmp_path / name).write_text("".join(json.dumps(item) + "\n" for item in items))
     ledger = [TrainingRow("Sort these: 5, 2, 9", 1.0), TrainingRow("Sort these: 5, 2, 9", 1.0, "9, 5, 2")]
-    report = train(tmp_path, tmp_path / "w.npz", extra_rows=ledger, embedder=HashEmbedder())
+    report = train(tmp_path, tmp_path / "w.weights", extra_rows=ledger, embedder=HashEmbedder())
     assert report.rows == 60 * 2 + 60 + 2 and report.sources["ledger"] == 2
-    classifier = DifficultyClassifier(Weights.load(tmp_path / "w.npz"), HashEmbedder())
+    assert sorted(p.name for p in tmp_path.glob("w.*")) == ["w.weights"]  # the path given, no ".npz" added
+    classifier = DifficultyClassifier(Weights.load(tmp_path / "w.weights"), HashEmbedder())
     scores = classifier.score([gsm[0]["prompt"], mmlu[0]["prompt"]], [None, None])
     assert all(0 <= s <= 1 for s in scores)
 
@@ -159,10 +161,14 @@ def test_score_input_errors_name_the_line(tmp_path: Path) -> None:
     cases = {'{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": ': "line 2: not valid JSON",
              '{"id": 1, "prompt": "a"}\n\n{"prompt": "b"}\n': 'line 3: each line needs an "id"',
              '{"id": 1, "prompt": 5}\n': 'line 1: "prompt" must be a string',
-             '{"id": 1, "prompt": "a", "draft": 3}\n': 'line 1: "draft" must be a string'}
+             '{"id": 1, "prompt": "a", "draft": 3}\n': 'line 1: "draft" must be a string',
+             '{"id": NaN, "prompt": "a"}\n': "line 1: not valid JSON (NaN is not valid JSON)",
+             '{"id": 1, "prompt": "\\ud800"}\n': 'line 1: "prompt" holds a lone surrogate',
+             "[" * 100_000 + "]" * 100_000 + "\n": "line 1: not valid JSON",
+             '{"id": 1, "prompt": "a\udcff"}\n': "line 1: not UTF-8 text"}
     for text, message in cases.items():
         path = tmp_path / "in.jsonl"
-        path.write_text(text)
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))  # \udcff: the byte 0xff
         with pytest.raises(ScoreInputError) as info:
             read_requests(path)
         assert str(info.value).startswith(message)
@@ -197,6 +203,32 @@ def test_the_cli_contract(tmp_path: Path) -> None:
                              "--output", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 2 and "line 2" in result.stderr and not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_training_data_and_weights_files_are_clear_errors(tmp_path: Path) -> None:
+    from router.classifier import ClassifierUnavailableError
+    from router.errors import TrainingDataError
+
+    (tmp_path / "mmlu_dev.jsonl").write_text("")
+    for line, message in (('{"prompt": "q"}', "gsm8k_dev.jsonl:2: not an outcome row: missing field 'weak_score'"),
+                          ('{"id": 1, "source": "gsm8k", "prompt": "q", "weak_score": "high", "strong_score": 1}',
+                           "gsm8k_dev.jsonl:2: not an outcome row: could not convert"),
+                          ("[1, 2]", "gsm8k_dev.jsonl:2: not an outcome row")):
+        (tmp_path / "gsm8k_dev.jsonl").write_text("\n" + line + "\n")
+        with pytest.raises(TrainingDataError, match=message.replace("(", r"\(")):
+            train(tmp_path, tmp_path / "w.npz", embedder=HashEmbedder())
+    (tmp_path / "gsm8k_dev.jsonl").write_text("")
+    with pytest.raises(TrainingDataError, match="0 outcome row\\(s\\); training needs at least 50"):
+        train(tmp_path, tmp_path / "w.npz", embedder=HashEmbedder())
+    with pytest.raises(TrainingDataError, match="cannot read the outcome data"):
+        train(tmp_path / "missing", tmp_path / "w.npz", embedder=HashEmbedder())
+    for name, content in (("text.npz", b"not a zip"), ("empty.npz", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ClassifierUnavailableError, match="is not a classifier weights file"):
+            Weights.load(tmp_path / name)
+    np.savez(tmp_path / "partial.npz", version=np.array([FORMAT_VERSION]))
+    with pytest.raises(ClassifierUnavailableError, match="incomplete classifier weights file"):
+        Weights.load(tmp_path / "partial.npz")
 
 
 def test_ledger_outcomes_of_a_ledger_never_migrated_are_empty(tmp_path: Path) -> None:
