@@ -58,6 +58,20 @@ def _load_or_exit(settings: Settings) -> policies.GatewayConfig:
         raise typer.Exit(code=2) from None
 
 
+def _ledger(settings: Settings, config: policies.GatewayConfig):  # type: ignore[no-untyped-def]
+    """The ledger database, opened and migrated; a database that cannot be used is one line and exit 1."""
+    from ledger import Database, LedgerError
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # journals and the default SQLite file live here
+        db = Database(settings.resolved_database_url(config.database_url))
+        db.migrate()
+    except (LedgerError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    return db
+
+
 def _check_local_engine(config: policies.GatewayConfig) -> None:
     """The local model's checkpoint and the settings that depend on it, checked before a server starts
     (loading it fails inside the server's startup, where the error would come with a traceback)."""
@@ -96,14 +110,18 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="bind address")] = None,
-          port: Annotated[int | None, typer.Option(help="port")] = None,
+          port: Annotated[int | None, typer.Option(min=0, max=65535, help="port")] = None,
           workers: Annotated[int | None, typer.Option(help="worker processes (default: DRAFTGATE_WORKERS, 1)",
                                                       min=1)] = None) -> None:
     """Run the gateway (embedded defaults when no config is given)."""
     import uvicorn
 
     settings = _settings(config)
-    _check_local_engine(_load_or_exit(settings))  # fail fast with precise errors before uvicorn starts
+    level = logging.DEBUG if settings.log_level == "trace" else settings.log_level.upper()  # trace: uvicorn's own
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = _load_or_exit(settings)  # fail fast with precise errors before uvicorn starts
+    _check_local_engine(loaded)
+    _ledger(settings, loaded).dispose()
     if config is not None:
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     host = host or settings.host
@@ -111,7 +129,6 @@ def serve(config: ConfigOpt = None,
     workers = workers or settings.workers
     if workers > 1:
         _share_metrics_between_workers(settings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"draftgate listening on http://{host}:{port}/v1")
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75)
@@ -130,29 +147,16 @@ def _share_metrics_between_workers(settings: Settings) -> None:
 @app.command()
 def migrate(config: ConfigOpt = None) -> None:
     """Bring the ledger database to the newest schema (the gateway also does this at start)."""
-    from ledger import Database, LedgerError
-
     settings = _settings(config)
-    db = Database(settings.resolved_database_url(_load_or_exit(settings).database_url))
-    try:
-        db.migrate()
-    except LedgerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
-    finally:
-        db.dispose()
+    _ledger(settings, _load_or_exit(settings)).dispose()
     console.print("ledger schema is up to date")
 
 
 def _key_store(config: Path | None):  # type: ignore[no-untyped-def]
-    from ledger import Database, KeyStore
+    from ledger import KeyStore
 
     settings = _settings(config)
-    cfg = _load_or_exit(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url(cfg.database_url))
-    db.migrate()
-    return KeyStore(db)
+    return KeyStore(_ledger(settings, _load_or_exit(settings)))
 
 
 class Period(str, Enum):
@@ -166,10 +170,11 @@ class Period(str, Enum):
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
                 team: Annotated[str | None, typer.Option(help="the team it spends for")] = None,
-                max_budget_usd: Annotated[float | None, typer.Option(min=0, help="dollar budget per period")] = None,
+                max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
+                                                                     help="dollar budget per period")] = None,
                 budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
-                rpm: Annotated[int | None, typer.Option(min=1, help="requests per minute")] = None,
-                tpm: Annotated[int | None, typer.Option(min=1, help="tokens per minute")] = None,
+                rpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="requests per minute")] = None,
+                tpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="tokens per minute")] = None,
                 config: ConfigOpt = None) -> None:
     """Create a virtual key; the secret is printed once."""
     from ledger.budgets import Limits
@@ -229,7 +234,6 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
            config: ConfigOpt = None) -> None:
     """Costs, savings vs all-hosted, escalations and latency from the ledger."""
     from gateway import report_render
-    from ledger import Database
     from ledger.reports import Reporter, ReportQuery, parse_moment
 
     settings = _settings(config)
@@ -239,8 +243,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    db = Database(settings.resolved_database_url(_load_or_exit(settings).database_url))
-    db.migrate()
+    db = _ledger(settings, _load_or_exit(settings))
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
     if format is Format.table:
@@ -345,8 +348,13 @@ def router_score(input: Annotated[Path, typer.Option("--input", help="JSONL: {id
     from router.scoring import ScoreInputError, score_file
 
     try:
-        count = score_file(input, output, DifficultyClassifier.load(weights))
-    except (ScoreInputError, ClassifierUnavailableError, OSError) as exc:
+        classifier = DifficultyClassifier.load(weights)
+    except ClassifierUnavailableError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    try:
+        count = score_file(input, output, classifier)
+    except (ScoreInputError, OSError) as exc:
         typer.echo(f"error: {input}: {exc}", err=True)
         raise typer.Exit(code=2) from None
     console.print(f"scored {count} prompt(s) -> {output}")
@@ -359,7 +367,9 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
                                                            "verification outcomes")] = False,
                  config: ConfigOpt = None) -> None:
     """Train the difficulty classifier (the bundled weights come from this command)."""
+    from ledger import LedgerError
     from router.classifier import BUNDLED_WEIGHTS
+    from router.errors import TrainingDataError
     from router.training import train
 
     extra = []
@@ -367,9 +377,17 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
         from gateway.outcomes import ledger_outcomes
 
         settings = _settings(config)
-        extra = ledger_outcomes(settings.resolved_database_url(_load_or_exit(settings).database_url))
+        try:
+            extra = ledger_outcomes(settings.resolved_database_url(_load_or_exit(settings).database_url))
+        except LedgerError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
         console.print(f"{len(extra)} outcome(s) from the ledger")
-    report = train(data, out or BUNDLED_WEIGHTS, extra_rows=extra)
+    try:
+        report = train(data, out or BUNDLED_WEIGHTS, extra_rows=extra)
+    except (TrainingDataError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     console.print(f"trained on {report.rows} rows ({report.positives} needed hosted) -> {report.weights_path}")
 
 

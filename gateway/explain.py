@@ -12,15 +12,15 @@ import policies
 from gateway.pipeline import to_job
 from gateway.schemas import ChatRequest
 from gateway.services import hosted_models
-from router import HostedClient, Planner
+from router import HostedClient, Planner, RoutingError
 
 
 def explain_request(config: policies.GatewayConfig, request_file: Path, *, team: str | None,
                     key_name: str | None) -> dict[str, Any]:
     """Rule, conditions and decision for one request body; ValueError for an unreadable request."""
     try:
-        body = ChatRequest.model_validate(json.loads(request_file.read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
+        body = ChatRequest.model_validate(json.loads(request_file.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{request_file}: cannot read a JSON request: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -29,8 +29,13 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
     hosted = HostedClient(hosted_models(config))  # never called: planning only
     planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
                       local_enabled=config.local.enabled)
-    plan, decision = planner.explain(to_job(body, "explain"), key_name, team)
+    try:
+        plan, decision = planner.explain(to_job(body, "explain"), key_name, team)
+    except RoutingError as exc:  # an alias the gateway does not serve, tools sent to the local model
+        raise ValueError(f"{request_file}: {exc}") from None
     action = ("cascade via local draft, escalate to " + plan.cascade.escalate_to if plan.cascade
               else f"{plan.route.value} ({plan.alias})")
+    if plan.alias == config.local.alias and not config.local.enabled:
+        action += " — but local.enabled is false, so the gateway answers 503 local_unavailable"
     return {"rule": decision.rule, "explanation": [c.as_dict() for c in decision.explanation],
             "decision": action, "p_hosted": decision.p_hosted, "summary": decision.summary()}

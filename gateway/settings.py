@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,14 +28,19 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("draftgate-data"), description="SQLite ledger and journals")
     master_key: SecretStr | None = Field(default=None, description="overrides the YAML master_key")
     host: str = "127.0.0.1"
-    port: int = 4000
+    port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, description="worker processes of `draftgate serve`")
     ledger_flush_interval_s: float = Field(default=0.2, ge=0.01, le=60.0,
                                            description="how often journalled ledger rows are written to the database")
     worker_id: str | None = Field(default=None, description="names this process's ledger journal (default: pid)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     load_local_engine: bool = Field(default=True, description="False skips loading the local model")
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     def resolved_database_url(self, config_url: str | None) -> str:
         """Environment beats YAML beats the default SQLite file under data_dir."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, make_url, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -93,20 +93,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for error messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(unparsable URL)"
+
+
 class Database:
     """One engine per process. SQLite runs in WAL mode so readers never block the writer."""
 
     def __init__(self, url: str) -> None:
+        """LedgerError when the URL cannot be used: unparsable, no driver, a folder that cannot be made."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            path = url.split(":///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        try:
+            if self.is_sqlite:
+                path = url.split(":///", 1)[-1]
+                if path and path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        except (SQLAlchemyError, ValueError, OSError, ImportError) as exc:
+            raise LedgerError(f"cannot open the ledger database {safe_url(url)}: {exc}") from exc
 
     def migrate(self) -> None:
         """Brings the schema to the newest migration (safe to call on every start)."""
@@ -119,7 +131,7 @@ class Database:
                     connection.execute(text("SELECT pg_advisory_xact_lock(7235104501)"))
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:  # OSError: the SQLite folder's lock file
             raise LedgerError(f"could not migrate the ledger database: {exc}") from exc
 
     @contextlib.contextmanager

@@ -217,11 +217,13 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     value = text.strip()
     units = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
-    if len(value) >= 2 and value[-1] in units and value[:-1].isdigit():
-        return now - int(value[:-1]) * units[value[-1]]
     try:
+        if len(value) >= 2 and value[-1] in units and value[:-1].isascii() and value[:-1].isdigit():
+            return now - int(value[:-1]) * units[value[-1]]
         moment = datetime.fromisoformat(value)  # Python 3.11+ reads a trailing "Z" as UTC
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the dates this report can handle") from None
     except ValueError:
         raise ValueError(f"{text!r} is neither a date/time (2026-11-01, 2026-11-01T12:00Z) "
                          "nor a span like 30d, 12h, 2w") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -72,6 +72,8 @@ class Planner:
 
     def explain(self, job: Job, key_name: str | None, team: str | None) -> tuple[Plan, Any]:
         """The plan and the policy's full decision, synchronously (for `draftgate route explain`)."""
+        if not self.known_alias(job.alias):
+            raise UnknownModelError(job.alias)
         facts = facts_for(job, key_name, team)
         score = self._score_prompt
         decision = self._policy.match(facts, (lambda: score(facts.text)) if score else None)
@@ -95,7 +97,7 @@ class Planner:
             return Plan(route=Route.HOSTED, alias=target, **common)
         if kind == "cascade":
             spec = self._cascades[id(action)]
-            if job.body.get("tools"):
+            if job.body.get("tools") or not self._local_enabled:  # no draft possible: straight to the target
                 return Plan(route=Route.HOSTED, alias=spec.escalate_to, **common)
             return Plan(route=Route.LOCAL, alias=self.local_alias, max_local_tokens=spec.max_local_tokens,
                         cascade=spec, **common)

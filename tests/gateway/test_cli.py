@@ -82,6 +82,31 @@ def test_a_bad_environment_setting_is_one_line_not_a_traceback(tmp_path: Path) -
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_ledger_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notadb").write_text("plain text")
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    for url, message in (("nonsense://x", "cannot open the ledger database nonsense://x"),
+                         (f"sqlite:///{tmp_path}/notadb/x.db", "cannot open the ledger database"),
+                         (f"sqlite:///{tmp_path}/notadb", "could not migrate the ledger database")):
+        for command in (("migrate",), ("report",), ("keys", "list"), ("serve", "--port", "0"),
+                        ("router", "train", "--from-ledger", "--data", str(tmp_path))):
+            result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path, env={"DATABASE_URL": url})
+            assert result.returncode == 1, (command, result.stderr)
+            assert message in result.stderr and "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+def test_bad_option_values_are_one_line(tmp_path: Path) -> None:
+    for args, message in ((("report", "--since", "1000000000d"), "outside the dates this report can handle"),
+                          (("report", "--until", "9999-12-31T23:59-05:00"), "outside the dates"),
+                          (("keys", "create", "--name", "a", "--rpm", "99999999999999999999"), "--rpm"),
+                          (("serve", "--port", "99999"), "--port")):
+        result = draftgate(*args, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout
+    result = draftgate("serve", cwd=tmp_path, env={"DRAFTGATE_LOG_LEVEL": "bogus"})
+    assert result.returncode == 2 and "DRAFTGATE_LOG_LEVEL: Input should be" in result.stderr
+
+
 def test_keys_create_list_revoke(tmp_path: Path) -> None:
     created = draftgate("keys", "create", "--name", "bot", "--team", "research", cwd=tmp_path)
     assert created.returncode == 0, created.stderr
@@ -104,6 +129,23 @@ def test_route_explain(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"model": "auto"}')
     bad = draftgate("route", "explain", "bad.json", "--config", "draftgate.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "messages" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_route_explain_without_a_local_model_and_for_an_unknown_alias(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text(
+        "local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n  default: local\n"
+        "  rules:\n    - name: drafts\n      when: {metadata: {task: draft}}\n"
+        "      action: {cascade: {escalate_to: big}}\n")
+    for metadata, decision in (({"task": "draft"}, "decision: hosted (big)"),  # no draft possible: escalated
+                               ({}, "local.enabled is false, so the gateway answers 503 local_unavailable")):
+        request = {"model": "auto", "messages": [{"role": "user", "content": "x"}], "metadata": metadata}
+        (tmp_path / "req.json").write_text(json.dumps(request))
+        result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+        assert result.returncode == 0 and decision in result.stdout, result.stdout + result.stderr
+    (tmp_path / "req.json").write_text(json.dumps({"model": "nosuch", "messages": [{"role": "user", "content": "x"}]}))
+    result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "The model `nosuch` does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_version(tmp_path: Path) -> None:
