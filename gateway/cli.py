@@ -7,7 +7,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -16,6 +16,9 @@ from rich.table import Table
 
 import policies
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from ledger import Database, KeyStore
 
 app = typer.Typer(help="draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -58,7 +61,7 @@ def _load_or_exit(settings: Settings) -> policies.GatewayConfig:
         raise typer.Exit(code=2) from None
 
 
-def _ledger(settings: Settings, config: policies.GatewayConfig):  # type: ignore[no-untyped-def]
+def _ledger(settings: Settings, config: policies.GatewayConfig) -> Database:
     """The ledger database, opened and migrated; a database that cannot be used is one line and exit 1."""
     from ledger import Database, LedgerError
 
@@ -152,7 +155,7 @@ def migrate(config: ConfigOpt = None) -> None:
     console.print("ledger schema is up to date")
 
 
-def _key_store(config: Path | None):  # type: ignore[no-untyped-def]
+def _key_store(config: Path | None) -> KeyStore:
     from ledger import KeyStore
 
     settings = _settings(config)

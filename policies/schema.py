@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policies.verifier_options import (
@@ -14,6 +13,7 @@ from policies.verifier_options import (
     MinConfidenceOptions,
     PythonTestsOptions,
     RegexOptions,
+    check_regex,
 )
 
 Strict = ConfigDict(extra="forbid", frozen=True)
@@ -135,12 +135,7 @@ class ContentCondition(BaseModel):
 
 
 def _check_regex(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            regex.compile(value)  # the engine policies/matching.py runs them with (`regex`: it has timeouts)
-        except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
-            raise ValueError(f"invalid regular expression: {str(exc) or 'nested too deeply'}") from None
-    return value
+    return None if value is None else check_regex(value)
 
 
 StrOrList = str | list[str]

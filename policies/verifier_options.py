@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Options = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def check_regex(value: str) -> str:
+    """`value` if the `regex` engine (the one rules and verifiers run on, with timeouts) compiles it."""
+    try:
+        regex.compile(value)
+    except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
+        raise ValueError(f"invalid regular expression: {str(exc) or 'nested too deeply'}") from None
+    return value
+
+
 class JsonOptions(BaseModel):
     model_config = Options
 
@@ -47,11 +56,7 @@ class RegexOptions(BaseModel):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            regex.compile(value)
-        except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
-            raise ValueError(f"not a valid regular expression: {str(exc) or 'nested too deeply'}") from None
-        return value
+        return check_regex(value)
 
 
 class MinConfidenceOptions(BaseModel):

@@ -128,7 +128,7 @@ CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n
 
 @pytest.mark.parametrize(("verifier", "expected"), [
     ("{regex: {patern: x}}", "verifiers[0].regex.patern: unknown key"),
-    ("{regex: {pattern: '(x'}}", "verifiers[0].regex.pattern: not a valid regular expression"),
+    ("{regex: {pattern: '(x'}}", "verifiers[0].regex.pattern: invalid regular expression"),
     ("{regex: {pattern: x, flags: q}}", "verifiers[0].regex.flags"),
     ("{min_confidence: {max_entropy: -1}}", "verifiers[0].min_confidence.max_entropy: Input should be greater"),
     ("{min_confidence: {missing: maybe}}", "verifiers[0].min_confidence.missing"),
