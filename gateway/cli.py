@@ -162,6 +162,22 @@ def _key_store(config: Path | None) -> KeyStore:
     return KeyStore(_ledger(settings, _load_or_exit(settings)))
 
 
+def _text(value: str | None) -> str | None:
+    """Names stored in the ledger must be text: a non-UTF-8 argument arrives as lone surrogates."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise typer.BadParameter("is not valid UTF-8 text") from None
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("must not be empty")
+    return _text(value) or value
+
+
 class Period(str, Enum):
     hour = "hour"
     day = "day"
@@ -171,8 +187,8 @@ class Period(str, Enum):
 
 
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
-                team: Annotated[str | None, typer.Option(help="the team it spends for")] = None,
+def keys_create(name: Annotated[str, typer.Option(help="a label for the key", callback=_non_empty)],
+                team: Annotated[str | None, typer.Option(help="the team it spends for", callback=_text)] = None,
                 max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
                                                                      help="dollar budget per period")] = None,
                 budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
@@ -189,7 +205,7 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key")],
 
 
 @keys_app.command("list")
-def keys_list(team: Annotated[str | None, typer.Option(help="only this team")] = None,
+def keys_list(team: Annotated[str | None, typer.Option(help="only this team", callback=_text)] = None,
               config: ConfigOpt = None) -> None:
     """List keys (never their secrets)."""
     table = Table("key_id", "name", "team", "prefix", "created", "revoked")
@@ -200,7 +216,7 @@ def keys_list(team: Annotated[str | None, typer.Option(help="only this team")] =
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke")],
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke", callback=_text)],
                 config: ConfigOpt = None) -> None:
     """Revoke a key."""
     from ledger import UnknownKeyError
@@ -232,7 +248,7 @@ class Format(str, Enum):
 def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = GroupBy.team,
            since: Annotated[str, typer.Option(help="start: a date/time or a span back from now (30d, 12h)")] = "30d",
            until: Annotated[str | None, typer.Option(help="end (exclusive); default now")] = None,
-           team: Annotated[str | None, typer.Option(help="only this team")] = None,
+           team: Annotated[str | None, typer.Option(help="only this team", callback=_text)] = None,
            format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
            config: ConfigOpt = None) -> None:
     """Costs, savings vs all-hosted, escalations and latency from the ledger."""
@@ -243,6 +259,8 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
     try:
         start = parse_moment(since)
         end = parse_moment(until) if until else None
+        if end is not None and end <= start:
+            raise ValueError(f"--until ({until}) is not after --since ({since})")
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -265,7 +283,8 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
          data_dir: Annotated[Path | None, typer.Option(help="where the demo ledger goes (default: a temp dir)")] = None,
          keep_serving: Annotated[bool | None, typer.Option(help="keep the gateway up for the dashboard "
                                                            "(default: when run in a terminal)")] = None,
-         port: Annotated[int | None, typer.Option(help="gateway port (default: a free one)")] = None) -> None:
+         port: Annotated[int | None, typer.Option(min=1, max=65535, help="gateway port (default: a free one)")]
+         = None) -> None:
     """A tour: bundled local model + a SIMULATED hosted provider, a mixed workload, then the cost report."""
     import asyncio
     import tempfile
@@ -282,13 +301,21 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     folder = data_dir or Path(tempfile.mkdtemp(prefix="draftgate-demo-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        typer.echo(f"error: --data-dir: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     console.print(Panel("The hosted models in this demo (gpt-4o, gpt-4o-mini) are a [b]SIMULATED provider[/b] on "
                         "127.0.0.1, priced from LiteLLM's cost map: no real API is called, nothing is billed.\n"
                         "Routine prompts are drafted by the bundled local DiffusionGemma and verified; hard ones "
                         "go hosted.", title="draftgate demo"))
     console.print("starting the gateway (loading the local model)…")
-    running = tour.start(folder, port)
+    try:
+        running = tour.start(folder, port)
+    except RuntimeError as exc:  # e.g. the port is taken
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
     try:
         asyncio.run(tour.send(running.url, tour.workload(requests), console))
         db = Database(f"sqlite:///{folder / 'ledger.db'}")

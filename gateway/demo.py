@@ -108,7 +108,7 @@ def start(data_dir: Path, port: int | None = None) -> Running:
     deadline = time.monotonic() + 300
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the demo gateway did not start")
+            raise RuntimeError(f"the demo gateway did not start on port {server.config.port} (is it taken?)")
         time.sleep(0.05)
 
     def stop() -> None:

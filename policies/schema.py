@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from policies.verifier_options import (
     JsonOptions,
@@ -268,6 +270,17 @@ class GatewayConfig(BaseModel):
     database_url: str | None = None
     reference_model: str | None = None
     models: list[ModelConfig] = Field(default_factory=list)
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_url(cls, value: str | None) -> str | None:
+        """Parsed here so a typo is a config error; whether its driver is installed is checked at startup."""
+        if value is not None:
+            try:
+                make_url(value)
+            except (ArgumentError, ValueError) as exc:
+                raise ValueError(f"not a database URL (dialect://user:password@host/db): {exc}") from None
+        return value
     local: LocalConfig = Field(default_factory=LocalConfig)
     teams: list[TeamConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)

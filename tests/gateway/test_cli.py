@@ -99,7 +99,10 @@ def test_bad_option_values_are_one_line(tmp_path: Path) -> None:
     for args, message in ((("report", "--since", "1000000000d"), "outside the dates this report can handle"),
                           (("report", "--until", "9999-12-31T23:59-05:00"), "outside the dates"),
                           (("keys", "create", "--name", "a", "--rpm", "99999999999999999999"), "--rpm"),
-                          (("serve", "--port", "99999"), "--port")):
+                          (("serve", "--port", "99999"), "--port"),
+                          (("report", "--since", "2026-02-01", "--until", "2026-01-01"), "is not after --since"),
+                          (("keys", "create", "--name", " "), "must not be empty"),
+                          (("keys", "create", "--name", "\udcff"), "is not valid UTF-8 text")):
         result = draftgate(*args, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout

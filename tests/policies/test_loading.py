@@ -113,6 +113,7 @@ def test_semantic_problems() -> None:
     ("local:\n  enabled: true\nmodels: []\nlocal:\n  enabled: false\n",
      "draftgate.yaml:4: local: duplicate key (first on line 1)"),
     ("a: &a [*a]\n", "draftgate.yaml: a YAML alias refers to a value that contains it"),
+    ("database_url: not a url\n", "draftgate.yaml:1: database_url: not a database URL"),
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml: values nested too deeply"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
                                                for p, n in zip("abcdefghi", "bcdefghij")),
