@@ -146,8 +146,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
-        return error_response(ErrorReply(exc.status_code, str(exc.detail), error_type, code),
-                              request_headers(request))
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":  # no such route (not a missing key or record)
+            message = (f"draftgate does not serve {request.method} {request.url.path}; its OpenAI API is "
+                       "POST /v1/chat/completions and GET /v1/models")
+        return error_response(ErrorReply(exc.status_code, message, error_type, code), request_headers(request))
 
     async def on_error(request: Request, exc: Exception) -> Response:
         reply = reply_for(exc)

@@ -162,9 +162,12 @@ class DiffusionEngine:
         if queued >= self._config.max_queue:
             raise QueueFullError(retry_after_s=self._retry_after(queued), queued=queued)
         generator = None
-        if request.seed is not None:  # on the model's device, so no draw copies a distribution to the host
-            generator = torch.Generator(device=self._loaded.device).manual_seed(request.seed)
         scale = 1.0 if request.temperature is None else request.temperature
+        # Temperature 0 is greedy, but the canvas starts from, and is renoised with, random tokens: seeded
+        # (0 unless the request gives one) so the same request gets the same answer, as users of greedy expect.
+        seed = request.seed if request.seed is not None or scale != 0 else 0
+        if seed is not None:  # on the model's device, so no draw copies a distribution to the host
+            generator = torch.Generator(device=self._loaded.device).manual_seed(seed)
         cap = min(request.max_tokens or self._config.max_tokens, self._config.max_tokens)
         ids = self._prompt_ids(request.messages)
         row = Row(request=request, prompt_ids=ids, max_tokens=cap, generator=generator, temperature_scale=scale,

@@ -95,17 +95,33 @@ class Planner:
             if target not in self._hosted:
                 raise UnknownModelError(target)
             return Plan(route=Route.HOSTED, alias=target, **common)
+        unsupported = local_cannot_serve(job.body)
         if kind == "cascade":
             spec = self._cascades[id(action)]
-            if job.body.get("tools") or not self._local_enabled:  # no draft possible: straight to the target
+            if unsupported or not self._local_enabled:  # no draft possible: straight to the target
                 return Plan(route=Route.HOSTED, alias=spec.escalate_to, **common)
             return Plan(route=Route.LOCAL, alias=self.local_alias, max_local_tokens=spec.max_local_tokens,
                         cascade=spec, **common)
-        if job.body.get("tools"):
-            raise RoutingError("the local model does not call tools; send tool requests to a hosted model "
-                               "or add a policy rule routing `has_tools: true` to one")
+        if unsupported:
+            raise RoutingError(f"{unsupported}; send such requests to a hosted model, or add a policy rule that "
+                               "routes them to one")
         return Plan(route=Route.LOCAL, alias=self.local_alias,
                     max_local_tokens=getattr(action, "max_local_tokens", None), **common)
+
+
+def local_cannot_serve(body: dict[str, Any]) -> str | None:
+    """Why the local (text-only, no tools, no logprobs) model cannot answer this request as asked, if it cannot:
+    served anyway, the answer would silently lack what the client asked for."""
+    if body.get("tools"):
+        return "the local model does not call tools (`tools`)"
+    if body.get("logprobs") or body.get("top_logprobs"):
+        return "the local model does not return `logprobs`"
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type", "text") != "text"
+                                             for part in content):
+            return "the local model reads text only (a message has a non-text content part)"
+    return None
 
 
 def cascade_spec(action: CascadeAction, judge: JudgeFn | None) -> CascadeSpec:

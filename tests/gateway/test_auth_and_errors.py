@@ -21,6 +21,16 @@ def test_missing_and_wrong_keys_are_401_json(gateway_factory, simulator) -> None
         client(gw, "sk-wrong").chat.completions.create(model="gpt-4o-mini", messages=MSG)
 
 
+def test_an_endpoint_draftgate_does_not_serve_says_which_it_does(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    for path in ("/v1/embeddings", "/v1/completions", "/v1/responses"):
+        r = httpx.post(gw.url + path, json={"model": "gpt-4o-mini", "input": "hi"},
+                       headers={"authorization": f"Bearer {MASTER_KEY}"})
+        error = r.json()["error"]
+        assert r.status_code == 404 and error["code"] == "not_found"
+        assert error["message"].startswith(f"draftgate does not serve POST {path}; its OpenAI API is")
+
+
 def test_virtual_key_lifecycle_and_team_attribution(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     admin = {"authorization": f"Bearer {MASTER_KEY}"}

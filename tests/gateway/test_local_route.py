@@ -70,13 +70,23 @@ def test_a_shared_system_prompt_is_reported_as_cached_prompt_tokens(gateway_fact
     assert f"{metric} {float(2 * cached[2])}" in httpx.get(gw.url + "/metrics").text
 
 
-def test_tools_on_the_local_route_are_refused_clearly(gateway_factory, simulator, random_checkpoint) -> None:
+def test_what_the_local_model_cannot_do_is_refused_clearly(gateway_factory, simulator, random_checkpoint) -> None:
+    """Tools, logprobs and images would be silently missing from a local answer: a 400 says so instead."""
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    with pytest.raises(openai.BadRequestError) as info:
-        client(gw).chat.completions.create(model="local/diffusiongemma", tools=tools,
-                                           messages=[{"role": "user", "content": "x"}])
-    assert "does not call tools" in info.value.message
+    image = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    for extra, message in (({"tools": tools}, "does not call tools"),
+                           ({"logprobs": True, "top_logprobs": 2}, "does not return `logprobs`"),
+                           ({"messages": [{"role": "user", "content": image}]}, "reads text only")):
+        with pytest.raises(openai.BadRequestError) as info:
+            client(gw).chat.completions.create(**{"model": "local/diffusiongemma",
+                                                  "messages": [{"role": "user", "content": "x"}], **extra})
+        assert message in info.value.message
+    text_parts = [{"type": "text", "text": "What is 2 + 2?"}]  # text parts are still served locally
+    answer = client(gw).chat.completions.create(model="local/diffusiongemma", max_tokens=4,
+                                                messages=[{"role": "user", "content": text_parts}])
+    assert answer.choices[0].finish_reason in ("stop", "length")
 
 
 def test_policy_rules_route_and_explain_in_headers(gateway_factory, simulator, random_checkpoint) -> None:

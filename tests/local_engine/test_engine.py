@@ -67,6 +67,18 @@ async def test_loads_through_from_pretrained(random_checkpoint: Path) -> None:
     assert backend.count_prompt_tokens(MSG) == 4 + 9 + 9
 
 
+async def test_temperature_zero_without_a_seed_repeats_its_answer(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = await engine_factory()
+    answers = []
+    for i, prompt in enumerate(["What is 2 + 2?", "Sort ascending: 5, 1, 3"] * 3):
+        messages = [{"role": "user", "content": prompt}]
+        greedy = engine.generate(GenerationRequest(request_id=f"g{i}", messages=messages, max_tokens=16,
+                                                   temperature=0.0))
+        sampled = engine.generate(GenerationRequest(request_id=f"s{i}", messages=messages, max_tokens=16))
+        answers.append((await asyncio.gather(greedy, sampled))[0].text)  # unseeded traffic moves the global RNG
+    assert answers[0::2] == [answers[0]] * 3 and answers[1::2] == [answers[1]] * 3
+
+
 async def test_max_tokens_is_trimmed_exactly_and_seeds_reproduce(engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = await engine_factory()
     for max_tokens in (1, 5, 13):
