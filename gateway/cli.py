@@ -175,7 +175,8 @@ def _text(value: str | None) -> str | None:
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise typer.BadParameter("must not be empty")
-    return _text(value) or value
+    _text(value)
+    return value
 
 
 class Period(str, Enum):

@@ -95,7 +95,7 @@ class Batch:
         """(canvas, live), both (n, L): fresh uniform-random canvases fitted to each request, each drawn from
         its request's generator (generate()'s first draw at that length), padding past its length."""
         length, vocab = self._sampling.canvas_length, self._sampling.vocab_size
-        canvas = torch.full((len(rows), length), self._sampling.pad_id, dtype=torch.long, device=self._device)
+        canvas = torch.empty(len(rows), length, dtype=torch.long, device=self._device)  # padded below
         shared = [i for i, r in enumerate(rows) if r.generator is None]
         for i, row in enumerate(rows):
             row.state = RowState.DENOISING

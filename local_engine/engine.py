@@ -165,7 +165,7 @@ class DiffusionEngine:
         scale = 1.0 if request.temperature is None else request.temperature
         # Temperature 0 is greedy, but the canvas starts from, and is renoised with, random tokens: seeded
         # (0 unless the request gives one) so the same request gets the same answer, as users of greedy expect.
-        seed = request.seed if request.seed is not None or scale != 0 else 0
+        seed = 0 if request.seed is None and scale == 0 else request.seed
         if seed is not None:  # on the model's device, so no draw copies a distribution to the host
             generator = torch.Generator(device=self._loaded.device).manual_seed(seed)
         cap = min(request.max_tokens or self._config.max_tokens, self._config.max_tokens)

@@ -24,13 +24,11 @@ def render_path(path: Path) -> str:
 def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list[tuple[Path, int]]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
         for key, value in node.value:
             child = path + (str(key.value),)
-            if str(key.value) in seen:  # YAML loaders keep the last silently; a typo'd config would lose a section
+            if child in lines:  # a key this mapping already had: YAML loaders keep the last one silently
                 duplicates.append((child, key.start_mark.line + 1))
                 continue
-            seen.add(str(key.value))
             lines[child] = key.start_mark.line + 1
             _index_lines(value, child, lines, duplicates)
     elif isinstance(node, yaml.SequenceNode):

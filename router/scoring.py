@@ -45,17 +45,16 @@ def read_requests(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise ScoreInputError(line_no, f"not valid JSON ({exc.msg})") from None
             except (ValueError, RecursionError) as exc:
-                raise ScoreInputError(line_no, f"not valid JSON ({exc or 'nested too deeply'})") from None
+                raise ScoreInputError(line_no, f"not valid JSON ({str(exc) or 'nested too deeply'})") from None
             if not isinstance(item, dict) or "id" not in item:
                 raise ScoreInputError(line_no, "each line needs an \"id\"")
+            if not isinstance(item.get("prompt"), str):
+                raise ScoreInputError(line_no, "\"prompt\" must be a string")
+            if item.get("draft") is not None and not isinstance(item["draft"], str):
+                raise ScoreInputError(line_no, "\"draft\" must be a string when given")
             for field in ("prompt", "draft"):
-                value = item.get(field)
-                if field == "prompt" and not isinstance(value, str):
-                    raise ScoreInputError(line_no, "\"prompt\" must be a string")
-                if value is not None and not isinstance(value, str):
-                    raise ScoreInputError(line_no, "\"draft\" must be a string when given")
                 try:
-                    (value or "").encode("utf-8")
+                    (item.get(field) or "").encode("utf-8")
                 except UnicodeEncodeError:
                     raise ScoreInputError(line_no, f"\"{field}\" holds a lone surrogate (\\ud800-\\udfff), "
                                                    "not text") from None

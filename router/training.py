@@ -244,8 +244,8 @@ def train(data_dir: Path, out_path: Path, *, extra_rows: Sequence[TrainingRow] =
     except (np.linalg.LinAlgError, ValueError) as exc:
         raise TrainingDataError(f"{data_dir}: the outcomes cannot be fitted (too few or too uniform): {exc}") from None
     weights.save(out_path)
-    counts: dict[str, int] = {}
+    sources: dict[str, int] = {}
     for r in rows:
-        counts[r.source] = counts.get(r.source, 0) + 1
+        sources[r.source] = sources.get(r.source, 0) + 1
     return TrainReport(rows=len(rows), positives=int(sum(r.label > 0 for r in rows)), weights_path=str(out_path),
-                       sources=counts)
+                       sources=sources)
