@@ -96,7 +96,7 @@ class Budgets:
 
     def _max_cost(self, job: Job, plan: Plan, prompt_tokens: int) -> float | None:
         """The most this request can cost at the models it may reach; None if one of them is unpriced."""
-        hosted_cap = job.max_tokens or DEFAULT_COMPLETION_RESERVE
+        hosted_cap = (job.max_tokens or DEFAULT_COMPLETION_RESERVE) * job.n  # each of the n choices may use the cap
         aliases: list[str] = []
         if plan.route is Route.HOSTED:
             aliases.append(plan.alias)
@@ -113,7 +113,8 @@ class Budgets:
         if plan.route is not Route.HOSTED:
             # The local draft: its device time is not known before it runs, so it is bounded by the
             # reference hosted price of its tokens (local device $ per token is far below that).
-            local_cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)
+            local_cap = job.n * min(job.max_tokens or self._local_max_tokens,
+                                    plan.max_local_tokens or self._local_max_tokens)
             total += self._pricing.reference_cost(prompt_tokens, local_cap) or 0.0
         return total
 
@@ -124,7 +125,7 @@ class Budgets:
             return None
         now = datetime.now(UTC)
         prompt_tokens = prompt_token_bound(job)
-        completion_cap = job.max_tokens or DEFAULT_COMPLETION_RESERVE
+        completion_cap = (job.max_tokens or DEFAULT_COMPLETION_RESERVE) * job.n
         claims: list[Claim] = []
         max_cost: float | None = None  # priced once, only if some scope has a dollar budget
         for scope, limits in scopes:

@@ -72,15 +72,16 @@ class Simulator:
         return f"echo: {content}"
 
     def usage(self, body: dict[str, Any], reply: str) -> dict[str, int]:
+        """Words as tokens; the prompt counted once and the reply once per choice (`n`), as OpenAI bills."""
         prompt = sum(_words(str(m.get("content") or "")) for m in body.get("messages", []))
-        completion = _words(reply)
+        completion = _words(reply) * int(body.get("n") or 1)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def completion(self, body: dict[str, Any], reply: str) -> dict[str, Any]:
         return {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "sim"), "system_fingerprint": "fp_sim",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
-                             "logprobs": None, "finish_reason": "stop"}],
+                "choices": [{"index": i, "message": {"role": "assistant", "content": reply, "refusal": None},
+                             "logprobs": None, "finish_reason": "stop"} for i in range(int(body.get("n") or 1))],
                 "usage": self.usage(body, reply)}
 
     def chunks(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
@@ -89,11 +90,14 @@ class Simulator:
         words = reply.split(" ")
         parts = [" ".join(words[i:i + self.chunk_words]) for i in range(0, len(words), self.chunk_words)]
         parts = [p if i == 0 else " " + p for i, p in enumerate(parts)]
-        out = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "logprobs": None, "finish_reason": None}]}]
-        out += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "logprobs": None,
-                                      "finish_reason": None}]} for p in parts]
-        out.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+        out = []
+        for index in range(int(body.get("n") or 1)):  # choice after choice, as `n` streams may interleave
+            out += [{**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                          "logprobs": None, "finish_reason": None}]}]
+            out += [{**base, "choices": [{"index": index, "delta": {"content": p}, "logprobs": None,
+                                          "finish_reason": None}]} for p in parts]
+            out.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                             "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             out.append({**base, "choices": [], "usage": self.usage(body, reply)})
         return out

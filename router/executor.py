@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -36,19 +37,34 @@ class Pricing:
         return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens)
 
 
-def completion_body(job: Job, model: str, completion: Completion) -> dict[str, Any]:
-    """An OpenAI chat.completion object for a local answer, with draftgate's signals attached."""
+def completion_body(job: Job, model: str, completion: Completion | Sequence[Completion]) -> dict[str, Any]:
+    """An OpenAI chat.completion object for a local answer (one choice per completion), with draftgate's
+    signals attached: the first choice's at the top, as for n = 1, and every choice's when there are more."""
+    completions = [completion] if isinstance(completion, Completion) else list(completion)
+    first = completions[0]
+    extension: dict[str, Any] = {"confidence": first.confidence.as_dict()}
+    if len(completions) > 1:
+        extension["choices"] = [{"index": i, "confidence": c.confidence.as_dict()} for i, c in enumerate(completions)]
     return {
         "id": f"chatcmpl-{job.request_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text, "refusal": None},
-                     "logprobs": None, "finish_reason": completion.finish_reason}],
-        "usage": usage_dict(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens),
-        "draftgate": {"confidence": completion.confidence.as_dict()},
+        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+                     "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(completions)],
+        "usage": usage_dict(first.prompt_tokens, sum(c.completion_tokens for c in completions),
+                            first.cached_tokens),
+        "draftgate": extension,
     }
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """Choice i of a seeded n > 1 request is seeded seed + i (wrapped to int64), so the choices differ
+    and the request stays repeatable; choice 0 keeps the request's own seed."""
+    if seed is None or index == 0:
+        return seed
+    return (seed + index + 2**63) % 2**64 - 2**63
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
@@ -86,28 +102,47 @@ class Executor:
             raise LocalUnavailableError("the local model is not loaded on this gateway")
         return self._local
 
-    def generation_request(self, job: Job, plan: Plan) -> GenerationRequest:
+    def generation_request(self, job: Job, plan: Plan, choice: int = 0) -> GenerationRequest:
         cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)
         return GenerationRequest(request_id=job.request_id, messages=job.messages, max_tokens=cap,
-                                 temperature=job.temperature, stop=job.stop, seed=job.seed)
+                                 temperature=job.temperature, stop=job.stop, seed=choice_seed(job.seed, choice))
 
-    def local_outcome(self, completion: Completion, route: Route = Route.LOCAL) -> Outcome:
-        """Ledger figures for a local answer, with the all-hosted reference price."""
-        detail: dict[str, Any] = {"confidence": completion.confidence.as_dict()}
-        if completion.cached_tokens:
-            detail["cached_prompt_tokens"] = completion.cached_tokens
-        return Outcome(route=route, provider_model=completion.model, prompt_tokens=completion.prompt_tokens,
-                       completion_tokens=completion.completion_tokens, cached_tokens=completion.cached_tokens,
-                       local_cost_usd=completion.cost_usd, device_seconds=completion.device_seconds, detail=detail)
+    def local_outcome(self, completion: Completion | Sequence[Completion], route: Route = Route.LOCAL) -> Outcome:
+        """Ledger figures for a local answer (all its choices: the prompt counted once, as OpenAI bills n),
+        with the all-hosted reference price."""
+        completions = [completion] if isinstance(completion, Completion) else list(completion)
+        first = completions[0]
+        detail: dict[str, Any] = {"confidence": first.confidence.as_dict()}
+        if len(completions) > 1:
+            detail["choices"] = len(completions)
+            detail["choice_confidence"] = [c.confidence.as_dict() for c in completions]
+        if first.cached_tokens:
+            detail["cached_prompt_tokens"] = first.cached_tokens
+        return Outcome(route=route, provider_model=first.model, prompt_tokens=first.prompt_tokens,
+                       completion_tokens=sum(c.completion_tokens for c in completions),
+                       cached_tokens=first.cached_tokens, local_cost_usd=sum(c.cost_usd for c in completions),
+                       device_seconds=sum(c.device_seconds for c in completions), detail=detail)
 
     async def run(self, job: Job, plan: Plan) -> Outcome:
-        """Serves a non-streaming job."""
+        """Serves a non-streaming job; a local one's n choices are n rows of the engine's batch."""
         if plan.route is Route.LOCAL:
-            completion = await self.local.generate(self.generation_request(job, plan))
-            outcome = self.local_outcome(completion)
-            outcome.body = completion_body(job, self.local_alias, completion)
+            completions = await self._local_choices(job, plan)
+            outcome = self.local_outcome(completions)
+            outcome.body = completion_body(job, self.local_alias, completions)
             return outcome
         return await self.run_hosted(job, plan.alias)
+
+    async def _local_choices(self, job: Job, plan: Plan) -> list[Completion]:
+        if job.n == 1:
+            return [await self.local.generate(self.generation_request(job, plan))]
+        tasks = [asyncio.create_task(self.local.generate(self.generation_request(job, plan, i))) for i in range(job.n)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # one choice failed (e.g. the queue is full): the others are cancelled, the error raised
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
         """Serves a job at a hosted alias (with its retries and fallbacks)."""
@@ -125,7 +160,16 @@ class Executor:
         """Opens a streaming job; hosted retries happen here, before the first byte is sent."""
         if plan.route is Route.LOCAL:
             outcome = Outcome(route=Route.LOCAL, provider_model=self.local.model_name)
-            return ChunkStream(outcome, self._local_chunks(job, plan, outcome))
+            # Submitted here, before any byte is sent: a full queue is a 429 response, not an in-band error.
+            streams: list[AsyncIterator[StreamDelta | Completion]] = []
+            try:
+                for i in range(job.n):
+                    streams.append(self.local.stream(self.generation_request(job, plan, i)))
+            except BaseException:
+                for opened in streams:
+                    await opened.aclose()  # type: ignore[attr-defined]
+                raise
+            return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
         return await self.stream_hosted(job, plan.alias)
 
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
@@ -155,34 +199,79 @@ class Executor:
             outcome.hosted_cost_usd = cost
             outcome.unpriced = cost is None
 
-    async def _local_chunks(self, job: Job, plan: Plan, outcome: Outcome) -> AsyncIterator[bytes]:
+    async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
+                            outcome: Outcome) -> AsyncIterator[bytes]:
         chunk_id, created = f"chatcmpl-{job.request_id}", int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             body: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
                                     "model": self.local_alias, "system_fingerprint": None,
-                                    "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                    "choices": [{"index": index, "delta": delta, "logprobs": None,
                                                  "finish_reason": finish}]}
             if job.wants_usage:
                 body["usage"] = None
             body.update(extra)
             return orjson.dumps(body)
 
-        yield chunk({"role": "assistant", "content": ""})
-        events = self.local.stream(self.generation_request(job, plan))
         try:
-            async for event in events:
+            for index in range(len(streams)):
+                yield chunk(index, {"role": "assistant", "content": ""})
+            finished: dict[int, Completion] = {}
+            async for index, event in merged(streams):
                 if isinstance(event, StreamDelta):
                     if event.text:
-                        yield chunk({"content": event.text})
+                        yield chunk(index, {"content": event.text})
                     continue
-                final = self.local_outcome(event)
+                finished[index] = event  # the ledger has each choice's cost as soon as it is done
+                final = self.local_outcome([finished[i] for i in sorted(finished)])
                 outcome.__dict__.update({k: v for k, v in final.__dict__.items() if k != "body"})
-                yield chunk({}, event.finish_reason, draftgate={"confidence": event.confidence.as_dict()})
-                if job.wants_usage:
-                    yield orjson.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                                        "model": self.local_alias, "system_fingerprint": None, "choices": [],
-                                        "usage": usage_dict(event.prompt_tokens, event.completion_tokens,
-                                                            event.cached_tokens)})
+                yield chunk(index, {}, event.finish_reason, draftgate={"confidence": event.confidence.as_dict()})
+            if job.wants_usage:
+                first = finished[0]
+                yield orjson.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
+                                    "model": self.local_alias, "system_fingerprint": None, "choices": [],
+                                    "usage": usage_dict(first.prompt_tokens, outcome.completion_tokens,
+                                                        first.cached_tokens)})
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            for stream in streams:  # a client gone before the first event: the rows are still cancelled
+                await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def merged(streams: list[AsyncIterator[StreamDelta | Completion]],
+                 ) -> AsyncIterator[tuple[int, StreamDelta | Completion]]:
+    """The events of several engine streams as they come, each with its stream's index; closing this
+    closes them all (which cancels their rows). One stream, the common case, is read directly."""
+    if len(streams) == 1:
+        try:
+            async for event in streams[0]:
+                yield 0, event
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
+    queue: asyncio.Queue[tuple[int, StreamDelta | Completion | Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[StreamDelta | Completion]) -> None:
+        try:
+            async for event in stream:
+                queue.put_nowait((index, event))
+            queue.put_nowait((index, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            queue.put_nowait((index, exc))
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -32,6 +32,7 @@ class Job:
     temperature: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    n: int = 1  # choices asked for
     upstream_body: dict[str, Any] = field(default_factory=dict)  # body for hosted models, model filled in later
 
 

@@ -98,7 +98,8 @@ class Planner:
         unsupported = local_cannot_serve(job.body)
         if kind == "cascade":
             spec = self._cascades[id(action)]
-            if unsupported or not self._local_enabled:  # no draft possible: straight to the target
+            # No draft possible, or n drafts that one verdict cannot cover: straight to the target.
+            if unsupported or job.n > 1 or not self._local_enabled:
                 return Plan(route=Route.HOSTED, alias=spec.escalate_to, **common)
             return Plan(route=Route.LOCAL, alias=self.local_alias, max_local_tokens=spec.max_local_tokens,
                         cascade=spec, **common)

@@ -56,7 +56,7 @@ def test_virtual_key_lifecycle_and_team_attribution(gateway_factory, simulator) 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
     ({"model": "no-such-model", "messages": MSG}, 404, "model_not_found"),
-    ({"model": "gpt-4o-mini", "messages": MSG, "n": 2}, 400, "invalid_value"),
+    ({"model": "gpt-4o-mini", "messages": MSG, "n": 129}, 400, "invalid_value"),
     ({"model": "gpt-4o-mini", "messages": MSG, "bogus_field": 1}, 400, "unknown_parameter"),
     ({"model": "gpt-4o-mini", "messages": []}, 400, "invalid_value"),
     ({"model": "gpt-4o-mini", "messages": MSG, "max_tokens": -5}, 400, "invalid_value"),

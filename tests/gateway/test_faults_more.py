@@ -72,14 +72,17 @@ def test_a_saturated_local_engine_answers_429_with_retry_after(gateway_factory, 
     body = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "Sort: 3, 1"}],
             "max_tokens": 24, "seed": 1}
 
-    def call(_: int) -> httpx.Response:
-        return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60,
+    def call(i: int) -> httpx.Response:  # every other request streams: it is refused before its first byte too
+        return httpx.post(gw.url + "/v1/chat/completions", json={**body, "stream": i % 2 == 1}, timeout=60,
                           headers={"authorization": f"Bearer {MASTER_KEY}"})
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         replies = list(pool.map(call, range(12)))
     statuses = sorted(r.status_code for r in replies)
     assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+    streamed = replies[1::2]
+    assert any(r.status_code == 429 for r in streamed), [r.status_code for r in streamed]
+    assert all("error" not in r.text for r in streamed if r.status_code == 200)  # never an in-band refusal
     refused = next(r for r in replies if r.status_code == 429)
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "local_queue_full"
