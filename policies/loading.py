@@ -48,6 +48,8 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
         raise ConfigError([ConfigProblem(filename, 1, "", "the top level must be a mapping of settings")])
     problems = [ConfigProblem(filename, line, render_path(path), f"duplicate key (first on line {source.lines[path]})")
                 for path, line in source.duplicate_keys]
+    problems += [ConfigProblem(filename, line, render_path(path), "holds a lone surrogate (\\ud800-\\udfff): "
+                               "not text") for path, line in source.lone_surrogates]
     data = resolve_env(source.data, env, source, problems)
     try:
         config = GatewayConfig.model_validate(data)

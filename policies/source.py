@@ -17,11 +17,18 @@ def render_path(path: Path) -> str:
     """`models[1].price.input_per_mtok` from ("models", 1, "price", "input_per_mtok")."""
     out = ""
     for part in path:
+        if isinstance(part, str):  # a lone surrogate in a key is shown escaped: it cannot be printed
+            part = part.encode("utf-8", "backslashreplace").decode()
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list[tuple[Path, int]]) -> None:
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list[tuple[Path, int]],
+                 surrogates: list[tuple[Path, int]]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
@@ -30,10 +37,15 @@ def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates
                 duplicates.append((child, key.start_mark.line + 1))
                 continue
             lines[child] = key.start_mark.line + 1
-            _index_lines(value, child, lines, duplicates)
+            if isinstance(key.value, str) and _has_surrogate(key.value):
+                surrogates.append((child, key.start_mark.line + 1))
+            _index_lines(value, child, lines, duplicates, surrogates)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), lines, duplicates)
+            _index_lines(item, path + (i,), lines, duplicates, surrogates)
+    elif isinstance(node.value, str) and _has_surrogate(node.value):
+        # "\ud800" is a valid YAML escape but not text: it could never match a request, be relayed or stored.
+        surrogates.append((path, node.start_mark.line + 1))
 
 
 MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expand it past this
@@ -70,10 +82,11 @@ class Located:
         self.filename = filename
         self.lines: dict[Path, int] = {}
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
+        self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
             _expanded_size(node, {}, set())
-            _index_lines(node, (), self.lines, self.duplicate_keys)
+            _index_lines(node, (), self.lines, self.duplicate_keys, self.lone_surrogates)
         self.data: Any = yaml.safe_load(text)
 
     def line_of(self, path: Path) -> int | None:

@@ -114,6 +114,9 @@ def test_semantic_problems() -> None:
      "draftgate.yaml:4: local: duplicate key (first on line 1)"),
     ("a: &a [*a]\n", "draftgate.yaml: a YAML alias refers to a value that contains it"),
     ("database_url: not a url\n", "draftgate.yaml:1: database_url: not a database URL"),
+    ('models:\n  - name: "a\\ud800"\n    model: openai/x\n',
+     "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
+    ('"k\\udc00": 1\n', "draftgate.yaml:1: k\\udc00: holds a lone surrogate"),
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml: values nested too deeply"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
                                                for p, n in zip("abcdefghi", "bcdefghij")),
