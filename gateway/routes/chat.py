@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway.deps import PrincipalDep, ServicesDep
 from gateway.schemas import ChatRequest
 from gateway.services import Services
+from router import UnknownModelError
 
 router = APIRouter()
 
@@ -32,12 +33,28 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
     return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
 
+def _model_aliases(services: Services) -> list[str]:
+    aliases = ["auto"] + ([services.config.local.alias] if services.config.local.enabled else [])
+    return aliases + list(services.hosted.aliases)
+
+
+def _model(alias: str, created: int) -> dict[str, object]:
+    return {"id": alias, "object": "model", "created": created, "owned_by": "draftgate"}
+
+
 @router.get("/v1/models")
 @router.get("/models", include_in_schema=False)
 async def list_models(services: ServicesDep, _principal: PrincipalDep) -> Response:
     """Every alias a client may send as `model`."""
     created = int(time.time())
-    aliases = ["auto"] + ([services.config.local.alias] if services.config.local.enabled else [])
-    aliases += services.hosted.aliases
-    data = [{"id": a, "object": "model", "created": created, "owned_by": "draftgate"} for a in aliases]
+    data = [_model(alias, created) for alias in _model_aliases(services)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/v1/models/{model:path}")
+@router.get("/models/{model:path}", include_in_schema=False)
+async def retrieve_model(model: str, services: ServicesDep, _principal: PrincipalDep) -> Response:
+    """One alias (`client.models.retrieve`); aliases may hold a slash (`local/diffusiongemma`)."""
+    if model not in _model_aliases(services):
+        raise UnknownModelError(model)
+    return Response(orjson.dumps(_model(model, int(time.time()))), media_type="application/json")

@@ -116,6 +116,11 @@ def test_models_health_ready_metrics(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     ids = [m.id for m in client(gw).models.list()]
     assert ids == ["auto", "gpt-4o-mini", "backup"]
+    assert client(gw).models.retrieve("backup").id == "backup"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client(gw).models.retrieve("gpt-5-turbo")
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert httpx.get(gw.url + "/v1/models/backup").status_code == 401  # a key is needed, as for the list
     assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(gw.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": True}

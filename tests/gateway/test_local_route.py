@@ -21,6 +21,7 @@ def local_config(sim_url: str, checkpoint: Path, extra: str = "") -> str:
 def test_local_alias_non_streaming_and_streaming(gateway_factory, simulator, random_checkpoint) -> None:
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
     assert httpx.get(gw.url + "/readyz").json()["checks"] == {"database": True, "local_model": True}
+    assert client(gw).models.retrieve("local/diffusiongemma").id == "local/diffusiongemma"  # a slash in the id
     raw = client(gw).chat.completions.with_raw_response.create(
         model="local/diffusiongemma", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=12,
         seed=7)
