@@ -118,3 +118,24 @@ def test_a_dollar_budget_refuses_an_unpriced_model(gateway_factory, shared_datab
 async def _one(url: str, model: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=30) as client:
         return await _call(client, url, model)
+
+
+def test_n_choices_reserve_and_spend_n_completions(gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
+    with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, shared_database_url, "max_budget_usd: 0.012"),
+                             data_dir=tmp_path / "a")
+
+        async def call(n: int) -> httpx.Response:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return await client.post(f"{gw.url}/v1/chat/completions",
+                                         headers={"authorization": "Bearer sk-racer-key-123456"},
+                                         json={"model": "gpt-4o-mini", "max_tokens": 5, "n": n,
+                                               "messages": [{"role": "user", "content": "go"}]})
+
+        three = asyncio.run(call(3))  # worst case 3 x 5 tokens = $0.015: over the $0.012 budget
+        assert three.status_code == 429 and three.json()["error"]["code"] == "budget_exceeded"
+        assert sim.state.received == []
+        two = asyncio.run(call(2))
+        assert two.status_code == 200 and len(two.json()["choices"]) == 2
+        assert float(two.headers["x-draftgate-cost-usd"]) == pytest.approx(2 * PRICE_PER_REQUEST)
+        assert asyncio.run(call(1)).status_code == 429  # $0.010 spent: $0.005 more would pass $0.012
