@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from local_engine import EngineError, EngineUnavailableError, QueueFullError
+from local_engine import EngineError, EngineUnavailableError, QueueFullError, RequestRejectedError
 from router.errors import (
     LocalUnavailableError,
     RoutingError,
@@ -107,6 +107,9 @@ def reply_for(exc: BaseException) -> ErrorReply:
         retry = max(1, round(exc.retry_after_s))
         return ErrorReply(429, "the local model's queue is full; retry later", "rate_limit_error",
                           "local_queue_full", headers=(("retry-after", str(retry)),))
+    if isinstance(exc, RequestRejectedError):
+        status = exc.status_code if 400 <= exc.status_code < 500 else 400
+        return ErrorReply(status, str(exc), "invalid_request_error", "local_rejected")
     if isinstance(exc, (EngineUnavailableError, LocalUnavailableError)):
         return ErrorReply(503, str(exc) or "the local model is unavailable", "api_error", "local_unavailable",
                           headers=(("retry-after", "5"),))

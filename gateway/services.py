@@ -49,7 +49,7 @@ def engine_config(config: policies.GatewayConfig) -> EngineConfig:
                         prefix_cache_tokens=local.prefix_cache_tokens,
                         prefix_cache_min_tokens=local.prefix_cache_min_tokens,
                         first_canvas_length=local.first_canvas_length,
-                        api_bases=(local.api_base,) if local.api_base else ())
+                        api_bases=local.api_bases)
 
 
 def prompt_scorer() -> Any:

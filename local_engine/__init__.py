@@ -1,6 +1,12 @@
 """The local engine: DiffusionGemma served in-process (continuous batching, streaming, metering), or a vLLM pool."""
 
-from local_engine.errors import EngineError, EngineUnavailableError, GenerationFailedError, QueueFullError
+from local_engine.errors import (
+    EngineError,
+    EngineUnavailableError,
+    GenerationFailedError,
+    QueueFullError,
+    RequestRejectedError,
+)
 from local_engine.interface import (
     Completion,
     Confidence,
@@ -32,6 +38,7 @@ __all__ = [
     "GenerationRequest",
     "LocalBackend",
     "QueueFullError",
+    "RequestRejectedError",
     "StreamDelta",
     "create_backend",
 ]

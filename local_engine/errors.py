@@ -22,3 +22,11 @@ class EngineUnavailableError(EngineError):
 
 class GenerationFailedError(EngineError):
     """This request failed inside the engine; other requests in its batch are unaffected."""
+
+
+class RequestRejectedError(EngineError):
+    """A model server refused the request itself (a 4xx other than 429): another server would too."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code

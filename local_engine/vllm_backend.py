@@ -3,6 +3,11 @@
 vLLM serves DiffusionGemma with `--diffusion-config`; this backend speaks its `/v1/chat/completions`.
 Device time is estimated as the request's latency divided by the requests in flight on that server
 at the time (its share of a batched GPU), then priced like the in-process engine.
+
+A request goes to the least busy server; one that cannot be reached or answers 5xx is skipped for
+COOL_DOWN_S and the request tried on the next, before anything is streamed. Servers that are all busy
+(429/503) make a QueueFullError with the shortest Retry-After they gave; a 4xx is the request's own fault
+and is not retried elsewhere.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from typing import Any
 import httpx
 import orjson
 
-from local_engine.errors import EngineUnavailableError, GenerationFailedError
+from local_engine.errors import EngineUnavailableError, QueueFullError, RequestRejectedError
 from local_engine.interface import Completion, Confidence, EngineConfig, GenerationRequest, StreamDelta
 from local_engine.metering import DEFAULT_GPU_USD_PER_HOUR
 
+COOL_DOWN_S = 5.0  # a server that failed is tried last for this long
+BUSY_STATUSES = frozenset({429, 503})
 NO_SIGNALS = Confidence(steps_per_canvas=(), step_cap_hit=False, tokens_per_pass=0.0, mean_entropy=0.0,
                         max_entropy=0.0)
 
@@ -31,6 +38,7 @@ class VllmBackend:
         self._config = config
         self._bases = list(config.api_bases)
         self._in_flight = {base: 0 for base in self._bases}
+        self._down_until = {base: 0.0 for base in self._bases}
         self._http = http
         self.model_name = config.served_model or config.model or "diffusiongemma"
         self._rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else DEFAULT_GPU_USD_PER_HOUR
@@ -50,8 +58,52 @@ class VllmBackend:
     def count_prompt_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
         return sum(len(str(m.get("content") or "")) for m in messages) // 4
 
-    def _pick(self) -> str:
-        return min(self._bases, key=lambda b: self._in_flight[b])
+    def _order(self) -> list[str]:
+        """Servers to try, healthy before recently failed ones, least busy first."""
+        now = time.monotonic()
+        return sorted(self._bases, key=lambda b: (self._down_until[b] > now, self._in_flight[b]))
+
+    async def _open(self, request: GenerationRequest, stream: bool) -> tuple[httpx.Response, str, int, float]:
+        """The first server's 200 response (body not read yet), its base, its share and the start time;
+        the caller closes it and gives back the server's in-flight slot."""
+        assert self._http is not None, "start() first"
+        content = orjson.dumps(self._body(request, stream))
+        failures: list[str] = []
+        busy: list[float] = []
+        for base in self._order():
+            self._in_flight[base] += 1
+            share, started, opened = self._in_flight[base], time.perf_counter(), False
+            try:
+                response = await self._http.send(
+                    self._http.build_request("POST", base.rstrip("/") + "/chat/completions", content=content,
+                                             headers={"content-type": "application/json"}), stream=True)
+                if response.status_code == 200:
+                    opened = True
+                    return response, base, share, started
+                try:
+                    detail = (await response.aread())[:300].decode("utf-8", "replace")
+                except httpx.HTTPError:
+                    detail = ""
+                finally:
+                    await response.aclose()
+            except httpx.HTTPError as exc:
+                self._down_until[base] = time.monotonic() + COOL_DOWN_S
+                failures.append(f"{base} unreachable: {type(exc).__name__}")
+                continue
+            finally:
+                if not opened:  # cancelled or refused: the slot is free again
+                    self._in_flight[base] -= 1
+            status = response.status_code
+            if status in BUSY_STATUSES:
+                busy.append(_retry_after(response.headers.get("retry-after")))
+            elif status >= 500:
+                self._down_until[base] = time.monotonic() + COOL_DOWN_S
+                failures.append(f"{base} answered {status}")
+            else:
+                raise RequestRejectedError(f"vLLM server {base} refused the request ({status}): {detail}", status)
+        if busy:  # some server is only busy: worth retrying after its Retry-After
+            raise QueueFullError(retry_after_s=min(busy), queued=len(busy))
+        raise EngineUnavailableError("no vLLM server could take the request: " + "; ".join(failures or ["all busy"]))
 
     def _body(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model_name, "messages": list(request.messages), "stream": stream,
@@ -75,22 +127,14 @@ class VllmBackend:
                           cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
 
     async def generate(self, request: GenerationRequest) -> Completion:
-        assert self._http is not None, "start() first"
-        base = self._pick()
-        self._in_flight[base] += 1
-        share = self._in_flight[base]
-        started = time.perf_counter()
+        response, base, share, started = await self._open(request, stream=False)
         try:
-            response = await self._http.post(base.rstrip("/") + "/chat/completions",
-                                             content=orjson.dumps(self._body(request, False)),
-                                             headers={"content-type": "application/json"})
-        except httpx.HTTPError as exc:
-            raise EngineUnavailableError(f"vLLM server {base} unreachable: {type(exc).__name__}") from exc
+            data = orjson.loads(await response.aread())
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            raise EngineUnavailableError(f"vLLM server {base} failed: {type(exc).__name__}") from exc
         finally:
+            await response.aclose()
             self._in_flight[base] -= 1
-        if response.status_code != 200:
-            raise GenerationFailedError(f"vLLM server {base} answered {response.status_code}")
-        data = response.json()
         choice = data["choices"][0]
         seconds = (time.perf_counter() - started) / max(1, share)
         return self._completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
@@ -100,31 +144,32 @@ class VllmBackend:
         return self._stream(request)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
-        assert self._http is not None, "start() first"
-        base = self._pick()
-        self._in_flight[base] += 1
-        share = self._in_flight[base]
-        started, parts, finish = time.perf_counter(), [], "stop"
+        response, base, share, started = await self._open(request, stream=True)  # fails over before any yield
+        parts: list[str] = []
+        finish = "stop"
         usage: dict[str, Any] = {}
         try:
-            async with self._http.stream("POST", base.rstrip("/") + "/chat/completions",
-                                         content=orjson.dumps(self._body(request, True)),
-                                         headers={"content-type": "application/json"}) as response:
-                if response.status_code != 200:
-                    raise GenerationFailedError(f"vLLM server {base} answered {response.status_code}")
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    chunk = orjson.loads(line[5:])
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
-                        finish = choice.get("finish_reason") or finish
-                        if text:
-                            parts.append(text)
-                            yield StreamDelta(text)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                    continue
+                chunk = orjson.loads(line[5:])
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    finish = choice.get("finish_reason") or finish
+                    if text:
+                        parts.append(text)
+                        yield StreamDelta(text)
         except httpx.HTTPError as exc:
             raise EngineUnavailableError(f"vLLM server {base} failed: {type(exc).__name__}") from exc
         finally:
+            await response.aclose()
             self._in_flight[base] -= 1
         yield self._completion("".join(parts), finish, usage, (time.perf_counter() - started) / max(1, share))
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(60.0, max(0.0, float(value))) if value else 1.0
+    except ValueError:
+        return 1.0

@@ -55,7 +55,7 @@ class LocalConfig(BaseModel):
     max_batch_size: int = Field(default=8, ge=1, le=512)
     max_queue: int = Field(default=64, ge=1, le=100_000)
     device_usd_per_hour: float | None = Field(default=None, ge=0)
-    api_base: str | None = None
+    api_base: str | list[str] | None = None  # backend vllm: one server's /v1 URL, or a pool of them
     max_tokens: int = Field(default=512, ge=1, le=65_536)
     prefix_cache_tokens: int = Field(default=32_768, ge=0, le=10_000_000)
     prefix_cache_min_tokens: int = Field(default=64, ge=1, le=1_000_000)
@@ -63,9 +63,19 @@ class LocalConfig(BaseModel):
 
     @model_validator(mode="after")
     def _vllm_needs_a_server(self) -> LocalConfig:
-        if self.backend == "vllm" and not self.api_base:
-            raise ValueError("backend vllm needs api_base (the vLLM server's /v1 URL)")
+        if self.backend == "vllm" and not self.api_bases:
+            raise ValueError("backend vllm needs api_base (the vLLM server's /v1 URL, or a list of them)")
+        if isinstance(self.api_base, list) and (len(self.api_base) > 64 or not all(self.api_base)
+                                                or len(set(self.api_base)) < len(self.api_base)):
+            raise ValueError("api_base takes at most 64 distinct, non-empty server URLs")
         return self
+
+    @property
+    def api_bases(self) -> tuple[str, ...]:
+        """The vLLM servers, however `api_base` was written."""
+        if self.api_base is None:
+            return ()
+        return (self.api_base,) if isinstance(self.api_base, str) else tuple(self.api_base)
 
 
 class LimitsConfig(BaseModel):

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ledger import PriceBook
-from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
+from local_engine import Completion, GenerationFailedError, GenerationRequest, LocalBackend, StreamDelta
 from router.errors import LocalUnavailableError
 from router.hosted import HostedClient, HostedModel, usage_of
 from router.job import Job, Outcome, Plan, Route
@@ -160,11 +160,13 @@ class Executor:
         """Opens a streaming job; hosted retries happen here, before the first byte is sent."""
         if plan.route is Route.LOCAL:
             outcome = Outcome(route=Route.LOCAL, provider_model=self.local.model_name)
-            # Submitted here, before any byte is sent: a full queue is a 429 response, not an in-band error.
+            # Submitted, and each choice's first event awaited, here, before any byte is sent: a full queue
+            # or a model server that is down is an HTTP error response, not an in-band error after a 200.
             streams: list[AsyncIterator[StreamDelta | Completion]] = []
             try:
                 for i in range(job.n):
                     streams.append(self.local.stream(self.generation_request(job, plan, i)))
+                streams = await primed(streams)
             except BaseException:
                 for opened in streams:
                     await opened.aclose()  # type: ignore[attr-defined]
@@ -235,6 +237,47 @@ class Executor:
         finally:
             for stream in streams:  # a client gone before the first event: the rows are still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def primed(streams: list[AsyncIterator[StreamDelta | Completion]],
+                 ) -> list[AsyncIterator[StreamDelta | Completion]]:
+    """The streams again, each after its first event has arrived (so a failure to start is raised here)."""
+    async def first(stream: AsyncIterator[StreamDelta | Completion]) -> StreamDelta | Completion:
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            raise GenerationFailedError("the local model ended a stream without a result") from None
+
+    tasks = [asyncio.ensure_future(first(stream)) for stream in streams]
+    try:
+        firsts = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return [_Replayed(event, stream) for event, stream in zip(firsts, streams, strict=True)]
+
+
+class _Replayed:
+    """A stream whose first event was already taken: gives it back first; closing closes the stream even
+    when it was never iterated (an async generator's `finally` would not run then)."""
+
+    def __init__(self, first: StreamDelta | Completion, stream: AsyncIterator[StreamDelta | Completion]) -> None:
+        self._first: StreamDelta | Completion | None = first
+        self._stream = stream
+
+    def __aiter__(self) -> _Replayed:
+        return self
+
+    async def __anext__(self) -> StreamDelta | Completion:
+        if self._first is not None:
+            event, self._first = self._first, None
+            return event
+        return await anext(self._stream)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()  # type: ignore[attr-defined]
 
 
 async def merged(streams: list[AsyncIterator[StreamDelta | Completion]],

@@ -89,3 +89,24 @@ def test_a_saturated_local_engine_answers_429_with_retry_after(gateway_factory, 
     assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
     row = flushed_db(gw).get_record(refused.headers["x-draftgate-request-id"])
     assert row is not None and row.status == "error" and row.status_code == 429
+
+
+def test_a_vllm_pool_fails_over_and_a_dead_pool_is_503_before_the_stream(gateway_factory, simulator) -> None:
+    pool = f"local:\n  enabled: true\n  backend: vllm\n  api_base: [http://127.0.0.1:9/v1, {simulator.base_url}]\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", pool))
+    body = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "Sort: 3, 1"}]}
+    headers = {"authorization": f"Bearer {MASTER_KEY}"}
+    answer = client(gw).chat.completions.create(**body)  # type: ignore[call-overload]
+    assert answer.choices[0].message.content == "echo: Sort: 3, 1"
+    chunks = list(client(gw).chat.completions.create(**body, stream=True))  # type: ignore[call-overload]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: Sort: 3, 1"
+
+    dead = "local:\n  enabled: true\n  backend: vllm\n  api_base: [http://127.0.0.1:9/v1]\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", dead))
+    for stream in (False, True):
+        reply = httpx.post(gw.url + "/v1/chat/completions", json={**body, "stream": stream}, headers=headers,
+                           timeout=30)
+        assert reply.status_code == 503, reply.text  # a stream too: refused before its first byte
+        assert reply.json()["error"]["code"] == "local_unavailable" and reply.headers["retry-after"]
+        row = flushed_db(gw).get_record(reply.headers["x-draftgate-request-id"])
+        assert row is not None and row.status == "error" and row.status_code == 503 and row.stream == stream

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.simulator import SimulatorServer
+from gateway.simulator import Fault, SimulatorServer
 from local_engine import Completion, EngineConfig, GenerationRequest, StreamDelta, create_backend
-from local_engine.errors import EngineUnavailableError
+from local_engine.errors import EngineUnavailableError, QueueFullError, RequestRejectedError
 from local_engine.vllm_backend import VllmBackend
 
 
@@ -38,3 +38,41 @@ async def test_unreachable_server_is_unavailable() -> None:
     with pytest.raises(EngineUnavailableError):
         await backend.generate(GenerationRequest(request_id="x", messages=[{"role": "user", "content": "hi"}]))
     await backend.stop()
+
+
+DEAD = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+HI = [{"role": "user", "content": "hi"}]
+
+
+async def test_a_pool_fails_over_before_anything_is_streamed() -> None:
+    async with SimulatorServer() as failing, SimulatorServer() as healthy:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(DEAD, failing.base_url, healthy.base_url)))
+        await backend.start()
+        failing.state.faults.append(Fault(status=500))
+        done = await backend.generate(GenerationRequest(request_id="a", messages=HI))
+        assert done.text == "echo: hi"
+        events = [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
+        assert isinstance(events[-1], Completion) and events[-1].text == "echo: hi"
+        assert len(healthy.state.received) == 2
+        # the failed servers sit out their cool-down: the next request goes straight to the healthy one
+        await backend.generate(GenerationRequest(request_id="c", messages=HI))
+        assert len(healthy.state.received) == 3 and len(failing.state.received) == 1
+        assert all(count == 0 for count in backend._in_flight.values())
+        await backend.stop()
+
+
+async def test_busy_servers_are_a_full_queue_and_refusals_are_not_retried() -> None:
+    async with SimulatorServer() as a, SimulatorServer() as b:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(a.base_url, b.base_url)))
+        await backend.start()
+        a.state.faults.append(Fault(status=429, retry_after_s=7))
+        b.state.faults.append(Fault(status=503, retry_after_s=3))
+        with pytest.raises(QueueFullError) as busy:
+            await backend.generate(GenerationRequest(request_id="a", messages=HI))
+        assert busy.value.retry_after_s == 3
+        a.state.faults.append(Fault(status=400, message="prompt too long"))
+        with pytest.raises(RequestRejectedError, match="prompt too long") as refused:
+            [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
+        assert refused.value.status_code == 400 and len(b.state.received) == 1  # b was not asked again
+        assert all(count == 0 for count in backend._in_flight.values())
+        await backend.stop()

@@ -101,6 +101,8 @@ def test_semantic_problems() -> None:
     ("models:\n  - name: a\n   model: b\n", "draftgate.yaml:3: invalid YAML"),
     ("models:\n  - name: a\n", "draftgate.yaml:2: models[0].model: required key is missing"),
     ("local:\n  backend: vllm\n", "draftgate.yaml:1: local: backend vllm needs api_base"),
+    ("local:\n  backend: vllm\n  api_base: []\n", "draftgate.yaml:1: local: backend vllm needs api_base"),
+    ("local:\n  backend: vllm\n  api_base: [http://a/v1, http://a/v1]\n", "local: api_base takes at most 64 distinct"),
     ("policies:\n  rules:\n    - name: r\n      when: {content: {regex: '(x'}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
     ("policies:\n  rules:\n    - name: r\n      action: teleport\n", "draftgate.yaml:4: policies.rules[0].action"),
