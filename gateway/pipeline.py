@@ -53,7 +53,8 @@ def to_job(body: ChatRequest, request_id: str) -> Job:
     return Job(request_id=request_id, alias=body.model, body=body.model_dump(exclude_none=True),
                messages=[m.model_dump(exclude_none=True) for m in body.messages], stream=body.stream,
                wants_usage=body.wants_usage_chunk(), max_tokens=body.token_cap(), temperature=body.temperature,
-               stop=tuple(body.stop_list()), seed=body.seed, n=body.n or 1, upstream_body=provider_body)
+               stop=tuple(body.stop_list()), seed=body.seed, n=body.n or 1, top_p=body.top_p,
+               upstream_body=provider_body)
 
 
 class ChatPipeline:

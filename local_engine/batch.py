@@ -250,7 +250,7 @@ class Batch:
         steps = self._steps[rows_of]
         result = denoise(logits, self._canvas[rows_of, :width], self._argmax[rows_of, :width], steps,
                          self._scales[rows_of], [r.generator for r in rows], [r.greedy for r in rows],
-                         self._sampling, lengths)
+                         self._sampling, lengths, [1.0 if r.request.top_p is None else r.request.top_p for r in rows])
         self._canvas[rows_of, :width] = result.canvas
         self._argmax[rows_of, :width] = result.argmax
         self._conditioning[rows_of, :width] = result.processed.to(self._embed_dtype)

@@ -52,15 +52,31 @@ def entropy_of(logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch
     return -(log_p * (log_p.exp() if probs is None else probs)).sum(-1)
 
 
+def nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """(b, L, V) probabilities with everything outside each row's top-p nucleus zeroed: the most likely
+    tokens whose mass reaches top_p (b,), and always the most likely one (unnormalised: multinomial does not
+    need it)."""
+    ordered, order = torch.sort(probs, dim=-1, descending=True)
+    outside = (torch.cumsum(ordered, dim=-1) - ordered) >= top_p[:, None, None]
+    outside[..., 0] = False
+    return torch.zeros_like(probs).scatter_(-1, order, ordered.masked_fill(outside, 0.0))
+
+
 def draw(probs: torch.Tensor, greedy_canvas: torch.Tensor, generators: Sequence[torch.Generator | None],
          greedy: Sequence[bool], vocab_size: int, lengths: Sequence[int] | None = None,
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+         top_ps: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sampled, noise), both (b, L): a categorical sample per position and uniform renoise tokens.
 
     Per row in generate()'s order (multinomial, then randint) over the row's own length (`lengths`;
-    default L); greedy rows take the argmax and draw only noise. A generator lives on the device of
-    `probs`, so no row's distribution is copied to the host.
+    default L); greedy rows take the argmax and draw only noise. Rows with a top_p below 1 sample from
+    their nucleus (generate() has no top_p; the draws are the same, from a narrower distribution). A
+    generator lives on the device of `probs`, so no row's distribution is copied to the host.
     """
+    if top_ps is not None and any(p < 1.0 for p in top_ps):
+        narrowed = [i for i, p in enumerate(top_ps) if p < 1.0]
+        rows = torch.tensor(narrowed, device=probs.device)
+        probs = probs.clone()
+        probs[rows] = nucleus(probs[rows], torch.tensor([top_ps[i] for i in narrowed], device=probs.device))
     _, length, vocab = probs.shape
     sampled = greedy_canvas.clone()
     noise = torch.empty_like(greedy_canvas)
@@ -85,7 +101,7 @@ def draw(probs: torch.Tensor, greedy_canvas: torch.Tensor, generators: Sequence[
 
 def denoise(logits: torch.Tensor, canvas: torch.Tensor, previous_argmax: torch.Tensor, steps: torch.Tensor,
             scales: torch.Tensor, generators: Sequence[torch.Generator | None], greedy: Sequence[bool],
-            sampling: Sampling, lengths: Sequence[int] | None = None) -> Step:
+            sampling: Sampling, lengths: Sequence[int] | None = None, top_ps: Sequence[float] | None = None) -> Step:
     """Applies one step's logits (b, L, V) to b rows; `steps` (b,) counts the steps already taken on each
     canvas; `lengths` (default: all L) are the rows' own canvas lengths."""
     temperature = temperatures(steps, scales, sampling).to(logits.device)  # (b,)
@@ -99,7 +115,7 @@ def denoise(logits: torch.Tensor, canvas: torch.Tensor, previous_argmax: torch.T
         live = torch.arange(width, device=logits.device) < torch.tensor(lengths, device=logits.device)[:, None]
         entropy = entropy.masked_fill(~live, 0.0)  # sorts first and adds nothing to the acceptance sums
         argmax = argmax.masked_fill(~live, sampling.pad_id)
-    sampled, noise = draw(probs, argmax, generators, greedy, sampling.vocab_size, lengths)
+    sampled, noise = draw(probs, argmax, generators, greedy, sampling.vocab_size, lengths, top_ps)
     # Entropy-bound acceptance: the lowest-entropy positions whose summed entropy (less the largest) fits the bound.
     sorted_entropy, order = torch.sort(entropy, dim=-1)
     accept_sorted = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy <= sampling.entropy_bound

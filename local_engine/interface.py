@@ -35,6 +35,7 @@ class GenerationRequest:
     temperature: float | None = None
     stop: Sequence[str] = ()
     seed: int | None = None
+    top_p: float | None = None  # nucleus sampling; None or 1: the whole distribution, as generate() samples
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,8 @@ class VllmBackend:
             body["stop"] = list(request.stop)
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body

@@ -105,7 +105,8 @@ class Executor:
     def generation_request(self, job: Job, plan: Plan, choice: int = 0) -> GenerationRequest:
         cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)
         return GenerationRequest(request_id=job.request_id, messages=job.messages, max_tokens=cap,
-                                 temperature=job.temperature, stop=job.stop, seed=choice_seed(job.seed, choice))
+                                 temperature=job.temperature, stop=job.stop, seed=choice_seed(job.seed, choice),
+                                 top_p=job.top_p)
 
     def local_outcome(self, completion: Completion | Sequence[Completion], route: Route = Route.LOCAL) -> Outcome:
         """Ledger figures for a local answer (all its choices: the prompt counted once, as OpenAI bills n),

@@ -33,6 +33,7 @@ class Job:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1  # choices asked for
+    top_p: float | None = None
     upstream_body: dict[str, Any] = field(default_factory=dict)  # body for hosted models, model filled in later
 
 

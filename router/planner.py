@@ -111,12 +111,18 @@ class Planner:
 
 
 def local_cannot_serve(body: dict[str, Any]) -> str | None:
-    """Why the local (text-only, no tools, no logprobs) model cannot answer this request as asked, if it cannot:
-    served anyway, the answer would silently lack what the client asked for."""
+    """Why the local (text-only, no tools, no logprobs, no penalties or logit bias) model cannot answer this
+    request as asked, if it cannot: served anyway, the answer would silently lack what the client asked for.
+    Neutral values (a penalty of 0, an empty bias), which many SDKs send by default, are fine."""
     if body.get("tools"):
         return "the local model does not call tools (`tools`)"
     if body.get("logprobs") or body.get("top_logprobs"):
         return "the local model does not return `logprobs`"
+    for penalty in ("frequency_penalty", "presence_penalty"):
+        if body.get(penalty):
+            return f"the local model does not apply `{penalty}`"
+    if body.get("logit_bias"):
+        return "the local model does not apply `logit_bias`"
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(isinstance(part, dict) and part.get("type", "text") != "text"

@@ -79,6 +79,9 @@ def test_what_the_local_model_cannot_do_is_refused_clearly(gateway_factory, simu
              {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     for extra, message in (({"tools": tools}, "does not call tools"),
                            ({"logprobs": True, "top_logprobs": 2}, "does not return `logprobs`"),
+                           ({"presence_penalty": 0.5}, "does not apply `presence_penalty`"),
+                           ({"frequency_penalty": -1}, "does not apply `frequency_penalty`"),
+                           ({"logit_bias": {"42": 5}}, "does not apply `logit_bias`"),
                            ({"messages": [{"role": "user", "content": image}]}, "reads text only")):
         with pytest.raises(openai.BadRequestError) as info:
             client(gw).chat.completions.create(**{"model": "local/diffusiongemma",
@@ -88,6 +91,10 @@ def test_what_the_local_model_cannot_do_is_refused_clearly(gateway_factory, simu
     answer = client(gw).chat.completions.create(model="local/diffusiongemma", max_tokens=4,
                                                 messages=[{"role": "user", "content": text_parts}])
     assert answer.choices[0].finish_reason in ("stop", "length")
+    neutral = client(gw).chat.completions.create(  # the defaults some SDKs always send are not refused
+        model="local/diffusiongemma", max_tokens=4, messages=[{"role": "user", "content": "x"}],
+        presence_penalty=0, frequency_penalty=0, logit_bias={}, top_p=1)
+    assert neutral.choices[0].finish_reason in ("stop", "length")
 
 
 def test_policy_rules_route_and_explain_in_headers(gateway_factory, simulator, random_checkpoint) -> None:
