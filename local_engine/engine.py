@@ -80,6 +80,7 @@ class DiffusionEngine:
         self._loaded = loaded
         self._config = config
         self.model_name = loaded.name
+        self.max_rows: int | None = config.max_queue
         self.sampling = sampling_of(loaded, config.first_canvas_length)
         rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else default_rate(loaded.device)
         self.meter = Meter(loaded.device, rate)

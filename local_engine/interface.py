@@ -78,6 +78,7 @@ class LocalBackend(Protocol):
     """What the router needs from a local model server (in-process engine or a vLLM pool)."""
 
     model_name: str
+    max_rows: int | None  # the most rows one request's choices (`n`) can ever get queued at once; None: no limit
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

@@ -11,7 +11,7 @@ import orjson
 
 from ledger import PriceBook
 from local_engine import Completion, GenerationFailedError, GenerationRequest, LocalBackend, StreamDelta
-from router.errors import LocalUnavailableError
+from router.errors import LocalUnavailableError, RoutingError
 from router.hosted import HostedClient, HostedModel, usage_of
 from router.job import Job, Outcome, Plan, Route
 
@@ -102,6 +102,12 @@ class Executor:
             raise LocalUnavailableError("the local model is not loaded on this gateway")
         return self._local
 
+    def _check_choices(self, job: Job) -> None:
+        # More choices than the engine's queue holds would be refused as "full" however long one waited.
+        limit = self.local.max_rows
+        if limit is not None and job.n > limit:
+            raise RoutingError(f"n={job.n} is more choices than the local model can queue at once ({limit})")
+
     def generation_request(self, job: Job, plan: Plan, choice: int = 0) -> GenerationRequest:
         cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)
         return GenerationRequest(request_id=job.request_id, messages=job.messages, max_tokens=cap,
@@ -134,6 +140,7 @@ class Executor:
         return await self.run_hosted(job, plan.alias)
 
     async def _local_choices(self, job: Job, plan: Plan) -> list[Completion]:
+        self._check_choices(job)
         if job.n == 1:
             return [await self.local.generate(self.generation_request(job, plan))]
         tasks = [asyncio.create_task(self.local.generate(self.generation_request(job, plan, i))) for i in range(job.n)]
@@ -163,6 +170,7 @@ class Executor:
             outcome = Outcome(route=Route.LOCAL, provider_model=self.local.model_name)
             # Submitted, and each choice's first event awaited, here, before any byte is sent: a full queue
             # or a model server that is down is an HTTP error response, not an in-band error after a 200.
+            self._check_choices(job)
             streams: list[AsyncIterator[StreamDelta | Completion]] = []
             try:
                 for i in range(job.n):

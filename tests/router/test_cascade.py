@@ -35,6 +35,7 @@ class ScriptedBackend:
     """A LocalBackend whose drafts are scripted: unit tests of the router need no model."""
 
     model_name = "scripted-local"
+    max_rows: int | None = None
 
     def __init__(self, *texts: str) -> None:
         self.texts = deque(texts)
