@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from local_engine import EngineError, EngineUnavailableError, QueueFullError, RequestRejectedError
 from router.errors import (
+    LocalOutputInvalidError,
     LocalUnavailableError,
     RoutingError,
     UnknownModelError,
@@ -103,6 +104,8 @@ def reply_for(exc: BaseException) -> ErrorReply:
     if isinstance(exc, UpstreamError):
         return ErrorReply(502, f"upstream {exc.alias} failed after {exc.attempts} attempt(s): {exc.message}",
                           "api_error", "upstream_error")
+    if isinstance(exc, LocalOutputInvalidError):
+        return ErrorReply(502, str(exc), "api_error", "local_output_invalid")
     if isinstance(exc, QueueFullError):
         retry = max(1, round(exc.retry_after_s))
         return ErrorReply(429, "the local model's queue is full; retry later", "rate_limit_error",

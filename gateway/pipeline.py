@@ -87,7 +87,8 @@ class ChatPipeline:
             else:
                 result = await (self._executor.stream(job, plan) if job.stream else self._executor.run(job, plan))
         except BaseException as exc:
-            self._budgets.settle(reservation, None)
+            spent = getattr(exc, "outcome", None)  # a failure after work was done (LocalOutputInvalidError)
+            self._budgets.settle(reservation, spent if isinstance(spent, Outcome) else None)
             self._record_failure(job, plan, principal, created_at, started, exc)
             raise
         return job, plan, result, started, created_at, reservation
@@ -146,7 +147,8 @@ class ChatPipeline:
                         started: float, exc: BaseException) -> None:
         reply = reply_for(exc)
         route = plan.route if plan else Route.HOSTED
-        outcome = Outcome(route=route, provider_model=None)
+        spent = getattr(exc, "outcome", None)  # what was computed before it failed: never a silent $0
+        outcome = spent if isinstance(spent, Outcome) else Outcome(route=route, provider_model=None)
         attempts = getattr(exc, "attempts", None)
         if isinstance(attempts, int):
             outcome.detail["attempts"] = attempts

@@ -2,6 +2,7 @@
 
 from router.cascade import Cascade, CascadeSpec, EscalationMode, OnHostedUnavailable
 from router.errors import (
+    LocalOutputInvalidError,
     LocalUnavailableError,
     RoutingError,
     UnknownModelError,
@@ -27,6 +28,7 @@ __all__ = [
     "HostedResult",
     "HostedStream",
     "Job",
+    "LocalOutputInvalidError",
     "LocalUnavailableError",
     "OnHostedUnavailable",
     "Outcome",

@@ -7,18 +7,15 @@ is sent, so a client never sees part of a draft that is later replaced.
 from __future__ import annotations
 
 import enum
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from local_engine import Completion
 from router.errors import UpstreamError
-from router.executor import ChunkStream, Executor, completion_body, usage_dict
+from router.executor import ChunkStream, Executor, completed_chunks, completion_body
 from router.job import Job, Outcome, Plan, Route
-from router.verifiers import Draft, Verdict, Verifier, run_verifiers
+from router.verifiers import Draft, ResponseFormatVerifier, Verdict, Verifier, run_verifiers
 
 
 class EscalationMode(str, enum.Enum):
@@ -90,7 +87,10 @@ class Cascade:
 
     async def judge(self, job: Job, spec: CascadeSpec, completion: Completion) -> Judgement:
         draft = Draft(text=completion.text, request=job.body, signals=completion.confidence.as_dict())
-        verdicts = list(await run_verifiers(spec.verifiers, draft, stop_on_first_failure=False))
+        verifiers = list(spec.verifiers)
+        if ResponseFormatVerifier.applies(job.body, verifiers):  # a draft is never served in the wrong format
+            verifiers.append(ResponseFormatVerifier())
+        verdicts = list(await run_verifiers(verifiers, draft, stop_on_first_failure=False))
         if spec.max_p_hosted is not None and self._score_draft is not None:
             prompt = "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
             score = self._score_draft(prompt, completion.text)
@@ -168,27 +168,9 @@ class Cascade:
                 if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
                     raise
                 outcome = self._serve_draft(job, completion, judgement, exc)
-                return ChunkStream(outcome, self._draft_chunks(job, completion))
+                return ChunkStream(outcome, completed_chunks(job, self._executor.local_alias, [completion]))
             self._annotate(opened.outcome, job, spec, completion, judgement, escalated=True)
             return opened
         outcome = self._executor.local_outcome(completion)
         self._annotate(outcome, job, spec, completion, judgement, escalated=False)
-        return ChunkStream(outcome, self._draft_chunks(job, completion))
-
-    async def _draft_chunks(self, job: Job, completion: Completion) -> AsyncIterator[bytes]:
-        base = {"id": f"chatcmpl-{job.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self._executor.local_alias, "system_fingerprint": None}
-        extra = {"usage": None} if job.wants_usage else {}
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return orjson.dumps({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                                      "finish_reason": finish}], **extra})
-
-        yield chunk({"role": "assistant", "content": ""})
-        if completion.text:
-            yield chunk({"content": completion.text})
-        yield chunk({}, completion.finish_reason)
-        if job.wants_usage:
-            yield orjson.dumps({**base, "choices": [],
-                                "usage": usage_dict(completion.prompt_tokens, completion.completion_tokens,
-                                                  completion.cached_tokens)})
+        return ChunkStream(outcome, completed_chunks(job, self._executor.local_alias, [completion]))

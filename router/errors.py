@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RoutingError(Exception):
     """Base class of every error the router raises."""
@@ -34,6 +36,14 @@ class UnknownModelError(RoutingError):
 
 class LocalUnavailableError(RoutingError):
     """The policy chose the local model but no local backend is loaded."""
+
+
+class LocalOutputInvalidError(RoutingError):
+    """A local answer does not match the request's `response_format`; `outcome` holds what it cost."""
+
+    def __init__(self, message: str, outcome: Any) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class VerifierConfigError(RoutingError):

@@ -11,9 +11,10 @@ import orjson
 
 from ledger import PriceBook
 from local_engine import Completion, GenerationFailedError, GenerationRequest, LocalBackend, StreamDelta
-from router.errors import LocalUnavailableError, RoutingError
+from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError
 from router.hosted import HostedClient, HostedModel, usage_of
 from router.job import Job, Outcome, Plan, Route
+from router.verifiers import Draft, ResponseFormatVerifier
 
 
 class Pricing:
@@ -135,9 +136,20 @@ class Executor:
         if plan.route is Route.LOCAL:
             completions = await self._local_choices(job, plan)
             outcome = self.local_outcome(completions)
+            await self._check_format(job, completions, outcome)
             outcome.body = completion_body(job, self.local_alias, completions)
             return outcome
         return await self.run_hosted(job, plan.alias)
+
+    async def _check_format(self, job: Job, completions: Sequence[Completion], outcome: Outcome) -> None:
+        """Raises LocalOutputInvalidError (carrying the cost) when a choice does not match `response_format`."""
+        for index, completion in enumerate(completions):
+            verdict = await ResponseFormatVerifier().verify(Draft(text=completion.text, request=job.body))
+            if not verdict.passed:
+                outcome.detail["response_format"] = {"choice": index, "reason": verdict.reason}
+                raise LocalOutputInvalidError(
+                    f"the local model's answer{f' (choice {index})' if len(completions) > 1 else ''} does not "
+                    f"match response_format: {verdict.reason}", outcome)
 
     async def _local_choices(self, job: Job, plan: Plan) -> list[Completion]:
         self._check_choices(job)
@@ -166,6 +178,12 @@ class Executor:
 
     async def stream(self, job: Job, plan: Plan) -> ChunkStream:
         """Opens a streaming job; hosted retries happen here, before the first byte is sent."""
+        if plan.route is Route.LOCAL and ResponseFormatVerifier.applies(job.body):
+            # The answer must be checked before its first byte: generated whole, then streamed.
+            completions = await self._local_choices(job, plan)
+            outcome = self.local_outcome(completions)
+            await self._check_format(job, completions, outcome)
+            return ChunkStream(outcome, completed_chunks(job, self.local_alias, completions))
         if plan.route is Route.LOCAL:
             outcome = Outcome(route=Route.LOCAL, provider_model=self.local.model_name)
             # Submitted, and each choice's first event awaited, here, before any byte is sent: a full queue
@@ -246,6 +264,27 @@ class Executor:
         finally:
             for stream in streams:  # a client gone before the first event: the rows are still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def completed_chunks(job: Job, model: str, completions: Sequence[Completion]) -> AsyncIterator[bytes]:
+    """Finished local answers as an OpenAI chunk stream: each choice's text in one chunk."""
+    base = {"id": f"chatcmpl-{job.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "system_fingerprint": None}
+    extra = {"usage": None} if job.wants_usage else {}
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
+        return orjson.dumps({**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                  "finish_reason": finish}], **extra, **more})
+
+    for index, completion in enumerate(completions):
+        yield chunk(index, {"role": "assistant", "content": ""})
+        if completion.text:
+            yield chunk(index, {"content": completion.text})
+        yield chunk(index, {}, completion.finish_reason, draftgate={"confidence": completion.confidence.as_dict()})
+    if job.wants_usage:
+        first = completions[0]
+        yield orjson.dumps({**base, "choices": [], "usage": usage_dict(
+            first.prompt_tokens, sum(c.completion_tokens for c in completions), first.cached_tokens)})
 
 
 async def primed(streams: list[AsyncIterator[StreamDelta | Completion]],

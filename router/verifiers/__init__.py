@@ -13,6 +13,7 @@ from router.verifiers.checks import (
     JsonVerifier,
     JudgeVerifier,
     RegexVerifier,
+    ResponseFormatVerifier,
 )
 from router.verifiers.sandbox import PythonTestsVerifier
 
@@ -35,4 +36,4 @@ def build_verifier(kind: str, options: Mapping[str, Any], *, judge: JudgeFn | No
     return verifier
 
 
-__all__ = ["Draft", "JudgeFn", "Verdict", "Verifier", "build_verifier", "run_verifiers"]
+__all__ = ["Draft", "JudgeFn", "ResponseFormatVerifier", "Verdict", "Verifier", "build_verifier", "run_verifiers"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jsonschema
@@ -59,6 +59,11 @@ class JsonSchemaVerifier:
         self._schema = schema
         self._from_request = from_request
 
+    @property
+    def from_request(self) -> bool:
+        """Checks the request's `response_format` (no schema of its own)."""
+        return self._schema is None
+
     async def verify(self, draft: Draft) -> Verdict:
         schema = self._schema if self._schema is not None else schema_from_request(draft.request)
         if schema is None:
@@ -77,6 +82,22 @@ class JsonSchemaVerifier:
 
 FLAG_BITS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL}
 REGEX_TIMEOUT_S = 0.1  # a pattern that backtracks without end fails the draft instead of stalling the gateway
+
+
+class ResponseFormatVerifier(JsonSchemaVerifier):
+    """The request's own `response_format`, checked wherever a local answer is served: the local model
+    cannot constrain its decoding to a format, so an answer that does not match is never passed on."""
+
+    name = "response_format"
+
+    def __init__(self) -> None:
+        super().__init__(from_request=True)
+
+    @staticmethod
+    def applies(request: Mapping[str, Any], verifiers: Sequence[Any] = ()) -> bool:
+        """The request asks for JSON and no verifier among `verifiers` already checks its format."""
+        return schema_from_request(request) is not None and not any(
+            isinstance(v, JsonSchemaVerifier) and v.from_request for v in verifiers)
 
 
 class RegexVerifier:
