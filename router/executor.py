@@ -143,6 +143,8 @@ class Executor:
 
     async def _check_format(self, job: Job, completions: Sequence[Completion], outcome: Outcome) -> None:
         """Raises LocalOutputInvalidError (carrying the cost) when a choice does not match `response_format`."""
+        if not ResponseFormatVerifier.applies(job.body):
+            return
         for index, completion in enumerate(completions):
             verdict = await ResponseFormatVerifier().verify(Draft(text=completion.text, request=job.body))
             if not verdict.passed:
