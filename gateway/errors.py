@@ -155,7 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":  # no such route (not a missing key or record)
             message = (f"draftgate does not serve {request.method} {request.url.path}; its OpenAI API is "
-                       "POST /v1/chat/completions and GET /v1/models")
+                       "POST /v1/chat/completions, GET /v1/models and GET /v1/models/{id}")
         return error_response(ErrorReply(exc.status_code, message, error_type, code), request_headers(request))
 
     async def on_error(request: Request, exc: Exception) -> Response:

@@ -280,6 +280,10 @@ class GatewayConfig(BaseModel):
     database_url: str | None = None
     reference_model: str | None = None
     models: list[ModelConfig] = Field(default_factory=list)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    teams: list[TeamConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
 
     @field_validator("database_url")
     @classmethod
@@ -291,10 +295,6 @@ class GatewayConfig(BaseModel):
             except (ArgumentError, ValueError) as exc:
                 raise ValueError(f"not a database URL (dialect://user:password@host/db): {exc}") from None
         return value
-    local: LocalConfig = Field(default_factory=LocalConfig)
-    teams: list[TeamConfig] = Field(default_factory=list)
-    keys: list[KeyConfig] = Field(default_factory=list)
-    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
 
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]

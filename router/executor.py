@@ -134,24 +134,27 @@ class Executor:
     async def run(self, job: Job, plan: Plan) -> Outcome:
         """Serves a non-streaming job; a local one's n choices are n rows of the engine's batch."""
         if plan.route is Route.LOCAL:
-            completions = await self._local_choices(job, plan)
-            outcome = self.local_outcome(completions)
-            await self._check_format(job, completions, outcome)
+            completions, outcome = await self._checked_local_answer(job, plan)
             outcome.body = completion_body(job, self.local_alias, completions)
             return outcome
         return await self.run_hosted(job, plan.alias)
 
-    async def _check_format(self, job: Job, completions: Sequence[Completion], outcome: Outcome) -> None:
-        """Raises LocalOutputInvalidError (carrying the cost) when a choice does not match `response_format`."""
+    async def _checked_local_answer(self, job: Job, plan: Plan) -> tuple[list[Completion], Outcome]:
+        """Every choice, generated whole, and its ledger figures; LocalOutputInvalidError (carrying the cost)
+        when a choice does not match the request's JSON `response_format`."""
+        completions = await self._local_choices(job, plan)
+        outcome = self.local_outcome(completions)
         if not ResponseFormatVerifier.applies(job.body):
-            return
+            return completions, outcome
+        verifier = ResponseFormatVerifier()
         for index, completion in enumerate(completions):
-            verdict = await ResponseFormatVerifier().verify(Draft(text=completion.text, request=job.body))
+            verdict = await verifier.verify(Draft(text=completion.text, request=job.body))
             if not verdict.passed:
                 outcome.detail["response_format"] = {"choice": index, "reason": verdict.reason}
                 raise LocalOutputInvalidError(
                     f"the local model's answer{f' (choice {index})' if len(completions) > 1 else ''} does not "
                     f"match response_format: {verdict.reason}", outcome)
+        return completions, outcome
 
     async def _local_choices(self, job: Job, plan: Plan) -> list[Completion]:
         self._check_choices(job)
@@ -182,9 +185,7 @@ class Executor:
         """Opens a streaming job; hosted retries happen here, before the first byte is sent."""
         if plan.route is Route.LOCAL and ResponseFormatVerifier.applies(job.body):
             # The answer must be checked before its first byte: generated whole, then streamed.
-            completions = await self._local_choices(job, plan)
-            outcome = self.local_outcome(completions)
-            await self._check_format(job, completions, outcome)
+            completions, outcome = await self._checked_local_answer(job, plan)
             return ChunkStream(outcome, completed_chunks(job, self.local_alias, completions))
         if plan.route is Route.LOCAL:
             outcome = Outcome(route=Route.LOCAL, provider_model=self.local.model_name)

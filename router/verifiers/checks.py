@@ -56,8 +56,7 @@ class JsonSchemaVerifier:
             raise ValueError("json_schema needs `schema` or `from_request: true`")
         if schema is not None:
             jsonschema.Draft202012Validator.check_schema(schema)
-        self._schema = schema
-        self._from_request = from_request
+        self._schema = schema  # None: the request's response_format (from_request)
 
     @property
     def from_request(self) -> bool:
