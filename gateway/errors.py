@@ -14,7 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from local_engine import EngineError, EngineUnavailableError, QueueFullError, RequestRejectedError
+from local_engine import (
+    ContextLengthError,
+    EngineError,
+    EngineUnavailableError,
+    QueueFullError,
+    RequestRejectedError,
+)
 from router.errors import (
     LocalOutputInvalidError,
     LocalUnavailableError,
@@ -110,6 +116,8 @@ def reply_for(exc: BaseException) -> ErrorReply:
         retry = max(1, round(exc.retry_after_s))
         return ErrorReply(429, "the local model's queue is full; retry later", "rate_limit_error",
                           "local_queue_full", headers=(("retry-after", str(retry)),))
+    if isinstance(exc, ContextLengthError):  # OpenAI's code for it
+        return ErrorReply(400, str(exc), "invalid_request_error", "context_length_exceeded", "messages")
     if isinstance(exc, RequestRejectedError):
         status = exc.status_code if 400 <= exc.status_code < 500 else 400
         return ErrorReply(status, str(exc), "invalid_request_error", "local_rejected")

@@ -48,7 +48,7 @@ def engine_config(config: policies.GatewayConfig) -> EngineConfig:
                         device_usd_per_hour=local.device_usd_per_hour, max_tokens=local.max_tokens,
                         prefix_cache_tokens=local.prefix_cache_tokens,
                         prefix_cache_min_tokens=local.prefix_cache_min_tokens,
-                        first_canvas_length=local.first_canvas_length,
+                        first_canvas_length=local.first_canvas_length, max_model_len=local.max_model_len,
                         api_bases=local.api_bases)
 
 

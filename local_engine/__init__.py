@@ -1,6 +1,7 @@
 """The local engine: DiffusionGemma served in-process (continuous batching, streaming, metering), or a vLLM pool."""
 
 from local_engine.errors import (
+    ContextLengthError,
     EngineError,
     EngineUnavailableError,
     GenerationFailedError,
@@ -31,6 +32,7 @@ def create_backend(config: EngineConfig) -> LocalBackend:
 __all__ = [
     "Completion",
     "Confidence",
+    "ContextLengthError",
     "EngineConfig",
     "EngineError",
     "EngineUnavailableError",

@@ -20,7 +20,12 @@ from typing import Any
 import torch
 
 from local_engine.batch import Batch, BatchStats
-from local_engine.errors import EngineUnavailableError, GenerationFailedError, QueueFullError
+from local_engine.errors import (
+    ContextLengthError,
+    EngineUnavailableError,
+    GenerationFailedError,
+    QueueFullError,
+)
 from local_engine.interface import Completion, EngineConfig, GenerationRequest, StreamDelta
 from local_engine.loading import LoadedModel, canvas_lengths, check_first_canvas, load_model
 from local_engine.metering import Meter, default_rate
@@ -65,6 +70,13 @@ def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Samplin
                     canvas_lengths=lengths, first_canvas=first_canvas or 0)
 
 
+def context_length_of(loaded: LoadedModel, max_model_len: int | None) -> int | None:
+    """The checkpoint's position limit, lowered by the configured `max_model_len` (vLLM's name)."""
+    limit = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+    known = [int(n) for n in (limit, max_model_len) if n]
+    return min(known) if known else None
+
+
 class _Slot:
     """A row plus the callback that delivers its events to the event loop."""
 
@@ -81,6 +93,7 @@ class DiffusionEngine:
         self._config = config
         self.model_name = loaded.name
         self.max_rows: int | None = config.max_queue
+        self.context_length: int | None = context_length_of(loaded, config.max_model_len)
         self.sampling = sampling_of(loaded, config.first_canvas_length)
         rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else default_rate(loaded.device)
         self.meter = Meter(loaded.device, rate)
@@ -171,6 +184,11 @@ class DiffusionEngine:
             generator = torch.Generator(device=self._loaded.device).manual_seed(seed)
         cap = min(request.max_tokens or self._config.max_tokens, self._config.max_tokens)
         ids = self._prompt_ids(request.messages)
+        if self.context_length is not None:  # an answer ends where the context does (finish_reason "length")
+            room = self.context_length - len(ids)
+            if room < 1:
+                raise ContextLengthError(len(ids), self.context_length)
+            cap = min(cap, room)
         row = Row(request=request, prompt_ids=ids, max_tokens=cap, generator=generator, temperature_scale=scale,
                   prefix_cuts=self._prefix_cuts(request.messages, ids))
         self._waiting.put(_Slot(row, emit))

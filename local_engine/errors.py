@@ -30,3 +30,13 @@ class RequestRejectedError(EngineError):
     def __init__(self, message: str, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class ContextLengthError(EngineError):
+    """The prompt alone fills the model's context window: no token of an answer would fit."""
+
+    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+        super().__init__(f"the local model's context is {context_length} tokens, and these messages are "
+                         f"{prompt_tokens}; shorten them or send the request to a hosted model")
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length

@@ -25,6 +25,7 @@ class EngineConfig:
     prefix_cache_tokens: int = 32_768  # prompt-prefix KV reuse: tokens of shared prefixes kept (0: off)
     prefix_cache_min_tokens: int = 64  # shorter prefixes are encoded with their request, not cached
     first_canvas_length: int | None = None  # cap on a request's first canvas (None: only max_tokens caps it)
+    max_model_len: int | None = None  # context window, prompt plus answer (None: the checkpoint's own; vllm: unknown)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class LocalBackend(Protocol):
     """What the router needs from a local model server (in-process engine or a vLLM pool)."""
 
     model_name: str
+    context_length: int | None  # prompt plus answer tokens a request may use; None: not known here
     max_rows: int | None  # the most rows one request's choices (`n`) can ever get queued at once; None: no limit
 
     async def start(self) -> None: ...

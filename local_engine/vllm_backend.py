@@ -42,6 +42,7 @@ class VllmBackend:
         self._http = http
         self.model_name = config.served_model or config.model or "diffusiongemma"
         self.max_rows: int | None = None  # each choice is its own request to the pool
+        self.context_length: int | None = config.max_model_len  # the servers' own limit is theirs to enforce
         self._rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else DEFAULT_GPU_USD_PER_HOUR
 
     async def start(self) -> None:

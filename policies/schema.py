@@ -60,6 +60,7 @@ class LocalConfig(BaseModel):
     prefix_cache_tokens: int = Field(default=32_768, ge=0, le=10_000_000)
     prefix_cache_min_tokens: int = Field(default=64, ge=1, le=1_000_000)
     first_canvas_length: int | None = Field(default=None, ge=1, le=65_536)
+    max_model_len: int | None = Field(default=None, ge=2, le=10_000_000)  # context window (prompt + answer)
 
     @model_validator(mode="after")
     def _vllm_needs_a_server(self) -> LocalConfig:

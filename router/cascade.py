@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from local_engine import Completion
+from local_engine import Completion, ContextLengthError, RequestRejectedError
 from router.errors import UpstreamError
 from router.executor import ChunkStream, Executor, completed_chunks, completion_body
 from router.job import Job, Outcome, Plan, Route
@@ -58,6 +58,8 @@ class Judgement:
 
 
 MAX_STORED_CHARS = 4000
+# The local model refused the request itself (nothing was computed): the cascade's target answers it.
+LOCAL_REFUSALS = (ContextLengthError, RequestRejectedError)
 
 
 def _prompt_text(job: Job) -> str:
@@ -133,9 +135,24 @@ class Cascade:
         outcome.escalation_reason = f"hosted unavailable, served the unverified draft: {error.message}"
         return outcome
 
+    @staticmethod
+    def _no_draft(outcome: Outcome, spec: CascadeSpec, refusal: Exception) -> None:
+        """Marks a hosted answer given because the local model refused the request outright."""
+        outcome.route = Route.ESCALATED
+        outcome.escalation_reason = f"no local draft: {refusal}"
+        outcome.detail["escalation"] = {"mode": EscalationMode.REGENERATE.value, "to": spec.escalate_to,
+                                        "reason": outcome.escalation_reason}
+
     async def run(self, job: Job, plan: Plan, spec: CascadeSpec) -> Outcome:
         """Non-streaming: draft, verify, and escalate when a verifier fails."""
-        completion, judgement = await self._draft(job, plan, spec)
+        try:
+            completion, judgement = await self._draft(job, plan, spec)
+        except LOCAL_REFUSALS as refusal:  # e.g. a prompt longer than the local context: the target answers
+            outcome = await self._executor.run_hosted(job, spec.escalate_to)
+            self._no_draft(outcome, spec, refusal)
+            assert outcome.body is not None
+            outcome.body["draftgate"] = {"escalation": outcome.detail["escalation"]}
+            return outcome
         if judgement.passed:
             outcome = self._executor.local_outcome(completion)
             self._annotate(outcome, job, spec, completion, judgement, escalated=False)
@@ -159,7 +176,12 @@ class Cascade:
 
     async def stream(self, job: Job, plan: Plan, spec: CascadeSpec) -> ChunkStream:
         """Streaming: the verdict is in before the first byte; then the draft or the hosted stream flows."""
-        completion, judgement = await self._draft(job, plan, spec)
+        try:
+            completion, judgement = await self._draft(job, plan, spec)
+        except LOCAL_REFUSALS as refusal:
+            opened = await self._executor.stream_hosted(job, spec.escalate_to)
+            self._no_draft(opened.outcome, spec, refusal)
+            return opened
         if not judgement.passed:
             try:
                 opened = await self._executor.stream_hosted(

@@ -38,8 +38,12 @@ def _model_aliases(services: Services) -> list[str]:
     return aliases + list(services.hosted.aliases)
 
 
-def _model(alias: str, created: int) -> dict[str, object]:
-    return {"id": alias, "object": "model", "created": created, "owned_by": "draftgate"}
+def _model(services: Services, alias: str, created: int) -> dict[str, object]:
+    card: dict[str, object] = {"id": alias, "object": "model", "created": created, "owned_by": "draftgate"}
+    local = services.local
+    if alias == services.config.local.alias and local is not None and local.context_length:
+        card["max_model_len"] = local.context_length  # as vLLM's model cards say it
+    return card
 
 
 @router.get("/v1/models")
@@ -47,7 +51,7 @@ def _model(alias: str, created: int) -> dict[str, object]:
 async def list_models(services: ServicesDep, _principal: PrincipalDep) -> Response:
     """Every alias a client may send as `model`."""
     created = int(time.time())
-    data = [_model(alias, created) for alias in _model_aliases(services)]
+    data = [_model(services, alias, created) for alias in _model_aliases(services)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
@@ -57,4 +61,4 @@ async def retrieve_model(model: str, services: ServicesDep, _principal: Principa
     """One alias (`client.models.retrieve`); aliases may hold a slash (`local/diffusiongemma`)."""
     if model not in _model_aliases(services):
         raise UnknownModelError(model)
-    return Response(orjson.dumps(_model(model, int(time.time()))), media_type="application/json")
+    return Response(orjson.dumps(_model(services, model, int(time.time()))), media_type="application/json")

@@ -13,6 +13,7 @@ import torch
 
 from local_engine import (
     Completion,
+    ContextLengthError,
     EngineConfig,
     EngineUnavailableError,
     GenerationFailedError,
@@ -88,6 +89,22 @@ async def test_max_tokens_is_trimmed_exactly_and_seeds_reproduce(engine_factory)
         assert first.completion_tokens <= max_tokens
         if first.finish_reason == "length":
             assert first.completion_tokens == max_tokens
+
+
+async def test_the_context_window_refuses_a_full_prompt_and_ends_answers_at_its_edge(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    wide = await engine_factory()
+    assert wide.context_length == 1024  # the checkpoint's max_position_embeddings
+    engine = await engine_factory(max_model_len=30)
+    assert engine.context_length == 30
+    prompt = engine.count_prompt_tokens(MSG)  # 22 tokens: 8 left
+    edge = await engine.generate(GenerationRequest(request_id="edge", messages=MSG, max_tokens=64, seed=1))
+    assert edge.prompt_tokens == prompt and edge.completion_tokens <= 30 - prompt
+    unbounded = await wide.generate(GenerationRequest(request_id="wide", messages=MSG, max_tokens=64, seed=1))
+    assert unbounded.completion_tokens > 30 - prompt, "the random model must run past the edge for this to test it"
+    tight = await engine_factory(max_model_len=prompt)
+    with pytest.raises(ContextLengthError, match=f"context is {prompt} tokens, and these messages are {prompt}"):
+        await tight.generate(GenerationRequest(request_id="full", messages=MSG, max_tokens=1))
+    assert tight.ticks == 0  # refused at the door: nothing was computed
 
 
 async def test_rows_join_mid_batch_and_short_rows_leave_first(engine_factory) -> None:  # type: ignore[no-untyped-def]

@@ -36,6 +36,7 @@ class ScriptedBackend:
 
     model_name = "scripted-local"
     max_rows: int | None = None
+    context_length: int | None = None
 
     def __init__(self, *texts: str) -> None:
         self.texts = deque(texts)
