@@ -7,72 +7,33 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 import policies
+from gateway.cli_common import (
+    ConfigOpt,
+    config_or_exit,
+    console,
+    err,
+    ledger_or_exit,
+    settings_or_exit,
+    text_option,
+)
+from gateway.cli_keys import keys_app
 from gateway.settings import Settings
-
-if TYPE_CHECKING:
-    from ledger import Database, KeyStore
 
 app = typer.Typer(help="draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
 app.add_typer(route_app, name="route")
 router_app = typer.Typer(help="The learned difficulty classifier.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
 DEFAULT_DATA = Path("../shared/data/routellm")
-console = Console()
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="draftgate.yaml (default: embedded)",
-                                                 envvar="DRAFTGATE_CONFIG")]
-
-
-def _settings(config: Path | None) -> Settings:
-    """Process settings; a bad environment variable is one line each and exit 2, not a traceback."""
-    try:
-        return Settings(config=config) if config is not None else Settings()
-    except ValidationError as exc:
-        err.print(f"[red]error:[/red] {exc.error_count()} bad setting(s) in the environment")
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            name = field if field.isupper() else f"DRAFTGATE_{field.upper()}"
-            typer.echo(f"{name}: {error['msg']} (got {error.get('input')!r})", err=True)
-        raise typer.Exit(2) from None
-
-
-def _load_or_exit(settings: Settings) -> policies.GatewayConfig:
-    from gateway.services import load_config
-
-    try:
-        return load_config(settings)
-    except policies.ConfigError as exc:
-        err.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the configuration")
-        for problem in exc.problems:
-            typer.echo(str(problem), err=True)  # plain: one problem per line, never wrapped
-        raise typer.Exit(code=2) from None
-
-
-def _ledger(settings: Settings, config: policies.GatewayConfig) -> Database:
-    """The ledger database, opened and migrated; a database that cannot be used is one line and exit 1."""
-    from ledger import Database, LedgerError
-
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)  # journals and the default SQLite file live here
-        db = Database(settings.resolved_database_url(config.database_url))
-        db.migrate()
-    except (LedgerError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=1) from None
-    return db
 
 
 def _check_local_engine(config: policies.GatewayConfig) -> None:
@@ -102,7 +63,7 @@ def version() -> None:
 @app.command("check-config")
 def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to check")]) -> None:
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
-    config = _load_or_exit(_settings(file))
+    config = config_or_exit(settings_or_exit(file))
     warnings = policies.lint(config)
     for problem in warnings:
         typer.echo(f"warning: {problem}", err=True)
@@ -119,12 +80,12 @@ def serve(config: ConfigOpt = None,
     """Run the gateway (embedded defaults when no config is given)."""
     import uvicorn
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     level = logging.DEBUG if settings.log_level == "trace" else settings.log_level.upper()  # trace: uvicorn's own
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loaded = _load_or_exit(settings)  # fail fast with precise errors before uvicorn starts
+    loaded = config_or_exit(settings)  # fail fast with precise errors before uvicorn starts
     _check_local_engine(loaded)
-    _ledger(settings, loaded).dispose()
+    ledger_or_exit(settings, loaded).dispose()
     if config is not None:
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     host = host or settings.host
@@ -150,84 +111,9 @@ def _share_metrics_between_workers(settings: Settings) -> None:
 @app.command()
 def migrate(config: ConfigOpt = None) -> None:
     """Bring the ledger database to the newest schema (the gateway also does this at start)."""
-    settings = _settings(config)
-    _ledger(settings, _load_or_exit(settings)).dispose()
+    settings = settings_or_exit(config)
+    ledger_or_exit(settings, config_or_exit(settings)).dispose()
     console.print("ledger schema is up to date")
-
-
-def _key_store(config: Path | None) -> KeyStore:
-    from ledger import KeyStore
-
-    settings = _settings(config)
-    return KeyStore(_ledger(settings, _load_or_exit(settings)))
-
-
-def _text(value: str | None) -> str | None:
-    """Names stored in the ledger must be text: a non-UTF-8 argument arrives as lone surrogates."""
-    if value is not None:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise typer.BadParameter("is not valid UTF-8 text") from None
-    return value
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise typer.BadParameter("must not be empty")
-    _text(value)
-    return value
-
-
-class Period(str, Enum):
-    hour = "hour"
-    day = "day"
-    week = "week"
-    month = "month"
-    total = "total"
-
-
-@keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Option(help="a label for the key", callback=_non_empty)],
-                team: Annotated[str | None, typer.Option(help="the team it spends for", callback=_text)] = None,
-                max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
-                                                                     help="dollar budget per period")] = None,
-                budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
-                rpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="requests per minute")] = None,
-                tpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="tokens per minute")] = None,
-                config: ConfigOpt = None) -> None:
-    """Create a virtual key; the secret is printed once."""
-    from ledger.budgets import Limits
-
-    raw, info = _key_store(config).create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm))
-    console.print(f"key_id: {info.key_id}\nteam:   {info.team or '-'}")
-    typer.echo(f"key:    {raw}")
-    err.print("Store the key now: only its hash is kept.")
-
-
-@keys_app.command("list")
-def keys_list(team: Annotated[str | None, typer.Option(help="only this team", callback=_text)] = None,
-              config: ConfigOpt = None) -> None:
-    """List keys (never their secrets)."""
-    table = Table("key_id", "name", "team", "prefix", "created", "revoked")
-    for k in _key_store(config).list(team):
-        table.add_row(k.key_id, k.name, k.team or "-", k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}",
-                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
-    console.print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke", callback=_text)],
-                config: ConfigOpt = None) -> None:
-    """Revoke a key."""
-    from ledger import UnknownKeyError
-
-    try:
-        info = _key_store(config).revoke(key_id)
-    except UnknownKeyError:
-        err.print(f"error: no key with id {key_id}")
-        raise typer.Exit(code=1) from None
-    console.print(f"revoked {info.key_id} ({info.name})")
 
 
 class GroupBy(str, Enum):
@@ -249,14 +135,14 @@ class Format(str, Enum):
 def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = GroupBy.team,
            since: Annotated[str, typer.Option(help="start: a date/time or a span back from now (30d, 12h)")] = "30d",
            until: Annotated[str | None, typer.Option(help="end (exclusive); default now")] = None,
-           team: Annotated[str | None, typer.Option(help="only this team", callback=_text)] = None,
+           team: Annotated[str | None, typer.Option(help="only this team", callback=text_option)] = None,
            format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
            config: ConfigOpt = None) -> None:
     """Costs, savings vs all-hosted, escalations and latency from the ledger."""
     from gateway import report_render
     from ledger.reports import Reporter, ReportQuery, parse_moment
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     try:
         start = parse_moment(since)
         end = parse_moment(until) if until else None
@@ -265,7 +151,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    db = _ledger(settings, _load_or_exit(settings))
+    db = ledger_or_exit(settings, config_or_exit(settings))
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
     if format is Format.table:
@@ -298,7 +184,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
     from ledger import Database
     from ledger.reports import Reporter, ReportQuery
 
-    _settings(None)  # a bad environment setting is one line here, not a traceback from inside the tour
+    settings_or_exit(None)  # a bad environment setting is one line here, not a traceback from inside the tour
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     folder = data_dir or Path(tempfile.mkdtemp(prefix="draftgate-demo-"))
@@ -353,9 +239,9 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     """Show which rule a request matches, every condition checked, and the decision."""
     from gateway.explain import explain_request
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     try:
-        report = explain_request(_load_or_exit(settings), request_file, team=team, key_name=key)
+        report = explain_request(config_or_exit(settings), request_file, team=team, key_name=key)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -407,9 +293,9 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
     if from_ledger:
         from gateway.outcomes import ledger_outcomes
 
-        settings = _settings(config)
+        settings = settings_or_exit(config)
         try:
-            extra = ledger_outcomes(settings.resolved_database_url(_load_or_exit(settings).database_url))
+            extra = ledger_outcomes(settings.resolved_database_url(config_or_exit(settings).database_url))
         except LedgerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from None

@@ -1,0 +1,79 @@
+"""What every `draftgate` command shares: consoles, the --config option, settings, config and ledger
+loading that turn bad input into one line and an exit code instead of a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+import policies
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from ledger import Database
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="draftgate.yaml (default: embedded)",
+                                                 envvar="DRAFTGATE_CONFIG")]
+
+
+def settings_or_exit(config: Path | None) -> Settings:
+    """Process settings; a bad environment variable is one line each and exit 2, not a traceback."""
+    try:
+        return Settings(config=config) if config is not None else Settings()
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {exc.error_count()} bad setting(s) in the environment")
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = field if field.isupper() else f"DRAFTGATE_{field.upper()}"
+            typer.echo(f"{name}: {error['msg']} (got {error.get('input')!r})", err=True)
+        raise typer.Exit(2) from None
+
+
+def config_or_exit(settings: Settings) -> policies.GatewayConfig:
+    from gateway.services import load_config
+
+    try:
+        return load_config(settings)
+    except policies.ConfigError as exc:
+        err.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the configuration")
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)  # plain: one problem per line, never wrapped
+        raise typer.Exit(code=2) from None
+
+
+def ledger_or_exit(settings: Settings, config: policies.GatewayConfig) -> Database:
+    """The ledger database, opened and migrated; a database that cannot be used is one line and exit 1."""
+    from ledger import Database, LedgerError
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # journals and the default SQLite file live here
+        db = Database(settings.resolved_database_url(config.database_url))
+        db.migrate()
+    except (LedgerError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    return db
+
+
+def text_option(value: str | None) -> str | None:
+    """Names stored in the ledger must be text: a non-UTF-8 argument arrives as lone surrogates."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise typer.BadParameter("is not valid UTF-8 text") from None
+    return value
+
+
+def non_empty_option(value: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("must not be empty")
+    text_option(value)
+    return value

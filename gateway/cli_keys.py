@@ -1,0 +1,84 @@
+"""`draftgate keys`: virtual keys, stored hashed in the ledger database."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from gateway.cli_common import (
+    ConfigOpt,
+    config_or_exit,
+    console,
+    err,
+    ledger_or_exit,
+    non_empty_option,
+    settings_or_exit,
+    text_option,
+)
+
+if TYPE_CHECKING:
+    from ledger import KeyStore
+
+keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database).", no_args_is_help=True)
+
+
+def _key_store(config: Path | None) -> KeyStore:
+    from ledger import KeyStore
+
+    settings = settings_or_exit(config)
+    return KeyStore(ledger_or_exit(settings, config_or_exit(settings)))
+
+
+class Period(str, Enum):
+    hour = "hour"
+    day = "day"
+    week = "week"
+    month = "month"
+    total = "total"
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Option(help="a label for the key", callback=non_empty_option)],
+                team: Annotated[str | None, typer.Option(help="the team it spends for", callback=text_option)] = None,
+                max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
+                                                                     help="dollar budget per period")] = None,
+                budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
+                rpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="requests per minute")] = None,
+                tpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="tokens per minute")] = None,
+                config: ConfigOpt = None) -> None:
+    """Create a virtual key; the secret is printed once."""
+    from ledger.budgets import Limits
+
+    raw, info = _key_store(config).create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm))
+    console.print(f"key_id: {info.key_id}\nteam:   {info.team or '-'}")
+    typer.echo(f"key:    {raw}")
+    err.print("Store the key now: only its hash is kept.")
+
+
+@keys_app.command("list")
+def keys_list(team: Annotated[str | None, typer.Option(help="only this team", callback=text_option)] = None,
+              config: ConfigOpt = None) -> None:
+    """List keys (never their secrets)."""
+    table = Table("key_id", "name", "team", "prefix", "created", "revoked")
+    for k in _key_store(config).list(team):
+        table.add_row(k.key_id, k.name, k.team or "-", k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}",
+                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke", callback=text_option)],
+                config: ConfigOpt = None) -> None:
+    """Revoke a key."""
+    from ledger import UnknownKeyError
+
+    try:
+        info = _key_store(config).revoke(key_id)
+    except UnknownKeyError:
+        err.print(f"error: no key with id {key_id}")
+        raise typer.Exit(code=1) from None
+    console.print(f"revoked {info.key_id} ({info.name})")
