@@ -6,6 +6,7 @@ Inner packages raise their own exceptions carrying data; this module alone knows
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import orjson
@@ -26,6 +27,7 @@ from router.errors import (
     LocalUnavailableError,
     RoutingError,
     UnknownModelError,
+    UpstreamCoolingDownError,
     UpstreamError,
     UpstreamRejectedError,
 )
@@ -107,6 +109,9 @@ def reply_for(exc: BaseException) -> ErrorReply:
         status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
         return ErrorReply(status, f"upstream {exc.alias}: {exc.message}", "invalid_request_error",
                           "upstream_rejected")
+    if isinstance(exc, UpstreamCoolingDownError):
+        return ErrorReply(503, f"upstream {exc.alias}: {exc.message}", "api_error", "upstream_cooling_down",
+                          headers=(("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),))
     if isinstance(exc, UpstreamError):
         return ErrorReply(502, f"upstream {exc.alias} failed after {exc.attempts} attempt(s): {exc.message}",
                           "api_error", "upstream_error")

@@ -173,7 +173,8 @@ class ChatPipeline:
             status_code=status_code, hosted_cost_usd=outcome.hosted_cost_usd, local_cost_usd=outcome.local_cost_usd,
             device_seconds=outcome.device_seconds, wasted_draft_usd=outcome.wasted_draft_usd,
             reference_cost_usd=reference, unpriced=outcome.unpriced, stream=job.stream,
-            attempts=max(1, len(outcome.attempts)), rule=plan.rule if plan else None, error=error,
+            attempts=max(1, sum(not a.get("skipped") for a in outcome.attempts)),
+            rule=plan.rule if plan else None, error=error,
             escalation_reason=outcome.escalation_reason, detail=detail or None)
         self._writer.record(record)
         self._metrics.observe(route=outcome.route.value, model=job.alias, status=status, latency_s=latency_s,

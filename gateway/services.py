@@ -33,7 +33,8 @@ def load_config(settings: Settings) -> policies.GatewayConfig:
 
 def hosted_models(config: policies.GatewayConfig) -> dict[str, HostedModel]:
     return {m.name: HostedModel(alias=m.name, model=m.model, api_base=m.api_base, api_key=m.api_key,
-                                timeout_s=m.timeout_s, max_retries=m.max_retries, fallbacks=tuple(m.fallbacks))
+                                timeout_s=m.timeout_s, max_retries=m.max_retries, fallbacks=tuple(m.fallbacks),
+                                allowed_fails=m.allowed_fails, cooldown_time=m.cooldown_time)
             for m in config.models}
 
 

@@ -39,6 +39,8 @@ class ModelConfig(BaseModel):
     fallbacks: list[str] = Field(default_factory=list)
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
     max_retries: int = Field(default=2, ge=0, le=10)
+    allowed_fails: int = Field(default=3, ge=1, le=1000)  # failed requests in a row before a cooldown (LiteLLM's)
+    cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds the alias is skipped then; 0: never
 
 
 class LocalConfig(BaseModel):

@@ -6,6 +6,7 @@ from router.errors import (
     LocalUnavailableError,
     RoutingError,
     UnknownModelError,
+    UpstreamCoolingDownError,
     UpstreamError,
     UpstreamRejectedError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "RoutingError",
     "StreamBroken",
     "UnknownModelError",
+    "UpstreamCoolingDownError",
     "UpstreamError",
     "UpstreamRejectedError",
     "facts_for",

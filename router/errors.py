@@ -26,6 +26,15 @@ class UpstreamRejectedError(UpstreamError):
     """The upstream refused the request itself (a 4xx that retrying cannot fix)."""
 
 
+class UpstreamCoolingDownError(UpstreamError):
+    """Every alias of the chain is cooling down after repeated failures: nothing was sent upstream."""
+
+    def __init__(self, alias: str, retry_after_s: float) -> None:
+        super().__init__(alias, f"every upstream for this alias failed repeatedly and is cooling down; retry in "
+                                f"{retry_after_s:.1f} s", attempts=0)
+        self.retry_after_s = retry_after_s
+
+
 class UnknownModelError(RoutingError):
     """The request names a model alias the gateway does not serve."""
 

@@ -22,7 +22,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from router.errors import UnknownModelError, UpstreamError, UpstreamRejectedError
+from router.errors import UnknownModelError, UpstreamCoolingDownError, UpstreamError, UpstreamRejectedError
 from router.transport import AttemptFailed, LiteLLMTransport, OpenAITransport, Transport, UpstreamStream
 
 MAX_RETRY_AFTER_S = 30.0
@@ -41,6 +41,8 @@ class HostedModel:
     timeout_s: float = 60.0
     max_retries: int = 2
     fallbacks: tuple[str, ...] = ()
+    allowed_fails: int = 3
+    cooldown_time: float = 5.0
 
     @property
     def provider(self) -> str:
@@ -62,10 +64,20 @@ class Attempt:
     status_code: int | None
     error: str | None
     latency_ms: float
+    skipped: bool = False  # not sent: the alias was cooling down
 
     def as_dict(self) -> dict[str, Any]:
-        return {"alias": self.alias, "provider_model": self.provider_model, "status_code": self.status_code,
-                "error": self.error, "latency_ms": round(self.latency_ms, 3)}
+        out = {"alias": self.alias, "provider_model": self.provider_model, "status_code": self.status_code,
+               "error": self.error, "latency_ms": round(self.latency_ms, 3)}
+        return {**out, "skipped": True} if self.skipped else out
+
+
+@dataclass
+class Health:
+    """An alias's failed requests in a row, and until when it is skipped (a LiteLLM-style cooldown)."""
+
+    failures: int = 0
+    cooling_until: float = 0.0
 
 
 @dataclass
@@ -127,6 +139,7 @@ class HostedClient:
         self._openai = openai or OpenAITransport()
         self._litellm = LiteLLMTransport()
         self._wait = _make_wait(backoff_initial_s)
+        self._health = {alias: Health() for alias in self._models}  # per process, like LiteLLM's in-memory one
 
     def get(self, alias: str) -> HostedModel:
         """The configured model for an alias; UnknownModelError otherwise."""
@@ -171,14 +184,35 @@ class HostedClient:
         """The first alias of the fallback chain that answers; a rejected request stops the chain."""
         attempts: list[Attempt] = []
         last: AttemptFailed | None = None
+        cooling: list[float] = []
         for model in self.chain(alias):
+            health = self._health[model.alias]
+            left = health.cooling_until - time.monotonic()
+            if left > 0:  # it failed its last requests: skip it rather than make this one wait out its retries
+                cooling.append(left)
+                attempts.append(Attempt(model.alias, model.model, None, f"cooling down for {left:.1f} s more after "
+                                        f"{model.allowed_fails} failed requests", 0.0, skipped=True))
+                continue
             try:
-                return model, attempts, await self._with_retries(model, body, attempts, stream=stream)
+                result = await self._with_retries(model, body, attempts, stream=stream)
             except AttemptFailed as exc:
                 last = exc
-                if _stops_chain(exc):
+                if _stops_chain(exc):  # the request's own fault says nothing about the upstream's health
                     break
+                self._failed(model, health)
+                continue
+            health.failures = 0
+            return model, attempts, result
+        if last is None and cooling:
+            raise UpstreamCoolingDownError(alias, min(cooling))
         raise self._final_error(alias, last, attempts)
+
+    @staticmethod
+    def _failed(model: HostedModel, health: Health) -> None:
+        health.failures += 1
+        if health.failures >= model.allowed_fails and model.cooldown_time > 0:
+            health.cooling_until = time.monotonic() + model.cooldown_time
+            health.failures = 0
 
     async def _with_retries(self, model: HostedModel, body: dict[str, Any], attempts: list[Attempt],
                             *, stream: bool) -> dict[str, Any] | UpstreamStream:
@@ -208,7 +242,7 @@ class HostedClient:
             return UpstreamError(alias, "no upstream was tried", attempts=len(attempts))
         cls = UpstreamError if last.retryable else UpstreamRejectedError
         return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type,
-                   attempts=len(attempts))
+                   attempts=sum(not a.skipped for a in attempts))
 
 
 def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
