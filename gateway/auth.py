@@ -8,7 +8,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import AuthenticationFailed, ModelNotAllowed, PermissionDenied
 from ledger import KeyInfo, KeyStore
 from ledger.budgets import Limits
 
@@ -22,6 +22,16 @@ class Principal:
     team: str | None
     is_master: bool = False
     limits: Limits | None = None  # a virtual key's own budget and rate limits, read with the key
+    models: frozenset[str] | None = None  # the aliases this key may request; None: every one
+
+    def may_use(self, alias: str) -> bool:
+        return self.models is None or alias in self.models
+
+    def check_model(self, alias: str) -> None:
+        """ModelNotAllowed unless this key may request `alias` (what the request names, as LiteLLM checks)."""
+        if not self.may_use(alias):
+            allowed = ", ".join(sorted(self.models or ()))
+            raise ModelNotAllowed(f"This key may not use the model `{alias}`; it may use: {allowed}.", param="model")
 
 
 OPEN_PRINCIPAL = Principal(key_id=None, key_name=None, team=None)
@@ -35,6 +45,7 @@ class StaticKey:
     name: str
     raw: str
     team: str | None
+    models: tuple[str, ...] | None = None
 
 
 def _digest(raw: str) -> bytes:
@@ -61,7 +72,9 @@ class Authenticator:
 
     def __init__(self, master_key: str | None, static_keys: Iterable[StaticKey], store: KeyStore) -> None:
         self._master = _digest(master_key) if master_key else None
-        self._static = [(_digest(k.raw), Principal(f"config:{k.name}", k.name, k.team)) for k in static_keys]
+        self._static = [(_digest(k.raw), Principal(f"config:{k.name}", k.name, k.team,
+                                                   models=frozenset(k.models) if k.models is not None else None))
+                        for k in static_keys]
         self._store = store
 
     @property
@@ -84,7 +97,10 @@ class Authenticator:
                 return principal
         info: KeyInfo | None = await asyncio.to_thread(self._store.verify, token)
         if info is not None:
-            return Principal(info.key_id, info.name, info.team, limits=info.limits)
+            if info.expired():
+                raise AuthenticationFailed(f"This API key expired at {info.expires_at:%Y-%m-%dT%H:%M:%SZ}.")
+            return Principal(info.key_id, info.name, info.team, limits=info.limits,
+                             models=frozenset(info.models) if info.models is not None else None)
         if self.open_mode:
             return OPEN_PRINCIPAL
         raise AuthenticationFailed("Incorrect API key provided.")

@@ -26,11 +26,40 @@ if TYPE_CHECKING:
 keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database).", no_args_is_help=True)
 
 
-def _key_store(config: Path | None) -> KeyStore:
+def _key_store(config: Path | None, models: list[str] | None = None) -> KeyStore:
+    """The key store; `models` must be aliases this configuration serves (one line and exit 2 if not)."""
     from ledger import KeyStore
 
     settings = settings_or_exit(config)
-    return KeyStore(ledger_or_exit(settings, config_or_exit(settings)))
+    gateway = config_or_exit(settings)
+    served = {"auto", gateway.local.alias, *gateway.model_names()}
+    unknown = [m for m in models or () if m not in served]
+    if unknown:
+        err.print(f"error: --models: unknown model alias(es): {', '.join(unknown)}", markup=False)
+        raise typer.Exit(code=2)
+    return KeyStore(ledger_or_exit(settings, gateway))
+
+
+def _aliases(value: str | None) -> list[str] | None:
+    """`a,b` into ["a", "b"]; an empty list would lock the key out of everything, so it is refused."""
+    if value is None:
+        return None
+    text_option(value)
+    aliases = [a.strip() for a in value.split(",") if a.strip()]
+    if not aliases:
+        raise typer.BadParameter("needs at least one model alias")
+    return aliases
+
+
+def _duration(value: str | None) -> str | None:
+    from ledger import parse_duration
+
+    if value is not None:
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 class Period(str, Enum):
@@ -49,12 +78,26 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
                 budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
                 rpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="requests per minute")] = None,
                 tpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="tokens per minute")] = None,
+                models: Annotated[str | None, typer.Option(help="the only aliases it may request, comma-separated "
+                                                           "(default: every one)")] = None,
+                duration: Annotated[str | None, typer.Option(help="lifetime: 30d, 12h, 45m, 90s (default: none)",
+                                                             callback=_duration)] = None,
                 config: ConfigOpt = None) -> None:
     """Create a virtual key; the secret is printed once."""
+    from datetime import UTC, datetime
+
+    from ledger import parse_duration
     from ledger.budgets import Limits
 
-    raw, info = _key_store(config).create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm))
+    allowed = _aliases(models)
+    expires_at = datetime.now(UTC) + parse_duration(duration) if duration else None
+    raw, info = _key_store(config, allowed).create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm),
+                                                   models=allowed, expires_at=expires_at)
     console.print(f"key_id: {info.key_id}\nteam:   {info.team or '-'}")
+    if info.models is not None:
+        console.print(f"models: {', '.join(info.models)}", markup=False)
+    if info.expires_at is not None:
+        console.print(f"expires: {info.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     typer.echo(f"key:    {raw}")
     err.print("Store the key now: only its hash is kept.")
 
@@ -63,9 +106,10 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
 def keys_list(team: Annotated[str | None, typer.Option(help="only this team", callback=text_option)] = None,
               config: ConfigOpt = None) -> None:
     """List keys (never their secrets)."""
-    table = Table("key_id", "name", "team", "prefix", "created", "revoked")
+    table = Table("key_id", "name", "team", "prefix", "models", "created", "expires", "revoked")
     for k in _key_store(config).list(team):
-        table.add_row(k.key_id, k.name, k.team or "-", k.prefix + "…", f"{k.created_at:%Y-%m-%d %H:%M}",
+        table.add_row(k.key_id, k.name, k.team or "-", k.prefix + "…", ", ".join(k.models) if k.models else "all",
+                      f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     console.print(table)
 

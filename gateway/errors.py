@@ -65,6 +65,10 @@ class PermissionDenied(GatewayError):
     code = "insufficient_permissions"
 
 
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+
 class NotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"

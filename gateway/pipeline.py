@@ -78,6 +78,7 @@ class ChatPipeline:
         plan: Plan | None = None
         reservation: Reservation | None = None
         try:
+            principal.check_model(job.alias)
             plan = await self._planner.plan(job, principal.key_name, principal.team)
             headers_out.update(_headers(request_id, plan, None))
             reservation = await self._budgets.reserve(principal, job, plan)

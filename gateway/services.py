@@ -103,7 +103,8 @@ class Services:
         db.migrate()
         keys = KeyStore(db)
         master = settings.master_key.get_secret_value() if settings.master_key else config.master_key
-        static = [StaticKey(k.name, k.key, k.team) for k in config.keys]
+        static = [StaticKey(k.name, k.key, k.team, tuple(k.models) if k.models is not None else None)
+                  for k in config.keys]
         auth = Authenticator(master, static, keys)
         prices = PriceBook(price_overrides(config))
         hosted = HostedClient(hosted_models(config))
@@ -116,6 +117,14 @@ class Services:
                               flush_interval_s=settings.ledger_flush_interval_s)
         return cls(settings=settings, config=config, db=db, writer=writer, keys=keys, auth=auth, prices=prices,
                    hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
+
+    def aliases(self) -> list[str]:
+        """Every alias a client may send as `model`: `auto`, the local one, the hosted ones."""
+        local = [self.config.local.alias] if self.config.local.enabled else []
+        return ["auto", *local, *self.hosted.aliases]
+
+    def serves(self, alias: str) -> bool:
+        return alias in self.aliases()
 
     def warn_about_config(self) -> None:
         """Loud startup warnings: open mode, and models whose price is unknown (never silently $0)."""

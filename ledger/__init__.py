@@ -2,12 +2,13 @@
 
 from ledger.db import Database
 from ledger.errors import LedgerError, UnknownKeyError
-from ledger.keys import KeyInfo, KeyStore
+from ledger.keys import DURATION_PATTERN, KeyInfo, KeyStore, parse_duration
 from ledger.pricing import Price, PriceBook
 from ledger.records import RequestRecord
 from ledger.writer import LedgerWriter
 
 __all__ = [
+    "DURATION_PATTERN",
     "Database",
     "KeyInfo",
     "KeyStore",
@@ -17,4 +18,5 @@ __all__ = [
     "PriceBook",
     "RequestRecord",
     "UnknownKeyError",
+    "parse_duration",
 ]

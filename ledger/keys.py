@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, select, update
@@ -17,6 +19,15 @@ from ledger.errors import UnknownKeyError
 from ledger.models import ApiKeyRow
 
 KEY_PREFIX = "sk-dg-"
+DURATION_PATTERN = r"^[1-9][0-9]{0,6}[smhd]$"
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30d`, `12h`, `45m`, `90s` (LiteLLM's key `duration`); ValueError otherwise."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration like 30d, 12h, 45m or 90s: {text!r}")
+    return timedelta(seconds=int(text[:-1]) * _UNIT_S[text[-1]])
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,11 @@ class KeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     limits: Limits = field(default_factory=Limits)
+    models: tuple[str, ...] | None = None  # the aliases it may request; None: every one
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
 
 def hash_key(raw_key: str) -> str:
@@ -40,7 +56,8 @@ def hash_key(raw_key: str) -> str:
 def _info(row: ApiKeyRow) -> KeyInfo:
     limits = Limits(row.max_budget_usd, row.budget_period or "month", row.rpm_limit,  # type: ignore[arg-type]
                     row.tpm_limit)
-    return KeyInfo(row.key_id, row.name, row.team, row.prefix, row.created_at, row.revoked_at, limits)
+    return KeyInfo(row.key_id, row.name, row.team, row.prefix, row.created_at, row.revoked_at, limits,
+                   tuple(row.models) if row.models is not None else None, row.expires_at)
 
 
 class KeyStore:
@@ -49,14 +66,16 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, name: str, team: str | None, limits: Limits | None = None) -> tuple[str, KeyInfo]:
+    def create(self, name: str, team: str | None, limits: Limits | None = None, *,
+               models: Sequence[str] | None = None, expires_at: datetime | None = None) -> tuple[str, KeyInfo]:
         """Returns the raw key (shown once) and its stored description."""
         raw = KEY_PREFIX + secrets.token_urlsafe(24)
         limits = limits or Limits()
         values = dict(key_id="key_" + secrets.token_hex(8), name=name, team=team, key_hash=hash_key(raw),
                       prefix=raw[: len(KEY_PREFIX) + 4], created_at=datetime.now(UTC), revoked_at=None,
                       max_budget_usd=limits.max_budget_usd, budget_period=limits.budget_period,
-                      rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit)
+                      rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit,
+                      models=list(models) if models is not None else None, expires_at=expires_at)
         with self._db.engine.begin() as connection:
             connection.execute(cast(Table, ApiKeyRow.__table__).insert().values(**values))
         return raw, _info(ApiKeyRow(**values))
@@ -71,7 +90,8 @@ class KeyStore:
             return [ApiKeyRow(**dict(r._mapping)) for r in connection.execute(statement)]
 
     def verify(self, raw_key: str) -> KeyInfo | None:
-        """The key's info if it exists and is not revoked, else None."""
+        """The key's info if it exists and is not revoked, else None (an expired key's info: the caller
+        says why it is refused)."""
         digest = hash_key(raw_key)
         table = cast(Table, ApiKeyRow.__table__)
         rows = self._rows(select(table).where(table.c.key_hash == digest))

@@ -99,6 +99,8 @@ class ApiKeyRow(Base):
     budget_period: Mapped[str | None] = mapped_column(String(16))
     rpm_limit: Mapped[int | None] = mapped_column(Integer)
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    models: Mapped[list[str] | None] = mapped_column(JSON)  # aliases the key may request; None: every one
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class TeamRow(Base):

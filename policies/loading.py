@@ -99,6 +99,9 @@ def _semantic_problems(config: GatewayConfig, source: Located) -> list[ConfigPro
     for i, key in enumerate(config.keys):
         if teams and key.team is not None and key.team not in teams:
             problems.append(source.problem(("keys", i, "team"), f"team {key.team!r} is not declared in teams"))
+        for j, alias in enumerate(key.models or ()):
+            if alias not in known | RESERVED_ALIASES | {config.local.alias}:
+                problems.append(source.problem(("keys", i, "models", j), f"unknown model alias {alias!r}"))
     problems += _action_problems(config.policies.default, ("policies", "default"), known, source)
     for i, rule in enumerate(config.policies.rules):
         problems += _action_problems(rule.action, ("policies", "rules", i, "action"), known, source)

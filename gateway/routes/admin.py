@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
-from gateway.errors import NotFound
-from ledger import KeyInfo, UnknownKeyError
+from gateway.errors import InvalidRequest, NotFound
+from ledger import DURATION_PATTERN, KeyInfo, UnknownKeyError, parse_duration
 from ledger.budgets import Limits
 
 router = APIRouter(prefix="/admin")
@@ -26,6 +27,10 @@ class KeyCreate(BaseModel):
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    models: list[str] | None = Field(default=None, max_length=1000, description="aliases it may request; "
+                                     "omitted: every one")
+    duration: str | None = Field(default=None, pattern=DURATION_PATTERN,
+                                 description="lifetime, e.g. 30d, 12h, 45m, 90s (LiteLLM's); omitted: no expiry")
 
 
 class KeyOut(BaseModel):
@@ -39,13 +44,16 @@ class KeyOut(BaseModel):
     budget_period: str = "month"
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    models: list[str] | None = None
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, info: KeyInfo) -> KeyOut:
         limits = info.limits
         return cls(key_id=info.key_id, name=info.name, team=info.team, prefix=info.prefix,
                    created_at=info.created_at, revoked_at=info.revoked_at, max_budget_usd=limits.max_budget_usd,
-                   budget_period=limits.budget_period, rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit)
+                   budget_period=limits.budget_period, rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit,
+                   models=list(info.models) if info.models is not None else None, expires_at=info.expires_at)
 
 
 class KeyCreated(KeyOut):
@@ -56,7 +64,12 @@ class KeyCreated(KeyOut):
 async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep) -> KeyCreated:
     """Creates a virtual key for a team."""
     limits = Limits(body.max_budget_usd, body.budget_period, body.rpm_limit, body.tpm_limit)
-    raw, info = await asyncio.to_thread(services.keys.create, body.name, body.team, limits)
+    unknown = [m for m in body.models or () if not services.serves(m)]
+    if unknown:
+        raise InvalidRequest(f"models: unknown model alias(es): {', '.join(unknown)}", param="models")
+    expires_at = datetime.now(UTC) + parse_duration(body.duration) if body.duration else None
+    raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
+                                                models=body.models, expires_at=expires_at))
     return KeyCreated(key=raw, **KeyOut.of(info).model_dump())
 
 

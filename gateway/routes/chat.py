@@ -33,11 +33,6 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
     return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
 
-def _model_aliases(services: Services) -> list[str]:
-    aliases = ["auto"] + ([services.config.local.alias] if services.config.local.enabled else [])
-    return aliases + list(services.hosted.aliases)
-
-
 def _model(services: Services, alias: str, created: int) -> dict[str, object]:
     card: dict[str, object] = {"id": alias, "object": "model", "created": created, "owned_by": "draftgate"}
     local = services.local
@@ -48,17 +43,18 @@ def _model(services: Services, alias: str, created: int) -> dict[str, object]:
 
 @router.get("/v1/models")
 @router.get("/models", include_in_schema=False)
-async def list_models(services: ServicesDep, _principal: PrincipalDep) -> Response:
-    """Every alias a client may send as `model`."""
+async def list_models(services: ServicesDep, principal: PrincipalDep) -> Response:
+    """Every alias this caller may send as `model`."""
     created = int(time.time())
-    data = [_model(services, alias, created) for alias in _model_aliases(services)]
+    data = [_model(services, alias, created) for alias in services.aliases() if principal.may_use(alias)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/v1/models/{model:path}")
 @router.get("/models/{model:path}", include_in_schema=False)
-async def retrieve_model(model: str, services: ServicesDep, _principal: PrincipalDep) -> Response:
+async def retrieve_model(model: str, services: ServicesDep, principal: PrincipalDep) -> Response:
     """One alias (`client.models.retrieve`); aliases may hold a slash (`local/diffusiongemma`)."""
-    if model not in _model_aliases(services):
+    if model not in services.aliases():
         raise UnknownModelError(model)
+    principal.check_model(model)
     return Response(orjson.dumps(_model(services, model, int(time.time()))), media_type="application/json")

@@ -102,7 +102,11 @@ def test_bad_option_values_are_one_line(tmp_path: Path) -> None:
                           (("serve", "--port", "99999"), "--port"),
                           (("report", "--since", "2026-02-01", "--until", "2026-01-01"), "is not after --since"),
                           (("keys", "create", "--name", " "), "must not be empty"),
-                          (("keys", "create", "--name", "\udcff"), "is not valid UTF-8 text")):
+                          (("keys", "create", "--name", "\udcff"), "is not valid UTF-8 text"),
+                          (("keys", "create", "--name", "a", "--duration", "3w"), "not a duration like 30d"),
+                          (("keys", "create", "--name", "a", "--models", " , "), "needs at least one model alias"),
+                          (("keys", "create", "--name", "a", "--models", "auto,gpt-9"),
+                           "unknown model alias(es): gpt-9")):
         result = draftgate(*args, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout
@@ -119,6 +123,13 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert key_id in listed.stdout and "sk-dg-" in listed.stdout  # the display prefix only
     assert draftgate("keys", "revoke", key_id, cwd=tmp_path).returncode == 0
     assert draftgate("keys", "revoke", "key_nope", cwd=tmp_path).returncode == 1
+    scoped = draftgate("keys", "create", "--name", "local-only", "--models", "auto, local/diffusiongemma",
+                       "--duration", "30d", cwd=tmp_path)
+    assert scoped.returncode == 0, scoped.stderr
+    assert "models: auto, local/diffusiongemma" in scoped.stdout and "expires: " in scoped.stdout
+    listed = draftgate("keys", "list", cwd=tmp_path)
+    row = next(line for line in listed.stdout.splitlines() if "local-only" in line)
+    assert "auto, local/diffusiongemma" in row and "all" not in row
 
 
 def test_route_explain(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import event
 
 from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook, UnknownKeyError
 from ledger.db import INSERT_CHUNK
+from ledger.keys import hash_key
 from tests.ledger.conftest import T0, record
 from tests.support.postgres import POSTGRES_URL, fresh_schema
 
@@ -63,6 +64,39 @@ def test_keys_are_hashed_verified_and_revoked(db: Database, tmp_path: Path) -> N
     if db.is_sqlite:
         for path in tmp_path.glob("ledger.db*"):
             assert raw.encode() not in path.read_bytes()
+
+
+def test_keys_keep_their_models_and_expiry_and_an_older_ledger_upgrades(db: Database, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from ledger.db import MIGRATIONS
+
+    store = KeyStore(db)
+    raw, info = store.create("scoped", None, models=["auto", "local/diffusiongemma"], expires_at=T0 + timedelta(days=1))
+    again = store.verify(raw)
+    assert again == info and again is not None and again.models == ("auto", "local/diffusiongemma")
+    assert again.expires_at == T0 + timedelta(days=1)
+    assert again.expired(T0 + timedelta(days=2)) and not again.expired(T0)
+    # A ledger at 0002 (before scopes) with a key in it: after the upgrade the key works, unscoped.
+    old = Database(f"sqlite:///{tmp_path}/old.db")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    old_store = KeyStore(old)
+    with old.engine.begin() as connection:
+        connection.execute(text("INSERT INTO api_keys (key_id, name, key_hash, prefix, created_at) "
+                                "VALUES ('key_old', 'old', :h, 'sk-dg-abcd', '2026-11-01 00:00:00.000000')"),
+                           {"h": hash_key("sk-dg-old-key")})
+    old.migrate()
+    kept = old_store.verify("sk-dg-old-key")
+    assert kept is not None and kept.key_id == "key_old" and kept.models is None and kept.expires_at is None
+    old.dispose()
 
 
 def test_prices_from_the_litellm_map_and_overrides() -> None:
@@ -177,5 +211,5 @@ def _migrate_concurrently(urls: list[str]) -> None:
         assert failures == [], (url, failures)
         db = Database(url)
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
         db.dispose()

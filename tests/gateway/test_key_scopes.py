@@ -1,0 +1,84 @@
+"""Virtual keys scoped like LiteLLM's: `models` (the aliases a key may request; others are a 403
+`model_not_allowed`, and `/v1/models` lists only those) and `duration` (an expired key is a 401)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MASTER_KEY, hosted_config
+from tests.gateway.test_chat_hosted import flushed_db
+
+ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def as_key(gw, key: str) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def test_a_key_may_request_only_its_models(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    refused = httpx.post(gw.url + "/admin/keys", json={"name": "x", "models": ["gpt-4o-mini", "gpt-5"]}, headers=ADMIN)
+    assert refused.status_code == 400 and "gpt-5" in refused.json()["error"]["message"]
+    created = httpx.post(gw.url + "/admin/keys", json={"name": "scoped", "models": ["gpt-4o-mini"]}, headers=ADMIN)
+    assert created.status_code == 201 and created.json()["models"] == ["gpt-4o-mini"]
+    client = as_key(gw, created.json()["key"])
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=HI).choices[0].message.content == "echo: hi"
+    for alias in ("backup", "auto"):
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            client.chat.completions.create(model=alias, messages=HI)
+        body = info.value.body
+        assert isinstance(body, dict) and (body["code"], body["param"]) == ("model_not_allowed", "model")
+        assert "may use: gpt-4o-mini" in info.value.message
+        row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+        assert row is not None and (row.status, row.status_code, row.key_id) == ("error", 403, created.json()["key_id"])
+    streamed = httpx.post(gw.url + "/v1/chat/completions", json={"model": "backup", "messages": HI, "stream": True},
+                          headers={"authorization": f"Bearer {created.json()['key']}"}, timeout=30)
+    assert streamed.status_code == 403
+    assert [m.id for m in client.models.list()] == ["gpt-4o-mini"]
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.retrieve("backup")
+    assert len(simulator.state.received) == 1  # nothing a key may not use reached an upstream
+    unscoped = httpx.post(gw.url + "/admin/keys", json={"name": "all"}, headers=ADMIN).json()
+    assert unscoped["models"] is None
+    assert {m.id for m in as_key(gw, unscoped["key"]).models.list()} == {"auto", "gpt-4o-mini", "backup"}
+
+
+def test_an_expired_key_is_refused(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    assert httpx.post(gw.url + "/admin/keys", json={"name": "x", "duration": "3w"}, headers=ADMIN).status_code == 400
+    created = httpx.post(gw.url + "/admin/keys", json={"name": "brief", "duration": "2s"}, headers=ADMIN).json()
+    assert created["expires_at"] is not None
+    client = as_key(gw, created["key"])
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=HI).choices[0].message.content == "echo: hi"
+    time.sleep(2.1)
+    with pytest.raises(openai.AuthenticationError, match="expired at"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    listed = {k["key_id"]: k for k in httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()}
+    assert listed[created["key_id"]]["expires_at"] == created["expires_at"]
+
+
+def test_static_keys_take_models_and_check_config_names_an_unknown_one(gateway_factory, simulator, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRAFTGATE_TEST_CI_KEY", "sk-static-ci-0123")
+    keys = "keys:\n  - name: ci\n    key: os.environ/DRAFTGATE_TEST_CI_KEY\n    models: [backup]\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, keys))
+    client = as_key(gw, "sk-static-ci-0123")
+    assert client.chat.completions.create(model="backup", messages=HI).choices[0].message.content == "echo: hi"
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(hosted_config(simulator.base_url, keys.replace("[backup]", "[backup, gpt-9]")))
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(bad)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "models: [backup" in text)
+    assert f"bad.yaml:{line}: keys[0].models[1]: unknown model alias 'gpt-9'" in result.stderr
