@@ -83,11 +83,15 @@ class Located:
         self.lines: dict[Path, int] = {}
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            _expanded_size(node, {}, set())
-            _index_lines(node, (), self.lines, self.duplicate_keys, self.lone_surrogates)
-        self.data: Any = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # one parse: the node tree gives the lines, then the data
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _expanded_size(node, {}, set())  # before constructing anything (alias bombs)
+                _index_lines(node, (), self.lines, self.duplicate_keys, self.lone_surrogates)
+            self.data: Any = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
 
     def line_of(self, path: Path) -> int | None:
         """The line of the deepest known prefix of `path`."""
