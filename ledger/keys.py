@@ -21,13 +21,17 @@ from ledger.models import ApiKeyRow
 KEY_PREFIX = "sk-dg-"
 DURATION_PATTERN = r"^[1-9][0-9]{0,6}[smhd]$"
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = timedelta(days=36_500)  # beyond it the expiry date would leave what datetimes can hold
 
 
 def parse_duration(text: str) -> timedelta:
     """`30d`, `12h`, `45m`, `90s` (LiteLLM's key `duration`); ValueError otherwise."""
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"not a duration like 30d, 12h, 45m or 90s: {text!r}")
-    return timedelta(seconds=int(text[:-1]) * _UNIT_S[text[-1]])
+    length = timedelta(seconds=int(text[:-1]) * _UNIT_S[text[-1]])
+    if length > MAX_DURATION:
+        raise ValueError(f"a key's duration is at most {MAX_DURATION.days} days: {text!r}")
+    return length
 
 
 @dataclass(frozen=True)

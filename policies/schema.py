@@ -99,7 +99,7 @@ class KeyConfig(LimitsConfig):
     name: str = Field(min_length=1, max_length=128)
     key: str = Field(min_length=8, repr=False)
     team: str | None = None
-    models: list[str] | None = Field(default=None, max_length=1000)  # aliases it may request; None: every one
+    models: list[str] | None = Field(default=None, min_length=1, max_length=1000)  # None: every alias
 
 
 class NumberCondition(BaseModel):

@@ -27,7 +27,7 @@ class KeyCreate(BaseModel):
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
-    models: list[str] | None = Field(default=None, max_length=1000, description="aliases it may request; "
+    models: list[str] | None = Field(default=None, min_length=1, max_length=1000, description="aliases it may request; "
                                      "omitted: every one")
     duration: str | None = Field(default=None, pattern=DURATION_PATTERN,
                                  description="lifetime, e.g. 30d, 12h, 45m, 90s (LiteLLM's); omitted: no expiry")
@@ -67,7 +67,10 @@ async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep)
     unknown = [m for m in body.models or () if not services.serves(m)]
     if unknown:
         raise InvalidRequest(f"models: unknown model alias(es): {', '.join(unknown)}", param="models")
-    expires_at = datetime.now(UTC) + parse_duration(body.duration) if body.duration else None
+    try:
+        expires_at = datetime.now(UTC) + parse_duration(body.duration) if body.duration else None
+    except ValueError as exc:
+        raise InvalidRequest(f"duration: {exc}", param="duration") from None
     raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
                                                 models=body.models, expires_at=expires_at))
     return KeyCreated(key=raw, **KeyOut.of(info).model_dump())

@@ -104,6 +104,7 @@ def test_bad_option_values_are_one_line(tmp_path: Path) -> None:
                           (("keys", "create", "--name", " "), "must not be empty"),
                           (("keys", "create", "--name", "\udcff"), "is not valid UTF-8 text"),
                           (("keys", "create", "--name", "a", "--duration", "3w"), "not a duration like 30d"),
+                          (("keys", "create", "--name", "a", "--duration", "99999d"), "at most 36500 days"),
                           (("keys", "create", "--name", "a", "--models", " , "), "needs at least one model alias"),
                           (("keys", "create", "--name", "a", "--models", "auto,gpt-9"),
                            "unknown model alias(es): gpt-9")):

@@ -53,7 +53,9 @@ def test_a_key_may_request_only_its_models(gateway_factory, simulator) -> None:
 
 def test_an_expired_key_is_refused(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
-    assert httpx.post(gw.url + "/admin/keys", json={"name": "x", "duration": "3w"}, headers=ADMIN).status_code == 400
+    for bad in ({"duration": "3w"}, {"duration": "9999999d"}, {"models": []}):
+        refused = httpx.post(gw.url + "/admin/keys", json={"name": "x", **bad}, headers=ADMIN)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == next(iter(bad)), refused.text
     created = httpx.post(gw.url + "/admin/keys", json={"name": "brief", "duration": "2s"}, headers=ADMIN).json()
     assert created["expires_at"] is not None
     client = as_key(gw, created["key"])
