@@ -20,6 +20,7 @@ from gateway.cli_common import (
     console,
     err,
     ledger_or_exit,
+    plain,
     settings_or_exit,
     text_option,
 )
@@ -48,7 +49,7 @@ def _check_local_engine(config: policies.GatewayConfig) -> None:
     try:
         check_model(engine_config(config))
     except EngineError as exc:
-        err.print(f"[red]error:[/red] local model: {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] local model: {plain(exc)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -67,7 +68,7 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
     warnings = policies.lint(config)
     for problem in warnings:
         typer.echo(f"warning: {problem}", err=True)
-    console.print(f"{file}: OK ({len(config.models)} hosted model(s), "
+    console.print(f"{plain(file)}: OK ({len(config.models)} hosted model(s), "
                   f"{len(config.policies.rules)} rule(s), {len(warnings)} warning(s))")
 
 
@@ -219,7 +220,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
                       soft_wrap=True)
         console.print(f"dashboard: {running.url}/dashboard  (sign in with the master key {running.master})",
                       soft_wrap=True)
-        console.print(f"ledger and config: {folder}")
+        console.print(f"ledger and config: {plain(folder)}")
         if keep_serving if keep_serving is not None else sys.stdin.isatty():
             console.print("serving until Ctrl-C…")
             try:
@@ -247,9 +248,10 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
         raise typer.Exit(code=2) from None
     table = Table("rule", "condition", "expected", "actual", "result")
     for c in report["explanation"]:
-        table.add_row(c["rule"], c["condition"], c["expected"], c["actual"], "pass" if c["passed"] else "fail")
+        table.add_row(*(plain(c[k]) for k in ("rule", "condition", "expected", "actual")),
+                      "pass" if c["passed"] else "fail")
     console.print(table)
-    console.print(f"matched rule: {report['rule'] or '(default)'}")
+    console.print(f"matched rule: {plain(report['rule'] or '(default)')}")
     typer.echo(f"decision: {report['decision']}")
     if report["p_hosted"] is not None:
         console.print(f"classifier p_hosted: {report['p_hosted']:.3f}")
@@ -274,7 +276,7 @@ def router_score(input: Annotated[Path, typer.Option("--input", help="JSONL: {id
     except (ScoreInputError, OSError) as exc:
         typer.echo(f"error: {input}: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    console.print(f"scored {count} prompt(s) -> {output}")
+    console.print(f"scored {count} prompt(s) -> {plain(output)}")
 
 
 @router_app.command("train")
@@ -305,7 +307,7 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
     except (TrainingDataError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    console.print(f"trained on {report.rows} rows ({report.positives} needed hosted) -> {report.weights_path}")
+    console.print(f"trained on {report.rows} rows ({report.positives} needed hosted) -> {plain(report.weights_path)}")
 
 
 def main() -> None:

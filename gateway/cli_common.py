@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 import policies
 from gateway.settings import Settings
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
 
 console = Console()
 err = Console(stderr=True)
+
+def plain(value: object) -> str:
+    """Text from users (key, team and rule names, paths, messages) for rich markup: `[/]` stays literal
+    instead of a MarkupError traceback, `[red]` is not a colour."""
+    return escape(str(value))
+
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="draftgate.yaml (default: embedded)",
                                                  envvar="DRAFTGATE_CONFIG")]
@@ -57,7 +64,7 @@ def ledger_or_exit(settings: Settings, config: policies.GatewayConfig) -> Databa
         db = Database(settings.resolved_database_url(config.database_url))
         db.migrate()
     except (LedgerError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {plain(exc)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     return db
 

@@ -16,6 +16,7 @@ from gateway.cli_common import (
     err,
     ledger_or_exit,
     non_empty_option,
+    plain,
     settings_or_exit,
     text_option,
 )
@@ -93,7 +94,7 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
     expires_at = datetime.now(UTC) + parse_duration(duration) if duration else None
     raw, info = _key_store(config, allowed).create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm),
                                                    models=allowed, expires_at=expires_at)
-    console.print(f"key_id: {info.key_id}\nteam:   {info.team or '-'}")
+    console.print(f"key_id: {info.key_id}\nteam:   {plain(info.team or '-')}")
     if info.models is not None:
         console.print(f"models: {', '.join(info.models)}", markup=False)
     if info.expires_at is not None:
@@ -108,7 +109,8 @@ def keys_list(team: Annotated[str | None, typer.Option(help="only this team", ca
     """List keys (never their secrets)."""
     table = Table("key_id", "name", "team", "prefix", "models", "created", "expires", "revoked")
     for k in _key_store(config).list(team):
-        table.add_row(k.key_id, k.name, k.team or "-", k.prefix + "…", ", ".join(k.models) if k.models else "all",
+        table.add_row(k.key_id, plain(k.name), plain(k.team or "-"), k.prefix + "…",
+                      plain(", ".join(k.models)) if k.models else "all",
                       f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     console.print(table)
@@ -123,6 +125,6 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
     try:
         info = _key_store(config).revoke(key_id)
     except UnknownKeyError:
-        err.print(f"error: no key with id {key_id}")
+        err.print(f"error: no key with id {key_id}", markup=False)
         raise typer.Exit(code=1) from None
-    console.print(f"revoked {info.key_id} ({info.name})")
+    console.print(f"revoked {info.key_id} ({plain(info.name)})")

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from rich.table import Table
+from rich.text import Text
 
 from ledger.reports import Report
 
@@ -34,7 +35,7 @@ def as_table(report: Report) -> Table:
     for key, header, fmt in COLUMNS:
         table.add_column(header, justify="right", footer=_cell(data["total"][key], fmt))
     for row in data["rows"]:
-        table.add_row(row["label"], *(_cell(row[key], fmt) for key, _, fmt in COLUMNS))
+        table.add_row(Text(str(row["label"])), *(_cell(row[key], fmt) for key, _, fmt in COLUMNS))
     return table
 
 

@@ -133,6 +133,34 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "auto, local/diffusiongemma" in row and "all" not in row
 
 
+def test_names_with_rich_markup_are_printed_as_written(tmp_path: Path) -> None:
+    """`[/]` in a key or team name used to end `keys list` in a MarkupError traceback; `[red]` coloured text."""
+    created = draftgate("keys", "create", "--name", "[/]", "--team", "[red]ops", cwd=tmp_path)
+    assert created.returncode == 0 and "team:   [red]ops" in created.stdout, created.stderr
+    listed = draftgate("keys", "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "[red]ops" in line)
+    assert "[/]" in row and "Traceback" not in listed.stderr
+
+
+def test_report_tables_print_group_names_as_written(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from gateway.report_render import as_table
+    from ledger import Database
+    from ledger.reports import Reporter, ReportQuery
+    from tests.ledger.conftest import record
+
+    db = Database(f"sqlite:///{tmp_path}/ledger.db")
+    db.migrate()
+    db.insert_records([record("r1", team="[/]"), record("r2", team="[red]ops")])
+    console = Console(record=True, width=300)
+    console.print(as_table(Reporter(db).report(ReportQuery(group_by="team"))))  # no MarkupError
+    text = console.export_text()
+    assert "[/]" in text and "[red]ops" in text
+    db.dispose()
+
+
 def test_route_explain(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text(RULES)
     request = {"model": "auto", "messages": [{"role": "user", "content": "x"}],
