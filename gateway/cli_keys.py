@@ -103,6 +103,69 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
     err.print("Store the key now: only its hash is kept.")
 
 
+class Clearable(str, Enum):
+    budget = "budget"
+    rpm = "rpm"
+    tpm = "tpm"
+    models = "models"
+    expiry = "expiry"
+
+
+CLEARS = {Clearable.budget: "max_budget_usd", Clearable.rpm: "rpm_limit", Clearable.tpm: "tpm_limit",
+          Clearable.models: "models", Clearable.expiry: "expires_at"}
+
+
+@keys_app.command("update")
+def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change", callback=text_option)],
+                max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
+                                                                     help="dollar budget per period")] = None,
+                budget_period: Annotated[Period | None, typer.Option(help="when the budget resets")] = None,
+                rpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="requests per minute")] = None,
+                tpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="tokens per minute")] = None,
+                models: Annotated[str | None, typer.Option(help="the only aliases it may request, comma-separated")
+                                  ] = None,
+                duration: Annotated[str | None, typer.Option(help="a new lifetime from now: 30d, 12h, 45m, 90s",
+                                                             callback=_duration)] = None,
+                clear: Annotated[list[Clearable] | None, typer.Option(
+                    help="remove a limit: budget, rpm, tpm, models (every alias again) or expiry; repeatable")] = None,
+                config: ConfigOpt = None) -> None:
+    """Change a key's limits, models or expiry in place: its secret stays, and every replica applies the
+    change on the key's next request."""
+    from datetime import UTC, datetime
+
+    from ledger import UnknownKeyError, parse_duration
+
+    allowed = _aliases(models)
+    changes: dict[str, object] = {CLEARS[c]: None for c in clear or ()}
+    given = {"max_budget_usd": max_budget_usd, "rpm_limit": rpm, "tpm_limit": tpm, "models": allowed,
+             "expires_at": duration}
+    both = [c.value for c in clear or () if given[CLEARS[c]] is not None]
+    if both:
+        err.print(f"error: --clear {both[0]} and a new value for it at once")
+        raise typer.Exit(code=2)
+    for name, value in given.items():
+        if value is not None and name != "expires_at":
+            changes[name] = value
+    if budget_period is not None:
+        changes["budget_period"] = budget_period.value
+    if duration is not None:
+        changes["expires_at"] = datetime.now(UTC) + parse_duration(duration)
+    if not changes:
+        err.print("error: nothing to change (give a limit, --models, --duration or --clear)")
+        raise typer.Exit(code=2)
+    try:
+        info = _key_store(config, allowed).update(key_id, changes)
+    except UnknownKeyError:
+        err.print(f"error: no key with id {key_id}", markup=False)
+        raise typer.Exit(code=1) from None
+    limits = info.limits
+    console.print(f"updated {info.key_id} ({plain(info.name)}): budget "
+                  f"{'-' if limits.max_budget_usd is None else f'${limits.max_budget_usd:g}/{limits.budget_period}'}, "
+                  f"rpm {limits.rpm_limit or '-'}, tpm {limits.tpm_limit or '-'}, "
+                  f"models {plain(', '.join(info.models)) if info.models else 'all'}, "
+                  f"expires {f'{info.expires_at:%Y-%m-%d %H:%M:%S} UTC' if info.expires_at else 'never'}")
+
+
 @keys_app.command("list")
 def keys_list(team: Annotated[str | None, typer.Option(help="only this team", callback=text_option)] = None,
               config: ConfigOpt = None) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -19,6 +19,7 @@ from ledger.errors import UnknownKeyError
 from ledger.models import ApiKeyRow
 
 KEY_PREFIX = "sk-dg-"
+UPDATABLE = frozenset({"max_budget_usd", "budget_period", "rpm_limit", "tpm_limit", "models", "expires_at"})
 DURATION_PATTERN = r"^[1-9][0-9]{0,6}[smhd]$"
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = timedelta(days=36_500)  # beyond it the expiry date would leave what datetimes can hold
@@ -109,6 +110,26 @@ class KeyStore:
         if team is not None:
             statement = statement.where(table.c.team == team)
         return [_info(r) for r in self._rows(statement)]
+
+    def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyInfo:
+        """Changes a key's limits, models or expiry in place (UPDATABLE names them; None clears one), so
+        apps keep their secret; every replica sees it on the key's next request. UnknownKeyError if absent."""
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
+        values = dict(changes)
+        if "models" in values and values["models"] is not None:
+            values["models"] = list(values["models"])
+        if values.get("budget_period", "") is None:
+            values["budget_period"] = "month"
+        table = cast(Table, ApiKeyRow.__table__)
+        with self._db.engine.begin() as connection:
+            if values:
+                connection.execute(update(table).where(table.c.key_id == key_id).values(**values))
+        rows = self._rows(select(table).where(table.c.key_id == key_id))
+        if not rows:
+            raise UnknownKeyError(key_id)
+        return _info(rows[0])
 
     def revoke(self, key_id: str) -> KeyInfo:
         """Marks a key revoked (idempotent); UnknownKeyError if it never existed."""

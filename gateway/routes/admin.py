@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
 from gateway.errors import InvalidRequest, NotFound
+from gateway.services import Services
 from ledger import DURATION_PATTERN, KeyInfo, UnknownKeyError, parse_duration
 from ledger.budgets import Limits
 
@@ -31,6 +32,20 @@ class KeyCreate(BaseModel):
                                      "omitted: every one")
     duration: str | None = Field(default=None, pattern=DURATION_PATTERN,
                                  description="lifetime, e.g. 30d, 12h, 45m, 90s (LiteLLM's); omitted: no expiry")
+
+
+class KeyUpdate(BaseModel):
+    """The fields to change (LiteLLM's /key/update); a field sent as null clears it (no budget, every
+    model, no expiry), a field left out is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["hour", "day", "week", "month", "total"] | None = None
+    rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
+    tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    models: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    duration: str | None = Field(default=None, pattern=DURATION_PATTERN, description="a new lifetime, from now")
 
 
 class KeyOut(BaseModel):
@@ -64,16 +79,38 @@ class KeyCreated(KeyOut):
 async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep) -> KeyCreated:
     """Creates a virtual key for a team."""
     limits = Limits(body.max_budget_usd, body.budget_period, body.rpm_limit, body.tpm_limit)
-    unknown = [m for m in body.models or () if not services.serves(m)]
+    _check_models(services, body.models)
+    raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
+                                                models=body.models, expires_at=_expiry(body.duration)))
+    return KeyCreated(key=raw, **KeyOut.of(info).model_dump())
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: KeyUpdate, services: ServicesDep, _master: MasterDep) -> KeyOut:
+    """Changes a key's limits, models or expiry; its secret stays, and every replica applies the change
+    on the key's next request."""
+    changes = {name: getattr(body, name) for name in body.model_fields_set if name != "duration"}
+    _check_models(services, body.models)
+    if "duration" in body.model_fields_set:
+        changes["expires_at"] = _expiry(body.duration)
+    try:
+        info = await asyncio.to_thread(services.keys.update, key_id, changes)
+    except UnknownKeyError:
+        raise NotFound(f"no key with id {key_id}") from None
+    return KeyOut.of(info)
+
+
+def _check_models(services: Services, models: list[str] | None) -> None:
+    unknown = [m for m in models or () if not services.serves(m)]
     if unknown:
         raise InvalidRequest(f"models: unknown model alias(es): {', '.join(unknown)}", param="models")
+
+
+def _expiry(duration: str | None) -> datetime | None:
     try:
-        expires_at = datetime.now(UTC) + parse_duration(body.duration) if body.duration else None
+        return datetime.now(UTC) + parse_duration(duration) if duration else None
     except ValueError as exc:
         raise InvalidRequest(f"duration: {exc}", param="duration") from None
-    raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
-                                                models=body.models, expires_at=expires_at))
-    return KeyCreated(key=raw, **KeyOut.of(info).model_dump())
 
 
 @router.get("/keys")

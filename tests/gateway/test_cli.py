@@ -131,6 +131,16 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     listed = draftgate("keys", "list", cwd=tmp_path)
     row = next(line for line in listed.stdout.splitlines() if "local-only" in line)
     assert "auto, local/diffusiongemma" in row and "all" not in row
+    scoped_id = scoped.stdout.split("key_id:")[1].split()[0]
+    updated = draftgate("keys", "update", scoped_id, "--clear", "models", "--clear", "expiry", "--rpm", "60",
+                        cwd=tmp_path)
+    assert updated.returncode == 0, updated.stderr
+    assert "rpm 60" in updated.stdout and "models all" in updated.stdout and "expires never" in updated.stdout
+    for args, message in ((("--clear", "models", "--models", "auto"), "--clear models and a new value"),
+                          ((), "nothing to change"), (("--models", "gpt-9"), "unknown model alias(es): gpt-9")):
+        refused = draftgate("keys", "update", scoped_id, *args, cwd=tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
+    assert draftgate("keys", "update", "key_nope", "--rpm", "1", cwd=tmp_path).returncode == 1
 
 
 def test_names_with_rich_markup_are_printed_as_written(tmp_path: Path) -> None:

@@ -84,3 +84,31 @@ def test_static_keys_take_models_and_check_config_names_an_unknown_one(gateway_f
     assert result.returncode == 2
     line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "models: [backup" in text)
     assert f"bad.yaml:{line}: keys[0].models[1]: unknown model alias 'gpt-9'" in result.stderr
+
+
+def test_a_key_is_updated_in_place_and_the_change_applies_to_its_next_request(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    created = httpx.post(gw.url + "/admin/keys", json={"name": "app", "models": ["gpt-4o-mini"], "rpm_limit": 100},
+                         headers=ADMIN).json()
+    client = as_key(gw, created["key"])
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="backup", messages=HI)
+    url = gw.url + f"/admin/keys/{created['key_id']}"
+    changed = httpx.patch(url, json={"models": ["gpt-4o-mini", "backup"], "max_budget_usd": 5}, headers=ADMIN)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["models"] == ["gpt-4o-mini", "backup"] and changed.json()["max_budget_usd"] == 5
+    assert changed.json()["rpm_limit"] == 100  # left out: kept
+    assert client.chat.completions.create(model="backup", messages=HI).choices[0].message.content == "echo: hi"
+    cleared = httpx.patch(url, json={"models": None, "max_budget_usd": None, "duration": "1s"}, headers=ADMIN).json()
+    assert cleared["models"] is None and cleared["max_budget_usd"] is None and cleared["expires_at"] is not None
+    assert {m.id for m in client.models.list()} == {"auto", "gpt-4o-mini", "backup"}
+    time.sleep(1.1)
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        client.chat.completions.create(model="backup", messages=HI)
+    assert httpx.patch(url, json={"duration": None}, headers=ADMIN).json()["expires_at"] is None
+    assert client.chat.completions.create(model="backup", messages=HI).choices[0].message.content == "echo: hi"
+    for body, status in (({"models": ["gpt-9"]}, 400), ({"name": "x"}, 400), ({"models": []}, 400)):
+        assert httpx.patch(url, json=body, headers=ADMIN).status_code == status, body
+    assert httpx.patch(gw.url + "/admin/keys/key_nope", json={"rpm_limit": 1}, headers=ADMIN).status_code == 404
+    team_key = {"authorization": f"Bearer {created['key']}"}
+    assert httpx.patch(url, json={"models": None}, headers=team_key).status_code == 403

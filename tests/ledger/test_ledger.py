@@ -81,6 +81,14 @@ def test_keys_keep_their_models_and_expiry_and_an_older_ledger_upgrades(db: Data
     assert again == info and again is not None and again.models == ("auto", "local/diffusiongemma")
     assert again.expires_at == T0 + timedelta(days=1)
     assert again.expired(T0 + timedelta(days=2)) and not again.expired(T0)
+    changed = store.update(info.key_id, {"models": ["auto"], "expires_at": None, "rpm_limit": 5})
+    assert changed.models == ("auto",) and changed.expires_at is None and changed.limits.rpm_limit == 5
+    assert store.verify(raw) == changed
+    assert store.update(info.key_id, {"models": None, "budget_period": None}).models is None
+    with pytest.raises(UnknownKeyError):
+        store.update("key_missing", {"rpm_limit": 1})
+    with pytest.raises(ValueError, match="not updatable: key_hash"):
+        store.update(info.key_id, {"key_hash": "x"})
     # A ledger at 0002 (before scopes) with a key in it: after the upgrade the key works, unscoped.
     old = Database(f"sqlite:///{tmp_path}/old.db")
     config = Config()
