@@ -33,7 +33,7 @@ def _key_store(config: Path | None, models: list[str] | None = None) -> KeyStore
 
     settings = settings_or_exit(config)
     gateway = config_or_exit(settings)
-    served = {"auto", gateway.local.alias, *gateway.model_names()}
+    served = set(gateway.requestable_aliases())
     unknown = [m for m in models or () if m not in served]
     if unknown:
         err.print(f"error: --models: unknown model alias(es): {', '.join(unknown)}", markup=False)

@@ -119,9 +119,8 @@ class Services:
                    hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
 
     def aliases(self) -> list[str]:
-        """Every alias a client may send as `model`: `auto`, the local one, the hosted ones."""
-        local = [self.config.local.alias] if self.config.local.enabled else []
-        return ["auto", *local, *self.hosted.aliases]
+        """Every alias a client may send as `model` (the configuration's `requestable_aliases`)."""
+        return self.config.requestable_aliases()
 
     def serves(self, alias: str) -> bool:
         return alias in self.aliases()

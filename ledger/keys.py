@@ -120,8 +120,6 @@ class KeyStore:
         values = dict(changes)
         if "models" in values and values["models"] is not None:
             values["models"] = list(values["models"])
-        if values.get("budget_period", "") is None:
-            values["budget_period"] = "month"
         table = cast(Table, ApiKeyRow.__table__)
         with self._db.engine.begin() as connection:
             if values:

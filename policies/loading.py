@@ -10,11 +10,11 @@ import yaml
 from pydantic import ValidationError
 
 from policies.errors import ConfigError, ConfigProblem
-from policies.schema import CascadeAction, GatewayConfig, HostedAction
+from policies.schema import AUTO_ALIAS, CascadeAction, GatewayConfig, HostedAction
 from policies.source import ConfigShapeError, Located, render_path, resolve_env
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
-RESERVED_ALIASES = frozenset({"auto"})
+RESERVED_ALIASES = frozenset({AUTO_ALIAS})
 
 
 def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
@@ -96,11 +96,12 @@ def _semantic_problems(config: GatewayConfig, source: Located) -> list[ConfigPro
     if config.reference_model is not None and config.reference_model not in known:
         problems.append(source.problem(("reference_model",), f"unknown model alias {config.reference_model!r}"))
     teams = {t.name for t in config.teams}
+    requestable = set(config.requestable_aliases())
     for i, key in enumerate(config.keys):
         if teams and key.team is not None and key.team not in teams:
             problems.append(source.problem(("keys", i, "team"), f"team {key.team!r} is not declared in teams"))
         for j, alias in enumerate(key.models or ()):
-            if alias not in known | RESERVED_ALIASES | {config.local.alias}:
+            if alias not in requestable:
                 problems.append(source.problem(("keys", i, "models", j), f"unknown model alias {alias!r}"))
     problems += _action_problems(config.policies.default, ("policies", "default"), known, source)
     for i, rule in enumerate(config.policies.rules):

@@ -27,6 +27,9 @@ class PriceConfig(BaseModel):
     output_per_mtok: float = Field(ge=0)
 
 
+AUTO_ALIAS = "auto"  # the alias that lets the policy choose
+
+
 class ModelConfig(BaseModel):
     """One hosted alias."""
 
@@ -302,3 +305,7 @@ class GatewayConfig(BaseModel):
 
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
+
+    def requestable_aliases(self) -> list[str]:
+        """Every alias a client may send as `model`: `auto`, the local one when it is on, the hosted ones."""
+        return [AUTO_ALIAS, *([self.local.alias] if self.local.enabled else []), *self.model_names()]

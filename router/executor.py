@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -15,6 +15,8 @@ from router.errors import LocalOutputInvalidError, LocalUnavailableError, Routin
 from router.hosted import HostedClient, HostedModel, usage_of
 from router.job import Job, Outcome, Plan, Route
 from router.verifiers import Draft, ResponseFormatVerifier
+
+T = TypeVar("T")
 
 
 class Pricing:
@@ -160,14 +162,9 @@ class Executor:
         self._check_choices(job)
         if job.n == 1:
             return [await self.local.generate(self.generation_request(job, plan))]
-        tasks = [asyncio.create_task(self.local.generate(self.generation_request(job, plan, i))) for i in range(job.n)]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:  # one choice failed (e.g. the queue is full): the others are cancelled, the error raised
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        # One choice failing (e.g. the queue is full) cancels the others.
+        return await gathered_or_cancelled([asyncio.create_task(self.local.generate(
+            self.generation_request(job, plan, i))) for i in range(job.n)])
 
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
         """Serves a job at a hosted alias (with its retries and fallbacks)."""
@@ -233,61 +230,69 @@ class Executor:
 
     async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
                             outcome: Outcome) -> AsyncIterator[bytes]:
-        chunk_id, created = f"chatcmpl-{job.request_id}", int(time.time())
-
-        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-            body: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                                    "model": self.local_alias, "system_fingerprint": None,
-                                    "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                                 "finish_reason": finish}]}
-            if job.wants_usage:
-                body["usage"] = None
-            body.update(extra)
-            return orjson.dumps(body)
-
+        chunks = LocalChunks(job, self.local_alias)
         try:
             for index in range(len(streams)):
-                yield chunk(index, {"role": "assistant", "content": ""})
+                yield chunks.choice(index, {"role": "assistant", "content": ""})
             finished: dict[int, Completion] = {}
             async for index, event in merged(streams):
                 if isinstance(event, StreamDelta):
                     if event.text:
-                        yield chunk(index, {"content": event.text})
+                        yield chunks.choice(index, {"content": event.text})
                     continue
                 finished[index] = event  # the ledger has each choice's cost as soon as it is done
                 final = self.local_outcome([finished[i] for i in sorted(finished)])
                 outcome.__dict__.update({k: v for k, v in final.__dict__.items() if k != "body"})
-                yield chunk(index, {}, event.finish_reason, draftgate={"confidence": event.confidence.as_dict()})
+                yield chunks.choice(index, {}, event.finish_reason, draftgate={"confidence": event.confidence.as_dict()})
             if job.wants_usage:
-                first = finished[0]
-                yield orjson.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                                    "model": self.local_alias, "system_fingerprint": None, "choices": [],
-                                    "usage": usage_dict(first.prompt_tokens, outcome.completion_tokens,
-                                                        first.cached_tokens)})
+                yield chunks.usage([finished[i] for i in sorted(finished)])
         finally:
             for stream in streams:  # a client gone before the first event: the rows are still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
 
 
+class LocalChunks:
+    """OpenAI chunk bytes for one local answer, with the id, time and model all its chunks share."""
+
+    def __init__(self, job: Job, model: str) -> None:
+        self._base = {"id": f"chatcmpl-{job.request_id}", "object": "chat.completion.chunk",
+                      "created": int(time.time()), "model": model, "system_fingerprint": None}
+        self._usage_field = {"usage": None} if job.wants_usage else {}  # in every chunk once usage is asked for
+
+    def choice(self, index: int, delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
+        return orjson.dumps({**self._base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                        "finish_reason": finish}], **self._usage_field, **more})
+
+    def usage(self, completions: Sequence[Completion]) -> bytes:
+        """The closing usage chunk of all the choices: the prompt counted once."""
+        first = completions[0]
+        return orjson.dumps({**self._base, "choices": [], "usage": usage_dict(
+            first.prompt_tokens, sum(c.completion_tokens for c in completions), first.cached_tokens)})
+
+
 async def completed_chunks(job: Job, model: str, completions: Sequence[Completion]) -> AsyncIterator[bytes]:
     """Finished local answers as an OpenAI chunk stream: each choice's text in one chunk."""
-    base = {"id": f"chatcmpl-{job.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model, "system_fingerprint": None}
-    extra = {"usage": None} if job.wants_usage else {}
-
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
-        return orjson.dumps({**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                                  "finish_reason": finish}], **extra, **more})
-
+    chunks = LocalChunks(job, model)
     for index, completion in enumerate(completions):
-        yield chunk(index, {"role": "assistant", "content": ""})
+        yield chunks.choice(index, {"role": "assistant", "content": ""})
         if completion.text:
-            yield chunk(index, {"content": completion.text})
-        yield chunk(index, {}, completion.finish_reason, draftgate={"confidence": completion.confidence.as_dict()})
+            yield chunks.choice(index, {"content": completion.text})
+        yield chunks.choice(index, {}, completion.finish_reason,
+                            draftgate={"confidence": completion.confidence.as_dict()})
     if job.wants_usage:
-        first = completions[0]
-        yield orjson.dumps({**base, "choices": [], "usage": usage_dict(
-            first.prompt_tokens, sum(c.completion_tokens for c in completions), first.cached_tokens)})
+        yield chunks.usage(completions)
+
+
+async def gathered_or_cancelled(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
+    """Every task's result; when one fails (or the caller is cancelled) the others are cancelled and
+    awaited, then the error is raised, so no choice's row is left running."""
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def primed(streams: list[AsyncIterator[StreamDelta | Completion]],
@@ -299,14 +304,7 @@ async def primed(streams: list[AsyncIterator[StreamDelta | Completion]],
         except StopAsyncIteration:
             raise GenerationFailedError("the local model ended a stream without a result") from None
 
-    tasks = [asyncio.ensure_future(first(stream)) for stream in streams]
-    try:
-        firsts = await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    firsts = await gathered_or_cancelled([asyncio.ensure_future(first(stream)) for stream in streams])
     return [_Replayed(event, stream) for event, stream in zip(firsts, streams, strict=True)]
 
 
