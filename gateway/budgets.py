@@ -133,7 +133,10 @@ class Budgets:
                 if counter.metric == "requests":
                     claims.append(Claim(counter, 1.0))
                 elif counter.metric == "tokens":
-                    claims.append(Claim(counter, float(prompt_tokens + completion_cap)))
+                    # A worst case above the whole limit could never be admitted, and its client would retry
+                    # a 429 forever: it claims the whole window instead (settled to its real count after),
+                    # as LiteLLM admits a request whenever the window is not yet full.
+                    claims.append(Claim(counter, float(min(prompt_tokens + completion_cap, counter.limit))))
                 else:
                     if max_cost is None:
                         max_cost = self._max_cost(job, plan, prompt_tokens)

@@ -29,6 +29,7 @@ from router.errors import (
     UnknownModelError,
     UpstreamCoolingDownError,
     UpstreamError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
 
@@ -113,6 +114,10 @@ def reply_for(exc: BaseException) -> ErrorReply:
         status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
         return ErrorReply(status, f"upstream {exc.alias}: {exc.message}", "invalid_request_error",
                           "upstream_rejected")
+    if isinstance(exc, UpstreamRateLimitedError):
+        retry = max(1, math.ceil(exc.retry_after_s or 1))
+        return ErrorReply(429, f"upstream {exc.alias} is rate-limiting after {exc.attempts} attempt(s): {exc.message}",
+                          "rate_limit_error", "upstream_rate_limited", headers=(("retry-after", str(retry)),))
     if isinstance(exc, UpstreamCoolingDownError):
         return ErrorReply(503, f"upstream {exc.alias}: {exc.message}", "api_error", "upstream_cooling_down",
                           headers=(("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),))
@@ -177,8 +182,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_error(request: Request, exc: Exception) -> Response:
         reply = reply_for(exc)
-        if reply.status >= 500 and not isinstance(exc, (UpstreamError, EngineError, LocalUnavailableError)):
+        if not isinstance(exc, KNOWN_ERRORS):
             log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        elif reply.status >= 500:  # expected failures (an upstream down, an invalid draft): one line each
+            log.warning("%s on %s: %s", reply.code, request.url.path, reply.message)
         return error_response(reply, request_headers(request))
 
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -88,7 +88,9 @@ class ChatPipeline:
             else:
                 result = await (self._executor.stream(job, plan) if job.stream else self._executor.run(job, plan))
         except BaseException as exc:
-            spent = getattr(exc, "outcome", None)  # a failure after work was done (LocalOutputInvalidError)
+            spent = getattr(exc, "outcome", None)  # a failure after work was done (an invalid or wasted draft)
+            if isinstance(spent, Outcome):
+                headers_out.update(_headers(request_id, plan, spent))  # the error reply says what it cost
             self._budgets.settle(reservation, spent if isinstance(spent, Outcome) else None)
             self._record_failure(job, plan, principal, created_at, started, exc)
             raise
@@ -147,7 +149,7 @@ class ChatPipeline:
     def _record_failure(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime,
                         started: float, exc: BaseException) -> None:
         reply = reply_for(exc)
-        route = plan.route if plan else Route.HOSTED
+        route = plan.route if plan else Route.NONE
         spent = getattr(exc, "outcome", None)  # what was computed before it failed: never a silent $0
         outcome = spent if isinstance(spent, Outcome) else Outcome(route=route, provider_model=None)
         attempts = getattr(exc, "attempts", None)
@@ -162,6 +164,7 @@ class ChatPipeline:
         reference = (outcome.hosted_cost_usd if outcome.route is Route.HOSTED
                      else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens))
         detail = dict(outcome.detail)
+        failed_attempts = detail["attempts"] if isinstance(detail.get("attempts"), int) else 0  # an upstream error's
         if plan is not None:
             detail["route"] = {"rule": plan.rule, "explanation": plan.explanation, "p_hosted": plan.p_hosted}
         if outcome.attempts:
@@ -174,7 +177,7 @@ class ChatPipeline:
             status_code=status_code, hosted_cost_usd=outcome.hosted_cost_usd, local_cost_usd=outcome.local_cost_usd,
             device_seconds=outcome.device_seconds, wasted_draft_usd=outcome.wasted_draft_usd,
             reference_cost_usd=reference, unpriced=outcome.unpriced, stream=job.stream,
-            attempts=max(1, sum(not a.get("skipped") for a in outcome.attempts)),
+            attempts=max(1, sum(not a.get("skipped") for a in outcome.attempts) or failed_attempts),
             rule=plan.rule if plan else None, error=error,
             escalation_reason=outcome.escalation_reason, detail=detail or None)
         self._writer.record(record)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import jsonschema
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_CHOICES = 128  # OpenAI's limit on `n`
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -92,6 +94,31 @@ class ChatRequest(BaseModel):
     def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
             raise ValueError("metadata takes at most 16 keys of at most 64 characters with values of at most 512")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Checked here, as OpenAI does, so that a typo is a 400 before any compute, not a 502 after a draft.
+        if value is None:
+            return None
+        kind = value.get("type")
+        if kind not in RESPONSE_FORMAT_TYPES:
+            raise ValueError(f"response_format.type must be one of {', '.join(RESPONSE_FORMAT_TYPES)}, not {kind!r}")
+        if kind != "json_schema":
+            return value
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ValueError("response_format of type json_schema needs json_schema.name (and usually .schema)")
+        schema = spec.get("schema")
+        if schema is not None:
+            if not isinstance(schema, dict):
+                raise ValueError("response_format.json_schema.schema must be a JSON Schema object")
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"response_format.json_schema.schema is not a valid JSON Schema: "
+                                 f"{exc.message}") from None
         return value
 
     @model_validator(mode="after")

@@ -32,6 +32,8 @@ class Fault:
     error_in_stream_after: int | None = None  # stream this many chunks, then send an error event
     stall_stream_after: int | None = None  # stream this many chunks, then go silent for stall_s (then drop)
     stall_s: float = 30.0
+    no_usage: bool = False  # answer without `usage` (in the body, or the stream's usage chunk)
+    malformed_chunk_after: int | None = None  # stream this many chunks, then one that is not JSON, then the rest
 
 
 @dataclass
@@ -209,7 +211,10 @@ class SimulatorServer:
             return True
         reply = sim.reply_for(body)
         if not body.get("stream"):
-            writer.write(_response(200, orjson.dumps(sim.completion(body, reply))))
+            completion = sim.completion(body, reply)
+            if fault.no_usage:
+                del completion["usage"]
+            writer.write(_response(200, orjson.dumps(completion)))
             await writer.drain()
             return True
         return await self._stream(body, reply, fault, writer)
@@ -217,7 +222,13 @@ class SimulatorServer:
     async def _stream(self, body: dict[str, Any], reply: str, fault: Fault, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                      b"transfer-encoding: chunked\r\n\r\n")
-        for i, chunk in enumerate(self.state.chunks(body, reply)):
+        chunks = self.state.chunks(body, reply)
+        if fault.no_usage:
+            chunks = [c for c in chunks if "usage" not in c]
+        for i, chunk in enumerate(chunks):
+            if fault.malformed_chunk_after is not None and i == fault.malformed_chunk_after + 1:
+                payload = b"data: {this is not json\n\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
             if fault.break_stream_after is not None and i > fault.break_stream_after:
                 await writer.drain()
                 writer.transport.abort()

@@ -74,13 +74,15 @@ class ReportRow:
     def as_dict(self) -> dict[str, Any]:
         t = self.totals
         cost = t.local_usd + t.hosted_usd + t.wasted_usd
-        served = max(1, t.requests)
+        # Shares of the requests that got a route: one refused before routing ("none") was served nowhere.
+        routed = sum(self.requests_on(r) for r in ROUTES)
+        served = max(1, routed)
         return {
             "group": self.group, "label": self.label, "requests": t.requests, "errors": t.errors,
             "local_requests": self.requests_on("local"), "hosted_requests": self.requests_on("hosted"),
             "escalated_requests": self.requests_on("escalated"),
-            "local_share": self.requests_on("local") / served if t.requests else 0.0,
-            "escalation_rate": self.requests_on("escalated") / served if t.requests else 0.0,
+            "local_share": self.requests_on("local") / served if routed else 0.0,
+            "escalation_rate": self.requests_on("escalated") / served if routed else 0.0,
             "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
             "device_hours": t.device_seconds / 3600, "local_usd": t.local_usd, "hosted_usd": t.hosted_usd,
             "wasted_draft_usd": t.wasted_usd, "cost_usd": cost, "all_hosted_usd": t.reference_usd,

@@ -8,6 +8,7 @@ from router.errors import (
     UnknownModelError,
     UpstreamCoolingDownError,
     UpstreamError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
 from router.executor import ChunkStream, Executor, Pricing
@@ -42,6 +43,7 @@ __all__ = [
     "UnknownModelError",
     "UpstreamCoolingDownError",
     "UpstreamError",
+    "UpstreamRateLimitedError",
     "UpstreamRejectedError",
     "facts_for",
 ]

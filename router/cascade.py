@@ -13,8 +13,9 @@ from typing import Any
 
 from local_engine import Completion, ContextLengthError, RequestRejectedError
 from router.errors import UpstreamError
-from router.executor import ChunkStream, Executor, completed_chunks, completion_body
+from router.executor import ChunkStream, Executor, completion_body
 from router.job import Job, Outcome, Plan, Route
+from router.streams import completed_chunks
 from router.verifiers import Draft, ResponseFormatVerifier, Verdict, Verifier, run_verifiers
 
 
@@ -135,6 +136,16 @@ class Cascade:
         outcome.escalation_reason = f"hosted unavailable, served the unverified draft: {error.message}"
         return outcome
 
+    def _failed_escalation(self, exc: UpstreamError, job: Job, spec: CascadeSpec, completion: Completion,
+                           judgement: Judgement) -> UpstreamError:
+        """The upstream error, carrying what the thrown-away draft cost, so the ledger row of the failed
+        request still has the draft's device time, its wasted dollars, the verdicts and the reason."""
+        outcome = Outcome(route=Route.ESCALATED, provider_model=None)
+        self._annotate(outcome, job, spec, completion, judgement, escalated=True)
+        outcome.detail["draft_tokens"] = {"prompt": completion.prompt_tokens, "completion": completion.completion_tokens}
+        exc.outcome = outcome
+        return exc
+
     @staticmethod
     def _no_draft(outcome: Outcome, spec: CascadeSpec, refusal: Exception) -> None:
         """Marks a hosted answer given because the local model refused the request outright."""
@@ -163,7 +174,7 @@ class Cascade:
                                                       spec.escalate_to)
         except UpstreamError as exc:
             if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
-                raise
+                raise self._failed_escalation(exc, job, spec, completion, judgement) from None
             outcome = self._serve_draft(job, completion, judgement, exc)
             outcome.body = completion_body(job, self._executor.local_alias, completion)
             outcome.body["draftgate"]["unverified_draft"] = outcome.detail["unverified_draft"]
@@ -188,7 +199,7 @@ class Cascade:
                     self._escalation_job(job, spec, completion, judgement), spec.escalate_to)
             except UpstreamError as exc:
                 if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
-                    raise
+                    raise self._failed_escalation(exc, job, spec, completion, judgement) from None
                 outcome = self._serve_draft(job, completion, judgement, exc)
                 return ChunkStream(outcome, completed_chunks(job, self._executor.local_alias, [completion]))
             self._annotate(opened.outcome, job, spec, completion, judgement, escalated=True)

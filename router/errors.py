@@ -20,10 +20,19 @@ class UpstreamError(RoutingError):
         self.status_code = status_code
         self.error_type = error_type
         self.attempts = attempts
+        self.outcome: Any = None  # what was spent before the failure (a cascade's draft), for the ledger
 
 
 class UpstreamRejectedError(UpstreamError):
     """The upstream refused the request itself (a 4xx that retrying cannot fix)."""
+
+
+class UpstreamRateLimitedError(UpstreamError):
+    """The last upstream tried was still rate-limiting (429) after its retries: the client should back off."""
+
+    def __init__(self, alias: str, message: str, *, retry_after_s: float | None, attempts: int = 1) -> None:
+        super().__init__(alias, message, status_code=429, error_type="rate_limited", attempts=attempts)
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamCoolingDownError(UpstreamError):

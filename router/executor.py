@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar
-
-import orjson
+from typing import Any
 
 from ledger import PriceBook
-from local_engine import Completion, GenerationFailedError, GenerationRequest, LocalBackend, StreamDelta
+from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
 from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError
-from router.hosted import HostedClient, HostedModel, usage_of
+from router.hosted import HostedClient, HostedModel, parse_chunk, usage_of
 from router.job import Job, Outcome, Plan, Route
+from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled, merged, primed, usage_dict
+from router.transport import StreamBroken
+from router.usage import TokenEstimator, answer_text, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
-
-T = TypeVar("T")
 
 
 class Pricing:
@@ -70,13 +69,6 @@ def choice_seed(seed: int | None, index: int) -> int | None:
     return (seed + index + 2**63) % 2**64 - 2**63
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    """OpenAI's usage object; `cached_tokens` are prompt tokens served from the engine's prefix cache."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-
-
 class ChunkStream:
     """Chunk payloads (JSON bytes, OpenAI chunk format) for a streamed job; `outcome` is final after iteration."""
 
@@ -98,6 +90,7 @@ class Executor:
         self._pricing = pricing
         self.local_alias = local_alias
         self._local_max_tokens = local_max_tokens
+        self._tokens = TokenEstimator()
 
     @property
     def local(self) -> LocalBackend:
@@ -169,11 +162,14 @@ class Executor:
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
         """Serves a job at a hosted alias (with its retries and fallbacks)."""
         result = await self._hosted.complete(alias, job.upstream_body)
-        prompt_tokens, completion_tokens = usage_of(result.body) or (0, 0)
-        cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
         detail: dict[str, Any] = {}
-        if usage_of(result.body) is None:
-            detail["usage_missing"] = True
+        usage = usage_of(result.body)
+        if usage is None:  # the provider still billed it: count the tokens here rather than record $0
+            usage = await asyncio.to_thread(self._tokens.usage, result.model.model, job.messages,
+                                            [answer_text(result.body)])
+            detail["usage_estimated"] = True
+        prompt_tokens, completion_tokens = usage
+        cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
                        completion_tokens=completion_tokens, hosted_cost_usd=cost, unpriced=cost is None,
                        attempts=[a.as_dict() for a in result.attempts], detail=detail, body=result.body)
@@ -208,22 +204,29 @@ class Executor:
         return ChunkStream(outcome, self._hosted_chunks(job, opened, outcome))
 
     async def _hosted_chunks(self, job: Job, opened: Any, outcome: Outcome) -> AsyncIterator[bytes]:
-        chunks = 0
+        reported = False
+        answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
         try:
             async for payload in opened.lines():
-                if b'"usage":{' in payload or b'"usage": {' in payload:
-                    chunk = orjson.loads(payload)
-                    usage = usage_of(chunk)
-                    if usage is not None:
-                        outcome.prompt_tokens, outcome.completion_tokens = usage
+                try:
+                    chunk = parse_chunk(payload)
+                except ValueError as exc:  # relayed as is, it would break the client's SDK mid-stream
+                    raise StreamBroken(f"upstream {opened.model.alias} sent a malformed stream chunk",
+                                       retryable=False, error_type="stream_interrupted") from exc
+                answer.append(delta_text(chunk))
+                usage = usage_of(chunk)
+                if usage is not None:
+                    outcome.prompt_tokens, outcome.completion_tokens = usage
+                    reported = True
                     if not chunk.get("choices") and not job.wants_usage:
                         continue
-                chunks += 1
                 yield payload
         finally:
             await opened.aclose()
-            if not outcome.prompt_tokens and not outcome.completion_tokens and chunks:
-                outcome.detail["usage_missing"] = True
+            if not reported:  # no usage chunk (an upstream without it, a stream cut short, a client gone)
+                outcome.prompt_tokens, outcome.completion_tokens = self._tokens.usage(
+                    opened.model.model, job.messages, answer)
+                outcome.detail["usage_estimated"] = True
             cost = self._pricing.hosted_cost(opened.model, outcome.prompt_tokens, outcome.completion_tokens)
             outcome.hosted_cost_usd = cost
             outcome.unpriced = cost is None
@@ -249,121 +252,3 @@ class Executor:
         finally:
             for stream in streams:  # a client gone before the first event: the rows are still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
-
-
-class LocalChunks:
-    """OpenAI chunk bytes for one local answer, with the id, time and model all its chunks share."""
-
-    def __init__(self, job: Job, model: str) -> None:
-        self._base = {"id": f"chatcmpl-{job.request_id}", "object": "chat.completion.chunk",
-                      "created": int(time.time()), "model": model, "system_fingerprint": None}
-        self._usage_field = {"usage": None} if job.wants_usage else {}  # in every chunk once usage is asked for
-
-    def choice(self, index: int, delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
-        return orjson.dumps({**self._base, "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                                        "finish_reason": finish}], **self._usage_field, **more})
-
-    def usage(self, completions: Sequence[Completion]) -> bytes:
-        """The closing usage chunk of all the choices: the prompt counted once."""
-        first = completions[0]
-        return orjson.dumps({**self._base, "choices": [], "usage": usage_dict(
-            first.prompt_tokens, sum(c.completion_tokens for c in completions), first.cached_tokens)})
-
-
-async def completed_chunks(job: Job, model: str, completions: Sequence[Completion]) -> AsyncIterator[bytes]:
-    """Finished local answers as an OpenAI chunk stream: each choice's text in one chunk."""
-    chunks = LocalChunks(job, model)
-    for index, completion in enumerate(completions):
-        yield chunks.choice(index, {"role": "assistant", "content": ""})
-        if completion.text:
-            yield chunks.choice(index, {"content": completion.text})
-        yield chunks.choice(index, {}, completion.finish_reason,
-                            draftgate={"confidence": completion.confidence.as_dict()})
-    if job.wants_usage:
-        yield chunks.usage(completions)
-
-
-async def gathered_or_cancelled(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
-    """Every task's result; when one fails (or the caller is cancelled) the others are cancelled and
-    awaited, then the error is raised, so no choice's row is left running."""
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-async def primed(streams: list[AsyncIterator[StreamDelta | Completion]],
-                 ) -> list[AsyncIterator[StreamDelta | Completion]]:
-    """The streams again, each after its first event has arrived (so a failure to start is raised here)."""
-    async def first(stream: AsyncIterator[StreamDelta | Completion]) -> StreamDelta | Completion:
-        try:
-            return await anext(stream)
-        except StopAsyncIteration:
-            raise GenerationFailedError("the local model ended a stream without a result") from None
-
-    firsts = await gathered_or_cancelled([asyncio.ensure_future(first(stream)) for stream in streams])
-    return [_Replayed(event, stream) for event, stream in zip(firsts, streams, strict=True)]
-
-
-class _Replayed:
-    """A stream whose first event was already taken: gives it back first; closing closes the stream even
-    when it was never iterated (an async generator's `finally` would not run then)."""
-
-    def __init__(self, first: StreamDelta | Completion, stream: AsyncIterator[StreamDelta | Completion]) -> None:
-        self._first: StreamDelta | Completion | None = first
-        self._stream = stream
-
-    def __aiter__(self) -> _Replayed:
-        return self
-
-    async def __anext__(self) -> StreamDelta | Completion:
-        if self._first is not None:
-            event, self._first = self._first, None
-            return event
-        return await anext(self._stream)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()  # type: ignore[attr-defined]
-
-
-async def merged(streams: list[AsyncIterator[StreamDelta | Completion]],
-                 ) -> AsyncIterator[tuple[int, StreamDelta | Completion]]:
-    """The events of several engine streams as they come, each with its stream's index; closing this
-    closes them all (which cancels their rows). One stream, the common case, is read directly."""
-    if len(streams) == 1:
-        try:
-            async for event in streams[0]:
-                yield 0, event
-        finally:
-            await streams[0].aclose()  # type: ignore[attr-defined]
-        return
-    queue: asyncio.Queue[tuple[int, StreamDelta | Completion | Exception | None]] = asyncio.Queue()
-
-    async def pump(index: int, stream: AsyncIterator[StreamDelta | Completion]) -> None:
-        try:
-            async for event in stream:
-                queue.put_nowait((index, event))
-            queue.put_nowait((index, None))
-        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
-            queue.put_nowait((index, exc))
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-
-    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            index, item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -22,7 +22,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from router.errors import UnknownModelError, UpstreamCoolingDownError, UpstreamError, UpstreamRejectedError
+from router.errors import (
+    UnknownModelError,
+    UpstreamCoolingDownError,
+    UpstreamError,
+    UpstreamRateLimitedError,
+    UpstreamRejectedError,
+)
 from router.transport import AttemptFailed, LiteLLMTransport, OpenAITransport, Transport, UpstreamStream
 
 MAX_RETRY_AFTER_S = 30.0
@@ -240,9 +246,11 @@ class HostedClient:
     def _final_error(alias: str, last: AttemptFailed | None, attempts: list[Attempt]) -> UpstreamError:
         if last is None:
             return UpstreamError(alias, "no upstream was tried", attempts=len(attempts))
+        tried = sum(not a.skipped for a in attempts)
+        if last.status_code == 429:  # as LiteLLM does: the client's SDK backs off and retries a 429
+            return UpstreamRateLimitedError(alias, last.message, retry_after_s=last.retry_after_s, attempts=tried)
         cls = UpstreamError if last.retryable else UpstreamRejectedError
-        return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type,
-                   attempts=sum(not a.skipped for a in attempts))
+        return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type, attempts=tried)
 
 
 def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:

@@ -16,6 +16,7 @@ class Route(str, enum.Enum):
     LOCAL = "local"
     HOSTED = "hosted"
     ESCALATED = "escalated"
+    NONE = "none"  # refused before a route was chosen (unknown model, a scope, a bad parameter)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -104,6 +105,30 @@ def test_requests_per_minute_limit_per_key(gateway_factory, shared_database_url:
         assert error["code"] == "rate_limit_exceeded" and "key:config:racer" in error["message"]
         assert 1 <= int(limited[0].headers["retry-after"]) <= 60
         assert limited[0].headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_a_tokens_per_minute_limit_admits_a_request_without_max_tokens_then_fills(
+        gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
+    # No max_tokens: 4,096 completion tokens would be reserved, above the 500-token limit. Such a request must
+    # still be served when the minute is empty (else its client retries a 429 forever): it claims the whole
+    # window. A small request fits next to what the first really used (~300 tokens); then the minute is full.
+    with simulator_server(Simulator(reply_fn=lambda _body: "word " * 300)) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, shared_database_url, key_limits="tpm_limit: 500"),
+                             data_dir=tmp_path / "a")
+        while time.time() % 60 > 50:  # not across a minute boundary
+            time.sleep(1)
+
+        def call(**extra: int) -> httpx.Response:
+            reply = httpx.post(f"{gw.url}/v1/chat/completions", headers={"authorization": "Bearer sk-racer-key-123456"},
+                               json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}], **extra},
+                               timeout=30)
+            asyncio.run_coroutine_threadsafe(gw.services.budgets.drain(), gw.services.loop).result(10)  # settled
+            return reply
+
+        replies = [call(), call(max_tokens=50), call()]
+        assert [r.status_code for r in replies] == [200, 200, 429]
+        error = replies[2].json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and 1 <= int(replies[2].headers["retry-after"]) <= 60
 
 
 def test_a_dollar_budget_refuses_an_unpriced_model(gateway_factory, shared_database_url: str, tmp_path: Path) -> None:

@@ -94,8 +94,18 @@ def test_streaming_escalation_sends_no_draft_bytes(gw, simulator) -> None:  # ty
 def test_cascade_with_the_hosted_side_down_errors_cleanly(gw, simulator) -> None:  # type: ignore[no-untyped-def]
     from gateway.simulator import Fault
 
-    simulator.state.faults.extend([Fault(status=503)] * 8)
-    with pytest.raises(openai.APIStatusError) as info:
-        client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": EXTRACT}],
-                                           metadata={"task": "invoice"}, seed=1)
-    assert info.value.status_code == 502
+    for stream in (False, True):
+        simulator.state.faults.extend([Fault(status=503)] * 3)  # gpt-4o-mini: 1 try + 2 retries
+        simulator.state.faults.extend([Fault(status=503)])  # its fallback
+        with pytest.raises(openai.APIStatusError) as info:
+            client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": EXTRACT}],
+                                               metadata={"task": "invoice"}, seed=1, stream=stream)
+        assert info.value.status_code == 502
+        # The thrown-away draft was still computed: the failed request's row (and its reply) carry its cost.
+        headers = info.value.response.headers
+        assert headers["x-draftgate-route"] == "escalated"
+        row = flushed_db(gw).get_record(headers["x-draftgate-request-id"])
+        assert row is not None and (row.route, row.status, row.status_code) == ("escalated", "error", 502)
+        assert row.device_seconds > 0 and row.wasted_draft_usd > 0 and "total" in (row.escalation_reason or "")
+        assert float(headers["x-draftgate-cost-usd"]) == pytest.approx(row.wasted_draft_usd, abs=1e-8)
+        assert row.detail["verdicts"] and row.detail["draft_tokens"]["prompt"] > 0

@@ -37,6 +37,19 @@ def test_429_retry_after_is_honoured(gateway_factory, simulator) -> None:
     assert raw.parse().choices[0].message.content == "echo: hi"
 
 
+def test_an_upstream_still_rate_limiting_after_retries_is_a_429_with_retry_after(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    # gpt-4o-mini: 1 try + 2 retries, then its fallback: every one rate-limited
+    simulator.state.faults.extend([Fault(status=429, retry_after_s=0.2, message="slow down")] * 3
+                                  + [Fault(status=429, retry_after_s=2.5, message="slow down too")])
+    with pytest.raises(openai.RateLimitError) as info:
+        ask(gw)
+    assert info.value.body["code"] == "upstream_rate_limited"  # type: ignore[index]
+    assert "slow down too" in info.value.message and info.value.response.headers["retry-after"] == "3"
+    row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+    assert row is not None and (row.status, row.status_code, row.attempts) == ("error", 429, 4)
+
+
 def test_400_is_not_retried_and_returns_upstream_message(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(status=400, message="context too long for this model"))

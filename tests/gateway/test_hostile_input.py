@@ -83,7 +83,7 @@ def test_bodies_that_are_not_a_json_object_are_400(gateway_factory, simulator, r
     (', "stop": ["\\ud800"]', None),                                    # lone surrogates: valid JSON, not text
     (', "user": "\\udfff"', None),
     (', "tools": [{"type": "function", "function": {"name": "\\ud83d"}}]', None),
-    (', "response_format": {"type": "json_schema", "json_schema": {"big": 18446744073709551616}}', None),
+    (', "response_format": {"type": "json_schema", "json_schema": {"name": "n", "big": 18446744073709551616}}', None),
 ], ids=["surrogate-stop", "surrogate-user", "surrogate-tools", "int-over-64-bit"])
 def test_values_that_cannot_be_relayed_are_400(gateway_factory, simulator, extra: str, param: str | None) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))

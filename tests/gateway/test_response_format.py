@@ -5,6 +5,7 @@ non-JSON, and a cascade escalates such a draft even when its rule lists no JSON 
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import openai
@@ -20,7 +21,8 @@ JSON_OBJECT = {"type": "json_object"}
 
 
 def test_a_local_answer_that_is_not_json_is_a_502_with_its_cost_recorded(gateway_factory, simulator,
-                                                                          random_checkpoint) -> None:
+                                                                          random_checkpoint, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="draftgate")
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
     with pytest.raises(openai.InternalServerError) as info:
         client(gw).chat.completions.create(model="local/diffusiongemma", messages=EXTRACT, max_tokens=12,
@@ -32,6 +34,12 @@ def test_a_local_answer_that_is_not_json_is_a_502_with_its_cost_recorded(gateway
     assert row is not None and (row.status, row.status_code, row.route) == ("error", 502, "local")
     assert row.device_seconds > 0 and row.local_cost_usd == pytest.approx(row.device_seconds)  # never a silent $0
     assert row.detail["response_format"]["reason"]
+    # The reply says what the failed answer cost, as the ledger does; an expected failure is a log line, not a
+    # traceback filed as "unhandled".
+    assert float(info.value.response.headers["x-draftgate-cost-usd"]) == pytest.approx(row.local_cost_usd, abs=1e-8)
+    assert info.value.response.headers["x-draftgate-route"] == "local"
+    assert not [r for r in caplog.records if "unhandled" in r.getMessage() or r.exc_info]
+    assert any("local_output_invalid" in r.getMessage() for r in caplog.records)
     streamed = httpx.post(gw.url + "/v1/chat/completions", timeout=30, headers={"authorization": f"Bearer {MASTER_KEY}"},
                           json={"model": "local/diffusiongemma", "messages": EXTRACT, "max_tokens": 12,
                                 "stream": True, "response_format": JSON_OBJECT})
@@ -70,3 +78,21 @@ def test_a_cascade_checks_the_requested_format_without_a_json_verifier(gateway_f
     assert raw.headers["x-draftgate-route"] == "escalated"
     assert raw.headers["x-draftgate-escalation"].startswith("response_format:")
     assert raw.parse().choices[0].message.content == '{"city": "Oslo"}'
+
+
+@pytest.mark.parametrize("fmt", [
+    {"type": "bogus"},
+    {"type": "json_schema"},
+    {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},
+    {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense-type"}}},
+    {"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}},
+], ids=["unknown-type", "no-json-schema", "no-name", "invalid-schema", "schema-not-object"])
+def test_a_malformed_response_format_is_a_400_before_any_compute(gateway_factory, simulator, random_checkpoint,
+                                                                 fmt) -> None:
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gw).chat.completions.create(model="local/diffusiongemma", messages=EXTRACT, max_tokens=4,
+                                           response_format=fmt)  # type: ignore[arg-type]
+    assert info.value.body["param"] == "response_format"  # type: ignore[index]
+    assert "response_format" in info.value.message
+    assert gw.app.state.services.local.stats.decoder_passes == 0  # refused before the model ran

@@ -8,7 +8,7 @@ from pathlib import Path
 from local_engine import Completion, EngineConfig, GenerationRequest, StreamDelta
 from local_engine.engine import DiffusionEngine
 from local_engine.loading import load_model
-from router.executor import merged
+from router.streams import merged
 
 MSG = [{"role": "user", "content": "Sort: 3, 1, 2"}]
 

@@ -1,0 +1,140 @@
+"""Chunk streams for local answers: OpenAI chunk bytes, and merging and priming the engine's streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import orjson
+
+from local_engine import Completion, GenerationFailedError, StreamDelta
+from router.job import Job
+
+T = TypeVar("T")
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; `cached_tokens` are prompt tokens served from the engine's prefix cache."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+class LocalChunks:
+    """OpenAI chunk bytes for one local answer, with the id, time and model all its chunks share."""
+
+    def __init__(self, job: Job, model: str) -> None:
+        self._base = {"id": f"chatcmpl-{job.request_id}", "object": "chat.completion.chunk",
+                      "created": int(time.time()), "model": model, "system_fingerprint": None}
+        self._usage_field = {"usage": None} if job.wants_usage else {}  # in every chunk once usage is asked for
+
+    def choice(self, index: int, delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
+        return orjson.dumps({**self._base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                        "finish_reason": finish}], **self._usage_field, **more})
+
+    def usage(self, completions: Sequence[Completion]) -> bytes:
+        """The closing usage chunk of all the choices: the prompt counted once."""
+        first = completions[0]
+        return orjson.dumps({**self._base, "choices": [], "usage": usage_dict(
+            first.prompt_tokens, sum(c.completion_tokens for c in completions), first.cached_tokens)})
+
+
+async def completed_chunks(job: Job, model: str, completions: Sequence[Completion]) -> AsyncIterator[bytes]:
+    """Finished local answers as an OpenAI chunk stream: each choice's text in one chunk."""
+    chunks = LocalChunks(job, model)
+    for index, completion in enumerate(completions):
+        yield chunks.choice(index, {"role": "assistant", "content": ""})
+        if completion.text:
+            yield chunks.choice(index, {"content": completion.text})
+        yield chunks.choice(index, {}, completion.finish_reason,
+                            draftgate={"confidence": completion.confidence.as_dict()})
+    if job.wants_usage:
+        yield chunks.usage(completions)
+
+
+async def gathered_or_cancelled(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
+    """Every task's result; when one fails (or the caller is cancelled) the others are cancelled and
+    awaited, then the error is raised, so no choice's row is left running."""
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def primed(streams: list[AsyncIterator[StreamDelta | Completion]],
+                 ) -> list[AsyncIterator[StreamDelta | Completion]]:
+    """The streams again, each after its first event has arrived (so a failure to start is raised here)."""
+    async def first(stream: AsyncIterator[StreamDelta | Completion]) -> StreamDelta | Completion:
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            raise GenerationFailedError("the local model ended a stream without a result") from None
+
+    firsts = await gathered_or_cancelled([asyncio.ensure_future(first(stream)) for stream in streams])
+    return [_Replayed(event, stream) for event, stream in zip(firsts, streams, strict=True)]
+
+
+class _Replayed:
+    """A stream whose first event was already taken: gives it back first; closing closes the stream even
+    when it was never iterated (an async generator's `finally` would not run then)."""
+
+    def __init__(self, first: StreamDelta | Completion, stream: AsyncIterator[StreamDelta | Completion]) -> None:
+        self._first: StreamDelta | Completion | None = first
+        self._stream = stream
+
+    def __aiter__(self) -> _Replayed:
+        return self
+
+    async def __anext__(self) -> StreamDelta | Completion:
+        if self._first is not None:
+            event, self._first = self._first, None
+            return event
+        return await anext(self._stream)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()  # type: ignore[attr-defined]
+
+
+async def merged(streams: list[AsyncIterator[StreamDelta | Completion]],
+                 ) -> AsyncIterator[tuple[int, StreamDelta | Completion]]:
+    """The events of several engine streams as they come, each with its stream's index; closing this
+    closes them all (which cancels their rows). One stream, the common case, is read directly."""
+    if len(streams) == 1:
+        try:
+            async for event in streams[0]:
+                yield 0, event
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
+    queue: asyncio.Queue[tuple[int, StreamDelta | Completion | Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[StreamDelta | Completion]) -> None:
+        try:
+            async for event in stream:
+                queue.put_nowait((index, event))
+            queue.put_nowait((index, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            queue.put_nowait((index, exc))
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,99 @@
+"""Token counts for hosted answers that came back without `usage`.
+
+An upstream that omits `usage`, a stream cut short, a client gone mid-stream: the tokens were still
+spent and billed by the provider. LiteLLM's proxy counts them itself in that case; so does this, with
+tiktoken and the encoding files LiteLLM bundles (nothing is downloaded), so that such a request is
+priced and counts against budgets instead of being recorded as a silent $0. Rows priced from an
+estimate say so (`usage_estimated` in the ledger detail).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# OpenAI's chat format: each message costs its content plus ~3 tokens of framing; the reply is primed with 3.
+_PER_MESSAGE = 3
+_REPLY_PRIMING = 3
+_FALLBACK_ENCODING = "cl100k_base"
+
+
+def _bundled_encodings() -> Path | None:
+    """LiteLLM's directory of tiktoken files, found without importing LiteLLM (which takes seconds)."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
+    return folder if folder.is_dir() else None
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of one chat message or response message: string content, text parts, tool-call arguments."""
+    content = message.get("content")
+    parts: list[str] = []
+    if isinstance(content, str):
+        parts.append(content)
+    elif isinstance(content, list):
+        parts.extend(str(p.get("text") or "") for p in content if isinstance(p, Mapping))
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            parts.append(f"{function.get('name') or ''}{function.get('arguments') or ''}")
+    return "".join(parts)
+
+
+def answer_text(body: Mapping[str, Any]) -> str:
+    """Every choice's message text of a chat.completion body."""
+    return "".join(message_text(c.get("message") or {}) for c in body.get("choices") or () if isinstance(c, Mapping))
+
+
+def delta_text(chunk: Mapping[str, Any]) -> str:
+    """The text a chat.completion.chunk adds, over all its choices."""
+    return "".join(message_text(c.get("delta") or {}) for c in chunk.get("choices") or () if isinstance(c, Mapping))
+
+
+class TokenEstimator:
+    """Counts tokens the way the provider would, as closely as an offline tokenizer can."""
+
+    def __init__(self) -> None:
+        self._encodings: dict[str, Any] = {}
+
+    def _encoding(self, model: str) -> Any | None:
+        try:
+            import tiktoken
+        except ImportError:  # pragma: no cover - tiktoken comes with LiteLLM
+            return None
+        try:
+            name = tiktoken.encoding_name_for_model(model.rsplit("/", 1)[-1])
+        except KeyError:
+            name = _FALLBACK_ENCODING
+        if name not in self._encodings:
+            folder = _bundled_encodings()
+            if folder is not None:  # what LiteLLM itself sets when it is imported
+                os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(folder))
+            try:
+                self._encodings[name] = tiktoken.get_encoding(name)
+            except Exception:  # noqa: BLE001 - no file offline: fall back to the character rule below
+                self._encodings[name] = None
+        return self._encodings[name]
+
+    def count(self, model: str, text: str) -> int:
+        """Tokens of a text; ~4 characters a token when no tokenizer file is available."""
+        if not text:
+            return 0
+        encoding = self._encoding(model)
+        if encoding is None:
+            return math.ceil(len(text) / 4)
+        return len(encoding.encode(text, disallowed_special=()))
+
+    def prompt_tokens(self, model: str, messages: Sequence[Mapping[str, Any]]) -> int:
+        return _REPLY_PRIMING + sum(_PER_MESSAGE + self.count(model, str(m.get("role") or ""))
+                                    + self.count(model, message_text(m)) for m in messages)
+
+    def usage(self, model: str, messages: Sequence[Mapping[str, Any]], answer: Iterable[str]) -> tuple[int, int]:
+        """(prompt_tokens, completion_tokens) estimated for a request and the answer text it got."""
+        return self.prompt_tokens(model, messages), self.count(model, "".join(answer))

@@ -1,0 +1,114 @@
+"""Every request that spent tokens or device time is priced in the ledger, even when the upstream does not
+say what it used (no `usage`, a stream cut short, a client gone) or the stream it sent is malformed; and a
+request refused before any route was chosen is recorded as routed nowhere, not as hosted."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from gateway.simulator import Fault
+from tests.conftest import MASTER_KEY, hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+from tests.gateway.test_local_route import local_config
+
+LONG = [{"role": "user", "content": "Tell me about the weather in Oslo in three sentences, please."}]
+
+
+def _row(gw, headers):  # type: ignore[no-untyped-def]
+    row = flushed_db(gw).get_record(headers["x-draftgate-request-id"])
+    assert row is not None
+    return row
+
+
+def test_an_answer_without_usage_is_priced_from_counted_tokens(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(no_usage=True))
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG)
+    answer = raw.parse().choices[0].message.content or ""
+    row = _row(gw, raw.headers)
+    # What the provider would have reported, within a tokenizer's slack: the simulator counts words.
+    assert row.prompt_tokens >= 10 and row.completion_tokens >= len(answer.split())
+    assert row.hosted_cost_usd and row.hosted_cost_usd > 0 and not row.unpriced
+    assert row.detail["usage_estimated"] is True
+    assert float(raw.headers["x-draftgate-cost-usd"]) == pytest.approx(row.hosted_cost_usd, abs=1e-8)
+    reported = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG)
+    assert "usage_estimated" not in (_row(gw, reported.headers).detail or {})  # reported usage is used as is
+
+
+def test_streams_without_usage_cut_short_or_abandoned_are_priced(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(no_usage=True))
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    row = _row(gw, raw.headers)
+    assert row.status == "ok" and row.completion_tokens >= len(text.split()) > 0 and row.prompt_tokens >= 10
+    assert row.hosted_cost_usd and row.hosted_cost_usd > 0 and row.detail["usage_estimated"] is True
+
+    simulator.state.faults.append(Fault(break_stream_after=3))  # the upstream drops the connection midway
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG, stream=True)
+    with pytest.raises(openai.APIError):
+        list(raw.parse())
+    row = _row(gw, raw.headers)
+    assert (row.status, row.status_code) == ("error", 502)
+    assert row.completion_tokens > 0 and row.prompt_tokens >= 10 and row.hosted_cost_usd and row.hosted_cost_usd > 0
+
+    simulator.state.faults.append(Fault(stall_stream_after=2, stall_s=5))  # the client leaves mid-stream
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {MASTER_KEY}"},
+                      json={"model": "gpt-4o-mini", "messages": LONG, "stream": True}, timeout=10) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for line in response.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break
+    for _ in range(100):
+        row = flushed_db(gw).get_record(request_id)
+        if row is not None:
+            break
+        __import__("time").sleep(0.05)
+    assert row is not None and row.status == "cancelled"
+    assert row.completion_tokens > 0 and row.hosted_cost_usd and row.hosted_cost_usd > 0
+
+
+def test_a_dollar_budget_holds_when_the_upstream_reports_no_usage(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    created = httpx.post(gw.url + "/admin/keys", headers={"authorization": f"Bearer {MASTER_KEY}"},
+                         json={"name": "tight", "max_budget_usd": 0.0055, "budget_period": "total"}).json()
+    simulator.state.replies.extend(["word " * 200] * 6)
+    simulator.state.faults.extend([Fault(no_usage=True)] * 6)
+    statuses = []
+    for _ in range(6):
+        try:
+            client(gw, created["key"]).chat.completions.create(model="backup", messages=LONG, max_tokens=300)
+            statuses.append(200)
+        except openai.RateLimitError as exc:
+            statuses.append(exc.status_code)
+    # Each answer (~200 tokens at gpt-4o's $10/M) spends ~$0.002 and 300 tokens (~$0.003) are reserved up
+    # front: two fit in $0.0055, the third is refused. Recorded as $0, the budget would never fill.
+    assert statuses[:2] == [200, 200] and statuses[2:] == [429] * 4
+
+
+def test_a_malformed_stream_chunk_ends_the_stream_with_an_error(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(malformed_chunk_after=1))
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG, stream=True)
+    with pytest.raises(openai.APIError, match="malformed"):
+        list(raw.parse())
+    row = _row(gw, raw.headers)
+    assert (row.status, row.status_code) == ("error", 502) and "malformed" in (row.error or "")
+
+
+def test_requests_refused_before_routing_are_routed_nowhere(gateway_factory, simulator, random_checkpoint) -> None:
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    with pytest.raises(openai.NotFoundError) as info:
+        client(gw).chat.completions.create(model="no-such-model", messages=LONG)
+    headers = info.value.response.headers
+    assert headers["x-draftgate-route"] == "none" and _row(gw, headers).route == "none"
+    client(gw).chat.completions.create(model="local/diffusiongemma", messages=LONG, max_tokens=4)
+    flushed_db(gw)
+    report = httpx.get(gw.url + "/v1/reports/costs", params={"group_by": "model"},
+                       headers={"authorization": f"Bearer {MASTER_KEY}"}).json()
+    total = report["total"]
+    assert (total["requests"], total["local_requests"], total["hosted_requests"], total["errors"]) == (2, 1, 0, 1)
+    assert total["local_share"] == 1.0  # of the requests that were served somewhere
+    assert 'route="none"' in httpx.get(gw.url + "/metrics").text
