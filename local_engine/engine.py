@@ -6,6 +6,9 @@ encode the committed canvases of the rows that go on (each row crosses its own c
 waiting requests into the running batch (one encoder pass for their prompts, then they share every
 decoder pass); one batched decoder pass with a vectorised denoising step. An idle engine admits a
 request the moment it arrives.
+
+Submitting never stalls the event loop: a prompt longer than a few thousand characters is rendered and
+tokenized in a small thread pool of the engine's own (`_prepare`, `local_engine/prompts.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +25,6 @@ import torch
 
 from local_engine.batch import Batch, BatchStats
 from local_engine.errors import (
-    ContextLengthError,
     EngineUnavailableError,
     GenerationFailedError,
     QueueFullError,
@@ -30,10 +33,17 @@ from local_engine.interface import Completion, EngineConfig, GenerationRequest, 
 from local_engine.loading import LoadedModel, canvas_lengths, check_first_canvas, load_model
 from local_engine.metering import Meter, default_rate
 from local_engine.prefix import PrefixCache
+from local_engine.prompts import PromptBuilder, flatten, message_text
 from local_engine.rows import Row, RowState, Sampling
 
 Emit = Callable[[StreamDelta | Completion | BaseException], None]
 ADMISSIONS_KEPT = 1024  # recent admissions kept for tests and benchmarks; bounded, the engine runs for months
+# Prompts up to this many characters (of at most INLINE_PROMPT_MESSAGES messages) are prepared on the event loop:
+# a millisecond or two, less than the hop to a thread costs a typical request. Longer ones go to PROMPT_WORKERS
+# threads of the engine's own, not the loop's default executor, which auth and the ledger share.
+INLINE_PROMPT_CHARS = 2048
+INLINE_PROMPT_MESSAGES = 32
+PROMPT_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -42,13 +52,6 @@ class Admission:
 
     tick: int  # the scheduler tick it was admitted on
     joined_with: int  # rows already running when it joined
-
-
-def message_text(message: Mapping[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return str(content or "")
 
 
 def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Sampling:
@@ -75,6 +78,20 @@ def context_length_of(loaded: LoadedModel, max_model_len: int | None) -> int | N
     limit = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
     known = [int(n) for n in (limit, max_model_len) if n]
     return min(known) if known else None
+
+
+def _retrieved(task: asyncio.Task[Row]) -> None:
+    """Marks a submission's failure as seen: a stream never iterated does not log it at collection."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _abandon(task: asyncio.Task[Row]) -> None:
+    """Cancels a submission its caller gave up on: before its row is queued, or the row itself."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled() and task.exception() is None:
+        task.result().cancelled = True
 
 
 class _Slot:
@@ -105,12 +122,18 @@ class DiffusionEngine:
         self._thread: threading.Thread | None = None
         self.ticks = 0  # scheduler ticks, for tests and benchmarks
         self.admissions: dict[str, Admission] = {}  # request id -> its admission, the newest ADMISSIONS_KEPT
+        self.prompts = PromptBuilder(loaded.tokenizer, self.prefixes)
+        self.inline_prompt_chars = INLINE_PROMPT_CHARS
+        self._preparing = 0  # submissions whose prompt is being prepared off the loop: they hold queue places
+        self._prompt_pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def load(cls, config: EngineConfig) -> DiffusionEngine:
         return cls(load_model(config), config)
 
     async def start(self) -> None:
+        if self._prompt_pool is None:
+            self._prompt_pool = ThreadPoolExecutor(PROMPT_WORKERS, thread_name_prefix="draftgate-prompt")
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="draftgate-engine", daemon=True)
         self._thread.start()
@@ -128,6 +151,9 @@ class DiffusionEngine:
             slot.emit(error)
         while not self._waiting.empty():
             self._waiting.get_nowait().emit(error)
+        if self._prompt_pool is not None:  # a prompt still being prepared finds the engine stopped and fails
+            self._prompt_pool.shutdown(wait=False)
+            self._prompt_pool = None
 
     def is_ready(self) -> bool:
         return self._running and self._thread is not None and self._thread.is_alive()
@@ -139,42 +165,52 @@ class DiffusionEngine:
         return self._render(messages, generation_prompt=True)
 
     def _render(self, messages: Sequence[Mapping[str, Any]], generation_prompt: bool) -> list[int]:
-        flat = [{"role": m.get("role", "user"), "content": message_text(m)} for m in messages]
-        text = self._loaded.tokenizer.apply_chat_template(flat, add_generation_prompt=generation_prompt,
-                                                          tokenize=False)
-        ids: list[int] = self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
+        return self.prompts.tokenize(self.prompts.text(flatten(messages), generation_prompt))
 
     def _prefix_cuts(self, messages: Sequence[Mapping[str, Any]], ids: list[int]) -> tuple[int, ...]:
-        """Token counts of the prompt's cacheable prefixes, shortest first: its leading system messages
-        (shared by every conversation of an app) and every turn before the last message (a retry, a
-        fixed few-shot preamble). Only cuts that are token prefixes of `ids` count.
+        return self.prompts.cuts(flatten(messages), ids)
 
-        Templates that fold a system prompt into the first user turn (or refuse a conversation that
-        does not end on a user turn) give no usable cut: the request is then encoded whole.
-        """
-        if len(messages) < 2 or not self.prefixes.enabled:
-            return ()
-        systems = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")),
-                       len(messages))
-        cuts = set()
-        for count in {systems, len(messages) - 1} - {0, len(messages)}:
-            try:
-                prefix = self._render(messages[:count], generation_prompt=False)
-            except Exception:  # noqa: BLE001, S112 - a template may reject a partial conversation; not an error
-                continue
-            if self.prefixes.usable(len(prefix), len(ids)) and ids[:len(prefix)] == prefix:
-                cuts.add(len(prefix))
-        return tuple(sorted(cuts))
+    def _prepare(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], tuple[int, ...]]:
+        """Token ids and prefix cuts, or ContextLengthError: on the loop for a short prompt, else in a thread."""
+        return self.prompts.prepare(messages, self.context_length)
 
     # -- the event-loop side ------------------------------------------------------------------------------
 
-    def _submit(self, request: GenerationRequest, emit: Emit) -> Row:
+    def _inline(self, messages: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether a prompt is short enough to prepare on the event loop (cheaper than a thread hop)."""
+        if len(messages) > INLINE_PROMPT_MESSAGES:
+            return False
+        return sum(len(message_text(m)) for m in messages) <= self.inline_prompt_chars
+
+    def _reserve(self) -> None:
+        """Refuses a submission the engine cannot take; else holds it a queue place. Prompts still being
+        prepared count as queued, so `max_queue` bounds them too."""
         if not self._running:
             raise EngineUnavailableError("the local engine is not running")
-        queued = self._waiting.qsize()
+        queued = self._waiting.qsize() + self._preparing
         if queued >= self._config.max_queue:
             raise QueueFullError(retry_after_s=self._retry_after(queued), queued=queued)
+
+    def _submit(self, request: GenerationRequest, emit: Emit) -> Row:
+        """Submits a short prompt at once, on the event loop."""
+        self._reserve()
+        return self._enqueue(request, emit, *self._prepare(request.messages))
+
+    async def _submit_off_loop(self, request: GenerationRequest, emit: Emit) -> Row:
+        """Submits a long prompt once a pool thread has prepared it. Its queue place is held from
+        `stream()` on; a caller cancelled meanwhile cancels this, and no row is queued."""
+        try:
+            if not self._running or self._prompt_pool is None:
+                raise EngineUnavailableError("the local engine is shutting down")
+            loop = asyncio.get_running_loop()
+            ids, cuts = await loop.run_in_executor(self._prompt_pool, self._prepare, request.messages)
+        finally:
+            self._preparing -= 1
+        if not self._running:  # stopped while it was prepared: stop() already failed every queued row
+            raise EngineUnavailableError("the local engine is shutting down")
+        return self._enqueue(request, emit, ids, cuts)
+
+    def _enqueue(self, request: GenerationRequest, emit: Emit, ids: list[int], cuts: tuple[int, ...]) -> Row:
         generator = None
         scale = 1.0 if request.temperature is None else request.temperature
         # Temperature 0 is greedy, but the canvas starts from, and is renoised with, random tokens: seeded
@@ -183,14 +219,10 @@ class DiffusionEngine:
         if seed is not None:  # on the model's device, so no draw copies a distribution to the host
             generator = torch.Generator(device=self._loaded.device).manual_seed(seed)
         cap = min(request.max_tokens or self._config.max_tokens, self._config.max_tokens)
-        ids = self._prompt_ids(request.messages)
         if self.context_length is not None:  # an answer ends where the context does (finish_reason "length")
-            room = self.context_length - len(ids)
-            if room < 1:
-                raise ContextLengthError(len(ids), self.context_length)
-            cap = min(cap, room)
+            cap = min(cap, self.context_length - len(ids))
         row = Row(request=request, prompt_ids=ids, max_tokens=cap, generator=generator, temperature_scale=scale,
-                  prefix_cuts=self._prefix_cuts(request.messages, ids))
+                  prefix_cuts=cuts)
         self._waiting.put(_Slot(row, emit))
         self._arrived.set()
         return row
@@ -202,7 +234,8 @@ class DiffusionEngine:
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
         """Deltas per finished canvas, then the Completion; closing the iterator cancels the row.
 
-        Submits at once, so a full queue raises QueueFullError here, before any byte is streamed.
+        Submits at once, so a stopped engine or a full queue raises here, before any byte is streamed; a
+        long prompt is prepared off the loop meanwhile, and its ContextLengthError comes with the first event.
         """
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StreamDelta | Completion | BaseException] = asyncio.Queue()
@@ -213,12 +246,20 @@ class DiffusionEngine:
             except RuntimeError:  # the loop is gone (shutdown): nobody is listening any more
                 pass
 
-        row = self._submit(request, emit)
-        return self._events(row, events)
+        if self._inline(request.messages):
+            return self._events(self._submit(request, emit), events)
+        self._reserve()
+        self._preparing += 1
+        submitted = loop.create_task(self._submit_off_loop(request, emit))
+        submitted.add_done_callback(_retrieved)
+        return self._events(submitted, events)
 
-    async def _events(self, row: Row, events: asyncio.Queue[StreamDelta | Completion | BaseException],
+    async def _events(self, submitted: Row | asyncio.Task[Row],
+                      events: asyncio.Queue[StreamDelta | Completion | BaseException],
                       ) -> AsyncIterator[StreamDelta | Completion]:
+        row: Row | None = None
         try:
+            row = submitted if isinstance(submitted, Row) else await submitted
             while True:
                 event = await events.get()
                 if isinstance(event, BaseException):
@@ -227,7 +268,10 @@ class DiffusionEngine:
                 if isinstance(event, Completion):
                     return
         finally:
-            row.cancelled = True  # harmless once finished; frees the slot at the next tick otherwise
+            if row is not None:
+                row.cancelled = True  # harmless once finished; frees the slot at the next tick otherwise
+            elif isinstance(submitted, asyncio.Task):
+                _abandon(submitted)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         """The whole completion; cancelling the awaiting task cancels the row."""
@@ -340,7 +384,10 @@ class DiffusionEngine:
     def _emit_text(self, slot: _Slot, text: str) -> None:
         row = slot.row
         if len(text) > row.emitted_chars:
-            slot.emit(StreamDelta(text[row.emitted_chars:]))
+            seconds = row.device_seconds[0]
+            slot.emit(StreamDelta(text[row.emitted_chars:], prompt_tokens=len(row.prompt_ids),
+                                  completion_tokens=len(row.tokens), device_seconds=seconds,
+                                  cost_usd=self.meter.cost_usd(seconds)))
             row.emitted_chars = len(text)
 
     def _completion(self, row: Row, text: str) -> Completion:

@@ -70,9 +70,14 @@ class Completion:
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """New text from one finished canvas."""
+    """New text from one finished canvas, and what the request has used so far: the ledger's figures
+    for a stream its client leaves before the Completion."""
 
     text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    device_seconds: float = 0.0
+    cost_usd: float = 0.0
 
 
 class LocalBackend(Protocol):

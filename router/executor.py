@@ -234,12 +234,14 @@ class Executor:
     async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
                             outcome: Outcome) -> AsyncIterator[bytes]:
         chunks = LocalChunks(job, self.local_alias)
+        finished: dict[int, Completion] = {}
+        progress: dict[int, StreamDelta] = {}  # each unfinished choice's latest figures
         try:
             for index in range(len(streams)):
                 yield chunks.choice(index, {"role": "assistant", "content": ""})
-            finished: dict[int, Completion] = {}
             async for index, event in merged(streams):
                 if isinstance(event, StreamDelta):
+                    progress[index] = event
                     if event.text:
                         yield chunks.choice(index, {"content": event.text})
                     continue
@@ -252,3 +254,16 @@ class Executor:
         finally:
             for stream in streams:  # a client gone before the first event: the rows are still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
+            _add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
+
+
+def _add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:
+    """Adds what choices left unfinished (a client gone mid-stream) used up to their last canvas: their
+    device time is spent and billed like a finished answer's, never a silent $0."""
+    if not deltas:
+        return
+    outcome.prompt_tokens = outcome.prompt_tokens or max(d.prompt_tokens for d in deltas)  # once, as for n
+    outcome.completion_tokens += sum(d.completion_tokens for d in deltas)
+    outcome.device_seconds += sum(d.device_seconds for d in deltas)
+    outcome.local_cost_usd = (outcome.local_cost_usd or 0.0) + sum(d.cost_usd for d in deltas)
+    outcome.detail["unfinished_choices"] = len(deltas)

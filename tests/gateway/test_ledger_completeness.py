@@ -112,3 +112,24 @@ def test_requests_refused_before_routing_are_routed_nowhere(gateway_factory, sim
     assert (total["requests"], total["local_requests"], total["hosted_requests"], total["errors"]) == (2, 1, 0, 1)
     assert total["local_share"] == 1.0  # of the requests that were served somewhere
     assert 'route="none"' in httpx.get(gw.url + "/metrics").text
+
+
+def test_a_local_stream_left_midway_is_charged_what_it_computed(gateway_factory, simulator, random_checkpoint) -> None:
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    body = {"model": "local/diffusiongemma", "messages": LONG, "stream": True, "max_tokens": 200, "seed": 3}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {MASTER_KEY}"},
+                      json=body, timeout=30) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for line in response.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # one canvas received (8 tokens of the 200 asked for): the client leaves
+    row = None
+    for _ in range(100):
+        row = flushed_db(gw).get_record(request_id)
+        if row is not None:
+            break
+        __import__("time").sleep(0.05)
+    assert row is not None and (row.status, row.route) == ("cancelled", "local")
+    assert row.prompt_tokens > 0 and 0 < row.completion_tokens < 200
+    assert row.device_seconds > 0 and row.local_cost_usd and row.local_cost_usd > 0
+    assert row.detail["unfinished_choices"] == 1
