@@ -18,6 +18,7 @@ from policies.schema import (
     VerifierSpec,
     When,
 )
+from policies.verifier_options import schema_problem
 
 __all__ = [
     "CascadeAction",
@@ -44,4 +45,5 @@ __all__ = [
     "lint",
     "load",
     "load_text",
+    "schema_problem",
 ]

@@ -7,6 +7,7 @@ import math
 from policies.errors import ConfigProblem
 from policies.matching import as_list
 from policies.schema import GatewayConfig, MetadataMatch, NumberCondition, When
+from policies.source import Origin
 
 Interval = tuple[float, bool, float, bool]  # low, low inclusive, high, high inclusive
 
@@ -83,15 +84,17 @@ def implies(later: When, earlier: When) -> bool:
     return _metadata_implied(later, earlier)
 
 
-def lint(config: GatewayConfig, filename: str = "config") -> list[ConfigProblem]:
-    """Warnings that do not stop loading: unreachable (shadowed) rules."""
+def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProblem]:
+    """Warnings that do not stop loading: unreachable (shadowed) rules, located like errors (FILE:LINE: path)
+    when the config was loaded from a file; `filename` only renames the file."""
+    origin = config.origin if filename is None else Origin(filename, config.origin.lines)
     problems = []
     rules = config.policies.rules
     for j, later in enumerate(rules):
         for earlier in rules[:j]:
             if implies(later.when, earlier.when):
-                problems.append(ConfigProblem(filename, None, f"policies.rules[{j}]",
-                                              f"rule {later.name!r} is unreachable: rule {earlier.name!r} "
-                                              f"before it matches every request it would match"))
+                problems.append(origin.problem(("policies", "rules", j),
+                                               f"rule {later.name!r} is unreachable: rule {earlier.name!r} "
+                                               f"before it matches every request it would match"))
                 break
     return problems

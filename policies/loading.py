@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from policies.crossref import cross_reference_problems
 from policies.errors import ConfigError, ConfigProblem
-from policies.schema import AUTO_ALIAS, CascadeAction, GatewayConfig, HostedAction
+from policies.schema import GatewayConfig
 from policies.source import ConfigShapeError, Located, render_path, resolve_env
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
-RESERVED_ALIASES = frozenset({AUTO_ALIAS})
+SECRET_NAME = re.compile(r"(key|secret|password|token)$|^database_url$", re.IGNORECASE)
+URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
 
 
 def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
@@ -58,9 +61,10 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
         raise ConfigError(problems) from None
     except RecursionError:  # e.g. a JSON Schema nested thousands of levels deep
         raise ConfigError([*problems, ConfigProblem(filename, None, "", "values nested too deeply")]) from None
-    problems.extend(_semantic_problems(config, source))
+    problems.extend(cross_reference_problems(config, source))
     if problems:
         raise ConfigError(problems)
+    config.set_origin(source.origin)
     return config
 
 
@@ -73,54 +77,17 @@ def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigPr
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required key is missing"
-        elif isinstance(error.get("input"), (str, int, float, bool)) and error["type"] != "value_error":
+        elif (isinstance(error.get("input"), (str, int, float, bool)) and error["type"] != "value_error"
+              and not _may_be_secret(loc, error["input"], source)):
             message = f"{message} (got {error['input']!r})"
         out.append(source.problem(loc, message.removeprefix("Value error, ")))
     return out
 
 
-def _semantic_problems(config: GatewayConfig, source: Located) -> list[ConfigProblem]:
-    problems: list[ConfigProblem] = []
-    names = config.model_names()
-    known = set(names)
-    seen: set[str] = set()
-    for i, model in enumerate(config.models):
-        if model.name in seen:
-            problems.append(source.problem(("models", i, "name"), f"duplicate alias {model.name!r}"))
-        seen.add(model.name)
-        if model.name in RESERVED_ALIASES or model.name == config.local.alias:
-            problems.append(source.problem(("models", i, "name"), f"alias {model.name!r} is reserved"))
-        for j, fallback in enumerate(model.fallbacks):
-            if fallback not in known or fallback == model.name:
-                problems.append(source.problem(("models", i, "fallbacks", j), f"unknown fallback alias {fallback!r}"))
-    if config.reference_model is not None and config.reference_model not in known:
-        problems.append(source.problem(("reference_model",), f"unknown model alias {config.reference_model!r}"))
-    teams = {t.name for t in config.teams}
-    requestable = set(config.requestable_aliases())
-    for i, key in enumerate(config.keys):
-        if teams and key.team is not None and key.team not in teams:
-            problems.append(source.problem(("keys", i, "team"), f"team {key.team!r} is not declared in teams"))
-        for j, alias in enumerate(key.models or ()):
-            if alias not in requestable:
-                problems.append(source.problem(("keys", i, "models", j), f"unknown model alias {alias!r}"))
-    problems += _action_problems(config.policies.default, ("policies", "default"), known, source)
-    for i, rule in enumerate(config.policies.rules):
-        problems += _action_problems(rule.action, ("policies", "rules", i, "action"), known, source)
-    return problems
-
-
-def _action_problems(action: Any, path: tuple[str | int, ...], known: set[str],
-                     source: Located) -> list[ConfigProblem]:
-    out = []
-    if isinstance(action, HostedAction) and action.alias not in known:
-        out.append(source.problem(path + ("hosted",), f"unknown model alias {action.alias!r}"))
-    if isinstance(action, CascadeAction):
-        base = path + ("cascade",)
-        if action.escalate_to not in known:
-            out.append(source.problem(base + ("escalate_to",), f"unknown model alias {action.escalate_to!r}"))
-        for j, spec in enumerate(action.verifiers):
-            judge_model = spec.options.get("model") if spec.kind == "judge" else None
-            if spec.kind == "judge" and judge_model not in known:
-                out.append(source.problem(base + ("verifiers", j, "judge", "model"),
-                                          f"unknown model alias {judge_model!r}"))
-    return out
+def _may_be_secret(loc: tuple[Any, ...], value: object, source: Located) -> bool:
+    """Whether echoing `value` could print a secret: a field named like one (anywhere on its path: a union
+    member's name may come last), a URL with a password, or anything that came from the environment."""
+    if any(isinstance(part, str) and SECRET_NAME.search(part) for part in loc):
+        return True
+    text = str(value)
+    return text in source.env_values or bool(URL_WITH_PASSWORD.match(text))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from policies.source import Origin
 from policies.verifier_options import (
     JsonOptions,
     JsonSchemaOptions,
@@ -241,8 +242,15 @@ class CascadeAction(BaseModel):
 Action = Annotated[LocalAction | HostedAction | RequestedAction | CascadeAction, Field(discriminator="kind")]
 
 
+ACTION_FORMS = ("an action is one of: requested, local, {local: {max_local_tokens: N}}, {hosted: ALIAS}, "
+                "{cascade: {escalate_to: ALIAS, ...}}")
+
+
 def _normalize_action(value: Any) -> Any:
-    """`local` / `{hosted: alias}` / `{cascade: {...}}` / `{local: {...}}` → a tagged dict."""
+    """`local` / `{hosted: alias}` / `{cascade: {...}}` / `{local: {...}}` → a tagged dict. Any other shape
+    is refused here with the forms allowed: pydantic's own message would be about its discriminator."""
+    if isinstance(value, BaseModel) or (isinstance(value, dict) and "kind" in value):
+        return value  # already tagged (built in code, or a dumped config read back)
     if isinstance(value, str) and value in ("local", "requested"):
         return {"kind": value}
     if isinstance(value, dict) and len(value) == 1:
@@ -253,7 +261,9 @@ def _normalize_action(value: Any) -> Any:
             return {"kind": kind, **options}
         if kind == "local" and options is None:
             return {"kind": "local"}
-    return value
+    if isinstance(value, dict) and len(value) > 1 and set(value) <= {"local", "hosted", "cascade", "requested"}:
+        raise ValueError(f"{ACTION_FORMS}; give only one of {', '.join(map(str, value))}")
+    raise ValueError(ACTION_FORMS)
 
 
 class Rule(BaseModel):
@@ -266,6 +276,12 @@ class Rule(BaseModel):
     @classmethod
     def _action(cls, value: Any) -> Any:
         return _normalize_action(value)
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _empty_when(cls, value: Any) -> Any:
+        """`when:` with nothing after it is an empty `when`: it matches every request, as `when: {}` does."""
+        return {} if value is None else value
 
 
 class PoliciesConfig(BaseModel):
@@ -291,6 +307,16 @@ class GatewayConfig(BaseModel):
     teams: list[TeamConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    _origin: Origin = PrivateAttr(default_factory=lambda: Origin("config", {}))  # built in code: no lines
+
+    @property
+    def origin(self) -> Origin:
+        """The file and lines it was loaded from, for warnings found later."""
+        return self._origin
+
+    def set_origin(self, origin: Origin) -> None:
+        """Called once by the loader; the origin is not a setting (it takes no part in equality)."""
+        self._origin = origin
 
     @field_validator("database_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -75,12 +76,40 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     return size
 
 
+def line_of(lines: Mapping[Path, int], path: Path) -> int | None:
+    """The line of the deepest known prefix of `path`."""
+    for end in range(len(path), -1, -1):
+        line = lines.get(tuple(path[:end]))
+        if line is not None:
+            return line
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class Origin:
+    """Where a loaded config was read from, kept on it so warnings found after loading (lint) can name the
+    line. Not part of the config's value: two configs with the same settings are equal wherever they came from."""
+
+    filename: str
+    lines: Mapping[Path, int]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Origin)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def problem(self, path: Path, message: str) -> ConfigProblem:
+        return ConfigProblem(self.filename, line_of(self.lines, path), render_path(path), message)
+
+
 class Located:
     """Parsed YAML data plus a path → line map."""
 
     def __init__(self, text: str, filename: str) -> None:
         self.filename = filename
         self.lines: dict[Path, int] = {}
+        self.env_values: set[str] = set()  # what `os.environ/...` strings became: never echoed in a message
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
         loader = yaml.SafeLoader(text)  # one parse: the node tree gives the lines, then the data
@@ -95,11 +124,11 @@ class Located:
 
     def line_of(self, path: Path) -> int | None:
         """The line of the deepest known prefix of `path`."""
-        for end in range(len(path), -1, -1):
-            line = self.lines.get(tuple(path[:end]))
-            if line is not None:
-                return line
-        return None
+        return line_of(self.lines, path)
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.filename, self.lines)
 
     def problem(self, path: Path, message: str, *, shown: Path | None = None) -> ConfigProblem:
         return ConfigProblem(self.filename, self.line_of(path), render_path(shown if shown is not None else path),
@@ -108,15 +137,20 @@ class Located:
 
 def resolve_env(data: Any, env: Mapping[str, str], source: Located, problems: list[ConfigProblem],
                 path: Path = ()) -> Any:
-    """Replaces `os.environ/NAME` strings with the variable's value; unset variables are problems."""
+    """Replaces `os.environ/NAME` strings with the variable's value (noted in `source.env_values`: they are
+    usually secrets); unset variables are problems."""
     if isinstance(data, dict):
         return {k: resolve_env(v, env, source, problems, path + (str(k),)) for k, v in data.items()}
     if isinstance(data, list):
         return [resolve_env(v, env, source, problems, path + (i,)) for i, v in enumerate(data)]
     if isinstance(data, str) and data.startswith(ENV_PREFIX):
         name = data[len(ENV_PREFIX):]
+        if not name:
+            problems.append(source.problem(path, f"the environment variable's name is missing after {ENV_PREFIX}"))
+            return ""
         if name not in env:
             problems.append(source.problem(path, f"environment variable {name} is not set"))
             return ""
+        source.env_values.add(env[name])
         return env[name]
     return data

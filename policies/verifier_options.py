@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import jsonschema
 import regex
+from jsonschema_specifications import REGISTRY as META_SCHEMAS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from referencing import Resource
+from referencing.exceptions import NoSuchAnchor, NoSuchResource, PointerToNowhere, Unresolvable, Unretrievable
+from referencing.jsonschema import DRAFT202012
 
 Options = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -21,6 +26,87 @@ def check_regex(value: str) -> str:
     except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
         raise ValueError(f"invalid regular expression: {str(exc) or 'nested too deeply'}") from None
     return value
+
+
+REF_KEYWORDS = ("$ref", "$dynamicRef")
+
+
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` cannot be used to validate (one line), or None. Beyond `check_schema`, every reference is
+    resolved now: jsonschema resolves them only while validating, so a dangling one would fail each request."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return _one_line(f"not a valid JSON Schema: {exc.message}")
+    except (re.error, OverflowError, RecursionError) as exc:  # a "pattern" that cannot compile, deep nesting
+        return _one_line(f"not a valid JSON Schema: {str(exc) or 'nested too deeply'}")
+    try:
+        return _ref_problem(schema)
+    except RecursionError:
+        return "not a valid JSON Schema: nested too deeply"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _container_ids(value: Any) -> set[int]:
+    """The ids of every mapping and list inside `value` (iterative: schemas may nest deeply)."""
+    out: set[int] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (dict, list)) and id(item) not in out:
+            out.add(id(item))
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return out
+
+
+def _ref_problem(schema: dict[str, Any]) -> str | None:
+    """Walks the subschemas as the 2020-12 validator does (with the same resolver: this document plus the
+    bundled meta-schemas, nothing fetched) and looks up each reference; a target inside the document is
+    walked too, so a reference under e.g. `definitions` (not a keyword) is checked once something uses it."""
+    root: Resource[Any] = DRAFT202012.create_resource(schema)
+    own = _container_ids(schema)
+    stack = [(root, META_SCHEMAS.resolver_with_root(root), root.id() or "")]
+    seen: set[int] = set()
+    while stack:
+        resource, resolver, base = stack.pop()
+        if id(resource.contents) in seen:
+            continue
+        seen.add(id(resource.contents))
+        if isinstance(resource.contents, dict):
+            for keyword in REF_KEYWORDS:
+                ref = resource.contents.get(keyword)
+                if not isinstance(ref, str):
+                    continue
+                try:
+                    resolved = resolver.lookup(ref)
+                except (Unresolvable, NoSuchResource, Unretrievable, ValueError) as exc:
+                    return _unresolvable(keyword, ref, base, exc)
+                if id(resolved.contents) in own:
+                    target = DRAFT202012.create_resource(resolved.contents)
+                    stack.append((target, resolved.resolver, urldefrag(urljoin(base, ref)).url))
+        for sub in resource.subresources():
+            sub_id = sub.id()
+            stack.append((sub, resolver.in_subresource(sub), urljoin(base, sub_id) if sub_id else base))
+    return None
+
+
+def _unresolvable(keyword: str, ref: str, base: str, exc: Exception) -> str:
+    if isinstance(exc, PointerToNowhere):
+        return _one_line(f"unresolvable {keyword} {ref!r}: the schema has nothing at that JSON pointer")
+    if isinstance(exc, NoSuchAnchor):
+        return _one_line(f"unresolvable {keyword} {ref!r}: the schema has no such anchor")
+    try:
+        remote = urlsplit(urljoin(base, ref)).scheme in ("http", "https")
+    except ValueError:
+        remote = False
+    if remote:
+        return _one_line(f"remote {keyword} {ref!r} is not supported (nothing is fetched): put the definition "
+                         f"under $defs and refer to it as #/$defs/NAME")
+    return _one_line(f"unresolvable {keyword} {ref!r}: only references within the schema are resolved "
+                     f"(#/$defs/NAME, #anchor, or an $id inside it)")
 
 
 class JsonOptions(BaseModel):
@@ -36,13 +122,11 @@ class JsonSchemaOptions(BaseModel):
     def _usable(self) -> JsonSchemaOptions:
         if self.schema_ is None and not self.from_request:
             raise ValueError("json_schema needs `schema` or `from_request: true`")
-        if self.schema_ is not None:
-            try:
-                jsonschema.Draft202012Validator.check_schema(self.schema_)
-            except jsonschema.SchemaError as exc:
-                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
-            except (re.error, OverflowError, RecursionError) as exc:  # a "pattern" that cannot compile, deep nesting
-                raise ValueError(f"not a valid JSON Schema: {str(exc) or 'nested too deeply'}") from None
+        if self.schema_ is not None and self.from_request:  # which one would be checked is anyone's guess
+            raise ValueError("json_schema takes `schema` or `from_request: true`, not both")
+        problem = None if self.schema_ is None else schema_problem(self.schema_)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

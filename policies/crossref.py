@@ -1,0 +1,94 @@
+"""Checks across a validated config: names that must be unique, aliases and teams that must exist."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from policies.errors import ConfigProblem
+from policies.schema import AUTO_ALIAS, CascadeAction, GatewayConfig, HostedAction
+from policies.source import Located, Path
+
+RESERVED_ALIASES = frozenset({AUTO_ALIAS})
+
+
+def cross_reference_problems(config: GatewayConfig, source: Located) -> list[ConfigProblem]:
+    """Every problem no single field shows: duplicates, unknown aliases, undeclared teams."""
+    problems: list[ConfigProblem] = []
+    known = set(config.model_names())
+    repeated = dict(_repeats(config.model_names()))
+    for i, model in enumerate(config.models):
+        if i in repeated:
+            problems.append(source.problem(("models", i, "name"), f"duplicate alias {model.name!r}"))
+        if model.name in RESERVED_ALIASES or model.name == config.local.alias:
+            problems.append(source.problem(("models", i, "name"), f"alias {model.name!r} is reserved"))
+        for j, fallback in enumerate(model.fallbacks):
+            if fallback == model.name:
+                problems.append(source.problem(("models", i, "fallbacks", j),
+                                               f"model {model.name!r} cannot fall back to itself"))
+            elif fallback not in known:
+                problems.append(source.problem(("models", i, "fallbacks", j), f"unknown fallback alias {fallback!r}"))
+    if config.reference_model is not None and config.reference_model not in known:
+        problems.append(source.problem(("reference_model",), f"unknown model alias {config.reference_model!r}"))
+    problems += _duplicates(config, source)
+    teams = {t.name for t in config.teams}
+    requestable = set(config.requestable_aliases())
+    for i, key in enumerate(config.keys):
+        if key.team is not None and key.team not in teams:  # with no `teams:` section too: none is declared
+            problems.append(source.problem(("keys", i, "team"), f"team {key.team!r} is not declared in teams"))
+        for j, alias in enumerate(key.models or ()):
+            if alias not in requestable:
+                problems.append(source.problem(("keys", i, "models", j), f"unknown model alias {alias!r}"))
+    problems += _action_problems(config.policies.default, ("policies", "default"), known, source)
+    for i, rule in enumerate(config.policies.rules):
+        problems += _action_problems(rule.action, ("policies", "rules", i, "action"), known, source)
+    return problems
+
+
+def _repeats(values: Iterable[str]) -> list[tuple[int, int]]:
+    """(index, index of its first occurrence) of each value seen before."""
+    first: dict[str, int] = {}
+    out = []
+    for i, value in enumerate(values):
+        if value in first:
+            out.append((i, first[value]))
+        else:
+            first[value] = i
+    return out
+
+
+def _duplicates(config: GatewayConfig, source: Located) -> list[ConfigProblem]:
+    """Names that identify something (in headers, the ledger, reports) and secrets that identify a key."""
+    out = []
+    named: tuple[tuple[str, str, list[str]], ...] = (
+        ("teams", "team", [t.name for t in config.teams]),
+        ("keys", "key name", [k.name for k in config.keys]),
+    )
+    for section, what, names in named:
+        for i, first in _repeats(names):
+            out.append(source.problem((section, i, "name"), f"duplicate {what} {names[i]!r} "
+                                                            f"(first on line {source.line_of((section, first))})"))
+    for i, first in _repeats(k.key for k in config.keys):  # never echoed: it is the secret
+        out.append(source.problem(("keys", i, "key"), f"the same secret as keys[{first}] (line "
+                                                      f"{source.line_of(('keys', first))}): each key needs its own"))
+    rules = [r.name for r in config.policies.rules]
+    for i, first in _repeats(rules):
+        out.append(source.problem(("policies", "rules", i, "name"), f"duplicate rule name {rules[i]!r} (first on "
+                                                                    f"line {source.line_of(('policies', 'rules', first))})"))
+    return out
+
+
+def _action_problems(action: Any, path: Path, known: set[str], source: Located) -> list[ConfigProblem]:
+    out = []
+    if isinstance(action, HostedAction) and action.alias not in known:
+        out.append(source.problem(path + ("hosted",), f"unknown model alias {action.alias!r}"))
+    if isinstance(action, CascadeAction):
+        base = path + ("cascade",)
+        if action.escalate_to not in known:
+            out.append(source.problem(base + ("escalate_to",), f"unknown model alias {action.escalate_to!r}"))
+        for j, spec in enumerate(action.verifiers):
+            judge_model = spec.options.get("model") if spec.kind == "judge" else None
+            if spec.kind == "judge" and judge_model not in known:
+                out.append(source.problem(base + ("verifiers", j, "judge", "model"),
+                                          f"unknown model alias {judge_model!r}"))
+    return out

@@ -1,0 +1,197 @@
+"""check-config: JSON Schema references, secrets never echoed, duplicates, and messages that say what is wrong."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import policies
+from policies import ConfigError
+
+CASCADE = ("models:\n  - name: a\n    model: openai/a\npolicies:\n  rules:\n    - name: r\n      action:\n"
+           "        cascade:\n          escalate_to: a\n          verifiers:\n")
+VERIFIER = "draftgate.yaml:11: policies.rules[0].action.cascade.verifiers[0].json_schema: "
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        policies.load_text(text, env or {}, "draftgate.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def one_problem(text: str, env: dict[str, str] | None = None) -> str:
+    found = problems(text, env)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# 1. JSON Schema references are resolved when the config is loaded, not on the first request.
+
+@pytest.mark.parametrize(("schema", "expected"), [
+    ('{"$ref": "#/definitions/nowhere"}', "unresolvable $ref '#/definitions/nowhere'"),
+    ('{properties: {a: {"$ref": "#/$defs/missing"}}}', "unresolvable $ref '#/$defs/missing'"),
+    ('{"$ref": "#/definitions/a", definitions: {a: {"$ref": "#/definitions/b"}}}', "unresolvable $ref "
+                                                                                  "'#/definitions/b'"),
+    ('{"$ref": "#no-such-anchor"}', "unresolvable $ref '#no-such-anchor'"),
+    ('{"$ref": "other.json"}', "unresolvable $ref 'other.json'"),
+    ('{"$ref": "https://example.com/schemas/address.json"}', "remote $ref "
+                                                             "'https://example.com/schemas/address.json' is not "
+                                                             "supported"),
+    ('{"$id": "https://example.com/root.json", items: {"$ref": "item.json"}}', "remote $ref 'item.json' is not "
+                                                                              "supported"),
+])
+def test_a_schema_whose_ref_cannot_be_resolved_is_refused_at_the_verifier(schema: str, expected: str) -> None:
+    found = one_problem(CASCADE + f"            - json_schema: {{schema: {schema}}}\n")
+    assert found.startswith(VERIFIER + expected), found
+
+
+@pytest.mark.parametrize("schema", [
+    '{"$defs": {s: {type: string}}, properties: {a: {"$ref": "#/$defs/s"}, b: {"$ref": "#"}}}',
+    '{definitions: {s: {type: string}}, items: {"$ref": "#/definitions/s"}}',
+    '{"$defs": {s: {"$anchor": "str", type: string}}, items: {"$ref": "#str"}}',
+    '{"$id": "https://example.com/root.json", "$defs": {s: {"$id": "s.json", type: string}}, items: {"$ref": "s.json"}}',
+    '{const: {"$ref": "#/nowhere"}}',  # data, not a reference
+    '{"$ref": "https://json-schema.org/draft/2020-12/schema"}',  # bundled with jsonschema: nothing to fetch
+])
+def test_schemas_whose_refs_resolve_load(schema: str) -> None:
+    config = policies.load_text(CASCADE + f"            - json_schema: {{schema: {schema}}}\n", {})
+    assert config.policies.rules[0].action.verifiers[0].kind == "json_schema"
+
+
+def test_schema_problem_is_one_reusable_line() -> None:
+    schema_problem = policies.schema_problem
+    good: dict[str, Any] = {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "$defs": {"a": {}}}
+    assert schema_problem(good) is None
+    assert schema_problem({"type": 12}) == "not a valid JSON Schema: 12 is not valid under any of the given schemas"
+    missing = schema_problem({"$ref": "#/definitions/nowhere"})
+    assert missing is not None and "\n" not in missing and "'#/definitions/nowhere'" in missing
+    remote = schema_problem({"items": {"$ref": "http://example.com/x.json#/a"}})
+    assert remote is not None and remote.startswith("remote $ref 'http://example.com/x.json#/a' is not supported")
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"items": deep}
+    assert schema_problem(deep) is not None  # nested too deeply: a message, not a RecursionError
+
+
+def test_schema_and_from_request_together_are_refused() -> None:
+    found = one_problem(CASCADE + "            - json_schema: {schema: {type: object}, from_request: true}\n")
+    assert found == VERIFIER + "json_schema takes `schema` or `from_request: true`, not both"
+    config = policies.load_text(CASCADE + "            - json_schema: {schema: {type: object}, from_request: false}\n",
+                                {})
+    assert config.policies.rules[0].action.verifiers[0].options["schema"] == {"type": "object"}
+
+
+# 2. Secrets are never echoed; ordinary values still are.
+
+def test_a_literal_secret_is_not_echoed() -> None:
+    assert problems("keys: [{name: ci-bot, key: s3cr3t!}]\nmaster_key: 12345\n") == [
+        "draftgate.yaml:2: master_key: Input should be a valid string",
+        "draftgate.yaml:1: keys[0].key: String should have at least 8 characters",
+    ]
+    found = problems("master_key: [1]\nmodels: [{name: a, model: openai/a, api_key: 12345}]\n")
+    assert not any("12345" in p for p in found), found
+
+
+def test_a_value_from_the_environment_is_not_echoed_whatever_its_field() -> None:
+    found = one_problem("keys: [{name: ci-bot, key: os.environ/CI_BOT_KEY}]\n", {"CI_BOT_KEY": "s3cr3t!"})
+    assert found == "draftgate.yaml:1: keys[0].key: String should have at least 8 characters"
+    found = one_problem("models: [{name: a, model: openai/a, timeout_s: os.environ/T}]\n", {"T": "s3cr3t!"})
+    assert "s3cr3t" not in found and found.startswith("draftgate.yaml:1: models[0].timeout_s: Input should be")
+
+
+@pytest.mark.parametrize("field", ["client_secret", "db_password", "auth_token", "openai_key"])
+def test_fields_named_like_secrets_are_not_echoed(field: str) -> None:
+    found = problems(f"policies:\n  rules:\n    - name: r\n      when: {{metadata: {{{field}: 987654321}}}}\n"
+                     "      action: local\n")
+    assert found and not any("987654321" in p for p in found), found
+
+
+def test_a_url_with_a_password_is_not_echoed() -> None:
+    found = problems("models: [{name: a, model: openai/a, timeout_s: 'https://u:hunter22@host/v1'}]\n")
+    assert found and not any("hunter22" in p for p in found), found
+
+
+def test_an_ordinary_value_is_still_shown() -> None:
+    assert one_problem("models: [{name: a, model: openai/a, timeout_s: slow}]\n").endswith("(got 'slow')")
+
+
+# 3. Duplicates.
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("teams: [{name: ops}, {name: research}, {name: ops}]\n",
+     "draftgate.yaml:1: teams[2].name: duplicate team 'ops' (first on line 1)"),
+    ("keys:\n  - {name: bot, key: sk-aaaaaaaaaa}\n  - {name: bot, key: sk-bbbbbbbbbb}\n",
+     "draftgate.yaml:3: keys[1].name: duplicate key name 'bot' (first on line 2)"),
+    ("policies:\n  rules:\n    - name: r\n      when: {has_tools: true}\n      action: local\n"
+     "    - name: r\n      action: local\n",
+     "draftgate.yaml:6: policies.rules[1].name: duplicate rule name 'r' (first on line 3)"),
+])
+def test_duplicate_names_are_refused(text: str, expected: str) -> None:
+    assert one_problem(text) == expected
+
+
+def test_two_static_keys_with_the_same_secret_are_refused_without_showing_it() -> None:
+    found = one_problem("keys:\n  - {name: one, key: sk-same-secret}\n  - {name: two, key: os.environ/K}\n",
+                        {"K": "sk-same-secret"})
+    assert found == "draftgate.yaml:3: keys[1].key: the same secret as keys[0] (line 2): each key needs its own"
+
+
+# 4. A key's team must be declared, with or without a teams section.
+
+def test_an_undeclared_team_is_refused_even_without_a_teams_section() -> None:
+    assert one_problem("keys:\n  - {name: bot, key: sk-aaaaaaaaaa, team: ghost}\n") == (
+        "draftgate.yaml:2: keys[0].team: team 'ghost' is not declared in teams")
+
+
+# 5. Messages that say what is wrong.
+
+def test_a_model_that_falls_back_to_itself() -> None:
+    assert one_problem("models:\n  - name: a\n    model: openai/a\n    fallbacks: [a]\n") == (
+        "draftgate.yaml:4: models[0].fallbacks[0]: model 'a' cannot fall back to itself")
+
+
+def test_an_empty_environment_variable_name() -> None:
+    assert one_problem("master_key: os.environ/\n") == (
+        "draftgate.yaml:1: master_key: the environment variable's name is missing after os.environ/")
+
+
+@pytest.mark.parametrize("action", ["bogus", "{local: {}, hosted: a}", "{teleport: x}", "{hosted: 5}", "{cascade: x}"])
+def test_a_malformed_action_names_the_allowed_forms(action: str) -> None:
+    found = one_problem(f"policies:\n  default: {action}\n")
+    assert found.startswith("draftgate.yaml:2: policies.default: an action is one of: requested, local, "
+                            "{local: {max_local_tokens: N}}, {hosted: ALIAS}, {cascade: {escalate_to: ALIAS, ...}}")
+    assert "discriminator" not in found and "dictionary" not in found
+
+
+def test_an_empty_when_matches_every_request_as_documented() -> None:
+    config = policies.load_text("policies:\n  rules:\n    - name: r\n      when:\n      action: local\n", {})
+    assert config.policies.rules[0].when == policies.When()
+
+
+def test_a_shadowed_rule_warning_has_file_and_line() -> None:
+    text = ("policies:\n  rules:\n    - name: all\n      action: local\n"
+            "    - name: tools\n      when: {has_tools: true}\n      action: local\n")
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    assert warnings == ["draftgate.yaml:5: policies.rules[1]: rule 'tools' is unreachable: rule 'all' before it "
+                        "matches every request it would match"]
+
+
+def test_check_config_prints_the_warning_line_and_no_secret(tmp_path: Path) -> None:
+    """End to end: what `draftgate check-config` writes."""
+    env = {**os.environ, "CI_BOT_KEY": "s3cr3t!", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    run = [sys.executable, "-m", "gateway.cli", "check-config", "draftgate.yaml"]
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\npolicies:\n  rules:\n    - name: all\n"
+                                             "      action: requested\n    - name: tools\n"
+                                             "      when: {has_tools: true}\n      action: requested\n")
+    result = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "warning: draftgate.yaml:7: policies.rules[1]: rule 'tools' is unreachable" in result.stderr
+    (tmp_path / "draftgate.yaml").write_text("keys: [{name: ci-bot, key: os.environ/CI_BOT_KEY}]\n")
+    result = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 2 and "keys[0].key: String should have at least 8 characters" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout and "Traceback" not in result.stderr
