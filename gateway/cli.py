@@ -84,19 +84,38 @@ def serve(config: ConfigOpt = None,
     settings = settings_or_exit(config)
     level = logging.DEBUG if settings.log_level == "trace" else settings.log_level.upper()  # trace: uvicorn's own
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a dozen lines of noise per start
     loaded = config_or_exit(settings)  # fail fast with precise errors before uvicorn starts
     _check_local_engine(loaded)
+    host = host or settings.host
+    port = settings.port if port is None else port  # 0 is a port: any free one
+    workers = workers or settings.workers
+    _check_address(host, port)
     ledger_or_exit(settings, loaded).dispose()
     if config is not None:
         os.environ["DRAFTGATE_CONFIG"] = str(config)
-    host = host or settings.host
-    port = port or settings.port
-    workers = workers or settings.workers
     if workers > 1:
         _share_metrics_between_workers(settings)
     console.print(f"draftgate listening on http://{host}:{port}/v1")
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Binds the address once before anything starts: uvicorn would bind only after loading the app and
+    the model, print its startup lines, and then fail with a traceback-like log."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror too: an unknown host name
+        err.print(f"[red]error:[/red] cannot listen on {plain(host)}:{port}: {plain(exc.strerror or exc)}",
+                  markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _share_metrics_between_workers(settings: Settings) -> None:
@@ -134,19 +153,23 @@ class Format(str, Enum):
 
 @app.command()
 def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = GroupBy.team,
-           since: Annotated[str, typer.Option(help="start: a date/time or a span back from now (30d, 12h)")] = "30d",
+           since: Annotated[str | None, typer.Option(
+               help="start: a date/time or a span back from now (30d, 12h); default the 30 days before the end")
+                            ] = None,
            until: Annotated[str | None, typer.Option(help="end (exclusive); default now")] = None,
            team: Annotated[str | None, typer.Option(help="only this team", callback=text_option)] = None,
            format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
            config: ConfigOpt = None) -> None:
     """Costs, savings vs all-hosted, escalations and latency from the ledger."""
+    from datetime import timedelta
+
     from gateway import report_render
     from ledger.reports import Reporter, ReportQuery, parse_moment
 
     settings = settings_or_exit(config)
     try:
-        start = parse_moment(since)
         end = parse_moment(until) if until else None
+        start = parse_moment(since) if since else (end - timedelta(days=30) if end else parse_moment("30d"))
         if end is not None and end <= start:
             raise ValueError(f"--until ({until}) is not after --since ({since})")
     except ValueError as exc:
@@ -262,9 +285,10 @@ def router_score(input: Annotated[Path, typer.Option("--input", help="JSONL: {id
                  output: Annotated[Path, typer.Option("--output", help="JSONL: {id, p_hosted} per line")],
                  weights: Annotated[Path | None, typer.Option(help="classifier .npz (default: bundled)")] = None,
                  ) -> None:
-    """Score prompts (and optional drafts) with p_hosted, one output line per input line, same order."""
+    """Score prompts (and optional drafts) with p_hosted, one output line per request line (blank lines are
+    skipped), same order. The output may be a symlink, a FIFO or /dev/stdout; never the input."""
     from router.classifier import ClassifierUnavailableError, DifficultyClassifier
-    from router.scoring import ScoreInputError, score_file
+    from router.scoring import ScoreFileError, ScoreInputError, score_file, writes_to_stdout
 
     try:
         classifier = DifficultyClassifier.load(weights)
@@ -273,10 +297,13 @@ def router_score(input: Annotated[Path, typer.Option("--input", help="JSONL: {id
         raise typer.Exit(code=2) from None
     try:
         count = score_file(input, output, classifier)
-    except (ScoreInputError, OSError) as exc:
+    except ScoreInputError as exc:
         typer.echo(f"error: {input}: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    console.print(f"scored {count} prompt(s) -> {plain(output)}")
+    except (ScoreFileError, OSError) as exc:  # ScoreFileError names the file itself; a bare OSError is neither
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    (err if writes_to_stdout(output) else console).print(f"scored {count} prompt(s) -> {plain(output)}")
 
 
 @router_app.command("train")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from gateway.cli_common import (
     ConfigOpt,
@@ -23,6 +24,7 @@ from gateway.cli_common import (
 
 if TYPE_CHECKING:
     from ledger import KeyStore
+    from ledger.budgets import Limits
 
 keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database).", no_args_is_help=True)
 
@@ -139,7 +141,8 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
     changes: dict[str, object] = {CLEARS[c]: None for c in clear or ()}
     given = {"max_budget_usd": max_budget_usd, "rpm_limit": rpm, "tpm_limit": tpm, "models": allowed,
              "expires_at": duration}
-    both = [c.value for c in clear or () if given[CLEARS[c]] is not None]
+    both = [c.value for c in clear or () if given[CLEARS[c]] is not None
+            or (c is Clearable.budget and budget_period is not None)]
     if both:
         err.print(f"error: --clear {both[0]} and a new value for it at once")
         raise typer.Exit(code=2)
@@ -159,6 +162,9 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
         err.print(f"error: no key with id {key_id}", markup=False)
         raise typer.Exit(code=1) from None
     limits = info.limits
+    if info.revoked_at is not None:  # the change is kept, but the key stays refused
+        err.print(f"note: {info.key_id} was revoked at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC; it stays refused",
+                  markup=False)
     console.print(f"updated {info.key_id} ({plain(info.name)}): budget "
                   f"{'-' if limits.max_budget_usd is None else f'${limits.max_budget_usd:g}/{limits.budget_period}'}, "
                   f"rpm {limits.rpm_limit or '-'}, tpm {limits.tpm_limit or '-'}, "
@@ -166,14 +172,39 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
                   f"expires {f'{info.expires_at:%Y-%m-%d %H:%M:%S} UTC' if info.expires_at else 'never'}")
 
 
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _limits_text(limits: Limits) -> tuple[str, str, str]:
+    budget = f"${limits.max_budget_usd:g}/{limits.budget_period}" if limits.max_budget_usd is not None else ""
+    return (budget, str(limits.rpm_limit) if limits.rpm_limit is not None else "",
+            str(limits.tpm_limit) if limits.tpm_limit is not None else "")
+
+
 @keys_app.command("list")
 def keys_list(team: Annotated[str | None, typer.Option(help="only this team", callback=text_option)] = None,
+              format: Annotated[ListFormat, typer.Option("--format", help="table or json (for scripts)")]
+              = ListFormat.table,
               config: ConfigOpt = None) -> None:
     """List keys (never their secrets)."""
-    table = Table("key_id", "name", "team", "prefix", "models", "created", "expires", "revoked")
-    for k in _key_store(config).list(team):
+    keys = _key_store(config).list(team)
+    if format is ListFormat.json:
+        print(json.dumps([{"key_id": k.key_id, "name": k.name, "team": k.team, "prefix": k.prefix,
+                           "models": list(k.models) if k.models is not None else None,
+                           "max_budget_usd": k.limits.max_budget_usd, "budget_period": k.limits.budget_period,
+                           "rpm_limit": k.limits.rpm_limit, "tpm_limit": k.limits.tpm_limit,
+                           "created_at": k.created_at.isoformat(),
+                           "expires_at": k.expires_at.isoformat() if k.expires_at else None,
+                           "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys], indent=2))
+        return
+    # The id is what `keys update` and `keys revoke` take: never cut, whatever the terminal's width.
+    table = Table(Column("key_id", no_wrap=True, min_width=max((len(k.key_id) for k in keys), default=6)),
+                  "name", "team", "prefix", "models", "budget", "rpm", "tpm", "created", "expires", "revoked")
+    for k in keys:
         table.add_row(k.key_id, plain(k.name), plain(k.team or "-"), k.prefix + "…",
-                      plain(", ".join(k.models)) if k.models else "all",
+                      plain(", ".join(k.models)) if k.models else "all", *_limits_text(k.limits),
                       f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     console.print(table)
@@ -186,8 +217,14 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
     from ledger import UnknownKeyError
 
     try:
-        info = _key_store(config).revoke(key_id)
+        store = _key_store(config)
+        before = next((k for k in store.list(None) if k.key_id == key_id), None)
+        info = store.revoke(key_id)
     except UnknownKeyError:
         err.print(f"error: no key with id {key_id}", markup=False)
         raise typer.Exit(code=1) from None
+    if before is not None and before.revoked_at is not None:
+        console.print(f"{info.key_id} ({plain(info.name)}) was already revoked at "
+                      f"{before.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        return
     console.print(f"revoked {info.key_id} ({plain(info.name)})")

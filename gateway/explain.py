@@ -11,7 +11,7 @@ from pydantic import ValidationError
 import policies
 from gateway.pipeline import to_job
 from gateway.schemas import ChatRequest
-from gateway.services import hosted_models
+from gateway.services import hosted_models, prompt_scorer
 from router import HostedClient, Planner, RoutingError
 
 
@@ -27,8 +27,10 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{request_file}: {where}: {first['msg']}") from None
     hosted = HostedClient(hosted_models(config))  # never called: planning only
-    planner = Planner(policies.PolicySet(config.policies), hosted, local_alias=config.local.alias,
-                      local_enabled=config.local.enabled)
+    policy = policies.PolicySet(config.policies)
+    # The same classifier the gateway scores with, so a rule on p_hosted is decided here as it is there.
+    planner = Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
+                      score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
     try:
         plan, decision = planner.explain(to_job(body, "explain"), key_name, team)
     except RoutingError as exc:  # an alias the gateway does not serve, tools sent to the local model

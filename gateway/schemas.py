@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import jsonschema
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from policies import schema_problem
 
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_CHOICES = 128  # OpenAI's limit on `n`
@@ -114,11 +115,9 @@ class ChatRequest(BaseModel):
         if schema is not None:
             if not isinstance(schema, dict):
                 raise ValueError("response_format.json_schema.schema must be a JSON Schema object")
-            try:
-                jsonschema.Draft202012Validator.check_schema(schema)
-            except jsonschema.SchemaError as exc:
-                raise ValueError(f"response_format.json_schema.schema is not a valid JSON Schema: "
-                                 f"{exc.message}") from None
+            problem = schema_problem(schema)  # also every $ref resolved: an unresolvable one would fail each check
+            if problem is not None:
+                raise ValueError(f"response_format.json_schema.schema: {problem}")
         return value
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 import regex
 
 from router.verifiers.base import Draft, JudgeFn, Verdict
@@ -71,7 +72,11 @@ class JsonSchemaVerifier:
         if error is not None:
             return Verdict(self.name, False, error)
         validator = jsonschema.Draft202012Validator(schema)
-        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        try:
+            errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        except referencing.exceptions.Unresolvable as exc:  # config and request schemas are checked up front;
+            # this is the last guard: the draft cannot be shown to match, so it does not pass (never a 500)
+            return Verdict(self.name, False, f"the schema's $ref cannot be resolved: {exc}")
         if not errors:
             return Verdict(self.name, True, "matches the schema")
         found = [f"{e.json_path}: {e.message}" for e in errors[:MAX_SCHEMA_ERRORS]]

@@ -42,6 +42,13 @@ async def test_json_schema_given_and_from_request() -> None:
     assert (await verify("json_schema", {"from_request": True}, "anything", request={"messages": []})).passed
 
 
+async def test_a_schema_whose_ref_cannot_be_resolved_fails_the_draft_instead_of_raising() -> None:
+    request = {"messages": [], "response_format": {"type": "json_schema", "json_schema": {
+        "name": "p", "schema": {"$ref": "#/definitions/nowhere"}}}}
+    verdict = await verify("json_schema", {"from_request": True}, '{"a": 1}', request=request)
+    assert not verdict.passed and "$ref cannot be resolved" in verdict.reason and "nowhere" in verdict.reason
+
+
 async def test_regex_modes_and_flags() -> None:
     assert (await verify("regex", {"pattern": r"^\d+$", "mode": "fullmatch"}, " 42 ")).passed
     miss = await verify("regex", {"pattern": r"^\d+$", "mode": "fullmatch"}, "42 apples")

@@ -1,0 +1,70 @@
+"""CLI edges: `serve` on an address it cannot listen on fails in one line before it starts anything;
+`keys list` never cuts a key id (what `keys update` and `keys revoke` take) and shows limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.gateway.test_cli import draftgate
+
+
+def test_serve_on_a_taken_port_or_an_unknown_host_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = draftgate("serve", "--config", "draftgate.yaml", "--host", "127.0.0.1", "--port", str(port),
+                           cwd=tmp_path)
+    assert result.returncode == 2
+    assert "listening on" not in result.stdout and "startup" not in result.stderr.lower()
+    assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    unknown = draftgate("serve", "--config", "draftgate.yaml", "--host", "not_a_host.invalid", "--port", "0",
+                        cwd=tmp_path)
+    assert unknown.returncode == 2 and "listening on" not in unknown.stdout
+    assert unknown.stderr.startswith("error: cannot listen on not_a_host.invalid:0:")
+    assert len(unknown.stderr.strip().splitlines()) == 1 and "Traceback" not in unknown.stderr
+
+
+def test_keys_list_keeps_whole_ids_in_a_narrow_pipe_and_shows_limits(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    created = draftgate("keys", "create", "--config", "draftgate.yaml", "--name", "ci", "--rpm", "7",
+                        "--max-budget-usd", "5", "--budget-period", "day", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    env = {**os.environ, "DRAFTGATE_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "60"}  # a narrow pipe
+    table = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "list", "--config", "draftgate.yaml"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    listed = json.loads(draftgate("keys", "list", "--config", "draftgate.yaml", "--format", "json",
+                                  cwd=tmp_path).stdout)
+    assert len(listed) == 1 and listed[0]["rpm_limit"] == 7 and listed[0]["max_budget_usd"] == 5
+    assert listed[0]["budget_period"] == "day" and "key" not in listed[0]  # never the secret
+    assert listed[0]["key_id"] in table.stdout  # whole, not "key_29…"
+
+
+def test_keys_revoke_twice_and_update_a_revoked_key_say_so(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    created = draftgate("keys", "create", "--config", "draftgate.yaml", "--name", "old", cwd=tmp_path)
+    key_id = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key_id:"))
+    first = draftgate("keys", "revoke", key_id, "--config", "draftgate.yaml", cwd=tmp_path)
+    again = draftgate("keys", "revoke", key_id, "--config", "draftgate.yaml", cwd=tmp_path)
+    assert first.returncode == again.returncode == 0
+    assert first.stdout.startswith("revoked ") and "was already revoked at" in again.stdout
+    updated = draftgate("keys", "update", key_id, "--rpm", "7", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert updated.returncode == 0 and "was revoked at" in updated.stderr and "stays refused" in updated.stderr
+    both = draftgate("keys", "update", key_id, "--clear", "budget", "--budget-period", "week",
+                     "--config", "draftgate.yaml", cwd=tmp_path)
+    assert both.returncode == 2 and "--clear budget and a new value for it" in both.stderr
+
+
+def test_report_until_alone_covers_the_30_days_before_it(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    result = draftgate("report", "--until", "2026-01-01", "--format", "json", "--config", "draftgate.yaml",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["since"].startswith("2025-12-02") and report["until"].startswith("2026-01-01")
