@@ -1,13 +1,15 @@
-"""Static checks on a loaded config: rules that can never match because an earlier rule always wins."""
+"""Static checks on a loaded config: rules that can never match because an earlier rule always wins, and
+actions that send requests to a local model the config disables."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from policies.errors import ConfigProblem
 from policies.matching import as_list
 from policies.schema import GatewayConfig, MetadataMatch, NumberCondition, When
-from policies.source import Origin
+from policies.source import Origin, Path
 
 Interval = tuple[float, bool, float, bool]  # low, low inclusive, high, high inclusive
 
@@ -97,4 +99,11 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
                                                f"rule {later.name!r} is unreachable: rule {earlier.name!r} "
                                                f"before it matches every request it would match"))
                 break
+    if not config.local.enabled:  # valid, but every request it sends to the local model gets a 503
+        actions: list[tuple[Path, Any]] = [(("policies", "default"), config.policies.default)]
+        actions += [(("policies", "rules", j, "action"), rule.action) for j, rule in enumerate(rules)]
+        for path, action in actions:
+            if action.kind == "local":
+                problems.append(origin.problem(path, "sends requests to the local model, but local.enabled is "
+                                                     "false: they get a 503 local_unavailable"))
     return problems

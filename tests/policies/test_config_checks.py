@@ -181,6 +181,18 @@ def test_a_shadowed_rule_warning_has_file_and_line() -> None:
                         "matches every request it would match"]
 
 
+def test_local_actions_with_the_local_model_disabled_are_warned_about() -> None:
+    text = ("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
+            "  default: local\n  rules:\n    - name: cheap\n      when: {has_tools: false}\n      action: local\n"
+            "    - name: tools\n      when: {has_tools: true}\n      action: {hosted: big}\n")
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    assert warnings == [
+        "draftgate.yaml:7: policies.default: sends requests to the local model, but local.enabled is false: "
+        "they get a 503 local_unavailable",
+        "draftgate.yaml:11: policies.rules[0].action: sends requests to the local model, but local.enabled is "
+        "false: they get a 503 local_unavailable"]
+
+
 def test_check_config_prints_the_warning_line_and_no_secret(tmp_path: Path) -> None:
     """End to end: what `draftgate check-config` writes."""
     env = {**os.environ, "CI_BOT_KEY": "s3cr3t!", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
