@@ -100,7 +100,13 @@ class Simulator:
                                           "finish_reason": None}]} for p in parts]
             out.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
                                              "finish_reason": "stop"}]})
-        if (body.get("stream_options") or {}).get("include_usage"):
+        options = body.get("stream_options") or {}
+        if options.get("continuous_usage_stats"):  # vLLM's extension: the running usage in every chunk
+            sent = ""
+            for chunk in out:
+                sent += chunk["choices"][0]["delta"].get("content") or ""
+                chunk["usage"] = self.usage({**body, "n": 1}, sent)
+        if options.get("include_usage"):
             out.append({**base, "choices": [], "usage": self.usage(body, reply)})
         return out
 

@@ -119,8 +119,8 @@ class VllmBackend:
             body["seed"] = request.seed
         if request.top_p is not None:
             body["top_p"] = request.top_p
-        if stream:
-            body["stream_options"] = {"include_usage": True}
+        if stream:  # vLLM's running usage in every chunk: a stream left midway is still charged what it used
+            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return body
 
     def _completion(self, text: str, finish: str, usage: Mapping[str, Any], seconds: float) -> Completion:
@@ -163,7 +163,10 @@ class VllmBackend:
                     finish = choice.get("finish_reason") or finish
                     if text:
                         parts.append(text)
-                        yield StreamDelta(text)
+                        seconds = (time.perf_counter() - started) / max(1, share)
+                        yield StreamDelta(text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                          completion_tokens=int(usage.get("completion_tokens") or 0),
+                                          device_seconds=seconds, cost_usd=seconds / 3600 * self._rate)
         except httpx.HTTPError as exc:
             raise EngineUnavailableError(f"vLLM server {base} failed: {type(exc).__name__}") from exc
         finally:

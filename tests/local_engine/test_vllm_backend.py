@@ -26,6 +26,12 @@ async def test_generate_and_stream_with_metering() -> None:
         assert all(isinstance(e, StreamDelta) for e in events[:-1]) and isinstance(events[-1], Completion)
         assert "".join(e.text for e in events[:-1]) == events[-1].text == "echo: one two"
         assert events[-1].completion_tokens == 3
+        # Each delta says what the request has used so far (vLLM's continuous usage stats): what a stream its
+        # client leaves midway is charged.
+        deltas = [e for e in events if isinstance(e, StreamDelta)]
+        assert [d.completion_tokens for d in deltas] == [1, 2, 3] and {d.prompt_tokens for d in deltas} == {2}
+        assert 0 < deltas[0].device_seconds <= deltas[-1].device_seconds
+        assert deltas[-1].cost_usd == pytest.approx(deltas[-1].device_seconds)
         sent = (server_a.state.received + server_b.state.received)
         assert {r.body["model"] for r in sent} == {"google/diffusiongemma-26B-A4B-it"}
         assert sent[0].body["max_tokens"] == 9 and sent[0].body["stop"] == ["zz"] and sent[0].body["seed"] == 3
