@@ -218,7 +218,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
 
     try:
         store = _key_store(config)
-        before = next((k for k in store.list(None) if k.key_id == key_id), None)
+        before = store.get(key_id)
         info = store.revoke(key_id)
     except UnknownKeyError:
         err.print(f"error: no key with id {key_id}", markup=False)

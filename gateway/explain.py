@@ -11,8 +11,8 @@ from pydantic import ValidationError
 import policies
 from gateway.pipeline import to_job
 from gateway.schemas import ChatRequest
-from gateway.services import hosted_models, prompt_scorer
-from router import HostedClient, Planner, RoutingError
+from gateway.services import build_planner, hosted_models
+from router import HostedClient, RoutingError
 
 
 def explain_request(config: policies.GatewayConfig, request_file: Path, *, team: str | None,
@@ -26,11 +26,7 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{request_file}: {where}: {first['msg']}") from None
-    hosted = HostedClient(hosted_models(config))  # never called: planning only
-    policy = policies.PolicySet(config.policies)
-    # The same classifier the gateway scores with, so a rule on p_hosted is decided here as it is there.
-    planner = Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
-                      score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
+    planner = build_planner(config, HostedClient(hosted_models(config)))  # the client is never called here
     try:
         plan, decision = planner.explain(to_job(body, "explain"), key_name, team)
     except RoutingError as exc:  # an alias the gateway does not serve, tools sent to the local model

@@ -88,11 +88,12 @@ class ChatPipeline:
             else:
                 result = await (self._executor.stream(job, plan) if job.stream else self._executor.run(job, plan))
         except BaseException as exc:
-            spent = getattr(exc, "outcome", None)  # a failure after work was done (an invalid or wasted draft)
-            if isinstance(spent, Outcome):
+            carried = getattr(exc, "outcome", None)  # a failure after work was done (an invalid or wasted draft)
+            spent = carried if isinstance(carried, Outcome) else None
+            if spent is not None:
                 headers_out.update(_headers(request_id, plan, spent))  # the error reply says what it cost
-            self._budgets.settle(reservation, spent if isinstance(spent, Outcome) else None)
-            self._record_failure(job, plan, principal, created_at, started, exc)
+            self._budgets.settle(reservation, spent)
+            self._record_failure(job, plan, principal, created_at, started, exc, spent)
             raise
         return job, plan, result, started, created_at, reservation
 
@@ -147,24 +148,26 @@ class ChatPipeline:
         self._record(job, plan, principal, outcome, created_at, started, status, code, error)
 
     def _record_failure(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime,
-                        started: float, exc: BaseException) -> None:
+                        started: float, exc: BaseException, spent: Outcome | None) -> None:
+        """Records a failed request with what it spent before failing (never a silent $0)."""
         reply = reply_for(exc)
-        route = plan.route if plan else Route.NONE
-        spent = getattr(exc, "outcome", None)  # what was computed before it failed: never a silent $0
-        outcome = spent if isinstance(spent, Outcome) else Outcome(route=route, provider_model=None)
+        outcome = spent or Outcome(route=plan.route if plan else Route.NONE, provider_model=None)
         attempts = getattr(exc, "attempts", None)
+        tried = attempts if isinstance(attempts, int) else 0
         if isinstance(attempts, int):
             outcome.detail["attempts"] = attempts
         status = "cancelled" if not isinstance(exc, Exception) else "error"
-        self._record(job, plan, principal, outcome, created_at, started, status, reply.status, reply.message)
+        self._record(job, plan, principal, outcome, created_at, started, status, reply.status, reply.message,
+                     tried=tried)
 
     def _record(self, job: Job, plan: Plan | None, principal: Principal, outcome: Outcome, created_at: datetime,
-                started: float, status: str, status_code: int, error: str | None = None) -> None:
+                started: float, status: str, status_code: int, error: str | None = None, *, tried: int = 0) -> None:
+        """One ledger row and the metrics; `tried` counts a failed request's upstream attempts, which no
+        outcome carries."""
         latency_s = time.perf_counter() - started
         reference = (outcome.hosted_cost_usd if outcome.route is Route.HOSTED
                      else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens))
         detail = dict(outcome.detail)
-        failed_attempts = detail["attempts"] if isinstance(detail.get("attempts"), int) else 0  # an upstream error's
         if plan is not None:
             detail["route"] = {"rule": plan.rule, "explanation": plan.explanation, "p_hosted": plan.p_hosted}
         if outcome.attempts:
@@ -177,7 +180,7 @@ class ChatPipeline:
             status_code=status_code, hosted_cost_usd=outcome.hosted_cost_usd, local_cost_usd=outcome.local_cost_usd,
             device_seconds=outcome.device_seconds, wasted_draft_usd=outcome.wasted_draft_usd,
             reference_cost_usd=reference, unpriced=outcome.unpriced, stream=job.stream,
-            attempts=max(1, sum(not a.get("skipped") for a in outcome.attempts) or failed_attempts),
+            attempts=max(1, sum(not a.get("skipped") for a in outcome.attempts) or tried),
             rule=plan.rule if plan else None, error=error,
             escalation_reason=outcome.escalation_reason, detail=detail or None)
         self._writer.record(record)

@@ -61,6 +61,14 @@ def prompt_scorer() -> Any:
     return lambda text: classifier.score([text])[0]
 
 
+def build_planner(config: policies.GatewayConfig, hosted: HostedClient, *, judge: Any = None) -> Planner:
+    """The policy's planner, scoring prompts with the bundled classifier when a rule uses `p_hosted`: the
+    gateway and `draftgate route explain` build it here, so both decide a request alike."""
+    policy = policies.PolicySet(config.policies)
+    return Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
+                   judge=judge, score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
+
+
 def judge_with(hosted: HostedClient) -> Any:
     """The LLM-judge verifier's hosted call."""
 
@@ -109,9 +117,7 @@ class Services:
         prices = PriceBook(price_overrides(config))
         hosted = HostedClient(hosted_models(config))
         pricing = Pricing(prices, hosted, config.reference_model)
-        policy = policies.PolicySet(config.policies)
-        planner = Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
-                          judge=judge_with(hosted), score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
+        planner = build_planner(config, hosted, judge=judge_with(hosted))
         budgets = Budgets(config, BudgetStore(db), pricing, hosted, local_max_tokens=config.local.max_tokens)
         writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*",
                               flush_interval_s=settings.ledger_flush_interval_s)

@@ -60,21 +60,18 @@ def _repeats(values: Iterable[str]) -> list[tuple[int, int]]:
 def _duplicates(config: GatewayConfig, source: Located) -> list[ConfigProblem]:
     """Names that identify something (in headers, the ledger, reports) and secrets that identify a key."""
     out = []
-    named: tuple[tuple[str, str, list[str]], ...] = (
-        ("teams", "team", [t.name for t in config.teams]),
-        ("keys", "key name", [k.name for k in config.keys]),
+    named: tuple[tuple[Path, str, list[str]], ...] = (
+        (("teams",), "team", [t.name for t in config.teams]),
+        (("keys",), "key name", [k.name for k in config.keys]),
+        (("policies", "rules"), "rule name", [r.name for r in config.policies.rules]),
     )
     for section, what, names in named:
         for i, first in _repeats(names):
-            out.append(source.problem((section, i, "name"), f"duplicate {what} {names[i]!r} "
-                                                            f"(first on line {source.line_of((section, first))})"))
+            out.append(source.problem(section + (i, "name"), f"duplicate {what} {names[i]!r} "
+                                                             f"(first on line {source.line_of(section + (first,))})"))
     for i, first in _repeats(k.key for k in config.keys):  # never echoed: it is the secret
         out.append(source.problem(("keys", i, "key"), f"the same secret as keys[{first}] (line "
                                                       f"{source.line_of(('keys', first))}): each key needs its own"))
-    rules = [r.name for r in config.policies.rules]
-    for i, first in _repeats(rules):
-        out.append(source.problem(("policies", "rules", i, "name"), f"duplicate rule name {rules[i]!r} (first on "
-                                                                    f"line {source.line_of(('policies', 'rules', first))})"))
     return out
 
 

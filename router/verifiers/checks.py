@@ -11,6 +11,7 @@ import jsonschema
 import referencing.exceptions
 import regex
 
+from policies import schema_problem
 from router.verifiers.base import Draft, JudgeFn, Verdict
 
 FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
@@ -55,8 +56,8 @@ class JsonSchemaVerifier:
     def __init__(self, schema: dict[str, Any] | None = None, from_request: bool = False) -> None:
         if schema is None and not from_request:
             raise ValueError("json_schema needs `schema` or `from_request: true`")
-        if schema is not None:
-            jsonschema.Draft202012Validator.check_schema(schema)
+        if schema is not None and (problem := schema_problem(schema)) is not None:  # the config's own check
+            raise ValueError(problem)
         self._schema = schema  # None: the request's response_format (from_request)
 
     @property
