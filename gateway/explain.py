@@ -22,10 +22,12 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         body = ChatRequest.model_validate(json.loads(request_file.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{request_file}: cannot read a JSON request: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{request_file}: {where}: {first['msg']}") from None
+    except ValidationError as exc:  # every problem at once, as check-config reports a config's
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors()]
+        if len(problems) == 1:
+            raise ValueError(f"{request_file}: {problems[0]}") from None
+        listed = "\n".join(f"  {problem}" for problem in problems)
+        raise ValueError(f"{request_file}: {len(problems)} problems:\n{listed}") from None
     planner = build_planner(config, HostedClient(hosted_models(config)))  # the client is never called here
     try:
         plan, decision = planner.explain(to_job(body, "explain"), key_name, team)

@@ -182,6 +182,10 @@ def test_route_explain(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"model": "auto"}')
     bad = draftgate("route", "explain", "bad.json", "--config", "draftgate.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "messages" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "worse.json").write_text('{"model": 5, "messages": [{"role": "bogus", "content": "x"}]}')
+    worse = draftgate("route", "explain", "worse.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert worse.returncode == 2 and "2 problems" in worse.stderr  # every problem, not only the first
+    assert "model: " in worse.stderr and "messages.0.role: " in worse.stderr
 
 
 def test_route_explain_without_a_local_model_and_for_an_unknown_alias(tmp_path: Path) -> None:
