@@ -8,17 +8,20 @@ directory. A stopped or denied run is a failed verdict, never an exception, and 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
-import json
+import functools
 import os
 import re
 import resource
 import secrets
 import signal
+import stat
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from router.verifiers.base import Draft, Verdict
 
@@ -32,15 +35,71 @@ def extract_code(text: str) -> str:
     return match.group(1) if match else text
 
 
-def _limits(memory_mb: int, cpu_s: int) -> None:
+OUTPUT_LIMIT = 10 * 1024 * 1024  # bytes of any file the code writes, its stdout and stderr included
+
+
+def _limits(memory_mb: int, cpu_s: int, uid: int | None) -> None:
+    """In the child, before exec. As root, the child becomes `uid`, a user of its own: file permissions then
+    keep it out of everything the gateway's user owns (/proc/<gateway>/environ, its data), and the process
+    limit, which root ignores, applies: one process, no fork."""
     memory = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (10 * 1024 * 1024, 10 * 1024 * 1024))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with contextlib.suppress(ValueError, OSError):  # not enforced for root; the audit hook covers it
+    if uid is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        return
+    with contextlib.suppress(ValueError, OSError):  # the gateway's user has processes: no fork is left
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+@functools.cache
+def _others_can_run_python() -> bool:
+    """Whether a user with no rights of its own can run this interpreter, its standard library and the
+    harness (not so for a Python installed under /root, mode 0700)."""
+    def reachable(path: Path, mode: int) -> bool:
+        parents_ok = all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+        return parents_ok and path.stat().st_mode & mode == mode
+    try:
+        return (reachable(Path(sys.executable).resolve(), stat.S_IROTH | stat.S_IXOTH)
+                and reachable(Path(os.__file__).resolve(), stat.S_IROTH) and reachable(HARNESS, stat.S_IROTH))
+    except OSError:
+        return False
+
+
+def _sandbox_uid() -> int | None:
+    """A fresh unprivileged uid per run when the gateway is root (concurrent runs never share a process
+    count); None otherwise: an ordinary user cannot switch (and root ignores no limit it needs), or, as root,
+    when no other user could run Python here — then the audit hook alone guards the run."""
+    if os.geteuid() != 0 or not _others_can_run_python():
+        return None
+    return 200_000 + secrets.randbelow(1_000_000)
+
+
+def _tail(path: Path, size: int = 4096) -> str:
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - size))
+        return file.read().decode("utf-8", "replace")
+
+
+def _read_report(path: Path, nonce: str) -> dict[str, Any] | None:
+    """The harness's report (a literal of plain types), or None if it is not one with this run's nonce."""
+    try:
+        report = ast.literal_eval(path.read_text(encoding="utf-8", errors="replace")[:OUTPUT_LIMIT])
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(report, dict) or report.pop("nonce", None) != nonce:
+        return None
+    tests = report.get("tests")
+    if not isinstance(tests, list) or not all(isinstance(t, dict) and isinstance(t.get("passed"), bool)
+                                              for t in tests):
+        return None
+    return report
 
 
 class PythonTestsVerifier:
@@ -58,25 +117,36 @@ class PythonTestsVerifier:
         with tempfile.TemporaryDirectory(prefix="draftgate-sandbox-") as work:
             Path(work, "solution.py").write_text(extract_code(draft.text))
             Path(work, "tests_user.py").write_text(self._tests)
-            result_name = f"result-{secrets.token_hex(16)}.json"
-            outcome = await self._run(work, result_name)
+            result_name, nonce = f"result-{secrets.token_hex(16)}.txt", secrets.token_hex(16)
+            outcome = await self._run(work, result_name, nonce)
             if outcome is not None:
                 return Verdict(self.name, False, outcome)
             result_file = Path(work, result_name)
             if not result_file.exists():
                 return Verdict(self.name, False, "the sandbox ended without a result (crashed or was killed)")
-            report = json.loads(result_file.read_text())
+            report = _read_report(result_file, nonce)
+        if report is None:
+            return Verdict(self.name, False, "the sandbox's result was not the harness's (forged or damaged)")
         return self._verdict(report)
 
-    async def _run(self, work: str, result_name: str) -> str | None:
+    async def _run(self, work: str, result_name: str, nonce: str) -> str | None:
         """Runs the harness; returns why it was stopped, or None when it finished."""
         cpu_s = int(self._timeout_s) + 1
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", str(HARNESS), cwd=work, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=lambda: _limits(self._memory_mb, cpu_s))
+        uid = _sandbox_uid()
+        if uid is not None:
+            os.chown(work, uid, uid)
+        # Output goes to files under the size limit, not pipes: a flood of prints must not fill the gateway.
+        stdout, stderr = (os.open(Path(work, name), os.O_WRONLY | os.O_CREAT, 0o600) for name in (".stdout", ".stderr"))
         try:
-            _, stderr = await asyncio.wait_for(proc.communicate((result_name + "\n").encode()), self._timeout_s)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", str(HARNESS), cwd=work, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                stdin=asyncio.subprocess.PIPE, stdout=stdout, stderr=stderr,
+                start_new_session=True, preexec_fn=lambda: _limits(self._memory_mb, cpu_s, uid))
+        finally:
+            os.close(stdout)
+            os.close(stderr)
+        try:
+            await asyncio.wait_for(proc.communicate(f"{result_name} {nonce}\n".encode()), self._timeout_s)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -88,7 +158,7 @@ class PythonTestsVerifier:
         if proc.returncode and proc.returncode < 0:
             sig = signal.Signals(-proc.returncode).name
             return f"stopped by {sig} (CPU or memory limit)"
-        tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] if stderr else []
+        tail = _tail(Path(work, ".stderr")).strip().splitlines()[-1:]
         if "MemoryError" in "".join(tail):
             return f"stopped: the code exceeded {self._memory_mb} MB of memory"
         return None

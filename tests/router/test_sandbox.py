@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from router.verifiers import Draft, build_verifier
+from router.verifiers import Draft, build_verifier, sandbox
 
 TESTS = "def test_double():\n    assert f(3) == 6, f'f(3) == 6, got {f(3)}'\n\ndef test_zero():\n    assert f(0) == 0\n"
 
@@ -75,3 +78,66 @@ async def test_concurrent_runs_all_return() -> None:
     codes = ["def f(x):\n    return 2 * x", "def f(x):\n    while True: pass", "def f(x):\n    return 1"] * 2
     verdicts = await asyncio.gather(*(run(c) for c in codes))
     assert [v.passed for v in verdicts] == [True, False, False] * 2
+
+
+# Escapes a black-box review found (each passed, or ran a shell as the gateway's user, before the fix).
+FORK_EXEC = ("import os, _posixsubprocess\nr, w = os.pipe()\n_posixsubprocess.fork_exec([b'/bin/sh', b'-c', b'true'], "
+             "[b'/bin/sh'], True, (), None, None, -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, "
+             "None, False)")
+FRAME_FORGERY = """
+try:
+    raise ValueError
+except ValueError as e:
+    frame = e.__traceback__.tb_frame
+    while frame is not None and 'gate' not in frame.f_locals:
+        frame = frame.f_back
+    frame.f_locals['gate']['open_result'] = True
+    open(frame.f_locals['result_path'], 'w').write(repr({'stage': 'done', 'error': None, 'tests': [
+        {'name': 'test_forged', 'passed': True, 'message': ''}]}))
+    import os
+    os._exit(0)
+"""
+SWAPPED_COMPILE = ("import builtins, sys\nfake = compile('def test_fake():\\n    pass', 't', 'exec')\n"
+                   "builtins.compile = lambda *a, **k: fake\nsys.modules['__main__'].compile = builtins.compile")
+TRACER = ("import sys\ndef skip(frame, event, arg):\n    return None\nsys.settrace(skip)")
+
+
+@pytest.mark.parametrize(("code", "needle"), [
+    (FORK_EXEC, "_posixsubprocess"),
+    ("import os\nopen('x.txt', 'w').write('x')\nos.link('x.txt', '/tmp/draftgate-escape-link')", "escape-link"),
+    ("import os\nopen('y.txt', 'w').write('y')\nos.rename('y.txt', '/tmp/draftgate-escape-rename')", "escape-rename"),
+    ("import os\nos.symlink('solution.py', '/tmp/draftgate-escape-symlink')", "escape-symlink"),
+    (FRAME_FORGERY, "tb_frame"),
+    (TRACER, "sys.settrace"),
+])
+async def test_reviewed_escapes_are_denied(code: str, needle: str) -> None:
+    verdict = await run(code + "\ndef f(x):\n    return 2 * x")
+    assert not verdict.passed and "sandbox:" in verdict.reason and needle in verdict.reason, verdict.reason
+    assert not any(Path("/tmp").glob("draftgate-escape-*"))
+
+
+async def test_replaced_builtins_cannot_swap_the_tests() -> None:
+    verdict = await run(SWAPPED_COMPILE)  # no f at all: the user's tests must still run, and fail
+    assert not verdict.passed and "test_double failed" in verdict.reason
+
+
+async def test_an_output_flood_is_stopped_at_the_file_size_limit() -> None:
+    started = time.monotonic()
+    verdict = await run("import sys\nfor _ in range(300):\n    sys.stdout.write('x' * 1024 * 1024)\n"
+                        "def f(x):\n    return 2 * x", timeout_s=20)
+    assert not verdict.passed and "File too large" in verdict.reason  # 10 MiB, in a file: none in the gateway
+    assert time.monotonic() - started < 20
+
+
+def test_as_root_the_child_runs_as_a_user_of_its_own_that_cannot_fork() -> None:
+    """When the gateway is root (RLIMIT_NPROC binds no root process), the child switches to a fresh uid."""
+    if os.geteuid() != 0:
+        assert sandbox._sandbox_uid() is None  # an ordinary user keeps its own uid; NPROC 0 stops fork
+        return
+    uid = 200_123
+    who = subprocess.run(["/usr/bin/id", "-u"], capture_output=True, text=True,
+                         preexec_fn=lambda: sandbox._limits(64, 2, uid), timeout=10)
+    assert who.stdout.strip() == str(uid)
+    fork = subprocess.run(["/bin/sh", "-c", "/bin/true && echo forked"], capture_output=True, text=True,
+                          preexec_fn=lambda: sandbox._limits(64, 2, uid), timeout=10)
+    assert "forked" not in fork.stdout and "fork" in fork.stderr.lower()  # a second process is refused
