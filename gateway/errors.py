@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -112,8 +114,9 @@ def reply_for(exc: BaseException) -> ErrorReply:
         return ErrorReply(404, str(exc), "invalid_request_error", "model_not_found", "model")
     if isinstance(exc, UpstreamRejectedError):
         status = exc.status_code if exc.status_code and 400 <= exc.status_code < 500 else 400
+        # The upstream's own code and param (context_length_exceeded, content_filter, ...): clients branch on them.
         return ErrorReply(status, f"upstream {exc.alias}: {exc.message}", "invalid_request_error",
-                          "upstream_rejected")
+                          exc.code or "upstream_rejected", exc.param)
     if isinstance(exc, UpstreamRateLimitedError):
         retry = max(1, math.ceil(exc.retry_after_s or 1))
         return ErrorReply(429, f"upstream {exc.alias} is rate-limiting after {exc.attempts} attempt(s): {exc.message}",
@@ -125,7 +128,9 @@ def reply_for(exc: BaseException) -> ErrorReply:
         return ErrorReply(502, f"upstream {exc.alias} failed after {exc.attempts} attempt(s): {exc.message}",
                           "api_error", "upstream_error")
     if isinstance(exc, LocalOutputInvalidError):
-        return ErrorReply(502, str(exc), "api_error", "local_output_invalid")
+        # Retrying the same request (the OpenAI SDK retries any 5xx twice) spends the draft again, and at
+        # temperature 0 gets the same answer: the client is told not to (the SDK honours x-should-retry).
+        return ErrorReply(502, str(exc), "api_error", "local_output_invalid", headers=(("x-should-retry", "false"),))
     if isinstance(exc, QueueFullError):
         retry = max(1, round(exc.retry_after_s))
         return ErrorReply(429, "the local model's queue is full; retry later", "rate_limit_error",
@@ -148,18 +153,31 @@ def reply_for(exc: BaseException) -> ErrorReply:
 KNOWN_ERRORS: tuple[type[Exception], ...] = (GatewayError, RoutingError, EngineError)  # and their subclasses
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-before"})
+
+
+def openai_param(loc: Sequence[Any]) -> str | None:
+    """A pydantic error location as OpenAI names a parameter: `messages[0].content`, without `body` or the
+    union-member tags pydantic adds (`content.str`)."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part != "body" and part not in _TYPE_TAGS and "[" not in str(part):
+            text += f".{part}" if text else str(part)
+    return text or None
+
+
 def _validation_reply(exc: RequestValidationError) -> ErrorReply:
     errors = exc.errors()
     first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = openai_param(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return ErrorReply(400, "the request body is not valid JSON", "invalid_request_error", "invalid_json")
     if first.get("type") == "extra_forbidden":
         return ErrorReply(400, f"Unrecognized request argument supplied: {param}", "invalid_request_error",
                           "unknown_parameter", param)
-    message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                        for e in errors[:5])
+    message = "; ".join(f"{openai_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
     return ErrorReply(400, message, "invalid_request_error", "invalid_value", param)
 
 
@@ -175,10 +193,14 @@ def install_error_handlers(app: FastAPI) -> None:
         error_type = "invalid_request_error" if exc.status_code < 500 else "api_error"
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # bad UTF-8, deep nesting
+            return error_response(ErrorReply(400, "the request body is not valid JSON", "invalid_request_error",
+                                             "invalid_json"), request_headers(request))
         if exc.status_code == 404 and message == "Not Found":  # no such route (not a missing key or record)
             message = (f"draftgate does not serve {request.method} {request.url.path}; its OpenAI API is "
                        "POST /v1/chat/completions, GET /v1/models and GET /v1/models/{id}")
-        return error_response(ErrorReply(exc.status_code, message, error_type, code), request_headers(request))
+        headers = {**request_headers(request), **(exc.headers or {})}  # e.g. a 405's Allow
+        return error_response(ErrorReply(exc.status_code, message, error_type, code), headers)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         reply = reply_for(exc)

@@ -23,6 +23,8 @@ class DraftgateHeaders:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
+        if scope["method"] == "POST" and scope["path"].endswith("/chat/completions"):
+            scope["headers"] = _as_json(scope.get("headers", []))
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["draftgate_headers"] = {"x-draftgate-request-id": request_id}
@@ -33,6 +35,8 @@ class DraftgateHeaders:
                 present = {name.lower() for name, _ in headers}
                 if b"x-draftgate-request-id" not in present:
                     headers.append((b"x-draftgate-request-id", request_id.encode()))
+                if b"x-request-id" not in present:  # the OpenAI SDK's `response._request_id` reads this one
+                    headers.append((b"x-request-id", request_id.encode()))
                 for name, value in DEFAULT_HEADERS:
                     if name.encode() not in present:
                         headers.append((name.encode(), value.encode()))
@@ -40,6 +44,16 @@ class DraftgateHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A chat body is JSON whatever its content type says (curl -d sends a form type; some clients none), as
+    LiteLLM's proxy reads it: without this the body is not parsed and the error blames its shape."""
+    kept = [(name, value) for name, value in headers if name.lower() != b"content-type"]
+    declared = [value for name, value in headers if name.lower() == b"content-type"]
+    if declared and b"json" in declared[0].lower():
+        return headers
+    return [*kept, (b"content-type", b"application/json")]
 
 
 class _TooLarge(HTTPException):

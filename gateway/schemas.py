@@ -22,11 +22,33 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 class ChatMessage(BaseModel):
     """One chat message; content is text, a list of parts, or null for tool-call turns."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
     name: str | None = Field(default=None, max_length=256)
+
+    @field_validator("content")
+    @classmethod
+    def _parts(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        # As OpenAI checks them: a part without a type, or a text part without text, would otherwise be
+        # read as nothing and the model would answer an empty prompt.
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("content must be a string or a non-empty array of content parts")
+            for part in value:
+                if not isinstance(part.get("type"), str) or not part["type"]:
+                    raise ValueError("each content part needs a `type` (text, image_url, input_audio, file, ...)")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError("a content part of type text needs `text`, a string")
+        return value
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        # Only an assistant turn (tool calls instead of text) may leave content out, as in OpenAI's API.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def text(self) -> str:
         """The message's text parts joined; images and audio contribute nothing."""
@@ -40,16 +62,17 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     """OpenAI's stream_options."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = False
     include_obfuscation: bool | None = None
 
 
 class ChatRequest(BaseModel):
-    """POST /v1/chat/completions body."""
+    """POST /v1/chat/completions body. Strict types, as OpenAI's API: `"max_tokens": "5"` or `"n": true` is a
+    400, not silently coerced."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
@@ -81,6 +104,11 @@ class ChatRequest(BaseModel):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     verbosity: str | None = None
+    functions: list[dict[str, Any]] | None = Field(default=None, max_length=128)  # deprecated, still in the SDK
+    function_call: str | dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -124,6 +152,17 @@ class ChatRequest(BaseModel):
     def _one_token_cap(self) -> ChatRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> ChatRequest:
+        # OpenAI refuses these; served locally without tools, "required" would silently get plain text.
+        if self.tools is not None and not self.tools:
+            raise ValueError("tools must be a non-empty array (leave it out for no tools)")
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise ValueError("tool_choice is only allowed when tools are specified")
+        if self.function_call is not None and self.function_call != "none" and not self.functions:
+            raise ValueError("function_call is only allowed when functions are specified")
         return self
 
     @model_validator(mode="after")

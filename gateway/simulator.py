@@ -34,6 +34,8 @@ class Fault:
     stall_s: float = 30.0
     no_usage: bool = False  # answer without `usage` (in the body, or the stream's usage chunk)
     malformed_chunk_after: int | None = None  # stream this many chunks, then one that is not JSON, then the rest
+    code: str | None = None  # the error body's `code` and `param` with `status` (context_length_exceeded, ...)
+    param: str | None = None
 
 
 @dataclass
@@ -212,7 +214,7 @@ class SimulatorServer:
         if fault.status is not None:
             extra = {"retry-after": f"{fault.retry_after_s:g}"} if fault.retry_after_s is not None else {}
             err = {"error": {"message": fault.message, "type": "server_error" if fault.status >= 500 else
-                             "invalid_request_error", "param": None, "code": None}}
+                             "invalid_request_error", "param": fault.param, "code": fault.code}}
             writer.write(_response(fault.status, orjson.dumps(err), extra=extra))
             return True
         reply = sim.reply_for(body)

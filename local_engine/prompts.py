@@ -21,8 +21,10 @@ def message_text(message: Mapping[str, Any]) -> str:
 
 
 def flatten(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Role and text only, the form the chat template renders; computed once per request."""
-    return [{"role": m.get("role", "user"), "content": message_text(m)} for m in messages]
+    """Role and text only, the form the chat template renders; computed once per request. OpenAI's
+    `developer` role is the system prompt under its newer name: chat templates know `system`."""
+    return [{"role": "system" if m.get("role") == "developer" else m.get("role", "user"), "content": message_text(m)}
+            for m in messages]
 
 
 class PromptBuilder:

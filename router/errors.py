@@ -13,13 +13,16 @@ class UpstreamError(RoutingError):
     """A hosted model failed after retries and fallbacks; carries the upstream's own words."""
 
     def __init__(self, alias: str, message: str, *, status_code: int | None = None,
-                 error_type: str | None = None, attempts: int = 1) -> None:
+                 error_type: str | None = None, attempts: int = 1, code: str | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.alias = alias
         self.message = message
         self.status_code = status_code
         self.error_type = error_type
         self.attempts = attempts
+        self.code = code  # the upstream's error code and param, relayed to the client on a refusal
+        self.param = param
         self.outcome: Any = None  # what was spent before the failure (a cascade's draft), for the ledger
 
 

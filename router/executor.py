@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
+
 from ledger import PriceBook
 from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
 from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError
@@ -206,6 +208,7 @@ class Executor:
     async def _hosted_chunks(self, job: Job, opened: Any, outcome: Outcome) -> AsyncIterator[bytes]:
         reported = False
         answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
+        last: dict[str, Any] = {}
         try:
             async for payload in opened.lines():
                 try:
@@ -213,6 +216,7 @@ class Executor:
                 except ValueError as exc:  # relayed as is, it would break the client's SDK mid-stream
                     raise StreamBroken(f"upstream {opened.model.alias} sent a malformed stream chunk",
                                        retryable=False, error_type="stream_interrupted") from exc
+                last = chunk
                 answer.append(delta_text(chunk))
                 usage = usage_of(chunk)
                 if usage is not None:
@@ -221,9 +225,20 @@ class Executor:
                     if not chunk.get("choices") and not job.wants_usage:
                         continue
                 yield payload
+            if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that
+                # asked for a usage chunk still gets one, as the ledger's figures
+                outcome.prompt_tokens, outcome.completion_tokens = await asyncio.to_thread(
+                    self._tokens.usage, opened.model.model, job.messages, answer)
+                outcome.detail["usage_estimated"] = reported = True
+                if job.wants_usage:
+                    yield orjson.dumps({
+                        "id": last.get("id"), "object": "chat.completion.chunk", "created": last.get("created"),
+                        "model": last.get("model"), "choices": [], "usage": {
+                            "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+                            "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}})
         finally:
             await opened.aclose()
-            if not reported:  # no usage chunk (an upstream without it, a stream cut short, a client gone)
+            if not reported:  # no usage chunk and cut short (an upstream stream broken, a client gone)
                 outcome.prompt_tokens, outcome.completion_tokens = self._tokens.usage(
                     opened.model.model, job.messages, answer)
                 outcome.detail["usage_estimated"] = True

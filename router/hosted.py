@@ -250,7 +250,8 @@ class HostedClient:
         if last.status_code == 429:  # as LiteLLM does: the client's SDK backs off and retries a 429
             return UpstreamRateLimitedError(alias, last.message, retry_after_s=last.retry_after_s, attempts=tried)
         cls = UpstreamError if last.retryable else UpstreamRejectedError
-        return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type, attempts=tried)
+        return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type, attempts=tried,
+                   code=last.code, param=last.param)
 
 
 def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:

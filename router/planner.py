@@ -116,6 +116,12 @@ def local_cannot_serve(body: dict[str, Any]) -> str | None:
     Neutral values (a penalty of 0, an empty bias), which many SDKs send by default, are fine."""
     if body.get("tools"):
         return "the local model does not call tools (`tools`)"
+    if body.get("functions"):
+        return "the local model does not call functions (`functions`)"
+    if body.get("audio") or "audio" in (body.get("modalities") or ()):
+        return "the local model answers in text only (`audio`, `modalities`)"
+    if body.get("web_search_options") is not None:
+        return "the local model does not search the web (`web_search_options`)"
     if body.get("logprobs") or body.get("top_logprobs"):
         return "the local model does not return `logprobs`"
     for penalty in ("frequency_penalty", "presence_penalty"):
@@ -125,7 +131,7 @@ def local_cannot_serve(body: dict[str, Any]) -> str | None:
         return "the local model does not apply `logit_bias`"
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type", "text") != "text"
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") != "text"
                                              for part in content):
             return "the local model reads text only (a message has a non-text content part)"
     return None

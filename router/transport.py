@@ -7,7 +7,7 @@ import email.utils
 import importlib
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import aiohttp
 import orjson
@@ -22,13 +22,16 @@ class AttemptFailed(Exception):
     """One upstream attempt failed; `retryable` says whether trying again can help."""
 
     def __init__(self, message: str, *, status_code: int | None = None, retryable: bool,
-                 retry_after_s: float | None = None, error_type: str | None = None) -> None:
+                 retry_after_s: float | None = None, error_type: str | None = None, code: str | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.error_type = error_type
+        self.code = code  # the upstream's own error code and param (context_length_exceeded, ...): clients
+        self.param = param  # branch on them, so a refusal relays them
 
 
 class StreamBroken(AttemptFailed):
@@ -71,18 +74,30 @@ def is_retryable_status(status: int) -> bool:
     return status >= 500 or status in (408, 409, 429)
 
 
-def _error_message(content: bytes, status: int) -> tuple[str, str | None]:
+class _UpstreamErrorBody(NamedTuple):
+    message: str
+    error_type: str | None = None
+    code: str | None = None
+    param: str | None = None
+
+
+def _short_text(value: Any) -> str | None:
+    return str(value)[:256] if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" else None
+
+
+def _error_message(content: bytes, status: int) -> _UpstreamErrorBody:
     try:
         data = orjson.loads(content)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"]), (str(err["type"]) if err.get("type") else None)
+            return _UpstreamErrorBody(str(err["message"]), _short_text(err.get("type")), _short_text(err.get("code")),
+                                      _short_text(err.get("param")))
         if isinstance(err, str):
-            return err, None
+            return _UpstreamErrorBody(err)
     except orjson.JSONDecodeError:
         pass
     text = content.decode("utf-8", "replace").strip()[:500]
-    return (text or f"upstream returned HTTP {status}"), None
+    return _UpstreamErrorBody(text or f"upstream returned HTTP {status}")
 
 
 def redact(message: str, model: HostedModel) -> str:
@@ -92,9 +107,10 @@ def redact(message: str, model: HostedModel) -> str:
 
 def _failure_from_response(status: int, content: bytes, headers: Mapping[str, str],
                            model: HostedModel) -> AttemptFailed:
-    message, error_type = _error_message(content, status)
-    return AttemptFailed(redact(message, model), status_code=status, retryable=is_retryable_status(status),
-                         retry_after_s=retry_after_seconds(headers), error_type=error_type)
+    error = _error_message(content, status)
+    return AttemptFailed(redact(error.message, model), status_code=status, retryable=is_retryable_status(status),
+                         retry_after_s=retry_after_seconds(headers), error_type=error.error_type, code=error.code,
+                         param=error.param)
 
 
 def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFailed:
@@ -139,8 +155,9 @@ class _HTTPStream:
                     self._finished = True
                     return
                 if payload.startswith(b'{"error"'):
-                    message, error_type = _error_message(payload, 502)
-                    raise StreamBroken(redact(message, self._model), retryable=False, error_type=error_type)
+                    error = _error_message(payload, 502)
+                    raise StreamBroken(redact(error.message, self._model), retryable=False,
+                                       error_type=error.error_type)
                 yield payload
             self._finished = True
         except TRANSPORT_ERRORS as exc:
@@ -301,8 +318,9 @@ class LiteLLMTransport:
             status = int(status) if isinstance(status, int) else None
             retryable = status is None or is_retryable_status(status)
             message = redact(str(getattr(exc, "message", None) or exc), model)
-            raise AttemptFailed(message, status_code=status, retryable=retryable,
-                                error_type=type(exc).__name__) from exc
+            raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
+                                code=_short_text(getattr(exc, "code", None)),
+                                param=_short_text(getattr(exc, "param", None))) from exc
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._call(model, body, stream=False)

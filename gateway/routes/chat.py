@@ -54,6 +54,8 @@ async def list_models(services: ServicesDep, principal: PrincipalDep) -> Respons
 @router.get("/models/{model:path}", include_in_schema=False)
 async def retrieve_model(model: str, services: ServicesDep, principal: PrincipalDep) -> Response:
     """One alias (`client.models.retrieve`); aliases may hold a slash (`local/diffusiongemma`)."""
+    if not model:  # GET /v1/models/ is the list, not a model named ""
+        return await list_models(services, principal)
     if model not in services.aliases():
         raise UnknownModelError(model)
     principal.check_model(model)
