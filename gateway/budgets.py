@@ -34,7 +34,11 @@ class BudgetExceededError(GatewayError):
         counter = exc.counter
         headers: dict[str, str] = {}
         message = str(exc)
-        if counter.resets_at is not None:
+        if exc.never_fits:  # no wait helps: the client must ask for less
+            pass
+        elif exc.in_flight:  # not spent, only reserved: free again as soon as those requests finish
+            headers = {"retry-after": "1"}
+        elif counter.resets_at is not None:
             seconds = max(1, int((counter.resets_at - datetime.now(UTC)).total_seconds() + 0.999))
             headers = {"retry-after": str(seconds), "x-draftgate-budget-reset": counter.resets_at.isoformat()}
             reset_header = {"usd": "x-ratelimit-reset-budget", "requests": "x-ratelimit-reset-requests",
@@ -143,7 +147,10 @@ class Budgets:
                     if max_cost is None:
                         raise InvalidRequest(f"{scope} has a dollar budget, and a model this request may use has "
                                              "no known price; set `price:` for it in the config", param="model")
-                    claims.append(Claim(counter, max_cost))
+                    # Without max_tokens the worst case is a guess (4,096 tokens), which may exceed a small
+                    # budget and be refused in every period: such a request claims at most the whole budget,
+                    # settled to its real cost. A client's own max_tokens is its worst case, held to the budget.
+                    claims.append(Claim(counter, max_cost if job.max_tokens else min(max_cost, counter.limit)))
         try:
             await asyncio.to_thread(self._store.reserve, claims)
         except BudgetExceeded as exc:
@@ -155,7 +162,9 @@ class Budgets:
         if reservation is None:
             return
         actual: dict[str, float] = {"requests": 1.0}
-        if outcome is not None:
+        if outcome is None:  # failed before any work (an upstream 5xx, unreachable): it cost nothing, as its
+            actual.update(tokens=0.0, usd=0.0)  # ledger row says; charging the worst case left phantom spend
+        else:
             actual["tokens"] = float(outcome.prompt_tokens + outcome.completion_tokens)
             if outcome.cost_usd is not None:
                 actual["usd"] = outcome.cost_usd

@@ -87,11 +87,26 @@ class Claim:
 class BudgetExceeded(LedgerError):
     """A counter would go over its limit."""
 
-    def __init__(self, counter: Counter, requested: float) -> None:
+    def __init__(self, counter: Counter, requested: float, used: float | None = None, reserved: float = 0.0) -> None:
         what = {"usd": "dollar budget", "requests": "requests-per-minute limit",
                 "tokens": "tokens-per-minute limit"}[counter.metric]
-        limit = f"${counter.limit:g}" if counter.metric == "usd" else f"{counter.limit:g}"
-        super().__init__(f"{counter.scope} has reached its {what} ({limit})")
+        money = "$" if counter.metric == "usd" else ""
+        limit = f"{money}{counter.limit:g}"
+        # Full, or only held by requests still in flight (their reservations are released when they finish):
+        # the client must be told which, or it waits for a reset that a second's wait would have beaten.
+        self.in_flight = used is not None and used + requested <= counter.limit + EPSILON
+        self.never_fits = requested > counter.limit + EPSILON
+        if self.never_fits:
+            message = (f"this request's worst case ({money}{requested:g}) is more than {counter.scope}'s whole {what} "
+                       f"({limit}); lower max_tokens or n")
+        elif self.in_flight:
+            message = (f"{counter.scope}'s {what} ({limit}, {money}{used:g} used) is held by requests in flight "
+                       f"({money}{reserved:g} reserved); this request's worst case ({money}{requested:g}) fits once "
+                       "they finish")
+        else:
+            spent = f", {money}{used:g} used" if used is not None else ""
+            message = f"{counter.scope} has reached its {what} ({limit}{spent})"
+        super().__init__(message)
         self.counter = counter
         self.requested = requested
 
@@ -123,7 +138,9 @@ class BudgetStore:
         with self._db.engine.begin() as connection:
             for claim in ordered:
                 if not self._reserve_one(connection, claim):
-                    raise BudgetExceeded(claim.counter, claim.amount)  # rolls back the claims before it
+                    counter = claim.counter
+                    used, reserved = self._usage(connection, counter.scope, counter.metric, counter.window_start)
+                    raise BudgetExceeded(counter, claim.amount, used, reserved)  # rolls back the claims before it
 
     def _reserve_one(self, connection: Connection, claim: Claim) -> bool:
         counter = claim.counter
@@ -154,8 +171,12 @@ class BudgetStore:
 
     def usage(self, scope: str, metric: Metric, window_start: int) -> tuple[float, float]:
         """(used, reserved) of one counter; (0, 0) if it was never touched."""
-        table = cast(Table, BudgetUsageRow.__table__)
         with self._db.engine.connect() as connection:
-            row = connection.execute(table.select().where(
-                table.c.scope == scope, table.c.metric == metric, table.c.window_start == window_start)).first()
+            return self._usage(connection, scope, metric, window_start)
+
+    @staticmethod
+    def _usage(connection: Connection, scope: str, metric: Metric, window_start: int) -> tuple[float, float]:
+        table = cast(Table, BudgetUsageRow.__table__)
+        row = connection.execute(table.select().where(
+            table.c.scope == scope, table.c.metric == metric, table.c.window_start == window_start)).first()
         return (0.0, 0.0) if row is None else (float(row.used), float(row.reserved))

@@ -69,7 +69,14 @@ def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_dat
         error = refused[0].json()["error"]
         assert error["code"] == "budget_exceeded" and error["type"] == "budget_exceeded"
         assert "team:racers" in error["message"]
-        assert int(refused[0].headers["retry-after"]) >= 1 and "x-draftgate-budget-reset" in refused[0].headers
+        # Refused while the budget was spent, or while in-flight requests held the rest of it (free a second later)
+        for reply in refused:
+            message = reply.json()["error"]["message"]
+            if "held by requests in flight" in message:
+                assert reply.headers["retry-after"] == "1"
+            else:
+                assert "has reached its dollar budget" in message and "x-draftgate-budget-reset" in reply.headers
+        assert any("has reached" in r.json()["error"]["message"] for r in refused)
         spent_per_gateway = [float(r.headers["x-draftgate-cost-usd"]) for r in ok]
         assert sum(spent_per_gateway) == pytest.approx(0.1)
         for gateway in (a, b):
@@ -164,3 +171,52 @@ def test_n_choices_reserve_and_spend_n_completions(gateway_factory, shared_datab
         assert two.status_code == 200 and len(two.json()["choices"]) == 2
         assert float(two.headers["x-draftgate-cost-usd"]) == pytest.approx(2 * PRICE_PER_REQUEST)
         assert asyncio.run(call(1)).status_code == 429  # $0.010 spent: $0.005 more would pass $0.012
+
+
+def test_failed_requests_leave_no_phantom_spend_and_budgets_say_why_they_refuse(
+        gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
+    from gateway.simulator import Fault
+
+    with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, shared_database_url, "max_budget_usd: 0.012"),
+                             data_dir=tmp_path / "a")
+        scope_usage = gw.services.budgets._store.usage  # (used, reserved) of a counter
+
+        def settled(reply: httpx.Response) -> httpx.Response:
+            asyncio.run_coroutine_threadsafe(gw.services.budgets.drain(), gw.services.loop).result(10)
+            return reply
+
+        def window() -> int:
+            from ledger.budgets import window as budget_window
+            from datetime import UTC, datetime
+            return int(budget_window("month", datetime.now(UTC))[0].timestamp())
+
+        # Upstream failures cost nothing (the ledger says $0): they must not use up the budget either.
+        sim.state.faults.extend([Fault(status=500)] * 2)  # (a third would cool the alias down)
+        for _ in range(2):
+            assert settled(asyncio.run(_one(gw.url, "gpt-4o-mini"))).status_code == 502
+        assert scope_usage("team:racers", "usd", window()) == (0.0, 0.0)
+        # No max_tokens: a worst case of 4,096 tokens ($4.10) is far above the $0.012 budget, but the budget is
+        # empty, so it is served (claiming at most the whole budget) and settled to its real $0.005.
+        reply = settled(httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
+                                   headers={"authorization": "Bearer sk-racer-key-123456"},
+                                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}]}))
+        assert reply.status_code == 200, reply.text
+        assert scope_usage("team:racers", "usd", window()) == (pytest.approx(PRICE_PER_REQUEST), 0.0)
+
+        # Held by a request in flight, not spent: told so, with a short Retry-After, not "resets next month".
+        sim.state.faults.append(Fault(delay_s=1.5))
+
+        async def overlap() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                slow = asyncio.create_task(_call(client, gw.url))
+                await asyncio.sleep(0.7)
+                return [await _call(client, gw.url), await slow]
+
+        held, slow = asyncio.run(overlap())
+        assert slow.status_code == 200 and held.status_code == 429
+        assert "held by requests in flight" in held.json()["error"]["message"]
+        assert held.headers["retry-after"] == "1"
+        settled(slow)
+        full = asyncio.run(_one(gw.url, "gpt-4o-mini"))  # $0.010 spent: $0.005 more does not fit
+        assert full.status_code == 429 and "has reached its dollar budget" in full.json()["error"]["message"]
