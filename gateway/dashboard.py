@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from html import escape
 from typing import Any
 
+from gateway.report_render import amount
 from ledger import Database
 from ledger.reports import ROUTES, Reporter, ReportQuery, escalation_reasons
 
@@ -69,9 +70,7 @@ def _days(first: date, last: date) -> list[str]:
 def money(value: float | None) -> str:
     if value is None:
         return "-"
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    return f"{sign}${value:,.2f}" if value >= 1 else f"{sign}${value:.4f}"
+    return ("-" if value < 0 else "") + "$" + amount(abs(value))
 
 
 def _nice_max(value: float) -> float:

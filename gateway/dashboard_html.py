@@ -6,6 +6,7 @@ from html import escape
 from typing import Any
 
 from gateway.dashboard import COLORS, DashboardData, money, share_chart, spend_chart
+from gateway.report_render import amount
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2125}
@@ -74,8 +75,8 @@ def dashboard_page(data: DashboardData, who: str, days: int) -> str:
         _kpi("savings", "saved by routing" + escape(saved_pct), money(t["savings_usd"])),
         _kpi("local-share", "served locally", f"{t['local_share']:.0%}"),
         _kpi("requests", "requests", f"{t['requests']:,}"),
-        _kpi("escalation-rate", "drafts escalated", f"{t['escalation_rate']:.0%}"),
-        _kpi("device-hours", "local device-hours", f"{t['device_hours']:.4f}"),
+        _kpi("escalation-rate", "escalated (of routed requests)", f"{t['escalation_rate']:.0%}"),
+        _kpi("device-hours", "local device-hours", amount(t["device_hours"])),
         _kpi("unpriced", "unpriced requests (not in $)", f"{t['unpriced_requests']:,}"),
     ])
     windows = "".join(f'<a href="/dashboard?days={d}">{d}d</a>' for d in (7, 30, 90))

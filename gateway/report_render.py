@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 import orjson
@@ -12,19 +13,34 @@ from rich.text import Text
 
 from ledger.reports import Report
 
+SMALL = "small"  # an amount shown with its first two significant digits when under 0.01, never as 0.0000
+
 COLUMNS = [  # (key, header, format)
     ("requests", "requests", "{:,}"), ("local_share", "local %", "{:.0%}"), ("escalation_rate", "escal. %", "{:.0%}"),
     ("prompt_tokens", "prompt tok", "{:,}"), ("completion_tokens", "compl. tok", "{:,}"),
-    ("device_hours", "device h", "{:.4f}"), ("local_usd", "local $", "{:.4f}"), ("hosted_usd", "hosted $", "{:.4f}"),
-    ("wasted_draft_usd", "wasted $", "{:.4f}"), ("cost_usd", "total $", "{:.4f}"),
-    ("all_hosted_usd", "all-hosted $", "{:.4f}"), ("savings_usd", "savings $", "{:.4f}"),
-    ("unpriced_requests", "unpriced", "{:,}"), ("p50_latency_ms", "p50 ms", "{:.0f}"),
-    ("p99_latency_ms", "p99 ms", "{:.0f}"),
+    ("device_hours", "device h", SMALL), ("local_usd", "local $", SMALL), ("hosted_usd", "hosted $", SMALL),
+    ("wasted_draft_usd", "wasted $", SMALL), ("cost_usd", "total $", SMALL),
+    ("all_hosted_usd", "all-hosted $", SMALL), ("savings_usd", "savings $", SMALL),
+    ("unpriced_requests", "unpriced", "{:,}"), ("unreferenced_requests", "no all-hosted", "{:,}"),
+    ("p50_latency_ms", "p50 ms", "{:.0f}"), ("p99_latency_ms", "p99 ms", "{:.0f}"),
 ]
 
 
+def amount(value: float) -> str:
+    """1,234.50 / 0.0123 / 0.0000076: a per-key cost of a few millionths of a dollar is not 0.0000."""
+    size = abs(value)
+    if size == 0:
+        return "0"
+    if size >= 1:
+        return f"{value:,.2f}"
+    decimals = 4 if size >= 0.01 else min(12, 1 - math.floor(math.log10(size)))
+    return f"{value:.{decimals}f}"
+
+
 def _cell(value: Any, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
+    if value is None:
+        return "-"
+    return amount(value) if fmt == SMALL else fmt.format(value)
 
 
 def as_table(report: Report) -> Table:

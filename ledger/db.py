@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, func, make_url, select, text
+from sqlalchemy import Connection, Engine, String, create_engine, event, func, make_url, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +26,20 @@ from ledger.rollup import GROUP_COLUMNS, aggregate
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
 INSERT_CHUNK = 256  # rows per INSERT at most: well under SQLite's bound-parameter limit
+
+
+_STRING_LIMITS = tuple((c.name, c.type.length) for c in RequestRow.__table__.columns
+                       if isinstance(c.type, String) and c.type.length)
+
+
+def fit_columns(record: RequestRecord) -> RequestRecord:
+    """The record with any text longer than its column cut to fit (marked in `detail`). PostgreSQL refuses an
+    over-long value, and that one row would fail its whole batch; SQLite stores it either way."""
+    cut: dict[str, Any] = {name: value[:limit] for name, limit in _STRING_LIMITS
+                           if isinstance(value := getattr(record, name), str) and len(value) > limit}
+    if not cut:
+        return record
+    return replace(record, **cut, detail={**(record.detail or {}), "truncated_fields": sorted(cut)})
 
 
 def chunk_sizes(n: int) -> list[int]:
@@ -148,6 +163,12 @@ class Database:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Names this database (not its password, which may rotate): journals say which database they are for."""
+        url = self.engine.url.set(password=None).render_as_string(hide_password=False)
+        return hashlib.sha256(url.encode()).hexdigest()[:16]
+
     def ping(self) -> bool:
         """True when the database answers."""
         try:
@@ -161,6 +182,7 @@ class Database:
         """Inserts rows, skipping request ids already stored (replays are idempotent). Returns rows added."""
         if not records:
             return 0
+        records = [fit_columns(r) for r in records]
         added: list[RequestRecord] = []
         # One cached statement, executed many times (SQLAlchemy batches it into multi-row INSERTs).
         statement = _request_insert(self.engine.dialect.name)

@@ -110,6 +110,12 @@ class TeamRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
+def unreferenced_columns() -> list[Column[Any]]:
+    """Priced requests without an all-hosted counterfactual (migration 0004 adds them to older databases)."""
+    return [Column("unreferenced", BigInteger, nullable=False, server_default="0"),
+            Column("unreferenced_usd", Float, nullable=False, server_default="0")]
+
+
 def usage_daily_columns() -> list[Column[Any]]:
     """The roll-up's columns (also used by the migration that creates it)."""
     keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
@@ -121,7 +127,7 @@ def usage_daily_columns() -> list[Column[Any]]:
             Column("device_seconds", Float, nullable=False), Column("local_usd", Float, nullable=False),
             Column("hosted_usd", Float, nullable=False), Column("wasted_usd", Float, nullable=False),
             Column("reference_usd", Float, nullable=False), Column("unpriced", BigInteger, nullable=False),
-            Column("latency_ms_sum", Float, nullable=False)]
+            Column("latency_ms_sum", Float, nullable=False), *unreferenced_columns()]
     latency = [Column(latency_column(i), BigInteger, nullable=False, default=0) for i in range(LATENCY_BUCKETS)]
     return keys + sums + latency
 

@@ -85,8 +85,10 @@ class ReportRow:
             "escalation_rate": self.requests_on("escalated") / served if routed else 0.0,
             "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
             "device_hours": t.device_seconds / 3600, "local_usd": t.local_usd, "hosted_usd": t.hosted_usd,
+            # savings compare like with like: the spend of the requests that have an all-hosted counterfactual
             "wasted_draft_usd": t.wasted_usd, "cost_usd": cost, "all_hosted_usd": t.reference_usd,
-            "savings_usd": t.reference_usd - cost, "unpriced_requests": t.unpriced,
+            "savings_usd": t.reference_usd - (cost - t.unreferenced_usd), "unpriced_requests": t.unpriced,
+            "unreferenced_requests": t.unreferenced,
             "p50_latency_ms": quantile_ms(t.latency, 0.50), "p99_latency_ms": quantile_ms(t.latency, 0.99),
         }
 

@@ -62,14 +62,16 @@ def reason_kind(reason: str | None) -> str:
     return "+".join(kinds)[:64]
 
 
-def is_unpriced(record: RequestRecord) -> bool:
-    """Rows whose dollars (or all-hosted counterfactual) are unknown: counted, never summed as $0."""
-    return record.unpriced or (record.reference_cost_usd is None and record.status == "ok")
+def is_unreferenced(record: RequestRecord) -> bool:
+    """A served, priced row whose all-hosted counterfactual is unknown (no `reference_model`): its dollars are
+    real spend, but it has nothing to be compared with, so it stays out of the savings."""
+    return not record.unpriced and record.reference_cost_usd is None and record.status == "ok"
 
 
 @dataclass
 class UsageTotals:
-    """Sums over a set of requests; dollars only over priced rows (see `is_unpriced`)."""
+    """Sums over a set of requests: dollars over priced rows (an unpriced one is counted, never summed as $0);
+    `unreferenced_usd` is the part of them without an all-hosted counterfactual (see `is_unreferenced`)."""
 
     requests: int = 0
     errors: int = 0
@@ -81,6 +83,8 @@ class UsageTotals:
     wasted_usd: float = 0.0
     reference_usd: float = 0.0
     unpriced: int = 0
+    unreferenced: int = 0
+    unreferenced_usd: float = 0.0
     latency_ms_sum: float = 0.0
     latency: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
 
@@ -92,13 +96,18 @@ class UsageTotals:
         self.device_seconds += record.device_seconds
         self.latency_ms_sum += record.latency_ms
         self.latency[latency_bucket(record.latency_ms)] += 1
-        if is_unpriced(record):
+        if record.unpriced:
             self.unpriced += 1
             return
         self.local_usd += record.local_cost_usd or 0.0
         self.hosted_usd += record.hosted_cost_usd or 0.0
         self.wasted_usd += record.wasted_draft_usd
-        self.reference_usd += record.reference_cost_usd or 0.0
+        if is_unreferenced(record):
+            self.unreferenced += 1
+            self.unreferenced_usd += (record.local_cost_usd or 0.0) + (record.hosted_cost_usd or 0.0) \
+                + record.wasted_draft_usd
+        else:
+            self.reference_usd += record.reference_cost_usd or 0.0
 
     def merge(self, other: UsageTotals) -> None:
         for name in SCALAR_FIELDS:

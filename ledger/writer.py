@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from ledger.db import Database
 from ledger.records import RequestRecord
@@ -32,17 +33,39 @@ class _Segment:
     records: list[RequestRecord] = field(default_factory=list)
 
 
+HEADER_KEY = "journal_of"  # a segment's first line names the database its rows belong to
+
+
+def segment_owner(path: Path) -> str | None:
+    """The database fingerprint a segment was written for; None for a segment without a header."""
+    with path.open("rb") as file:
+        first = file.readline()
+    try:
+        header = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    return str(header[HEADER_KEY]) if isinstance(header, dict) and HEADER_KEY in header else None
+
+
 def read_segment(path: Path) -> list[RequestRecord]:
     """Records in a journal segment; a torn or corrupt line (crash mid-write) is skipped with a warning."""
     records = []
     for number, line in enumerate(path.read_bytes().splitlines(), 1):
-        if not line.strip():
+        if not line.strip() or (number == 1 and line.startswith(b'{"' + HEADER_KEY.encode())):
             continue
         try:
             records.append(RequestRecord.from_json_dict(orjson.loads(line)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("skipping unreadable journal line %s:%d", path, number)
     return records
+
+
+REJECTED_FILE = "ledger-rejected.jsonl"
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database that is down or busy (retry the batch later), not a row it refuses (retrying cannot help)."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or bool(getattr(exc, "connection_invalidated", False))
 
 
 class LedgerWriter:
@@ -89,19 +112,54 @@ class LedgerWriter:
             os.close(fd)
             return
         try:
+            owner = segment_owner(path)
+            if owner is not None and owner != self._db.fingerprint:  # another database's rows: not ours to
+                log.info("leaving journal %s: it belongs to another database", path.name)  # replay here
+                return
             records = read_segment(path)
-            added = self._db.insert_records(records)
+            added = self._insert(records)
             if records:
                 log.info("recovered %d journalled ledger row(s) from %s (%d new)", len(records), path.name, added)
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)
 
+    def _insert(self, records: list[RequestRecord]) -> int:
+        """Inserts a batch; a row the database refuses (a constraint it breaks) is set aside in
+        ledger-rejected.jsonl, with the reason, so that it neither blocks every later row nor stops a restart."""
+        try:
+            return self._db.insert_records(records)
+        except SQLAlchemyError as exc:
+            if _transient(exc):
+                raise
+        added = 0
+        for record in records:  # which row? one at a time (rare: only after a refused batch)
+            try:
+                added += self._db.insert_records([record])
+            except SQLAlchemyError as exc:
+                if _transient(exc):
+                    raise
+                self._reject(record, exc)
+        return added
+
+    def _reject(self, record: RequestRecord, exc: SQLAlchemyError) -> None:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:500]
+        path = self._journal.parent / REJECTED_FILE
+        line = orjson.dumps({"reason": reason, "record": orjson.loads(record.to_json())})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line + b"\n")
+        finally:
+            os.close(fd)
+        log.error("the database refused ledger row %s (%s); it is kept in %s", record.request_id, reason, path)
+
     def _open_segment(self) -> None:
         path = self._journal.with_name(f"{self._journal.name}.{self._seq}")
         self._seq += 1
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we append to it
+        # Gateways on different databases may share a data dir: a replay must go to the database it was for.
+        os.write(self._fd, orjson.dumps({HEADER_KEY: self._db.fingerprint}) + b"\n")
         self._current = _Segment(path)
 
     def record(self, record: RequestRecord) -> None:
@@ -132,7 +190,7 @@ class LedgerWriter:
             self._seal()
             while self._sealed:
                 segment = self._sealed[0]
-                await asyncio.to_thread(self._db.insert_records, segment.records)
+                await asyncio.to_thread(self._insert, segment.records)
                 segment.path.unlink(missing_ok=True)
                 self._sealed.pop(0)
 

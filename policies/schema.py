@@ -36,7 +36,7 @@ class ModelConfig(BaseModel):
 
     model_config = Strict
     name: str = Field(min_length=1, max_length=256)
-    model: str = Field(min_length=1, description="LiteLLM model string, provider/model")
+    model: str = Field(min_length=1, max_length=256, description="LiteLLM model string, provider/model")
     api_base: str | None = None
     api_key: str | None = Field(default=None, repr=False)
     price: PriceConfig | None = None
@@ -100,7 +100,7 @@ class TeamConfig(LimitsConfig):
 
 
 class KeyConfig(LimitsConfig):
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=57)  # the ledger's key id is "config:<name>", at most 64 characters
     key: str = Field(min_length=8, repr=False)
     team: str | None = None
     models: list[str] | None = Field(default=None, min_length=1, max_length=1000)  # None: every alias

@@ -207,3 +207,24 @@ def test_route_explain_without_a_local_model_and_for_an_unknown_alias(tmp_path: 
 
 def test_version(tmp_path: Path) -> None:
     assert draftgate("version", cwd=tmp_path).stdout.startswith("draftgate ")
+
+
+def test_small_amounts_are_shown_not_rounded_to_zero(tmp_path: Path) -> None:
+    """A key's few millionths of a dollar read as `0.0000` in the table and `$0.0000` on the dashboard."""
+    from rich.console import Console
+
+    from gateway.dashboard import money
+    from gateway.report_render import amount, as_table
+    from ledger import Database
+    from ledger.reports import Reporter, ReportQuery
+    from tests.ledger.conftest import record
+
+    assert [amount(v) for v in (0.0, 7.6e-06, 0.0123, 1234.5)] == ["0", "0.0000076", "0.0123", "1,234.50"]
+    assert money(-3.2e-07) == "-$0.00000032" and money(2.5) == "$2.50"
+    db = Database(f"sqlite:///{tmp_path}/ledger.db")
+    db.migrate()
+    db.insert_records([record("r1", hosted_cost_usd=7.6e-06, reference_cost_usd=7.6e-06)])
+    console = Console(record=True, width=300)
+    console.print(as_table(Reporter(db).report(ReportQuery(group_by="team"))))
+    assert "0.0000076" in console.export_text()
+    db.dispose()

@@ -7,6 +7,7 @@ import contextlib
 import os
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import event
 
@@ -219,5 +220,60 @@ def _migrate_concurrently(urls: list[str]) -> None:
         assert failures == [], (url, failures)
         db = Database(url)
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
         db.dispose()
+
+
+async def test_a_row_the_database_refuses_is_set_aside_and_blocks_nothing(db: Database, tmp_path: Path) -> None:
+    """One row breaking a constraint used to fail its whole batch forever, and every restart after a crash."""
+    journal = tmp_path / "ledger.journal"
+    writer = LedgerWriter(db, journal, flush_interval_s=60)
+    await writer.start()
+    writer.record(record("good-1"))
+    writer.record(record("poison", model_alias=None))  # NOT NULL: refused by every database
+    writer.record(record("good-2"))
+    await writer.flush()
+    assert db.get_record("good-1") is not None and db.get_record("good-2") is not None
+    assert db.get_record("poison") is None and writer.pending == 0
+    (rejected,) = [orjson.loads(line) for line in (tmp_path / "ledger-rejected.jsonl").read_bytes().splitlines()]
+    assert rejected["record"]["request_id"] == "poison" and rejected["reason"]
+    # The same row in a crashed process's journal: the restart replays the rest and starts.
+    writer.record(record("poison-2", model_alias=None))
+    writer.record(record("good-3"))
+    writer._task.cancel()  # type: ignore[union-attr]  # as after kill -9
+    os.close(writer._fd)  # type: ignore[arg-type]
+    restarted = LedgerWriter(db, journal)
+    await restarted.start()
+    assert db.get_record("good-3") is not None and db.get_record("poison-2") is None
+    assert len((tmp_path / "ledger-rejected.jsonl").read_bytes().splitlines()) == 2
+    await restarted.close()
+
+
+def test_text_longer_than_its_column_is_cut_to_fit_not_refused(db: Database) -> None:
+    long_key, long_model = "config:" + "k" * 100, "openai/" + "m" * 400
+    assert db.insert_records([record("long", key_id=long_key, provider_model=long_model)]) == 1
+    stored = db.get_record("long")
+    assert stored is not None and stored.key_id == long_key[:64] and stored.provider_model == long_model[:256]
+    assert stored.detail is not None and stored.detail["truncated_fields"] == ["key_id", "provider_model"]
+
+
+async def test_a_journal_is_replayed_only_into_the_database_it_was_written_for(tmp_path: Path) -> None:
+    """Gateways on different databases may share a data dir: a crashed one's rows must not land in the other's."""
+    first, second = (Database(f"sqlite:///{tmp_path}/{name}.db") for name in ("first", "second"))
+    for database in (first, second):
+        database.migrate()
+    crashed = LedgerWriter(first, tmp_path / "ledger-1.journal", flush_interval_s=60, recover_glob="ledger-*.journal.*")
+    await crashed.start()
+    crashed.record(record("first-row"))
+    crashed._task.cancel()  # type: ignore[union-attr]  # as after kill -9
+    os.close(crashed._fd)  # type: ignore[arg-type]
+    other = LedgerWriter(second, tmp_path / "ledger-2.journal", recover_glob="ledger-*.journal.*")
+    await other.start()
+    assert second.get_record("first-row") is None and (tmp_path / "ledger-1.journal.0").exists()
+    await other.close()
+    owner = LedgerWriter(first, tmp_path / "ledger-3.journal", recover_glob="ledger-*.journal.*")
+    await owner.start()
+    assert first.get_record("first-row") is not None and not (tmp_path / "ledger-1.journal.0").exists()
+    await owner.close()
+    for database in (first, second):
+        database.dispose()

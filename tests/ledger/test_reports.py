@@ -14,7 +14,7 @@ from ledger import Database, RequestRecord
 from ledger.db import MIGRATIONS, RECORD_FIELDS
 from ledger.models import RequestRow
 from ledger.reports import Reporter, ReportQuery
-from ledger.rollup import aggregate, is_unpriced, latency_bucket, quantile_ms
+from ledger.rollup import aggregate, is_unreferenced, latency_bucket, quantile_ms
 from tests.ledger.conftest import T0, record
 
 
@@ -141,9 +141,25 @@ def test_percentiles_from_buckets_are_within_ten_percent() -> None:
 
 
 def test_unpriced_means_unknown_not_zero() -> None:
-    assert is_unpriced(record("x", unpriced=True))
-    assert is_unpriced(record("y", reference_cost_usd=None))  # served, but the counterfactual is unknown
-    assert not is_unpriced(record("z", status="error", reference_cost_usd=None))  # failed, nothing billed
+    assert not is_unreferenced(record("x", unpriced=True))  # its own price unknown: counted as unpriced
+    assert is_unreferenced(record("y", reference_cost_usd=None))  # served, but the counterfactual is unknown
+    assert not is_unreferenced(record("z", status="error", reference_cost_usd=None))  # failed, nothing to compare
+
+
+def test_known_costs_without_a_reference_model_are_spend_not_unpriced(db: Database) -> None:
+    """Without `reference_model` a local row has no all-hosted counterfactual; its cost is still real spend
+    (it was dropped from every total, and reports said "no known price"); savings compare only the rest."""
+    db.insert_records([
+        record("local", route="local", hosted_cost_usd=None, local_cost_usd=0.002, reference_cost_usd=None),
+        record("hosted", route="hosted", hosted_cost_usd=0.010, local_cost_usd=None, reference_cost_usd=0.010),
+        record("mystery", route="hosted", hosted_cost_usd=None, local_cost_usd=None, reference_cost_usd=None,
+               unpriced=True)])
+    for query in (ReportQuery(group_by="route"),  # whole days from the roll-up, and a window of raw rows
+                  ReportQuery(group_by="route", since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1))):
+        total = Reporter(db).report(query).as_dict()["total"]
+        assert total["cost_usd"] == pytest.approx(0.012) and total["local_usd"] == pytest.approx(0.002)
+        assert total["unpriced_requests"] == 1 and total["unreferenced_requests"] == 1
+        assert total["all_hosted_usd"] == pytest.approx(0.010) and total["savings_usd"] == pytest.approx(0.0)
 
 
 def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
@@ -157,6 +173,21 @@ def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
         connection.execute(insert(RequestRow), [{n: getattr(r, n) for n in RECORD_FIELDS} for r in seeded()])
     db.migrate()
     assert by_group(db, group_by="team")["research"]["savings_usd"] == pytest.approx(0.0017)
+    db.dispose()
+
+
+def test_upgrading_a_0003_ledger_rebuilds_the_rollup_with_unreferenced_costs(tmp_path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/old.db")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    local = record("l", route="local", hosted_cost_usd=None, local_cost_usd=0.002, reference_cost_usd=None)
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+        connection.execute(insert(RequestRow), [{n: getattr(local, n) for n in RECORD_FIELDS}])
+    db.migrate()
+    total = Reporter(db).report(ReportQuery(group_by="route")).as_dict()["total"]  # whole days: the roll-up
+    assert total["local_usd"] == pytest.approx(0.002) and total["unreferenced_requests"] == 1
     db.dispose()
 
 

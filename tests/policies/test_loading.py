@@ -120,6 +120,8 @@ def test_semantic_problems() -> None:
      "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
     ('"k\\udc00": 1\n', "draftgate.yaml:1: k\\udc00: holds a lone surrogate"),
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml: values nested too deeply"),
+    ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
+     "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
                                                for p, n in zip("abcdefghi", "bcdefghij")),
      "draftgate.yaml: the file expands to more than 100,000 values (YAML aliases)"),
