@@ -48,8 +48,12 @@ class Confidence:
     tokens_per_pass: float
     mean_entropy: float
     max_entropy: float
+    measured: bool = True  # False where the backend reports none (a vLLM server): no signal, not a zero
 
     def as_dict(self) -> dict[str, Any]:
+        """The signals; empty when none were measured, so a `min_confidence` check sees them missing."""
+        if not self.measured:
+            return {}
         return {"steps_per_canvas": list(self.steps_per_canvas), "step_cap_hit": self.step_cap_hit,
                 "tokens_per_pass": round(self.tokens_per_pass, 4), "mean_entropy": round(self.mean_entropy, 6),
                 "max_entropy": round(self.max_entropy, 6)}

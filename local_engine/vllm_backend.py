@@ -26,7 +26,7 @@ from local_engine.metering import DEFAULT_GPU_USD_PER_HOUR
 COOL_DOWN_S = 5.0  # a server that failed is tried last for this long
 BUSY_STATUSES = frozenset({429, 503})
 NO_SIGNALS = Confidence(steps_per_canvas=(), step_cap_hit=False, tokens_per_pass=0.0, mean_entropy=0.0,
-                        max_entropy=0.0)
+                        max_entropy=0.0, measured=False)  # vLLM reports no denoising signals
 
 
 class VllmBackend:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+log = logging.getLogger("draftgate.verifiers")
 JudgeFn = Callable[[str, list[dict[str, Any]]], Awaitable[str]]  # (hosted alias, messages) -> reply text
 
 
@@ -45,7 +47,11 @@ async def run_verifiers(verifiers: Sequence[Verifier], draft: Draft, *,
     """Runs verifiers in order; with `stop_on_first_failure` the later (often costlier) ones are skipped."""
     verdicts = []
     for verifier in verifiers:
-        verdict = await verifier.verify(draft)
+        try:
+            verdict = await verifier.verify(draft)
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # a draft that breaks a check fails it
+            log.warning("verifier %s failed on a draft: %s", verifier.name, exc)
+            verdict = Verdict(verifier.name, False, f"the check could not judge the draft ({type(exc).__name__})")
         verdicts.append(verdict)
         if stop_on_first_failure and not verdict.passed:
             break

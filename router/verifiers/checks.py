@@ -24,11 +24,21 @@ def strip_fence(text: str) -> str:
     return match.group(1) if match else text
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259); strict parsers refuse it")
+
+
 def parse_json(text: str) -> tuple[Any, str | None]:
+    """The JSON value of a draft, or why it is not JSON. NaN and Infinity are not (Python's json accepts them;
+    JSON.parse, Go and serde refuse them), and nesting too deep to parse is a finding, not a crash."""
     try:
-        return json.loads(strip_fence(text)), None
+        return json.loads(strip_fence(text), parse_constant=_no_constant), None
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+    except ValueError as exc:
+        return None, f"invalid JSON: {exc}"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply to parse"
 
 
 class JsonVerifier:

@@ -121,3 +121,33 @@ def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  
 def test_verdicts_serialize() -> None:
     verdict = asyncio.run(verify("json", {}, "{}"))
     assert verdict.as_dict() == {"verifier": "json", "passed": True, "reason": "valid JSON", "details": {}}
+
+
+@pytest.mark.parametrize("text", ['{"a": NaN}', '{"a": Infinity}', '[-Infinity]', "[" * 100_000 + "]" * 100_000])
+async def test_what_strict_json_parsers_refuse_fails_every_json_check(text: str) -> None:
+    """Python's json takes NaN and Infinity, and overflows the stack on deep nesting (a 500 before)."""
+    request = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}
+    for kind, options in (("json", {}), ("json_schema", {"schema": {}}), ("json_schema", {"from_request": True})):
+        verdict = await build_verifier(kind, options).verify(Draft(text=text, request=request))
+        assert not verdict.passed and "invalid JSON" in verdict.reason, (kind, verdict)
+
+
+async def test_a_backend_without_signals_counts_as_missing_not_as_confident() -> None:
+    """A vLLM server reports no denoising signals: all-zero figures read as perfect confidence before."""
+    from local_engine.vllm_backend import NO_SIGNALS
+
+    assert NO_SIGNALS.as_dict() == {}
+    verdict = await build_verifier("min_confidence", {"max_entropy": 0.02}).verify(
+        Draft(text="x", request={}, signals=NO_SIGNALS.as_dict()))
+    assert not verdict.passed and verdict.reason == "no confidence signals"
+
+
+async def test_a_verifier_that_breaks_on_a_draft_fails_it_instead_of_raising() -> None:
+    class Fragile:
+        name = "fragile"
+
+        async def verify(self, draft: Draft) -> Verdict:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    (verdict,) = await run_verifiers([Fragile()], Draft(text="x", request={}))  # type: ignore[list-item]
+    assert not verdict.passed and "could not judge" in verdict.reason
