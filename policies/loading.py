@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from policies.crossref import cross_reference_problems
 from policies.errors import ConfigError, ConfigProblem
@@ -23,9 +24,15 @@ URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IG
 def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
     """Loads and validates a config file; raises ConfigError listing every problem."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read the file: {exc}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigProblem(str(path), line, "", f"not UTF-8 text: byte 0x{data[exc.start]:02x} "
+                                                               f"(save the file as UTF-8)")]) from None
     return load_text(text, env, filename=str(path))
 
 
@@ -68,19 +75,46 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
     return config
 
 
+_BUILTIN_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _union_tags() -> frozenset[str]:
+    from policies import schema  # the models a union member can be
+
+    return _BUILTIN_TAGS | {n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel)}
+
+
+def _without_union_tags(loc: tuple[Any, ...], tags: frozenset[str]) -> tuple[tuple[Any, ...], bool]:
+    """pydantic names the member of a union each error is about (`model.str`, `model.list[str]`): that is its
+    wording, not a key of the file."""
+    kept = tuple(p for p in loc if not (isinstance(p, str) and (p in tags or "[" in p)))
+    return kept, len(kept) != len(loc)
+
+
 def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigProblem]:
-    out = []
+    out: list[ConfigProblem] = []
+    tags = _union_tags()
+    merged: dict[tuple[Any, ...], int] = {}  # one problem per field for a value no member of a union took
     for error in exc.errors():
-        loc = tuple(error["loc"])
-        message = error["msg"]
+        loc, from_union = _without_union_tags(tuple(error["loc"]), tags)
+        message, got = error["msg"], ""
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required key is missing"
         elif (isinstance(error.get("input"), (str, int, float, bool)) and error["type"] != "value_error"
               and not _may_be_secret(loc, error["input"], source)):
-            message = f"{message} (got {error['input']!r})"
-        out.append(source.problem(loc, message.removeprefix("Value error, ")))
+            got = f" (got {error['input']!r})"
+        message = message.removeprefix("Value error, ")
+        if from_union and loc in merged:
+            first = out[merged[loc]]
+            if message not in first.message:
+                head = first.message.removesuffix(got)
+                out[merged[loc]] = replace(first, message=f"{head}; or {message}{got}")
+            continue
+        if from_union:
+            merged[loc] = len(out)
+        out.append(source.problem(loc, message + got))
     return out
 
 

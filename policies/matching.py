@@ -6,6 +6,7 @@ inside prompt text can change which keyword or regex matches, never the policy i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -84,13 +85,19 @@ def as_list(value: str | list[str] | None) -> list[str]:
     return [] if value is None else ([value] if isinstance(value, str) else list(value))
 
 
-REGEX_TIMEOUT_S = 0.05  # per condition and request: a pattern that backtracks without end must not stall the gateway
+REGEX_TIMEOUT_S = 0.05  # per condition: a pattern that backtracks without end must not stall the gateway
+REGEX_BUDGET_S = 0.1  # all of a request's rule regexes together (ten slow rules would be ten timeouts)
 
 
-def bounded_search(pattern: regex.Pattern[str], text: str) -> tuple[regex.Match[str] | None, bool]:
-    """(match, timed out): a rule's regex runs on client text, so its time is bounded (`regex`'s timeout)."""
+def bounded_search(pattern: regex.Pattern[str], text: str,
+                   deadline: float | None = None) -> tuple[regex.Match[str] | None, bool]:
+    """(match, timed out): a rule's regex runs on client text, so its time is bounded (`regex`'s timeout),
+    and by the request's `deadline` (time.monotonic) for all its regexes together."""
+    timeout = REGEX_TIMEOUT_S if deadline is None else min(REGEX_TIMEOUT_S, deadline - time.monotonic())
+    if timeout <= 0:
+        return None, True
     try:
-        return pattern.search(text, timeout=REGEX_TIMEOUT_S), False
+        return pattern.search(text, timeout=timeout), False
     except TimeoutError:
         return None, True
 
@@ -113,11 +120,14 @@ class PolicySet:
         self.config = config
         self._rules = [_Compiled(r) for r in config.rules]
         self.needs_p_hosted = any(r.when.p_hosted is not None for r in config.rules)
+        # Worth a worker thread: the classifier, or regexes on client text (up to REGEX_BUDGET_S per request)
+        self.needs_thread = self.needs_p_hosted or any(c.content_re or c.meta_re for c in self._rules)
 
     def match(self, facts: RequestFacts, p_hosted: Callable[[], float] | None = None) -> Decision:
         """The first rule whose conditions all hold; the classifier is called at most once, lazily."""
         explanation: list[ConditionResult] = []
         score: list[float] = []
+        deadline = time.monotonic() + REGEX_BUDGET_S
 
         def get_score() -> float | None:
             if not score and p_hosted is not None:
@@ -125,21 +135,21 @@ class PolicySet:
             return score[0] if score else None
 
         for compiled in self._rules:
-            if self._rule_holds(compiled, facts, get_score, explanation):
+            if self._rule_holds(compiled, facts, get_score, explanation, deadline):
                 return Decision(compiled.rule.name, compiled.rule.action, explanation, score[0] if score else None)
         return Decision(None, self.config.default, explanation, score[0] if score else None)
 
     def _rule_holds(self, compiled: _Compiled, facts: RequestFacts, get_score: Callable[[], float | None],
-                    out: list[ConditionResult]) -> bool:
+                    out: list[ConditionResult], deadline: float) -> bool:
         name = compiled.rule.name
-        for condition, expected, actual, passed in _conditions(compiled, facts, get_score):
+        for condition, expected, actual, passed in _conditions(compiled, facts, get_score, deadline):
             out.append(ConditionResult(name, condition, expected, actual, passed))
             if not passed:
                 return False
         return True
 
 
-def _conditions(c: _Compiled, f: RequestFacts, get_score: Callable[[], float | None]) -> Any:
+def _conditions(c: _Compiled, f: RequestFacts, get_score: Callable[[], float | None], deadline: float) -> Any:
     """Yields (condition, expected, actual, passed) lazily, in a fixed order, cheapest first."""
     w: When = c.rule.when
     for name, allowed, actual in (("model", w.model, f.model), ("team", w.team, f.team), ("key", w.key, f.key_name)):
@@ -157,7 +167,7 @@ def _conditions(c: _Compiled, f: RequestFacts, get_score: Callable[[], float | N
         else:
             ok = value is not None and (want.in_ is None or value in want.in_)
             pattern = c.meta_re.get(key)
-            found, timed_out = bounded_search(pattern, value or "") if pattern is not None else (None, False)
+            found, timed_out = bounded_search(pattern, value or "", deadline) if pattern else (None, False)
             ok = ok and (pattern is None or found is not None)
             actual = f"{value!r} (regex timed out: no match)" if timed_out else repr(value)
             yield f"metadata.{key}", f"in {want.in_}" if want.in_ else f"~ /{want.regex}/", actual, ok
@@ -167,7 +177,7 @@ def _conditions(c: _Compiled, f: RequestFacts, get_score: Callable[[], float | N
     if w.messages is not None:
         yield from _message_conditions(w.messages, f)
     if w.content is not None:
-        yield from _content_conditions(w.content, c, f)
+        yield from _content_conditions(w.content, c, f, deadline)
     if w.p_hosted is not None:
         score = get_score()
         if score is None:
@@ -184,13 +194,13 @@ def _message_conditions(m: MessagesCondition, f: RequestFacts) -> Any:
         yield "messages.roles", f"subset of {sorted(m.roles)}", str(present), set(present) <= set(m.roles)
 
 
-def _content_conditions(content: ContentCondition, c: _Compiled, f: RequestFacts) -> Any:
+def _content_conditions(content: ContentCondition, c: _Compiled, f: RequestFacts, deadline: float) -> Any:
     text = f.last_user_text if content.scope == "last_user" else f.text
     where = " in the last user message" if content.scope == "last_user" else ""
     if c.content_re is not None:
-        found, timed_out = bounded_search(c.content_re, text)
+        found, timed_out = bounded_search(c.content_re, text, deadline)
         actual = repr(found.group(0)[:40]) if found else (
-            f"timed out after {REGEX_TIMEOUT_S * 1000:g} ms: no match" if timed_out else "no match")
+            "timed out (its own or the request's regex time is up): no match" if timed_out else "no match")
         yield "content.regex", f"/{content.regex}/{where}", actual, bool(found)
     if content.keywords:
         lowered = text.lower()

@@ -20,6 +20,8 @@ from policies.verifier_options import (
 )
 
 Strict = ConfigDict(extra="forbid", frozen=True)
+# Conditions compare request facts with the file's values: `lt: "5"` or `has_tools: "yes"` is a typo, not a value
+StrictTypes = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class PriceConfig(BaseModel):
@@ -109,7 +111,7 @@ class KeyConfig(LimitsConfig):
 class NumberCondition(BaseModel):
     """Numeric bounds; all given bounds must hold."""
 
-    model_config = Strict
+    model_config = StrictTypes
     lt: float | None = None
     lte: float | None = None
     gt: float | None = None
@@ -120,12 +122,17 @@ class NumberCondition(BaseModel):
     def _some_bound(self) -> NumberCondition:
         if all(v is None for v in (self.lt, self.lte, self.gt, self.gte, self.eq)):
             raise ValueError("give at least one of lt, lte, gt, gte, eq")
+        low = max((v for v in (self.gt, self.gte, self.eq) if v is not None), default=None)
+        high = min((v for v in (self.lt, self.lte, self.eq) if v is not None), default=None)
+        strict = (self.gt is not None and self.gt == low) or (self.lt is not None and self.lt == high)
+        if low is not None and high is not None and (low > high or (low == high and strict)):
+            raise ValueError("these bounds can never all hold, so the rule would never match")
         return self
 
 
 class MetadataMatch(BaseModel):
-    model_config = Strict
-    in_: list[str] | None = Field(default=None, alias="in")
+    model_config = StrictTypes
+    in_: list[str] | None = Field(default=None, alias="in", min_length=1)
     regex: str | None = None
 
     @field_validator("regex")
@@ -135,17 +142,17 @@ class MetadataMatch(BaseModel):
 
 
 class MessagesCondition(BaseModel):
-    model_config = Strict
+    model_config = StrictTypes
     count: NumberCondition | None = None
-    roles: list[str] | None = None
+    roles: list[str] | None = Field(default=None, min_length=1)
 
 
 class ContentCondition(BaseModel):
     """Matches message text: every message's joined by newlines (`all`), or the last user message's only."""
 
-    model_config = Strict
+    model_config = StrictTypes
     regex: str | None = None
-    keywords: list[str] | None = None
+    keywords: list[str] | None = Field(default=None, min_length=1)  # [] matched every request
     scope: Literal["all", "last_user"] = "all"
 
     @field_validator("regex")
@@ -164,7 +171,7 @@ StrOrList = str | list[str]
 class When(BaseModel):
     """A rule's conditions; all must hold (an empty `when` matches everything)."""
 
-    model_config = Strict
+    model_config = StrictTypes
     model: StrOrList | None = None
     team: StrOrList | None = None
     key: StrOrList | None = None
@@ -175,6 +182,14 @@ class When(BaseModel):
     has_tools: bool | None = None
     has_response_format: bool | None = None
     p_hosted: NumberCondition | None = None
+
+    @field_validator("p_hosted")
+    @classmethod
+    def _probability(cls, value: NumberCondition | None) -> NumberCondition | None:
+        bounds = () if value is None else (value.lt, value.lte, value.gt, value.gte, value.eq)
+        if any(b is not None and not 0 <= b <= 1 for b in bounds):
+            raise ValueError("p_hosted is a probability: its bounds lie between 0 and 1")
+        return value
 
 
 class VerifierSpec(BaseModel):

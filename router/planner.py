@@ -63,9 +63,10 @@ class Planner:
         if not self.known_alias(job.alias):
             raise UnknownModelError(job.alias)
         facts = facts_for(job, key_name, team)
-        if self._policy.needs_p_hosted and self._score_prompt is not None:
-            score = self._score_prompt
-            decision = await asyncio.to_thread(self._policy.match, facts, lambda: score(facts.text))
+        score = self._score_prompt
+        scorer = (lambda: score(facts.text)) if self._policy.needs_p_hosted and score is not None else None
+        if self._policy.needs_thread:  # the classifier or regexes on client text: not on the event loop
+            decision = await asyncio.to_thread(self._policy.match, facts, scorer)
         else:
             decision = self._policy.match(facts, None)
         return self._to_plan(job, decision)

@@ -120,6 +120,22 @@ def test_semantic_problems() -> None:
      "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
     ('"k\\udc00": 1\n', "draftgate.yaml:1: k\\udc00: holds a lone surrogate"),
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml: values nested too deeply"),
+    ("policies:\n  rules:\n    - name: r\n      when: {content: {keywords: []}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.content.keywords: List should have at least 1 item"),
+    ("policies:\n  rules:\n    - name: r\n      when: {metadata: {x: {in: []}}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.metadata.x.in: List should have at least 1 item"),
+    ("policies:\n  rules:\n    - name: r\n      when: {prompt_tokens: {lt: '5'}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.prompt_tokens.lt: Input should be a valid number"),
+    ("policies:\n  rules:\n    - name: r\n      when: {has_tools: 'yes'}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.has_tools: Input should be a valid boolean"),
+    ("policies:\n  rules:\n    - name: r\n      when: {prompt_tokens: {lt: .nan}}\n      action: local\n",
+     "policies.rules[0].when.prompt_tokens.lt: Input should be a finite number"),
+    ("policies:\n  rules:\n    - name: r\n      when: {prompt_tokens: {gt: 10, lt: 5}}\n      action: local\n",
+     "policies.rules[0].when.prompt_tokens: these bounds can never all hold"),
+    ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {gte: 1.5}}\n      action: local\n",
+     "policies.rules[0].when.p_hosted: p_hosted is a probability"),
+    ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
+     "draftgate.yaml:4: policies.rules[0].when.model: Input should be a valid string; or Input should be a valid list"),
     ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
@@ -150,6 +166,14 @@ def test_bad_verifier_options_are_config_errors(verifier: str, expected: str) ->
     """Caught by the schema, with the line, not when the gateway builds the verifier at startup."""
     found = problems(CASCADE + f"            - {verifier}\n")
     assert any(p.startswith("draftgate.yaml:8: policies.rules[0].action.cascade." + expected) for p in found), found
+
+
+def test_a_file_that_is_not_utf8_is_located_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "draftgate.yaml"
+    path.write_bytes(b"local:\n  enabled: true\npolicies:\n  rules:\n    - name: caf\xe9\n      action: local\n")
+    with pytest.raises(ConfigError) as info:
+        policies.load(path, {})
+    assert str(info.value.problems[0]).startswith(f"{path}:5: ") and "0xe9" in str(info.value.problems[0])
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
