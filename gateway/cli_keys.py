@@ -89,13 +89,19 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
     """Create a virtual key; the secret is printed once."""
     from datetime import UTC, datetime
 
+    from gateway.services import new_key_problem
     from ledger import parse_duration
     from ledger.budgets import Limits
 
     allowed = _aliases(models)
     expires_at = datetime.now(UTC) + parse_duration(duration) if duration else None
-    raw, info = _key_store(config, allowed).create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm),
-                                                   models=allowed, expires_at=expires_at)
+    store = _key_store(config, allowed)
+    problem = new_key_problem(config_or_exit(settings_or_exit(config)), store.list(), name, team)
+    if problem is not None:
+        err.print(f"error: --{problem[0]}: {problem[1]}", markup=False)
+        raise typer.Exit(code=2)
+    raw, info = store.create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm),
+                             models=allowed, expires_at=expires_at)
     console.print(f"key_id: {info.key_id}\nteam:   {plain(info.team or '-')}")
     if info.models is not None:
         console.print(f"models: {', '.join(info.models)}", markup=False)

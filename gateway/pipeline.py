@@ -77,11 +77,13 @@ class ChatPipeline:
         job = to_job(body, request_id)
         plan: Plan | None = None
         reservation: Reservation | None = None
+        admitted = False  # past the budgets: a request refused before is served by no route
         try:
             principal.check_model(job.alias)
             plan = await self._planner.plan(job, principal.key_name, principal.team)
-            headers_out.update(_headers(request_id, plan, None))
             reservation = await self._budgets.reserve(principal, job, plan)
+            admitted = True
+            headers_out.update(_headers(request_id, plan, None))
             if plan.cascade is not None:
                 serve = self._cascade.stream if job.stream else self._cascade.run
                 result = await serve(job, plan, plan.cascade)
@@ -93,7 +95,7 @@ class ChatPipeline:
             if spent is not None:
                 headers_out.update(_headers(request_id, plan, spent))  # the error reply says what it cost
             self._budgets.settle(reservation, spent)
-            self._record_failure(job, plan, principal, created_at, started, exc, spent)
+            self._record_failure(job, plan, principal, created_at, started, exc, spent, admitted=admitted)
             raise
         return job, plan, result, started, created_at, reservation
 
@@ -148,10 +150,11 @@ class ChatPipeline:
         self._record(job, plan, principal, outcome, created_at, started, status, code, error)
 
     def _record_failure(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime,
-                        started: float, exc: BaseException, spent: Outcome | None) -> None:
-        """Records a failed request with what it spent before failing (never a silent $0)."""
+                        started: float, exc: BaseException, spent: Outcome | None, *, admitted: bool) -> None:
+        """Records a failed request with what it spent before failing (never a silent $0). One refused before
+        it was admitted (a budget, a rate limit) keeps its rule but has route `none`: no route served it."""
         reply = reply_for(exc)
-        outcome = spent or Outcome(route=plan.route if plan else Route.NONE, provider_model=None)
+        outcome = spent or Outcome(route=plan.route if plan and admitted else Route.NONE, provider_model=None)
         attempts = getattr(exc, "attempts", None)
         tried = attempts if isinstance(attempts, int) else 0
         if isinstance(attempts, int):

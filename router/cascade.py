@@ -132,6 +132,9 @@ class Cascade:
 
     def _serve_draft(self, job: Job, completion: Completion, judgement: Judgement, error: UpstreamError) -> Outcome:
         outcome = self._executor.local_outcome(completion)
+        outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]  # as any draft's row has them,
+        outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],  # for --from-ledger too
+                                     "draft": completion.text[:MAX_STORED_CHARS], "passed": False}
         outcome.detail["unverified_draft"] = {"reason": judgement.reason(), "hosted_error": error.message}
         outcome.escalation_reason = f"hosted unavailable, served the unverified draft: {error.message}"
         return outcome

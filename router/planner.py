@@ -35,7 +35,7 @@ def facts_for(job: Job, key_name: str | None, team: str | None) -> RequestFacts:
                         prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN) if text else 0,
                         roles=tuple(str(m.get("role")) for m in job.messages), message_count=len(job.messages),
                         text=text, last_user_text=last_user, has_tools=bool(job.body.get("tools")),
-                        has_response_format=bool(job.body.get("response_format")))
+                        has_response_format=_asks_for_a_format(job.body.get("response_format")))
 
 
 class Planner:
@@ -109,6 +109,11 @@ class Planner:
                                "routes them to one")
         return Plan(route=Route.LOCAL, alias=self.local_alias,
                     max_local_tokens=getattr(action, "max_local_tokens", None), **common)
+
+
+def _asks_for_a_format(response_format: Any) -> bool:
+    """`{"type": "text"}` is the default spelled out (some SDKs always send it): it asks for no format."""
+    return isinstance(response_format, dict) and response_format.get("type") not in (None, "text")
 
 
 def local_cannot_serve(body: dict[str, Any]) -> str | None:

@@ -58,6 +58,15 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`{"id": 1, "id": 2}` would silently keep the last: which one the caller meant is not ours to guess."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"the key {repeated[0]!r} appears twice in one object")
+    return dict(pairs)
+
+
 def _request(line_no: int, raw: bytes) -> dict[str, Any] | None:
     """One line as a request, None for a blank line; anything malformed is a ScoreInputError."""
     try:
@@ -67,7 +76,7 @@ def _request(line_no: int, raw: bytes) -> dict[str, Any] | None:
     if not line.strip(JSON_BLANKS):
         return None
     try:
-        item = json.loads(line, parse_constant=_no_constants)
+        item = json.loads(line, parse_constant=_no_constants, object_pairs_hook=_no_repeated_keys)
     except json.JSONDecodeError as exc:
         raise ScoreInputError(line_no, f"not valid JSON ({exc.msg})") from None
     except (ValueError, RecursionError) as exc:

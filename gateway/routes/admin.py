@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
 from gateway.errors import InvalidRequest, NotFound
-from gateway.services import Services
+from gateway.services import Services, new_key_problem
 from ledger import DURATION_PATTERN, KeyInfo, UnknownKeyError, parse_duration
 from ledger.budgets import Limits
 
@@ -80,6 +80,9 @@ async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep)
     """Creates a virtual key for a team."""
     limits = Limits(body.max_budget_usd, body.budget_period, body.rpm_limit, body.tpm_limit)
     _check_models(services, body.models)
+    problem = new_key_problem(services.config, await asyncio.to_thread(services.keys.list), body.name, body.team)
+    if problem is not None:
+        raise InvalidRequest(problem[1], param=problem[0])
     raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
                                                 models=body.models, expires_at=_expiry(body.duration)))
     return KeyCreated(key=raw, **KeyOut.of(info).model_dump())

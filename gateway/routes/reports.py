@@ -31,6 +31,8 @@ def report_query(principal: Principal, *, open_mode: bool, group_by: str, since:
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param=name) from None
             start, end = (moment, end) if name == "since" else (start, moment)
+    if until and not since and end is not None:  # `until` alone: the DEFAULT_DAYS before it, as the CLI does
+        start = end - timedelta(days=DEFAULT_DAYS)
     if end is not None and end <= start:
         raise InvalidRequest("until must be after since", param="until")
     if not (principal.is_master or open_mode):

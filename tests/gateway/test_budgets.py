@@ -91,6 +91,10 @@ def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_dat
         db.dispose()
         assert used == pytest.approx(0.1) and reserved == pytest.approx(0.0)
         assert (ledger_ok, ledger_429) == (20, 40)  # refusals are recorded too, never lost
+        with db.engine.connect() as connection:  # ... as served by no route, with the rule that matched
+            routes = dict(connection.execute(text(
+                "SELECT status_code, MIN(route) || ',' || MAX(route) FROM requests GROUP BY status_code")).all())
+        assert routes == {200: "hosted,hosted", 429: "none,none"}
         assert ledger_usd == pytest.approx(0.1)
 
 
@@ -187,8 +191,9 @@ def test_failed_requests_leave_no_phantom_spend_and_budgets_say_why_they_refuse(
             return reply
 
         def window() -> int:
-            from ledger.budgets import window as budget_window
             from datetime import UTC, datetime
+
+            from ledger.budgets import window as budget_window
             return int(budget_window("month", datetime.now(UTC))[0].timestamp())
 
         # Upstream failures cost nothing (the ledger says $0): they must not use up the budget either.

@@ -68,3 +68,14 @@ def test_report_until_alone_covers_the_30_days_before_it(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["since"].startswith("2025-12-02") and report["until"].startswith("2026-01-01")
+
+
+def test_keys_create_refuses_an_undeclared_team_and_a_taken_name(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("teams:\n  - name: research\nlocal:\n  enabled: false\n"
+                                             f"database_url: sqlite:///{tmp_path}/ledger.db\n")
+    args = ("keys", "create", "--config", "draftgate.yaml")
+    typo = draftgate(*args, "--name", "app", "--team", "Research", cwd=tmp_path)
+    assert typo.returncode == 2 and "--team: team 'Research' is not declared" in typo.stderr
+    assert draftgate(*args, "--name", "app", "--team", "research", cwd=tmp_path).returncode == 0
+    taken = draftgate(*args, "--name", "app", cwd=tmp_path)
+    assert taken.returncode == 2 and "already named 'app'" in taken.stderr and "Traceback" not in taken.stderr

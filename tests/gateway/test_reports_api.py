@@ -71,6 +71,10 @@ def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
     backwards = get(seeded_gateway, MASTER_KEY, since="2026-11-02", until="2026-11-01")
     assert backwards.status_code == 400
+    # `until` alone is the 30 days before it, as `draftgate report --until` reads it (it was a 400)
+    alone = get(seeded_gateway, MASTER_KEY, until="2026-11-05")
+    assert alone.status_code == 200, alone.text
+    assert alone.json()["since"].startswith("2026-10-06") and alone.json()["total"]["requests"] == 6
 
 
 def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,8 +32,8 @@ def _assert_forbidden(response: httpx.Response) -> None:
 
 def test_team_keys_cannot_use_the_admin_api_nor_touch_other_keys(gateway_factory, simulator, monkeypatch) -> None:
     monkeypatch.setenv("DRAFTGATE_TEST_STATIC_KEY", STATIC_KEY)
-    static = "teams:\n  - name: research\nkeys:\n  - name: ci-bot\n    key: os.environ/DRAFTGATE_TEST_STATIC_KEY\n" \
-             "    team: research\n"
+    static = "teams:\n  - name: research\n  - name: ops\nkeys:\n  - name: ci-bot\n" \
+             "    key: os.environ/DRAFTGATE_TEST_STATIC_KEY\n    team: research\n"
     gw = gateway_factory(hosted_config(simulator.base_url, static))
     mine, mine_id = _new_key(gw, "app-research", "research")
     theirs, theirs_id = _new_key(gw, "app-ops", "ops")
@@ -51,6 +51,23 @@ def test_team_keys_cannot_use_the_admin_api_nor_touch_other_keys(gateway_factory
     listed = httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()
     assert sorted(k["key_id"] for k in listed) == sorted([mine_id, theirs_id])
     assert all(k["revoked_at"] is None for k in listed)
+
+
+def test_a_virtual_key_names_a_declared_team_and_a_name_of_its_own(gateway_factory, simulator, monkeypatch) -> None:
+    """A typo in the team escaped that team's budget; a second key of the same name made `key:` rules ambiguous."""
+    monkeypatch.setenv("DRAFTGATE_TEST_STATIC_KEY", STATIC_KEY)
+    static = "teams:\n  - name: research\nkeys:\n  - name: ci-bot\n    key: os.environ/DRAFTGATE_TEST_STATIC_KEY\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, static))
+    for body, param, words in (({"name": "a", "team": "Research"}, "team", "not declared in the config"),
+                               ({"name": "ci-bot", "team": "research"}, "name", "a key in the config")):
+        refused = httpx.post(gw.url + "/admin/keys", json=body, headers=ADMIN)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param
+        assert words in refused.json()["error"]["message"]
+    _, first = _new_key(gw, "app", "research")
+    again = httpx.post(gw.url + "/admin/keys", json={"name": "app", "team": "research"}, headers=ADMIN)
+    assert again.status_code == 400 and first in again.json()["error"]["message"]
+    assert httpx.delete(gw.url + f"/admin/keys/{first}", headers=ADMIN).status_code in (200, 204)
+    _new_key(gw, "app", "research")  # the name is free again once its key is revoked
 
 
 def test_revocation_is_immediate_on_every_replica(gateway_factory, simulator, tmp_path, shared_database_url) -> None:

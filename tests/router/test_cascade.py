@@ -130,6 +130,8 @@ async def test_hosted_unavailable_serves_the_flagged_draft_or_errors(sim: Simula
     outcome = await cascade.run(job(), PLAN, spec(on_hosted_unavailable=OnHostedUnavailable.SERVE_DRAFT))
     assert outcome.route is Route.LOCAL and "unverified_draft" in outcome.detail
     assert outcome.body["draftgate"]["unverified_draft"]["reason"].startswith("json:")  # type: ignore[index]
+    # its row has the verdicts and the outcome any draft's row has (router train --from-ledger reads them)
+    assert outcome.detail["verdicts"][0]["passed"] is False and outcome.detail["outcome"]["passed"] is False
     sim.state.faults.append(Fault(status=503))
     with pytest.raises(UpstreamError):
         await cascade.run(job(), PLAN, spec())
@@ -156,3 +158,16 @@ async def test_streaming_a_verified_draft(sim: SimulatorServer) -> None:
     assert chunks.outcome.route is Route.LOCAL
     assert "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads) == '{"a": 1}'
     assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(("response_format", "asks"), [
+    (None, False), ({"type": "text"}, False), ({"type": "json_object"}, True),
+    ({"type": "json_schema", "json_schema": {"name": "x"}}, True)])
+def test_a_text_response_format_asks_for_no_format(response_format: object, asks: bool) -> None:
+    """Some SDKs always send {"type": "text"}: `has_response_format` rules must not take it for JSON."""
+    from router.job import Job
+    from router.planner import facts_for
+
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": "auto", "messages": messages, **({"response_format": response_format} if response_format else {})}
+    assert facts_for(Job("r", "auto", body, messages), None, None).has_response_format is asks

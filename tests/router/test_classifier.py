@@ -165,7 +165,8 @@ def test_score_input_errors_name_the_line(tmp_path: Path) -> None:
              '{"id": NaN, "prompt": "a"}\n': "line 1: not valid JSON (NaN is not valid JSON)",
              '{"id": 1, "prompt": "\\ud800"}\n': 'line 1: "prompt" holds a lone surrogate',
              "[" * 100_000 + "]" * 100_000 + "\n": "line 1: not valid JSON",
-             '{"id": 1, "prompt": "a\udcff"}\n': "line 1: not UTF-8 text"}
+             '{"id": 1, "prompt": "a\udcff"}\n': "line 1: not UTF-8 text",
+             '{"id": 1, "id": 2, "prompt": "a"}\n': "line 1: not valid JSON (the key 'id' appears twice"}
     for text, message in cases.items():
         path = tmp_path / "in.jsonl"
         path.write_bytes(text.encode("utf-8", "surrogateescape"))  # \udcff: the byte 0xff
