@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from ledger.db import Database
 from ledger.records import RequestRecord
@@ -63,9 +63,10 @@ def read_segment(path: Path) -> list[RequestRecord]:
 REJECTED_FILE = "ledger-rejected.jsonl"
 
 
-def _transient(exc: BaseException) -> bool:
-    """A database that is down or busy (retry the batch later), not a row it refuses (retrying cannot help)."""
-    return isinstance(exc, (OperationalError, InterfaceError)) or bool(getattr(exc, "connection_invalidated", False))
+def _row_refused(exc: BaseException) -> bool:
+    """A row the database refuses (a value too long, a constraint broken): retrying it cannot help. Anything
+    else (a database down, busy, or not migrated) is the database's state: the batch waits in the journal."""
+    return isinstance(exc, (DataError, IntegrityError)) and not getattr(exc, "connection_invalidated", False)
 
 
 class LedgerWriter:
@@ -130,14 +131,14 @@ class LedgerWriter:
         try:
             return self._db.insert_records(records)
         except SQLAlchemyError as exc:
-            if _transient(exc):
+            if not _row_refused(exc):
                 raise
         added = 0
         for record in records:  # which row? one at a time (rare: only after a refused batch)
             try:
                 added += self._db.insert_records([record])
             except SQLAlchemyError as exc:
-                if _transient(exc):
+                if not _row_refused(exc):
                     raise
                 self._reject(record, exc)
         return added
@@ -158,14 +159,16 @@ class LedgerWriter:
         self._seq += 1
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we append to it
-        # Gateways on different databases may share a data dir: a replay must go to the database it was for.
-        os.write(self._fd, orjson.dumps({HEADER_KEY: self._db.fingerprint}) + b"\n")
         self._current = _Segment(path)
 
     def record(self, record: RequestRecord) -> None:
         """Journals and queues one row; never blocks on the database."""
         assert self._current is not None and self._fd is not None, "LedgerWriter.start() was not awaited"
-        os.write(self._fd, record.to_json() + b"\n")
+        line = record.to_json() + b"\n"
+        if not self._current.records:  # a segment's first line says which database it is for (written with the
+            # first row, so an unused segment stays empty): gateways on different databases may share a data dir
+            line = orjson.dumps({HEADER_KEY: self._db.fingerprint}) + b"\n" + line
+        os.write(self._fd, line)
         self._current.records.append(record)
         if len(self._current.records) >= self._batch_size:
             self._wake.set()

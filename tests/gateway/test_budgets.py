@@ -76,7 +76,6 @@ def test_two_replicas_cannot_overspend_a_team_budget(gateway_factory, shared_dat
                 assert reply.headers["retry-after"] == "1"
             else:
                 assert "has reached its dollar budget" in message and "x-draftgate-budget-reset" in reply.headers
-        assert any("has reached" in r.json()["error"]["message"] for r in refused)
         spent_per_gateway = [float(r.headers["x-draftgate-cost-usd"]) for r in ok]
         assert sum(spent_per_gateway) == pytest.approx(0.1)
         for gateway in (a, b):
