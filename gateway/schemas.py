@@ -6,6 +6,7 @@ message objects allow provider extras (tool_calls, name, ...) because they are r
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import orjson
@@ -16,6 +17,7 @@ from policies import schema_problem
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_CHOICES = 128  # OpenAI's limit on `n`
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -139,6 +141,9 @@ class ChatRequest(BaseModel):
         spec = value.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
             raise ValueError("response_format of type json_schema needs json_schema.name (and usually .schema)")
+        if not SCHEMA_NAME.fullmatch(spec["name"]):
+            raise ValueError("response_format.json_schema.name takes letters, digits, _ and - (at most 64), "
+                             "as OpenAI requires")
         schema = spec.get("schema")
         if schema is not None:
             if not isinstance(schema, dict):

@@ -94,7 +94,9 @@ class BudgetExceeded(LedgerError):
         limit = f"{money}{counter.limit:g}"
         # Full, or only held by requests still in flight (their reservations are released when they finish):
         # the client must be told which, or it waits for a reset that a second's wait would have beaten.
-        self.in_flight = used is not None and used + requested <= counter.limit + EPSILON
+        # (a request's count is what it reserved, finished or not: only tokens and dollars settle below a claim)
+        self.in_flight = (counter.metric != "requests" and used is not None
+                          and used + requested <= counter.limit + EPSILON)
         self.never_fits = requested > counter.limit + EPSILON
         if self.never_fits:
             message = (f"this request's worst case ({money}{requested:g}) is more than {counter.scope}'s whole {what} "

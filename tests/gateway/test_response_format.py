@@ -87,7 +87,9 @@ def test_a_cascade_checks_the_requested_format_without_a_json_verifier(gateway_f
     {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense-type"}}},
     {"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}},
     {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/nowhere"}}},
-], ids=["unknown-type", "no-json-schema", "no-name", "invalid-schema", "schema-not-object", "unresolvable-ref"])
+    {"type": "json_schema", "json_schema": {"name": "my schema", "schema": {"type": "object"}}},
+], ids=["unknown-type", "no-json-schema", "no-name", "invalid-schema", "schema-not-object", "unresolvable-ref",
+        "name-with-a-space"])
 def test_a_malformed_response_format_is_a_400_before_any_compute(gateway_factory, simulator, random_checkpoint,
                                                                  fmt) -> None:
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
