@@ -12,6 +12,7 @@ import ast
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import re
 import resource
@@ -26,6 +27,7 @@ from typing import Any
 from router.verifiers.base import Draft, Verdict
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
+log = logging.getLogger("draftgate.verifiers")
 CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -76,9 +78,19 @@ def _sandbox_uid() -> int | None:
     """A fresh unprivileged uid per run when the gateway is root (concurrent runs never share a process
     count); None otherwise: an ordinary user cannot switch (and root ignores no limit it needs), or, as root,
     when no other user could run Python here — then the audit hook alone guards the run."""
-    if os.geteuid() != 0 or not _others_can_run_python():
+    if os.geteuid() != 0:
+        return None
+    if not _others_can_run_python():
+        _warn_root_without_a_user()
         return None
     return 200_000 + secrets.randbelow(1_000_000)
+
+
+@functools.cache
+def _warn_root_without_a_user() -> None:
+    log.warning("python_tests runs code answers as root: no unprivileged user can run this Python (%s), so the "
+                "sandbox is its audit hook and limits alone; run the gateway as a non-root user (the Docker image "
+                "does) or install Python where others can read it", sys.executable)
 
 
 def _tail(path: Path, size: int = 4096) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,3 +142,51 @@ def test_as_root_the_child_runs_as_a_user_of_its_own_that_cannot_fork() -> None:
     fork = subprocess.run(["/bin/sh", "-c", "/bin/true && echo forked"], capture_output=True, text=True,
                           preexec_fn=lambda: sandbox._limits(64, 2, uid), timeout=10)
     assert "forked" not in fork.stdout and "fork" in fork.stderr.lower()  # a second process is refused
+
+
+# A second review tried to break the fixes above; each of these passed (or wrote outside) before.
+DIR_FD = ("import os, sys\nfd = os.open(sys.prefix, os.O_RDONLY)\n"
+          "os.write(os.open('draftgate-escape-dirfd', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), b'x')")
+HOOK_TAMPERING = """
+import builtins, os, sys
+main = sys.modules['__main__']
+for name in ('DENIED_EVENTS', 'DENIED_IMPORTS', 'PATH_EVENTS', 'WRITE_EVENTS'):
+    setattr(main, name, frozenset())
+builtins.any = lambda items: True
+os.path.realpath = lambda path: os.getcwd()
+open('/tmp/draftgate-escape-tampered', 'w').write('x')
+"""
+ATEXIT_FORGERY = """
+import atexit, os
+def forge():
+    for name in os.listdir('.'):
+        if name.startswith('result-'):
+            text = open(name).read().replace("'passed': False", "'passed': True")
+            open(name, 'w').write(text)
+atexit.register(forge)
+def f(x):
+    return 0
+"""
+OWN_TEST_FIRST = """
+def test_0():
+    for name, value in list(globals().items()):
+        if name.startswith('test') and name != 'test_0':
+            value.__code__ = (lambda: None).__code__
+def f(x):
+    return 0
+"""
+
+
+@pytest.mark.parametrize(("code", "needle"), [
+    (DIR_FD, "is not allowed"), (HOOK_TAMPERING, "is not allowed")])
+async def test_bypasses_of_the_hook_are_denied(code: str, needle: str) -> None:
+    verdict = await run(code + "\ndef f(x):\n    return 2 * x")
+    assert not verdict.passed and needle in verdict.reason, verdict.reason
+    assert not any(Path(sys.prefix).glob("draftgate-escape-*")) and not any(Path("/tmp").glob("draftgate-escape-*"))
+
+
+@pytest.mark.parametrize("code", [ATEXIT_FORGERY, OWN_TEST_FIRST], ids=["atexit", "own-test-swaps-the-others"])
+async def test_a_wrong_answer_cannot_forge_a_pass(code: str) -> None:
+    verdict = await run(code)
+    assert not verdict.passed and "test_double failed" in verdict.reason, verdict.reason
+    assert "test_0" not in verdict.reason  # only the tests' own test functions run
