@@ -137,10 +137,10 @@ class Budgets:
                 if counter.metric == "requests":
                     claims.append(Claim(counter, 1.0))
                 elif counter.metric == "tokens":
-                    # A worst case above the whole limit could never be admitted, and its client would retry
-                    # a 429 forever: it claims the whole window instead (settled to its real count after),
-                    # as LiteLLM admits a request whenever the window is not yet full.
-                    claims.append(Claim(counter, float(min(prompt_tokens + completion_cap, counter.limit))))
+                    # A worst case above what is left could be refused until the window is empty, or forever:
+                    # it claims what is left instead (settled to its real count after), as LiteLLM admits a
+                    # request whenever the window is not yet full.
+                    claims.append(Claim(counter, float(prompt_tokens + completion_cap), flexible=True))
                 else:
                     if max_cost is None:
                         max_cost = self._max_cost(job, plan, prompt_tokens)
@@ -148,14 +148,14 @@ class Budgets:
                         raise InvalidRequest(f"{scope} has a dollar budget, and a model this request may use has "
                                              "no known price; set `price:` for it in the config", param="model")
                     # Without max_tokens the worst case is a guess (4,096 tokens), which may exceed a small
-                    # budget and be refused in every period: such a request claims at most the whole budget,
-                    # settled to its real cost. A client's own max_tokens is its worst case, held to the budget.
-                    claims.append(Claim(counter, max_cost if job.max_tokens else min(max_cost, counter.limit)))
+                    # budget: such a request claims what is left of it, settled to its real cost. A client's own
+                    # max_tokens is its worst case, held to the budget.
+                    claims.append(Claim(counter, max_cost, flexible=not job.max_tokens))
         try:
-            await asyncio.to_thread(self._store.reserve, claims)
+            reserved = await asyncio.to_thread(self._store.reserve, claims)
         except BudgetExceeded as exc:
             raise BudgetExceededError(exc) from None
-        return Reservation(claims)
+        return Reservation(reserved)
 
     def settle(self, reservation: Reservation | None, outcome: Outcome | None) -> None:
         """Charges what the request really used, in the background (off the response path)."""

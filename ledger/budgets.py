@@ -82,12 +82,14 @@ class Claim:
 
     counter: Counter
     amount: float
+    flexible: bool = False  # a guessed worst case: it shrinks to what is left, so it fits while anything is
 
 
 class BudgetExceeded(LedgerError):
     """A counter would go over its limit."""
 
-    def __init__(self, counter: Counter, requested: float, used: float | None = None, reserved: float = 0.0) -> None:
+    def __init__(self, counter: Counter, requested: float, used: float | None = None, reserved: float = 0.0,
+                 *, flexible: bool = False) -> None:
         what = {"usd": "dollar budget", "requests": "requests-per-minute limit",
                 "tokens": "tokens-per-minute limit"}[counter.metric]
         money = "$" if counter.metric == "usd" else ""
@@ -95,9 +97,10 @@ class BudgetExceeded(LedgerError):
         # Full, or only held by requests still in flight (their reservations are released when they finish):
         # the client must be told which, or it waits for a reset that a second's wait would have beaten.
         # (a request's count is what it reserved, finished or not: only tokens and dollars settle below a claim)
-        self.in_flight = (counter.metric != "requests" and used is not None
-                          and used + requested <= counter.limit + EPSILON)
-        self.never_fits = requested > counter.limit + EPSILON
+        fits_when_free = used is not None and (used < counter.limit - EPSILON if flexible
+                                               else used + requested <= counter.limit + EPSILON)
+        self.in_flight = counter.metric != "requests" and fits_when_free
+        self.never_fits = not flexible and requested > counter.limit + EPSILON
         if self.never_fits:
             message = (f"this request's worst case ({money}{requested:g}) is more than {counter.scope}'s whole {what} "
                        f"({limit}); lower max_tokens or n")
@@ -134,15 +137,27 @@ class BudgetStore:
         self._db = db
         self._insert = insert_for(db.engine.dialect.name)
 
-    def reserve(self, claims: Sequence[Claim]) -> None:
-        """Reserves every claim or none; BudgetExceeded names the first counter that is full."""
+    def reserve(self, claims: Sequence[Claim]) -> list[Claim]:
+        """Reserves every claim or none and returns what was reserved (a flexible claim shrinks to what its
+        counter has left, as LiteLLM admits a request while a budget is not spent); BudgetExceeded names the
+        first counter that is full. The conditional upsert keeps it atomic: a replica that took the rest in
+        between makes it fail, never overshoot."""
         ordered = sorted(claims, key=lambda c: (c.counter.scope, c.counter.metric, c.counter.window_start))
+        reserved_claims = []
         with self._db.engine.begin() as connection:
             for claim in ordered:
+                counter = claim.counter
+                if claim.flexible:
+                    used, held = self._usage(connection, counter.scope, counter.metric, counter.window_start)
+                    room = counter.limit - used - held
+                    if room > EPSILON:
+                        claim = Claim(counter, min(claim.amount, room), flexible=True)
                 if not self._reserve_one(connection, claim):
-                    counter = claim.counter
-                    used, reserved = self._usage(connection, counter.scope, counter.metric, counter.window_start)
-                    raise BudgetExceeded(counter, claim.amount, used, reserved)  # rolls back the claims before it
+                    used, held = self._usage(connection, counter.scope, counter.metric, counter.window_start)
+                    raise BudgetExceeded(counter, claim.amount, used, held,  # rolls back the claims before it
+                                         flexible=claim.flexible)
+                reserved_claims.append(claim)
+        return reserved_claims
 
     def _reserve_one(self, connection: Connection, claim: Claim) -> bool:
         counter = claim.counter

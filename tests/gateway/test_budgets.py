@@ -120,8 +120,8 @@ def test_requests_per_minute_limit_per_key(gateway_factory, shared_database_url:
 def test_a_tokens_per_minute_limit_admits_a_request_without_max_tokens_then_fills(
         gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
     # No max_tokens: 4,096 completion tokens would be reserved, above the 500-token limit. Such a request must
-    # still be served when the minute is empty (else its client retries a 429 forever): it claims the whole
-    # window. A small request fits next to what the first really used (~300 tokens); then the minute is full.
+    # still be served while the minute has room (else its client retries a 429 until an empty minute, or
+    # forever): it claims what is left. The second is served next to what the first really used (~300).
     with simulator_server(Simulator(reply_fn=lambda _body: "word " * 300)) as sim:
         gw = gateway_factory(budget_config(sim.base_url, shared_database_url, key_limits="tpm_limit: 500"),
                              data_dir=tmp_path / "a")
@@ -135,10 +135,18 @@ def test_a_tokens_per_minute_limit_admits_a_request_without_max_tokens_then_fill
             asyncio.run_coroutine_threadsafe(gw.services.budgets.drain(), gw.services.loop).result(10)  # settled
             return reply
 
-        replies = [call(), call(max_tokens=50), call()]
-        assert [r.status_code for r in replies] == [200, 200, 429]
-        error = replies[2].json()["error"]
-        assert error["code"] == "rate_limit_exceeded" and 1 <= int(replies[2].headers["retry-after"]) <= 60
+        # Each claims what the minute has left (not its whole worst case, which would only fit an untouched
+        # minute), so requests are served until the minute is really spent; then a true "has reached".
+        replies = []
+        for _ in range(5):  # ~300 tokens each: the first leaves ~200, which the second claims and overruns
+            replies.append(call())
+            if replies[-1].status_code == 429:
+                break
+        codes = [r.status_code for r in replies]
+        assert codes == [200, 200, 429], codes
+        error = replies[-1].json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and 1 <= int(replies[-1].headers["retry-after"]) <= 60
+        assert "has reached its tokens-per-minute limit" in error["message"]
 
 
 def test_a_dollar_budget_refuses_an_unpriced_model(gateway_factory, shared_database_url: str, tmp_path: Path) -> None:
@@ -224,3 +232,13 @@ def test_failed_requests_leave_no_phantom_spend_and_budgets_say_why_they_refuse(
         settled(slow)
         full = asyncio.run(_one(gw.url, "gpt-4o-mini"))  # $0.010 spent: $0.005 more does not fit
         assert full.status_code == 429 and "has reached its dollar budget" in full.json()["error"]["message"]
+        # Without max_tokens a request claims what is left ($0.002 of $0.012): served while anything is
+        # (as LiteLLM admits while spend < budget), then refused with the truth.
+        def no_cap() -> httpx.Response:
+            return settled(httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
+                                      headers={"authorization": "Bearer sk-racer-key-123456"},
+                                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}]}))
+
+        assert no_cap().status_code == 200
+        spent = no_cap()
+        assert spent.status_code == 429 and "has reached its dollar budget" in spent.json()["error"]["message"]
