@@ -86,16 +86,16 @@ def as_list(value: str | list[str] | None) -> list[str]:
 
 
 REGEX_TIMEOUT_S = 0.05  # per condition: a pattern that backtracks without end must not stall the gateway
-REGEX_BUDGET_S = 0.1  # all of a request's rule regexes together (ten slow rules would be ten timeouts)
+REGEX_BUDGET_S = 0.1  # all of a request's rule regexes together (ten slow rules would be ten timeouts) ...
+REGEX_FLOOR_S = 0.02  # ... but each still gets this much: slow rules must not let a client skip a cheap one
 
 
 def bounded_search(pattern: regex.Pattern[str], text: str,
                    deadline: float | None = None) -> tuple[regex.Match[str] | None, bool]:
     """(match, timed out): a rule's regex runs on client text, so its time is bounded (`regex`'s timeout),
     and by the request's `deadline` (time.monotonic) for all its regexes together."""
-    timeout = REGEX_TIMEOUT_S if deadline is None else min(REGEX_TIMEOUT_S, deadline - time.monotonic())
-    if timeout <= 0:
-        return None, True
+    timeout = REGEX_TIMEOUT_S if deadline is None else min(REGEX_TIMEOUT_S,
+                                                           max(REGEX_FLOOR_S, deadline - time.monotonic()))
     try:
         return pattern.search(text, timeout=timeout), False
     except TimeoutError:

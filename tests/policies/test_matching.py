@@ -66,12 +66,14 @@ def test_a_rule_regex_that_backtracks_without_end_does_not_match_and_returns_qui
 def test_ten_catastrophic_rules_share_one_regex_budget_per_request() -> None:
     """Each rule's own timeout is 50 ms; ten such rules on one request were ~1 s of matching."""
     rules = policy("".join(f"    - name: r{i}\n      when: {{content: {{regex: '^(a|aa)+$'}}}}\n"
-                           "      action: {hosted: big}\n" for i in range(10)))
+                           "      action: {hosted: big}\n" for i in range(10))
+                   + "    - name: cheap\n      when: {content: {regex: 'SECRET'}}\n      action: local\n")
     assert rules.needs_thread  # regexes on client text are matched off the event loop
     started = time.monotonic()
-    decision = rules.match(facts(text="a" * 60 + "!"))
-    assert decision.rule is None and time.monotonic() - started < 0.4  # REGEX_BUDGET_S (0.1 s) plus granularity
-    assert all("timed out" in c.actual for c in decision.explanation)
+    decision = rules.match(facts(text="a" * 60 + "! SECRET"))
+    assert time.monotonic() - started < 0.8  # the budget, then a 20 ms floor each (was ~1 s)
+    assert all("timed out" in c.actual for c in decision.explanation[:10])
+    assert decision.rule == "cheap"  # the slow rules spent the budget; a cheap one is still evaluated
     assert not policy("    - name: plain\n      when: {team: a}\n      action: local\n").needs_thread
 
 
