@@ -109,7 +109,8 @@ class DiffusionEngine:
         self._loaded = loaded
         self._config = config
         self.model_name = loaded.name
-        self.max_rows: int | None = config.max_queue
+        self.max_rows: int | None = config.max_queue + config.max_batch_size  # an idle engine takes this many
+        self._admitting = 0  # rows the worker has taken off the queue and is encoding into the batch
         self.context_length: int | None = context_length_of(loaded, config.max_model_len)
         self.sampling = sampling_of(loaded, config.first_canvas_length)
         rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else default_rate(loaded.device)
@@ -184,11 +185,14 @@ class DiffusionEngine:
 
     def _reserve(self) -> None:
         """Refuses a submission the engine cannot take; else holds it a queue place. Prompts still being
-        prepared count as queued, so `max_queue` bounds them too."""
+        prepared count as queued, so `max_queue` bounds them too. Free places in the running batch count as
+        room: arrivals join it at the next tick, so a burst onto an idle engine is not refused while it is
+        empty (read from the event loop without the worker's lock: at worst one tick stale)."""
         if not self._running:
             raise EngineUnavailableError("the local engine is not running")
         queued = self._waiting.qsize() + self._preparing
-        if queued >= self._config.max_queue:
+        free = max(0, self._config.max_batch_size - len(self._batch.members) - self._admitting)
+        if queued >= self._config.max_queue + free:
             raise QueueFullError(retry_after_s=self._retry_after(queued), queued=queued)
 
     def _submit(self, request: GenerationRequest, emit: Emit) -> Row:
@@ -336,12 +340,15 @@ class DiffusionEngine:
             if not slot.row.cancelled:
                 self._note_admission(slot.row.request.request_id)
                 joining.append(slot)
+                self._admitting += 1  # off the queue, not yet a member: still no room for another
         if not joining:
             return
         try:
             self._batch.admit(joining)
         except Exception as exc:  # noqa: BLE001 - arrivals that cannot be encoded fail alone
             self._fail(joining, exc)
+        finally:
+            self._admitting = 0
 
     def _note_admission(self, request_id: str) -> None:
         self.admissions[request_id] = Admission(self.ticks, len(self._batch.members))

@@ -58,6 +58,9 @@ def engine_factory(random_checkpoint: Path):  # type: ignore[no-untyped-def]
     yield make
     for engine in engines:
         engine._running = False
+    for engine in engines:  # a worker still in a forward pass when the interpreter exits aborts it
+        if engine._thread is not None:
+            engine._thread.join(30)
 
 
 async def test_loads_through_from_pretrained(random_checkpoint: Path) -> None:
@@ -149,15 +152,23 @@ async def test_cancel_removes_the_row_and_others_finish(engine_factory) -> None:
 
 async def test_queue_full_is_refused_with_retry_after(engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = await engine_factory(max_batch_size=1, max_queue=2)
-    running = [asyncio.create_task(engine.generate(req("q0", max_tokens=64, seed=0)))]
-    while "q0" not in engine.admissions:
-        await asyncio.sleep(0.005)
-    running += [asyncio.create_task(engine.generate(req(f"q{i}", max_tokens=64, seed=i))) for i in (1, 2)]
-    await asyncio.sleep(0)  # both are queued behind q0 (batch size 1)
+    # Submitted at once: the batch's one place and the queue's two take three; whether or not the worker
+    # admitted q0 meanwhile, a fourth finds no room.
+    running = [engine.stream(req(f"q{i}", max_tokens=64, seed=i)) for i in range(3)]
     with pytest.raises(QueueFullError) as info:
-        await engine.generate(req("extra"))
-    assert info.value.retry_after_s >= 1 and info.value.queued == 2
-    assert all(isinstance(r, Completion) for r in await asyncio.gather(*running))
+        engine.stream(req("extra"))
+    assert info.value.retry_after_s >= 1 and info.value.queued in (2, 3)
+    for stream in running:
+        assert isinstance([e async for e in stream][-1], Completion)
+
+
+async def test_a_burst_onto_an_idle_engine_fills_the_batch_before_the_queue(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    """Arrivals join the batch at the next tick: free places in it are room, not only `max_queue`."""
+    engine = await engine_factory(max_batch_size=4, max_queue=1)
+    streams = [engine.stream(req(f"b{i}", max_tokens=4, seed=i)) for i in range(5)]  # submitted at once
+    for stream in streams:
+        assert isinstance([e async for e in stream][-1], Completion)
+    assert engine.max_rows == 5  # n choices up to batch + queue
 
 
 async def test_an_exception_fails_one_request_not_the_batch(engine_factory) -> None:  # type: ignore[no-untyped-def]

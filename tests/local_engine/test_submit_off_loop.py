@@ -141,12 +141,12 @@ async def test_a_caller_cancelled_while_its_prompt_is_tokenized_leaves_nothing_q
 async def test_queue_full_counts_prompts_still_being_tokenized(make_engine: Any) -> None:
     engine = await make_engine(GatedEngine, max_batch_size=1, max_queue=2)
     engine.inline_prompt_chars = 0
-    tasks = [asyncio.create_task(engine.generate(req(f"q{i}", seed=i))) for i in range(2)]
-    await asyncio.sleep(0)  # both submitted: their prompts are being tokenized, none is queued yet
+    tasks = [asyncio.create_task(engine.generate(req(f"q{i}", seed=i))) for i in range(3)]
+    await asyncio.sleep(0)  # all submitted: their prompts are being tokenized, none is queued yet
     assert engine._waiting.empty()
-    with pytest.raises(QueueFullError) as info:
+    with pytest.raises(QueueFullError) as info:  # the batch's one free place and the queue's two are taken
         engine.stream(req("extra"))  # refused at once, before any byte, as before
-    assert info.value.queued == 2 and info.value.retry_after_s >= 1
+    assert info.value.queued == 3 and info.value.retry_after_s >= 1
     engine.gate.set()
     assert all(isinstance(c, Completion) for c in await asyncio.gather(*tasks))
     assert isinstance(await engine.generate(req("after")), Completion)  # the places were given back
