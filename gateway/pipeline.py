@@ -159,9 +159,11 @@ class ChatPipeline:
         tried = attempts if isinstance(attempts, int) else 0
         if isinstance(attempts, int):
             outcome.detail["attempts"] = attempts
-        status = "cancelled" if not isinstance(exc, Exception) else "error"
-        self._record(job, plan, principal, outcome, created_at, started, status, reply.status, reply.message,
-                     tried=tried)
+        if isinstance(exc, Exception):
+            status, code, message = "error", reply.status, reply.message
+        else:  # cancelled: its client went away (or the server is stopping)
+            status, code, message = "cancelled", 499, "client disconnected"
+        self._record(job, plan, principal, outcome, created_at, started, status, code, message, tried=tried)
 
     def _record(self, job: Job, plan: Plan | None, principal: Principal, outcome: Outcome, created_at: datetime,
                 started: float, status: str, status_code: int, error: str | None = None, *, tried: int = 0) -> None:

@@ -154,12 +154,37 @@ class Executor:
         return completions, outcome
 
     async def _local_choices(self, job: Job, plan: Plan) -> list[Completion]:
+        """Every choice's completion. A caller cancelled meanwhile (its client gone) leaves, on the
+        CancelledError, an outcome with what the choices used so far: device time spent is billed."""
         self._check_choices(job)
-        if job.n == 1:
-            return [await self.local.generate(self.generation_request(job, plan))]
-        # One choice failing (e.g. the queue is full) cancels the others.
-        return await gathered_or_cancelled([asyncio.create_task(self.local.generate(
-            self.generation_request(job, plan, i))) for i in range(job.n)])
+        progress: dict[int, StreamDelta] = {}
+        done: dict[int, Completion] = {}
+        try:
+            if job.n == 1:
+                return [await self._generate(self.generation_request(job, plan), 0, progress, done)]
+            # One choice failing (e.g. the queue is full) cancels the others.
+            return await gathered_or_cancelled([asyncio.create_task(self._generate(
+                self.generation_request(job, plan, i), i, progress, done)) for i in range(job.n)])
+        except asyncio.CancelledError as exc:
+            outcome = (self.local_outcome([done[i] for i in sorted(done)]) if done
+                       else Outcome(route=Route.LOCAL, provider_model=self.local.model_name))
+            _add_unfinished(outcome, [d for i, d in progress.items() if i not in done])
+            exc.outcome = outcome  # type: ignore[attr-defined]  # read by the pipeline, as any failure's
+            raise
+
+    async def _generate(self, request: GenerationRequest, index: int, progress: dict[int, StreamDelta],
+                        done: dict[int, Completion]) -> Completion:
+        """The backend's whole completion, through its stream, keeping each canvas's running figures."""
+        stream = self.local.stream(request)
+        try:
+            async for event in stream:
+                if isinstance(event, Completion):
+                    done[index] = event
+                    return event
+                progress[index] = event
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        raise LocalUnavailableError("the local model ended the request without a result")
 
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
         """Serves a job at a hosted alias (with its retries and fallbacks)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -14,6 +17,7 @@ from gateway.services import Services
 from router import UnknownModelError
 
 router = APIRouter()
+T = TypeVar("T")
 
 
 @router.post("/v1/chat/completions")
@@ -25,12 +29,46 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
     services: Services = request.app.state.services
     assert services.pipeline is not None
     headers_out = request.state.draftgate_headers
-    if body.stream:
-        chunks, headers = await services.pipeline.stream(body, principal, request.state.request_id, headers_out)
+    if body.stream:  # until its first byte (a queued stream waits here); then the SSE response watches
+        opened = await _unless_disconnected(request, services.pipeline.stream(
+            body, principal, request.state.request_id, headers_out))
+        if opened is None:
+            return Response(status_code=499)
+        chunks, headers = opened
         return StreamingResponse(chunks, media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
-    result, headers = await services.pipeline.complete(body, principal, request.state.request_id, headers_out)
-    return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+    result = await _unless_disconnected(request, services.pipeline.complete(
+        body, principal, request.state.request_id, headers_out))
+    if result is None:
+        return Response(status_code=499)  # nobody reads it
+    answer, headers = result
+    return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """The work's result, or None when the client closed the connection first: the work is then cancelled
+    (its row says cancelled, charged what it used), so a client that timed out stops costing engine time,
+    as vLLM's servers do."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)  # its row is recorded; nobody is left to tell
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body is already read: only a disconnect comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _model(services: Services, alias: str, created: int) -> dict[str, object]:

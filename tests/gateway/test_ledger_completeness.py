@@ -52,7 +52,10 @@ def test_streams_without_usage_cut_short_or_abandoned_are_priced(gateway_factory
         list(raw.parse())
     row = _row(gw, raw.headers)
     assert (row.status, row.status_code) == ("error", 502)
-    assert row.completion_tokens > 0 and row.prompt_tokens >= 10 and row.hosted_cost_usd and row.hosted_cost_usd > 0
+    # Priced from the prompt and whatever text arrived: the reset may discard chunks the gateway had not read yet
+    # (a TCP RST drops unread data), so the completion may be 0 tokens, the prompt never is.
+    assert row.prompt_tokens >= 10 and row.hosted_cost_usd and row.hosted_cost_usd > 0
+    assert row.detail["usage_estimated"] is True
 
     simulator.state.faults.append(Fault(stall_stream_after=2, stall_s=5))  # the client leaves mid-stream
     with httpx.stream("POST", gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {MASTER_KEY}"},

@@ -1,0 +1,63 @@
+"""A client that goes away stops costing engine time: its request is cancelled, recorded as such (499), and
+charged what it used — for a non-streaming request too, and for a stream still waiting in the queue."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+
+from tests.conftest import MASTER_KEY
+from tests.gateway.test_chat_hosted import flushed_db
+from tests.gateway.test_local_route import local_config
+
+
+def _leave_after(gw, body: dict, seconds: float) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """POSTs the body on a raw connection and closes it after `seconds`, without reading the answer."""
+    data = json.dumps(body).encode()
+    host, port = gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                           + f"authorization: Bearer {MASTER_KEY}\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+                           + data)
+        time.sleep(seconds)
+
+
+def _rows(gw, expected: int, timeout_s: float = 20):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = list(flushed_db(gw).iter_records())
+        if len(rows) >= expected:
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"expected {expected} ledger rows")
+
+
+def test_a_client_that_leaves_is_cancelled_and_charged_what_it_used(gateway_factory, simulator,
+                                                                    random_checkpoint) -> None:
+    # Random weights never say EOS: 512 tokens is 32 canvases, far longer than the 0.5 s the client waits.
+    config = local_config(simulator.base_url, random_checkpoint).replace("max_tokens: 24", "max_tokens: 512")
+    gw = gateway_factory(config.replace("  enabled: true\n", "  enabled: true\n  max_batch_size: 1\n", 1))
+    long = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "tell me everything"}],
+            "max_tokens": 512, "seed": 1}
+    _leave_after(gw, long, 0.5)  # mid-generation, not streaming
+    (left,) = _rows(gw, 1)
+    assert (left.status, left.status_code) == ("cancelled", 499), (left.status, left.status_code, left.error)
+    assert left.device_seconds > 0 and left.local_cost_usd and left.local_cost_usd > 0  # never a silent $0
+    assert 0 < left.completion_tokens < 512 and left.detail["unfinished_choices"] == 1
+
+    # A stream still queued behind a running request: cancelled in the queue, never computed.
+    running = threading.Thread(target=lambda: httpx.post(gw.url + "/v1/chat/completions", json=long, timeout=60,
+                                                         headers={"authorization": f"Bearer {MASTER_KEY}"}))
+    running.start()
+    time.sleep(0.3)
+    _leave_after(gw, {**long, "stream": True, "seed": 2}, 0.3)
+    queued = next(r for r in _rows(gw, 2) if r.request_id != left.request_id)
+    assert (queued.status, queued.status_code, queued.device_seconds) == ("cancelled", 499, 0.0)
+    running.join(60)
+    done = [r for r in _rows(gw, 3) if r.status == "ok"]
+    assert len(done) == 1 and done[0].completion_tokens == 512  # the other client was served in full
+    assert httpx.get(gw.url + "/healthz").status_code == 200
