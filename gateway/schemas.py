@@ -47,8 +47,9 @@ class ChatMessage(BaseModel):
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessage:
-        # Only an assistant turn (tool calls instead of text) may leave content out, as in OpenAI's API.
-        if self.content is None and self.role != "assistant":
+        # Only an assistant turn (tool calls instead of text) or a legacy function result may leave content
+        # out, as the OpenAI API and SDK types allow.
+        if self.content is None and self.role not in ("assistant", "function"):
             raise ValueError(f"a {self.role} message needs content")
         return self
 
@@ -66,7 +67,7 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    include_usage: bool = False
+    include_usage: bool | None = False  # null: the default (the SDK's types allow it)
     include_obfuscation: bool | None = None
 
 

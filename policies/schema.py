@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -91,10 +92,17 @@ class LimitsConfig(BaseModel):
     """Budgets and rate limits (LiteLLM's names); enforced atomically in the ledger database."""
 
     model_config = Strict
-    max_budget_usd: float | None = Field(default=None, ge=0)
+    max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
     rpm_limit: int | None = Field(default=None, ge=1)
     tpm_limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("max_budget_usd", "rpm_limit", "tpm_limit", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        # A limit written as text ('1') is a typo that would read as a number; YAML's 1e3 (a string to PyYAML)
+        # is a number. Secrets never sit here, so the value may be echoed.
+        return _yaml_exponent(value, refuse_text=True)
 
 
 class TeamConfig(LimitsConfig):
@@ -108,6 +116,19 @@ class KeyConfig(LimitsConfig):
     models: list[str] | None = Field(default=None, min_length=1, max_length=1000)  # None: every alias
 
 
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_exponent(value: Any, *, refuse_text: bool = False) -> Any:
+    """`1e3` is a number in YAML 1.2 but a string to PyYAML (YAML 1.1 wants `1.0e+3`): read it as one."""
+    if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() else number
+    if refuse_text and isinstance(value, str):
+        raise ValueError(f"a number, not the text {value!r}")
+    return value
+
+
 class NumberCondition(BaseModel):
     """Numeric bounds; all given bounds must hold."""
 
@@ -117,6 +138,11 @@ class NumberCondition(BaseModel):
     gt: float | None = None
     gte: float | None = None
     eq: float | None = None
+
+    @field_validator("lt", "lte", "gt", "gte", "eq", mode="before")
+    @classmethod
+    def _exponent(cls, value: Any) -> Any:
+        return _yaml_exponent(value)
 
     @model_validator(mode="after")
     def _some_bound(self) -> NumberCondition:

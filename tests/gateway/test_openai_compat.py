@@ -52,7 +52,9 @@ def test_malformed_content_parts_are_a_400_with_openai_param_names(gateway_facto
         {"role": "user", "content": [{"type": "text", "text": "hi"}]},
         {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
                                               "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "42"}]})
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "function", "name": "f", "content": None}], "stream": True,  # the SDK's types allow both nulls
+        "stream_options": {"include_usage": None}})
     assert ok.status_code == 200, ok.text
 
 

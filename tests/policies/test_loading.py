@@ -136,6 +136,7 @@ def test_semantic_problems() -> None:
      "policies.rules[0].when.p_hosted: p_hosted is a probability"),
     ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
      "draftgate.yaml:4: policies.rules[0].when.model: Input should be a valid string; or Input should be a valid list"),
+    ("teams:\n  - name: t\n    max_budget_usd: '1'\n", "draftgate.yaml:3: teams[0].max_budget_usd: a number, not the text"),
     ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
@@ -166,6 +167,13 @@ def test_bad_verifier_options_are_config_errors(verifier: str, expected: str) ->
     """Caught by the schema, with the line, not when the gateway builds the verifier at startup."""
     found = problems(CASCADE + f"            - {verifier}\n")
     assert any(p.startswith("draftgate.yaml:8: policies.rules[0].action.cascade." + expected) for p in found), found
+
+
+def test_yaml_exponent_numbers_are_numbers() -> None:
+    """PyYAML reads `1e3` as a string (YAML 1.1 wants a dot): bounds and limits still take it as 1000."""
+    config = policies.load_text("teams:\n  - name: t\n    tpm_limit: 1e3\npolicies:\n  rules:\n    - name: r\n"
+                                "      when: {prompt_tokens: {lt: 1e3}}\n      action: local\n", {})
+    assert config.teams[0].tpm_limit == 1000 and config.policies.rules[0].when.prompt_tokens.lt == 1000  # type: ignore[union-attr]
 
 
 def test_a_file_that_is_not_utf8_is_located_by_line(tmp_path: Path) -> None:
