@@ -6,10 +6,11 @@ is sent, so a client never sees part of a draft that is later replaced.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from local_engine import Completion, ContextLengthError, RequestRejectedError
 from router.errors import UpstreamError
@@ -17,6 +18,8 @@ from router.executor import ChunkStream, Executor, completion_body
 from router.job import Job, Outcome, Plan, Route
 from router.streams import completed_chunks
 from router.verifiers import Draft, ResponseFormatVerifier, Verdict, Verifier, run_verifiers
+
+E = TypeVar("E", bound=BaseException)
 
 
 class EscalationMode(str, enum.Enum):
@@ -103,10 +106,18 @@ class Cascade:
         return Judgement(verdicts)
 
     async def _draft(self, job: Job, plan: Plan, spec: CascadeSpec) -> tuple[Completion, Judgement]:
+        """The draft and its verdicts. Cancelled meanwhile (its client gone), the CancelledError carries what
+        the draft used, as a plain local request's does."""
         local_plan = Plan(route=Route.LOCAL, alias=self._executor.local_alias,
                           max_local_tokens=spec.max_local_tokens or plan.max_local_tokens)
-        completion = await self._executor.local.generate(self._executor.generation_request(job, local_plan))
-        return completion, await self.judge(job, spec, completion)
+        (completion,) = await self._executor.local_choices(job, local_plan)
+        try:
+            return completion, await self.judge(job, spec, completion)
+        except asyncio.CancelledError as exc:
+            outcome = self._executor.local_outcome(completion)
+            outcome.detail["cancelled_while"] = "verifying the draft"
+            exc.outcome = outcome  # type: ignore[attr-defined]
+            raise
 
     def _escalation_job(self, job: Job, spec: CascadeSpec, completion: Completion, judgement: Judgement) -> Job:
         if spec.mode is EscalationMode.REGENERATE:
@@ -139,14 +150,14 @@ class Cascade:
         outcome.escalation_reason = f"hosted unavailable, served the unverified draft: {error.message}"
         return outcome
 
-    def _failed_escalation(self, exc: UpstreamError, job: Job, spec: CascadeSpec, completion: Completion,
-                           judgement: Judgement) -> UpstreamError:
+    def _failed_escalation(self, exc: E, job: Job, spec: CascadeSpec, completion: Completion,
+                           judgement: Judgement) -> E:
         """The upstream error, carrying what the thrown-away draft cost, so the ledger row of the failed
         request still has the draft's device time, its wasted dollars, the verdicts and the reason."""
         outcome = Outcome(route=Route.ESCALATED, provider_model=None)
         self._annotate(outcome, job, spec, completion, judgement, escalated=True)
         outcome.detail["draft_tokens"] = {"prompt": completion.prompt_tokens, "completion": completion.completion_tokens}
-        exc.outcome = outcome
+        exc.outcome = outcome  # type: ignore[attr-defined]  # (UpstreamError has the slot; a CancelledError takes it)
         return exc
 
     @staticmethod
@@ -175,6 +186,8 @@ class Cascade:
         try:
             outcome = await self._executor.run_hosted(self._escalation_job(job, spec, completion, judgement),
                                                       spec.escalate_to)
+        except asyncio.CancelledError as exc:  # its client left during the escalation: the draft was still spent
+            raise self._failed_escalation(exc, job, spec, completion, judgement) from None
         except UpstreamError as exc:
             if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
                 raise self._failed_escalation(exc, job, spec, completion, judgement) from None
@@ -200,6 +213,8 @@ class Cascade:
             try:
                 opened = await self._executor.stream_hosted(
                     self._escalation_job(job, spec, completion, judgement), spec.escalate_to)
+            except asyncio.CancelledError as exc:
+                raise self._failed_escalation(exc, job, spec, completion, judgement) from None
             except UpstreamError as exc:
                 if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
                     raise self._failed_escalation(exc, job, spec, completion, judgement) from None

@@ -139,7 +139,7 @@ class Executor:
     async def _checked_local_answer(self, job: Job, plan: Plan) -> tuple[list[Completion], Outcome]:
         """Every choice, generated whole, and its ledger figures; LocalOutputInvalidError (carrying the cost)
         when a choice does not match the request's JSON `response_format`."""
-        completions = await self._local_choices(job, plan)
+        completions = await self.local_choices(job, plan)
         outcome = self.local_outcome(completions)
         if not ResponseFormatVerifier.applies(job.body):
             return completions, outcome
@@ -153,7 +153,7 @@ class Executor:
                     f"match response_format: {verdict.reason}", outcome)
         return completions, outcome
 
-    async def _local_choices(self, job: Job, plan: Plan) -> list[Completion]:
+    async def local_choices(self, job: Job, plan: Plan) -> list[Completion]:
         """Every choice's completion. A caller cancelled meanwhile (its client gone) leaves, on the
         CancelledError, an outcome with what the choices used so far: device time spent is billed."""
         self._check_choices(job)

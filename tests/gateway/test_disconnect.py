@@ -61,3 +61,19 @@ def test_a_client_that_leaves_is_cancelled_and_charged_what_it_used(gateway_fact
     done = [r for r in _rows(gw, 3) if r.status == "ok"]
     assert len(done) == 1 and done[0].completion_tokens == 512  # the other client was served in full
     assert httpx.get(gw.url + "/healthz").status_code == 200
+
+
+def test_a_cascade_left_during_its_escalation_still_records_the_draft(gateway_factory, simulator,
+                                                                      random_checkpoint) -> None:
+    """The client leaves while the hosted model is answering: the thrown-away draft's device time was spent."""
+    from gateway.simulator import Fault
+
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: never-good-enough\n"
+             "      action:\n        cascade:\n          escalate_to: gpt-4o-mini\n"
+             "          verifiers: [{regex: {pattern: '^IMPOSSIBLE$', mode: fullmatch}}]\n")
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint, rules))
+    simulator.state.faults.append(Fault(delay_s=5))  # the escalation target takes its time
+    _leave_after(gw, {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}, 1.5)
+    (row,) = _rows(gw, 1)
+    assert (row.status, row.status_code, row.route) == ("cancelled", 499, "escalated"), (row.status, row.error)
+    assert row.device_seconds > 0 and row.wasted_draft_usd > 0 and row.detail["verdicts"][0]["passed"] is False
