@@ -44,25 +44,6 @@ class FailingEngine(DiffusionEngine):
         return super()._finish_canvas(slot)
 
 
-@pytest.fixture
-def engine_factory(random_checkpoint: Path):  # type: ignore[no-untyped-def]
-    engines: list[DiffusionEngine] = []
-
-    async def make(cls: type[DiffusionEngine] = DiffusionEngine, **kw: object) -> DiffusionEngine:
-        config = EngineConfig(model=str(random_checkpoint), max_tokens=64, **kw)  # type: ignore[arg-type]
-        engine = cls(load_model(config), config)
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine._running = False
-    for engine in engines:  # a worker still in a forward pass when the interpreter exits aborts it
-        if engine._thread is not None:
-            engine._thread.join(30)
-
-
 async def test_loads_through_from_pretrained(random_checkpoint: Path) -> None:
     backend = create_backend(EngineConfig(model=str(random_checkpoint)))
     assert isinstance(backend, DiffusionEngine)

@@ -8,8 +8,7 @@ import asyncio
 import gc
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -17,13 +16,11 @@ import pytest
 from local_engine import (
     Completion,
     ContextLengthError,
-    EngineConfig,
     EngineUnavailableError,
     GenerationRequest,
     QueueFullError,
 )
 from local_engine.engine import DiffusionEngine
-from local_engine.loading import load_model
 
 MSG = [{"role": "user", "content": "What is 2 + 2?"}]
 HUGE = [{"role": "user", "content": "word " * 200_000}]  # 1 MB: ~1M tokens, seconds of tokenizing on this model
@@ -47,23 +44,9 @@ class GatedEngine(DiffusionEngine):
         assert self.gate.wait(10)
         return super()._prepare(messages)
 
-
-@pytest.fixture
-async def make_engine(random_checkpoint: Path) -> AsyncIterator[Any]:
-    engines: list[DiffusionEngine] = []
-
-    async def make(cls: type[DiffusionEngine] = DiffusionEngine, **kw: Any) -> Any:
-        config = EngineConfig(model=str(random_checkpoint), max_tokens=64, **kw)
-        engine = cls(load_model(config), config)
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        if isinstance(engine, GatedEngine):
-            engine.gate.set()
-        await engine.stop()
+    def release(self) -> None:
+        """Opens the gate (the shared fixture calls this before it stops the engine)."""
+        self.gate.set()
 
 
 async def _until(condition: Any, seconds: float = 10.0) -> None:
@@ -73,8 +56,8 @@ async def _until(condition: Any, seconds: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_a_huge_prompt_is_tokenized_off_the_event_loop(make_engine: Any) -> None:
-    engine = await make_engine()
+async def test_a_huge_prompt_is_tokenized_off_the_event_loop(engine_factory: Any) -> None:
+    engine = await engine_factory()
     await engine.generate(req("warm", max_tokens=4))  # first-use costs (template compile, first pass) go first
     stop = asyncio.Event()
 
@@ -111,9 +94,9 @@ async def test_a_huge_prompt_is_tokenized_off_the_event_loop(make_engine: Any) -
     assert worst < 0.5 and worst < elapsed / 2, f"loop stalled {worst:.2f}s of {elapsed:.2f}s"
 
 
-async def test_off_loop_submission_gives_the_same_tokens_and_answers(make_engine: Any) -> None:
-    inline = await make_engine(prefix_cache_min_tokens=8)
-    threaded = await make_engine(prefix_cache_min_tokens=8)
+async def test_off_loop_submission_gives_the_same_tokens_and_answers(engine_factory: Any) -> None:
+    inline = await engine_factory(prefix_cache_min_tokens=8)
+    threaded = await engine_factory(prefix_cache_min_tokens=8)
     threaded.inline_prompt_chars = 0  # every prompt goes through the worker thread
     chat = [{"role": "system", "content": "Be brief and polite with the user."}, *MSG]
     answers = []
@@ -124,8 +107,8 @@ async def test_off_loop_submission_gives_the_same_tokens_and_answers(make_engine
     assert answers[1][2][2] > 0  # the system prompt was found as a prefix on the threaded path too
 
 
-async def test_a_caller_cancelled_while_its_prompt_is_tokenized_leaves_nothing_queued(make_engine: Any) -> None:
-    engine = await make_engine(GatedEngine)
+async def test_a_caller_cancelled_while_its_prompt_is_tokenized_leaves_nothing_queued(engine_factory: Any) -> None:
+    engine = await engine_factory(GatedEngine)
     engine.inline_prompt_chars = 0
     task = asyncio.create_task(engine.generate(req("gone")))
     await _until(engine.entered.is_set)
@@ -138,8 +121,8 @@ async def test_a_caller_cancelled_while_its_prompt_is_tokenized_leaves_nothing_q
     assert isinstance(await engine.generate(req("next")), Completion)
 
 
-async def test_queue_full_counts_prompts_still_being_tokenized(make_engine: Any) -> None:
-    engine = await make_engine(GatedEngine, max_batch_size=1, max_queue=2)
+async def test_queue_full_counts_prompts_still_being_tokenized(engine_factory: Any) -> None:
+    engine = await engine_factory(GatedEngine, max_batch_size=1, max_queue=2)
     engine.inline_prompt_chars = 0
     tasks = [asyncio.create_task(engine.generate(req(f"q{i}", seed=i))) for i in range(3)]
     await asyncio.sleep(0)  # all submitted: their prompts are being tokenized, none is queued yet
@@ -152,8 +135,8 @@ async def test_queue_full_counts_prompts_still_being_tokenized(make_engine: Any)
     assert isinstance(await engine.generate(req("after")), Completion)  # the places were given back
 
 
-async def test_a_prompt_tokenized_while_the_engine_stops_fails_cleanly(make_engine: Any) -> None:
-    engine = await make_engine(GatedEngine)
+async def test_a_prompt_tokenized_while_the_engine_stops_fails_cleanly(engine_factory: Any) -> None:
+    engine = await engine_factory(GatedEngine)
     engine.inline_prompt_chars = 0
     task = asyncio.create_task(engine.generate(req("late")))
     await _until(engine.entered.is_set)
