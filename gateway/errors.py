@@ -24,6 +24,7 @@ from local_engine import (
     QueueFullError,
     RequestRejectedError,
 )
+from policies import is_union_tag
 from router.errors import (
     LocalOutputInvalidError,
     LocalUnavailableError,
@@ -153,9 +154,6 @@ def reply_for(exc: BaseException) -> ErrorReply:
 KNOWN_ERRORS: tuple[type[Exception], ...] = (GatewayError, RoutingError, EngineError)  # and their subclasses
 
 
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-before"})
-
-
 def openai_param(loc: Sequence[Any]) -> str | None:
     """A pydantic error location as OpenAI names a parameter: `messages[0].content`, without `body` or the
     union-member tags pydantic adds (`content.str`)."""
@@ -163,7 +161,7 @@ def openai_param(loc: Sequence[Any]) -> str | None:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part != "body" and part not in _TYPE_TAGS and "[" not in str(part):
+        elif part != "body" and not is_union_tag(part):
             text += f".{part}" if text else str(part)
     return text or None
 

@@ -1,6 +1,6 @@
 """draftgate.yaml: schema, loading with located errors, routing rules, matching and lint."""
 
-from policies.errors import ConfigError, ConfigProblem, PolicyError
+from policies.errors import ConfigError, ConfigProblem, PolicyError, is_union_tag
 from policies.lint import implies, lint
 from policies.loading import default_config, load, load_text
 from policies.matching import ConditionResult, Decision, PolicySet, RequestFacts
@@ -42,6 +42,7 @@ __all__ = [
     "When",
     "default_config",
     "implies",
+    "is_union_tag",
     "lint",
     "load",
     "load_text",

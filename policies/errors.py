@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PYDANTIC_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "function-after",
+                                "function-before"})
+
+
+def is_union_tag(part: object, models: frozenset[str] = frozenset()) -> bool:
+    """Whether a part of a pydantic error location names the member of a union the error is about (`str`,
+    `list[str]`, one of `models`' class names): pydantic's wording, not a field, key or index."""
+    return isinstance(part, str) and (part in PYDANTIC_TYPE_TAGS or part in models or "[" in part)
+
 
 class PolicyError(Exception):
     """Base class of every policies error."""

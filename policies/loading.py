@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from policies.crossref import cross_reference_problems
-from policies.errors import ConfigError, ConfigProblem
+from policies.errors import ConfigError, ConfigProblem, is_union_tag
 from policies.schema import GatewayConfig
 from policies.source import ConfigShapeError, Located, render_path, resolve_env
 
@@ -75,25 +75,22 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
     return config
 
 
-_BUILTIN_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
-
-
-def _union_tags() -> frozenset[str]:
+def _schema_models() -> frozenset[str]:
     from policies import schema  # the models a union member can be
 
-    return _BUILTIN_TAGS | {n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel)}
+    return frozenset(n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel))
 
 
-def _without_union_tags(loc: tuple[Any, ...], tags: frozenset[str]) -> tuple[tuple[Any, ...], bool]:
+def _without_union_tags(loc: tuple[Any, ...], models: frozenset[str]) -> tuple[tuple[Any, ...], bool]:
     """pydantic names the member of a union each error is about (`model.str`, `model.list[str]`): that is its
     wording, not a key of the file."""
-    kept = tuple(p for p in loc if not (isinstance(p, str) and (p in tags or "[" in p)))
+    kept = tuple(p for p in loc if not is_union_tag(p, models))
     return kept, len(kept) != len(loc)
 
 
 def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigProblem]:
     out: list[ConfigProblem] = []
-    tags = _union_tags()
+    tags = _schema_models()
     merged: dict[tuple[Any, ...], int] = {}  # one problem per field for a value no member of a union took
     for error in exc.errors():
         loc, from_union = _without_union_tags(tuple(error["loc"]), tags)
