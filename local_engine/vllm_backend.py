@@ -139,10 +139,14 @@ class VllmBackend:
         finally:
             await response.aclose()
             self._in_flight[base] -= 1
-        choice = data["choices"][0]
+        choices = data.get("choices") if isinstance(data, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise EngineUnavailableError(f"vLLM server {base} answered without a choice's message")
         seconds = (time.perf_counter() - started) / max(1, share)
-        return self._completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
-                                data.get("usage") or {}, seconds)
+        return self._completion(message.get("content") or "", choice.get("finish_reason") or "stop",
+                                _usage(data), seconds)
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
         return self._stream(request)
@@ -156,10 +160,12 @@ class VllmBackend:
             async for line in response.aiter_lines():
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                     continue
-                chunk = orjson.loads(line[5:])
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content") or ""
+                chunk = _chunk(line[5:], base)
+                usage = _usage(chunk) or usage
+                for choice in _choices(chunk):
+                    delta = choice.get("delta")
+                    text = delta.get("content") if isinstance(delta, dict) else None
+                    text = text if isinstance(text, str) else ""
                     finish = choice.get("finish_reason") or finish
                     if text:
                         parts.append(text)
@@ -173,6 +179,27 @@ class VllmBackend:
             await response.aclose()
             self._in_flight[base] -= 1
         yield self._completion("".join(parts), finish, usage, (time.perf_counter() - started) / max(1, share))
+
+
+def _chunk(payload: str, base: str) -> dict[str, Any]:
+    """One stream chunk's JSON object; anything else is the server's failure, not the gateway's."""
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise EngineUnavailableError(f"vLLM server {base} sent a malformed stream chunk")
+    return chunk
+
+
+def _choices(chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
+    choices = chunk.get("choices")
+    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+
+
+def _usage(data: Mapping[str, Any]) -> dict[str, Any]:
+    usage = data.get("usage") if isinstance(data, Mapping) else None
+    return usage if isinstance(usage, dict) else {}
 
 
 def _retry_after(value: str | None) -> float:

@@ -82,3 +82,19 @@ async def test_busy_servers_are_a_full_queue_and_refusals_are_not_retried() -> N
         assert refused.value.status_code == 400 and len(b.state.received) == 1  # b was not asked again
         assert all(count == 0 for count in backend._in_flight.values())
         await backend.stop()
+
+
+async def test_a_malformed_stream_chunk_is_the_servers_failure() -> None:
+    # Not JSON, or JSON that is not a chunk object: an EngineError (an OpenAI-style error for the client),
+    # not a JSONDecodeError escaping as a 500 that also drops the client's connection.
+    async with SimulatorServer() as server:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(server.base_url,)))
+        await backend.start()
+        server.state.faults.append(Fault(malformed_chunk_after=1))
+        with pytest.raises(EngineUnavailableError, match="malformed stream chunk"):
+            [e async for e in backend.stream(GenerationRequest(request_id="a", messages=HI))]
+        server.state.replies.append("fine")
+        events = [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
+        assert isinstance(events[-1], Completion) and events[-1].text == "fine"
+        assert all(count == 0 for count in backend._in_flight.values())
+        await backend.stop()
