@@ -19,7 +19,12 @@ from typing import Any
 import httpx
 import orjson
 
-from local_engine.errors import EngineUnavailableError, QueueFullError, RequestRejectedError
+from local_engine.errors import (
+    EngineUnavailableError,
+    GenerationFailedError,
+    QueueFullError,
+    RequestRejectedError,
+)
 from local_engine.interface import Completion, Confidence, EngineConfig, GenerationRequest, StreamDelta
 from local_engine.metering import DEFAULT_GPU_USD_PER_HOUR
 
@@ -154,19 +159,22 @@ class VllmBackend:
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
         response, base, share, started = await self._open(request, stream=True)  # fails over before any yield
         parts: list[str] = []
-        finish = "stop"
+        finish: str | None = None  # only a finish_reason says the answer is whole
         usage: dict[str, Any] = {}
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                     continue
                 chunk = _chunk(line[5:], base)
+                if "error" in chunk or chunk.get("object") == "error":  # vLLM's in-stream error event
+                    raise GenerationFailedError(f"vLLM server {base} failed mid-answer: {_error_message(chunk)}")
                 usage = _usage(chunk) or usage
                 for choice in _choices(chunk):
                     delta = choice.get("delta")
                     text = delta.get("content") if isinstance(delta, dict) else None
                     text = text if isinstance(text, str) else ""
-                    finish = choice.get("finish_reason") or finish
+                    reason = choice.get("finish_reason")
+                    finish = reason if isinstance(reason, str) and reason else finish
                     if text:
                         parts.append(text)
                         seconds = (time.perf_counter() - started) / max(1, share)
@@ -178,6 +186,8 @@ class VllmBackend:
         finally:
             await response.aclose()
             self._in_flight[base] -= 1
+        if finish is None:  # the body ended cleanly, but the answer did not: not a whole answer to pass on
+            raise EngineUnavailableError(f"vLLM server {base} ended the stream before a finish_reason")
         yield self._completion("".join(parts), finish, usage, (time.perf_counter() - started) / max(1, share))
 
 
@@ -200,6 +210,12 @@ def _choices(chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _usage(data: Mapping[str, Any]) -> dict[str, Any]:
     usage = data.get("usage") if isinstance(data, Mapping) else None
     return usage if isinstance(usage, dict) else {}
+
+
+def _error_message(chunk: Mapping[str, Any]) -> str:
+    error = chunk.get("error")
+    message = error.get("message") if isinstance(error, dict) else chunk.get("message")
+    return str(message or "an error event")[:300]
 
 
 def _retry_after(value: str | None) -> float:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from gateway.simulator import Fault, SimulatorServer
+from gateway.simulator import Fault, Simulator, SimulatorServer
 from local_engine import Completion, EngineConfig, GenerationRequest, StreamDelta, create_backend
-from local_engine.errors import EngineUnavailableError, QueueFullError, RequestRejectedError
+from local_engine.errors import (
+    EngineUnavailableError,
+    GenerationFailedError,
+    QueueFullError,
+    RequestRejectedError,
+)
 from local_engine.vllm_backend import VllmBackend
 
 
@@ -96,5 +103,31 @@ async def test_a_malformed_stream_chunk_is_the_servers_failure() -> None:
         server.state.replies.append("fine")
         events = [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
         assert isinstance(events[-1], Completion) and events[-1].text == "fine"
+        assert all(count == 0 for count in backend._in_flight.values())
+        await backend.stop()
+
+
+class Unfinished(Simulator):
+    """Streams the answer and `[DONE]`, but no chunk with a finish_reason: the answer never said it ended."""
+
+    def chunks(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
+        return [c for c in super().chunks(body, reply) if not any(ch["finish_reason"] for ch in c["choices"])]
+
+
+async def test_a_stream_without_a_finish_reason_is_not_a_whole_answer() -> None:
+    # vLLM ends a request that fails midway with an error event, then the body's clean end: what was
+    # streamed before is part of an answer, not one to pass on (or to verify and serve) as finished.
+    async with SimulatorServer() as server, SimulatorServer(Unfinished()) as unfinished:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(server.base_url,)))
+        await backend.start()
+        server.state.replies.append("one two three four")
+        server.state.faults.append(Fault(error_in_stream_after=2, message="engine dead"))
+        with pytest.raises(GenerationFailedError, match="engine dead"):
+            [e async for e in backend.stream(GenerationRequest(request_id="a", messages=HI))]
+        await backend.stop()
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(unfinished.base_url,)))
+        await backend.start()
+        with pytest.raises(EngineUnavailableError, match="finish_reason"):
+            [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
         assert all(count == 0 for count in backend._in_flight.values())
         await backend.stop()
