@@ -1,8 +1,9 @@
 """`backend: vllm`: local traffic goes to a pool of vLLM OpenAI-compatible servers.
 
 vLLM serves DiffusionGemma with `--diffusion-config`; this backend speaks its `/v1/chat/completions`.
-Device time is estimated as the request's latency divided by the requests in flight on that server
-at the time (its share of a batched GPU), then priced like the in-process engine.
+Device time is the request's share of its server's busy time: each moment a server has k of this
+gateway's requests in flight is split k ways (they share its batched GPU), so the shares add up to the
+time the server was busy, whatever order the requests came in; then priced like the in-process engine.
 
 A request goes to the least busy server; one that cannot be reached or answers 5xx is skipped for
 COOL_DOWN_S and the request tried on the next, before anything is streamed. Servers that are all busy
@@ -42,7 +43,7 @@ class VllmBackend:
             raise EngineUnavailableError("backend vllm needs at least one api_base")
         self._config = config
         self._bases = list(config.api_bases)
-        self._in_flight = {base: 0 for base in self._bases}
+        self._clocks = {base: ShareClock() for base in self._bases}
         self._down_until = {base: 0.0 for base in self._bases}
         self._http = http
         self.model_name = config.served_model or config.model or "diffusiongemma"
@@ -65,28 +66,32 @@ class VllmBackend:
     def count_prompt_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
         return sum(len(str(m.get("content") or "")) for m in messages) // 4
 
+    @property
+    def _in_flight(self) -> dict[str, int]:
+        return {base: clock.in_flight for base, clock in self._clocks.items()}
+
     def _order(self) -> list[str]:
         """Servers to try, healthy before recently failed ones, least busy first."""
         now = time.monotonic()
-        return sorted(self._bases, key=lambda b: (self._down_until[b] > now, self._in_flight[b]))
+        return sorted(self._bases, key=lambda b: (self._down_until[b] > now, self._clocks[b].in_flight))
 
-    async def _open(self, request: GenerationRequest, stream: bool) -> tuple[httpx.Response, str, int, float]:
-        """The first server's 200 response (body not read yet), its base, its share and the start time;
-        the caller closes it and gives back the server's in-flight slot."""
+    async def _open(self, request: GenerationRequest, stream: bool) -> tuple[httpx.Response, str, float]:
+        """The first server's 200 response (body not read yet), its base and its share clock's reading at
+        the start; the caller closes it and leaves the server's clock (which gives back its in-flight slot)."""
         assert self._http is not None, "start() first"
         content = orjson.dumps(self._body(request, stream))
         failures: list[str] = []
         busy: list[float] = []
         for base in self._order():
-            self._in_flight[base] += 1
-            share, started, opened = self._in_flight[base], time.perf_counter(), False
+            clock = self._clocks[base]
+            started, opened = clock.join(), False
             try:
                 response = await self._http.send(
                     self._http.build_request("POST", base.rstrip("/") + "/chat/completions", content=content,
                                              headers={"content-type": "application/json"}), stream=True)
                 if response.status_code == 200:
                     opened = True
-                    return response, base, share, started
+                    return response, base, started
                 try:
                     detail = (await response.aread())[:300].decode("utf-8", "replace")
                 except httpx.HTTPError:
@@ -99,7 +104,7 @@ class VllmBackend:
                 continue
             finally:
                 if not opened:  # cancelled or refused: the slot is free again
-                    self._in_flight[base] -= 1
+                    clock.leave()
             status = response.status_code
             if status in BUSY_STATUSES:
                 busy.append(_retry_after(response.headers.get("retry-after")))
@@ -136,20 +141,20 @@ class VllmBackend:
                           cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
 
     async def generate(self, request: GenerationRequest) -> Completion:
-        response, base, share, started = await self._open(request, stream=False)
+        response, base, started = await self._open(request, stream=False)
         try:
             data = orjson.loads(await response.aread())
         except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
             raise EngineUnavailableError(f"vLLM server {base} failed: {type(exc).__name__}") from exc
         finally:
             await response.aclose()
-            self._in_flight[base] -= 1
+            ended = self._clocks[base].leave()
         choices = data.get("choices") if isinstance(data, dict) else None
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         message = choice.get("message")
         if not isinstance(message, dict):
             raise EngineUnavailableError(f"vLLM server {base} answered without a choice's message")
-        seconds = (time.perf_counter() - started) / max(1, share)
+        seconds = ended - started
         return self._completion(message.get("content") or "", choice.get("finish_reason") or "stop",
                                 _usage(data), seconds)
 
@@ -157,7 +162,8 @@ class VllmBackend:
         return self._stream(request)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
-        response, base, share, started = await self._open(request, stream=True)  # fails over before any yield
+        response, base, started = await self._open(request, stream=True)  # fails over before any yield
+        clock = self._clocks[base]
         parts: list[str] = []
         finish: str | None = None  # only a finish_reason says the answer is whole
         usage: dict[str, Any] = {}
@@ -177,7 +183,7 @@ class VllmBackend:
                     finish = reason if isinstance(reason, str) and reason else finish
                     if text:
                         parts.append(text)
-                        seconds = (time.perf_counter() - started) / max(1, share)
+                        seconds = clock.read() - started
                         yield StreamDelta(text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                                           completion_tokens=int(usage.get("completion_tokens") or 0),
                                           device_seconds=seconds, cost_usd=seconds / 3600 * self._rate)
@@ -185,10 +191,40 @@ class VllmBackend:
             raise EngineUnavailableError(f"vLLM server {base} failed: {type(exc).__name__}") from exc
         finally:
             await response.aclose()
-            self._in_flight[base] -= 1
+            ended = clock.leave()
         if finish is None:  # the body ended cleanly, but the answer did not: not a whole answer to pass on
             raise EngineUnavailableError(f"vLLM server {base} ended the stream before a finish_reason")
-        yield self._completion("".join(parts), finish, usage, (time.perf_counter() - started) / max(1, share))
+        yield self._completion("".join(parts), finish, usage, ended - started)
+
+
+class ShareClock:
+    """One server's busy time, each moment split evenly among the requests in flight on it: a request's
+    device time is how far the clock moved while it ran, and the requests' times add up to the busy time."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self._shared_s = 0.0  # seconds of busy time per request, summed over the server's life
+        self._at = time.perf_counter()
+
+    def read(self) -> float:
+        """The clock now (seconds); a request's share is the difference of two readings."""
+        now = time.perf_counter()
+        if self.in_flight:
+            self._shared_s += (now - self._at) / self.in_flight
+        self._at = now
+        return self._shared_s
+
+    def join(self) -> float:
+        """A request starts: the reading its share counts from."""
+        reading = self.read()
+        self.in_flight += 1
+        return reading
+
+    def leave(self) -> float:
+        """A request ends: the reading its share counts to."""
+        reading = self.read()
+        self.in_flight -= 1
+        return reading
 
 
 def _chunk(payload: str, base: str) -> dict[str, Any]:

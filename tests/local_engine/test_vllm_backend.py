@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -130,4 +132,26 @@ async def test_a_stream_without_a_finish_reason_is_not_a_whole_answer() -> None:
         with pytest.raises(EngineUnavailableError, match="finish_reason"):
             [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
         assert all(count == 0 for count in backend._in_flight.values())
+        await backend.stop()
+
+
+async def test_concurrent_requests_share_the_servers_busy_time() -> None:
+    # Eight requests on one server at once share its batched GPU: their device times add up to the time
+    # it was busy (not 2.7x it, as each request's latency divided by the requests in flight when it
+    # started gave), and the first to arrive is not charged eight times the last.
+    async with SimulatorServer() as server:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(server.base_url,)))
+        await backend.start()
+        server.state.faults.extend(Fault(delay_s=0.3) for _ in range(8))
+
+        async def one(i: int) -> float:
+            events = [e async for e in backend.stream(GenerationRequest(request_id=f"r{i}", messages=HI))]
+            assert isinstance(events[-1], Completion)
+            return events[-1].device_seconds
+
+        began = time.perf_counter()
+        seconds = await asyncio.gather(*(one(i) for i in range(8)))
+        elapsed = time.perf_counter() - began
+        assert 0.3 <= sum(seconds) <= elapsed
+        assert max(seconds) < 2 * min(seconds)
         await backend.stop()
