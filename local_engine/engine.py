@@ -374,7 +374,10 @@ class DiffusionEngine:
         stop_at = self._stop_index(text, row.request.stop)
         if stop_at is not None:
             text, row.finish_reason = text[:stop_at], "stop"
-            row.tokens = self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+            # Counted as vLLM counts them: the generated tokens up to the one that completed the stop string.
+            # Re-tokenizing the cut text could count more than were generated, or than max_tokens allows
+            # ("name" cut at "e" is "nam": three tokens for one).
+            row.tokens = row.tokens[:self._tokens_through_stop(row.tokens, row.request.stop)]
         if row.finish_reason is None:
             hold = max((len(s) for s in row.request.stop), default=1) - 1  # a stop string may span canvases
             self._emit_text(slot, text[: len(text) - hold] if hold else text)
@@ -382,6 +385,18 @@ class DiffusionEngine:
         self._emit_text(slot, text)
         row.state = RowState.DONE
         slot.emit(self._completion(row, text))
+
+    def _tokens_through_stop(self, tokens: list[int], stops: Sequence[str]) -> int:
+        """The fewest leading tokens whose text holds a stop string (the whole list's text holds one)."""
+        low, high = 0, len(tokens)
+        while low < high:  # a longer prefix's text extends a shorter one's: binary search
+            middle = (low + high) // 2
+            text = self._loaded.tokenizer.decode(tokens[:middle], skip_special_tokens=True)
+            if self._stop_index(text, stops) is None:
+                low = middle + 1
+            else:
+                high = middle
+        return high
 
     @staticmethod
     def _stop_index(text: str, stops: Sequence[str]) -> int | None:

@@ -348,3 +348,22 @@ async def test_batched_engine_gives_seeded_generates_answers_on_the_bundled_mode
         await engine.stop()
     assert [c.text for c in got] == expected
     assert engine.stats.joined_mid_canvas >= 1
+
+
+async def test_a_stop_string_counts_the_tokens_generated_not_its_text_re_tokenized(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    # A stop string inside a multi-character token ("name" cut at "e") leaves text that re-tokenizes into more
+    # tokens than were generated ("n", "a", "m"): usage and the ledger then showed more than max_tokens.
+    engine = await engine_factory()
+    tokenizer = engine._loaded.tokenizer
+    split_tokens = 0
+    for seed in range(8):
+        full = await engine.generate(req(f"f{seed}", max_tokens=8, seed=seed))
+        for stop in dict.fromkeys(full.text[1:]):
+            stopped = await engine.generate(req(f"s{seed}", max_tokens=full.completion_tokens, seed=seed,
+                                                stop=(stop,)))
+            assert stopped.text == full.text[: full.text.find(stop)] and stopped.finish_reason == "stop"
+            assert stopped.completion_tokens <= full.completion_tokens
+            split_tokens += len(tokenizer(stopped.text, add_special_tokens=False)["input_ids"]) > full.completion_tokens
+        if split_tokens:
+            return
+    raise AssertionError("no stop string split a token: the case this test is about was not met")
