@@ -154,8 +154,9 @@ class Executor:
         return completions, outcome
 
     async def local_choices(self, job: Job, plan: Plan) -> list[Completion]:
-        """Every choice's completion. A caller cancelled meanwhile (its client gone) leaves, on the
-        CancelledError, an outcome with what the choices used so far: device time spent is billed."""
+        """Every choice's completion. A caller cancelled meanwhile (its client gone), or a model server
+        failing midway, leaves on the error an outcome with what the choices used so far: device time spent
+        is billed, as a stream's is."""
         self._check_choices(job)
         progress: dict[int, StreamDelta] = {}
         done: dict[int, Completion] = {}
@@ -165,11 +166,12 @@ class Executor:
             # One choice failing (e.g. the queue is full) cancels the others.
             return await gathered_or_cancelled([asyncio.create_task(self._generate(
                 self.generation_request(job, plan, i), i, progress, done)) for i in range(job.n)])
-        except asyncio.CancelledError as exc:
-            outcome = (self.local_outcome([done[i] for i in sorted(done)]) if done
-                       else Outcome(route=Route.LOCAL, provider_model=self.local.model_name))
-            _add_unfinished(outcome, [d for i, d in progress.items() if i not in done])
-            exc.outcome = outcome  # type: ignore[attr-defined]  # read by the pipeline, as any failure's
+        except (asyncio.CancelledError, Exception) as exc:
+            if isinstance(exc, asyncio.CancelledError) or progress or done:  # else nothing was used
+                outcome = (self.local_outcome([done[i] for i in sorted(done)]) if done
+                           else Outcome(route=Route.LOCAL, provider_model=self.local.model_name))
+                _add_unfinished(outcome, [d for i, d in progress.items() if i not in done])
+                exc.outcome = outcome  # type: ignore[union-attr]  # read by the pipeline, as any failure's
             raise
 
     async def _generate(self, request: GenerationRequest, index: int, progress: dict[int, StreamDelta],

@@ -91,6 +91,28 @@ def test_a_saturated_local_engine_answers_429_with_retry_after(gateway_factory, 
     assert row is not None and row.status == "error" and row.status_code == 429
 
 
+def test_a_local_answer_failing_midway_is_billed_what_it_used_streamed_or_not(gateway_factory, simulator) -> None:
+    # The vLLM server drops the connection after a few chunks: the device time and tokens spent are on the
+    # failed request's row whether the client streamed or not (a non-streaming row said $0, 0 tokens).
+    pool = f"local:\n  enabled: true\n  backend: vllm\n  api_base: {simulator.base_url}\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", pool))
+    simulator.state.chunk_words = 1
+    body = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "one two three four"}]}
+    headers = {"authorization": f"Bearer {MASTER_KEY}"}
+    for stream in (False, True):
+        simulator.state.faults.append(Fault(break_stream_after=3, delay_s=0.05))
+        reply = httpx.post(gw.url + "/v1/chat/completions", json={**body, "stream": stream}, headers=headers,
+                           timeout=30)
+        if stream:
+            assert reply.status_code == 200 and "stream_interrupted" in reply.text
+        else:
+            assert reply.status_code == 503 and reply.json()["error"]["code"] == "local_unavailable"
+        row = flushed_db(gw).get_record(reply.headers["x-draftgate-request-id"])
+        assert row is not None and row.status == "error" and row.stream == stream
+        assert row.completion_tokens == 3 and row.prompt_tokens == 4, (stream, row)  # "echo: one two" of five
+        assert row.device_seconds > 0.04 and row.local_cost_usd is not None and row.local_cost_usd > 0
+
+
 def test_a_vllm_pool_fails_over_and_a_dead_pool_is_503_before_the_stream(gateway_factory, simulator) -> None:
     pool = f"local:\n  enabled: true\n  backend: vllm\n  api_base: [http://127.0.0.1:9/v1, {simulator.base_url}]\n"
     gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", pool))
