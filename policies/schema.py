@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from sqlalchemy.engine import make_url
@@ -71,12 +72,27 @@ class LocalConfig(BaseModel):
     first_canvas_length: int | None = Field(default=None, ge=1, le=65_536)
     max_model_len: int | None = Field(default=None, ge=2, le=10_000_000)  # context window (prompt + answer)
 
+    @field_validator("api_base")
+    @classmethod
+    def _server_urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # Checked here, not on the first request: a URL without a scheme, or the endpoint's URL, would fail
+        # every request (503 local_unavailable, or vLLM's 404) while check-config said OK.
+        for url in [value] if isinstance(value, str) else value or []:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or url != url.strip():
+                raise ValueError(f"{url!r} is not an http(s) URL: api_base is the vLLM server's /v1 URL, "
+                                 "e.g. http://127.0.0.1:8000/v1")
+            if parts.path.rstrip("/").endswith("/chat/completions"):
+                raise ValueError(f"{url!r} is an endpoint: api_base is the vLLM server's /v1 URL (the "
+                                 "gateway adds /chat/completions)")
+        return value
+
     @model_validator(mode="after")
     def _vllm_needs_a_server(self) -> LocalConfig:
         if self.backend == "vllm" and not self.api_bases:
             raise ValueError("backend vllm needs api_base (the vLLM server's /v1 URL, or a list of them)")
-        if isinstance(self.api_base, list) and (len(self.api_base) > 64 or not all(self.api_base)
-                                                or len(set(self.api_base)) < len(self.api_base)):
+        if isinstance(self.api_base, list) and (len(self.api_base) > 64 or len(
+                {url.rstrip("/") for url in self.api_base}) < len(self.api_base)):  # `/v1/` is `/v1`
             raise ValueError("api_base takes at most 64 distinct, non-empty server URLs")
         return self
 
