@@ -94,6 +94,25 @@ def _abandon(task: asyncio.Task[Row]) -> None:
         task.result().cancelled = True
 
 
+class _RowEvents:
+    """A row's events; closing them cancels the row even when no event was ever asked for (the row is
+    queued at `stream()`, and an async generator that never started skips its `finally` when closed)."""
+
+    def __init__(self, events: AsyncIterator[StreamDelta | Completion], cancel: Callable[[], None]) -> None:
+        self._events = events
+        self._cancel = cancel
+
+    def __aiter__(self) -> _RowEvents:
+        return self
+
+    async def __anext__(self) -> StreamDelta | Completion:
+        return await anext(self._events)
+
+    async def aclose(self) -> None:
+        self._cancel()  # harmless once the row finished
+        await self._events.aclose()  # type: ignore[attr-defined]
+
+
 class _Slot:
     """A row plus the callback that delivers its events to the event loop."""
 
@@ -251,12 +270,13 @@ class DiffusionEngine:
                 pass
 
         if self._inline(request.messages):
-            return self._events(self._submit(request, emit), events)
+            row = self._submit(request, emit)
+            return _RowEvents(self._events(row, events), lambda: setattr(row, "cancelled", True))
         self._reserve()
         self._preparing += 1
         submitted = loop.create_task(self._submit_off_loop(request, emit))
         submitted.add_done_callback(_retrieved)
-        return self._events(submitted, events)
+        return _RowEvents(self._events(submitted, events), lambda: _abandon(submitted))
 
     async def _events(self, submitted: Row | asyncio.Task[Row],
                       events: asyncio.Queue[StreamDelta | Completion | BaseException],

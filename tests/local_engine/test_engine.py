@@ -367,3 +367,31 @@ async def test_a_stop_string_counts_the_tokens_generated_not_its_text_re_tokeniz
         if split_tokens:
             return
     raise AssertionError("no stop string split a token: the case this test is about was not met")
+
+
+class HeldAdmissions(DiffusionEngine):
+    """Admits nothing until the test opens the gate: what is queued stays queued meanwhile."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.gate = threading.Event()
+
+    def _admit(self) -> None:
+        if self.gate.wait(10):
+            super()._admit()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+async def test_closing_a_stream_never_iterated_cancels_its_row(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    # stream() queues the row at once. A caller that opens several (a request's n choices) and closes them
+    # unread when a later one is refused (QueueFullError) must not leave them computing for nobody: an
+    # async generator that never started skips its `finally`, so closing did not cancel the row.
+    engine = await engine_factory(cls=HeldAdmissions)
+    unread = engine.stream(req("unread", max_tokens=30))
+    await unread.aclose()
+    engine.release()
+    served = await engine.generate(req("served", max_tokens=4))
+    assert served.completion_tokens > 0
+    assert "served" in engine.admissions and "unread" not in engine.admissions
