@@ -5,8 +5,9 @@ Device time is the request's share of its server's busy time: each moment a serv
 gateway's requests in flight is split k ways (they share its batched GPU), so the shares add up to the
 time the server was busy, whatever order the requests came in; then priced like the in-process engine.
 
-A request goes to the least busy server; one that cannot be reached or answers 5xx is skipped for
-COOL_DOWN_S and the request tried on the next, before anything is streamed. Servers that are all busy
+A request goes to the least busy server; one that cannot be reached, answers 5xx, or fails before the
+answer's first token is skipped for COOL_DOWN_S and the request tried on the next, before anything is
+streamed. Servers that are all busy
 (429/503) make a QueueFullError with the shortest Retry-After they gave; a 4xx is the request's own fault
 and is not retried elsewhere.
 """
@@ -14,7 +15,7 @@ and is not retried elsewhere.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -75,14 +76,16 @@ class VllmBackend:
         now = time.monotonic()
         return sorted(self._bases, key=lambda b: (self._down_until[b] > now, self._clocks[b].in_flight))
 
-    async def _open(self, request: GenerationRequest, stream: bool) -> tuple[httpx.Response, str, float]:
+    async def _open(self, request: GenerationRequest, stream: bool,
+                    skip: Collection[str] = ()) -> tuple[httpx.Response, str, float]:
         """The first server's 200 response (body not read yet), its base and its share clock's reading at
-        the start; the caller closes it and leaves the server's clock (which gives back its in-flight slot)."""
+        the start; the caller closes it and leaves the server's clock (which gives back its in-flight slot).
+        Servers in `skip` already failed this request."""
         assert self._http is not None, "start() first"
         content = orjson.dumps(self._body(request, stream))
         failures: list[str] = []
         busy: list[float] = []
-        for base in self._order():
+        for base in [b for b in self._order() if b not in skip]:
             clock = self._clocks[base]
             started, opened = clock.join(), False
             try:
@@ -162,7 +165,32 @@ class VllmBackend:
         return self._stream(request)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
-        response, base, started = await self._open(request, stream=True)  # fails over before any yield
+        """The first server's events; one failing before the first of them (an error event, a cut or
+        malformed stream: a dead engine behind a live API server answers 200 so) sits out its cool-down and
+        the request goes to the next, as for a 5xx."""
+        failed: list[str] = []
+        while True:
+            response, base, started = await self._open(request, stream=True, skip=failed)
+            events = self._events(response, base, started)
+            try:
+                first = await anext(events)
+            except (EngineUnavailableError, GenerationFailedError):
+                self._down_until[base] = time.monotonic() + COOL_DOWN_S
+                failed.append(base)
+                if len(failed) == len(self._bases):
+                    raise
+                continue
+            break
+        try:
+            yield first
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+
+    async def _events(self, response: httpx.Response, base: str,
+                      started: float) -> AsyncGenerator[StreamDelta | Completion, None]:
+        """One server's answer as events; closes the response and leaves the server's clock at the end."""
         clock = self._clocks[base]
         parts: list[str] = []
         finish: str | None = None  # only a finish_reason says the answer is whole

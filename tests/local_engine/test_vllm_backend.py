@@ -155,3 +155,22 @@ async def test_concurrent_requests_share_the_servers_busy_time() -> None:
         assert 0.3 <= sum(seconds) <= elapsed
         assert max(seconds) < 2 * min(seconds)
         await backend.stop()
+
+
+async def test_a_server_failing_before_the_first_token_is_failed_over_like_a_5xx() -> None:
+    # A dead engine behind a live API server answers 200 and then an error event; a server can also drop
+    # the connection right after the headers. Nothing of the answer has been streamed yet: the next server
+    # answers, and the failed ones sit out their cool-down.
+    async with SimulatorServer() as erring, SimulatorServer() as cut, SimulatorServer() as healthy:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(erring.base_url, cut.base_url,
+                                                                      healthy.base_url)))
+        await backend.start()
+        erring.state.faults.append(Fault(error_in_stream_after=0, message="EngineDeadError"))
+        cut.state.faults.append(Fault(break_stream_after=0))
+        events = [e async for e in backend.stream(GenerationRequest(request_id="a", messages=HI))]
+        assert isinstance(events[-1], Completion) and events[-1].text == "echo: hi"
+        assert [len(s.state.received) for s in (erring, cut, healthy)] == [1, 1, 1]
+        await backend.generate(GenerationRequest(request_id="b", messages=HI))
+        assert [len(s.state.received) for s in (erring, cut, healthy)] == [1, 1, 2]
+        assert all(count == 0 for count in backend._in_flight.values())
+        await backend.stop()
