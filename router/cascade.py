@@ -155,6 +155,11 @@ class Cascade:
         """The upstream error, carrying what the thrown-away draft cost, so the ledger row of the failed
         request still has the draft's device time, its wasted dollars, the verdicts and the reason."""
         outcome = Outcome(route=Route.ESCALATED, provider_model=None)
+        hosted = getattr(exc, "outcome", None)  # a cancelled escalation's own bill: the prompt the upstream had
+        if isinstance(hosted, Outcome):
+            outcome.provider_model, outcome.prompt_tokens = hosted.provider_model, hosted.prompt_tokens
+            outcome.hosted_cost_usd, outcome.unpriced = hosted.hosted_cost_usd, hosted.unpriced
+            outcome.attempts, outcome.detail = hosted.attempts, dict(hosted.detail)
         self._annotate(outcome, job, spec, completion, judgement, escalated=True)
         outcome.detail["draft_tokens"] = {"prompt": completion.prompt_tokens, "completion": completion.completion_tokens}
         exc.outcome = outcome  # type: ignore[attr-defined]  # (UpstreamError has the slot; a CancelledError takes it)

@@ -12,7 +12,7 @@ import orjson
 from ledger import PriceBook
 from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
 from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError
-from router.hosted import HostedClient, HostedModel, parse_chunk, usage_of
+from router.hosted import Attempt, HostedClient, HostedModel, parse_chunk, usage_of
 from router.job import Job, Outcome, Plan, Route
 from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled, merged, primed, usage_dict
 from router.transport import StreamBroken
@@ -187,8 +187,14 @@ class Executor:
         raise LocalUnavailableError("the local model ended the request without a result")
 
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
-        """Serves a job at a hosted alias (with its retries and fallbacks)."""
-        result = await self._hosted.complete(alias, job.upstream_body)
+        """Serves a job at a hosted alias (with its retries and fallbacks). Cancelled meanwhile (its client
+        gone), the CancelledError carries what the upstream bills for it, as the local route's does."""
+        attempts: list[Attempt] = []
+        try:
+            result = await self._hosted.complete(alias, job.upstream_body, attempts)
+        except asyncio.CancelledError as exc:
+            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+            raise
         detail: dict[str, Any] = {}
         usage = usage_of(result.body)
         if usage is None:  # the provider still billed it: count the tokens here rather than record $0
@@ -224,8 +230,34 @@ class Executor:
             return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
         return await self.stream_hosted(job, plan.alias)
 
+    async def abandoned_outcome(self, job: Job, attempts: Sequence[Attempt]) -> Outcome:
+        """What a hosted call its client left cost: an attempt the upstream had in hand is billed at least
+        its prompt (counted here, as for a stream without usage: `usage_estimated`); one left between
+        attempts (a backoff) had nothing in flight and costs nothing."""
+        last = attempts[-1] if attempts else None
+        outcome = Outcome(route=Route.HOSTED, provider_model=last.provider_model if last else None,
+                          attempts=[a.as_dict() for a in attempts])
+        if last is None or not last.cancelled:
+            return outcome
+        model = self._hosted.get(last.alias)
+        counting = asyncio.ensure_future(asyncio.to_thread(self._tokens.prompt_tokens, model.model, job.messages))
+        try:
+            outcome.prompt_tokens = await asyncio.shield(counting)
+        except asyncio.CancelledError:  # cancelled once more (the server stopping): counted here instead
+            outcome.prompt_tokens = self._tokens.prompt_tokens(model.model, job.messages)
+        cost = self._pricing.hosted_cost(model, outcome.prompt_tokens, 0)
+        outcome.hosted_cost_usd, outcome.unpriced = cost, cost is None
+        outcome.detail["usage_estimated"] = True
+        return outcome
+
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
-        opened = await self._hosted.stream(alias, job.upstream_body)
+        """Opens a hosted stream; cancelled before the upstream's first byte, as `run_hosted`."""
+        attempts: list[Attempt] = []
+        try:
+            opened = await self._hosted.stream(alias, job.upstream_body, attempts)
+        except asyncio.CancelledError as exc:
+            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+            raise
         outcome = Outcome(route=Route.HOSTED, provider_model=opened.model.model,
                           attempts=[a.as_dict() for a in opened.attempts])
         return ChunkStream(outcome, self._hosted_chunks(job, opened, outcome))

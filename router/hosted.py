@@ -8,6 +8,7 @@ far more than the rest of the gateway, so it stays off the hot path where it add
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -71,11 +72,17 @@ class Attempt:
     error: str | None
     latency_ms: float
     skipped: bool = False  # not sent: the alias was cooling down
+    cancelled: bool = False  # sent, then abandoned (its client gone) before the upstream answered
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"alias": self.alias, "provider_model": self.provider_model, "status_code": self.status_code,
-               "error": self.error, "latency_ms": round(self.latency_ms, 3)}
-        return {**out, "skipped": True} if self.skipped else out
+        out: dict[str, Any] = {"alias": self.alias, "provider_model": self.provider_model,
+                               "status_code": self.status_code, "error": self.error,
+                               "latency_ms": round(self.latency_ms, 3)}
+        if self.skipped:
+            out["skipped"] = True
+        if self.cancelled:
+            out["cancelled"] = True
+        return out
 
 
 @dataclass
@@ -175,20 +182,26 @@ class HostedClient:
         first = self.get(alias)
         return [first] + [self._models[a] for a in first.fallbacks if a in self._models]
 
-    async def complete(self, alias: str, body: dict[str, Any]) -> HostedResult:
-        """A non-streaming completion from `alias` or, failing that, its fallbacks in order."""
-        model, attempts, response = await self._through_chain(alias, body, stream=False)
+    async def complete(self, alias: str, body: dict[str, Any], attempts: list[Attempt] | None = None,
+                       ) -> HostedResult:
+        """A non-streaming completion from `alias` or, failing that, its fallbacks in order. `attempts`, when
+        given, is filled as they happen: a caller cancelled meanwhile still sees what was sent (the last one
+        marked `cancelled` when it was in flight, which the upstream bills)."""
+        model, attempts, response = await self._through_chain(alias, body, [] if attempts is None else attempts,
+                                                              stream=False)
         return HostedResult(body=cast(dict[str, Any], response), model=model, attempts=attempts)
 
-    async def stream(self, alias: str, body: dict[str, Any]) -> HostedStream:
-        """Opens a stream; retries and fallbacks apply until the upstream accepts the request."""
-        model, attempts, upstream = await self._through_chain(alias, body, stream=True)
+    async def stream(self, alias: str, body: dict[str, Any], attempts: list[Attempt] | None = None,
+                     ) -> HostedStream:
+        """Opens a stream; retries and fallbacks apply until the upstream accepts the request. `attempts`
+        as for `complete`."""
+        model, attempts, upstream = await self._through_chain(alias, body, [] if attempts is None else attempts,
+                                                              stream=True)
         return HostedStream(model=model, attempts=attempts, upstream=cast(UpstreamStream, upstream))
 
-    async def _through_chain(self, alias: str, body: dict[str, Any], *, stream: bool,
+    async def _through_chain(self, alias: str, body: dict[str, Any], attempts: list[Attempt], *, stream: bool,
                              ) -> tuple[HostedModel, list[Attempt], dict[str, Any] | UpstreamStream]:
         """The first alias of the fallback chain that answers; a rejected request stops the chain."""
-        attempts: list[Attempt] = []
         last: AttemptFailed | None = None
         cooling: list[float] = []
         for model in self.chain(alias):
@@ -236,6 +249,11 @@ class HostedClient:
                 except AttemptFailed as exc:
                     attempts.append(Attempt(model.alias, model.model, exc.status_code, exc.message,
                                             (time.perf_counter() - started) * 1000))
+                    raise
+                except asyncio.CancelledError:
+                    attempts.append(Attempt(model.alias, model.model, None, "cancelled: the client left before "
+                                            "the upstream answered", (time.perf_counter() - started) * 1000,
+                                            cancelled=True))
                     raise
                 attempts.append(Attempt(model.alias, model.model, 200, None,
                                         (time.perf_counter() - started) * 1000))
