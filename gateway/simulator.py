@@ -33,6 +33,7 @@ class Fault:
     stall_stream_after: int | None = None  # stream this many chunks, then go silent for stall_s (then drop)
     stall_s: float = 30.0
     no_usage: bool = False  # answer without `usage` (in the body, or the stream's usage chunk)
+    usage: Any = None  # this `usage` instead of the real one (body and usage chunk): an upstream's wrong figures
     malformed_chunk_after: int | None = None  # stream this many chunks, then one that is not JSON, then the rest
     code: str | None = None  # the error body's `code` and `param` with `status` (context_length_exceeded, ...)
     param: str | None = None
@@ -222,6 +223,8 @@ class SimulatorServer:
             completion = sim.completion(body, reply)
             if fault.no_usage:
                 del completion["usage"]
+            if fault.usage is not None:
+                completion["usage"] = fault.usage
             writer.write(_response(200, orjson.dumps(completion)))
             await writer.drain()
             return True
@@ -233,6 +236,8 @@ class SimulatorServer:
         chunks = self.state.chunks(body, reply)
         if fault.no_usage:
             chunks = [c for c in chunks if "usage" not in c]
+        if fault.usage is not None:
+            chunks = [{**c, "usage": fault.usage} if "usage" in c else c for c in chunks]
         for i, chunk in enumerate(chunks):
             if fault.malformed_chunk_after is not None and i == fault.malformed_chunk_after + 1:
                 payload = b"data: {this is not json\n\n"

@@ -12,7 +12,7 @@ import orjson
 from ledger import PriceBook
 from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
 from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError
-from router.hosted import Attempt, HostedClient, HostedModel, parse_chunk, usage_of
+from router.hosted import Attempt, HostedClient, HostedModel, parse_chunk, usage_is_invalid, usage_of
 from router.job import Job, Outcome, Plan, Route
 from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled, merged, primed, usage_dict
 from router.transport import StreamBroken
@@ -201,6 +201,8 @@ class Executor:
             usage = await asyncio.to_thread(self._tokens.usage, result.model.model, job.messages,
                                             [answer_text(result.body)])
             detail["usage_estimated"] = True
+            if usage_is_invalid(result.body):
+                detail["upstream_usage_invalid"] = True
         prompt_tokens, completion_tokens = usage
         cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
@@ -280,6 +282,10 @@ class Executor:
                     outcome.prompt_tokens, outcome.completion_tokens = usage
                     reported = True
                     if not chunk.get("choices") and not job.wants_usage:
+                        continue
+                elif usage_is_invalid(chunk):  # counted here instead; a usage-only chunk is replaced by that count
+                    outcome.detail["upstream_usage_invalid"] = True
+                    if not chunk.get("choices"):
                         continue
                 yield payload
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that

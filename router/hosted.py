@@ -272,12 +272,33 @@ class HostedClient:
                    code=last.code, param=last.param)
 
 
+MAX_REPORTED_TOKENS = 2**31 - 1  # the ledger's token columns; more than any context window times any `n`
+
+
+def _token_count(value: Any) -> int | None:
+    if isinstance(value, float) and value.is_integer():  # `12.0` from a proxy that went through floats
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REPORTED_TOKENS:
+        return value
+    return None
+
+
 def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) from an OpenAI response or usage chunk, if present."""
+    """(prompt_tokens, completion_tokens) from an OpenAI response or usage chunk; None when absent or not
+    believable (null, missing, negative, not an integer, absurdly large): the tokens are then counted here
+    rather than recorded as $0, a negative bill, or a row the ledger cannot store."""
     usage = body.get("usage")
     if not isinstance(usage, Mapping):
         return None
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    prompt, completion = _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return prompt, completion
+
+
+def usage_is_invalid(body: Mapping[str, Any]) -> bool:
+    """The upstream sent a `usage` that `usage_of` could not believe (for the ledger's detail)."""
+    return body.get("usage") is not None and usage_of(body) is None
 
 
 def parse_chunk(line: bytes) -> dict[str, Any]:
