@@ -27,6 +27,7 @@ class Fault:
     message: str = "simulated upstream failure"
     retry_after_s: float | None = None
     delay_s: float = 0.0  # stall before answering (to trip client timeouts)
+    trickle_s: float = 0.0  # a non-streaming answer sent in 10 pieces this far apart (never silent for long)
     reset: bool = False  # close the connection without a response
     break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
     error_in_stream_after: int | None = None  # stream this many chunks, then send an error event
@@ -225,7 +226,15 @@ class SimulatorServer:
                 del completion["usage"]
             if fault.usage is not None:
                 completion["usage"] = fault.usage
-            writer.write(_response(200, orjson.dumps(completion)))
+            response = _response(200, orjson.dumps(completion))
+            if fault.trickle_s:
+                step = -(-len(response) // 10)
+                for start in range(0, len(response), step):
+                    writer.write(response[start:start + step])
+                    await writer.drain()
+                    await asyncio.sleep(fault.trickle_s)
+                return True
+            writer.write(response)
             await writer.drain()
             return True
         return await self._stream(body, reply, fault, writer)

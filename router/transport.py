@@ -226,19 +226,22 @@ class OpenAITransport:
             await self._session.close()
             self._session = None
 
-    def _request(self, model: HostedModel, body: dict[str, Any]) -> tuple[str, bytes, dict[str, str],
-                                                                            aiohttp.ClientTimeout]:
+    def _request(self, model: HostedModel, body: dict[str, Any], *, stream: bool,
+                 ) -> tuple[str, bytes, dict[str, str], aiohttp.ClientTimeout]:
+        """The call's URL, body, headers and timeouts: `timeout_s` bounds a whole non-streaming attempt (as
+        LiteLLM's `timeout`: an upstream that trickles its answer must not hold a request for ever); a stream
+        may last, so it is bounded by its silences (each read) and by the wait for its headers (`open_stream`)."""
         url = (model.api_base or OPENAI_DEFAULT_BASE).rstrip("/") + "/chat/completions"
         headers = {"content-type": "application/json"}
         if model.api_key:
             headers["authorization"] = f"Bearer {model.api_key}"
         payload = orjson.dumps({**body, "model": model.upstream_name})
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, model.timeout_s),
-                                        sock_read=model.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=None if stream else model.timeout_s,
+                                        sock_connect=min(10.0, model.timeout_s), sock_read=model.timeout_s)
         return url, payload, headers, timeout
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
-        url, payload, headers, timeout = self._request(model, body)
+        url, payload, headers, timeout = self._request(model, body, stream=False)
         try:
             async with self._client().post(url, data=payload, headers=headers, timeout=timeout,
                                            allow_redirects=False) as response:
@@ -258,10 +261,11 @@ class OpenAITransport:
         return data
 
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:
-        url, payload, headers, timeout = self._request(model, body)
+        url, payload, headers, timeout = self._request(model, body, stream=True)
         try:
-            response = await self._client().post(url, data=payload, headers=headers, timeout=timeout,
-                                                 allow_redirects=False)
+            async with asyncio.timeout(model.timeout_s):  # to the headers, however they trickle in
+                response = await self._client().post(url, data=payload, headers=headers, timeout=timeout,
+                                                     allow_redirects=False)
         except TRANSPORT_ERRORS as exc:
             raise _failure_from_transport(exc, model) from exc
         if response.status != 200:

@@ -102,6 +102,21 @@ def test_timeout_and_connection_reset_are_retried(gateway_factory, simulator) ->
     assert raw.parse().choices[0].message.content == "echo: after faults"
 
 
+def test_an_upstream_that_trickles_its_answer_times_out_at_timeout_s(gateway_factory, simulator) -> None:
+    """`timeout_s` bounds a whole non-streaming attempt, as LiteLLM's `timeout` does: an upstream that is never
+    silent for long but takes 10 x 0.5 s to send its answer is cut off at 2 s and retried (it was waited for
+    however long it took: a read timeout only notices silence)."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(trickle_s=0.5))  # timeout_s is 2
+    started = time.monotonic()
+    raw = ask(gw, "slowly")
+    assert raw.parse().choices[0].message.content == "echo: slowly"
+    assert time.monotonic() - started < 4.5
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and [a["status_code"] for a in row.detail["attempts"]] == [None, 200]
+    assert "timed out after 2s" in row.detail["attempts"][0]["error"]
+
+
 def test_stream_broken_halfway_ends_with_an_error_not_a_mixed_answer(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(break_stream_after=2))
