@@ -122,7 +122,7 @@ class Services:
         writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*",
                               flush_interval_s=settings.ledger_flush_interval_s)
         return cls(settings=settings, config=config, db=db, writer=writer, keys=keys, auth=auth, prices=prices,
-                   hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
+                   hosted=hosted, metrics=Metrics(config.requestable_aliases()), planner=planner, pricing=pricing, budgets=budgets)
 
     def aliases(self) -> list[str]:
         """Every alias a client may send as `model` (the configuration's `requestable_aliases`)."""
