@@ -158,6 +158,8 @@ class Services:
         """Drains: the engine stops taking work, the ledger is flushed, connections close."""
         if self.local is not None:
             await self.local.stop()
+        if self.pipeline is not None and not await self.pipeline.drained(5.0):
+            log.warning("stopping with requests still unrecorded: their rows are lost")
         await self.budgets.drain()
         await self.writer.close()
         await self.hosted.aclose()
