@@ -119,7 +119,10 @@ class HostedStream:
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, AttemptFailed) and exc.retryable
+    """Worth another try at the same alias: a transient failure, unless the upstream asked for a pause longer
+    than a request is held for (a retry sooner is one it asked not to get: the fallbacks, or the client, go next)."""
+    return (isinstance(exc, AttemptFailed) and exc.retryable
+            and (exc.retry_after_s is None or exc.retry_after_s <= MAX_RETRY_AFTER_S))
 
 
 # A bad key, no access, an unknown model name: this upstream's own setup, so the next alias may answer.

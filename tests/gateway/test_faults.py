@@ -50,6 +50,27 @@ def test_an_upstream_still_rate_limiting_after_retries_is_a_429_with_retry_after
     assert row is not None and (row.status, row.status_code, row.attempts) == ("error", 429, 4)
 
 
+def test_a_retry_after_longer_than_the_gateway_waits_goes_to_the_fallback_at_once(gateway_factory, simulator) -> None:
+    """A 429 asking for 120 s: the gateway will not hold a request that long (it waits at most 30 s), and a retry
+    sooner is one the upstream asked not to get. So the alias is not retried: its fallback answers at once, or,
+    without one, the 429 and its Retry-After go straight to the client (it used to wait 30 s per retry first)."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=429, retry_after_s=120, message="quota: come back later"))
+    started = time.monotonic()
+    raw = ask(gw, "at once")
+    assert raw.parse().choices[0].message.content == "echo: at once" and time.monotonic() - started < 5
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.provider_model == "openai/gpt-4o"  # the fallback, `backup`
+    assert [(a["alias"], a["status_code"]) for a in row.detail["attempts"]] == [("gpt-4o-mini", 429),
+                                                                                ("backup", 200)]
+    simulator.state.faults.extend([Fault(status=429, retry_after_s=120, message="quota: come back later")] * 2)
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as info:
+        ask(gw, "both limited")
+    assert time.monotonic() - started < 5 and info.value.response.headers["retry-after"] == "120"
+    assert len(simulator.state.received) == 4  # one call to each alias per request, no retries
+
+
 def test_400_is_not_retried_and_returns_upstream_message(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(status=400, message="context too long for this model"))
