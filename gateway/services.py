@@ -22,6 +22,7 @@ from local_engine import EngineConfig, LocalBackend, create_backend
 from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing
 
 log = logging.getLogger("draftgate")
+READY_TIMEOUT_S = 2.0  # a database slower than this to answer SELECT 1 is not ready to take the ledger's rows
 
 
 def load_config(settings: Settings) -> policies.GatewayConfig:
@@ -99,6 +100,7 @@ class Services:
     executor: Executor | None = None
     pipeline: ChatPipeline | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    _ping: asyncio.Future[bool] | None = None  # the database ping /readyz is waiting on, if one is running
 
     @classmethod
     def build(cls, settings: Settings, config: policies.GatewayConfig | None = None) -> Services:
@@ -173,9 +175,17 @@ class Services:
         finally:
             await self.stop()
 
-    def ready(self) -> dict[str, bool]:
-        """What /readyz reports: the database answers and the local model (if enabled) is loaded."""
-        checks = {"database": self.db.ping()}
+    async def ready(self) -> dict[str, bool]:
+        """What /readyz reports: the database answers (within READY_TIMEOUT_S) and the local model (if enabled)
+        is loaded. One ping at a time: a database that stopped answering holds one worker thread, not one per
+        probe (a probe every few seconds would otherwise take the whole thread pool the gateway runs on)."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(asyncio.to_thread(self.db.ping))
+        try:
+            database = await asyncio.wait_for(asyncio.shield(self._ping), READY_TIMEOUT_S)
+        except TimeoutError:
+            database = False
+        checks = {"database": database}
         if self.config.local.enabled and self.settings.load_local_engine:
             checks["local_model"] = self.local is not None and self.local.is_ready()
         return checks
