@@ -31,6 +31,7 @@ class Fault:
     reset: bool = False  # close the connection without a response
     break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
     error_in_stream_after: int | None = None  # stream this many chunks, then send an error event
+    end_stream_after: int | None = None  # stream this many chunks, then end the body cleanly, without [DONE]
     stall_stream_after: int | None = None  # stream this many chunks, then go silent for stall_s (then drop)
     stall_s: float = 30.0
     no_usage: bool = False  # answer without `usage` (in the body, or the stream's usage chunk)
@@ -255,6 +256,8 @@ class SimulatorServer:
                 await writer.drain()
                 writer.transport.abort()
                 return False
+            if fault.end_stream_after is not None and i > fault.end_stream_after:
+                break  # the body's end, as a proxy timing a response out may send it
             if fault.stall_stream_after is not None and i > fault.stall_stream_after:
                 await writer.drain()
                 await asyncio.sleep(fault.stall_s)  # alive but silent: only a read timeout notices

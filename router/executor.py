@@ -268,6 +268,7 @@ class Executor:
         reported = False
         answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
         last: dict[str, Any] = {}
+        choices: dict[int, bool] = {}  # each choice seen: whether it has its finish_reason yet
         try:
             async for payload in opened.lines():
                 try:
@@ -276,6 +277,7 @@ class Executor:
                     raise StreamBroken(f"upstream {opened.model.alias} sent a malformed stream chunk",
                                        retryable=False, error_type="stream_interrupted") from exc
                 last = chunk
+                _note_finished(chunk, choices)
                 answer.append(delta_text(chunk))
                 usage = usage_of(chunk)
                 if usage is not None:
@@ -288,6 +290,9 @@ class Executor:
                     if not chunk.get("choices"):
                         continue
                 yield payload
+            if not choices or not all(choices.values()):  # the body ended early (a proxy timing it out, say)
+                raise StreamBroken(f"upstream {opened.model.alias} ended its stream before its answer finished",
+                                   retryable=False, error_type="stream_interrupted")
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that
                 # asked for a usage chunk still gets one, as the ledger's figures
                 outcome.prompt_tokens, outcome.completion_tokens = await asyncio.to_thread(
@@ -333,6 +338,15 @@ class Executor:
             for stream in streams:  # a client gone before the first event: the rows are still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
             _add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
+
+
+def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:
+    """Records which choices a chunk carries and which of them it finishes."""
+    for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict):
+            index = choice.get("index")
+            index = index if isinstance(index, int) else 0
+            choices[index] = choices.get(index, False) or bool(choice.get("finish_reason"))
 
 
 def _add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:

@@ -154,6 +154,28 @@ def test_stream_broken_halfway_ends_with_an_error_not_a_mixed_answer(gateway_fac
     assert row is not None and row.status == "error" and row.stream
 
 
+def test_a_stream_that_ends_before_its_answer_finished_ends_with_an_error(gateway_factory, simulator) -> None:
+    """An upstream (or a proxy timing it out) that ends the body cleanly midway, without `[DONE]` and before any
+    `finish_reason`: the answer is cut short, so the client gets an error event, not the gateway's own `[DONE]`
+    that would pass the truncated answer off as whole; the row is an error, priced from what was sent."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(end_stream_after=2))
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as info, client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}], stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for chunk in response.parse():
+            received.append(chunk.choices[0].delta.content or "")
+    assert "before its answer finished" in info.value.message
+    assert "echo: a b c d e f".startswith("".join(received)) and "".join(received) != "echo: a b c d e f"
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and (row.status, row.status_code) == ("error", 502)
+    assert row.prompt_tokens > 0 and row.hosted_cost_usd and row.detail["usage_estimated"] is True
+    whole = client(gw).chat.completions.create(model="gpt-4o-mini", stream=True,
+                                               messages=[{"role": "user", "content": "a b"}])
+    assert "".join(c.choices[0].delta.content or "" for c in whole if c.choices) == "echo: a b"  # as before
+
+
 def test_stream_open_failure_is_retried_before_the_first_byte(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(status=500))
