@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from ledger import Database, KeyInfo, KeyStore, LedgerWriter, Price, PriceBook
 from ledger.budgets import BudgetStore
 from local_engine import EngineConfig, LocalBackend, create_backend
-from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing
+from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
 
 log = logging.getLogger("draftgate")
 READY_TIMEOUT_S = 2.0  # a database slower than this to answer SELECT 1 is not ready to take the ledger's rows
@@ -70,16 +70,6 @@ def build_planner(config: policies.GatewayConfig, hosted: HostedClient, *, judge
                    judge=judge, score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
 
 
-def judge_with(hosted: HostedClient) -> Any:
-    """The LLM-judge verifier's hosted call."""
-
-    async def judge(alias: str, messages: list[dict[str, Any]]) -> str:
-        result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0})
-        return str(result.body["choices"][0]["message"].get("content") or "")
-
-    return judge
-
-
 @dataclass
 class Services:
     """Everything a request needs, built once; `lifespan` starts and stops what runs in the background."""
@@ -119,7 +109,7 @@ class Services:
         prices = PriceBook(price_overrides(config))
         hosted = HostedClient(hosted_models(config))
         pricing = Pricing(prices, hosted, config.reference_model)
-        planner = build_planner(config, hosted, judge=judge_with(hosted))
+        planner = build_planner(config, hosted, judge=priced_judge(hosted, pricing))
         budgets = Budgets(config, BudgetStore(db), pricing, hosted, local_max_tokens=config.local.max_tokens)
         writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*",
                               flush_interval_s=settings.ledger_flush_interval_s)

@@ -11,7 +11,7 @@ from router.errors import (
     UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
-from router.executor import ChunkStream, Executor, Pricing
+from router.executor import ChunkStream, Executor, Pricing, priced_judge
 from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
 from router.job import Job, Outcome, Plan, Route
 from router.planner import Planner, facts_for
@@ -46,4 +46,5 @@ __all__ = [
     "UpstreamRateLimitedError",
     "UpstreamRejectedError",
     "facts_for",
+    "priced_judge",
 ]

@@ -17,7 +17,7 @@ from router.job import Job, Outcome, Plan, Route
 from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled, merged, primed, usage_dict
 from router.transport import StreamBroken
 from router.usage import TokenEstimator, answer_text, delta_text
-from router.verifiers import Draft, ResponseFormatVerifier
+from router.verifiers import Draft, JudgeFn, JudgeReply, ResponseFormatVerifier
 
 
 class Pricing:
@@ -39,6 +39,24 @@ class Pricing:
         if self._reference is None or self._reference not in self._hosted:
             return None
         return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens)
+
+
+def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
+    """The LLM-judge verifier's hosted call, with its bill: the provider charges the judge's tokens, so the
+    request it judged carries them (usage as reported, else counted here, as for any hosted answer)."""
+    tokens = TokenEstimator()
+
+    async def judge(alias: str, messages: list[dict[str, Any]]) -> JudgeReply:
+        result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0})
+        text = answer_text(result.body)
+        usage = usage_of(result.body)
+        if usage is None:
+            usage = await asyncio.to_thread(tokens.usage, result.model.model, messages, [text])
+        prompt_tokens, completion_tokens = usage
+        return JudgeReply(text, pricing.hosted_cost(result.model, prompt_tokens, completion_tokens), prompt_tokens,
+                          completion_tokens)
+
+    return judge
 
 
 def completion_body(job: Job, model: str, completion: Completion | Sequence[Completion]) -> dict[str, Any]:
