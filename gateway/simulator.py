@@ -27,6 +27,7 @@ class Fault:
     message: str = "simulated upstream failure"
     retry_after_s: float | None = None
     delay_s: float = 0.0  # stall before answering (to trip client timeouts)
+    broken_body: bool = False  # answer 200 with a body cut short (not JSON): the work was done, and billed
     trickle_s: float = 0.0  # a non-streaming answer sent in 10 pieces this far apart (never silent for long)
     reset: bool = False  # close the connection without a response
     break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
@@ -227,7 +228,7 @@ class SimulatorServer:
                 del completion["usage"]
             if fault.usage is not None:
                 completion["usage"] = fault.usage
-            response = _response(200, orjson.dumps(completion))
+            response = _response(200, orjson.dumps(completion)[:40] if fault.broken_body else orjson.dumps(completion))
             if fault.trickle_s:
                 step = -(-len(response) // 10)
                 for start in range(0, len(response), step):

@@ -11,9 +11,10 @@ from router.errors import (
     UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
-from router.executor import ChunkStream, Executor, Pricing, priced_judge
+from router.executor import ChunkStream, Executor, Pricing
 from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
 from router.job import Job, Outcome, Plan, Route
+from router.judge import priced_judge
 from router.planner import Planner, facts_for
 from router.transport import AttemptFailed, StreamBroken
 

@@ -11,13 +11,21 @@ import orjson
 
 from ledger import PriceBook
 from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
-from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError
-from router.hosted import Attempt, HostedClient, HostedModel, parse_chunk, usage_is_invalid, usage_of
+from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError, UpstreamError
+from router.hosted import (
+    Attempt,
+    HostedClient,
+    HostedModel,
+    HostedResult,
+    parse_chunk,
+    usage_is_invalid,
+    usage_of,
+)
 from router.job import Job, Outcome, Plan, Route
 from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled, merged, primed, usage_dict
 from router.transport import StreamBroken
 from router.usage import TokenEstimator, answer_text, delta_text
-from router.verifiers import Draft, JudgeFn, JudgeReply, ResponseFormatVerifier
+from router.verifiers import Draft, ResponseFormatVerifier
 
 
 class Pricing:
@@ -39,24 +47,6 @@ class Pricing:
         if self._reference is None or self._reference not in self._hosted:
             return None
         return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens)
-
-
-def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
-    """The LLM-judge verifier's hosted call, with its bill: the provider charges the judge's tokens, so the
-    request it judged carries them (usage as reported, else counted here, as for any hosted answer)."""
-    tokens = TokenEstimator()
-
-    async def judge(alias: str, messages: list[dict[str, Any]]) -> JudgeReply:
-        result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0})
-        text = answer_text(result.body)
-        usage = usage_of(result.body)
-        if usage is None:
-            usage = await asyncio.to_thread(tokens.usage, result.model.model, messages, [text])
-        prompt_tokens, completion_tokens = usage
-        return JudgeReply(text, pricing.hosted_cost(result.model, prompt_tokens, completion_tokens), prompt_tokens,
-                          completion_tokens)
-
-    return judge
 
 
 def completion_body(job: Job, model: str, completion: Completion | Sequence[Completion]) -> dict[str, Any]:
@@ -213,6 +203,22 @@ class Executor:
         except asyncio.CancelledError as exc:
             exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
             raise
+        except UpstreamError as exc:  # attempts answered unusably were still billed: the error's row says so
+            if any(a.billed for a in attempts):
+                exc.outcome = await self.abandoned_outcome(job, attempts)
+            raise
+        outcome = await self._answered_outcome(job, result)
+        if any(a.billed for a in attempts):  # earlier attempts the provider charged though they were unusable
+            billed = await self.abandoned_outcome(job, attempts)
+            outcome.prompt_tokens += billed.prompt_tokens
+            outcome.hosted_cost_usd = (None if outcome.hosted_cost_usd is None or billed.hosted_cost_usd is None
+                                       else outcome.hosted_cost_usd + billed.hosted_cost_usd)
+            outcome.unpriced = outcome.hosted_cost_usd is None
+            outcome.detail["usage_estimated"] = True
+        return outcome
+
+    async def _answered_outcome(self, job: Job, result: HostedResult) -> Outcome:
+        """The ledger figures of a hosted answer: its usage as reported, else counted here."""
         detail: dict[str, Any] = {}
         usage = usage_of(result.body)
         if usage is None:  # the provider still billed it: count the tokens here rather than record $0
@@ -251,24 +257,33 @@ class Executor:
         return await self.stream_hosted(job, plan.alias)
 
     async def abandoned_outcome(self, job: Job, attempts: Sequence[Attempt]) -> Outcome:
-        """What a hosted call its client left cost: an attempt the upstream had in hand is billed at least
-        its prompt (counted here, as for a stream without usage: `usage_estimated`); one left between
-        attempts (a backoff) had nothing in flight and costs nothing."""
+        """What hosted attempts without a usable answer cost: each the provider bills (one abandoned in flight
+        when its client left, a 200 whose body was broken) is charged at least its prompt, counted here as for
+        a stream without usage (`usage_estimated`); one left between attempts (a backoff), or failed with an
+        error status, costs nothing."""
         last = attempts[-1] if attempts else None
         outcome = Outcome(route=Route.HOSTED, provider_model=last.provider_model if last else None,
                           attempts=[a.as_dict() for a in attempts])
-        if last is None or not last.cancelled:
+        billed = [self._hosted.get(a.alias) for a in attempts if a.billed]
+        if not billed:
             return outcome
-        model = self._hosted.get(last.alias)
-        counting = asyncio.ensure_future(asyncio.to_thread(self._tokens.prompt_tokens, model.model, job.messages))
-        try:
-            outcome.prompt_tokens = await asyncio.shield(counting)
-        except asyncio.CancelledError:  # cancelled once more (the server stopping): counted here instead
-            outcome.prompt_tokens = self._tokens.prompt_tokens(model.model, job.messages)
-        cost = self._pricing.hosted_cost(model, outcome.prompt_tokens, 0)
-        outcome.hosted_cost_usd, outcome.unpriced = cost, cost is None
+        costs: list[float | None] = []
+        for model in billed:
+            tokens = await self._counted_prompt(model, job)
+            outcome.prompt_tokens += tokens
+            costs.append(self._pricing.hosted_cost(model, tokens, 0))
+        outcome.unpriced = None in costs
+        outcome.hosted_cost_usd = None if outcome.unpriced else sum(c for c in costs if c is not None)
         outcome.detail["usage_estimated"] = True
         return outcome
+
+    async def _counted_prompt(self, model: HostedModel, job: Job) -> int:
+        """The prompt's tokens, counted off the event loop (in it when cancelled again: the server stopping)."""
+        counting = asyncio.ensure_future(asyncio.to_thread(self._tokens.prompt_tokens, model.model, job.messages))
+        try:
+            return await asyncio.shield(counting)
+        except asyncio.CancelledError:
+            return self._tokens.prompt_tokens(model.model, job.messages)
 
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
         """Opens a hosted stream; cancelled before the upstream's first byte, as `run_hosted`."""

@@ -73,6 +73,7 @@ class Attempt:
     latency_ms: float
     skipped: bool = False  # not sent: the alias was cooling down
     cancelled: bool = False  # sent, then abandoned (its client gone) before the upstream answered
+    billed: bool = False  # the provider charges it though no usable answer came (a broken 200, or `cancelled`)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"alias": self.alias, "provider_model": self.provider_model,
@@ -82,6 +83,8 @@ class Attempt:
             out["skipped"] = True
         if self.cancelled:
             out["cancelled"] = True
+        if self.billed:
+            out["billed"] = True
         return out
 
 
@@ -251,12 +254,12 @@ class HostedClient:
                         result = await transport.complete(model, body)
                 except AttemptFailed as exc:
                     attempts.append(Attempt(model.alias, model.model, exc.status_code, exc.message,
-                                            (time.perf_counter() - started) * 1000))
+                                            (time.perf_counter() - started) * 1000, billed=exc.answered))
                     raise
                 except asyncio.CancelledError:
                     attempts.append(Attempt(model.alias, model.model, None, "cancelled: the client left before "
                                             "the upstream answered", (time.perf_counter() - started) * 1000,
-                                            cancelled=True))
+                                            cancelled=True, billed=True))
                     raise
                 attempts.append(Attempt(model.alias, model.model, 200, None,
                                         (time.perf_counter() - started) * 1000))

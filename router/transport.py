@@ -23,8 +23,9 @@ class AttemptFailed(Exception):
 
     def __init__(self, message: str, *, status_code: int | None = None, retryable: bool,
                  retry_after_s: float | None = None, error_type: str | None = None, code: str | None = None,
-                 param: str | None = None) -> None:
+                 param: str | None = None, answered: bool = False) -> None:
         super().__init__(message)
+        self.answered = answered  # the upstream answered 200 (did the work, and bills it), but unusably
         self.message = message
         self.status_code = status_code
         self.retryable = retryable
@@ -255,9 +256,10 @@ class OpenAITransport:
             data = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
-                                retryable=True) from exc
+                                retryable=True, answered=True) from exc
         if not isinstance(data, dict) or "choices" not in data:
-            raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True)
+            raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
+                                answered=True)
         return data
 
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:

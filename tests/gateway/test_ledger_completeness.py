@@ -169,3 +169,35 @@ def test_an_upstream_usage_that_cannot_be_believed_is_counted_here(gateway_facto
                                                                               row.completion_tokens)]
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'draftgate_requests_total{model="gpt-4o-mini",route="hosted",status="ok"} 2.0' in metrics
+
+
+def test_a_200_whose_body_is_broken_is_billed_though_it_is_retried(gateway_factory, simulator) -> None:
+    """A 200 whose body cannot be read (cut short by a proxy): the provider did the work and bills it, so each
+    such attempt's prompt is on the row (counted here, `usage_estimated`, the attempt marked `billed`) on top
+    of the answer that followed, and on the 502 when none followed — never $0 for calls the provider charged."""
+    from router.usage import TokenEstimator
+
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    services = gw.services
+    mini, backup = services.hosted.get("gpt-4o-mini"), services.hosted.get("backup")
+    counted = TokenEstimator().prompt_tokens("openai/gpt-4o-mini", LONG)
+    simulator.state.faults.append(Fault(broken_body=True))
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG)
+    answer = raw.parse()
+    assert answer.usage is not None
+    row = _row(gw, raw.headers)
+    assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True), (200, None)]
+    assert row.prompt_tokens == answer.usage.prompt_tokens + counted
+    assert row.hosted_cost_usd == pytest.approx(
+        services.pricing.hosted_cost(mini, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        + services.pricing.hosted_cost(mini, counted, 0))
+    assert row.detail["usage_estimated"] is True
+
+    simulator.state.faults.extend([Fault(broken_body=True)] * 4)  # gpt-4o-mini's 3 tries, then backup's 1
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model="gpt-4o-mini", messages=LONG)
+    assert info.value.status_code == 502
+    row = _row(gw, info.value.response.headers)
+    assert (row.status, row.status_code, row.prompt_tokens) == ("error", 502, 4 * counted)
+    assert row.hosted_cost_usd == pytest.approx(3 * services.pricing.hosted_cost(mini, counted, 0)
+                                                + services.pricing.hosted_cost(backup, counted, 0))
