@@ -225,6 +225,8 @@ class HostedClient:
                 if _stops_chain(exc):  # the request's own fault says nothing about the upstream's health
                     break
                 self._failed(model, health)
+                if exc.status_code == 429 and exc.retry_after_s:  # it asked for a pause: no request calls it sooner
+                    health.cooling_until = max(health.cooling_until, time.monotonic() + exc.retry_after_s)
                 continue
             health.failures = 0
             return model, attempts, result
