@@ -158,6 +158,13 @@ class Cascade:
     def _serve_draft(self, job: Job, completion: Completion, judgement: Judgement, error: UpstreamError) -> Outcome:
         outcome = self._executor.local_outcome(completion)
         _add_judge_bill(outcome, judgement)
+        billed = error.outcome  # escalation attempts the provider charged though none answered usably
+        if isinstance(billed, Outcome) and (billed.hosted_cost_usd is not None or billed.unpriced):
+            outcome.hosted_cost_usd = (outcome.hosted_cost_usd or 0.0) + (billed.hosted_cost_usd or 0.0)
+            outcome.unpriced = outcome.unpriced or billed.unpriced
+            outcome.attempts = billed.attempts
+            outcome.detail["usage_estimated"] = True
+            outcome.detail["escalation_prompt_tokens"] = billed.prompt_tokens
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]  # as any draft's row has them,
         outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],  # for --from-ledger too
                                      "draft": completion.text[:MAX_STORED_CHARS], "passed": False}

@@ -115,3 +115,23 @@ def test_a_hosted_request_left_while_the_upstream_answers_is_charged_its_prompt(
     (backoff,) = [r for r in _rows(gw, 3) if r.request_id not in {r.request_id for r in rows}]
     assert (backoff.status, backoff.prompt_tokens, backoff.hosted_cost_usd or 0.0) == ("cancelled", 0, 0.0)
     assert [a["status_code"] for a in backoff.detail["attempts"]] == [500]
+
+
+def test_a_served_unverified_draft_keeps_the_bill_of_its_failed_escalation(gateway_factory, simulator,
+                                                                           random_checkpoint) -> None:
+    """The escalation target answers 200s whose bodies are broken (billed by the provider), then gives up: the
+    draft is served unverified (`on_hosted_unavailable: serve_draft`) and the row still carries those calls'
+    prompts and dollars, as a plain hosted request's does."""
+    from gateway.simulator import Fault
+
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: never-good-enough\n"
+             "      action:\n        cascade:\n          escalate_to: backup\n          on_hosted_unavailable: serve_draft\n"
+             "          verifiers: [{regex: {pattern: '^IMPOSSIBLE$', mode: fullmatch}}]\n")
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint, rules))
+    simulator.state.faults.append(Fault(broken_body=True))  # backup: no retries, no fallbacks
+    raw = httpx.post(gw.url + "/v1/chat/completions", timeout=30, headers={"authorization": f"Bearer {MASTER_KEY}"},
+                     json={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+    assert raw.status_code == 200 and raw.headers["x-draftgate-unverified-draft"] == "true"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.local_cost_usd and row.local_cost_usd > 0
+    assert row.hosted_cost_usd and row.hosted_cost_usd > 0 and row.detail["usage_estimated"] is True
