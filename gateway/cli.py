@@ -98,7 +98,8 @@ def serve(config: ConfigOpt = None,
         _share_metrics_between_workers(settings)
     console.print(f"draftgate listening on http://{host}:{port}/v1")
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75)
+                log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75,
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
 
 def _check_address(host: str, port: int) -> None:

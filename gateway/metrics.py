@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OTHER_MODEL = "other"  # the label of every `model` no alias has: what clients send is not a label value
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class Metrics:
-    """Requests, latency, tokens and dollars by route and model."""
+    """Requests, latency, tokens and dollars by route and model (a configured alias, else `other`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: Iterable[str] = ()) -> None:
+        # Labels must stay bounded: a client naming a new model per request (a typo, a scanner) would
+        # otherwise add a series per name to every scrape, and to this process's memory, for ever.
+        self._models = frozenset(models)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("draftgate_requests", "Chat requests served", ["route", "model", "status"],
                                 registry=self.registry)
@@ -36,6 +41,7 @@ class Metrics:
                 completion_tokens: int, hosted_usd: float | None, local_usd: float | None,
                 wasted_usd: float, device_seconds: float, unpriced: bool, cached_tokens: int = 0) -> None:
         """Counts one finished request."""
+        model = model if model in self._models else OTHER_MODEL
         self.requests.labels(route, model, status).inc()
         self.latency.labels(route, model).observe(latency_s)
         if prompt_tokens:

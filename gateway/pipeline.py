@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,6 +17,14 @@ from gateway.metrics import Metrics
 from gateway.schemas import ChatRequest
 from ledger import LedgerWriter, RequestRecord
 from router import Cascade, Executor, Job, Outcome, Plan, Planner, Pricing, Route, StreamBroken
+
+SHUTDOWN_REASON = "server shutting down"  # the row's error when the server, not the client, cancelled it
+
+
+def cancel_reason(exc: BaseException) -> str:
+    """Why a request was cancelled: its client left, or the server stopped before it finished (uvicorn cancels
+    what outlasts its graceful-shutdown timeout with a message naming the shutdown)."""
+    return SHUTDOWN_REASON if "shutting down" in str(exc) or "shutdown" in str(exc) else "client disconnected"
 
 
 def _headers(request_id: str, plan: Plan | None, outcome: Outcome | None, *, deferred: bool = False) -> dict[str, str]:
@@ -69,12 +78,22 @@ class ChatPipeline:
         self._metrics = metrics
         self._pricing = pricing
         self._budgets = budgets
+        self._open: set[str] = set()  # request ids admitted and not yet recorded
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Waits until every request taken has its row recorded (a shutdown's cancelled requests record theirs
+        a few loop turns after uvicorn cancels them), at most `timeout_s`; whether none is left."""
+        deadline = time.monotonic() + timeout_s
+        while self._open and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self._open
 
     async def _serve(self, body: ChatRequest, principal: Principal, request_id: str,
                      headers_out: dict[str, str]) -> tuple[Job, Plan, Any, float, datetime, Reservation | None]:
         """Plans, reserves budget, and serves (or opens the stream); a failure is recorded, then raised."""
         started, created_at = time.perf_counter(), datetime.now(UTC)
         job = to_job(body, request_id)
+        self._open.add(request_id)
         plan: Plan | None = None
         reservation: Reservation | None = None
         admitted = False  # past the budgets: a request refused before is served by no route
@@ -129,6 +148,9 @@ class ChatPipeline:
             self._finish_stream(job, plan, principal, chunks.outcome, created_at, started, reservation, status, code)
             recorded = True
             yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError as exc:
+            error = cancel_reason(exc)
+            raise
         except Exception as exc:  # noqa: BLE001 - reported in-band (headers are gone), then recorded
             if isinstance(exc, StreamBroken):
                 code, error = 502, exc.message
@@ -162,7 +184,7 @@ class ChatPipeline:
         if isinstance(exc, Exception):
             status, code, message = "error", reply.status, reply.message
         else:  # cancelled: its client went away (or the server is stopping)
-            status, code, message = "cancelled", 499, "client disconnected"
+            status, code, message = "cancelled", 499, cancel_reason(exc)
         self._record(job, plan, principal, outcome, created_at, started, status, code, message, tried=tried)
 
     def _record(self, job: Job, plan: Plan | None, principal: Principal, outcome: Outcome, created_at: datetime,
@@ -188,6 +210,7 @@ class ChatPipeline:
             attempts=max(1, sum(not a.get("skipped") for a in outcome.attempts) or tried),
             rule=plan.rule if plan else None, error=error,
             escalation_reason=outcome.escalation_reason, detail=detail or None)
+        self._open.discard(job.request_id)
         self._writer.record(record)
         self._metrics.observe(route=outcome.route.value, model=job.alias, status=status, latency_s=latency_s,
                               prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,

@@ -19,9 +19,10 @@ from gateway.settings import Settings
 from ledger import Database, KeyInfo, KeyStore, LedgerWriter, Price, PriceBook
 from ledger.budgets import BudgetStore
 from local_engine import EngineConfig, LocalBackend, create_backend
-from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing
+from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
 
 log = logging.getLogger("draftgate")
+READY_TIMEOUT_S = 2.0  # a database slower than this to answer SELECT 1 is not ready to take the ledger's rows
 
 
 def load_config(settings: Settings) -> policies.GatewayConfig:
@@ -69,16 +70,6 @@ def build_planner(config: policies.GatewayConfig, hosted: HostedClient, *, judge
                    judge=judge, score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
 
 
-def judge_with(hosted: HostedClient) -> Any:
-    """The LLM-judge verifier's hosted call."""
-
-    async def judge(alias: str, messages: list[dict[str, Any]]) -> str:
-        result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0})
-        return str(result.body["choices"][0]["message"].get("content") or "")
-
-    return judge
-
-
 @dataclass
 class Services:
     """Everything a request needs, built once; `lifespan` starts and stops what runs in the background."""
@@ -99,6 +90,7 @@ class Services:
     executor: Executor | None = None
     pipeline: ChatPipeline | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    _ping: asyncio.Future[bool] | None = None  # the database ping /readyz is waiting on, if one is running
 
     @classmethod
     def build(cls, settings: Settings, config: policies.GatewayConfig | None = None) -> Services:
@@ -117,12 +109,12 @@ class Services:
         prices = PriceBook(price_overrides(config))
         hosted = HostedClient(hosted_models(config))
         pricing = Pricing(prices, hosted, config.reference_model)
-        planner = build_planner(config, hosted, judge=judge_with(hosted))
+        planner = build_planner(config, hosted, judge=priced_judge(hosted, pricing))
         budgets = Budgets(config, BudgetStore(db), pricing, hosted, local_max_tokens=config.local.max_tokens)
         writer = LedgerWriter(db, settings.journal_path(), recover_glob="ledger-*.journal.*",
                               flush_interval_s=settings.ledger_flush_interval_s)
         return cls(settings=settings, config=config, db=db, writer=writer, keys=keys, auth=auth, prices=prices,
-                   hosted=hosted, metrics=Metrics(), planner=planner, pricing=pricing, budgets=budgets)
+                   hosted=hosted, metrics=Metrics(config.requestable_aliases()), planner=planner, pricing=pricing, budgets=budgets)
 
     def aliases(self) -> list[str]:
         """Every alias a client may send as `model` (the configuration's `requestable_aliases`)."""
@@ -158,6 +150,8 @@ class Services:
         """Drains: the engine stops taking work, the ledger is flushed, connections close."""
         if self.local is not None:
             await self.local.stop()
+        if self.pipeline is not None and not await self.pipeline.drained(5.0):
+            log.warning("stopping with requests still unrecorded: their rows are lost")
         await self.budgets.drain()
         await self.writer.close()
         await self.hosted.aclose()
@@ -171,9 +165,17 @@ class Services:
         finally:
             await self.stop()
 
-    def ready(self) -> dict[str, bool]:
-        """What /readyz reports: the database answers and the local model (if enabled) is loaded."""
-        checks = {"database": self.db.ping()}
+    async def ready(self) -> dict[str, bool]:
+        """What /readyz reports: the database answers (within READY_TIMEOUT_S) and the local model (if enabled)
+        is loaded. One ping at a time: a database that stopped answering holds one worker thread, not one per
+        probe (a probe every few seconds would otherwise take the whole thread pool the gateway runs on)."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(asyncio.to_thread(self.db.ping))
+        try:
+            database = await asyncio.wait_for(asyncio.shield(self._ping), READY_TIMEOUT_S)
+        except TimeoutError:
+            database = False
+        checks = {"database": database}
         if self.config.local.enabled and self.settings.load_local_engine:
             checks["local_model"] = self.local is not None and self.local.is_ready()
         return checks

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
                                            description="how often journalled ledger rows are written to the database")
     worker_id: str | None = Field(default=None, description="names this process's ledger journal (default: pid)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    shutdown_timeout_s: int = Field(
+        default=25, ge=0, le=3600,
+        description="on SIGTERM, how long requests in flight may still finish; then they are cancelled and recorded "
+                    "(keep it under the orchestrator's grace period: Kubernetes kills after 30 s)")
     load_local_engine: bool = Field(default=True, description="False skips loading the local model")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 

@@ -27,12 +27,16 @@ class Fault:
     message: str = "simulated upstream failure"
     retry_after_s: float | None = None
     delay_s: float = 0.0  # stall before answering (to trip client timeouts)
+    broken_body: bool = False  # answer 200 with a body cut short (not JSON): the work was done, and billed
+    trickle_s: float = 0.0  # a non-streaming answer sent in 10 pieces this far apart (never silent for long)
     reset: bool = False  # close the connection without a response
     break_stream_after: int | None = None  # stream this many content chunks, then drop the connection
     error_in_stream_after: int | None = None  # stream this many chunks, then send an error event
+    end_stream_after: int | None = None  # stream this many chunks, then end the body cleanly, without [DONE]
     stall_stream_after: int | None = None  # stream this many chunks, then go silent for stall_s (then drop)
     stall_s: float = 30.0
     no_usage: bool = False  # answer without `usage` (in the body, or the stream's usage chunk)
+    usage: Any = None  # this `usage` instead of the real one (body and usage chunk): an upstream's wrong figures
     malformed_chunk_after: int | None = None  # stream this many chunks, then one that is not JSON, then the rest
     code: str | None = None  # the error body's `code` and `param` with `status` (context_length_exceeded, ...)
     param: str | None = None
@@ -222,7 +226,17 @@ class SimulatorServer:
             completion = sim.completion(body, reply)
             if fault.no_usage:
                 del completion["usage"]
-            writer.write(_response(200, orjson.dumps(completion)))
+            if fault.usage is not None:
+                completion["usage"] = fault.usage
+            response = _response(200, orjson.dumps(completion)[:40] if fault.broken_body else orjson.dumps(completion))
+            if fault.trickle_s:
+                step = -(-len(response) // 10)
+                for start in range(0, len(response), step):
+                    writer.write(response[start:start + step])
+                    await writer.drain()
+                    await asyncio.sleep(fault.trickle_s)
+                return True
+            writer.write(response)
             await writer.drain()
             return True
         return await self._stream(body, reply, fault, writer)
@@ -233,6 +247,8 @@ class SimulatorServer:
         chunks = self.state.chunks(body, reply)
         if fault.no_usage:
             chunks = [c for c in chunks if "usage" not in c]
+        if fault.usage is not None:
+            chunks = [{**c, "usage": fault.usage} if "usage" in c else c for c in chunks]
         for i, chunk in enumerate(chunks):
             if fault.malformed_chunk_after is not None and i == fault.malformed_chunk_after + 1:
                 payload = b"data: {this is not json\n\n"
@@ -241,6 +257,8 @@ class SimulatorServer:
                 await writer.drain()
                 writer.transport.abort()
                 return False
+            if fault.end_stream_after is not None and i > fault.end_stream_after:
+                break  # the body's end, as a proxy timing a response out may send it
             if fault.stall_stream_after is not None and i > fault.stall_stream_after:
                 await writer.drain()
                 await asyncio.sleep(fault.stall_s)  # alive but silent: only a read timeout notices

@@ -14,6 +14,7 @@ from router.errors import (
 from router.executor import ChunkStream, Executor, Pricing
 from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
 from router.job import Job, Outcome, Plan, Route
+from router.judge import priced_judge
 from router.planner import Planner, facts_for
 from router.transport import AttemptFailed, StreamBroken
 
@@ -46,4 +47,5 @@ __all__ = [
     "UpstreamRateLimitedError",
     "UpstreamRejectedError",
     "facts_for",
+    "priced_judge",
 ]

@@ -84,6 +84,19 @@ def refine_messages(messages: list[dict[str, Any]], draft: str, judgement: Judge
     return [*messages, {"role": "user", "content": REFINE_INSTRUCTIONS.format(draft=draft, findings=findings)}]
 
 
+def _add_judge_bill(outcome: Outcome, judgement: Judgement) -> None:
+    """Adds what the LLM judges' hosted calls cost to the request's hosted dollars (an unknown price makes the
+    request unpriced, never $0)."""
+    bills = [v.details for v in judgement.verdicts if "cost_usd" in v.details]
+    if not bills:
+        return
+    known = [b["cost_usd"] for b in bills if b["cost_usd"] is not None]
+    outcome.hosted_cost_usd = (outcome.hosted_cost_usd or 0.0) + sum(known)
+    outcome.unpriced = outcome.unpriced or len(known) < len(bills)
+    outcome.detail["judge"] = {"cost_usd": sum(known), "prompt_tokens": sum(b["prompt_tokens"] for b in bills),
+                               "completion_tokens": sum(b["completion_tokens"] for b in bills)}
+
+
 class Cascade:
     """Runs cascade plans with the executor's local and hosted paths."""
 
@@ -128,6 +141,7 @@ class Cascade:
 
     def _annotate(self, outcome: Outcome, job: Job, spec: CascadeSpec, completion: Completion,
                   judgement: Judgement, escalated: bool) -> None:
+        _add_judge_bill(outcome, judgement)
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]
         outcome.detail["draft_confidence"] = completion.confidence.as_dict()
         # What `draftgate router train --from-ledger` learns from: the prompt, the draft and its fate.
@@ -143,6 +157,14 @@ class Cascade:
 
     def _serve_draft(self, job: Job, completion: Completion, judgement: Judgement, error: UpstreamError) -> Outcome:
         outcome = self._executor.local_outcome(completion)
+        _add_judge_bill(outcome, judgement)
+        billed = error.outcome  # escalation attempts the provider charged though none answered usably
+        if isinstance(billed, Outcome) and (billed.hosted_cost_usd is not None or billed.unpriced):
+            outcome.hosted_cost_usd = (outcome.hosted_cost_usd or 0.0) + (billed.hosted_cost_usd or 0.0)
+            outcome.unpriced = outcome.unpriced or billed.unpriced
+            outcome.attempts = billed.attempts
+            outcome.detail["usage_estimated"] = True
+            outcome.detail["escalation_prompt_tokens"] = billed.prompt_tokens
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]  # as any draft's row has them,
         outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],  # for --from-ledger too
                                      "draft": completion.text[:MAX_STORED_CHARS], "passed": False}
@@ -155,6 +177,11 @@ class Cascade:
         """The upstream error, carrying what the thrown-away draft cost, so the ledger row of the failed
         request still has the draft's device time, its wasted dollars, the verdicts and the reason."""
         outcome = Outcome(route=Route.ESCALATED, provider_model=None)
+        hosted = getattr(exc, "outcome", None)  # a cancelled escalation's own bill: the prompt the upstream had
+        if isinstance(hosted, Outcome):
+            outcome.provider_model, outcome.prompt_tokens = hosted.provider_model, hosted.prompt_tokens
+            outcome.hosted_cost_usd, outcome.unpriced = hosted.hosted_cost_usd, hosted.unpriced
+            outcome.attempts, outcome.detail = hosted.attempts, dict(hosted.detail)
         self._annotate(outcome, job, spec, completion, judgement, escalated=True)
         outcome.detail["draft_tokens"] = {"prompt": completion.prompt_tokens, "completion": completion.completion_tokens}
         exc.outcome = outcome  # type: ignore[attr-defined]  # (UpstreamError has the slot; a CancelledError takes it)

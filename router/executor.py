@@ -11,8 +11,16 @@ import orjson
 
 from ledger import PriceBook
 from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
-from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError
-from router.hosted import HostedClient, HostedModel, parse_chunk, usage_of
+from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError, UpstreamError
+from router.hosted import (
+    Attempt,
+    HostedClient,
+    HostedModel,
+    HostedResult,
+    parse_chunk,
+    usage_is_invalid,
+    usage_of,
+)
 from router.job import Job, Outcome, Plan, Route
 from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled, merged, primed, usage_dict
 from router.transport import StreamBroken
@@ -189,14 +197,38 @@ class Executor:
         raise LocalUnavailableError("the local model ended the request without a result")
 
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
-        """Serves a job at a hosted alias (with its retries and fallbacks)."""
-        result = await self._hosted.complete(alias, job.upstream_body)
+        """Serves a job at a hosted alias (with its retries and fallbacks). Cancelled meanwhile (its client
+        gone), the CancelledError carries what the upstream bills for it, as the local route's does."""
+        attempts: list[Attempt] = []
+        try:
+            result = await self._hosted.complete(alias, job.upstream_body, attempts)
+        except asyncio.CancelledError as exc:
+            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+            raise
+        except UpstreamError as exc:  # attempts answered unusably were still billed: the error's row says so
+            if any(a.billed for a in attempts):
+                exc.outcome = await self.abandoned_outcome(job, attempts)
+            raise
+        outcome = await self._answered_outcome(job, result)
+        if any(a.billed for a in attempts):  # earlier attempts the provider charged though they were unusable
+            billed = await self.abandoned_outcome(job, attempts)
+            outcome.prompt_tokens += billed.prompt_tokens
+            outcome.hosted_cost_usd = (None if outcome.hosted_cost_usd is None or billed.hosted_cost_usd is None
+                                       else outcome.hosted_cost_usd + billed.hosted_cost_usd)
+            outcome.unpriced = outcome.hosted_cost_usd is None
+            outcome.detail["usage_estimated"] = True
+        return outcome
+
+    async def _answered_outcome(self, job: Job, result: HostedResult) -> Outcome:
+        """The ledger figures of a hosted answer: its usage as reported, else counted here."""
         detail: dict[str, Any] = {}
         usage = usage_of(result.body)
         if usage is None:  # the provider still billed it: count the tokens here rather than record $0
             usage = await asyncio.to_thread(self._tokens.usage, result.model.model, job.messages,
                                             [answer_text(result.body)])
             detail["usage_estimated"] = True
+            if usage_is_invalid(result.body):
+                detail["upstream_usage_invalid"] = True
         prompt_tokens, completion_tokens = usage
         cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
@@ -226,8 +258,43 @@ class Executor:
             return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
         return await self.stream_hosted(job, plan.alias)
 
+    async def abandoned_outcome(self, job: Job, attempts: Sequence[Attempt]) -> Outcome:
+        """What hosted attempts without a usable answer cost: each the provider bills (one abandoned in flight
+        when its client left, a 200 whose body was broken) is charged at least its prompt, counted here as for
+        a stream without usage (`usage_estimated`); one left between attempts (a backoff), or failed with an
+        error status, costs nothing."""
+        last = attempts[-1] if attempts else None
+        outcome = Outcome(route=Route.HOSTED, provider_model=last.provider_model if last else None,
+                          attempts=[a.as_dict() for a in attempts])
+        billed = [self._hosted.get(a.alias) for a in attempts if a.billed]
+        if not billed:
+            return outcome
+        costs: list[float | None] = []
+        for model in billed:
+            tokens = await self._counted_prompt(model, job)
+            outcome.prompt_tokens += tokens
+            costs.append(self._pricing.hosted_cost(model, tokens, 0))
+        outcome.unpriced = None in costs
+        outcome.hosted_cost_usd = None if outcome.unpriced else sum(c for c in costs if c is not None)
+        outcome.detail["usage_estimated"] = True
+        return outcome
+
+    async def _counted_prompt(self, model: HostedModel, job: Job) -> int:
+        """The prompt's tokens, counted off the event loop (in it when cancelled again: the server stopping)."""
+        counting = asyncio.ensure_future(asyncio.to_thread(self._tokens.prompt_tokens, model.model, job.messages))
+        try:
+            return await asyncio.shield(counting)
+        except asyncio.CancelledError:
+            return self._tokens.prompt_tokens(model.model, job.messages)
+
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
-        opened = await self._hosted.stream(alias, job.upstream_body)
+        """Opens a hosted stream; cancelled before the upstream's first byte, as `run_hosted`."""
+        attempts: list[Attempt] = []
+        try:
+            opened = await self._hosted.stream(alias, job.upstream_body, attempts)
+        except asyncio.CancelledError as exc:
+            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+            raise
         outcome = Outcome(route=Route.HOSTED, provider_model=opened.model.model,
                           attempts=[a.as_dict() for a in opened.attempts])
         return ChunkStream(outcome, self._hosted_chunks(job, opened, outcome))
@@ -236,6 +303,7 @@ class Executor:
         reported = False
         answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
         last: dict[str, Any] = {}
+        choices: dict[int, bool] = {}  # each choice seen: whether it has its finish_reason yet
         try:
             async for payload in opened.lines():
                 try:
@@ -244,6 +312,7 @@ class Executor:
                     raise StreamBroken(f"upstream {opened.model.alias} sent a malformed stream chunk",
                                        retryable=False, error_type="stream_interrupted") from exc
                 last = chunk
+                _note_finished(chunk, choices)
                 answer.append(delta_text(chunk))
                 usage = usage_of(chunk)
                 if usage is not None:
@@ -251,7 +320,14 @@ class Executor:
                     reported = True
                     if not chunk.get("choices") and not job.wants_usage:
                         continue
+                elif usage_is_invalid(chunk):  # counted here instead; a usage-only chunk is replaced by that count
+                    outcome.detail["upstream_usage_invalid"] = True
+                    if not chunk.get("choices"):
+                        continue
                 yield payload
+            if not choices or not all(choices.values()):  # the body ended early (a proxy timing it out, say)
+                raise StreamBroken(f"upstream {opened.model.alias} ended its stream before its answer finished",
+                                   retryable=False, error_type="stream_interrupted")
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that
                 # asked for a usage chunk still gets one, as the ledger's figures
                 outcome.prompt_tokens, outcome.completion_tokens = await asyncio.to_thread(
@@ -297,6 +373,15 @@ class Executor:
             for stream in streams:  # a client gone before the first event: the rows are still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
             _add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
+
+
+def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:
+    """Records which choices a chunk carries and which of them it finishes."""
+    for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict):
+            index = choice.get("index")
+            index = index if isinstance(index, int) else 0
+            choices[index] = choices.get(index, False) or bool(choice.get("finish_reason"))
 
 
 def _add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:

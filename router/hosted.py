@@ -8,6 +8,7 @@ far more than the rest of the gateway, so it stays off the hot path where it add
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -71,11 +72,20 @@ class Attempt:
     error: str | None
     latency_ms: float
     skipped: bool = False  # not sent: the alias was cooling down
+    cancelled: bool = False  # sent, then abandoned (its client gone) before the upstream answered
+    billed: bool = False  # the provider charges it though no usable answer came (a broken 200, or `cancelled`)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"alias": self.alias, "provider_model": self.provider_model, "status_code": self.status_code,
-               "error": self.error, "latency_ms": round(self.latency_ms, 3)}
-        return {**out, "skipped": True} if self.skipped else out
+        out: dict[str, Any] = {"alias": self.alias, "provider_model": self.provider_model,
+                               "status_code": self.status_code, "error": self.error,
+                               "latency_ms": round(self.latency_ms, 3)}
+        if self.skipped:
+            out["skipped"] = True
+        if self.cancelled:
+            out["cancelled"] = True
+        if self.billed:
+            out["billed"] = True
+        return out
 
 
 @dataclass
@@ -112,7 +122,10 @@ class HostedStream:
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, AttemptFailed) and exc.retryable
+    """Worth another try at the same alias: a transient failure, unless the upstream asked for a pause longer
+    than a request is held for (a retry sooner is one it asked not to get: the fallbacks, or the client, go next)."""
+    return (isinstance(exc, AttemptFailed) and exc.retryable
+            and (exc.retry_after_s is None or exc.retry_after_s <= MAX_RETRY_AFTER_S))
 
 
 # A bad key, no access, an unknown model name: this upstream's own setup, so the next alias may answer.
@@ -175,20 +188,26 @@ class HostedClient:
         first = self.get(alias)
         return [first] + [self._models[a] for a in first.fallbacks if a in self._models]
 
-    async def complete(self, alias: str, body: dict[str, Any]) -> HostedResult:
-        """A non-streaming completion from `alias` or, failing that, its fallbacks in order."""
-        model, attempts, response = await self._through_chain(alias, body, stream=False)
+    async def complete(self, alias: str, body: dict[str, Any], attempts: list[Attempt] | None = None,
+                       ) -> HostedResult:
+        """A non-streaming completion from `alias` or, failing that, its fallbacks in order. `attempts`, when
+        given, is filled as they happen: a caller cancelled meanwhile still sees what was sent (the last one
+        marked `cancelled` when it was in flight, which the upstream bills)."""
+        model, attempts, response = await self._through_chain(alias, body, [] if attempts is None else attempts,
+                                                              stream=False)
         return HostedResult(body=cast(dict[str, Any], response), model=model, attempts=attempts)
 
-    async def stream(self, alias: str, body: dict[str, Any]) -> HostedStream:
-        """Opens a stream; retries and fallbacks apply until the upstream accepts the request."""
-        model, attempts, upstream = await self._through_chain(alias, body, stream=True)
+    async def stream(self, alias: str, body: dict[str, Any], attempts: list[Attempt] | None = None,
+                     ) -> HostedStream:
+        """Opens a stream; retries and fallbacks apply until the upstream accepts the request. `attempts`
+        as for `complete`."""
+        model, attempts, upstream = await self._through_chain(alias, body, [] if attempts is None else attempts,
+                                                              stream=True)
         return HostedStream(model=model, attempts=attempts, upstream=cast(UpstreamStream, upstream))
 
-    async def _through_chain(self, alias: str, body: dict[str, Any], *, stream: bool,
+    async def _through_chain(self, alias: str, body: dict[str, Any], attempts: list[Attempt], *, stream: bool,
                              ) -> tuple[HostedModel, list[Attempt], dict[str, Any] | UpstreamStream]:
         """The first alias of the fallback chain that answers; a rejected request stops the chain."""
-        attempts: list[Attempt] = []
         last: AttemptFailed | None = None
         cooling: list[float] = []
         for model in self.chain(alias):
@@ -206,6 +225,8 @@ class HostedClient:
                 if _stops_chain(exc):  # the request's own fault says nothing about the upstream's health
                     break
                 self._failed(model, health)
+                if exc.status_code == 429 and exc.retry_after_s:  # it asked for a pause: no request calls it sooner
+                    health.cooling_until = max(health.cooling_until, time.monotonic() + exc.retry_after_s)
                 continue
             health.failures = 0
             return model, attempts, result
@@ -235,7 +256,12 @@ class HostedClient:
                         result = await transport.complete(model, body)
                 except AttemptFailed as exc:
                     attempts.append(Attempt(model.alias, model.model, exc.status_code, exc.message,
-                                            (time.perf_counter() - started) * 1000))
+                                            (time.perf_counter() - started) * 1000, billed=exc.answered))
+                    raise
+                except asyncio.CancelledError:
+                    attempts.append(Attempt(model.alias, model.model, None, "cancelled: the client left before "
+                                            "the upstream answered", (time.perf_counter() - started) * 1000,
+                                            cancelled=True, billed=True))
                     raise
                 attempts.append(Attempt(model.alias, model.model, 200, None,
                                         (time.perf_counter() - started) * 1000))
@@ -254,12 +280,33 @@ class HostedClient:
                    code=last.code, param=last.param)
 
 
+MAX_REPORTED_TOKENS = 2**31 - 1  # the ledger's token columns; more than any context window times any `n`
+
+
+def _token_count(value: Any) -> int | None:
+    if isinstance(value, float) and value.is_integer():  # `12.0` from a proxy that went through floats
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REPORTED_TOKENS:
+        return value
+    return None
+
+
 def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) from an OpenAI response or usage chunk, if present."""
+    """(prompt_tokens, completion_tokens) from an OpenAI response or usage chunk; None when absent or not
+    believable (null, missing, negative, not an integer, absurdly large): the tokens are then counted here
+    rather than recorded as $0, a negative bill, or a row the ledger cannot store."""
     usage = body.get("usage")
     if not isinstance(usage, Mapping):
         return None
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    prompt, completion = _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return prompt, completion
+
+
+def usage_is_invalid(body: Mapping[str, Any]) -> bool:
+    """The upstream sent a `usage` that `usage_of` could not believe (for the ledger's detail)."""
+    return body.get("usage") is not None and usage_of(body) is None
 
 
 def parse_chunk(line: bytes) -> dict[str, Any]:

@@ -23,8 +23,9 @@ class AttemptFailed(Exception):
 
     def __init__(self, message: str, *, status_code: int | None = None, retryable: bool,
                  retry_after_s: float | None = None, error_type: str | None = None, code: str | None = None,
-                 param: str | None = None) -> None:
+                 param: str | None = None, answered: bool = False) -> None:
         super().__init__(message)
+        self.answered = answered  # the upstream answered 200 (did the work, and bills it), but unusably
         self.message = message
         self.status_code = status_code
         self.retryable = retryable
@@ -226,19 +227,22 @@ class OpenAITransport:
             await self._session.close()
             self._session = None
 
-    def _request(self, model: HostedModel, body: dict[str, Any]) -> tuple[str, bytes, dict[str, str],
-                                                                            aiohttp.ClientTimeout]:
+    def _request(self, model: HostedModel, body: dict[str, Any], *, stream: bool,
+                 ) -> tuple[str, bytes, dict[str, str], aiohttp.ClientTimeout]:
+        """The call's URL, body, headers and timeouts: `timeout_s` bounds a whole non-streaming attempt (as
+        LiteLLM's `timeout`: an upstream that trickles its answer must not hold a request for ever); a stream
+        may last, so it is bounded by its silences (each read) and by the wait for its headers (`open_stream`)."""
         url = (model.api_base or OPENAI_DEFAULT_BASE).rstrip("/") + "/chat/completions"
         headers = {"content-type": "application/json"}
         if model.api_key:
             headers["authorization"] = f"Bearer {model.api_key}"
         payload = orjson.dumps({**body, "model": model.upstream_name})
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, model.timeout_s),
-                                        sock_read=model.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=None if stream else model.timeout_s,
+                                        sock_connect=min(10.0, model.timeout_s), sock_read=model.timeout_s)
         return url, payload, headers, timeout
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
-        url, payload, headers, timeout = self._request(model, body)
+        url, payload, headers, timeout = self._request(model, body, stream=False)
         try:
             async with self._client().post(url, data=payload, headers=headers, timeout=timeout,
                                            allow_redirects=False) as response:
@@ -252,16 +256,18 @@ class OpenAITransport:
             data = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
-                                retryable=True) from exc
+                                retryable=True, answered=True) from exc
         if not isinstance(data, dict) or "choices" not in data:
-            raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True)
+            raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
+                                answered=True)
         return data
 
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:
-        url, payload, headers, timeout = self._request(model, body)
+        url, payload, headers, timeout = self._request(model, body, stream=True)
         try:
-            response = await self._client().post(url, data=payload, headers=headers, timeout=timeout,
-                                                 allow_redirects=False)
+            async with asyncio.timeout(model.timeout_s):  # to the headers, however they trickle in
+                response = await self._client().post(url, data=payload, headers=headers, timeout=timeout,
+                                                     allow_redirects=False)
         except TRANSPORT_ERRORS as exc:
             raise _failure_from_transport(exc, model) from exc
         if response.status != 200:

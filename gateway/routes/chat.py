@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.deps import PrincipalDep, ServicesDep
+from gateway.pipeline import SHUTDOWN_REASON
 from gateway.schemas import ChatRequest
 from gateway.services import Services
 from router import UnknownModelError
@@ -53,8 +54,9 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
+    except asyncio.CancelledError:  # not the client: the server cancels what outlasted its shutdown timeout
+        task.cancel(SHUTDOWN_REASON)
+        await asyncio.gather(task, return_exceptions=True)  # recorded (cancelled, what it spent) before stopping
         raise
     finally:
         gone.cancel()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
@@ -23,7 +21,7 @@ async def healthz() -> Response:
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> Response:
     """Ready when the database answers and the local model (if enabled) is loaded."""
-    checks = await asyncio.to_thread(services.ready)
+    checks = await services.ready()
     ok = all(checks.values())
     body = {"status": "ready" if ok else "not_ready", "checks": checks}
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")

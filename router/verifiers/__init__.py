@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router.errors import VerifierConfigError
-from router.verifiers.base import Draft, JudgeFn, Verdict, Verifier, run_verifiers
+from router.verifiers.base import Draft, JudgeFn, JudgeReply, Verdict, Verifier, run_verifiers
 from router.verifiers.checks import (
     ConfidenceVerifier,
     JsonSchemaVerifier,
@@ -36,4 +36,4 @@ def build_verifier(kind: str, options: Mapping[str, Any], *, judge: JudgeFn | No
     return verifier
 
 
-__all__ = ["Draft", "JudgeFn", "ResponseFormatVerifier", "Verdict", "Verifier", "build_verifier", "run_verifiers"]
+__all__ = ["Draft", "JudgeFn", "JudgeReply", "ResponseFormatVerifier", "Verdict", "Verifier", "build_verifier", "run_verifiers"]

@@ -8,7 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger("draftgate.verifiers")
-JudgeFn = Callable[[str, list[dict[str, Any]]], Awaitable[str]]  # (hosted alias, messages) -> reply text
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    """A judge's reply and what its hosted call cost (None: the model has no known price)."""
+
+    text: str
+    cost_usd: float | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+# (hosted alias, messages) -> the reply, priced (a bare text: a judge that costs nothing, as in tests)
+JudgeFn = Callable[[str, list[dict[str, Any]]], Awaitable[str | JudgeReply]]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import referencing.exceptions
 import regex
 
 from policies import schema_problem
-from router.verifiers.base import Draft, JudgeFn, Verdict
+from router.verifiers.base import Draft, JudgeFn, JudgeReply, Verdict
 
 FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
 MAX_SCHEMA_ERRORS = 5
@@ -202,9 +202,14 @@ class JudgeVerifier:
             reply = await self._judge(self._model, [{"role": "user", "content": prompt}])
         except Exception as exc:  # noqa: BLE001 - an unreachable judge cannot vouch for the draft
             return Verdict(self.name, False, f"judge {self._model} unavailable: {exc}")
-        match = SCORE.search(reply)
+        text = reply.text if isinstance(reply, JudgeReply) else reply
+        # The call's bill, which the cascade adds to the request's (the provider charges the judge's tokens).
+        billed: dict[str, Any] = ({"cost_usd": reply.cost_usd, "prompt_tokens": reply.prompt_tokens,
+                                   "completion_tokens": reply.completion_tokens}
+                                  if isinstance(reply, JudgeReply) else {})
+        match = SCORE.search(text)
         if match is None:
-            return Verdict(self.name, False, f"judge reply has no SCORE line: {reply[:120]!r}")
+            return Verdict(self.name, False, f"judge reply has no SCORE line: {text[:120]!r}", billed)
         score = min(10.0, float(match.group(1))) / 10
         return Verdict(self.name, score >= self._threshold,
-                       f"judge scored {score:.2f} (threshold {self._threshold:g})", {"score": score})
+                       f"judge scored {score:.2f} (threshold {self._threshold:g})", {"score": score, **billed})

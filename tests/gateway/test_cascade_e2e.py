@@ -109,3 +109,38 @@ def test_cascade_with_the_hosted_side_down_errors_cleanly(gw, simulator) -> None
         assert row.device_seconds > 0 and row.wasted_draft_usd > 0 and "total" in (row.escalation_reason or "")
         assert float(headers["x-draftgate-cost-usd"]) == pytest.approx(row.wasted_draft_usd, abs=1e-8)
         assert row.detail["verdicts"] and row.detail["draft_tokens"]["prompt"] > 0
+
+
+def test_an_llm_judge_call_is_billed_on_the_request_it_judged(gateway_factory, simulator) -> None:
+    """The judge verifier's hosted call is work the provider bills: its tokens and dollars are on the row (hosted
+    dollars on a draft served locally; added to the escalation's on one escalated), never a silent $0."""
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: judged\n      action:\n        cascade:\n"
+             "          escalate_to: gpt-4o-mini\n          verifiers: [{judge: {model: backup, threshold: 0.5}}]\n")
+    gw = gateway_factory(hosted_config(simulator.base_url, rules, local=True))
+    services = gw.services
+    simulator.state.replies.append("SCORE: 9")  # the judge (backup, openai/gpt-4o) approves the draft
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
+    assert raw.headers["x-draftgate-route"] == "local" and len(simulator.state.received) == 1
+    judge_usage = simulator.state.usage(simulator.state.received[0].body, "SCORE: 9")
+    judge_usd = services.pricing.hosted_cost(services.hosted.get("backup"), judge_usage["prompt_tokens"],
+                                             judge_usage["completion_tokens"])
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.route == "local" and judge_usd
+    assert row.hosted_cost_usd == pytest.approx(judge_usd)
+    assert row.detail["verdicts"][0]["details"]["cost_usd"] == pytest.approx(judge_usd)
+    assert float(raw.headers["x-draftgate-cost-usd"]) == pytest.approx(judge_usd + (row.local_cost_usd or 0), abs=1e-8)
+
+    simulator.state.replies.extend(["SCORE: 1", "hosted answer"])  # rejected: escalated to gpt-4o-mini
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
+    assert raw.headers["x-draftgate-route"] == "escalated"
+    judge, escalation = simulator.state.received[1:]
+    judge_usage = simulator.state.usage(judge.body, "SCORE: 1")
+    escalation_usage = simulator.state.usage(escalation.body, "hosted answer")
+    expected = (services.pricing.hosted_cost(services.hosted.get("backup"), judge_usage["prompt_tokens"],
+                                             judge_usage["completion_tokens"])
+                + services.pricing.hosted_cost(services.hosted.get("gpt-4o-mini"), escalation_usage["prompt_tokens"],
+                                               escalation_usage["completion_tokens"]))
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.hosted_cost_usd == pytest.approx(expected)

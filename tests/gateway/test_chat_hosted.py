@@ -131,6 +131,14 @@ def test_models_health_ready_metrics(gateway_factory, simulator) -> None:
     assert 'draftgate_cost_usd_total{kind="hosted",model="gpt-4o-mini",route="hosted"}' in text
     assert "sk-upstream-secret-abc" not in text
 
+    # Model names no alias has are one bounded label, not a series per name a client makes up.
+    for made_up in ("gpt-5-turbo", "gpt-5-turbo-x", "x" * 200):
+        with pytest.raises(openai.NotFoundError):
+            client(gw).chat.completions.create(model=made_up, messages=[{"role": "user", "content": "m"}])
+    text = httpx.get(gw.url + "/metrics").text
+    assert "gpt-5-turbo" not in text and "x" * 200 not in text
+    assert 'draftgate_requests_total{model="other",route="none",status="error"} 3.0' in text
+
 
 def test_restart_keeps_the_ledger(gateway_factory, simulator, tmp_path) -> None:
     data = tmp_path / "persist"

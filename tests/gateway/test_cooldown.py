@@ -78,3 +78,22 @@ def test_a_chain_with_every_alias_cooling_is_a_503_with_retry_after_before_anyth
                           timeout=30).status_code == 400
     assert ask(gw2).parse().choices[0].message.content == "echo: hi"
     assert simulator.state.received[-1].body["model"] == "gpt-4o-mini"
+
+
+def test_an_alias_rate_limited_with_retry_after_is_rested_that_long(gateway_factory, simulator) -> None:
+    """A 429 whose Retry-After the gateway will not wait out (60 s): the next requests go to the fallback at once,
+    without calling the rate-limited alias again before its Retry-After has passed (as LiteLLM cools a deployment
+    on a 429). It used to be called again by every request, getting 429s, until `allowed_fails` put it in its
+    short cooldown."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=429, retry_after_s=60, message="quota: come back in a minute"))
+    assert ask(gw).parse().choices[0].message.content == "echo: hi"  # gpt-4o-mini 429, then backup
+    raw = ask(gw)
+    assert raw.parse().choices[0].message.content == "echo: hi"
+    assert [r.body["model"] for r in simulator.state.received] == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.detail["attempts"][0]["skipped"] is True
+    response = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {MASTER_KEY}"},
+                          json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 200  # through backup, still without calling gpt-4o-mini
+    assert len(simulator.state.received) == 4 and simulator.state.received[-1].body["model"] == "gpt-4o"

@@ -126,6 +126,41 @@ def test_sigterm_finishes_in_flight_requests_then_flushes(tmp_path: Path) -> Non
     assert not gw.journal_segments()  # flushed and removed: nothing left for a replay
 
 
+def test_sigterm_with_requests_that_outlast_the_shutdown_timeout_cancels_and_records_them(tmp_path: Path) -> None:
+    """An upstream that takes longer than `DRAFTGATE_SHUTDOWN_TIMEOUT_S` (an orchestrator's grace period is
+    finite: Kubernetes sends SIGKILL after 30 s, which would lose every in-flight row): at the timeout the
+    requests still in flight are cancelled, each recorded `cancelled` with its prompt billed, the ledger is
+    flushed, and the process exits (it used to wait for them however long they took)."""
+    with simulator_process(delay_s=40) as sim:  # no answer comes before the test is over
+        config = tmp_path / "draftgate.yaml"
+        config.write_text(process_config(sim, timeout_s=60))
+        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log",
+                            env={"DRAFTGATE_SHUTDOWN_TIMEOUT_S": "2"})
+        try:
+            gw.start()
+
+            async def scenario() -> tuple:  # type: ignore[type-arg]
+                load = asyncio.create_task(run_load(gw.url + "/v1", MASTER_KEY, concurrency=4, duration_s=30,
+                                                    kinds={"hosted_stream": 2}, max_requests=4))
+                await asyncio.sleep(0.8)  # all 4 are waiting on the upstream now
+                sent_term = time.monotonic()
+                rc = await asyncio.to_thread(gw.terminate, 20)
+                return await load, time.monotonic() - sent_term, rc
+            result, stop_s, rc = asyncio.run(scenario())
+        finally:
+            gw.stop()
+    assert rc in (0, -15), gw.log.read_text()
+    assert stop_s < 10, stop_s
+    assert len(result.replies) == 4 and not result.completed
+    rows = _rows(gw)
+    assert len(rows) == 4 and sum(r.stream for r in rows.values()) == 2, gw.log.read_text()
+    for row in rows.values():
+        assert (row.status, row.status_code, row.route) == ("cancelled", 499, "hosted"), row
+        assert row.prompt_tokens > 0 and row.hosted_cost_usd and row.hosted_cost_usd > 0
+        assert "shutting down" in (row.error or ""), row.error
+    assert not gw.journal_segments()
+
+
 def _journalled_or_stored(gw, request_id: str) -> bool:  # type: ignore[no-untyped-def]
     """Whether the row for `request_id` would survive a kill -9 right now."""
     segments = gw.settings.data_dir.glob("ledger-*.journal.*")

@@ -77,3 +77,61 @@ def test_a_cascade_left_during_its_escalation_still_records_the_draft(gateway_fa
     (row,) = _rows(gw, 1)
     assert (row.status, row.status_code, row.route) == ("cancelled", 499, "escalated"), (row.status, row.error)
     assert row.device_seconds > 0 and row.wasted_draft_usd > 0 and row.detail["verdicts"][0]["passed"] is False
+    # and the escalation's prompt, which the upstream had in hand, is billed too (estimated)
+    assert row.prompt_tokens > 0 and row.hosted_cost_usd and row.hosted_cost_usd > 0
+    assert row.detail["usage_estimated"] is True and row.detail["attempts"][-1]["cancelled"] is True
+
+
+def test_a_hosted_request_left_while_the_upstream_answers_is_charged_its_prompt(gateway_factory, simulator) -> None:
+    """The upstream has the request (and bills its prompt) when the client leaves: the row is cancelled/499
+    with the prompt's tokens and dollars, estimated as for a stream without usage — never a silent $0. The
+    same for a stream still waiting for the upstream's first byte, and for a client gone during a backoff
+    (nothing in flight, nothing billed)."""
+    from gateway.simulator import Fault
+    from router.usage import TokenEstimator
+    from tests.conftest import hosted_config
+
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Summarise the history of the printing press in detail."}]
+    expected = TokenEstimator().prompt_tokens("openai/gpt-4o-mini", messages)
+    simulator.state.faults.append(Fault(delay_s=3))  # the upstream takes its time: the client gives up first
+    _leave_after(gw, {"model": "gpt-4o-mini", "messages": messages}, 0.8)
+    simulator.state.faults.append(Fault(delay_s=3))
+    _leave_after(gw, {"model": "gpt-4o-mini", "messages": messages, "stream": True}, 0.8)
+    rows = _rows(gw, 2)
+    for row in rows:
+        assert (row.status, row.status_code, row.route) == ("cancelled", 499, "hosted"), (row.status, row.error)
+        assert (row.prompt_tokens, row.completion_tokens) == (expected, 0), row.stream
+        assert row.hosted_cost_usd == gw.services.pricing.hosted_cost(gw.services.hosted.get("gpt-4o-mini"),
+                                                                      expected, 0) > 0
+        assert row.detail["usage_estimated"] is True and row.provider_model == "openai/gpt-4o-mini"
+        assert row.detail["attempts"][-1]["status_code"] is None and row.detail["attempts"][-1]["cancelled"]
+    assert sorted(r.stream for r in rows) == [False, True]
+
+    # A 500 first, then the client leaves during the backoff before the retry: nothing was in flight.
+    simulator.state.faults.append(Fault(status=500, retry_after_s=3))
+    _leave_after(gw, {"model": "gpt-4o-mini", "messages": messages}, 0.8)
+    (backoff,) = [r for r in _rows(gw, 3) if r.request_id not in {r.request_id for r in rows}]
+    assert (backoff.status, backoff.prompt_tokens, backoff.hosted_cost_usd or 0.0) == ("cancelled", 0, 0.0)
+    assert [a["status_code"] for a in backoff.detail["attempts"]] == [500]
+
+
+def test_a_served_unverified_draft_keeps_the_bill_of_its_failed_escalation(gateway_factory, simulator,
+                                                                           random_checkpoint) -> None:
+    """The escalation target answers 200s whose bodies are broken (billed by the provider), then gives up: the
+    draft is served unverified (`on_hosted_unavailable: serve_draft`) and the row still carries those calls'
+    prompts and dollars, as a plain hosted request's does."""
+    from gateway.simulator import Fault
+
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: never-good-enough\n"
+             "      action:\n        cascade:\n          escalate_to: backup\n          on_hosted_unavailable: serve_draft\n"
+             "          verifiers: [{regex: {pattern: '^IMPOSSIBLE$', mode: fullmatch}}]\n")
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint, rules))
+    simulator.state.faults.append(Fault(broken_body=True))  # backup: no retries, no fallbacks
+    raw = httpx.post(gw.url + "/v1/chat/completions", timeout=30, headers={"authorization": f"Bearer {MASTER_KEY}"},
+                     json={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+    assert raw.status_code == 200 and raw.headers["x-draftgate-unverified-draft"] == "true"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.local_cost_usd and row.local_cost_usd > 0
+    assert row.hosted_cost_usd and row.hosted_cost_usd > 0 and row.detail["usage_estimated"] is True

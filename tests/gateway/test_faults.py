@@ -50,6 +50,27 @@ def test_an_upstream_still_rate_limiting_after_retries_is_a_429_with_retry_after
     assert row is not None and (row.status, row.status_code, row.attempts) == ("error", 429, 4)
 
 
+def test_a_retry_after_longer_than_the_gateway_waits_goes_to_the_fallback_at_once(gateway_factory, simulator) -> None:
+    """A 429 asking for 120 s: the gateway will not hold a request that long (it waits at most 30 s), and a retry
+    sooner is one the upstream asked not to get. So the alias is not retried: its fallback answers at once, or,
+    without one, the 429 and its Retry-After go straight to the client (it used to wait 30 s per retry first)."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=429, retry_after_s=120, message="quota: come back later"))
+    started = time.monotonic()
+    raw = ask(gw, "at once")
+    assert raw.parse().choices[0].message.content == "echo: at once" and time.monotonic() - started < 5
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.provider_model == "openai/gpt-4o"  # the fallback, `backup`
+    assert [(a["alias"], a["status_code"]) for a in row.detail["attempts"]] == [("gpt-4o-mini", 429),
+                                                                                ("backup", 200)]
+    simulator.state.faults.append(Fault(status=429, retry_after_s=120, message="quota: come back later"))
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as info:  # gpt-4o-mini rests its 120 s; backup is limited too
+        ask(gw, "both limited")
+    assert time.monotonic() - started < 5 and info.value.response.headers["retry-after"] == "120"
+    assert len(simulator.state.received) == 3  # backup's one call, no retries
+
+
 def test_400_is_not_retried_and_returns_upstream_message(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(status=400, message="context too long for this model"))
@@ -102,6 +123,21 @@ def test_timeout_and_connection_reset_are_retried(gateway_factory, simulator) ->
     assert raw.parse().choices[0].message.content == "echo: after faults"
 
 
+def test_an_upstream_that_trickles_its_answer_times_out_at_timeout_s(gateway_factory, simulator) -> None:
+    """`timeout_s` bounds a whole non-streaming attempt, as LiteLLM's `timeout` does: an upstream that is never
+    silent for long but takes 10 x 0.5 s to send its answer is cut off at 2 s and retried (it was waited for
+    however long it took: a read timeout only notices silence)."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(trickle_s=0.5))  # timeout_s is 2
+    started = time.monotonic()
+    raw = ask(gw, "slowly")
+    assert raw.parse().choices[0].message.content == "echo: slowly"
+    assert time.monotonic() - started < 4.5
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and [a["status_code"] for a in row.detail["attempts"]] == [None, 200]
+    assert "timed out after 2s" in row.detail["attempts"][0]["error"]
+
+
 def test_stream_broken_halfway_ends_with_an_error_not_a_mixed_answer(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(break_stream_after=2))
@@ -116,6 +152,28 @@ def test_stream_broken_halfway_ends_with_an_error_not_a_mixed_answer(gateway_fac
     assert len(simulator.state.received) == 1  # a started stream is never silently retried (no duplicates)
     row = flushed_db(gw).get_record(request_id)
     assert row is not None and row.status == "error" and row.stream
+
+
+def test_a_stream_that_ends_before_its_answer_finished_ends_with_an_error(gateway_factory, simulator) -> None:
+    """An upstream (or a proxy timing it out) that ends the body cleanly midway, without `[DONE]` and before any
+    `finish_reason`: the answer is cut short, so the client gets an error event, not the gateway's own `[DONE]`
+    that would pass the truncated answer off as whole; the row is an error, priced from what was sent."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(end_stream_after=2))
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as info, client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c d e f"}], stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for chunk in response.parse():
+            received.append(chunk.choices[0].delta.content or "")
+    assert "before its answer finished" in info.value.message
+    assert "echo: a b c d e f".startswith("".join(received)) and "".join(received) != "echo: a b c d e f"
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and (row.status, row.status_code) == ("error", 502)
+    assert row.prompt_tokens > 0 and row.hosted_cost_usd and row.detail["usage_estimated"] is True
+    whole = client(gw).chat.completions.create(model="gpt-4o-mini", stream=True,
+                                               messages=[{"role": "user", "content": "a b"}])
+    assert "".join(c.choices[0].delta.content or "" for c in whole if c.choices) == "echo: a b"  # as before
 
 
 def test_stream_open_failure_is_retried_before_the_first_byte(gateway_factory, simulator) -> None:

@@ -136,3 +136,68 @@ def test_a_local_stream_left_midway_is_charged_what_it_computed(gateway_factory,
     assert row.prompt_tokens > 0 and 0 < row.completion_tokens < 200
     assert row.device_seconds > 0 and row.local_cost_usd and row.local_cost_usd > 0
     assert row.detail["unfinished_choices"] == 1
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": -1000000, "completion_tokens": -5, "total_tokens": -1000005},  # a negative bill
+    {"prompt_tokens": None, "completion_tokens": None},  # was a silent $0
+    {},  # was a silent $0
+    {"prompt_tokens": "12", "completion_tokens": 3},  # was a 500 after the upstream had answered
+    {"prompt_tokens": 2**40, "completion_tokens": 3},  # over PostgreSQL's integer column: a row set aside
+    {"prompt_tokens": 1e300, "completion_tokens": 3},  # was a 500 and a lost row (the journal cannot hold it)
+], ids=["negative", "nulls", "empty", "string", "huge-int", "huge-float"])
+def test_an_upstream_usage_that_cannot_be_believed_is_counted_here(gateway_factory, simulator, usage) -> None:
+    """An upstream's `usage` that is not a pair of plausible non-negative integers is treated as absent: the
+    answer is served, priced from counted tokens (`usage_estimated`, `upstream_usage_invalid`), and the
+    metrics agree with the ledger — streaming or not."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(usage=usage))
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG)
+    assert (raw.parse().choices[0].message.content or "").startswith("echo:")
+    simulator.state.faults.append(Fault(usage=usage))
+    streamed = client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=LONG, stream=True, stream_options={"include_usage": True})
+    chunks = list(streamed.parse())
+    usage_chunks = [c.usage for c in chunks if c.usage is not None]
+    for row in (_row(gw, raw.headers), _row(gw, streamed.headers)):
+        assert (row.status, row.status_code) == ("ok", 200)
+        assert row.prompt_tokens >= 10 and row.completion_tokens > 0
+        assert row.hosted_cost_usd and row.hosted_cost_usd > 0
+        assert row.detail["usage_estimated"] is True and row.detail["upstream_usage_invalid"] is True
+    # the client asked for usage: it gets one usage chunk, the ledger's figures, not the upstream's
+    assert [(u.prompt_tokens, u.completion_tokens) for u in usage_chunks] == [(row.prompt_tokens,
+                                                                              row.completion_tokens)]
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'draftgate_requests_total{model="gpt-4o-mini",route="hosted",status="ok"} 2.0' in metrics
+
+
+def test_a_200_whose_body_is_broken_is_billed_though_it_is_retried(gateway_factory, simulator) -> None:
+    """A 200 whose body cannot be read (cut short by a proxy): the provider did the work and bills it, so each
+    such attempt's prompt is on the row (counted here, `usage_estimated`, the attempt marked `billed`) on top
+    of the answer that followed, and on the 502 when none followed — never $0 for calls the provider charged."""
+    from router.usage import TokenEstimator
+
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    services = gw.services
+    mini, backup = services.hosted.get("gpt-4o-mini"), services.hosted.get("backup")
+    counted = TokenEstimator().prompt_tokens("openai/gpt-4o-mini", LONG)
+    simulator.state.faults.append(Fault(broken_body=True))
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=LONG)
+    answer = raw.parse()
+    assert answer.usage is not None
+    row = _row(gw, raw.headers)
+    assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True), (200, None)]
+    assert row.prompt_tokens == answer.usage.prompt_tokens + counted
+    assert row.hosted_cost_usd == pytest.approx(
+        services.pricing.hosted_cost(mini, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        + services.pricing.hosted_cost(mini, counted, 0))
+    assert row.detail["usage_estimated"] is True
+
+    simulator.state.faults.extend([Fault(broken_body=True)] * 4)  # gpt-4o-mini's 3 tries, then backup's 1
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model="gpt-4o-mini", messages=LONG)
+    assert info.value.status_code == 502
+    row = _row(gw, info.value.response.headers)
+    assert (row.status, row.status_code, row.prompt_tokens) == ("error", 502, 4 * counted)
+    assert row.hosted_cost_usd == pytest.approx(3 * services.pricing.hosted_cost(mini, counted, 0)
+                                                + services.pricing.hosted_cost(backup, counted, 0))
