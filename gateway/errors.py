@@ -126,8 +126,11 @@ def reply_for(exc: BaseException) -> ErrorReply:
         return ErrorReply(503, f"upstream {exc.alias}: {exc.message}", "api_error", "upstream_cooling_down",
                           headers=(("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),))
     if isinstance(exc, UpstreamError):
+        # The gateway already retried and fell back: a client SDK retrying the whole chain again (the OpenAI
+        # SDK retries a 5xx twice) would multiply the upstream calls, so it is told not to when there were retries.
+        retried = (("x-should-retry", "false"),) if exc.attempts > 1 else ()
         return ErrorReply(502, f"upstream {exc.alias} failed after {exc.attempts} attempt(s): {exc.message}",
-                          "api_error", "upstream_error")
+                          "api_error", "upstream_error", headers=retried)
     if isinstance(exc, LocalOutputInvalidError):
         # Retrying the same request (the OpenAI SDK retries any 5xx twice) spends the draft again, and at
         # temperature 0 gets the same answer: the client is told not to (the SDK honours x-should-retry).

@@ -116,6 +116,18 @@ def test_all_upstreams_failing_is_a_502_with_the_upstream_message(gateway_factor
     assert row is not None and row.status == "error" and row.status_code == 502
 
 
+def test_an_sdk_at_its_default_retries_does_not_repeat_the_gateways_retries(gateway_factory, simulator) -> None:
+    """The gateway tried gpt-4o-mini three times and its fallback once: the OpenAI SDK (2 retries of any 5xx
+    by default) must not send the whole chain again, which made one call 12 upstream calls."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(status=500, message="down")] * 40)
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key=client(gw).api_key, timeout=20)  # default max_retries
+    with pytest.raises(openai.InternalServerError) as info:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "once"}])
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(simulator.state.received) == 4
+
+
 def test_timeout_and_connection_reset_are_retried(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.extend([Fault(delay_s=2.5), Fault(reset=True)])  # timeout_s is 2
