@@ -14,6 +14,7 @@ from local_engine.interface import (
     EngineConfig,
     GenerationRequest,
     LocalBackend,
+    MeteredStream,
     StreamDelta,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "GenerationFailedError",
     "GenerationRequest",
     "LocalBackend",
+    "MeteredStream",
     "QueueFullError",
     "RequestRejectedError",
     "StreamDelta",

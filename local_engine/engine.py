@@ -94,13 +94,22 @@ def _abandon(task: asyncio.Task[Row]) -> None:
         task.result().cancelled = True
 
 
+def _submitted_row(task: asyncio.Task[Row]) -> Row | None:
+    """The row a submission queued; None while it is still being prepared, or when it never was."""
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    return None
+
+
 class _RowEvents:
     """A row's events; closing them cancels the row even when no event was ever asked for (the row is
     queued at `stream()`, and an async generator that never started skips its `finally` when closed)."""
 
-    def __init__(self, events: AsyncIterator[StreamDelta | Completion], cancel: Callable[[], None]) -> None:
+    def __init__(self, events: AsyncIterator[StreamDelta | Completion], cancel: Callable[[], None],
+                 spent: Callable[[], StreamDelta | None]) -> None:
         self._events = events
         self._cancel = cancel
+        self.spent = spent  # what the row has used so far (`MeteredStream`): billed when its client leaves
 
     def __aiter__(self) -> _RowEvents:
         return self
@@ -271,12 +280,23 @@ class DiffusionEngine:
 
         if self._inline(request.messages):
             row = self._submit(request, emit)
-            return _RowEvents(self._events(row, events), lambda: setattr(row, "cancelled", True))
+            return _RowEvents(self._events(row, events), lambda: setattr(row, "cancelled", True),
+                              lambda: self._spent(row))
         self._reserve()
         self._preparing += 1
         submitted = loop.create_task(self._submit_off_loop(request, emit))
         submitted.add_done_callback(_retrieved)
-        return _RowEvents(self._events(submitted, events), lambda: _abandon(submitted))
+        return _RowEvents(self._events(submitted, events), lambda: _abandon(submitted),
+                          lambda: self._spent(_submitted_row(submitted)))
+
+    def _spent(self, row: Row | None) -> StreamDelta | None:
+        """A row's running figures (read from the loop while the engine thread may still add its current
+        pass: a client that leaves mid-pass is billed up to the last whole pass)."""
+        if row is None:
+            return None
+        seconds = row.device_seconds[0]
+        return StreamDelta("", prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.tokens),
+                           device_seconds=seconds, cost_usd=self.meter.cost_usd(seconds))
 
     async def _events(self, submitted: Row | asyncio.Task[Row],
                       events: asyncio.Queue[StreamDelta | Completion | BaseException],

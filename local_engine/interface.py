@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,14 @@ class StreamDelta:
     completion_tokens: int = 0
     device_seconds: float = 0.0
     cost_usd: float = 0.0
+
+
+@runtime_checkable
+class MeteredStream(Protocol):
+    """A backend's stream that can say what its request has used so far, canvas finished or not: a client
+    that leaves before the first canvas still cost the passes its row was part of."""
+
+    def spent(self) -> StreamDelta | None: ...
 
 
 class LocalBackend(Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ledger import PriceBook
-from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
+from local_engine import Completion, GenerationRequest, LocalBackend, MeteredStream, StreamDelta
 from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError, UpstreamError
 from router.hosted import (
     Attempt,
@@ -194,6 +194,8 @@ class Executor:
                 progress[index] = event
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+            if index not in done:
+                _note_spent(stream, index, progress)
         raise LocalUnavailableError("the local model ended the request without a result")
 
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
@@ -370,8 +372,10 @@ class Executor:
             if job.wants_usage:
                 yield chunks.usage([finished[i] for i in sorted(finished)])
         finally:
-            for stream in streams:  # a client gone before the first event: the rows are still cancelled
+            for index, stream in enumerate(streams):  # a client gone before the first event: rows still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
+                if index not in finished:
+                    _note_spent(stream, index, progress)
             _add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
 
 
@@ -382,6 +386,16 @@ def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:
             index = choice.get("index")
             index = index if isinstance(index, int) else 0
             choices[index] = choices.get(index, False) or bool(choice.get("finish_reason"))
+
+
+def _note_spent(stream: AsyncIterator[StreamDelta | Completion], index: int,
+                progress: dict[int, StreamDelta]) -> None:
+    """An unfinished choice's figures from its backend when they are newer than its last canvas's: the
+    passes of a canvas never finished (a client gone after 0.1 s of a 0.3 s canvas) were spent too."""
+    spent = stream.spent() if isinstance(stream, MeteredStream) else None
+    last = progress.get(index)
+    if spent is not None and spent.device_seconds > (last.device_seconds if last else 0.0):
+        progress[index] = spent
 
 
 def _add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:
