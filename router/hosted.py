@@ -256,7 +256,7 @@ class HostedClient:
                         result = await transport.complete(model, body)
                 except AttemptFailed as exc:
                     attempts.append(Attempt(model.alias, model.model, exc.status_code, exc.message,
-                                            (time.perf_counter() - started) * 1000, billed=exc.answered))
+                                            (time.perf_counter() - started) * 1000, billed=exc.billed))
                     raise
                 except asyncio.CancelledError:
                     attempts.append(Attempt(model.alias, model.model, None, "cancelled: the client left before "

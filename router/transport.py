@@ -23,9 +23,10 @@ class AttemptFailed(Exception):
 
     def __init__(self, message: str, *, status_code: int | None = None, retryable: bool,
                  retry_after_s: float | None = None, error_type: str | None = None, code: str | None = None,
-                 param: str | None = None, answered: bool = False) -> None:
+                 param: str | None = None, answered: bool = False, billed: bool = False) -> None:
         super().__init__(message)
         self.answered = answered  # the upstream answered 200 (did the work, and bills it), but unusably
+        self.billed = billed or answered  # the provider charges it: answered, or given up on while it had it
         self.message = message
         self.status_code = status_code
         self.retryable = retryable
@@ -116,8 +117,11 @@ def _failure_from_response(status: int, content: bytes, headers: Mapping[str, st
 
 def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFailed:
     if isinstance(exc, asyncio.TimeoutError):  # aiohttp's connect and read timeouts are TimeoutErrors
+        # Past the connect, the upstream had the request and works on it whether or not this side waits: it
+        # bills the attempt, as it bills one whose client left (the provider's usage is never seen here).
         return AttemptFailed(f"upstream {model.alias} timed out after {model.timeout_s:g}s", retryable=True,
-                             status_code=None, error_type="timeout")
+                             status_code=None, error_type="timeout",
+                             billed=not isinstance(exc, aiohttp.ConnectionTimeoutError))
     return AttemptFailed(f"could not reach upstream {model.alias}: {type(exc).__name__}", retryable=True,
                          error_type="connection_error")
 

@@ -133,6 +133,12 @@ def test_timeout_and_connection_reset_are_retried(gateway_factory, simulator) ->
     simulator.state.faults.extend([Fault(delay_s=2.5), Fault(reset=True)])  # timeout_s is 2
     raw = ask(gw, "after faults")
     assert raw.parse().choices[0].message.content == "echo: after faults"
+    # The upstream had the timed-out attempt's prompt and worked on it: billed (estimated), never $0; the
+    # reset one was not billed here (no answer came, and nothing says the provider finished it).
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and [a.get("billed", False) for a in row.detail["attempts"]] == [True, False, False]
+    answered = raw.parse().usage
+    assert answered is not None and row.prompt_tokens > answered.prompt_tokens and row.detail["usage_estimated"]
 
 
 def test_an_upstream_that_trickles_its_answer_times_out_at_timeout_s(gateway_factory, simulator) -> None:
