@@ -26,6 +26,7 @@ class EngineConfig:
     prefix_cache_min_tokens: int = 64  # shorter prefixes are encoded with their request, not cached
     first_canvas_length: int | None = None  # cap on a request's first canvas (None: only max_tokens caps it)
     max_model_len: int | None = None  # context window, prompt plus answer (None: the checkpoint's own; vllm: unknown)
+    timeout_s: float = 120.0  # vllm: how long a server may stay silent (no headers, no chunk) before it counts as down
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ class VllmBackend:
 
     async def start(self) -> None:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=5.0))
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(self._config.timeout_s,
+                                                                  connect=min(5.0, self._config.timeout_s)))
 
     async def stop(self) -> None:
         if self._http is not None:

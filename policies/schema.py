@@ -71,6 +71,7 @@ class LocalConfig(BaseModel):
     prefix_cache_min_tokens: int = Field(default=64, ge=1, le=1_000_000)
     first_canvas_length: int | None = Field(default=None, ge=1, le=65_536)
     max_model_len: int | None = Field(default=None, ge=2, le=10_000_000)  # context window (prompt + answer)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)  # backend vllm: silence from a server before failover
 
     @field_validator("api_base")
     @classmethod

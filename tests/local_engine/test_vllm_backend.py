@@ -76,6 +76,20 @@ async def test_a_pool_fails_over_before_anything_is_streamed() -> None:
         await backend.stop()
 
 
+async def test_a_server_silent_past_timeout_s_is_failed_over() -> None:
+    """A server that takes the request and then says nothing (a hung engine behind a live socket) held each
+    request for a fixed 120 s; `local.timeout_s` bounds that silence, then the next server answers."""
+    async with SimulatorServer() as hung, SimulatorServer() as healthy:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(hung.base_url, healthy.base_url), timeout_s=1))
+        await backend.start()
+        hung.state.faults.extend([Fault(delay_s=30)] * 2)
+        started = time.monotonic()
+        done = await backend.generate(GenerationRequest(request_id="a", messages=HI))
+        assert done.text == "echo: hi" and time.monotonic() - started < 10
+        assert len(hung.state.received) == 1 and len(healthy.state.received) == 1
+        await backend.stop()
+
+
 async def test_busy_servers_are_a_full_queue_and_refusals_are_not_retried() -> None:
     async with SimulatorServer() as a, SimulatorServer() as b:
         backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(a.base_url, b.base_url)))
