@@ -244,7 +244,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
         console.print(f"dashboard: {running.url}/dashboard  (sign in with the master key {running.master})",
                       soft_wrap=True)
         console.print(f"ledger and config: {plain(folder)}")
-        if keep_serving if keep_serving is not None else sys.stdin.isatty():
+        if keep_serving if keep_serving is not None else _interactive():
             console.print("serving until Ctrl-C…")
             try:
                 while True:
@@ -253,6 +253,12 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
                 pass
     finally:
         running.stop()
+
+
+def _interactive() -> bool:
+    """Whether a person is at the terminal: stdin is one (a closed stdin, as under some CI runners and
+    service managers, is None in Python: no one is there to press Ctrl-C)."""
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 @route_app.command("explain")

@@ -27,3 +27,15 @@ def test_demo_sends_a_mixed_workload_and_prints_the_report(tmp_path: Path) -> No
     assert total["requests"] == 16 and total["errors"] == 0
     assert total["local_requests"] > 0 and total["hosted_requests"] + total["escalated_requests"] > 0
     assert total["savings_usd"] > 0 and f"${total['savings_usd']:.6f}" in out
+
+
+def test_demo_with_stdin_closed_ends_after_the_report(tmp_path: Path) -> None:
+    """A closed stdin (fd 0 not open: Python's sys.stdin is None), as some CI runners and service managers
+    start commands: no one can press Ctrl-C, so the tour ends after its report, without a traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "220"}
+    command = [sys.executable, "-m", "gateway.cli", "demo", "--requests", "2", "--data-dir", str(tmp_path)]
+    result = subprocess.run(["sh", "-c", 'exec "$@" 0<&-', "sh", *command], capture_output=True, text=True,
+                            timeout=240, env=env)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "savings vs all-hosted:" in result.stdout and "serving until Ctrl-C" not in result.stdout
