@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Column, Table
 
 from gateway.cli_common import (
@@ -213,7 +214,8 @@ def keys_list(team: Annotated[str | None, typer.Option(help="only this team", ca
                       plain(", ".join(k.models)) if k.models else "all", *_limits_text(k.limits),
                       f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
-    console.print(table)
+    wide = console if console.is_terminal else Console(width=220)  # pipes and CI logs get every column whole
+    wide.print(table)
 
 
 @keys_app.command("revoke")

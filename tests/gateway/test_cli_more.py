@@ -79,3 +79,21 @@ def test_keys_create_refuses_an_undeclared_team_and_a_taken_name(tmp_path: Path)
     assert draftgate(*args, "--name", "app", "--team", "research", cwd=tmp_path).returncode == 0
     taken = draftgate(*args, "--name", "app", cwd=tmp_path)
     assert taken.returncode == 2 and "already named 'app'" in taken.stderr and "Traceback" not in taken.stderr
+
+
+def test_keys_list_in_a_pipe_shows_every_column_whole(tmp_path: Path) -> None:
+    """A pipe or a CI log has no terminal width (rich assumes 80): names, teams and limits were cut to "ap…"."""
+    (tmp_path / "draftgate.yaml").write_text("teams:\n  - name: research-platform\nlocal:\n  enabled: false\n")
+    created = draftgate("keys", "create", "--config", "draftgate.yaml", "--name", "nightly-batch-runner",
+                        "--team", "research-platform", "--rpm", "600", "--max-budget-usd", "25",
+                        "--budget-period", "week", "--duration", "30d", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["DRAFTGATE_DATA_DIR"] = str(tmp_path / "data")
+    table = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "list", "--config", "draftgate.yaml"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if "nightly-batch-runner" in line]
+    assert len(rows) == 1, table.stdout  # one line per key, not wrapped
+    for shown in ("research-platform", "$25/week", "600", "all"):
+        assert shown in rows[0], table.stdout
