@@ -228,3 +228,19 @@ def test_small_amounts_are_shown_not_rounded_to_zero(tmp_path: Path) -> None:
     console.print(as_table(Reporter(db).report(ReportQuery(group_by="team"))))
     assert "0.0000076" in console.export_text()
     db.dispose()
+
+
+def test_a_ledger_migrated_by_a_newer_version_is_one_line(tmp_path: Path) -> None:
+    """Rolling back draftgate after a newer one migrated the database: alembic does not know the revision."""
+    import sqlite3
+
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    assert draftgate("migrate", "--config", "draftgate.yaml", cwd=tmp_path).returncode == 0
+    with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099'")
+    for command in (("migrate",), ("report",), ("keys", "list"), ("serve", "--port", "0"),
+                    ("router", "train", "--from-ledger", "--data", str(tmp_path))):
+        result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
+        assert "Traceback" not in result.stderr + result.stdout, (command, result.stderr[-2000:])
+        assert result.returncode == 1, (command, result.stderr)
+        assert "'0099'" in result.stderr and "migrated by a newer version" in result.stderr, result.stderr
