@@ -15,6 +15,7 @@ from local_engine.interface import EngineConfig
 
 BUNDLED = Path(__file__).resolve().parent / "assets" / "tiny-diffusiongemma"
 BUNDLED_NAME = "draftgate/tiny-diffusiongemma"
+PATH_PREFIXES = ("/", "./", "../", "~")  # a model written as a path, never a hub id (namespace/name)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -70,6 +71,9 @@ def _source(config: EngineConfig) -> str:
     if config.model is None and not (BUNDLED / "config.json").exists():
         raise EngineUnavailableError(f"the bundled checkpoint is missing at {BUNDLED}; "
                                      "run `python -m local_engine.training.train` to rebuild it")
+    if config.model and config.model.startswith(PATH_PREFIXES) and not Path(config.model).exists():
+        # not a hub id either: transformers would answer "Repo id must be in the form 'repo_name' or ..."
+        raise EngineUnavailableError(f"cannot load the local model {config.model!r}: no such directory")
     return config.model or str(BUNDLED)
 
 

@@ -102,6 +102,16 @@ async def test_a_max_model_len_above_the_checkpoints_window_is_refused(random_ch
     check_model(EngineConfig(model=str(random_checkpoint), max_model_len=1024))
 
 
+def test_a_model_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    """transformers reads a missing path as a malformed hub id: "Repo id must be in the form 'repo_name'..."."""
+    for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "~/no-such-model"):
+        config = EngineConfig(model=missing)
+        for check in (check_model, load_model):
+            with pytest.raises(EngineUnavailableError) as info:
+                check(config)
+            assert str(info.value) == f"cannot load the local model {missing!r}: no such directory"
+
+
 async def test_rows_join_mid_batch_and_short_rows_leave_first(engine_factory) -> None:  # type: ignore[no-untyped-def]
     engine = await engine_factory()
     long_stream = engine.stream(req("long", max_tokens=64, seed=11))
