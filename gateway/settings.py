@@ -17,7 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Typed process settings, read from `DRAFTGATE_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="DRAFTGATE_", env_nested_delimiter="__", extra="ignore")
+    # An empty variable is an unset one (compose's `${VAR:-}`), as DATABASE_URL and DRAFTGATE_MASTER_KEY always were:
+    # DRAFTGATE_CONFIG= was the current directory ("cannot read the file: Is a directory"), DRAFTGATE_HOST= no address.
+    model_config = SettingsConfigDict(env_prefix="DRAFTGATE_", env_nested_delimiter="__", extra="ignore",
+                                      env_ignore_empty=True)
 
     config: Path | None = Field(default=None, description="draftgate.yaml; None = embedded defaults")
     database_url: str | None = Field(

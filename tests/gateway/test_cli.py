@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BAD = """\
 models:
   - name: gpt-4o-mini
@@ -80,6 +82,23 @@ def test_a_bad_environment_setting_is_one_line_not_a_traceback(tmp_path: Path) -
         assert "DRAFTGATE_PORT: Input should be a valid integer" in result.stderr
         assert "DRAFTGATE_WORKERS: Input should be greater than or equal to 1" in result.stderr
         assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_empty_environment_setting_is_an_unset_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose files pass `DRAFTGATE_CONFIG: ${DRAFTGATE_CONFIG:-}`: empty meant the current directory as the
+    config file, an empty bind address, a port that is not a number."""
+    from gateway.settings import Settings
+
+    empty = {name: "" for name in ("DRAFTGATE_CONFIG", "DRAFTGATE_HOST", "DRAFTGATE_PORT", "DRAFTGATE_WORKERS",
+                                   "DRAFTGATE_LOG_LEVEL", "DRAFTGATE_DATABASE_URL", "DRAFTGATE_MASTER_KEY")}
+    result = draftgate("migrate", cwd=tmp_path, env=empty)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "ledger.db").exists()  # the default SQLite file under DRAFTGATE_DATA_DIR
+    for name, value in empty.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.config is None and settings.host == "127.0.0.1" and settings.port == 4000
+    assert settings.workers == 1 and settings.log_level == "info" and settings.master_key is None
 
 
 def test_a_ledger_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
