@@ -28,7 +28,8 @@ from gateway.cli_keys import keys_app
 from gateway.settings import Settings
 
 app = typer.Typer(help="draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(keys_app, name="keys")
 route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
 app.add_typer(route_app, name="route")
@@ -59,6 +60,18 @@ def version() -> None:
     from gateway.app import _version
 
     console.print(f"draftgate {_version()}")
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                                                     help="Print the installed version and exit.")] = False) -> None:
+    """draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger."""
 
 
 @app.command("check-config")

@@ -228,6 +228,18 @@ def test_version(tmp_path: Path) -> None:
     assert draftgate("version", cwd=tmp_path).stdout.startswith("draftgate ")
 
 
+def test_version_and_help_flags_as_vllm_and_litellm_take_them(tmp_path: Path) -> None:
+    """`draftgate --version` and `-h` were "No such option" (exit 2)."""
+    expected = draftgate("version", cwd=tmp_path).stdout
+    for flag in ("--version", "-V"):
+        result = draftgate(flag, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout == expected, result.stderr
+    for args in (("-h",), ("serve", "-h"), ("keys", "create", "-h")):
+        result = draftgate(*args, cwd=tmp_path)
+        assert result.returncode == 0 and "Usage: draftgate" in result.stdout, (args, result.stderr)
+    assert not (tmp_path / "data").exists()  # help starts nothing
+
+
 def test_small_amounts_are_shown_not_rounded_to_zero(tmp_path: Path) -> None:
     """A key's few millionths of a dollar read as `0.0000` in the table and `$0.0000` on the dashboard."""
     from rich.console import Console
