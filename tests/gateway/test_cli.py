@@ -101,6 +101,19 @@ def test_an_empty_environment_setting_is_an_unset_one(tmp_path: Path, monkeypatc
     assert settings.workers == 1 and settings.log_level == "info" and settings.master_key is None
 
 
+def test_a_misspelt_setting_is_warned_about_not_silently_ignored(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("master_key: os.environ/DRAFTGATE_ADMIN_SECRET\nlocal:\n  enabled: false\n")
+    env = {"DRAFTGATE_PORTS": "5000", "DRAFTGATE_LOGLEVEL": "debug", "DRAFTGATE_DATADIR": "/elsewhere",
+           "DRAFTGATE_ADMIN_SECRET": "sk-admin-123456"}  # the last one is read by the file: no warning
+    result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: DRAFTGATE_DATADIR is not a draftgate setting, ignored (did you mean DRAFTGATE_DATA_DIR?)",
+        "warning: DRAFTGATE_LOGLEVEL is not a draftgate setting, ignored (did you mean DRAFTGATE_LOG_LEVEL?)",
+        "warning: DRAFTGATE_PORTS is not a draftgate setting, ignored (did you mean DRAFTGATE_PORT?)",
+    ]
+
+
 def test_a_ledger_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "notadb").write_text("plain text")
     (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
