@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import policies
@@ -22,6 +21,7 @@ from gateway.cli_common import (
     ledger_or_exit,
     plain,
     settings_or_exit,
+    table_console,
     text_option,
 )
 from gateway.cli_keys import keys_app
@@ -192,7 +192,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
     if format is Format.table:
-        wide = console if console.is_terminal else Console(width=220)  # pipes and files get every column
+        wide = table_console()
         wide.print(report_render.as_table(result))
         if result.total.totals.unpriced:
             err.print(f"{result.total.totals.unpriced} request(s) have no known price: counted, not in the $ sums")
@@ -246,7 +246,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
         deadline = time.monotonic() + 30
         while db.count_records() < requests and time.monotonic() < deadline:
             time.sleep(0.1)  # the ledger writer flushes in the background
-        wide = console if console.is_terminal else Console(width=220)
+        wide = table_console()
         for group_by in ("route", "team"):
             wide.print(report_render.as_table(Reporter(db).report(ReportQuery(group_by=group_by))))
         total = Reporter(db).report(ReportQuery(group_by="route")).total.as_dict()
@@ -292,7 +292,7 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     for c in report["explanation"]:
         table.add_row(*(plain(c[k]) for k in ("rule", "condition", "expected", "actual")),
                       "pass" if c["passed"] else "fail")
-    console.print(table)
+    table_console().print(table)
     console.print(f"matched rule: {plain(report['rule'] or '(default)')}")
     typer.echo(f"decision: {report['decision']}")
     if report["p_hosted"] is not None:

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 console = Console()
 err = Console(stderr=True)
 
+def table_console() -> Console:
+    """Where tables go: the terminal at its width; a pipe, file or CI log (no width: rich assumes 80, and cuts
+    cells to "ap…") at 220 columns, so every cell is whole."""
+    return console if console.is_terminal else Console(width=220)
+
+
 def plain(value: object) -> str:
     """Text from users (key, team and rule names, paths, messages) for rich markup: `[/]` stays literal
     instead of a MarkupError traceback, `[red]` is not a colour."""

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
 from gateway.cli_common import (
@@ -20,6 +19,7 @@ from gateway.cli_common import (
     non_empty_option,
     plain,
     settings_or_exit,
+    table_console,
     text_option,
 )
 
@@ -214,8 +214,7 @@ def keys_list(team: Annotated[str | None, typer.Option(help="only this team", ca
                       plain(", ".join(k.models)) if k.models else "all", *_limits_text(k.limits),
                       f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
-    wide = console if console.is_terminal else Console(width=220)  # pipes and CI logs get every column whole
-    wide.print(table)
+    table_console().print(table)
 
 
 @keys_app.command("revoke")

@@ -97,3 +97,22 @@ def test_keys_list_in_a_pipe_shows_every_column_whole(tmp_path: Path) -> None:
     assert len(rows) == 1, table.stdout  # one line per key, not wrapped
     for shown in ("research-platform", "$25/week", "600", "all"):
         assert shown in rows[0], table.stdout
+
+
+def test_route_explain_in_a_pipe_shows_conditions_whole(tmp_path: Path) -> None:
+    """Its table was cut to 80 columns in a pipe: "has_response_…", "content.keywo…"."""
+    (tmp_path / "draftgate.yaml").write_text(
+        "models:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n  rules:\n    - name: structured-extraction\n"
+        "      when: {has_response_format: true, content: {keywords: [extract, field, invoice-number]}}\n"
+        "      action: {hosted: big}\n")
+    (tmp_path / "req.json").write_text(json.dumps({"model": "auto", "response_format": {"type": "json_object"},
+                                                   "messages": [{"role": "user", "content": "extract field"}]}))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["DRAFTGATE_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "route", "explain", "req.json", "--config",
+                             "draftgate.yaml"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ structured-extraction")]
+    assert len(rows) == 2, result.stdout  # one line per condition, none wrapped
+    assert "has_response_format" in rows[0] and "pass" in rows[0]
+    assert "content.keywords" in rows[1] and "['extract', 'field', 'invoice-number']" in rows[1]
