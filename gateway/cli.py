@@ -213,6 +213,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
     import asyncio
     import tempfile
     import time
+    from datetime import UTC, datetime
 
     from rich.panel import Panel
 
@@ -241,15 +242,17 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
     try:
-        asyncio.run(tour.send(running.url, tour.workload(requests), console))
+        # A --data-dir may hold earlier tours' rows: this tour's report waits for its own rows and covers only them.
         db = Database(f"sqlite:///{folder / 'ledger.db'}")
+        before, started = db.count_records(), datetime.now(UTC)
+        asyncio.run(tour.send(running.url, tour.workload(requests), console))
         deadline = time.monotonic() + 30
-        while db.count_records() < requests and time.monotonic() < deadline:
+        while db.count_records() < before + requests and time.monotonic() < deadline:
             time.sleep(0.1)  # the ledger writer flushes in the background
         wide = table_console()
         for group_by in ("route", "team"):
-            wide.print(report_render.as_table(Reporter(db).report(ReportQuery(group_by=group_by))))
-        total = Reporter(db).report(ReportQuery(group_by="route")).total.as_dict()
+            wide.print(report_render.as_table(Reporter(db).report(ReportQuery(group_by=group_by, since=started))))
+        total = Reporter(db).report(ReportQuery(group_by="route", since=started)).total.as_dict()
         db.dispose()
         console.print(f"[b]savings vs all-hosted:[/b] ${total['savings_usd']:.6f} of ${total['all_hosted_usd']:.6f} "
                       f"({total['local_share']:.0%} served locally, {total['escalation_rate']:.0%} escalated)",
