@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -131,13 +132,31 @@ def _check_address(host: str, port: int) -> None:
         raise typer.Exit(2) from None
 
 
-def _share_metrics_between_workers(settings: Settings) -> None:
-    """Prometheus multiprocess mode: workers write values to files that any worker's /metrics adds up."""
-    import shutil
+METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")  # prometheus_client's {kind}_{pid}.db
 
+
+def _share_metrics_between_workers(settings: Settings) -> None:
+    """Prometheus multiprocess mode: workers write values to files that any worker's /metrics adds up. Counters
+    from an earlier run must not carry over, so its files are removed first: only those files. A folder holding
+    anything else (PROMETHEUS_MULTIPROC_DIR set to the data dir: the ledger) is refused, never emptied, since
+    /metrics would also read every other *.db in it as metrics."""
     folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics")
-    shutil.rmtree(folder, ignore_errors=True)  # counters from an earlier run must not carry over
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = list(folder.iterdir())
+        others = sorted(p.name for p in entries if not (METRIC_FILE.fullmatch(p.name) and p.is_file()))
+        if not others:
+            for stale in entries:
+                stale.unlink()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] metrics folder {plain(folder)}: {plain(exc.strerror or exc)}",
+                  markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        err.print(f"error: PROMETHEUS_MULTIPROC_DIR {folder} holds files that are not Prometheus metric files "
+                  f"({shown}); give the workers' metrics a folder of their own", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.gateway.test_cli import draftgate
 
 
@@ -116,3 +118,36 @@ def test_route_explain_in_a_pipe_shows_conditions_whole(tmp_path: Path) -> None:
     assert len(rows) == 2, result.stdout  # one line per condition, none wrapped
     assert "has_response_format" in rows[0] and "pass" in rows[0]
     assert "content.keywords" in rows[1] and "['extract', 'field', 'invoice-number']" in rows[1]
+
+
+def test_serve_workers_never_empty_a_metrics_folder_holding_other_files(tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set to the data dir: `serve --workers 2` deleted the whole folder, ledger and
+    journals included, before it started (and /metrics would read ledger.db as a metrics file)."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    created = draftgate("keys", "create", "--config", "draftgate.yaml", "--name", "precious", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    data = tmp_path / "data"
+    (data / "counter_123.db").write_bytes(b"stale")
+    before = sorted(p.name for p in data.iterdir())
+    result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", "--workers", "2", cwd=tmp_path,
+                       env={"PROMETHEUS_MULTIPROC_DIR": str(data)})
+    assert result.returncode == 2, result.stderr
+    assert "holds files that are not Prometheus metric files (ledger.db" in result.stderr
+    assert "Traceback" not in result.stderr and "listening on" not in result.stdout
+    assert sorted(p.name for p in data.iterdir()) == before  # nothing removed, not even the stale counter
+    listed = draftgate("keys", "list", "--config", "draftgate.yaml", "--format", "json", cwd=tmp_path)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["precious"]
+
+
+def test_a_metrics_folder_of_its_own_is_cleared_of_an_earlier_runs_files(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import _share_metrics_between_workers
+    from gateway.settings import Settings
+
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    for name in ("counter_11.db", "gauge_livesum_11.db", "histogram_12.db"):
+        (folder / name).write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    _share_metrics_between_workers(Settings(data_dir=tmp_path / "data"))
+    assert list(folder.iterdir()) == [] and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder.resolve())
