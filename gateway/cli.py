@@ -349,7 +349,8 @@ def router_score(input: Annotated[Path, typer.Option("--input", help="JSONL: {id
 
 @router_app.command("train")
 def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data folder")] = DEFAULT_DATA,
-                 out: Annotated[Path | None, typer.Option(help="where to write the .npz")] = None,
+                 out: Annotated[Path | None, typer.Option(help="where to write the .npz (default: replaces the bundled "
+                                                          "weights, which the gateway loads)")] = None,
                  from_ledger: Annotated[bool, typer.Option("--from-ledger", help="add the gateway's own "
                                                            "verification outcomes")] = False,
                  config: ConfigOpt = None) -> None:
