@@ -274,6 +274,31 @@ def test_small_amounts_are_shown_not_rounded_to_zero(tmp_path: Path) -> None:
     db.dispose()
 
 
+def test_the_report_table_counts_failed_requests(tmp_path: Path) -> None:
+    """The table left out `errors` (CSV, JSON and the API have it): 3 requests read as 3 answers."""
+    from datetime import timedelta
+
+    from ledger import Database
+    from tests.ledger.conftest import T0, record
+
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    db = Database(f"sqlite:///{tmp_path}/data/ledger.db")
+    db.migrate()
+    db.insert_records([record("ok1"), record("bad1", status="error", status_code=502),
+                       record("bad2", status="error", status_code=502, team="ops")])
+    db.dispose()
+    window = ("--since", T0.date().isoformat(), "--until", (T0 + timedelta(days=1)).date().isoformat())
+    table = draftgate("report", *window, "--config", "draftgate.yaml", cwd=tmp_path).stdout
+    header = next(line for line in table.splitlines() if "requests" in line)
+    cells = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+             for line in table.splitlines() if line.startswith("│")}
+    assert [c.strip() for c in header.split("┃")[2:4]] == ["requests", "errors"]
+    assert cells == {"research": ["2", "1"], "ops": ["1", "1"], "total": ["3", "2"]}, table
+    csv_total = draftgate("report", *window, "--format", "csv", "--config", "draftgate.yaml",
+                          cwd=tmp_path).stdout.splitlines()[-1].split(",")
+    assert csv_total[2:4] == ["3", "2"]  # the same figures as the CSV
+
+
 def test_a_ledger_migrated_by_a_newer_version_is_one_line(tmp_path: Path) -> None:
     """Rolling back draftgate after a newer one migrated the database: alembic does not know the revision."""
     import sqlite3
