@@ -207,9 +207,14 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    db = ledger_or_exit(settings, config_or_exit(settings))
+    loaded = config_or_exit(settings)
+    fresh = _missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
+    db = ledger_or_exit(settings, loaded)
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
+    if fresh is not None:  # a report run away from the gateway's data dir would otherwise be all zeros, silently
+        err.print(f"note: there was no ledger at {fresh}, so this report is empty: is DRAFTGATE_DATA_DIR (or "
+                  "DATABASE_URL, or the config's database_url) the gateway's?", markup=False, soft_wrap=True)
     if format is Format.table:
         wide = table_console()
         wide.print(report_render.as_table(result))
@@ -219,6 +224,14 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
         typer.echo(report_render.as_csv(result), nl=False)
     else:
         typer.echo(report_render.as_json(result))
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The SQLite file a URL names, when it does not exist yet (opening the ledger creates it empty)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1]
+    return path if path and path != ":memory:" and not Path(path).exists() else None
 
 
 @app.command()

@@ -151,3 +151,16 @@ def test_a_metrics_folder_of_its_own_is_cleared_of_an_earlier_runs_files(tmp_pat
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
     _share_metrics_between_workers(Settings(data_dir=tmp_path / "data"))
     assert list(folder.iterdir()) == [] and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder.resolve())
+
+
+def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
+    """Run away from the gateway's data dir, `report` made a new empty ledger and printed zeros, silently."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    first = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["total"]["requests"] == 0
+    ledger = tmp_path / "data" / "ledger.db"
+    assert first.stderr.strip() == (f"note: there was no ledger at {ledger.resolve()}, so this report is empty: is "
+                                    "DRAFTGATE_DATA_DIR (or DATABASE_URL, or the config's database_url) the gateway's?")
+    again = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr == ""  # an existing ledger with no rows is not news
