@@ -76,7 +76,8 @@ def _root(show_version: Annotated[bool, typer.Option("--version", "-V", is_eager
 
 
 @app.command("check-config")
-def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to check")]) -> None:
+def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to check (default: the one serve reads)",
+                                                      envvar="DRAFTGATE_CONFIG")]) -> None:
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
     config = config_or_exit(settings_or_exit(file))
     warnings = policies.lint(config)

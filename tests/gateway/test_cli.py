@@ -57,6 +57,16 @@ def test_check_config_ok_with_lint_warnings(tmp_path: Path) -> None:
     assert "OK (1 hosted model(s), 2 rule(s), 1 warning(s))" in result.stdout
 
 
+def test_check_config_without_a_file_checks_the_one_serve_would_read(tmp_path: Path) -> None:
+    """With DRAFTGATE_CONFIG set (the compose file sets it), `draftgate check-config` was 'Missing argument'."""
+    (tmp_path / "draftgate.yaml").write_text(BAD)
+    (tmp_path / "good.yaml").write_text("local:\n  enabled: false\n")
+    result = draftgate("check-config", cwd=tmp_path, env={"DRAFTGATE_CONFIG": "draftgate.yaml"})
+    assert result.returncode == 2 and "draftgate.yaml:5: models[0].timeout_s:" in result.stderr, result.stderr
+    named = draftgate("check-config", "good.yaml", cwd=tmp_path, env={"DRAFTGATE_CONFIG": "draftgate.yaml"})
+    assert named.returncode == 0 and named.stdout.startswith("good.yaml: OK"), named.stderr  # the argument wins
+
+
 def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text(BAD)
     result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", cwd=tmp_path)
