@@ -66,6 +66,16 @@ def _duration(value: str | None) -> str | None:
     return value
 
 
+def _unknown_key(key_id: str, config: Path | None) -> str:
+    """Why an id is not a virtual key: `report --by key` also lists config keys (`config:<name>`), which live in
+    draftgate.yaml, not in the database."""
+    name = key_id.removeprefix("config:")
+    if name != key_id and any(k.name == name for k in config_or_exit(settings_or_exit(config)).keys):
+        return (f"{key_id} is the config file's key {name!r} (keys: in draftgate.yaml), not a virtual key: "
+                "change or remove it there")
+    return f"no key with id {key_id}"
+
+
 class Period(str, Enum):
     hour = "hour"
     day = "day"
@@ -166,7 +176,7 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
     try:
         info = _key_store(config, allowed).update(key_id, changes)
     except UnknownKeyError:
-        err.print(f"error: no key with id {key_id}", markup=False)
+        err.print(f"error: {_unknown_key(key_id, config)}", markup=False)
         raise typer.Exit(code=1) from None
     limits = info.limits
     if info.revoked_at is not None:  # the change is kept, but the key stays refused
@@ -228,7 +238,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
         before = store.get(key_id)
         info = store.revoke(key_id)
     except UnknownKeyError:
-        err.print(f"error: no key with id {key_id}", markup=False)
+        err.print(f"error: {_unknown_key(key_id, config)}", markup=False)
         raise typer.Exit(code=1) from None
     if before is not None and before.revoked_at is not None:
         console.print(f"{info.key_id} ({plain(info.name)}) was already revoked at "

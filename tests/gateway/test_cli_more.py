@@ -164,3 +164,16 @@ def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
                                     "DRAFTGATE_DATA_DIR (or DATABASE_URL, or the config's database_url) the gateway's?")
     again = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
     assert again.returncode == 0 and again.stderr == ""  # an existing ledger with no rows is not news
+
+
+def test_keys_revoke_of_a_config_key_says_where_it_lives(tmp_path: Path) -> None:
+    """`report --by key` shows config keys as config:<name>; revoking one said only 'no key with id'."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\nkeys:\n  - name: ci-bot\n"
+                                             "    key: sk-ci-bot-0001\n")
+    for command in (("keys", "revoke", "config:ci-bot"), ("keys", "update", "config:ci-bot", "--rpm", "5")):
+        result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.strip() == ("error: config:ci-bot is the config file's key 'ci-bot' (keys: in "
+                                         "draftgate.yaml), not a virtual key: change or remove it there")
+    other = draftgate("keys", "revoke", "config:nobody", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert other.returncode == 1 and other.stderr.strip() == "error: no key with id config:nobody"
