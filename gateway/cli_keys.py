@@ -76,6 +76,20 @@ def _unknown_key(key_id: str, config: Path | None) -> str:
     return f"no key with id {key_id}"
 
 
+NAME_CHARS = 128  # the ledger's name and team columns, as POST /admin/keys caps them
+
+
+def _key_name(value: str) -> str:
+    non_empty_option(value)
+    if len(value) > NAME_CHARS:
+        raise typer.BadParameter(f"at most {NAME_CHARS} characters (got {len(value)})")
+    return value
+
+
+def _team_name(value: str | None) -> str | None:
+    return None if value is None else _key_name(value)
+
+
 class Period(str, Enum):
     hour = "hour"
     day = "day"
@@ -85,8 +99,8 @@ class Period(str, Enum):
 
 
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Option(help="a label for the key", callback=non_empty_option)],
-                team: Annotated[str | None, typer.Option(help="the team it spends for", callback=text_option)] = None,
+def keys_create(name: Annotated[str, typer.Option(help="a label for the key", callback=_key_name)],
+                team: Annotated[str | None, typer.Option(help="the team it spends for", callback=_team_name)] = None,
                 max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
                                                                      help="dollar budget per period")] = None,
                 budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,

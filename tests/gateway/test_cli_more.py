@@ -177,3 +177,17 @@ def test_keys_revoke_of_a_config_key_says_where_it_lives(tmp_path: Path) -> None
                                          "draftgate.yaml), not a virtual key: change or remove it there")
     other = draftgate("keys", "revoke", "config:nobody", "--config", "draftgate.yaml", cwd=tmp_path)
     assert other.returncode == 1 and other.stderr.strip() == "error: no key with id config:nobody"
+
+
+def test_keys_create_caps_names_as_the_admin_api_and_the_ledger_columns_do(tmp_path: Path) -> None:
+    """POST /admin/keys refuses a name or team over 128 characters (the ledger's columns); the CLI stored them
+    (SQLite keeps any length; PostgreSQL's varchar(128) refuses the insert)."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    args = ("keys", "create", "--config", "draftgate.yaml")
+    for extra in (("--name", "n" * 129), ("--name", "ok", "--team", "t" * 129)):
+        result = draftgate(*args, *extra, cwd=tmp_path)
+        assert result.returncode == 2 and "at most 128 characters (got 129)" in result.stderr, result.stderr
+    assert draftgate(*args, "--name", "n" * 128, "--team", "t" * 128, cwd=tmp_path).returncode == 0
+    listed = json.loads(draftgate("keys", "list", "--config", "draftgate.yaml", "--format", "json",
+                                  cwd=tmp_path).stdout)
+    assert [(len(k["name"]), len(k["team"])) for k in listed] == [(128, 128)]
