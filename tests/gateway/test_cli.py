@@ -112,7 +112,7 @@ def test_an_empty_environment_setting_is_an_unset_one(tmp_path: Path, monkeypatc
 
 
 def test_a_misspelt_setting_is_warned_about_not_silently_ignored(tmp_path: Path) -> None:
-    (tmp_path / "draftgate.yaml").write_text("master_key: os.environ/DRAFTGATE_ADMIN_SECRET\nlocal:\n  enabled: false\n")
+    (tmp_path / "draftgate.yaml").write_text("master_key: os.environ/DRAFTGATE_ADMIN_SECRET\n")
     env = {"DRAFTGATE_PORTS": "5000", "DRAFTGATE_LOGLEVEL": "debug", "DRAFTGATE_DATADIR": "/elsewhere",
            "DRAFTGATE_ADMIN_SECRET": "sk-admin-123456"}  # the last one is read by the file: no warning
     result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path, env=env)
