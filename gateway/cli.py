@@ -111,9 +111,17 @@ def serve(config: ConfigOpt = None,
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     if workers > 1:
         _share_metrics_between_workers(settings)
-    console.print(f"draftgate listening on http://{host}:{port}/v1")
+    console.print(f"draftgate listening on {_base_url(host, port)}", soft_wrap=True)
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75)
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL clients use: an IPv6 address in brackets (RFC 3986); port 0 is whichever one the OS picks."""
+    netloc = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if port == 0:
+        return f"http://{netloc}:<a free port: see uvicorn's 'running on' line>/v1"
+    return f"http://{netloc}:{port}/v1"
 
 
 def _check_address(host: str, port: int) -> None:

@@ -191,3 +191,28 @@ def test_keys_create_caps_names_as_the_admin_api_and_the_ledger_columns_do(tmp_p
     listed = json.loads(draftgate("keys", "list", "--config", "draftgate.yaml", "--format", "json",
                                   cwd=tmp_path).stdout)
     assert [(len(k["name"]), len(k["team"])) for k in listed] == [(128, 128)]
+
+
+def test_serve_prints_a_usable_url_for_ipv6_and_port_0(tmp_path: Path) -> None:
+    """`--host ::1` printed http://::1:4000/v1 (not a URL), `--port 0` printed port 0 (not where it listens)."""
+    import signal
+
+    from gateway.cli import _base_url
+
+    assert _base_url("::1", 4000) == "http://[::1]:4000/v1" and _base_url("127.0.0.1", 80) == "http://127.0.0.1:80/v1"
+    assert ":0/" not in _base_url("127.0.0.1", 0) and "a free port" in _base_url("127.0.0.1", 0)
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    env = {**os.environ, "DRAFTGATE_DATA_DIR": str(tmp_path / "data")}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for host, shown in (("::1", f"http://[::1]:{port}/v1"), ("127.0.0.1", f"http://127.0.0.1:{port}/v1")):
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", "draftgate.yaml",
+                                 "--host", host, "--port", str(port)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == f"draftgate listening on {shown}"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
