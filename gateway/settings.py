@@ -54,5 +54,8 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
 
     def journal_path(self) -> Path:
-        """Each process journals to its own file so workers never interleave lines."""
-        return self.data_dir / f"ledger-{self.worker_id or os.getpid()}.journal"
+        """Each process journals to its own file so workers never interleave lines: `worker_id` tells replicas
+        apart (in containers every one is pid 1), the pid tells apart the workers of one `serve --workers N`,
+        which all read the same DRAFTGATE_WORKER_ID. Recovery replays every orphaned journal, whatever its name."""
+        return self.data_dir / (f"ledger-{self.worker_id}-{os.getpid()}.journal" if self.worker_id
+                                else f"ledger-{os.getpid()}.journal")

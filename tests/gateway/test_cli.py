@@ -124,6 +124,18 @@ def test_a_misspelt_setting_is_warned_about_not_silently_ignored(tmp_path: Path)
     ]
 
 
+def test_workers_sharing_a_worker_id_never_share_a_journal(tmp_path: Path) -> None:
+    """`serve --workers 2` with DRAFTGATE_WORKER_ID set: every worker journalled to ledger-<id>.journal.N, one
+    counter per process over the same names, so one worker could append to a segment another had sealed and then
+    delete it (with the first's rows) once flushed."""
+    code = "from gateway.settings import Settings; print(Settings().journal_path())"
+    env = {**os.environ, "DRAFTGATE_WORKER_ID": "gw1", "DRAFTGATE_DATA_DIR": str(tmp_path)}
+    paths = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                            check=True).stdout.strip() for _ in range(2)}
+    assert len(paths) == 2 and all(Path(p).name.startswith("ledger-gw1-") for p in paths), paths
+    assert all(Path(p).name.endswith(".journal") for p in paths)  # still replayed by ledger-*.journal.*
+
+
 def test_a_ledger_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "notadb").write_text("plain text")
     (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
