@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import policies
@@ -22,13 +22,15 @@ from gateway.cli_common import (
     ledger_or_exit,
     plain,
     settings_or_exit,
+    table_console,
     text_option,
 )
 from gateway.cli_keys import keys_app
 from gateway.settings import Settings
 
 app = typer.Typer(help="draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(keys_app, name="keys")
 route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
 app.add_typer(route_app, name="route")
@@ -61,8 +63,21 @@ def version() -> None:
     console.print(f"draftgate {_version()}")
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                                                     help="Print the installed version and exit.")] = False) -> None:
+    """draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger."""
+
+
 @app.command("check-config")
-def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to check")]) -> None:
+def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to check (default: the one serve reads)",
+                                                      envvar="DRAFTGATE_CONFIG")]) -> None:
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
     config = config_or_exit(settings_or_exit(file))
     warnings = policies.lint(config)
@@ -96,10 +111,18 @@ def serve(config: ConfigOpt = None,
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     if workers > 1:
         _share_metrics_between_workers(settings)
-    console.print(f"draftgate listening on http://{host}:{port}/v1")
+    console.print(f"draftgate listening on {_base_url(host, port)}", soft_wrap=True)
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75,
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL clients use: an IPv6 address in brackets (RFC 3986); port 0 is whichever one the OS picks."""
+    netloc = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if port == 0:
+        return f"http://{netloc}:<a free port: see uvicorn's 'running on' line>/v1"
+    return f"http://{netloc}:{port}/v1"
 
 
 def _check_address(host: str, port: int) -> None:
@@ -119,13 +142,31 @@ def _check_address(host: str, port: int) -> None:
         raise typer.Exit(2) from None
 
 
-def _share_metrics_between_workers(settings: Settings) -> None:
-    """Prometheus multiprocess mode: workers write values to files that any worker's /metrics adds up."""
-    import shutil
+METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")  # prometheus_client's {kind}_{pid}.db
 
+
+def _share_metrics_between_workers(settings: Settings) -> None:
+    """Prometheus multiprocess mode: workers write values to files that any worker's /metrics adds up. Counters
+    from an earlier run must not carry over, so its files are removed first: only those files. A folder holding
+    anything else (PROMETHEUS_MULTIPROC_DIR set to the data dir: the ledger) is refused, never emptied, since
+    /metrics would also read every other *.db in it as metrics."""
     folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics")
-    shutil.rmtree(folder, ignore_errors=True)  # counters from an earlier run must not carry over
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = list(folder.iterdir())
+        others = sorted(p.name for p in entries if not (METRIC_FILE.fullmatch(p.name) and p.is_file()))
+        if not others:
+            for stale in entries:
+                stale.unlink()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] metrics folder {plain(folder)}: {plain(exc.strerror or exc)}",
+                  markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        err.print(f"error: PROMETHEUS_MULTIPROC_DIR {folder} holds files that are not Prometheus metric files "
+                  f"({shown}); give the workers' metrics a folder of their own", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
@@ -176,11 +217,16 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    db = ledger_or_exit(settings, config_or_exit(settings))
+    loaded = config_or_exit(settings)
+    fresh = _missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
+    db = ledger_or_exit(settings, loaded)
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
+    if fresh is not None:  # a report run away from the gateway's data dir would otherwise be all zeros, silently
+        err.print(f"note: there was no ledger at {fresh}, so this report is empty: is DRAFTGATE_DATA_DIR (or "
+                  "DATABASE_URL, or the config's database_url) the gateway's?", markup=False, soft_wrap=True)
     if format is Format.table:
-        wide = console if console.is_terminal else Console(width=220)  # pipes and files get every column
+        wide = table_console()
         wide.print(report_render.as_table(result))
         if result.total.totals.unpriced:
             err.print(f"{result.total.totals.unpriced} request(s) have no known price: counted, not in the $ sums")
@@ -188,6 +234,14 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = 
         typer.echo(report_render.as_csv(result), nl=False)
     else:
         typer.echo(report_render.as_json(result))
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The SQLite file a URL names, when it does not exist yet (opening the ledger creates it empty)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1]
+    return path if path and path != ":memory:" and not Path(path).exists() else None
 
 
 @app.command()
@@ -201,6 +255,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
     import asyncio
     import tempfile
     import time
+    from datetime import UTC, datetime
 
     from rich.panel import Panel
 
@@ -229,15 +284,17 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
     try:
-        asyncio.run(tour.send(running.url, tour.workload(requests), console))
+        # A --data-dir may hold earlier tours' rows: this tour's report waits for its own rows and covers only them.
         db = Database(f"sqlite:///{folder / 'ledger.db'}")
+        before, started = db.count_records(), datetime.now(UTC)
+        asyncio.run(tour.send(running.url, tour.workload(requests), console))
         deadline = time.monotonic() + 30
-        while db.count_records() < requests and time.monotonic() < deadline:
+        while db.count_records() < before + requests and time.monotonic() < deadline:
             time.sleep(0.1)  # the ledger writer flushes in the background
-        wide = console if console.is_terminal else Console(width=220)
+        wide = table_console()
         for group_by in ("route", "team"):
-            wide.print(report_render.as_table(Reporter(db).report(ReportQuery(group_by=group_by))))
-        total = Reporter(db).report(ReportQuery(group_by="route")).total.as_dict()
+            wide.print(report_render.as_table(Reporter(db).report(ReportQuery(group_by=group_by, since=started))))
+        total = Reporter(db).report(ReportQuery(group_by="route", since=started)).total.as_dict()
         db.dispose()
         console.print(f"[b]savings vs all-hosted:[/b] ${total['savings_usd']:.6f} of ${total['all_hosted_usd']:.6f} "
                       f"({total['local_share']:.0%} served locally, {total['escalation_rate']:.0%} escalated)",
@@ -245,7 +302,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
         console.print(f"dashboard: {running.url}/dashboard  (sign in with the master key {running.master})",
                       soft_wrap=True)
         console.print(f"ledger and config: {plain(folder)}")
-        if keep_serving if keep_serving is not None else sys.stdin.isatty():
+        if keep_serving if keep_serving is not None else _interactive():
             console.print("serving until Ctrl-C…")
             try:
                 while True:
@@ -254,6 +311,12 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
                 pass
     finally:
         running.stop()
+
+
+def _interactive() -> bool:
+    """Whether a person is at the terminal: stdin is one (a closed stdin, as under some CI runners and
+    service managers, is None in Python: no one is there to press Ctrl-C)."""
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 @route_app.command("explain")
@@ -274,7 +337,7 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     for c in report["explanation"]:
         table.add_row(*(plain(c[k]) for k in ("rule", "condition", "expected", "actual")),
                       "pass" if c["passed"] else "fail")
-    console.print(table)
+    table_console().print(table)
     console.print(f"matched rule: {plain(report['rule'] or '(default)')}")
     typer.echo(f"decision: {report['decision']}")
     if report["p_hosted"] is not None:
@@ -309,7 +372,8 @@ def router_score(input: Annotated[Path, typer.Option("--input", help="JSONL: {id
 
 @router_app.command("train")
 def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data folder")] = DEFAULT_DATA,
-                 out: Annotated[Path | None, typer.Option(help="where to write the .npz")] = None,
+                 out: Annotated[Path | None, typer.Option(help="where to write the .npz (default: replaces the bundled "
+                                                          "weights, which the gateway loads)")] = None,
                  from_ledger: Annotated[bool, typer.Option("--from-ledger", help="add the gateway's own "
                                                            "verification outcomes")] = False,
                  config: ConfigOpt = None) -> None:

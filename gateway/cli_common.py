@@ -3,6 +3,9 @@ loading that turn bad input into one line and an exit code instead of a tracebac
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,6 +23,12 @@ if TYPE_CHECKING:
 console = Console()
 err = Console(stderr=True)
 
+def table_console() -> Console:
+    """Where tables go: the terminal at its width; a pipe, file or CI log (no width: rich assumes 80, and cuts
+    cells to "ap…") at 220 columns, so every cell is whole."""
+    return console if console.is_terminal else Console(width=220)
+
+
 def plain(value: object) -> str:
     """Text from users (key, team and rule names, paths, messages) for rich markup: `[/]` stays literal
     instead of a MarkupError traceback, `[red]` is not a colour."""
@@ -32,6 +41,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="draftgat
 
 def settings_or_exit(config: Path | None) -> Settings:
     """Process settings; a bad environment variable is one line each and exit 2, not a traceback."""
+    for name, meant in misspelt_settings(os.environ):
+        typer.echo(f"warning: {name} is not a draftgate setting, ignored (did you mean {meant}?)", err=True)
     try:
         return Settings(config=config) if config is not None else Settings()
     except ValidationError as exc:
@@ -41,6 +52,21 @@ def settings_or_exit(config: Path | None) -> Settings:
             name = field if field.isupper() else f"DRAFTGATE_{field.upper()}"
             typer.echo(f"{name}: {error['msg']} (got {error.get('input')!r})", err=True)
         raise typer.Exit(2) from None
+
+
+def misspelt_settings(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`DRAFTGATE_*` variables that are no setting but nearly one (DRAFTGATE_PORTS, DRAFTGATE_LOGLEVEL): pydantic
+    ignores them, so the typo would go unnoticed. Other unknown names stay quiet: they may be secrets that
+    draftgate.yaml reads with os.environ/."""
+    known = {"DATABASE_URL", *(f"DRAFTGATE_{field.upper()}" for field in Settings.model_fields)}
+    suffixes = {name.removeprefix("DRAFTGATE_"): name for name in known}
+    found = []
+    for name in sorted(env):
+        if name.startswith("DRAFTGATE_") and name not in known:
+            close = difflib.get_close_matches(name.removeprefix("DRAFTGATE_"), suffixes, n=1, cutoff=0.75)
+            if close:
+                found.append((name, suffixes[close[0]]))
+    return found
 
 
 def config_or_exit(settings: Settings) -> policies.GatewayConfig:

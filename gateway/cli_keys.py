@@ -19,6 +19,7 @@ from gateway.cli_common import (
     non_empty_option,
     plain,
     settings_or_exit,
+    table_console,
     text_option,
 )
 
@@ -65,6 +66,30 @@ def _duration(value: str | None) -> str | None:
     return value
 
 
+def _unknown_key(key_id: str, config: Path | None) -> str:
+    """Why an id is not a virtual key: `report --by key` also lists config keys (`config:<name>`), which live in
+    draftgate.yaml, not in the database."""
+    name = key_id.removeprefix("config:")
+    if name != key_id and any(k.name == name for k in config_or_exit(settings_or_exit(config)).keys):
+        return (f"{key_id} is the config file's key {name!r} (keys: in draftgate.yaml), not a virtual key: "
+                "change or remove it there")
+    return f"no key with id {key_id}"
+
+
+NAME_CHARS = 128  # the ledger's name and team columns, as POST /admin/keys caps them
+
+
+def _key_name(value: str) -> str:
+    non_empty_option(value)
+    if len(value) > NAME_CHARS:
+        raise typer.BadParameter(f"at most {NAME_CHARS} characters (got {len(value)})")
+    return value
+
+
+def _team_name(value: str | None) -> str | None:
+    return None if value is None else _key_name(value)
+
+
 class Period(str, Enum):
     hour = "hour"
     day = "day"
@@ -74,8 +99,8 @@ class Period(str, Enum):
 
 
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Option(help="a label for the key", callback=non_empty_option)],
-                team: Annotated[str | None, typer.Option(help="the team it spends for", callback=text_option)] = None,
+def keys_create(name: Annotated[str, typer.Option(help="a label for the key", callback=_key_name)],
+                team: Annotated[str | None, typer.Option(help="the team it spends for", callback=_team_name)] = None,
                 max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
                                                                      help="dollar budget per period")] = None,
                 budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
@@ -165,7 +190,7 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
     try:
         info = _key_store(config, allowed).update(key_id, changes)
     except UnknownKeyError:
-        err.print(f"error: no key with id {key_id}", markup=False)
+        err.print(f"error: {_unknown_key(key_id, config)}", markup=False)
         raise typer.Exit(code=1) from None
     limits = info.limits
     if info.revoked_at is not None:  # the change is kept, but the key stays refused
@@ -213,7 +238,7 @@ def keys_list(team: Annotated[str | None, typer.Option(help="only this team", ca
                       plain(", ".join(k.models)) if k.models else "all", *_limits_text(k.limits),
                       f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
-    console.print(table)
+    table_console().print(table)
 
 
 @keys_app.command("revoke")
@@ -227,7 +252,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
         before = store.get(key_id)
         info = store.revoke(key_id)
     except UnknownKeyError:
-        err.print(f"error: no key with id {key_id}", markup=False)
+        err.print(f"error: {_unknown_key(key_id, config)}", markup=False)
         raise typer.Exit(code=1) from None
     if before is not None and before.revoked_at is not None:
         console.print(f"{info.key_id} ({plain(info.name)}) was already revoked at "

@@ -16,7 +16,7 @@ from ledger.reports import Report
 SMALL = "small"  # an amount shown with its first two significant digits when under 0.01, never as 0.0000
 
 COLUMNS = [  # (key, header, format)
-    ("requests", "requests", "{:,}"), ("local_share", "local %", "{:.0%}"), ("escalation_rate", "escal. %", "{:.0%}"),
+    ("requests", "requests", "{:,}"), ("errors", "errors", "{:,}"), ("local_share", "local %", "{:.0%}"), ("escalation_rate", "escal. %", "{:.0%}"),
     ("prompt_tokens", "prompt tok", "{:,}"), ("completion_tokens", "compl. tok", "{:,}"),
     ("device_hours", "device h", SMALL), ("local_usd", "local $", SMALL), ("hosted_usd", "hosted $", SMALL),
     ("wasted_draft_usd", "wasted $", SMALL), ("cost_usd", "total $", SMALL),

@@ -17,7 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Typed process settings, read from `DRAFTGATE_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="DRAFTGATE_", env_nested_delimiter="__", extra="ignore")
+    # An empty variable is an unset one (compose's `${VAR:-}`), as DATABASE_URL and DRAFTGATE_MASTER_KEY always were:
+    # DRAFTGATE_CONFIG= was the current directory ("cannot read the file: Is a directory"), DRAFTGATE_HOST= no address.
+    model_config = SettingsConfigDict(env_prefix="DRAFTGATE_", env_nested_delimiter="__", extra="ignore",
+                                      env_ignore_empty=True)
 
     config: Path | None = Field(default=None, description="draftgate.yaml; None = embedded defaults")
     database_url: str | None = Field(
@@ -55,5 +58,8 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
 
     def journal_path(self) -> Path:
-        """Each process journals to its own file so workers never interleave lines."""
-        return self.data_dir / f"ledger-{self.worker_id or os.getpid()}.journal"
+        """Each process journals to its own file so workers never interleave lines: `worker_id` tells replicas
+        apart (in containers every one is pid 1), the pid tells apart the workers of one `serve --workers N`,
+        which all read the same DRAFTGATE_WORKER_ID. Recovery replays every orphaned journal, whatever its name."""
+        return self.data_dir / (f"ledger-{self.worker_id}-{os.getpid()}.journal" if self.worker_id
+                                else f"ledger-{os.getpid()}.journal")

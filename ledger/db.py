@@ -13,6 +13,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, String, create_engine, event, func, make_url, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -148,6 +150,11 @@ class Database:
                 command.upgrade(config, "head")
         except (SQLAlchemyError, OSError) as exc:  # OSError: the SQLite folder's lock file
             raise LedgerError(f"could not migrate the ledger database: {exc}") from exc
+        except CommandError as exc:  # a revision this version does not have: a newer draftgate migrated it
+            head = ScriptDirectory.from_config(config).get_current_head()
+            raise LedgerError(f"could not migrate the ledger database {safe_url(self.url)}: {exc}; this draftgate's "
+                              f"newest schema is {head}: the database was migrated by a newer version (run that "
+                              f"version, or restore a backup taken before the upgrade)") from exc
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:

@@ -30,7 +30,7 @@ from local_engine.errors import (
     QueueFullError,
 )
 from local_engine.interface import Completion, EngineConfig, GenerationRequest, StreamDelta
-from local_engine.loading import LoadedModel, canvas_lengths, check_first_canvas, load_model
+from local_engine.loading import LoadedModel, canvas_lengths, check_first_canvas, context_window, load_model
 from local_engine.metering import Meter, default_rate
 from local_engine.prefix import PrefixCache
 from local_engine.prompts import PromptBuilder, flatten, message_text
@@ -75,9 +75,7 @@ def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Samplin
 
 def context_length_of(loaded: LoadedModel, max_model_len: int | None) -> int | None:
     """The checkpoint's position limit, lowered by the configured `max_model_len` (vLLM's name)."""
-    limit = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
-    known = [int(n) for n in (limit, max_model_len) if n]
-    return min(known) if known else None
+    return context_window(loaded.model.config, max_model_len)
 
 
 def _retrieved(task: asyncio.Task[Row]) -> None:

@@ -15,6 +15,7 @@ from local_engine.interface import EngineConfig
 
 BUNDLED = Path(__file__).resolve().parent / "assets" / "tiny-diffusiongemma"
 BUNDLED_NAME = "draftgate/tiny-diffusiongemma"
+PATH_PREFIXES = ("/", "./", "../", "~")  # a model written as a path, never a hub id (namespace/name)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -55,10 +56,24 @@ def check_first_canvas(lengths: tuple[int, ...], first_canvas: int | None) -> No
                                      f"was trained for: {', '.join(map(str, lengths))}")
 
 
+def context_window(model_config: Any, max_model_len: int | None) -> int | None:
+    """The checkpoint's position limit (`max_position_embeddings`), lowered by `max_model_len` (vLLM's name);
+    a `max_model_len` above the limit is refused, as vLLM refuses it, rather than quietly served at the limit."""
+    limit = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    if max_model_len and limit and max_model_len > int(limit):
+        raise EngineUnavailableError(f"max_model_len {max_model_len} is more than this checkpoint's context window "
+                                     f"({int(limit)} tokens, its max_position_embeddings): it can only lower it")
+    known = [int(n) for n in (limit, max_model_len) if n]
+    return min(known) if known else None
+
+
 def _source(config: EngineConfig) -> str:
     if config.model is None and not (BUNDLED / "config.json").exists():
         raise EngineUnavailableError(f"the bundled checkpoint is missing at {BUNDLED}; "
                                      "run `python -m local_engine.training.train` to rebuild it")
+    if config.model and config.model.startswith(PATH_PREFIXES) and not Path(config.model).exists():
+        # not a hub id either: transformers would answer "Repo id must be in the form 'repo_name' or ..."
+        raise EngineUnavailableError(f"cannot load the local model {config.model!r}: no such directory")
     return config.model or str(BUNDLED)
 
 
@@ -75,6 +90,7 @@ def check_model(config: EngineConfig) -> None:
         raise EngineUnavailableError(f"{source!r} is not a DiffusionGemma checkpoint "
                                      f"(model_type {getattr(model_config, 'model_type', None)!r})")
     check_first_canvas(canvas_lengths(model_config), config.first_canvas_length)
+    context_window(model_config, config.max_model_len)
 
 
 def load_model(config: EngineConfig) -> LoadedModel:

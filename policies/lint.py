@@ -106,4 +106,7 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
             if action.kind == "local":
                 problems.append(origin.problem(path, "sends requests to the local model, but local.enabled is "
                                                      "false: they get a 503 local_unavailable"))
+            elif action.kind == "requested":  # `auto` names no model: it falls back to the local one
+                problems.append(origin.problem(path, "serves requests for `auto` with the local model, but "
+                                                     "local.enabled is false: they get a 503 local_unavailable"))
     return problems

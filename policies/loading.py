@@ -94,6 +94,8 @@ def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigPr
     merged: dict[tuple[Any, ...], int] = {}  # one problem per field for a value no member of a union took
     for error in exc.errors():
         loc, from_union = _without_union_tags(tuple(error["loc"]), tags)
+        if any(loc[:len(path)] == path for path in source.unset_env):
+            continue  # the variable is not set: that one problem is the cause, not the "" standing in for it
         message, got = error["msg"], ""
         if error["type"] == "extra_forbidden":
             message = "unknown key"

@@ -112,6 +112,7 @@ class Located:
         self.env_values: set[str] = set()  # what `os.environ/...` strings became: never echoed in a message
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
+        self.unset_env: set[Path] = set()  # `os.environ/...` values that could not be resolved: already a problem
         loader = yaml.SafeLoader(text)  # one parse: the node tree gives the lines, then the data
         try:
             node = loader.get_single_node()
@@ -145,11 +146,10 @@ def resolve_env(data: Any, env: Mapping[str, str], source: Located, problems: li
         return [resolve_env(v, env, source, problems, path + (i,)) for i, v in enumerate(data)]
     if isinstance(data, str) and data.startswith(ENV_PREFIX):
         name = data[len(ENV_PREFIX):]
-        if not name:
-            problems.append(source.problem(path, f"the environment variable's name is missing after {ENV_PREFIX}"))
-            return ""
-        if name not in env:
-            problems.append(source.problem(path, f"environment variable {name} is not set"))
+        if not name or name not in env:
+            source.unset_env.add(path)  # its stand-in "" must not be reported again as a too-short value
+            problems.append(source.problem(path, f"environment variable {name} is not set" if name else
+                                           f"the environment variable's name is missing after {ENV_PREFIX}"))
             return ""
         source.env_values.add(env[name])
         return env[name]

@@ -14,6 +14,8 @@ appended. The weights are a small .npz shipped in router/assets.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,14 +99,22 @@ class Weights:
         return any(head.components > 0 for head in self.heads.values())
 
     def save(self, path: Path) -> None:
+        """Atomically: `router train` replaces the bundled weights the gateway loads by default, so a failure
+        while writing (a full disk, Ctrl-C) leaves the old file, never half of a new one."""
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {"version": np.array([FORMAT_VERSION]), "pca_mean": self.pca_mean,
                                          "pca_components": self.pca_components, "quantiles": self.quantiles}
         for name, head in self.heads.items():
             arrays |= {f"{name}_mean": head.mean, f"{name}_scale": head.scale, f"{name}_coef": head.coef,
                        f"{name}_bias": head.intercept, f"{name}_setting": np.array([head.l2, head.components])}
-        with path.open("wb") as file:  # a file handle: savez would add ".npz" to a path without it
-            np.savez_compressed(file, **arrays)  # type: ignore[arg-type]
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:  # a file handle: savez would add ".npz" to a path without it
+                np.savez_compressed(file, **arrays)  # type: ignore[arg-type]
+            os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's is 0600
+            os.replace(temp, path)
+        finally:
+            Path(temp).unlink(missing_ok=True)  # gone once replaced; a failed write's leftovers
 
     @classmethod
     def load(cls, path: Path) -> Weights:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BAD = """\
 models:
   - name: gpt-4o-mini
@@ -55,6 +57,16 @@ def test_check_config_ok_with_lint_warnings(tmp_path: Path) -> None:
     assert "OK (1 hosted model(s), 2 rule(s), 1 warning(s))" in result.stdout
 
 
+def test_check_config_without_a_file_checks_the_one_serve_would_read(tmp_path: Path) -> None:
+    """With DRAFTGATE_CONFIG set (the compose file sets it), `draftgate check-config` was 'Missing argument'."""
+    (tmp_path / "draftgate.yaml").write_text(BAD)
+    (tmp_path / "good.yaml").write_text("local:\n  enabled: false\n")
+    result = draftgate("check-config", cwd=tmp_path, env={"DRAFTGATE_CONFIG": "draftgate.yaml"})
+    assert result.returncode == 2 and "draftgate.yaml:5: models[0].timeout_s:" in result.stderr, result.stderr
+    named = draftgate("check-config", "good.yaml", cwd=tmp_path, env={"DRAFTGATE_CONFIG": "draftgate.yaml"})
+    assert named.returncode == 0 and named.stdout.startswith("good.yaml: OK"), named.stderr  # the argument wins
+
+
 def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text(BAD)
     result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", cwd=tmp_path)
@@ -80,6 +92,48 @@ def test_a_bad_environment_setting_is_one_line_not_a_traceback(tmp_path: Path) -
         assert "DRAFTGATE_PORT: Input should be a valid integer" in result.stderr
         assert "DRAFTGATE_WORKERS: Input should be greater than or equal to 1" in result.stderr
         assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_empty_environment_setting_is_an_unset_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose files pass `DRAFTGATE_CONFIG: ${DRAFTGATE_CONFIG:-}`: empty meant the current directory as the
+    config file, an empty bind address, a port that is not a number."""
+    from gateway.settings import Settings
+
+    empty = {name: "" for name in ("DRAFTGATE_CONFIG", "DRAFTGATE_HOST", "DRAFTGATE_PORT", "DRAFTGATE_WORKERS",
+                                   "DRAFTGATE_LOG_LEVEL", "DRAFTGATE_DATABASE_URL", "DRAFTGATE_MASTER_KEY")}
+    result = draftgate("migrate", cwd=tmp_path, env=empty)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "ledger.db").exists()  # the default SQLite file under DRAFTGATE_DATA_DIR
+    for name, value in empty.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.config is None and settings.host == "127.0.0.1" and settings.port == 4000
+    assert settings.workers == 1 and settings.log_level == "info" and settings.master_key is None
+
+
+def test_a_misspelt_setting_is_warned_about_not_silently_ignored(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("master_key: os.environ/DRAFTGATE_ADMIN_SECRET\n")
+    env = {"DRAFTGATE_PORTS": "5000", "DRAFTGATE_LOGLEVEL": "debug", "DRAFTGATE_DATADIR": "/elsewhere",
+           "DRAFTGATE_ADMIN_SECRET": "sk-admin-123456"}  # the last one is read by the file: no warning
+    result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: DRAFTGATE_DATADIR is not a draftgate setting, ignored (did you mean DRAFTGATE_DATA_DIR?)",
+        "warning: DRAFTGATE_LOGLEVEL is not a draftgate setting, ignored (did you mean DRAFTGATE_LOG_LEVEL?)",
+        "warning: DRAFTGATE_PORTS is not a draftgate setting, ignored (did you mean DRAFTGATE_PORT?)",
+    ]
+
+
+def test_workers_sharing_a_worker_id_never_share_a_journal(tmp_path: Path) -> None:
+    """`serve --workers 2` with DRAFTGATE_WORKER_ID set: every worker journalled to ledger-<id>.journal.N, one
+    counter per process over the same names, so one worker could append to a segment another had sealed and then
+    delete it (with the first's rows) once flushed."""
+    code = "from gateway.settings import Settings; print(Settings().journal_path())"
+    env = {**os.environ, "DRAFTGATE_WORKER_ID": "gw1", "DRAFTGATE_DATA_DIR": str(tmp_path)}
+    paths = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                            check=True).stdout.strip() for _ in range(2)}
+    assert len(paths) == 2 and all(Path(p).name.startswith("ledger-gw1-") for p in paths), paths
+    assert all(Path(p).name.endswith(".journal") for p in paths)  # still replayed by ledger-*.journal.*
 
 
 def test_a_ledger_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
@@ -209,6 +263,18 @@ def test_version(tmp_path: Path) -> None:
     assert draftgate("version", cwd=tmp_path).stdout.startswith("draftgate ")
 
 
+def test_version_and_help_flags_as_vllm_and_litellm_take_them(tmp_path: Path) -> None:
+    """`draftgate --version` and `-h` were "No such option" (exit 2)."""
+    expected = draftgate("version", cwd=tmp_path).stdout
+    for flag in ("--version", "-V"):
+        result = draftgate(flag, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout == expected, result.stderr
+    for args in (("-h",), ("serve", "-h"), ("keys", "create", "-h")):
+        result = draftgate(*args, cwd=tmp_path)
+        assert result.returncode == 0 and "Usage: draftgate" in result.stdout, (args, result.stderr)
+    assert not (tmp_path / "data").exists()  # help starts nothing
+
+
 def test_small_amounts_are_shown_not_rounded_to_zero(tmp_path: Path) -> None:
     """A key's few millionths of a dollar read as `0.0000` in the table and `$0.0000` on the dashboard."""
     from rich.console import Console
@@ -228,3 +294,44 @@ def test_small_amounts_are_shown_not_rounded_to_zero(tmp_path: Path) -> None:
     console.print(as_table(Reporter(db).report(ReportQuery(group_by="team"))))
     assert "0.0000076" in console.export_text()
     db.dispose()
+
+
+def test_the_report_table_counts_failed_requests(tmp_path: Path) -> None:
+    """The table left out `errors` (CSV, JSON and the API have it): 3 requests read as 3 answers."""
+    from datetime import timedelta
+
+    from ledger import Database
+    from tests.ledger.conftest import T0, record
+
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    db = Database(f"sqlite:///{tmp_path}/data/ledger.db")
+    db.migrate()
+    db.insert_records([record("ok1"), record("bad1", status="error", status_code=502),
+                       record("bad2", status="error", status_code=502, team="ops")])
+    db.dispose()
+    window = ("--since", T0.date().isoformat(), "--until", (T0 + timedelta(days=1)).date().isoformat())
+    table = draftgate("report", *window, "--config", "draftgate.yaml", cwd=tmp_path).stdout
+    header = next(line for line in table.splitlines() if "requests" in line)
+    cells = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+             for line in table.splitlines() if line.startswith("│")}
+    assert [c.strip() for c in header.split("┃")[2:4]] == ["requests", "errors"]
+    assert cells == {"research": ["2", "1"], "ops": ["1", "1"], "total": ["3", "2"]}, table
+    csv_total = draftgate("report", *window, "--format", "csv", "--config", "draftgate.yaml",
+                          cwd=tmp_path).stdout.splitlines()[-1].split(",")
+    assert csv_total[2:4] == ["3", "2"]  # the same figures as the CSV
+
+
+def test_a_ledger_migrated_by_a_newer_version_is_one_line(tmp_path: Path) -> None:
+    """Rolling back draftgate after a newer one migrated the database: alembic does not know the revision."""
+    import sqlite3
+
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    assert draftgate("migrate", "--config", "draftgate.yaml", cwd=tmp_path).returncode == 0
+    with sqlite3.connect(tmp_path / "data" / "ledger.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099'")
+    for command in (("migrate",), ("report",), ("keys", "list"), ("serve", "--port", "0"),
+                    ("router", "train", "--from-ledger", "--data", str(tmp_path))):
+        result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
+        assert "Traceback" not in result.stderr + result.stdout, (command, result.stderr[-2000:])
+        assert result.returncode == 1, (command, result.stderr)
+        assert "'0099'" in result.stderr and "migrated by a newer version" in result.stderr, result.stderr

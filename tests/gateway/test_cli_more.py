@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.gateway.test_cli import draftgate
 
 
@@ -79,3 +81,138 @@ def test_keys_create_refuses_an_undeclared_team_and_a_taken_name(tmp_path: Path)
     assert draftgate(*args, "--name", "app", "--team", "research", cwd=tmp_path).returncode == 0
     taken = draftgate(*args, "--name", "app", cwd=tmp_path)
     assert taken.returncode == 2 and "already named 'app'" in taken.stderr and "Traceback" not in taken.stderr
+
+
+def test_keys_list_in_a_pipe_shows_every_column_whole(tmp_path: Path) -> None:
+    """A pipe or a CI log has no terminal width (rich assumes 80): names, teams and limits were cut to "ap…"."""
+    (tmp_path / "draftgate.yaml").write_text("teams:\n  - name: research-platform\nlocal:\n  enabled: false\n")
+    created = draftgate("keys", "create", "--config", "draftgate.yaml", "--name", "nightly-batch-runner",
+                        "--team", "research-platform", "--rpm", "600", "--max-budget-usd", "25",
+                        "--budget-period", "week", "--duration", "30d", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["DRAFTGATE_DATA_DIR"] = str(tmp_path / "data")
+    table = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "list", "--config", "draftgate.yaml"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if "nightly-batch-runner" in line]
+    assert len(rows) == 1, table.stdout  # one line per key, not wrapped
+    for shown in ("research-platform", "$25/week", "600", "all"):
+        assert shown in rows[0], table.stdout
+
+
+def test_route_explain_in_a_pipe_shows_conditions_whole(tmp_path: Path) -> None:
+    """Its table was cut to 80 columns in a pipe: "has_response_…", "content.keywo…"."""
+    (tmp_path / "draftgate.yaml").write_text(
+        "models:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n  rules:\n    - name: structured-extraction\n"
+        "      when: {has_response_format: true, content: {keywords: [extract, field, invoice-number]}}\n"
+        "      action: {hosted: big}\n")
+    (tmp_path / "req.json").write_text(json.dumps({"model": "auto", "response_format": {"type": "json_object"},
+                                                   "messages": [{"role": "user", "content": "extract field"}]}))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["DRAFTGATE_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "route", "explain", "req.json", "--config",
+                             "draftgate.yaml"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ structured-extraction")]
+    assert len(rows) == 2, result.stdout  # one line per condition, none wrapped
+    assert "has_response_format" in rows[0] and "pass" in rows[0]
+    assert "content.keywords" in rows[1] and "['extract', 'field', 'invoice-number']" in rows[1]
+
+
+def test_serve_workers_never_empty_a_metrics_folder_holding_other_files(tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set to the data dir: `serve --workers 2` deleted the whole folder, ledger and
+    journals included, before it started (and /metrics would read ledger.db as a metrics file)."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    created = draftgate("keys", "create", "--config", "draftgate.yaml", "--name", "precious", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    data = tmp_path / "data"
+    (data / "counter_123.db").write_bytes(b"stale")
+    before = sorted(p.name for p in data.iterdir())
+    result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", "--workers", "2", cwd=tmp_path,
+                       env={"PROMETHEUS_MULTIPROC_DIR": str(data)})
+    assert result.returncode == 2, result.stderr
+    assert "holds files that are not Prometheus metric files (ledger.db" in result.stderr
+    assert "Traceback" not in result.stderr and "listening on" not in result.stdout
+    assert sorted(p.name for p in data.iterdir()) == before  # nothing removed, not even the stale counter
+    listed = draftgate("keys", "list", "--config", "draftgate.yaml", "--format", "json", cwd=tmp_path)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["precious"]
+
+
+def test_a_metrics_folder_of_its_own_is_cleared_of_an_earlier_runs_files(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import _share_metrics_between_workers
+    from gateway.settings import Settings
+
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    for name in ("counter_11.db", "gauge_livesum_11.db", "histogram_12.db"):
+        (folder / name).write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    _share_metrics_between_workers(Settings(data_dir=tmp_path / "data"))
+    assert list(folder.iterdir()) == [] and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder.resolve())
+
+
+def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
+    """Run away from the gateway's data dir, `report` made a new empty ledger and printed zeros, silently."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    first = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["total"]["requests"] == 0
+    ledger = tmp_path / "data" / "ledger.db"
+    assert first.stderr.strip() == (f"note: there was no ledger at {ledger.resolve()}, so this report is empty: is "
+                                    "DRAFTGATE_DATA_DIR (or DATABASE_URL, or the config's database_url) the gateway's?")
+    again = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr == ""  # an existing ledger with no rows is not news
+
+
+def test_keys_revoke_of_a_config_key_says_where_it_lives(tmp_path: Path) -> None:
+    """`report --by key` shows config keys as config:<name>; revoking one said only 'no key with id'."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\nkeys:\n  - name: ci-bot\n"
+                                             "    key: sk-ci-bot-0001\n")
+    for command in (("keys", "revoke", "config:ci-bot"), ("keys", "update", "config:ci-bot", "--rpm", "5")):
+        result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.strip() == ("error: config:ci-bot is the config file's key 'ci-bot' (keys: in "
+                                         "draftgate.yaml), not a virtual key: change or remove it there")
+    other = draftgate("keys", "revoke", "config:nobody", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert other.returncode == 1 and other.stderr.strip() == "error: no key with id config:nobody"
+
+
+def test_keys_create_caps_names_as_the_admin_api_and_the_ledger_columns_do(tmp_path: Path) -> None:
+    """POST /admin/keys refuses a name or team over 128 characters (the ledger's columns); the CLI stored them
+    (SQLite keeps any length; PostgreSQL's varchar(128) refuses the insert)."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    args = ("keys", "create", "--config", "draftgate.yaml")
+    for extra in (("--name", "n" * 129), ("--name", "ok", "--team", "t" * 129)):
+        result = draftgate(*args, *extra, cwd=tmp_path)
+        assert result.returncode == 2 and "at most 128 characters (got 129)" in result.stderr, result.stderr
+    assert draftgate(*args, "--name", "n" * 128, "--team", "t" * 128, cwd=tmp_path).returncode == 0
+    listed = json.loads(draftgate("keys", "list", "--config", "draftgate.yaml", "--format", "json",
+                                  cwd=tmp_path).stdout)
+    assert [(len(k["name"]), len(k["team"])) for k in listed] == [(128, 128)]
+
+
+def test_serve_prints_a_usable_url_for_ipv6_and_port_0(tmp_path: Path) -> None:
+    """`--host ::1` printed http://::1:4000/v1 (not a URL), `--port 0` printed port 0 (not where it listens)."""
+    import signal
+
+    from gateway.cli import _base_url
+
+    assert _base_url("::1", 4000) == "http://[::1]:4000/v1" and _base_url("127.0.0.1", 80) == "http://127.0.0.1:80/v1"
+    assert ":0/" not in _base_url("127.0.0.1", 0) and "a free port" in _base_url("127.0.0.1", 0)
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    env = {**os.environ, "DRAFTGATE_DATA_DIR": str(tmp_path / "data")}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for host, shown in (("::1", f"http://[::1]:{port}/v1"), ("127.0.0.1", f"http://127.0.0.1:{port}/v1")):
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", "draftgate.yaml",
+                                 "--host", host, "--port", str(port)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == f"draftgate listening on {shown}"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)

@@ -193,6 +193,24 @@ def test_local_actions_with_the_local_model_disabled_are_warned_about() -> None:
         "false: they get a 503 local_unavailable"]
 
 
+def test_auto_with_the_local_model_disabled_is_warned_about() -> None:
+    """`default: requested` (the default) sends `auto` to the local model: with it disabled, a 503 for every
+    `auto` request, and check-config said OK with 0 warnings."""
+    def warnings(text: str) -> list[str]:
+        return [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+
+    assert warnings("local:\n  enabled: false\n") == [
+        "draftgate.yaml:1: policies.default: serves requests for `auto` with the local model, but local.enabled "
+        "is false: they get a 503 local_unavailable"]
+    rule = ("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
+            "  default: {hosted: big}\n  rules:\n    - name: as-asked\n      when: {team: [research]}\n"
+            "      action: requested\n")
+    assert warnings(rule) == [
+        "draftgate.yaml:11: policies.rules[0].action: serves requests for `auto` with the local model, but "
+        "local.enabled is false: they get a 503 local_unavailable"]
+    assert warnings(rule.replace("enabled: false", "enabled: true")) == []
+
+
 def test_check_config_prints_the_warning_line_and_no_secret(tmp_path: Path) -> None:
     """End to end: what `draftgate check-config` writes."""
     env = {**os.environ, "CI_BOT_KEY": "s3cr3t!", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -194,3 +194,17 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         policies.load(tmp_path / "missing.yaml", {})
     assert "cannot read the file" in str(info.value)
+
+
+def test_an_unset_variable_is_one_problem_not_also_a_bad_value() -> None:
+    """The "" that stands in for an unset variable was also reported as too short (a key's secret) or not a
+    number: two problems, the second wrong, for one cause."""
+    text = GOOD.replace("  - name: claude-haiku\n", "  - name: claude-haiku\n    timeout_s: os.environ/TIMEOUT\n")
+    assert problems(text, {"MASTER": "sk-master-123456", "OPENAI_API_KEY": "x"}) == [
+        "draftgate.yaml:10: models[1].timeout_s: environment variable TIMEOUT is not set",
+        "draftgate.yaml:16: keys[0].key: environment variable CI_KEY is not set",
+    ]
+    assert problems(GOOD.replace("os.environ/CI_KEY", "os.environ/")) == [
+        "draftgate.yaml:15: keys[0].key: the environment variable's name is missing after os.environ/"]
+    assert problems(GOOD.replace("os.environ/CI_KEY", "short")) == [
+        "draftgate.yaml:15: keys[0].key: String should have at least 8 characters"]  # a real value still is

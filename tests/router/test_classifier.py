@@ -236,3 +236,25 @@ def test_ledger_outcomes_of_a_ledger_never_migrated_are_empty(tmp_path: Path) ->
     from gateway.outcomes import ledger_outcomes
 
     assert ledger_outcomes(f"sqlite:///{tmp_path}/never-started.db") == []
+
+
+def test_a_save_that_fails_midway_keeps_the_old_weights(tmp_path: Path) -> None:
+    """`router train` writes over the bundled weights by default: a failure while writing (here an array that
+    cannot be stored, standing in for a full disk or Ctrl-C) left a truncated file the gateway could not load."""
+    from dataclasses import replace
+
+    weights = fit(synthetic_rows(), None)
+    path = tmp_path / "classifier.npz"
+    weights.save(path)
+    path.chmod(0o640)
+    before = path.read_bytes()
+    broken = replace(weights, quantiles=np.array([lambda: None], dtype=object))  # pickling it fails
+    with pytest.raises(Exception, match="pickle"):
+        broken.save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["classifier.npz"]
+    Weights.load(path)
+    weights.save(path)
+    assert path.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+    fresh = tmp_path / "new" / "w.npz"
+    weights.save(fresh)
+    assert fresh.stat().st_mode & 0o777 == 0o644
