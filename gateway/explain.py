@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
                     key_name: str | None) -> dict[str, Any]:
     """Rule, conditions and decision for one request body; ValueError for an unreadable request."""
     try:
-        body = ChatRequest.model_validate(json.loads(request_file.read_text(encoding="utf-8")))
+        body = ChatRequest.model_validate(json.loads(_read(request_file)))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{request_file}: cannot read a JSON request: {exc}") from None
     except ValidationError as exc:  # every problem at once, as check-config reports a config's
@@ -39,3 +40,12 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         action += " — but local.enabled is false, so the gateway answers 503 local_unavailable"
     return {"rule": decision.rule, "explanation": [c.as_dict() for c in decision.explanation],
             "decision": action, "p_hosted": decision.p_hosted, "summary": decision.summary()}
+
+
+def _read(request_file: Path) -> str:
+    """The file's text; `-` is stdin, as curl's `-d @-` is (`jq ... | draftgate route explain -`)."""
+    if str(request_file) != "-":
+        return request_file.read_text(encoding="utf-8")
+    if sys.stdin is None:  # closed, as under some service managers
+        raise OSError("stdin is closed")
+    return sys.stdin.read()

@@ -242,6 +242,22 @@ def test_route_explain(tmp_path: Path) -> None:
     assert "model: " in worse.stderr and "messages.0.role: " in worse.stderr
 
 
+def test_route_explain_reads_the_request_from_stdin_on_a_dash(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text(RULES)
+    request = {"model": "auto", "messages": [{"role": "user", "content": "x"}],
+               "response_format": {"type": "json_object"}}
+    env = {**os.environ, "DRAFTGATE_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "gateway.cli", "route", "explain", "-", "--config", "draftgate.yaml"]
+    piped = subprocess.run(command, input=json.dumps(request), capture_output=True, text=True, cwd=tmp_path,
+                           env=env, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert "matched rule: json-to-big" in piped.stdout
+    closed = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=120)  # an empty stdin: a clear error, no traceback
+    assert closed.returncode == 2 and "-: cannot read a JSON request" in closed.stderr, closed.stderr
+    assert "Traceback" not in closed.stderr
+
+
 def test_route_explain_without_a_local_model_and_for_an_unknown_alias(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text(
         "local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n  default: local\n"
