@@ -110,6 +110,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def _pg_connect_args(url: str) -> dict[str, Any]:
+    """libpq's connect timeout and TCP keepalives unless the URL sets its own: without them a database host
+    that stops answering holds every thread that opens a connection (key lookups, ledger writes) for as long
+    as the operating system's TCP timeouts, minutes."""
+    query = make_url(url).query
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    if "keepalives" not in query:
+        args.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+    return args
+
+
 def safe_url(url: str) -> str:
     """The URL with any password masked, for error messages."""
     try:
@@ -133,7 +149,8 @@ class Database:
                 self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+                self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                            connect_args=_pg_connect_args(url))
         except (SQLAlchemyError, ValueError, OSError, ImportError) as exc:
             raise LedgerError(f"cannot open the ledger database {safe_url(url)}: {exc}") from exc
 

@@ -277,3 +277,38 @@ async def test_a_journal_is_replayed_only_into_the_database_it_was_written_for(t
     await owner.close()
     for database in (first, second):
         database.dispose()
+
+
+def test_a_postgres_host_that_never_answers_fails_at_the_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket that takes the connection and says nothing (a database host frozen behind a load balancer):
+    libpq has no connect timeout of its own, so migrate (and every key lookup or ledger write) hung there."""
+    import socket
+    import threading
+    import time
+
+    from ledger import LedgerError
+    from ledger import db as ledger_db
+
+    monkeypatch.setattr(ledger_db, "PG_CONNECT_TIMEOUT_S", 1)
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes the handshake; nobody ever reads
+    port = silent.getsockname()[1]
+    outcome: list[BaseException | None] = []
+
+    def migrate() -> None:
+        database = Database(f"postgresql+psycopg://user:secret@127.0.0.1:{port}/ledger")
+        try:
+            database.migrate()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+        finally:
+            database.dispose()
+
+    started = time.monotonic()
+    worker = threading.Thread(target=migrate, daemon=True)
+    worker.start()
+    worker.join(20)
+    silent.close()
+    assert not worker.is_alive(), "still waiting for the silent database after 20 s"
+    assert isinstance(outcome[0], LedgerError) and time.monotonic() - started < 20
+    assert "secret" not in str(outcome[0])
