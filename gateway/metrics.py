@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -34,13 +35,21 @@ class Metrics:
                                       ["model"], registry=self.registry)
         self.unpriced = Counter("draftgate_unpriced_requests", "Requests whose price is unknown", ["model"],
                                 registry=self.registry)
+        self.upstream_attempts = Counter(
+            "draftgate_upstream_attempts", "Hosted calls by alias and result (ok, error, cancelled; skipped: the "
+            "alias was cooling down): retries and fallbacks show as more attempts than requests",
+            ["alias", "result"], registry=self.registry)
         self.ledger_pending = Gauge("draftgate_ledger_pending_rows", "Rows not yet written to the database",
                                     registry=self.registry, multiprocess_mode="livesum")
 
     def observe(self, *, route: str, model: str, status: str, latency_s: float, prompt_tokens: int,
                 completion_tokens: int, hosted_usd: float | None, local_usd: float | None,
-                wasted_usd: float, device_seconds: float, unpriced: bool, cached_tokens: int = 0) -> None:
-        """Counts one finished request."""
+                wasted_usd: float, device_seconds: float, unpriced: bool, cached_tokens: int = 0,
+                attempts: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Counts one finished request, and each of its hosted attempts."""
+        for attempt in attempts:
+            alias = attempt.get("alias")
+            self.upstream_attempts.labels(alias if alias in self._models else OTHER_MODEL, _result(attempt)).inc()
         model = model if model in self._models else OTHER_MODEL
         self.requests.labels(route, model, status).inc()
         self.latency.labels(route, model).observe(latency_s)
@@ -72,3 +81,11 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def _result(attempt: Mapping[str, Any]) -> str:
+    if attempt.get("skipped"):
+        return "skipped"
+    if attempt.get("cancelled"):
+        return "cancelled"
+    return "ok" if attempt.get("status_code") == 200 and not attempt.get("error") else "error"

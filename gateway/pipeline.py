@@ -216,4 +216,5 @@ class ChatPipeline:
                               prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
                               hosted_usd=outcome.hosted_cost_usd, local_usd=outcome.local_cost_usd,
                               wasted_usd=outcome.wasted_draft_usd, device_seconds=outcome.device_seconds,
-                              unpriced=outcome.unpriced, cached_tokens=outcome.cached_tokens)
+                              unpriced=outcome.unpriced, cached_tokens=outcome.cached_tokens,
+                              attempts=outcome.attempts)

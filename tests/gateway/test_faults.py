@@ -71,6 +71,21 @@ def test_a_retry_after_longer_than_the_gateway_waits_goes_to_the_fallback_at_onc
     assert len(simulator.state.received) == 3  # backup's one call, no retries
 
 
+def test_metrics_count_every_upstream_attempt_by_alias_and_result(gateway_factory, simulator) -> None:
+    """Retries, fallbacks and cooling aliases are what an SRE watches; the request counter alone showed one
+    request where the upstream saw four calls."""
+    import httpx
+
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(status=500)] * 3)  # gpt-4o-mini: its try and both retries; backup answers
+    ask(gw, "four calls")
+    flushed_db(gw)
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'draftgate_upstream_attempts_total{alias="gpt-4o-mini",result="error"} 3.0' in text
+    assert 'draftgate_upstream_attempts_total{alias="backup",result="ok"} 1.0' in text
+    assert 'draftgate_requests_total{model="gpt-4o-mini",route="hosted",status="ok"} 1.0' in text
+
+
 def test_400_is_not_retried_and_returns_upstream_message(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(status=400, message="context too long for this model"))
