@@ -40,6 +40,7 @@ class Fault:
     malformed_chunk_after: int | None = None  # stream this many chunks, then one that is not JSON, then the rest
     code: str | None = None  # the error body's `code` and `param` with `status` (context_length_exceeded, ...)
     param: str | None = None
+    padding_bytes: int = 0  # a non-streaming answer this much larger (an extra field): an upstream gone haywire
 
 
 @dataclass
@@ -228,6 +229,8 @@ class SimulatorServer:
                 del completion["usage"]
             if fault.usage is not None:
                 completion["usage"] = fault.usage
+            if fault.padding_bytes:
+                completion["padding"] = "x" * fault.padding_bytes
             response = _response(200, orjson.dumps(completion)[:40] if fault.broken_body else orjson.dumps(completion))
             if fault.trickle_s:
                 step = -(-len(response) // 10)

@@ -115,6 +115,21 @@ def _failure_from_response(status: int, content: bytes, headers: Mapping[str, st
                          param=error.param)
 
 
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int, model: HostedModel) -> bytes:
+    """The body, refused past `limit` bytes: read whole, a runaway upstream would exhaust the gateway's memory.
+    The upstream did answer (and bills it), so the attempt is billed like a broken 200, and retried."""
+    too_big = AttemptFailed(f"upstream {model.alias} sent an answer over {limit} bytes", status_code=502,
+                            retryable=True, answered=True)
+    if (response.content_length or 0) > limit:
+        raise too_big
+    body = bytearray()
+    async for piece in response.content.iter_chunked(1 << 16):
+        body += piece
+        if len(body) > limit:
+            raise too_big
+    return bytes(body)
+
+
 def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFailed:
     if isinstance(exc, asyncio.TimeoutError):  # aiohttp's connect and read timeouts are TimeoutErrors
         # Past the connect, the upstream had the request and works on it whether or not this side waits: it
@@ -129,6 +144,7 @@ def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFa
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a non-streaming answer larger than this is an upstream gone haywire
 _DRAIN_LIMIT = 4096  # bytes after `[DONE]` worth reading to keep a connection; more means a misbehaving upstream
 _DRAIN_TIMEOUT_S = 1.0
 
@@ -250,7 +266,7 @@ class OpenAITransport:
         try:
             async with self._client().post(url, data=payload, headers=headers, timeout=timeout,
                                            allow_redirects=False) as response:
-                content = await response.read()
+                content = await _read_at_most(response, MAX_RESPONSE_BYTES, model)
                 status, response_headers = response.status, response.headers
         except TRANSPORT_ERRORS as exc:
             raise _failure_from_transport(exc, model) from exc

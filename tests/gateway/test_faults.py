@@ -86,6 +86,19 @@ def test_metrics_count_every_upstream_attempt_by_alias_and_result(gateway_factor
     assert 'draftgate_requests_total{model="gpt-4o-mini",route="hosted",status="ok"} 1.0' in text
 
 
+def test_an_answer_over_the_size_limit_is_refused_not_read_whole(gateway_factory, simulator) -> None:
+    """An upstream sending 80 MB for one completion (over the 64 MiB limit) is an attempt that failed, billed
+    as answered, and the fallback answers; the gateway read it whole before, into its memory."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(padding_bytes=80_000_000)] * 3)  # gpt-4o-mini's try and both retries
+    raw = ask(gw, "not that much")
+    assert raw.parse().choices[0].message.content == "echo: not that much"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.provider_model == "openai/gpt-4o"
+    assert [(a["alias"], a["status_code"], a.get("billed", False)) for a in row.detail["attempts"]] == [
+        ("gpt-4o-mini", 502, True)] * 3 + [("backup", 200, False)]
+
+
 def test_400_is_not_retried_and_returns_upstream_message(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(status=400, message="context too long for this model"))
