@@ -86,7 +86,8 @@ def ledger_or_exit(settings: Settings, config: policies.GatewayConfig) -> Databa
     from ledger import Database, LedgerError
 
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)  # journals and the default SQLite file live here
+        # No data dir made here: a SQLite ledger makes its own folder, and only `serve` writes journals there
+        # (report or keys on a config naming another database left an empty ./draftgate-data behind).
         db = Database(settings.resolved_database_url(config.database_url))
         db.migrate()
     except (LedgerError, OSError) as exc:

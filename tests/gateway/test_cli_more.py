@@ -166,6 +166,15 @@ def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stderr == ""  # an existing ledger with no rows is not news
 
 
+def test_report_and_keys_on_another_database_leave_no_data_dir_behind(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "ledger.db"
+    (tmp_path / "draftgate.yaml").write_text(f"local:\n  enabled: false\ndatabase_url: sqlite:///{elsewhere}\n")
+    for command in (("report",), ("keys", "list")):
+        result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert elsewhere.exists() and not (tmp_path / "data").exists()
+
+
 def test_keys_revoke_of_a_config_key_says_where_it_lives(tmp_path: Path) -> None:
     """`report --by key` shows config keys as config:<name>; revoking one said only 'no key with id'."""
     (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\nkeys:\n  - name: ci-bot\n"
