@@ -97,25 +97,34 @@ def test_kill_9_under_load_loses_no_answered_request_and_counts_none_twice(tmp_p
           f"but only in the journal at the kill, {len(rows)} rows after restart")
 
 
-def test_sigterm_finishes_in_flight_requests_then_flushes(tmp_path: Path) -> None:
-    with simulator_process(delay_s=1.5) as sim:  # every upstream answer takes 1.5 s
+def _sigterm_during_load(tmp_path: Path, *, delay_s: float, timeout_s: float, requests: int,
+                         env: dict[str, str] | None = None) -> tuple:  # type: ignore[type-arg]
+    """`requests` hosted requests (half streamed) to an upstream that answers after `delay_s`; SIGTERM 0.8 s in,
+    when all of them are waiting on it. Returns (the load's result, seconds from SIGTERM to exit, exit code,
+    the moment SIGTERM was sent, the gateway process)."""
+    with simulator_process(delay_s=delay_s) as sim:
         config = tmp_path / "draftgate.yaml"
-        config.write_text(process_config(sim, timeout_s=30))
-        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log")
+        config.write_text(process_config(sim, timeout_s=timeout_s))
+        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log", env=env)
         try:
             gw.start()
 
             async def scenario() -> tuple:  # type: ignore[type-arg]
-                load = asyncio.create_task(run_load(gw.url + "/v1", MASTER_KEY, concurrency=16, duration_s=30,
-                                                    kinds={"hosted_stream": 8}, max_requests=16))
-                await asyncio.sleep(0.8)  # all 16 are waiting on the upstream now
+                load = asyncio.create_task(run_load(gw.url + "/v1", MASTER_KEY, concurrency=requests, duration_s=30,
+                                                    kinds={"hosted_stream": requests // 2}, max_requests=requests))
+                await asyncio.sleep(0.8)
                 sent_term = time.monotonic()
                 rc = await asyncio.to_thread(gw.terminate, 30)
-                return await load, sent_term, rc
+                return await load, time.monotonic() - sent_term, rc, sent_term
 
-            result, sent_term, rc = asyncio.run(scenario())
+            result, stop_s, rc, sent_term = asyncio.run(scenario())
         finally:
             gw.stop()
+    return result, stop_s, rc, sent_term, gw
+
+
+def test_sigterm_finishes_in_flight_requests_then_flushes(tmp_path: Path) -> None:
+    result, _, rc, sent_term, gw = _sigterm_during_load(tmp_path, delay_s=1.5, timeout_s=30, requests=16)
     assert rc in (0, -15), gw.log.read_text()  # uvicorn re-raises the SIGTERM it handled
     assert len(result.replies) == 16 and not result.errors, result.summary()
     assert all(r.finished_s > sent_term for r in result.replies)  # they were in flight at SIGTERM
@@ -131,24 +140,8 @@ def test_sigterm_with_requests_that_outlast_the_shutdown_timeout_cancels_and_rec
     finite: Kubernetes sends SIGKILL after 30 s, which would lose every in-flight row): at the timeout the
     requests still in flight are cancelled, each recorded `cancelled` with its prompt billed, the ledger is
     flushed, and the process exits (it used to wait for them however long they took)."""
-    with simulator_process(delay_s=40) as sim:  # no answer comes before the test is over
-        config = tmp_path / "draftgate.yaml"
-        config.write_text(process_config(sim, timeout_s=60))
-        gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log",
-                            env={"DRAFTGATE_SHUTDOWN_TIMEOUT_S": "2"})
-        try:
-            gw.start()
-
-            async def scenario() -> tuple:  # type: ignore[type-arg]
-                load = asyncio.create_task(run_load(gw.url + "/v1", MASTER_KEY, concurrency=4, duration_s=30,
-                                                    kinds={"hosted_stream": 2}, max_requests=4))
-                await asyncio.sleep(0.8)  # all 4 are waiting on the upstream now
-                sent_term = time.monotonic()
-                rc = await asyncio.to_thread(gw.terminate, 20)
-                return await load, time.monotonic() - sent_term, rc
-            result, stop_s, rc = asyncio.run(scenario())
-        finally:
-            gw.stop()
+    result, stop_s, rc, _, gw = _sigterm_during_load(tmp_path, delay_s=40, timeout_s=60, requests=4,
+                                                     env={"DRAFTGATE_SHUTDOWN_TIMEOUT_S": "2"})
     assert rc in (0, -15), gw.log.read_text()
     assert stop_s < 10, stop_s
     assert len(result.replies) == 4 and not result.completed
