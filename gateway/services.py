@@ -177,7 +177,7 @@ class Services:
             database = False
         checks = {"database": database}
         if self.config.local.enabled and self.settings.load_local_engine:
-            checks["local_model"] = self.local is not None and self.local.is_ready()
+            checks["local_model"] = self.local is not None and await self.local.is_ready()
         return checks
 
 

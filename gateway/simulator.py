@@ -67,6 +67,7 @@ class Simulator:
     chunk_words: int = 1
     done_gap_s: float = 0.0  # pause between `data: [DONE]` and the end of the body, as a framework may leave
     record: bool = True
+    healthy: bool = True  # what GET /health answers (vLLM's liveness: 500 once its engine is dead)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def reply_for(self, body: dict[str, Any]) -> str:
@@ -203,6 +204,9 @@ class SimulatorServer:
 
     async def _serve(self, request: tuple[str, str, dict[str, str], bytes], writer: asyncio.StreamWriter) -> bool:
         method, path, headers, raw = request
+        if method == "GET" and path == "/health":
+            writer.write(_response(200 if self.state.healthy else 500, b"{}"))
+            return True
         if method == "GET" and path.endswith("/models"):
             writer.write(_response(200, b'{"object":"list","data":[{"id":"sim","object":"model"}]}'))
             return True

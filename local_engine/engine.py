@@ -182,7 +182,7 @@ class DiffusionEngine:
             self._prompt_pool.shutdown(wait=False)
             self._prompt_pool = None
 
-    def is_ready(self) -> bool:
+    async def is_ready(self) -> bool:
         return self._running and self._thread is not None and self._thread.is_alive()
 
     def count_prompt_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:

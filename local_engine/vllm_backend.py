@@ -14,6 +14,7 @@ and is not retried elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from local_engine.interface import Completion, Confidence, EngineConfig, Generat
 from local_engine.metering import DEFAULT_GPU_USD_PER_HOUR
 
 COOL_DOWN_S = 5.0  # a server that failed is tried last for this long
+HEALTH_TIMEOUT_S = 2.0  # a readiness probe waits this long for each server
 BUSY_STATUSES = frozenset({429, 503})
 NO_SIGNALS = Confidence(steps_per_canvas=(), step_cap_hit=False, tokens_per_pass=0.0, mean_entropy=0.0,
                         max_entropy=0.0, measured=False)  # vLLM reports no denoising signals
@@ -62,8 +64,21 @@ class VllmBackend:
             await self._http.aclose()
             self._http = None
 
-    def is_ready(self) -> bool:
-        return self._http is not None
+    async def is_ready(self) -> bool:
+        """Some server of the pool answers vLLM's `/health` with 200 (a pool all down, or whose engines died
+        behind live API servers, is not ready: every local request would fail)."""
+        if self._http is None:
+            return False
+        return any(await asyncio.gather(*(self._healthy(base) for base in self._bases)))
+
+    async def _healthy(self, base: str) -> bool:
+        assert self._http is not None
+        root = base.rstrip("/").removesuffix("/v1")  # vLLM serves /health beside /v1, not under it
+        try:
+            response = await self._http.get(root + "/health", timeout=HEALTH_TIMEOUT_S)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     def count_prompt_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
         return sum(len(str(m.get("content") or "")) for m in messages) // 4

@@ -90,6 +90,20 @@ async def test_a_server_silent_past_timeout_s_is_failed_over() -> None:
         await backend.stop()
 
 
+async def test_ready_while_some_server_of_the_pool_is_alive() -> None:
+    """/readyz said the local model was ready with every vLLM server down, while each request got a 503."""
+    async with SimulatorServer() as alive:
+        pool = VllmBackend(EngineConfig(backend="vllm", api_bases=(DEAD, alive.base_url)))
+        dead_only = VllmBackend(EngineConfig(backend="vllm", api_bases=(DEAD,)))
+        for backend in (pool, dead_only):
+            await backend.start()
+        assert await pool.is_ready() and not await dead_only.is_ready()
+        alive.state.healthy = False  # its engine died behind a live API server
+        assert not await pool.is_ready()
+        for backend in (pool, dead_only):
+            await backend.stop()
+
+
 async def test_busy_servers_are_a_full_queue_and_refusals_are_not_retried() -> None:
     async with SimulatorServer() as a, SimulatorServer() as b:
         backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(a.base_url, b.base_url)))

@@ -44,7 +44,7 @@ class ScriptedBackend:
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    def is_ready(self) -> bool:
+    async def is_ready(self) -> bool:
         return True
 
     def count_prompt_tokens(self, messages: object) -> int:
