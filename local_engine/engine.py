@@ -73,11 +73,6 @@ def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Samplin
                     canvas_lengths=lengths, first_canvas=first_canvas or 0)
 
 
-def context_length_of(loaded: LoadedModel, max_model_len: int | None) -> int | None:
-    """The checkpoint's position limit, lowered by the configured `max_model_len` (vLLM's name)."""
-    return context_window(loaded.model.config, max_model_len)
-
-
 def _retrieved(task: asyncio.Task[Row]) -> None:
     """Marks a submission's failure as seen: a stream never iterated does not log it at collection."""
     if not task.cancelled():
@@ -137,7 +132,7 @@ class DiffusionEngine:
         self.model_name = loaded.name
         self.max_rows: int | None = config.max_queue + config.max_batch_size  # an idle engine takes this many
         self._admitting = 0  # rows the worker has taken off the queue and is encoding into the batch
-        self.context_length: int | None = context_length_of(loaded, config.max_model_len)
+        self.context_length: int | None = context_window(loaded.model.config, config.max_model_len)
         self.sampling = sampling_of(loaded, config.first_canvas_length)
         rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else default_rate(loaded.device)
         self.meter = Meter(loaded.device, rate)

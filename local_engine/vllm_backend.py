@@ -83,9 +83,9 @@ class VllmBackend:
     def count_prompt_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
         return sum(len(str(m.get("content") or "")) for m in messages) // 4
 
-    @property
-    def _in_flight(self) -> dict[str, int]:
-        return {base: clock.in_flight for base, clock in self._clocks.items()}
+    def _cool_down(self, base: str) -> None:
+        """A server that failed a request is tried last for COOL_DOWN_S."""
+        self._down_until[base] = time.monotonic() + COOL_DOWN_S
 
     def _order(self) -> list[str]:
         """Servers to try, healthy before recently failed ones, least busy first."""
@@ -118,7 +118,7 @@ class VllmBackend:
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
-                self._down_until[base] = time.monotonic() + COOL_DOWN_S
+                self._cool_down(base)
                 failures.append(f"{base} unreachable: {type(exc).__name__}")
                 continue
             finally:
@@ -128,7 +128,7 @@ class VllmBackend:
             if status in BUSY_STATUSES:
                 busy.append(_retry_after(response.headers.get("retry-after")))
             elif status >= 500:
-                self._down_until[base] = time.monotonic() + COOL_DOWN_S
+                self._cool_down(base)
                 failures.append(f"{base} answered {status}")
             else:
                 raise RequestRejectedError(f"vLLM server {base} refused the request ({status}): {detail}", status)
@@ -191,7 +191,7 @@ class VllmBackend:
             try:
                 first = await anext(events)
             except (EngineUnavailableError, GenerationFailedError):
-                self._down_until[base] = time.monotonic() + COOL_DOWN_S
+                self._cool_down(base)
                 failed.append(base)
                 if len(failed) == len(self._bases):
                     raise

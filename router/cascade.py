@@ -90,10 +90,9 @@ def _add_judge_bill(outcome: Outcome, judgement: Judgement) -> None:
     bills = [v.details for v in judgement.verdicts if "cost_usd" in v.details]
     if not bills:
         return
-    known = [b["cost_usd"] for b in bills if b["cost_usd"] is not None]
-    outcome.hosted_cost_usd = (outcome.hosted_cost_usd or 0.0) + sum(known)
-    outcome.unpriced = outcome.unpriced or len(known) < len(bills)
-    outcome.detail["judge"] = {"cost_usd": sum(known), "prompt_tokens": sum(b["prompt_tokens"] for b in bills),
+    for bill in bills:
+        outcome.add_hosted_cost(bill["cost_usd"])
+    outcome.detail["judge"] = {"cost_usd": sum(b["cost_usd"] for b in bills if b["cost_usd"] is not None), "prompt_tokens": sum(b["prompt_tokens"] for b in bills),
                                "completion_tokens": sum(b["completion_tokens"] for b in bills)}
 
 
@@ -160,8 +159,7 @@ class Cascade:
         _add_judge_bill(outcome, judgement)
         billed = error.outcome  # escalation attempts the provider charged though none answered usably
         if isinstance(billed, Outcome) and (billed.hosted_cost_usd is not None or billed.unpriced):
-            outcome.hosted_cost_usd = (outcome.hosted_cost_usd or 0.0) + (billed.hosted_cost_usd or 0.0)
-            outcome.unpriced = outcome.unpriced or billed.unpriced
+            outcome.add_hosted_cost(None if billed.unpriced else billed.hosted_cost_usd)
             outcome.attempts = billed.attempts
             outcome.detail["usage_estimated"] = True
             outcome.detail["escalation_prompt_tokens"] = billed.prompt_tokens

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -26,6 +26,8 @@ from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled,
 from router.transport import StreamBroken
 from router.usage import TokenEstimator, answer_text, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
+
+T = TypeVar("T")
 
 
 class Pricing:
@@ -224,14 +226,11 @@ class Executor:
     async def _answered_outcome(self, job: Job, result: HostedResult) -> Outcome:
         """The ledger figures of a hosted answer: its usage as reported, else counted here."""
         detail: dict[str, Any] = {}
-        usage = usage_of(result.body)
-        if usage is None:  # the provider still billed it: count the tokens here rather than record $0
-            usage = await asyncio.to_thread(self._tokens.usage, result.model.model, job.messages,
-                                            [answer_text(result.body)])
+        (prompt_tokens, completion_tokens), estimated = await answer_usage(self._tokens, result, job.messages)
+        if estimated:
             detail["usage_estimated"] = True
             if usage_is_invalid(result.body):
                 detail["upstream_usage_invalid"] = True
-        prompt_tokens, completion_tokens = usage
         cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
                        completion_tokens=completion_tokens, hosted_cost_usd=cost, unpriced=cost is None,
@@ -273,30 +272,13 @@ class Executor:
             return outcome
         costs: list[float | None] = []
         for model in billed:
-            tokens = await self._counted_prompt(model, job)
+            tokens = await _counted(self._tokens.prompt_tokens, model.model, job.messages)
             outcome.prompt_tokens += tokens
             costs.append(self._pricing.hosted_cost(model, tokens, 0))
         outcome.unpriced = None in costs
         outcome.hosted_cost_usd = None if outcome.unpriced else sum(c for c in costs if c is not None)
         outcome.detail["usage_estimated"] = True
         return outcome
-
-    async def _counted_usage(self, model: str, job: Job, answer: list[str]) -> tuple[int, int]:
-        """A cut-short stream's tokens, counted off the event loop (a 4 MB prompt takes ~0.4 s, which would
-        stall every other request); in it only when cancelled again (the server stopping)."""
-        counting = asyncio.ensure_future(asyncio.to_thread(self._tokens.usage, model, job.messages, answer))
-        try:
-            return await asyncio.shield(counting)
-        except asyncio.CancelledError:
-            return self._tokens.usage(model, job.messages, answer)
-
-    async def _counted_prompt(self, model: HostedModel, job: Job) -> int:
-        """The prompt's tokens, counted off the event loop (in it when cancelled again: the server stopping)."""
-        counting = asyncio.ensure_future(asyncio.to_thread(self._tokens.prompt_tokens, model.model, job.messages))
-        try:
-            return await asyncio.shield(counting)
-        except asyncio.CancelledError:
-            return self._tokens.prompt_tokens(model.model, job.messages)
 
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
         """Opens a hosted stream; cancelled before the upstream's first byte, as `run_hosted`."""
@@ -353,8 +335,8 @@ class Executor:
         finally:
             await opened.aclose()
             if not reported:  # no usage chunk and cut short (an upstream stream broken, a client gone)
-                outcome.prompt_tokens, outcome.completion_tokens = await self._counted_usage(
-                    opened.model.model, job, answer)
+                outcome.prompt_tokens, outcome.completion_tokens = await _counted(
+                    self._tokens.usage, opened.model.model, job.messages, answer)
                 outcome.detail["usage_estimated"] = True
             cost = self._pricing.hosted_cost(opened.model, outcome.prompt_tokens, outcome.completion_tokens)
             outcome.hosted_cost_usd = cost
@@ -386,6 +368,26 @@ class Executor:
                 if index not in finished:
                     _note_spent(stream, index, progress)
             _add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
+
+
+async def _counted(count: Callable[..., T], *args: Any) -> T:
+    """Tokens counted off the event loop (a 4 MB prompt takes ~0.4 s, which would stall every other request);
+    in it only when cancelled again (the server stopping: the count must still reach the ledger row)."""
+    counting = asyncio.ensure_future(asyncio.to_thread(count, *args))
+    try:
+        return await asyncio.shield(counting)
+    except asyncio.CancelledError:
+        return count(*args)
+
+
+async def answer_usage(tokens: TokenEstimator, result: HostedResult,
+                       messages: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, int], bool]:
+    """A hosted answer's (prompt, completion) tokens as its upstream reported them, else counted here (the
+    provider still billed it: never $0); and whether they were counted."""
+    usage = usage_of(result.body)
+    if usage is not None:
+        return usage, False
+    return await asyncio.to_thread(tokens.usage, result.model.model, messages, [answer_text(result.body)]), True
 
 
 def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:

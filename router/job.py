@@ -71,6 +71,12 @@ class Outcome:
     escalation_reason: str | None = None
     body: dict[str, Any] | None = None  # the OpenAI response (non-streaming)
 
+    def add_hosted_cost(self, cost_usd: float | None) -> None:
+        """Adds another hosted call's dollars (a judge's, a billed failed attempt's); None, an unknown price,
+        makes the request unpriced rather than $0."""
+        self.hosted_cost_usd = (self.hosted_cost_usd or 0.0) + (cost_usd or 0.0)
+        self.unpriced = self.unpriced or cost_usd is None
+
     @property
     def cost_usd(self) -> float | None:
         """Everything this request cost; None while any part of it is unpriced."""

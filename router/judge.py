@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from router.executor import Pricing
-from router.hosted import HostedClient, usage_of
+from router.executor import Pricing, answer_usage
+from router.hosted import HostedClient
 from router.usage import TokenEstimator, answer_text
 from router.verifiers import JudgeFn, JudgeReply
 
@@ -18,12 +17,8 @@ def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
 
     async def judge(alias: str, messages: list[dict[str, Any]]) -> JudgeReply:
         result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0})
-        text = answer_text(result.body)
-        usage = usage_of(result.body)
-        if usage is None:
-            usage = await asyncio.to_thread(tokens.usage, result.model.model, messages, [text])
-        prompt_tokens, completion_tokens = usage
-        return JudgeReply(text, pricing.hosted_cost(result.model, prompt_tokens, completion_tokens), prompt_tokens,
-                          completion_tokens)
+        (prompt_tokens, completion_tokens), _ = await answer_usage(tokens, result, messages)
+        return JudgeReply(answer_text(result.body), pricing.hosted_cost(result.model, prompt_tokens, completion_tokens),
+                          prompt_tokens, completion_tokens)
 
     return judge

@@ -23,10 +23,9 @@ class AttemptFailed(Exception):
 
     def __init__(self, message: str, *, status_code: int | None = None, retryable: bool,
                  retry_after_s: float | None = None, error_type: str | None = None, code: str | None = None,
-                 param: str | None = None, answered: bool = False, billed: bool = False) -> None:
+                 param: str | None = None, billed: bool = False) -> None:
         super().__init__(message)
-        self.answered = answered  # the upstream answered 200 (did the work, and bills it), but unusably
-        self.billed = billed or answered  # the provider charges it: answered, or given up on while it had it
+        self.billed = billed  # the provider charges it: it answered 200 unusably, or was given up on while it had it
         self.message = message
         self.status_code = status_code
         self.retryable = retryable
@@ -119,7 +118,7 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int, model: Hos
     """The body, refused past `limit` bytes: read whole, a runaway upstream would exhaust the gateway's memory.
     The upstream did answer (and bills it), so the attempt is billed like a broken 200, and retried."""
     too_big = AttemptFailed(f"upstream {model.alias} sent an answer over {limit} bytes", status_code=502,
-                            retryable=True, answered=True)
+                            retryable=True, billed=True)
     if (response.content_length or 0) > limit:
         raise too_big
     body = bytearray()
@@ -276,10 +275,10 @@ class OpenAITransport:
             data = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
-                                retryable=True, answered=True) from exc
+                                retryable=True, billed=True) from exc
         if not isinstance(data, dict) or "choices" not in data:
             raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
-                                answered=True)
+                                billed=True)
         return data
 
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:

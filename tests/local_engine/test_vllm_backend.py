@@ -72,7 +72,7 @@ async def test_a_pool_fails_over_before_anything_is_streamed() -> None:
         # the failed servers sit out their cool-down: the next request goes straight to the healthy one
         await backend.generate(GenerationRequest(request_id="c", messages=HI))
         assert len(healthy.state.received) == 3 and len(failing.state.received) == 1
-        assert all(count == 0 for count in backend._in_flight.values())
+        assert all(clock.in_flight == 0 for clock in backend._clocks.values())
         await backend.stop()
 
 
@@ -117,7 +117,7 @@ async def test_busy_servers_are_a_full_queue_and_refusals_are_not_retried() -> N
         with pytest.raises(RequestRejectedError, match="prompt too long") as refused:
             [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
         assert refused.value.status_code == 400 and len(b.state.received) == 1  # b was not asked again
-        assert all(count == 0 for count in backend._in_flight.values())
+        assert all(clock.in_flight == 0 for clock in backend._clocks.values())
         await backend.stop()
 
 
@@ -133,7 +133,7 @@ async def test_a_malformed_stream_chunk_is_the_servers_failure() -> None:
         server.state.replies.append("fine")
         events = [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
         assert isinstance(events[-1], Completion) and events[-1].text == "fine"
-        assert all(count == 0 for count in backend._in_flight.values())
+        assert all(clock.in_flight == 0 for clock in backend._clocks.values())
         await backend.stop()
 
 
@@ -159,7 +159,7 @@ async def test_a_stream_without_a_finish_reason_is_not_a_whole_answer() -> None:
         await backend.start()
         with pytest.raises(EngineUnavailableError, match="finish_reason"):
             [e async for e in backend.stream(GenerationRequest(request_id="b", messages=HI))]
-        assert all(count == 0 for count in backend._in_flight.values())
+        assert all(clock.in_flight == 0 for clock in backend._clocks.values())
         await backend.stop()
 
 
@@ -200,5 +200,5 @@ async def test_a_server_failing_before_the_first_token_is_failed_over_like_a_5xx
         assert [len(s.state.received) for s in (erring, cut, healthy)] == [1, 1, 1]
         await backend.generate(GenerationRequest(request_id="b", messages=HI))
         assert [len(s.state.received) for s in (erring, cut, healthy)] == [1, 1, 2]
-        assert all(count == 0 for count in backend._in_flight.values())
+        assert all(clock.in_flight == 0 for clock in backend._clocks.values())
         await backend.stop()
