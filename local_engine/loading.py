@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer
 from transformers.models.diffusion_gemma import DiffusionGemmaForBlockDiffusion
+from transformers.utils import logging as hf_logging
 
 from local_engine.errors import EngineUnavailableError
 from local_engine.interface import EngineConfig
@@ -93,6 +96,19 @@ def check_model(config: EngineConfig) -> None:
     context_window(model_config, config.max_model_len)
 
 
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """from_pretrained draws a tqdm bar ("Loading weights"): carriage returns in a server's log, where vLLM
+    and LiteLLM write plain lines. The setting is transformers' own, so it is put back afterwards."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def load_model(config: EngineConfig) -> LoadedModel:
     """Loads weights, tokenizer (with its chat template) and generation config; raises if missing."""
     source = _source(config)
@@ -100,8 +116,9 @@ def load_model(config: EngineConfig) -> LoadedModel:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     try:
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=pick_dtype(config.dtype, device))
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        with _no_progress_bar():
+            model = DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=pick_dtype(config.dtype, device))
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:  # missing files; a path that is not a valid hub id
         raise EngineUnavailableError(f"cannot load the local model {source!r}: {exc}") from exc
     model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() for its own wrappers

@@ -35,3 +35,12 @@ def test_generate_answers_held_out_prompts_of_its_strong_kinds(kind: str) -> Non
     rows = [r for r in held_out(10) if r[0] == kind]
     right = sum(check(generate_plain(loaded, prompt), answer) for _, prompt, answer in rows)
     assert right >= 9, f"{right}/10 {kind} answers right"
+
+
+def test_loading_writes_no_progress_bar_and_leaves_the_setting_as_it_was(capfd) -> None:  # type: ignore[no-untyped-def]
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    load_model(EngineConfig())
+    assert "Loading weights" not in capfd.readouterr().err  # a server's log gets lines, not a tqdm bar
+    assert hf_logging.is_progress_bar_enabled()  # transformers' own setting, put back
