@@ -3,6 +3,8 @@ the simulator standing in for a vLLM server (it records each body and returns lo
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -10,6 +12,7 @@ import pytest
 
 from tests.conftest import hosted_config
 from tests.gateway.test_chat_hosted import client, flushed_db
+from tests.gateway.test_cli import draftgate
 
 LOCAL = "local/diffusiongemma"
 SAMPLING = {"logprobs": True, "top_logprobs": 2, "frequency_penalty": 0.5, "presence_penalty": -0.5,
@@ -131,3 +134,16 @@ def test_a_cascade_over_vllm_drafts_requests_with_logprobs(gateway_factory, simu
     assert all(r.body["logprobs"] is True for r in simulator.state.received)
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
     assert row is not None and row.route == "escalated" and row.wasted_draft_usd > 0
+
+
+def test_route_explain_decides_with_the_configured_backends_capabilities(tmp_path: Path) -> None:
+    """`route explain` builds its planner without loading a model: it still knows what each backend applies."""
+    request = {"model": LOCAL, "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_k": 5}
+    (tmp_path / "req.json").write_text(json.dumps(request))
+    for backend, local in (("transformers", ""), ("vllm", "  backend: vllm\n  api_base: http://127.0.0.1:9/v1\n")):
+        (tmp_path / "draftgate.yaml").write_text(f"local:\n  enabled: true\n{local}")
+        result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+        if backend == "vllm":
+            assert result.returncode == 0 and f"decision: local ({LOCAL})" in result.stdout, result.stderr
+        else:
+            assert result.returncode == 2 and "does not return `logprobs`" in result.stderr, result.stdout
