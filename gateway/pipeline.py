@@ -63,7 +63,7 @@ def to_job(body: ChatRequest, request_id: str) -> Job:
                messages=[m.model_dump(exclude_none=True) for m in body.messages], stream=body.stream,
                wants_usage=body.wants_usage_chunk(), max_tokens=body.token_cap(), temperature=body.temperature,
                stop=tuple(body.stop_list()), seed=body.seed, n=body.n or 1, top_p=body.top_p,
-               upstream_body=provider_body)
+               sampling=body.sampling_options(), upstream_body=provider_body)
 
 
 class ChatPipeline:

@@ -2,6 +2,8 @@
 
 Unknown top-level fields are refused (as OpenAI does) so a typo never silently changes behaviour;
 message objects allow provider extras (tool_calls, name, ...) because they are relayed, not read.
+vLLM's common sampling extensions (`top_k`, `min_p`, `repetition_penalty`, sent through the SDK's
+`extra_body`) are known fields: a `backend: vllm` local route applies them, the in-process one refuses them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from local_engine import SamplingOptions
 from policies import schema_problem
 
 MAX_TOKENS_LIMIT = 1_000_000
@@ -112,6 +115,10 @@ class ChatRequest(BaseModel):
     web_search_options: dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
+    # vLLM's extensions, sent through extra_body; "off" is top_k -1 or 0, min_p 0, repetition_penalty 1
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
 
     @field_validator("stop")
     @classmethod
@@ -190,6 +197,16 @@ class ChatRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling_options(self) -> SamplingOptions:
+        """The options only some local backends apply, neutral values (which SDKs send by default) left out:
+        what the planner checks against the local backend's capabilities."""
+        return SamplingOptions(
+            logprobs=self.logprobs or None, top_logprobs=self.top_logprobs or None,
+            frequency_penalty=self.frequency_penalty or None, presence_penalty=self.presence_penalty or None,
+            logit_bias=self.logit_bias or None, top_k=self.top_k if self.top_k not in (-1, 0) else None,
+            min_p=self.min_p or None,
+            repetition_penalty=self.repetition_penalty if self.repetition_penalty != 1 else None)
 
     def wants_usage_chunk(self) -> bool:
         """True when a streaming client asked for the final usage chunk."""

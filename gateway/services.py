@@ -18,7 +18,7 @@ from gateway.pipeline import ChatPipeline
 from gateway.settings import Settings
 from ledger import Database, KeyInfo, KeyStore, LedgerWriter, Price, PriceBook
 from ledger.budgets import BudgetStore
-from local_engine import EngineConfig, LocalBackend, create_backend
+from local_engine import EngineConfig, LocalBackend, backend_capabilities, create_backend
 from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
 
 log = logging.getLogger("draftgate")
@@ -67,7 +67,8 @@ def build_planner(config: policies.GatewayConfig, hosted: HostedClient, *, judge
     gateway and `draftgate route explain` build it here, so both decide a request alike."""
     policy = policies.PolicySet(config.policies)
     return Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
-                   judge=judge, score_prompt=prompt_scorer() if policy.needs_p_hosted else None)
+                   judge=judge, score_prompt=prompt_scorer() if policy.needs_p_hosted else None,
+                   local_capabilities=backend_capabilities(config.local.backend))
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Raw sockets (not an ASGI app) so faults a real provider shows can be injected exactly: HTTP errors
 with `Retry-After`, stalls past a timeout, connection resets, and streams that stop halfway.
-It answers deterministically: scripted replies first, else an echo of the last user message.
+It answers deterministically: scripted replies first, else an echo of the last user message. Asked for
+`logprobs`, it returns them in vLLM's shape (one entry per streamed piece, `top_logprobs` alternatives).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _logprob(token: str, rank: int = 0) -> dict[str, Any]:
+    """A made-up but repeatable candidate: rank 0 is the token sent, the others are alternatives."""
+    token = token if rank == 0 else f"{token.strip()}~{rank}"
+    return {"token": token, "logprob": -round(0.01 * (len(token) + 10 * rank), 4), "bytes": list(token.encode())}
+
+
 @dataclass
 class Simulator:
     """State of one simulated provider: faults to inject, scripted replies, requests received."""
@@ -87,25 +94,39 @@ class Simulator:
         completion = _words(reply) * int(body.get("n") or 1)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
+    def parts(self, reply: str) -> list[str]:
+        """The pieces a reply is streamed in (`chunk_words` words each), which logprobs count as tokens."""
+        words = reply.split(" ")
+        parts = [" ".join(words[i:i + self.chunk_words]) for i in range(0, len(words), self.chunk_words)]
+        return [p if i == 0 else " " + p for i, p in enumerate(parts)]
+
+    def logprobs(self, body: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
+        """vLLM's `logprobs` for these pieces when the request asked for them (vLLM has no `refusal` in it)."""
+        if not body.get("logprobs"):
+            return None
+        top = int(body.get("top_logprobs") or 0)
+        return {"content": [{**_logprob(p), "top_logprobs": [_logprob(p, rank) for rank in range(top)]}
+                            for p in parts]}
+
     def completion(self, body: dict[str, Any], reply: str) -> dict[str, Any]:
+        logprobs = self.logprobs(body, self.parts(reply))
         return {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "sim"), "system_fingerprint": "fp_sim",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": reply, "refusal": None},
-                             "logprobs": None, "finish_reason": "stop"} for i in range(int(body.get("n") or 1))],
+                             "logprobs": logprobs, "finish_reason": "stop"} for i in range(int(body.get("n") or 1))],
                 "usage": self.usage(body, reply)}
 
     def chunks(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
         base = {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model", "sim"), "system_fingerprint": "fp_sim"}
-        words = reply.split(" ")
-        parts = [" ".join(words[i:i + self.chunk_words]) for i in range(0, len(words), self.chunk_words)]
-        parts = [p if i == 0 else " " + p for i, p in enumerate(parts)]
+        parts = self.parts(reply)
         out = []
         for index in range(int(body.get("n") or 1)):  # choice after choice, as `n` streams may interleave
             out += [{**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}]}]
-            out += [{**base, "choices": [{"index": index, "delta": {"content": p}, "logprobs": None,
-                                          "finish_reason": None}]} for p in parts]
+            out += [{**base, "choices": [{"index": index, "delta": {"content": p},
+                                          "logprobs": self.logprobs(body, [p]), "finish_reason": None}]}
+                    for p in parts]
             out.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
                                              "finish_reason": "stop"}]})
         options = body.get("stream_options") or {}

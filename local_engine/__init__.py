@@ -9,13 +9,17 @@ from local_engine.errors import (
     RequestRejectedError,
 )
 from local_engine.interface import (
+    PLAIN_SAMPLING,
     Completion,
     Confidence,
     EngineConfig,
     GenerationRequest,
     LocalBackend,
+    LocalCapabilities,
     MeteredStream,
+    SamplingOptions,
     StreamDelta,
+    TokenLogprob,
 )
 
 
@@ -30,7 +34,19 @@ def create_backend(config: EngineConfig) -> LocalBackend:
     return DiffusionEngine.load(config)
 
 
+def backend_capabilities(backend: str) -> LocalCapabilities:
+    """What a backend applies, known without loading it: the planner is built before the model loads, and
+    `route explain` never loads one. (The in-process engine's module imports torch, so its value is kept in
+    interface.py; tests check that it is `DiffusionEngine.capabilities`.)"""
+    if backend == "vllm":
+        from local_engine.vllm_backend import VllmBackend
+
+        return VllmBackend.capabilities
+    return PLAIN_SAMPLING
+
+
 __all__ = [
+    "PLAIN_SAMPLING",
     "Completion",
     "Confidence",
     "ContextLengthError",
@@ -40,9 +56,13 @@ __all__ = [
     "GenerationFailedError",
     "GenerationRequest",
     "LocalBackend",
+    "LocalCapabilities",
     "MeteredStream",
     "QueueFullError",
     "RequestRejectedError",
+    "SamplingOptions",
     "StreamDelta",
+    "TokenLogprob",
+    "backend_capabilities",
     "create_backend",
 ]

@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,7 +29,14 @@ from local_engine.errors import (
     GenerationFailedError,
     QueueFullError,
 )
-from local_engine.interface import Completion, EngineConfig, GenerationRequest, StreamDelta
+from local_engine.interface import (
+    PLAIN_SAMPLING,
+    Completion,
+    EngineConfig,
+    GenerationRequest,
+    LocalCapabilities,
+    StreamDelta,
+)
 from local_engine.loading import LoadedModel, canvas_lengths, check_first_canvas, context_window, load_model
 from local_engine.metering import Meter, default_rate
 from local_engine.prefix import PrefixCache
@@ -125,6 +132,8 @@ class _Slot:
 
 class DiffusionEngine:
     """A LocalBackend running DiffusionGemma in this process."""
+
+    capabilities: ClassVar[LocalCapabilities] = PLAIN_SAMPLING  # generate() has no logprobs, penalties, top_k
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         self._loaded = loaded

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol, TypedDict, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,55 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class SamplingOptions:
+    """Sampling parameters only some backends apply (vLLM does, DiffusionGemma's generate() does not). None is
+    "not asked for": neutral values (a penalty of 0, an empty bias, top_k -1) are None too, so a backend
+    without the option can still serve what SDKs send by default."""
+
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: Mapping[str, float] | None = None
+    top_k: int | None = None  # vLLM's extensions to OpenAI's parameters, sent through the SDK's extra_body
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+    def asked(self) -> dict[str, Any]:
+        """The options set, by name, in declaration order: what an upstream body carries."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class LocalCapabilities:
+    """What a backend honours beyond plain sampling, so that the planner refuses (or, in a cascade, sends to
+    the hosted model) only what this backend would otherwise silently ignore."""
+
+    sampling_options: frozenset[str] = frozenset()  # SamplingOptions fields it applies
+
+    def missing(self, options: SamplingOptions) -> list[str]:
+        """The options asked for that this backend does not apply, in declaration order."""
+        return [name for name in options.asked() if name not in self.sampling_options]
+
+
+PLAIN_SAMPLING = LocalCapabilities()  # temperature, top_p, seed, stop and max_tokens only
+
+
+class TopLogprob(TypedDict):
+    """One candidate token, as OpenAI's `top_logprobs` entries (and vLLM's) have it."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    """One generated token's log probability and its most likely alternatives: OpenAI's `logprobs.content`."""
+
+    top_logprobs: list[TopLogprob]
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
     messages: Sequence[Mapping[str, Any]]
@@ -38,6 +87,7 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     seed: int | None = None
     top_p: float | None = None  # nucleus sampling; None or 1: the whole distribution, as generate() samples
+    options: SamplingOptions = SamplingOptions()  # only for a backend whose capabilities list them
 
 
 @dataclass(frozen=True)
@@ -71,6 +121,7 @@ class Completion:
     confidence: Confidence
     model: str
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (OpenAI's prompt_tokens_details)
+    logprobs: tuple[TokenLogprob, ...] | None = None  # every token's, when asked for and the backend gives them
 
 
 @dataclass(frozen=True)
@@ -83,6 +134,7 @@ class StreamDelta:
     completion_tokens: int = 0
     device_seconds: float = 0.0
     cost_usd: float = 0.0
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the new text's tokens', when asked for
 
 
 @runtime_checkable
@@ -99,6 +151,7 @@ class LocalBackend(Protocol):
     model_name: str
     context_length: int | None  # prompt plus answer tokens a request may use; None: not known here
     max_rows: int | None  # the most rows one request's choices (`n`) can ever get queued at once; None: no limit
+    capabilities: ClassVar[LocalCapabilities]  # known before loading: the planner asks at startup
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

@@ -5,6 +5,11 @@ Device time is the request's share of its server's busy time: each moment a serv
 gateway's requests in flight is split k ways (they share its batched GPU), so the shares add up to the
 time the server was busy, whatever order the requests came in; then priced like the in-process engine.
 
+It applies vLLM's sampling parameters (logprobs, penalties, logit_bias, top_k, min_p,
+repetition_penalty: `capabilities`) and relays the logprobs it returns. Tools stay with hosted models:
+vLLM calls them only when its server was started with `--enable-auto-tool-choice` and a parser this
+gateway cannot know.
+
 A request goes to the least busy server; one that cannot be reached, answers 5xx, or fails before the
 answer's first token is skipped for COOL_DOWN_S and the request tried on the next, before anything is
 streamed. Servers that are all busy
@@ -17,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
-from typing import Any
+from dataclasses import fields
+from typing import Any, ClassVar, cast
 
 import httpx
 import orjson
@@ -28,7 +34,16 @@ from local_engine.errors import (
     QueueFullError,
     RequestRejectedError,
 )
-from local_engine.interface import Completion, Confidence, EngineConfig, GenerationRequest, StreamDelta
+from local_engine.interface import (
+    Completion,
+    Confidence,
+    EngineConfig,
+    GenerationRequest,
+    LocalCapabilities,
+    SamplingOptions,
+    StreamDelta,
+    TokenLogprob,
+)
 from local_engine.metering import DEFAULT_GPU_USD_PER_HOUR
 
 COOL_DOWN_S = 5.0  # a server that failed is tried last for this long
@@ -40,6 +55,9 @@ NO_SIGNALS = Confidence(steps_per_canvas=(), step_cap_hit=False, tokens_per_pass
 
 class VllmBackend:
     """A LocalBackend over vLLM servers, least-busy first."""
+
+    capabilities: ClassVar[LocalCapabilities] = LocalCapabilities(
+        sampling_options=frozenset(f.name for f in fields(SamplingOptions)))  # vLLM applies every one
 
     def __init__(self, config: EngineConfig, http: httpx.AsyncClient | None = None) -> None:
         if not config.api_bases:
@@ -148,16 +166,19 @@ class VllmBackend:
             body["seed"] = request.seed
         if request.top_p is not None:
             body["top_p"] = request.top_p
+        body.update(request.options.asked())
         if stream:  # vLLM's running usage in every chunk: a stream left midway is still charged what it used
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return body
 
-    def _completion(self, text: str, finish: str, usage: Mapping[str, Any], seconds: float) -> Completion:
+    def _completion(self, text: str, finish: str, usage: Mapping[str, Any], seconds: float,
+                    logprobs: tuple[TokenLogprob, ...] | None) -> Completion:
         details = usage.get("prompt_tokens_details") or {}  # vLLM fills it when its prefix caching is on
         return Completion(text=text, finish_reason=finish, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0), device_seconds=seconds,
                           cost_usd=seconds / 3600 * self._rate, confidence=NO_SIGNALS, model=self.model_name,
-                          cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
+                          cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+                          logprobs=logprobs)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         response, base, started = await self._open(request, stream=False)
@@ -175,7 +196,7 @@ class VllmBackend:
             raise EngineUnavailableError(f"vLLM server {base} answered without a choice's message")
         seconds = ended - started
         return self._completion(message.get("content") or "", choice.get("finish_reason") or "stop",
-                                _usage(data), seconds)
+                                _usage(data), seconds, _logprobs(choice))
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
         return self._stream(request)
@@ -211,6 +232,7 @@ class VllmBackend:
         parts: list[str] = []
         finish: str | None = None  # only a finish_reason says the answer is whole
         usage: dict[str, Any] = {}
+        logprobs: list[TokenLogprob] | None = None  # every token's, once a chunk carried any
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":
@@ -225,12 +247,17 @@ class VllmBackend:
                     text = text if isinstance(text, str) else ""
                     reason = choice.get("finish_reason")
                     finish = reason if isinstance(reason, str) and reason else finish
-                    if text:
+                    tokens = _logprobs(choice)
+                    if tokens is not None:
+                        logprobs = logprobs if logprobs is not None else []
+                        logprobs.extend(tokens)
+                    if text or tokens:  # a token can decode to no text yet (part of a character)
                         parts.append(text)
                         seconds = clock.read() - started
                         yield StreamDelta(text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                                           completion_tokens=int(usage.get("completion_tokens") or 0),
-                                          device_seconds=seconds, cost_usd=seconds / 3600 * self._rate)
+                                          device_seconds=seconds, cost_usd=seconds / 3600 * self._rate,
+                                          logprobs=tokens)
         except httpx.HTTPError as exc:
             raise EngineUnavailableError(f"vLLM server {base} failed: {type(exc).__name__}") from exc
         finally:
@@ -238,7 +265,8 @@ class VllmBackend:
             ended = clock.leave()
         if finish is None:  # the body ended cleanly, but the answer did not: not a whole answer to pass on
             raise EngineUnavailableError(f"vLLM server {base} ended the stream before a finish_reason")
-        yield self._completion("".join(parts), finish, usage, ended - started)
+        yield self._completion("".join(parts), finish, usage, ended - started,
+                               None if logprobs is None else tuple(logprobs))
 
 
 class ShareClock:
@@ -285,6 +313,16 @@ def _chunk(payload: str, base: str) -> dict[str, Any]:
 def _choices(chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
     choices = chunk.get("choices")
     return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+
+
+def _logprobs(choice: Mapping[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """A choice's (or a chunk's) `logprobs.content` entries as vLLM sent them, in OpenAI's shape already;
+    None when it sent none (not asked for)."""
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    return cast("tuple[TokenLogprob, ...]", tuple(entry for entry in content if isinstance(entry, dict)))
 
 
 def _usage(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,15 @@ from router.hosted import (
     usage_of,
 )
 from router.job import Job, Outcome, Plan, Route
-from router.streams import LocalChunks, completed_chunks, gathered_or_cancelled, merged, primed, usage_dict
+from router.streams import (
+    LocalChunks,
+    completed_chunks,
+    gathered_or_cancelled,
+    logprobs_object,
+    merged,
+    primed,
+    usage_dict,
+)
 from router.transport import StreamBroken
 from router.usage import TokenEstimator, answer_text, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
@@ -66,7 +74,8 @@ def completion_body(job: Job, model: str, completion: Completion | Sequence[Comp
         "model": model,
         "system_fingerprint": None,
         "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                     "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(completions)],
+                     "logprobs": logprobs_object(c.logprobs), "finish_reason": c.finish_reason}
+                    for i, c in enumerate(completions)],
         "usage": usage_dict(first.prompt_tokens, sum(c.completion_tokens for c in completions),
                             first.cached_tokens),
         "draftgate": extension,
@@ -120,7 +129,7 @@ class Executor:
         cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)
         return GenerationRequest(request_id=job.request_id, messages=job.messages, max_tokens=cap,
                                  temperature=job.temperature, stop=job.stop, seed=choice_seed(job.seed, choice),
-                                 top_p=job.top_p)
+                                 top_p=job.top_p, options=job.sampling)
 
     def local_outcome(self, completion: Completion | Sequence[Completion], route: Route = Route.LOCAL) -> Outcome:
         """Ledger figures for a local answer (all its choices: the prompt counted once, as OpenAI bills n),
@@ -353,8 +362,8 @@ class Executor:
             async for index, event in merged(streams):
                 if isinstance(event, StreamDelta):
                     progress[index] = event
-                    if event.text:
-                        yield chunks.choice(index, {"content": event.text})
+                    if event.text or event.logprobs:
+                        yield chunks.choice(index, {"content": event.text}, logprobs=event.logprobs)
                     continue
                 finished[index] = event  # the ledger has each choice's cost as soon as it is done
                 final = self.local_outcome([finished[i] for i in sorted(finished)])

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from local_engine import SamplingOptions
+
 if TYPE_CHECKING:
     from router.cascade import CascadeSpec
 
@@ -35,6 +37,7 @@ class Job:
     seed: int | None = None
     n: int = 1  # choices asked for
     top_p: float | None = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)  # applied by only some local backends
     upstream_body: dict[str, Any] = field(default_factory=dict)  # body for hosted models, model filled in later
 
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from local_engine import PLAIN_SAMPLING, LocalCapabilities, SamplingOptions
 from policies import CascadeAction, PolicySet, RequestFacts
 from router.cascade import CascadeSpec, EscalationMode, OnHostedUnavailable
 from router.errors import RoutingError, UnknownModelError
@@ -42,11 +43,13 @@ class Planner:
     """Applies the policy; the classifier's score is computed off the event loop and only when a rule asks."""
 
     def __init__(self, policy: PolicySet, hosted: HostedClient, *, local_alias: str, local_enabled: bool,
-                 score_prompt: Callable[[str], float] | None = None, judge: JudgeFn | None = None) -> None:
+                 score_prompt: Callable[[str], float] | None = None, judge: JudgeFn | None = None,
+                 local_capabilities: LocalCapabilities = PLAIN_SAMPLING) -> None:
         self._policy = policy
         self._hosted = hosted
         self.local_alias = local_alias
         self._local_enabled = local_enabled
+        self._local_capabilities = local_capabilities
         self._score_prompt = score_prompt
         # Verifiers are built once, at startup, so a bad option fails the start, not a request.
         self._cascades: dict[int, CascadeSpec] = {}
@@ -96,7 +99,7 @@ class Planner:
             if target not in self._hosted:
                 raise UnknownModelError(target)
             return Plan(route=Route.HOSTED, alias=target, **common)
-        unsupported = local_cannot_serve(job.body)
+        unsupported = local_cannot_serve(job.body, job.sampling, self._local_capabilities)
         if kind == "cascade":
             spec = self._cascades[id(action)]
             # No draft possible, or n drafts that one verdict cannot cover: straight to the target.
@@ -116,10 +119,13 @@ def _asks_for_a_format(response_format: Any) -> bool:
     return isinstance(response_format, dict) and response_format.get("type") not in (None, "text")
 
 
-def local_cannot_serve(body: dict[str, Any]) -> str | None:
-    """Why the local (text-only, no tools, no logprobs, no penalties or logit bias) model cannot answer this
-    request as asked, if it cannot: served anyway, the answer would silently lack what the client asked for.
-    Neutral values (a penalty of 0, an empty bias), which many SDKs send by default, are fine."""
+def local_cannot_serve(body: dict[str, Any], sampling: SamplingOptions,
+                       capabilities: LocalCapabilities = PLAIN_SAMPLING) -> str | None:
+    """Why the local model cannot answer this request as asked, if it cannot: served anyway, the answer would
+    silently lack what the client asked for. Neither backend calls tools, answers in audio, searches the web
+    or reads images (vLLM calls tools only with server flags and a parser this gateway cannot know); the
+    sampling options depend on the backend's `capabilities` (vLLM applies them, the in-process engine none).
+    Neutral values (a penalty of 0, an empty bias), which many SDKs send by default, are never refused."""
     if body.get("tools"):
         return "the local model does not call tools (`tools`)"
     if body.get("functions"):
@@ -128,13 +134,11 @@ def local_cannot_serve(body: dict[str, Any]) -> str | None:
         return "the local model answers in text only (`audio`, `modalities`)"
     if body.get("web_search_options") is not None:
         return "the local model does not search the web (`web_search_options`)"
-    if body.get("logprobs") or body.get("top_logprobs"):
-        return "the local model does not return `logprobs`"
-    for penalty in ("frequency_penalty", "presence_penalty"):
-        if body.get(penalty):
-            return f"the local model does not apply `{penalty}`"
-    if body.get("logit_bias"):
-        return "the local model does not apply `logit_bias`"
+    missing = capabilities.missing(sampling)
+    if missing:
+        if missing[0] in ("logprobs", "top_logprobs"):
+            return "the local model does not return `logprobs`"
+        return f"the local model does not apply `{missing[0]}`"
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") != "text"

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from local_engine import Completion, GenerationFailedError, StreamDelta
+from local_engine import Completion, GenerationFailedError, StreamDelta, TokenLogprob
 from router.job import Job
 
 T = TypeVar("T")
@@ -22,6 +22,11 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
+def logprobs_object(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """OpenAI's `choices[i].logprobs` for these tokens; None (as OpenAI sends) when none were asked for."""
+    return None if tokens is None else {"content": list(tokens), "refusal": None}
+
+
 class LocalChunks:
     """OpenAI chunk bytes for one local answer, with the id, time and model all its chunks share."""
 
@@ -30,8 +35,10 @@ class LocalChunks:
                       "created": int(time.time()), "model": model, "system_fingerprint": None}
         self._usage_field = {"usage": None} if job.wants_usage else {}  # in every chunk once usage is asked for
 
-    def choice(self, index: int, delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
-        return orjson.dumps({**self._base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+    def choice(self, index: int, delta: dict[str, Any], finish: str | None = None,
+               logprobs: Sequence[TokenLogprob] | None = None, **more: Any) -> bytes:
+        return orjson.dumps({**self._base, "choices": [{"index": index, "delta": delta,
+                                                        "logprobs": logprobs_object(logprobs),
                                                         "finish_reason": finish}], **self._usage_field, **more})
 
     def usage(self, completions: Sequence[Completion]) -> bytes:
@@ -46,8 +53,8 @@ async def completed_chunks(job: Job, model: str, completions: Sequence[Completio
     chunks = LocalChunks(job, model)
     for index, completion in enumerate(completions):
         yield chunks.choice(index, {"role": "assistant", "content": ""})
-        if completion.text:
-            yield chunks.choice(index, {"content": completion.text})
+        if completion.text or completion.logprobs:
+            yield chunks.choice(index, {"content": completion.text}, logprobs=completion.logprobs)
         yield chunks.choice(index, {}, completion.finish_reason,
                             draftgate={"confidence": completion.confidence.as_dict()})
     if job.wants_usage:

@@ -82,6 +82,9 @@ def test_what_the_local_model_cannot_do_is_refused_clearly(gateway_factory, simu
                            ({"presence_penalty": 0.5}, "does not apply `presence_penalty`"),
                            ({"frequency_penalty": -1}, "does not apply `frequency_penalty`"),
                            ({"logit_bias": {"42": 5}}, "does not apply `logit_bias`"),
+                           ({"extra_body": {"top_k": 5}}, "does not apply `top_k`"),  # vLLM's extensions
+                           ({"extra_body": {"min_p": 0.1}}, "does not apply `min_p`"),
+                           ({"extra_body": {"repetition_penalty": 1.2}}, "does not apply `repetition_penalty`"),
                            ({"messages": [{"role": "user", "content": image}]}, "reads text only")):
         with pytest.raises(openai.BadRequestError) as info:
             client(gw).chat.completions.create(**{"model": "local/diffusiongemma",
@@ -93,7 +96,8 @@ def test_what_the_local_model_cannot_do_is_refused_clearly(gateway_factory, simu
     assert answer.choices[0].finish_reason in ("stop", "length")
     neutral = client(gw).chat.completions.create(  # the defaults some SDKs always send are not refused
         model="local/diffusiongemma", max_tokens=4, messages=[{"role": "user", "content": "x"}],
-        presence_penalty=0, frequency_penalty=0, logit_bias={}, top_p=1)
+        presence_penalty=0, frequency_penalty=0, logit_bias={}, top_p=1,
+        extra_body={"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0})
     assert neutral.choices[0].finish_reason in ("stop", "length")
 
 

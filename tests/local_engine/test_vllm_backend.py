@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from gateway.simulator import Fault, Simulator, SimulatorServer
-from local_engine import Completion, EngineConfig, GenerationRequest, StreamDelta, create_backend
+from local_engine import (
+    Completion,
+    EngineConfig,
+    GenerationRequest,
+    SamplingOptions,
+    StreamDelta,
+    backend_capabilities,
+    create_backend,
+)
 from local_engine.errors import (
     EngineUnavailableError,
     GenerationFailedError,
@@ -44,6 +52,38 @@ async def test_generate_and_stream_with_metering() -> None:
         sent = (server_a.state.received + server_b.state.received)
         assert {r.body["model"] for r in sent} == {"google/diffusiongemma-26B-A4B-it"}
         assert sent[0].body["max_tokens"] == 9 and sent[0].body["stop"] == ["zz"] and sent[0].body["seed"] == 3
+        await backend.stop()
+
+
+def test_the_planner_knows_each_backends_capabilities_before_loading_it() -> None:
+    from local_engine.engine import DiffusionEngine
+
+    assert backend_capabilities("transformers") is DiffusionEngine.capabilities
+    assert DiffusionEngine.capabilities.missing(SamplingOptions(logprobs=True, top_k=3)) == ["logprobs", "top_k"]
+    assert backend_capabilities("vllm") is VllmBackend.capabilities
+    assert VllmBackend.capabilities.missing(SamplingOptions(logprobs=True, top_logprobs=2, frequency_penalty=1,
+                                                            presence_penalty=1, logit_bias={"1": 2}, top_k=3,
+                                                            min_p=0.1, repetition_penalty=1.1)) == []
+
+
+async def test_sampling_options_are_sent_and_logprobs_returned() -> None:
+    async with SimulatorServer() as server:
+        backend = VllmBackend(EngineConfig(backend="vllm", api_bases=(server.base_url,)))
+        await backend.start()
+        options = SamplingOptions(logprobs=True, top_logprobs=1, presence_penalty=0.5, logit_bias={"7": -100},
+                                  top_k=8, min_p=0.2, repetition_penalty=1.3)
+        request = GenerationRequest(request_id="o", messages=[{"role": "user", "content": "a b"}], options=options)
+        done = await backend.generate(request)
+        assert done.logprobs is not None and "".join(t["token"] for t in done.logprobs) == done.text == "echo: a b"
+        assert [len(t["top_logprobs"]) for t in done.logprobs] == [1, 1, 1]
+        events = [e async for e in backend.stream(request)]
+        deltas = [e for e in events if isinstance(e, StreamDelta)]
+        assert all(d.logprobs is not None and [t["token"] for t in d.logprobs] == [d.text] for d in deltas)
+        assert isinstance(events[-1], Completion) and events[-1].logprobs == done.logprobs
+        for received in server.state.received:
+            assert {k: received.body.get(k) for k in options.asked()} == options.asked()
+        plain = await backend.generate(GenerationRequest(request_id="p", messages=HI))
+        assert plain.logprobs is None and "logprobs" not in server.state.received[-1].body
         await backend.stop()
 
 
