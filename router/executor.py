@@ -226,9 +226,7 @@ class Executor:
         if any(a.billed for a in attempts):  # earlier attempts the provider charged though they were unusable
             billed = await self.abandoned_outcome(job, attempts)
             outcome.prompt_tokens += billed.prompt_tokens
-            outcome.hosted_cost_usd = (None if outcome.hosted_cost_usd is None or billed.hosted_cost_usd is None
-                                       else outcome.hosted_cost_usd + billed.hosted_cost_usd)
-            outcome.unpriced = outcome.hosted_cost_usd is None
+            outcome.add_hosted_cost(None if billed.unpriced else billed.hosted_cost_usd)
             outcome.detail["usage_estimated"] = True
         return outcome
 
@@ -279,13 +277,10 @@ class Executor:
         billed = [self._hosted.get(a.alias) for a in attempts if a.billed]
         if not billed:
             return outcome
-        costs: list[float | None] = []
         for model in billed:
             tokens = await _counted(self._tokens.prompt_tokens, model.model, job.messages)
             outcome.prompt_tokens += tokens
-            costs.append(self._pricing.hosted_cost(model, tokens, 0))
-        outcome.unpriced = None in costs
-        outcome.hosted_cost_usd = None if outcome.unpriced else sum(c for c in costs if c is not None)
+            outcome.add_hosted_cost(self._pricing.hosted_cost(model, tokens, 0))
         outcome.detail["usage_estimated"] = True
         return outcome
 

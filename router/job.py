@@ -76,8 +76,10 @@ class Outcome:
 
     def add_hosted_cost(self, cost_usd: float | None) -> None:
         """Adds another hosted call's dollars (a judge's, a billed failed attempt's); None, an unknown price,
-        makes the request unpriced rather than $0."""
-        self.hosted_cost_usd = (self.hosted_cost_usd or 0.0) + (cost_usd or 0.0)
+        makes the request unpriced rather than $0. The column keeps the part that is known (None while no part
+        is), the same on every route: reports never sum an unpriced row, so it is for reading, not totals."""
+        if cost_usd is not None or self.hosted_cost_usd is not None:
+            self.hosted_cost_usd = (self.hosted_cost_usd or 0.0) + (cost_usd or 0.0)
         self.unpriced = self.unpriced or cost_usd is None
 
     @property

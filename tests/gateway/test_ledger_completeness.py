@@ -201,3 +201,36 @@ def test_a_200_whose_body_is_broken_is_billed_though_it_is_retried(gateway_facto
     assert (row.status, row.status_code, row.prompt_tokens) == ("error", 502, 4 * counted)
     assert row.hosted_cost_usd == pytest.approx(3 * services.pricing.hosted_cost(mini, counted, 0)
                                                 + services.pricing.hosted_cost(backup, counted, 0))
+
+
+def test_an_unpriced_billed_attempt_keeps_the_known_part_as_the_cascade_does(gateway_factory, simulator) -> None:
+    """A request whose billed attempts are partly unpriced is unpriced (never summed as $0), and its hosted
+    dollars column keeps the part that is known, on the hosted route as on a cascade's (`add_hosted_cost`)."""
+    from router.usage import TokenEstimator
+
+    extra = f"""\
+  - name: mystery
+    model: openai/mystery-model-9000
+    api_base: {simulator.base_url}
+    max_retries: 0
+    fallbacks: [gpt-4o-mini]
+"""
+    gw = gateway_factory(hosted_config(simulator.base_url).replace("local:\n", extra + "local:\n", 1))
+    services = gw.services
+    mini = services.hosted.get("gpt-4o-mini")
+    counted = TokenEstimator().prompt_tokens("openai/gpt-4o-mini", LONG)
+    simulator.state.faults.append(Fault(broken_body=True))  # mystery's one try: billed, at no known price
+    raw = client(gw).chat.completions.with_raw_response.create(model="mystery", messages=LONG)
+    answer = raw.parse()
+    assert answer.usage is not None and raw.headers["x-draftgate-cost-usd"] == "unpriced"
+    row = _row(gw, raw.headers)
+    assert row.unpriced and row.cost_usd is None
+    assert row.hosted_cost_usd == pytest.approx(
+        services.pricing.hosted_cost(mini, answer.usage.prompt_tokens, answer.usage.completion_tokens))
+
+    simulator.state.faults.extend([Fault(broken_body=True)] * 4)  # mystery's try, then gpt-4o-mini's 3
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).chat.completions.create(model="mystery", messages=LONG)
+    row = _row(gw, info.value.response.headers)
+    assert row.status_code == 502 and row.unpriced and row.cost_usd is None
+    assert row.hosted_cost_usd == pytest.approx(3 * services.pricing.hosted_cost(mini, counted, 0))
