@@ -182,6 +182,7 @@ class GroupBy(str, Enum):
     team = "team"
     key = "key"
     model = "model"
+    provider_model = "provider_model"
     route = "route"
     day = "day"
     reason = "reason"
@@ -194,7 +195,9 @@ class Format(str, Enum):
 
 
 @app.command()
-def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = GroupBy.team,
+def report(by: Annotated[GroupBy, typer.Option("--by", help=(
+               "group rows by (model: the alias requested; provider_model: the model that answered)"))
+           ] = GroupBy.team,
            since: Annotated[str | None, typer.Option(
                help="start: a date/time or a span back from now (30d, 12h); default the 30 days before the end")
                             ] = None,
