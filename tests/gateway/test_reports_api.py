@@ -71,6 +71,8 @@ def test_reports_group_by_the_model_that_answered(seeded_gateway, tmp_path: Path
     from ledger.reports import GROUP_BY_VALUES
 
     assert tuple(g.value for g in GroupBy) == GROUP_BY_VALUES  # the CLI offers every grouping the API has
+    schema = httpx.get(f"{seeded_gateway.url}/openapi.json").json()["paths"]["/v1/reports/costs"]["get"]
+    assert "provider_model" in next(p for p in schema["parameters"] if p["name"] == "group_by")["description"]
     body = get(seeded_gateway, MASTER_KEY, group_by="provider_model", since=SINCE).json()
     rows = {r["group"]: r for r in body["rows"]}
     assert body["group_by"] == "provider_model" and set(rows) == {"openai/gpt-4o-mini", ""}
