@@ -34,8 +34,9 @@ from ledger.models import RequestRow
 from ledger.reports import Reporter, ReportQuery
 from ledger.synthetic import synthetic_records
 
-GROUPS = ("team", "key", "model", "route", "day")
-RAW_COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "route": "route"}
+GROUPS = ("team", "key", "model", "provider_model", "route", "day")
+RAW_COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "provider_model": "provider_model",
+              "route": "route"}
 
 
 def seed(db: Database, rows: int, end: datetime) -> float:

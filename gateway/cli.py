@@ -20,6 +20,7 @@ from gateway.cli_common import (
     console,
     err,
     ledger_or_exit,
+    local_model_or_exit,
     plain,
     settings_or_exit,
     table_console,
@@ -37,22 +38,6 @@ app.add_typer(route_app, name="route")
 router_app = typer.Typer(help="The learned difficulty classifier.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
 DEFAULT_DATA = Path("../shared/data/routellm")
-
-
-def _check_local_engine(config: policies.GatewayConfig) -> None:
-    """The local model's checkpoint and the settings that depend on it, checked before a server starts
-    (loading it fails inside the server's startup, where the error would come with a traceback)."""
-    if not config.local.enabled or config.local.backend != "transformers":
-        return
-    from gateway.services import engine_config
-    from local_engine import EngineError
-    from local_engine.loading import check_model
-
-    try:
-        check_model(engine_config(config))
-    except EngineError as exc:
-        err.print(f"[red]error:[/red] local model: {plain(exc)}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 @app.command()
@@ -80,7 +65,10 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
                                                       envvar="DRAFTGATE_CONFIG")]) -> None:
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
     config = config_or_exit(settings_or_exit(file))
-    warnings = policies.lint(config)
+    warnings = [str(p) for p in policies.lint(config)] + local_model_or_exit(config, device_must_work=False)
+    if config.local.enabled and config.local.backend == "vllm":
+        typer.echo("note: local.backend is vllm: its servers load the checkpoint, so it is not checked here",
+                   err=True)
     for problem in warnings:
         typer.echo(f"warning: {problem}", err=True)
     console.print(f"{plain(file)}: OK ({len(config.models)} hosted model(s), "
@@ -101,7 +89,7 @@ def serve(config: ConfigOpt = None,
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a dozen lines of noise per start
     loaded = config_or_exit(settings)  # fail fast with precise errors before uvicorn starts
-    _check_local_engine(loaded)
+    local_model_or_exit(loaded)
     host = host or settings.host
     port = settings.port if port is None else port  # 0 is a port: any free one
     workers = workers or settings.workers
@@ -182,6 +170,7 @@ class GroupBy(str, Enum):
     team = "team"
     key = "key"
     model = "model"
+    provider_model = "provider_model"
     route = "route"
     day = "day"
     reason = "reason"
@@ -194,7 +183,9 @@ class Format(str, Enum):
 
 
 @app.command()
-def report(by: Annotated[GroupBy, typer.Option("--by", help="group rows by")] = GroupBy.team,
+def report(by: Annotated[GroupBy, typer.Option("--by", help=(
+               "group rows by (model: the alias requested; provider_model: the model that answered)"))
+           ] = GroupBy.team,
            since: Annotated[str | None, typer.Option(
                help="start: a date/time or a span back from now (30d, 12h); default the 30 days before the end")
                             ] = None,

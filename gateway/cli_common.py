@@ -111,3 +111,33 @@ def non_empty_option(value: str) -> str:
         raise typer.BadParameter("must not be empty")
     text_option(value)
     return value
+
+
+def local_model_or_exit(config: policies.GatewayConfig, *, device_must_work: bool = True) -> list[str]:
+    """The local checkpoint and the settings that depend on it (`first_canvas_length`, `max_model_len`), read
+    from its config files without loading weights: `serve` refuses them before its server starts (inside it
+    they fail with a traceback) and `check-config` reports them in the same words. The device depends on the
+    machine, not the file: with `device_must_work` False its problem is returned as a warning instead."""
+    if not config.local.enabled or config.local.backend != "transformers":
+        return []  # a vLLM server loads its own checkpoint
+    from gateway.services import engine_config
+    from local_engine import EngineError
+    from local_engine.checkpoint import check_checkpoint
+
+    engine = engine_config(config)
+    warnings = []
+    try:
+        if engine.device != "auto":  # "auto" always finds one; checking another imports torch and the model code
+            from local_engine.loading import pick_device
+
+            try:
+                pick_device(engine.device)
+            except EngineError as exc:
+                if device_must_work:
+                    raise
+                warnings.append(f"local model: {exc} on this machine (serve would refuse it here)")
+        check_checkpoint(engine)
+    except EngineError as exc:
+        err.print(f"[red]error:[/red] local model: {plain(exc)}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    return warnings

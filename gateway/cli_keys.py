@@ -90,6 +90,9 @@ def _team_name(value: str | None) -> str | None:
     return None if value is None else _key_name(value)
 
 
+PERIOD_ALONE = "--budget-period needs --max-budget-usd: without a budget a period limits nothing"
+
+
 class Period(str, Enum):
     hour = "hour"
     day = "day"
@@ -103,7 +106,8 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
                 team: Annotated[str | None, typer.Option(help="the team it spends for", callback=_team_name)] = None,
                 max_budget_usd: Annotated[float | None, typer.Option(min=0, max=1e12,
                                                                      help="dollar budget per period")] = None,
-                budget_period: Annotated[Period, typer.Option(help="when the budget resets")] = Period.month,
+                budget_period: Annotated[Period | None, typer.Option(
+                    help="when the budget resets (default month; needs --max-budget-usd)")] = None,
                 rpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="requests per minute")] = None,
                 tpm: Annotated[int | None, typer.Option(min=1, max=10**12, help="tokens per minute")] = None,
                 models: Annotated[str | None, typer.Option(help="the only aliases it may request, comma-separated "
@@ -118,6 +122,9 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
     from ledger import parse_duration
     from ledger.budgets import Limits
 
+    if budget_period is not None and max_budget_usd is None:
+        err.print(f"error: {PERIOD_ALONE}", markup=False)
+        raise typer.Exit(code=2)
     allowed = _aliases(models)
     expires_at = datetime.now(UTC) + parse_duration(duration) if duration else None
     store = _key_store(config, allowed)
@@ -125,7 +132,8 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
     if problem is not None:
         err.print(f"error: --{problem[0]}: {problem[1]}", markup=False)
         raise typer.Exit(code=2)
-    raw, info = store.create(name, team, Limits(max_budget_usd, budget_period.value, rpm, tpm),
+    period = budget_period or Period.month
+    raw, info = store.create(name, team, Limits(max_budget_usd, period.value, rpm, tpm),
                              models=allowed, expires_at=expires_at)
     console.print(f"key_id: {info.key_id}\nteam:   {plain(info.team or '-')}")
     if info.models is not None:
@@ -166,7 +174,7 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
     change on the key's next request."""
     from datetime import UTC, datetime
 
-    from ledger import UnknownKeyError, parse_duration
+    from ledger import PeriodWithoutBudgetError, UnknownKeyError, parse_duration
 
     allowed = _aliases(models)
     changes: dict[str, object] = {CLEARS[c]: None for c in clear or ()}
@@ -192,6 +200,9 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
     except UnknownKeyError:
         err.print(f"error: {_unknown_key(key_id, config)}", markup=False)
         raise typer.Exit(code=1) from None
+    except PeriodWithoutBudgetError:
+        err.print(f"error: {PERIOD_ALONE} ({key_id} has no budget)", markup=False)
+        raise typer.Exit(code=2) from None
     limits = info.limits
     if info.revoked_at is not None:  # the change is kept, but the key stays refused
         err.print(f"note: {info.key_id} was revoked at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC; it stays refused",

@@ -36,7 +36,8 @@ class DashboardData:
     days: list[DayFigures]
     reasons: list[tuple[str, int]]
     top_keys: list[dict[str, Any]]
-    top_models: list[dict[str, Any]]
+    top_models: list[dict[str, Any]]  # by the alias requested
+    top_provider_models: list[dict[str, Any]]  # by the model that answered (local or a hosted provider's)
     teams: list[dict[str, Any]]
 
 
@@ -60,6 +61,8 @@ def collect(db: Database, *, days: int, team: str | None, now: datetime | None =
         days=[by_day[d] for d in sorted(by_day)], reasons=escalation_reasons(db, base),
         top_keys=[r.as_dict() for r in reporter.report(ReportQuery("key", since, until, team)).rows[:10]],
         top_models=[r.as_dict() for r in reporter.report(ReportQuery("model", since, until, team)).rows[:10]],
+        top_provider_models=[r.as_dict() for r in
+                             reporter.report(ReportQuery("provider_model", since, until, team)).rows[:10]],
         teams=[] if team else [r.as_dict() for r in reporter.report(ReportQuery("team", since, until)).rows[:10]])
 
 

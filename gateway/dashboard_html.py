@@ -90,8 +90,10 @@ def dashboard_page(data: DashboardData, who: str, days: int) -> str:
         f'<div class="kpis">{kpis}</div>'
         f"<section><h2>Daily spend by route</h2>{spend_chart(data.days)}</section>"
         f"<section><h2>Share served locally</h2>{share_chart(data.days)}</section>"
-        f'<div class="two"><section><h2>Escalation reasons</h2>{_reasons(data.reasons)}</section>'
-        f"<section><h2>Top models</h2>{_table('top-models', 'model', data.top_models)}</section></div>"
+        f"<section><h2>Escalation reasons</h2>{_reasons(data.reasons)}</section>"
+        '<div class="two"><section><h2>Top models requested</h2>'
+        f"{_table('top-models', 'alias', data.top_models)}</section><section><h2>Top models that answered</h2>"
+        f"{_table('top-provider-models', 'model', data.top_provider_models)}</section></div>"
         f"<section><h2>Top keys</h2>{_table('top-keys', 'key', data.top_keys)}</section>{teams}"
         f'<p style="font-size:12px;color:#5e6c84">Wasted drafts: {money(t["wasted_draft_usd"])}. '
         f'Colors: <span style="color:{COLORS["local"]}">local</span>, '

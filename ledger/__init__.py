@@ -1,7 +1,7 @@
 """The cost ledger: one row per request, batched crash-safe writes, prices, virtual keys."""
 
 from ledger.db import Database
-from ledger.errors import LedgerError, UnknownKeyError
+from ledger.errors import LedgerError, PeriodWithoutBudgetError, UnknownKeyError
 from ledger.keys import DURATION_PATTERN, KeyInfo, KeyStore, parse_duration
 from ledger.pricing import Price, PriceBook
 from ledger.records import RequestRecord
@@ -14,6 +14,7 @@ __all__ = [
     "KeyStore",
     "LedgerError",
     "LedgerWriter",
+    "PeriodWithoutBudgetError",
     "Price",
     "PriceBook",
     "RequestRecord",

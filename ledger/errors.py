@@ -13,3 +13,11 @@ class UnknownKeyError(LedgerError):
     def __init__(self, key_id: str) -> None:
         super().__init__(f"no key with id {key_id}")
         self.key_id = key_id
+
+
+class PeriodWithoutBudgetError(LedgerError, ValueError):
+    """A key would have a `budget_period` but no `max_budget_usd`: the period alone limits nothing."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"key {key_id} has no budget, so a budget period would limit nothing")
+        self.key_id = key_id

@@ -15,7 +15,7 @@ from sqlalchemy import Select, Table, select, update
 
 from ledger.budgets import Limits
 from ledger.db import Database
-from ledger.errors import UnknownKeyError
+from ledger.errors import PeriodWithoutBudgetError, UnknownKeyError
 from ledger.models import ApiKeyRow
 
 KEY_PREFIX = "sk-dg-"
@@ -113,7 +113,8 @@ class KeyStore:
 
     def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyInfo:
         """Changes a key's limits, models or expiry in place (UPDATABLE names them; None clears one), so
-        apps keep their secret; every replica sees it on the key's next request. UnknownKeyError if absent."""
+        apps keep their secret; every replica sees it on the key's next request. UnknownKeyError if absent;
+        PeriodWithoutBudgetError (nothing changed) when a period is set and the key would have no budget."""
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
@@ -122,6 +123,12 @@ class KeyStore:
             values["models"] = list(values["models"])
         table = cast(Table, ApiKeyRow.__table__)
         with self._db.engine.begin() as connection:
+            budget = connection.execute(select(table.c.max_budget_usd).where(table.c.key_id == key_id)
+                                        .with_for_update()).first()
+            if budget is None:
+                raise UnknownKeyError(key_id)
+            if values.get("budget_period") is not None and values.get("max_budget_usd", budget[0]) is None:
+                raise PeriodWithoutBudgetError(key_id)
             if values:
                 connection.execute(update(table).where(table.c.key_id == key_id).values(**values))
         rows = self._rows(select(table).where(table.c.key_id == key_id))

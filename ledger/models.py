@@ -116,12 +116,20 @@ def unreferenced_columns() -> list[Column[Any]]:
             Column("unreferenced_usd", Float, nullable=False, server_default="0")]
 
 
-def usage_daily_columns() -> list[Column[Any]]:
-    """The roll-up's columns (also used by the migration that creates it)."""
+def provider_model_column() -> Column[Any]:
+    """The model that answered ('' when none did): migration 0005 adds it to the roll-up's key."""
+    return Column("provider_model", String(256), nullable=False, server_default="")
+
+
+def usage_daily_columns(*, provider_model: bool = True) -> list[Column[Any]]:
+    """The roll-up's columns (also used by the migrations that create it: 0002 without `provider_model`)."""
     keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
             Column("key_id", String(64), nullable=False), Column("model_alias", String(256), nullable=False),
-            Column("route", String(16), nullable=False), Column("reason", String(64), nullable=False)]
+            provider_model_column(), Column("route", String(16), nullable=False),
+            Column("reason", String(64), nullable=False)]
     assert tuple(c.name for c in keys) == GROUP_COLUMNS
+    if not provider_model:
+        keys = [c for c in keys if c.name != "provider_model"]
     sums = [Column("requests", BigInteger, nullable=False), Column("errors", BigInteger, nullable=False),
             Column("prompt_tokens", BigInteger, nullable=False), Column("completion_tokens", BigInteger, nullable=False),
             Column("device_seconds", Float, nullable=False), Column("local_usd", Float, nullable=False),

@@ -1,6 +1,7 @@
 """Cost reports: who spent what, where, and what routing saved, read from the daily roll-up.
 
-Whole days come from `usage_daily` (one row per day x team x key x model x route x escalation kind);
+Whole days come from `usage_daily` (one row per day x team x key x requested alias x model that answered x
+route x escalation kind);
 the partial days at the edges of a `since`/`until` window come from the raw rows, aggregated the same
 way, so a report is exact at any boundary and still reads only a few thousand roll-up rows.
 Savings = what the same requests would have cost all-hosted (each request's own tokens at the
@@ -28,15 +29,17 @@ from ledger.rollup import (
     quantile_ms,
 )
 
-GroupBy = Literal["team", "key", "model", "route", "day", "reason"]
+# "model" is the alias the client asked for (as LiteLLM's model_group); "provider_model" the model that answered
+# it (the local one or a hosted provider's; '' for a request refused before any model was tried).
+GroupBy = Literal["team", "key", "model", "provider_model", "route", "day", "reason"]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
-_COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "route": "route", "day": "day",
-           "reason": "reason"}
+_COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "provider_model": "provider_model",
+           "route": "route", "day": "day", "reason": "reason"}
 ROUTES = ("local", "hosted", "escalated")
 # What the roll-up needs from a raw row (not the JSON detail, errors or prompts).
-RAW_FIELDS = ("request_id", "created_at", "team", "key_id", "model_alias", "route", "escalation_reason", "status",
-              "prompt_tokens", "completion_tokens", "latency_ms", "device_seconds", "unpriced", "local_cost_usd",
-              "hosted_cost_usd", "wasted_draft_usd", "reference_cost_usd")
+RAW_FIELDS = ("request_id", "created_at", "team", "key_id", "model_alias", "provider_model", "route",
+              "escalation_reason", "status", "prompt_tokens", "completion_tokens", "latency_ms", "device_seconds",
+              "unpriced", "local_cost_usd", "hosted_cost_usd", "wasted_draft_usd", "reference_cost_usd")
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ class Reporter:
         """Readable names: key names for key ids, '(none)' for requests without a team or key."""
         groups = list(rows)
         labels = {g: g for g in groups}
-        if group_by in ("team", "key", "reason"):
+        if group_by in ("team", "key", "provider_model", "reason"):
             labels.update({g: "(none)" for g in groups if g == ""})
         if group_by == "key":
             with self._db.engine.connect() as connection:

@@ -15,6 +15,8 @@ from ledger.records import RequestRecord
 TEAMS = {"research": ["notebooks", "eval-runner", "alice"], "support": ["helpdesk-bot", "triage"],
          "growth": ["email-drafts", "seo-writer"], "platform": ["ci-bot", "log-summarizer", "oncall"]}
 MODELS = ["gpt-4o", "claude-sonnet", "local/diffusiongemma", "auto"]
+LOCAL_MODEL = "draftgate/tiny-diffusiongemma"  # what the gateway records as the model that answered locally
+HOSTED_MODELS = ["openai/gpt-4o", "anthropic/claude-sonnet"]
 REASONS = ["json_schema: draft is not valid JSON", "python_tests: 2 of 5 tests failed",
            "min_confidence: step cap hit on canvas 1", "regex: no final answer line"]
 IN_PER_TOK, OUT_PER_TOK, DEVICE_USD_PER_S = 2.5e-6, 10e-6, 2.69 / 3600
@@ -42,7 +44,7 @@ def synthetic_records(count: int, *, end: datetime, days: int = 30, seed: int = 
             request_id=f"{prefix}-{seed}-{i}", created_at=created,
             finished_at=created + timedelta(milliseconds=latency), key_id=key_id, team=team,
             model_alias=rng.choice(MODELS), route=route,
-            provider_model=None if route == "local" else rng.choice(["openai/gpt-4o", "anthropic/claude-sonnet"]),
+            provider_model=LOCAL_MODEL if route == "local" else rng.choice(HOSTED_MODELS),
             prompt_tokens=prompt, completion_tokens=completion, latency_ms=latency,
             status="error" if rng.random() < 0.01 else "ok", status_code=200,
             hosted_cost_usd=hosted, local_cost_usd=device * DEVICE_USD_PER_S if route == "local" else None,

@@ -1,5 +1,5 @@
-"""Static checks on a loaded config: rules that can never match because an earlier rule always wins, and
-actions that send requests to a local model the config disables."""
+"""Static checks on a loaded config: rules that can never match because an earlier rule always wins,
+actions that send requests to a local model the config disables, and budget periods without a budget."""
 
 from __future__ import annotations
 
@@ -109,4 +109,9 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
             elif action.kind == "requested":  # `auto` names no model: it falls back to the local one
                 problems.append(origin.problem(path, "serves requests for `auto` with the local model, but "
                                                      "local.enabled is false: they get a 503 local_unavailable"))
+    for section, entries in (("teams", config.teams), ("keys", config.keys)):
+        for i, entry in enumerate(entries):  # as `keys create --budget-period` without a budget is refused
+            if "budget_period" in entry.model_fields_set and entry.max_budget_usd is None:
+                problems.append(origin.problem((section, i, "budget_period"), "has no max_budget_usd beside it: "
+                                               "without a budget a period limits nothing"))
     return problems

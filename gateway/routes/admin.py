@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.deps import MasterDep, ServicesDep
 from gateway.errors import InvalidRequest, NotFound
 from gateway.services import Services, new_key_problem
-from ledger import DURATION_PATTERN, KeyInfo, UnknownKeyError, parse_duration
+from ledger import DURATION_PATTERN, KeyInfo, PeriodWithoutBudgetError, UnknownKeyError, parse_duration
 from ledger.budgets import Limits
 
 router = APIRouter(prefix="/admin")
+PERIOD_ALONE = "budget_period needs max_budget_usd: without a budget a period limits nothing"
 
 
 class KeyCreate(BaseModel):
@@ -78,6 +79,8 @@ class KeyCreated(KeyOut):
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep) -> KeyCreated:
     """Creates a virtual key for a team."""
+    if "budget_period" in body.model_fields_set and body.max_budget_usd is None:
+        raise InvalidRequest(PERIOD_ALONE, param="budget_period")
     limits = Limits(body.max_budget_usd, body.budget_period, body.rpm_limit, body.tpm_limit)
     _check_models(services, body.models)
     problem = new_key_problem(services.config, await asyncio.to_thread(services.keys.list), body.name, body.team)
@@ -100,6 +103,8 @@ async def update_key(key_id: str, body: KeyUpdate, services: ServicesDep, _maste
         info = await asyncio.to_thread(services.keys.update, key_id, changes)
     except UnknownKeyError:
         raise NotFound(f"no key with id {key_id}") from None
+    except PeriodWithoutBudgetError:
+        raise InvalidRequest(f"{PERIOD_ALONE} ({key_id} has no budget)", param="budget_period") from None
     return KeyOut.of(info)
 
 

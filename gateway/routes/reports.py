@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from gateway.auth import Principal
 from gateway.deps import PrincipalDep, ServicesDep
@@ -15,6 +15,9 @@ from ledger.reports import GROUP_BY_VALUES, Reporter, ReportQuery, parse_moment
 
 router = APIRouter()
 DEFAULT_DAYS = 30
+# A plain string (an unknown one is a 400 naming the choices, as every draftgate error is), documented in OpenAPI.
+GroupByParam = Annotated[str, Query(description=f"one of {', '.join(GROUP_BY_VALUES)}; model is the alias "
+                                    "requested, provider_model the model that answered it")]
 
 
 def report_query(principal: Principal, *, open_mode: bool, group_by: str, since: str | None, until: str | None,
@@ -45,8 +48,8 @@ def report_query(principal: Principal, *, open_mode: bool, group_by: str, since:
 
 
 @router.get("/v1/reports/costs")
-async def costs(services: ServicesDep, principal: PrincipalDep, group_by: str = "team", since: str | None = None,
-                until: str | None = None, team: str | None = None) -> dict[str, Any]:
+async def costs(services: ServicesDep, principal: PrincipalDep, group_by: GroupByParam = "team",
+                since: str | None = None, until: str | None = None, team: str | None = None) -> dict[str, Any]:
     """Requests, tokens, device-hours, dollars and savings vs all-hosted, grouped (default: last 30 days)."""
     query = report_query(principal, open_mode=services.auth.open_mode, group_by=group_by, since=since, until=until,
                          team=team)

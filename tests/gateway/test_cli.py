@@ -84,6 +84,40 @@ def test_serve_refuses_a_local_model_it_cannot_run_in_one_line(tmp_path: Path) -
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_check_config_refuses_what_serve_refuses_about_the_checkpoint(tmp_path: Path) -> None:
+    """check-config said OK to settings the checkpoint cannot honour, which serve then refused at start; it
+    reads the same config files (no weights) and prints serve's own line, exit 2."""
+    (tmp_path / "not-a-checkpoint").mkdir()
+    (tmp_path / "other-model").mkdir()
+    (tmp_path / "other-model" / "config.json").write_text('{"model_type": "gpt2"}')
+    cases = {"first_canvas_length: 8": "first_canvas_length 8 is not a canvas length this checkpoint was trained "
+                                       "for: 16",
+             "max_model_len: 4096": "max_model_len 4096 is more than this checkpoint's context window (1024 tokens",
+             f"model: {tmp_path / 'missing'}": "cannot load the local model",
+             f"model: {tmp_path / 'not-a-checkpoint'}": "cannot load the local model",
+             f"model: {tmp_path / 'other-model'}": "is not a DiffusionGemma checkpoint (model_type 'gpt2')"}
+    for local, message in cases.items():
+        (tmp_path / "draftgate.yaml").write_text(f"local:\n  {local}\n")
+        checked = draftgate("check-config", "draftgate.yaml", cwd=tmp_path)
+        assert checked.returncode == 2, (local, checked.stdout, checked.stderr)
+        lines = checked.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: local model: ") and message in lines[0], lines
+        if local.startswith(("max_model_len", "model: " + str(tmp_path / "other"))):  # serve: the same line
+            served = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", cwd=tmp_path)
+            assert (served.returncode, served.stderr.splitlines()) == (2, lines), local
+
+
+def test_check_config_leaves_the_checkpoint_of_a_vllm_backend_to_its_servers(tmp_path: Path) -> None:
+    (tmp_path / "draftgate.yaml").write_text("local:\n  backend: vllm\n  api_base: http://127.0.0.1:18799/v1\n"
+                                             "  first_canvas_length: 8\n")
+    result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "note: local.backend is vllm: its servers load the checkpoint" in result.stderr
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n  first_canvas_length: 8\n")
+    result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 0 and "local model:" not in result.stderr, result.stderr  # nothing to check
+
+
 def test_a_bad_environment_setting_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     for command in (("serve", "--port", "0"), ("check-config", "draftgate.yaml"), ("keys", "list")):
         (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")

@@ -63,6 +63,24 @@ def test_keys_revoke_twice_and_update_a_revoked_key_say_so(tmp_path: Path) -> No
     assert both.returncode == 2 and "--clear budget and a new value for it" in both.stderr
 
 
+def test_a_budget_period_without_a_budget_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`keys update --budget-period day` on a key without a budget stored a period that limited nothing."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    args = ("--config", "draftgate.yaml")
+    alone = draftgate("keys", "create", "--name", "p", "--budget-period", "day", *args, cwd=tmp_path)
+    assert alone.returncode == 2 and alone.stderr.strip().splitlines() == [
+        "error: --budget-period needs --max-budget-usd: without a budget a period limits nothing"]
+    created = draftgate("keys", "create", "--name", "app", *args, cwd=tmp_path)
+    key_id = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key_id:"))
+    refused = draftgate("keys", "update", key_id, "--budget-period", "day", *args, cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--budget-period needs --max-budget-usd" in refused.stderr and f"({key_id} has no budget)" in refused.stderr
+    both = draftgate("keys", "update", key_id, "--budget-period", "day", "--max-budget-usd", "3", *args, cwd=tmp_path)
+    assert both.returncode == 0 and "budget $3/day" in both.stdout, both.stderr
+    later = draftgate("keys", "update", key_id, "--budget-period", "week", *args, cwd=tmp_path)  # it has one now
+    assert later.returncode == 0 and "budget $3/week" in later.stdout, later.stderr
+
+
 def test_report_until_alone_covers_the_30_days_before_it(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
     result = draftgate("report", "--until", "2026-01-01", "--format", "json", "--config", "draftgate.yaml",

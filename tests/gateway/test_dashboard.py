@@ -74,6 +74,8 @@ def test_master_dashboard_shows_the_seeded_figures(browser: Browser, gw) -> None
     assert max(scales) / min(scales) < 1.02, scales
     assert "json_schema" in page.text_content("#reasons")
     assert "research" in page.text_content("#top-teams") and "ops" in page.text_content("#top-teams")
+    assert "local/dg" in page.text_content("#top-models")  # the alias asked for, and the model that answered
+    assert "openai/gpt-4o-mini" in page.text_content("#top-provider-models")
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["draftgate_key"]["httpOnly"] and cookies["draftgate_key"]["sameSite"] == "Strict"
     assert outside == []  # nothing from a CDN or anywhere else

@@ -110,5 +110,13 @@ def test_a_key_is_updated_in_place_and_the_change_applies_to_its_next_request(ga
     for body, status in (({"models": ["gpt-9"]}, 400), ({"name": "x"}, 400), ({"models": []}, 400)):
         assert httpx.patch(url, json=body, headers=ADMIN).status_code == status, body
     assert httpx.patch(gw.url + "/admin/keys/key_nope", json={"rpm_limit": 1}, headers=ADMIN).status_code == 404
+    # A budget period on a key without a budget would limit nothing: refused, on creation and update alike.
+    for body in ({"budget_period": "day"}, {"budget_period": "day", "max_budget_usd": None}):
+        refused = httpx.patch(url, json=body, headers=ADMIN)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "budget_period", body
+    alone = httpx.post(gw.url + "/admin/keys", json={"name": "p", "budget_period": "day"}, headers=ADMIN)
+    assert alone.status_code == 400 and "needs max_budget_usd" in alone.json()["error"]["message"]
+    assert httpx.patch(url, json={"budget_period": "day", "max_budget_usd": 2}, headers=ADMIN).status_code == 200
+    assert httpx.patch(url, json={"budget_period": "week"}, headers=ADMIN).json()["budget_period"] == "week"
     team_key = {"authorization": f"Bearer {created['key']}"}
     assert httpx.patch(url, json={"models": None}, headers=team_key).status_code == 403

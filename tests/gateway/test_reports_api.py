@@ -64,6 +64,28 @@ def test_a_team_key_sees_only_its_team(seeded_gateway) -> None:
     assert get(seeded_gateway, "sk-wrong-key-0000").status_code == 401
 
 
+def test_reports_group_by_the_model_that_answered(seeded_gateway, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model` is the alias asked for; `provider_model` the model that answered it, in the API and the CLI."""
+    from gateway.cli import GroupBy
+    from ledger.reports import GROUP_BY_VALUES
+
+    assert tuple(g.value for g in GroupBy) == GROUP_BY_VALUES  # the CLI offers every grouping the API has
+    schema = httpx.get(f"{seeded_gateway.url}/openapi.json").json()["paths"]["/v1/reports/costs"]["get"]
+    assert "provider_model" in next(p for p in schema["parameters"] if p["name"] == "group_by")["description"]
+    body = get(seeded_gateway, MASTER_KEY, group_by="provider_model", since=SINCE).json()
+    rows = {r["group"]: r for r in body["rows"]}
+    assert body["group_by"] == "provider_model" and set(rows) == {"openai/gpt-4o-mini", ""}
+    assert rows["openai/gpt-4o-mini"]["requests"] == 5 and rows[""]["label"] == "(none)"
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    out = CliRunner().invoke(cli, ["report", "--by", "provider_model", "--since", SINCE, "--format", "json",
+                                   "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    assert {r["group"]: r["requests"] for r in json.loads(out.output)["rows"]} == {"openai/gpt-4o-mini": 5, "": 1}
+
+
 def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     bad_group = get(seeded_gateway, MASTER_KEY, group_by="planet")
     assert bad_group.status_code == 400 and bad_group.json()["error"]["param"] == "group_by"

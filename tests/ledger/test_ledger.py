@@ -11,7 +11,15 @@ import orjson
 import pytest
 from sqlalchemy import event
 
-from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook, UnknownKeyError
+from ledger import (
+    Database,
+    KeyStore,
+    LedgerWriter,
+    PeriodWithoutBudgetError,
+    Price,
+    PriceBook,
+    UnknownKeyError,
+)
 from ledger.db import INSERT_CHUNK
 from ledger.keys import hash_key
 from tests.ledger.conftest import T0, record
@@ -88,6 +96,11 @@ def test_keys_keep_their_models_and_expiry_and_an_older_ledger_upgrades(db: Data
     assert store.update(info.key_id, {"models": None, "budget_period": None}).models is None
     with pytest.raises(UnknownKeyError):
         store.update("key_missing", {"rpm_limit": 1})
+    with pytest.raises(UnknownKeyError):  # not a budget error: there is no key
+        store.update("key_missing", {"budget_period": "day"})
+    with pytest.raises(PeriodWithoutBudgetError):  # no budget: the period would limit nothing
+        store.update(info.key_id, {"budget_period": "day", "rpm_limit": 9})
+    assert store.get(info.key_id) == store.verify(raw) and store.verify(raw).limits.rpm_limit == 5  # unchanged
     with pytest.raises(ValueError, match="not updatable: key_hash"):
         store.update(info.key_id, {"key_hash": "x"})
     # A ledger at 0002 (before scopes) with a key in it: after the upgrade the key works, unscoped.
@@ -220,7 +233,7 @@ def _migrate_concurrently(urls: list[str]) -> None:
         assert failures == [], (url, failures)
         db = Database(url)
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
         db.dispose()
 
 

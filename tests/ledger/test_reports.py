@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from datetime import datetime, timedelta
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import insert
+from sqlalchemy import insert, inspect, text
 
 from ledger import Database, RequestRecord
 from ledger.db import MIGRATIONS, RECORD_FIELDS
 from ledger.models import RequestRow
 from ledger.reports import Reporter, ReportQuery
-from ledger.rollup import aggregate, is_unreferenced, latency_bucket, quantile_ms
-from tests.ledger.conftest import T0, record
+from ledger.rollup import GROUP_COLUMNS, aggregate, is_unreferenced, latency_bucket, quantile_ms
+from tests.ledger.conftest import BACKENDS, T0, record
+from tests.support.postgres import POSTGRES_URL, fresh_schema
 
 
 def seeded() -> list[RequestRecord]:
@@ -87,11 +89,12 @@ def test_windows_and_filters(db: Database) -> None:
     assert reasons["json_schema"]["requests"] == 1
 
 
-def _brute_force(records: list[RequestRecord], since: datetime, until: datetime, team: str | None) -> dict:
+def _brute_force(records: list[RequestRecord], since: datetime, until: datetime, team: str | None,
+                 column: str = "team") -> dict:
     chosen = [r for r in records if since <= r.created_at < until and (team is None or r.team == team)]
     totals = {}
     for key, t in aggregate(chosen).items():
-        totals.setdefault(key[1], []).append(t)
+        totals.setdefault(key[GROUP_COLUMNS.index(column)], []).append(t)
     out = {}
     for group, parts in totals.items():
         requests = sum(t.requests for t in parts)
@@ -109,7 +112,9 @@ def test_rollup_and_raw_edges_agree_with_a_brute_force_recount(db: Database) -> 
         unpriced = rng.random() < 0.05
         records.append(record(
             f"q{i}", created_at=T0 + timedelta(minutes=rng.randrange(0, 6 * 24 * 60)), team=rng.choice(["a", "b", None]),
-            key_id=rng.choice(["k1", "k2", "k3"]), route=route, prompt_tokens=rng.randrange(1, 500),
+            key_id=rng.choice(["k1", "k2", "k3"]), route=route,
+            provider_model="dg-local" if route == "local" else rng.choice(["openai/gpt-4o", "anthropic/c", None]),
+            prompt_tokens=rng.randrange(1, 500),
             completion_tokens=rng.randrange(1, 500), latency_ms=rng.uniform(1, 5000), unpriced=unpriced,
             hosted_cost_usd=None if route == "local" or unpriced else rng.uniform(0, 0.01),
             local_cost_usd=rng.uniform(0, 0.001) if route != "hosted" else None,
@@ -121,12 +126,13 @@ def test_rollup_and_raw_edges_agree_with_a_brute_force_recount(db: Database) -> 
         since = T0 + timedelta(minutes=rng.randrange(-600, 5 * 24 * 60))
         until = since + timedelta(minutes=rng.randrange(1, 4 * 24 * 60))
         team = rng.choice(["a", None])
-        report = Reporter(db).report(ReportQuery(group_by="team", since=since, until=until, team=team))
+        group_by = rng.choice(["team", "provider_model"])  # the group's name is its roll-up column's
+        report = Reporter(db).report(ReportQuery(group_by=group_by, since=since, until=until, team=team))
         got = {r.group: (r.totals.requests, round(r.totals.local_usd + r.totals.hosted_usd + r.totals.wasted_usd, 9),
                          round(r.totals.reference_usd - (r.totals.local_usd + r.totals.hosted_usd
                                                          + r.totals.wasted_usd), 9),
                          r.totals.prompt_tokens, r.totals.unpriced) for r in report.rows}
-        assert got == _brute_force(records, since, until, team), (since, until, team)
+        assert got == _brute_force(records, since, until, team, group_by), (since, until, team, group_by)
 
 
 def test_percentiles_from_buckets_are_within_ten_percent() -> None:
@@ -174,6 +180,57 @@ def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
     db.migrate()
     assert by_group(db, group_by="team")["research"]["savings_usd"] == pytest.approx(0.0017)
     db.dispose()
+
+
+def test_report_by_provider_model_groups_by_the_model_that_answered(db: Database) -> None:
+    """`auto` answered locally, by a hosted model, and refused before any model: one alias, three models."""
+    db.insert_records([
+        record("l", model_alias="auto", route="local", provider_model="dg-local", hosted_cost_usd=None,
+               local_cost_usd=0.0002),
+        record("h", model_alias="auto", route="hosted", provider_model="openai/gpt-4o", hosted_cost_usd=0.003),
+        record("x", model_alias="auto", route="none", provider_model=None, hosted_cost_usd=None, status="error",
+               status_code=429)])
+    for window in ({}, {"since": T0 - timedelta(hours=1), "until": T0 + timedelta(hours=1)}):  # roll-up, raw rows
+        assert by_group(db, group_by="model", **window)["auto"]["requests"] == 3
+        rows = by_group(db, group_by="provider_model", **window)
+        assert set(rows) == {"dg-local", "openai/gpt-4o", "", "total"}, window
+        assert rows["dg-local"]["local_usd"] == pytest.approx(0.0002) and rows["dg-local"]["local_requests"] == 1
+        assert rows["openai/gpt-4o"]["hosted_usd"] == pytest.approx(0.003)
+        assert rows[""]["label"] == "(none)" and rows[""]["errors"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrading_a_0004_ledger_keys_the_rollup_by_the_model_that_answered(backend: str, tmp_path) -> None:
+    """0005 adds `provider_model` to the roll-up's key and fills it from the requests; its downgrade folds the
+    models back together, so a report by alias reads the same before, after and back."""
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path}/old.db"
+        elif not POSTGRES_URL:
+            pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
+        else:
+            url = stack.enter_context(fresh_schema(POSTGRES_URL))
+        db = Database(url)
+        stack.callback(db.dispose)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0004")
+            connection.execute(insert(RequestRow), [{n: getattr(r, n) for n in RECORD_FIELDS} for r in seeded()])
+        db.migrate()
+        rows = by_group(db, group_by="provider_model")  # whole days: read from the roll-up
+        assert rows["openai/gpt-4o-mini"]["requests"] == 5 and rows[""]["requests"] == 1  # r2: local, no model
+        assert rows["total"]["savings_usd"] == pytest.approx(0.0054)
+        by_alias = by_group(db, group_by="model")
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0004")
+            columns = {c["name"] for c in inspect(connection).get_columns("usage_daily")}
+            folded = connection.execute(text("SELECT SUM(requests), SUM(prompt_tokens) FROM usage_daily")).one()
+        assert "provider_model" not in columns and tuple(map(int, folded)) == (6, 140)
+        db.migrate()
+        assert by_group(db, group_by="model") == by_alias
 
 
 def test_upgrading_a_0003_ledger_rebuilds_the_rollup_with_unreferenced_costs(tmp_path) -> None:

@@ -211,6 +211,19 @@ def test_auto_with_the_local_model_disabled_is_warned_about() -> None:
     assert warnings(rule.replace("enabled: false", "enabled: true")) == []
 
 
+def test_a_budget_period_without_a_budget_is_warned_about() -> None:
+    """A team's or a key's `budget_period` without `max_budget_usd` limits nothing (the CLI and the admin API
+    refuse it on virtual keys; in the file it is a warning, so a config that loaded before still loads)."""
+    text = ("teams:\n  - name: research\n    budget_period: day\n  - name: ops\n    max_budget_usd: 5\n"
+            "    budget_period: day\nkeys:\n  - name: ci\n    key: sk-ci-12345678\n    budget_period: week\n")
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    assert warnings == [
+        "draftgate.yaml:3: teams[0].budget_period: has no max_budget_usd beside it: without a budget a period "
+        "limits nothing",
+        "draftgate.yaml:10: keys[0].budget_period: has no max_budget_usd beside it: without a budget a period "
+        "limits nothing"]
+
+
 def test_check_config_prints_the_warning_line_and_no_secret(tmp_path: Path) -> None:
     """End to end: what `draftgate check-config` writes."""
     env = {**os.environ, "CI_BOT_KEY": "s3cr3t!", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
