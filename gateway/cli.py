@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -27,7 +26,7 @@ from gateway.cli_common import (
     text_option,
 )
 from gateway.cli_keys import keys_app
-from gateway.settings import Settings
+from gateway.metrics_folder import share_metrics_between_workers
 
 app = typer.Typer(help="draftgate: one OpenAI-compatible URL; local drafts, hosted escalations, a cost ledger.",
                   no_args_is_help=True, pretty_exceptions_enable=False,
@@ -97,12 +96,13 @@ def serve(config: ConfigOpt = None,
     ledger_or_exit(settings, loaded).dispose()
     if config is not None:
         os.environ["DRAFTGATE_CONFIG"] = str(config)
-    if workers > 1:
-        _share_metrics_between_workers(settings)
+    metrics_lock = share_metrics_between_workers(settings) if workers > 1 else None  # held while serving
     console.print(f"draftgate listening on {_base_url(host, port)}", soft_wrap=True)
     uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75,
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    if metrics_lock is not None:
+        metrics_lock.close()
 
 
 def _base_url(host: str, port: int) -> str:
@@ -128,34 +128,6 @@ def _check_address(host: str, port: int) -> None:
         err.print(f"[red]error:[/red] cannot listen on {plain(host)}:{port}: {plain(exc.strerror or exc)}",
                   markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-
-
-METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")  # prometheus_client's {kind}_{pid}.db
-
-
-def _share_metrics_between_workers(settings: Settings) -> None:
-    """Prometheus multiprocess mode: workers write values to files that any worker's /metrics adds up. Counters
-    from an earlier run must not carry over, so its files are removed first: only those files. A folder holding
-    anything else (PROMETHEUS_MULTIPROC_DIR set to the data dir: the ledger) is refused, never emptied, since
-    /metrics would also read every other *.db in it as metrics."""
-    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        entries = list(folder.iterdir())
-        others = sorted(p.name for p in entries if not (METRIC_FILE.fullmatch(p.name) and p.is_file()))
-        if not others:
-            for stale in entries:
-                stale.unlink()
-    except OSError as exc:
-        err.print(f"[red]error:[/red] metrics folder {plain(folder)}: {plain(exc.strerror or exc)}",
-                  markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        err.print(f"error: PROMETHEUS_MULTIPROC_DIR {folder} holds files that are not Prometheus metric files "
-                  f"({shown}); give the workers' metrics a folder of their own", markup=False, soft_wrap=True)
-        raise typer.Exit(2)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 @app.command()

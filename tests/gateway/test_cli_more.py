@@ -159,7 +159,7 @@ def test_serve_workers_never_empty_a_metrics_folder_holding_other_files(tmp_path
 
 def test_a_metrics_folder_of_its_own_is_cleared_of_an_earlier_runs_files(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.cli import _share_metrics_between_workers
+    from gateway.metrics_folder import METRICS_LOCK, share_metrics_between_workers
     from gateway.settings import Settings
 
     folder = tmp_path / "metrics"
@@ -167,8 +167,36 @@ def test_a_metrics_folder_of_its_own_is_cleared_of_an_earlier_runs_files(tmp_pat
     for name in ("counter_11.db", "gauge_livesum_11.db", "histogram_12.db"):
         (folder / name).write_bytes(b"stale")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
-    _share_metrics_between_workers(Settings(data_dir=tmp_path / "data"))
-    assert list(folder.iterdir()) == [] and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder.resolve())
+    lock = share_metrics_between_workers(Settings(data_dir=tmp_path / "data"))
+    lock.close()
+    assert [p.name for p in folder.iterdir()] == [METRICS_LOCK]
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder.resolve())
+
+
+def test_a_second_serve_on_the_same_metrics_folder_is_refused_and_wipes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `serve --workers 2` on one data dir: the second emptied the metrics folder the first's workers were
+    writing to, so the first's /metrics lost its counts. The folder is now held by the serve that owns it."""
+    from gateway.metrics_folder import METRICS_LOCK, share_metrics_between_workers
+    from gateway.settings import Settings
+
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    data = tmp_path / "data"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(data / "metrics"))  # what it sets, undone afterwards
+    running = share_metrics_between_workers(Settings(data_dir=data))  # the first instance, serving
+    try:
+        (data / "metrics" / "counter_4242.db").write_bytes(b"its counts")
+        result = draftgate("serve", "--config", "draftgate.yaml", "--port", "0", "--workers", "2", cwd=tmp_path,
+                           env={"DRAFTGATE_DATA_DIR": str(data)})
+        assert result.returncode == 2, result.stderr
+        assert "is in use by another `draftgate serve --workers`" in result.stderr
+        assert "Traceback" not in result.stderr and "listening on" not in result.stdout
+        assert sorted(p.name for p in (data / "metrics").iterdir()) == [METRICS_LOCK, "counter_4242.db"]
+    finally:
+        running.close()
+    again = share_metrics_between_workers(Settings(data_dir=data))  # once it has stopped, the folder is free
+    again.close()
+    assert [p.name for p in (data / "metrics").iterdir()] == [METRICS_LOCK]
 
 
 def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
