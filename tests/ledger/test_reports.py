@@ -168,15 +168,25 @@ def test_known_costs_without_a_reference_model_are_spend_not_unpriced(db: Databa
         assert total["all_hosted_usd"] == pytest.approx(0.010) and total["savings_usd"] == pytest.approx(0.0)
 
 
-def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
-    url = f"sqlite:///{tmp_path}/old.db"
-    db = Database(url)
+def _migrations() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def _seed_at_revision(db: Database, revision: str, records: list[RequestRecord] | None = None) -> None:
+    """A ledger written by an older draftgate: its schema at `revision`, rows (the seeded ones) in its requests."""
+    config = _migrations()
     with db.engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
-        connection.execute(insert(RequestRow), [{n: getattr(r, n) for n in RECORD_FIELDS} for r in seeded()])
+        command.upgrade(config, revision)
+        connection.execute(insert(RequestRow), [{n: getattr(r, n) for n in RECORD_FIELDS}
+                                                for r in (seeded() if records is None else records)])
+
+
+def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/old.db")
+    _seed_at_revision(db, "0001")
     db.migrate()
     assert by_group(db, group_by="team")["research"]["savings_usd"] == pytest.approx(0.0017)
     db.dispose()
@@ -212,17 +222,13 @@ def test_upgrading_a_0004_ledger_keys_the_rollup_by_the_model_that_answered(back
             url = stack.enter_context(fresh_schema(POSTGRES_URL))
         db = Database(url)
         stack.callback(db.dispose)
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with db.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0004")
-            connection.execute(insert(RequestRow), [{n: getattr(r, n) for n in RECORD_FIELDS} for r in seeded()])
+        _seed_at_revision(db, "0004")
         db.migrate()
         rows = by_group(db, group_by="provider_model")  # whole days: read from the roll-up
         assert rows["openai/gpt-4o-mini"]["requests"] == 5 and rows[""]["requests"] == 1  # r2: local, no model
         assert rows["total"]["savings_usd"] == pytest.approx(0.0054)
         by_alias = by_group(db, group_by="model")
+        config = _migrations()
         with db.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.downgrade(config, "0004")
@@ -235,13 +241,8 @@ def test_upgrading_a_0004_ledger_keys_the_rollup_by_the_model_that_answered(back
 
 def test_upgrading_a_0003_ledger_rebuilds_the_rollup_with_unreferenced_costs(tmp_path) -> None:
     db = Database(f"sqlite:///{tmp_path}/old.db")
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
     local = record("l", route="local", hosted_cost_usd=None, local_cost_usd=0.002, reference_cost_usd=None)
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0003")
-        connection.execute(insert(RequestRow), [{n: getattr(local, n) for n in RECORD_FIELDS}])
+    _seed_at_revision(db, "0003", [local])
     db.migrate()
     total = Reporter(db).report(ReportQuery(group_by="route")).as_dict()["total"]  # whole days: the roll-up
     assert total["local_usd"] == pytest.approx(0.002) and total["unreferenced_requests"] == 1
