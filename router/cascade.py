@@ -159,7 +159,7 @@ class Cascade:
         _add_judge_bill(outcome, judgement)
         billed = error.outcome  # escalation attempts the provider charged though none answered usably
         if isinstance(billed, Outcome) and (billed.hosted_cost_usd is not None or billed.unpriced):
-            outcome.add_hosted_cost(None if billed.unpriced else billed.hosted_cost_usd)
+            outcome.add_hosted_cost_of(billed)
             outcome.attempts = billed.attempts
             outcome.detail["usage_estimated"] = True
             outcome.detail["escalation_prompt_tokens"] = billed.prompt_tokens

@@ -226,7 +226,7 @@ class Executor:
         if any(a.billed for a in attempts):  # earlier attempts the provider charged though they were unusable
             billed = await self.abandoned_outcome(job, attempts)
             outcome.prompt_tokens += billed.prompt_tokens
-            outcome.add_hosted_cost(None if billed.unpriced else billed.hosted_cost_usd)
+            outcome.add_hosted_cost_of(billed)
             outcome.detail["usage_estimated"] = True
         return outcome
 

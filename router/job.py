@@ -82,6 +82,13 @@ class Outcome:
             self.hosted_cost_usd = (self.hosted_cost_usd or 0.0) + (cost_usd or 0.0)
         self.unpriced = self.unpriced or cost_usd is None
 
+    def add_hosted_cost_of(self, other: Outcome) -> None:
+        """Adds another outcome's hosted dollars (billed attempts that answered nothing usable): its known part,
+        and its being unpriced if any part of it is."""
+        if other.hosted_cost_usd is not None:
+            self.add_hosted_cost(other.hosted_cost_usd)
+        self.unpriced = self.unpriced or other.unpriced
+
     @property
     def cost_usd(self) -> float | None:
         """Everything this request cost; None while any part of it is unpriced."""

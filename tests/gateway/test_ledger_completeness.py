@@ -228,6 +228,16 @@ def test_an_unpriced_billed_attempt_keeps_the_known_part_as_the_cascade_does(gat
     assert row.hosted_cost_usd == pytest.approx(
         services.pricing.hosted_cost(mini, answer.usage.prompt_tokens, answer.usage.completion_tokens))
 
+    simulator.state.faults.extend([Fault(broken_body=True)] * 2)  # mystery's try, then gpt-4o-mini's first
+    raw = client(gw).chat.completions.with_raw_response.create(model="mystery", messages=LONG)
+    answer = raw.parse()
+    assert answer.usage is not None
+    row = _row(gw, raw.headers)  # the billed attempts partly priced: their known part is on the row too
+    assert row.unpriced and row.cost_usd is None
+    assert row.hosted_cost_usd == pytest.approx(
+        services.pricing.hosted_cost(mini, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        + services.pricing.hosted_cost(mini, counted, 0))
+
     simulator.state.faults.extend([Fault(broken_body=True)] * 4)  # mystery's try, then gpt-4o-mini's 3
     with pytest.raises(openai.APIStatusError) as info:
         client(gw).chat.completions.create(model="mystery", messages=LONG)
