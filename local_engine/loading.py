@@ -25,7 +25,7 @@ from local_engine.errors import EngineUnavailableError
 from local_engine.interface import EngineConfig
 
 __all__ = ["BUNDLED", "BUNDLED_NAME", "LoadedModel", "canvas_lengths", "check_checkpoint", "check_first_canvas",
-           "check_model", "context_window", "load_model", "pick_device", "pick_dtype"]
+           "context_window", "load_model", "pick_device", "pick_dtype"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,13 +50,6 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[requested]
-
-
-def check_model(config: EngineConfig) -> None:
-    """The cheap part of loading (device, the checkpoint's config, settings that depend on it), so that a
-    server can refuse to start with one clear line instead of failing inside its startup."""
-    pick_device(config.device)
-    check_checkpoint(config)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from local_engine.batch import Batch
 from local_engine.denoise import denoise
 from local_engine.engine import DiffusionEngine, sampling_of
 from local_engine.interface import Completion
-from local_engine.loading import canvas_lengths, check_model, load_model
+from local_engine.loading import canvas_lengths, check_checkpoint, load_model
 from local_engine.metering import Meter
 from local_engine.prefix import PrefixCache
 from local_engine.rows import Row, Sampling
@@ -72,8 +72,8 @@ def test_the_checkpoint_declares_its_lengths_and_a_first_canvas_it_was_not_train
     with pytest.raises(EngineUnavailableError, match="trained for: 2, 4, 8"):
         DiffusionEngine(load_model(config), config)
     with pytest.raises(EngineUnavailableError, match="trained for: 2, 4, 8"):
-        check_model(config)  # what `draftgate serve` checks before it starts a server
-    check_model(EngineConfig(model=str(multi_canvas_checkpoint), first_canvas_length=4))
+        check_checkpoint(config)  # what `draftgate serve` and `check-config` check before a server starts
+    check_checkpoint(EngineConfig(model=str(multi_canvas_checkpoint), first_canvas_length=4))
 
 
 async def run(engine: DiffusionEngine, specs: list[tuple[str, int, int]]) -> dict[str, Completion]:

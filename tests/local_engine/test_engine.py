@@ -24,7 +24,7 @@ from local_engine import (
 )
 from local_engine import engine as engine_module
 from local_engine.engine import DiffusionEngine
-from local_engine.loading import check_model, load_model
+from local_engine.loading import check_checkpoint, load_model
 from local_engine.training.config import CANVAS_LENGTH
 from local_engine.training.evaluate import held_out
 
@@ -93,20 +93,20 @@ async def test_the_context_window_refuses_a_full_prompt_and_ends_answers_at_its_
 
 async def test_a_max_model_len_above_the_checkpoints_window_is_refused(random_checkpoint: Path) -> None:
     """It can only lower the window: 5,000 on a 1,024-token checkpoint was quietly served as 1,024 (vLLM refuses
-    it). `draftgate serve` checks it before it starts (check_model); the engine itself refuses it too."""
+    it). `draftgate serve` checks it before it starts (check_checkpoint); the engine itself refuses it too."""
     config = EngineConfig(model=str(random_checkpoint), max_model_len=5000)
     with pytest.raises(EngineUnavailableError, match=r"max_model_len 5000 is more than .*\(1024 tokens"):
-        check_model(config)
+        check_checkpoint(config)
     with pytest.raises(EngineUnavailableError, match="max_model_len 5000"):
         DiffusionEngine(load_model(config), config)
-    check_model(EngineConfig(model=str(random_checkpoint), max_model_len=1024))
+    check_checkpoint(EngineConfig(model=str(random_checkpoint), max_model_len=1024))
 
 
 def test_a_model_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
     """transformers reads a missing path as a malformed hub id: "Repo id must be in the form 'repo_name'..."."""
     for missing in (str(tmp_path / "no-such-model"), "./no-such-model", "~/no-such-model"):
         config = EngineConfig(model=missing)
-        for check in (check_model, load_model):
+        for check in (check_checkpoint, load_model):
             with pytest.raises(EngineUnavailableError) as info:
                 check(config)
             assert str(info.value) == f"cannot load the local model {missing!r}: no such directory"
