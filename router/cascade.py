@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from local_engine import Completion, ContextLengthError, RequestRejectedError
 from router.errors import UpstreamError
 from router.executor import ChunkStream, Executor, completion_body
-from router.job import Job, Outcome, Plan, Route
+from router.job import Job, Outcome, Plan, Route, dropped_for_escalation, for_escalation
 from router.streams import completed_chunks
 from router.verifiers import Draft, ResponseFormatVerifier, Verdict, Verifier, run_verifiers
 
@@ -133,10 +133,10 @@ class Cascade:
 
     def _escalation_job(self, job: Job, spec: CascadeSpec, completion: Completion, judgement: Judgement) -> Job:
         if spec.mode is EscalationMode.REGENERATE:
-            return job
+            return for_escalation(job)
         messages = refine_messages(job.messages, completion.text, judgement)
         body = {**job.upstream_body, "messages": messages}
-        return Job(**{**job.__dict__, "messages": messages, "upstream_body": body})
+        return for_escalation(Job(**{**job.__dict__, "messages": messages, "upstream_body": body}))
 
     def _annotate(self, outcome: Outcome, job: Job, spec: CascadeSpec, completion: Completion,
                   judgement: Judgement, escalated: bool) -> None:
@@ -153,6 +153,8 @@ class Cascade:
             outcome.device_seconds = completion.device_seconds
             outcome.detail["escalation"] = {"mode": spec.mode.value, "to": spec.escalate_to,
                                             "reason": outcome.escalation_reason}
+            if dropped := dropped_for_escalation(job):
+                outcome.detail["escalation"]["dropped_params"] = dropped
 
     def _serve_draft(self, job: Job, completion: Completion, judgement: Judgement, error: UpstreamError) -> Outcome:
         outcome = self._executor.local_outcome(completion)
@@ -186,20 +188,22 @@ class Cascade:
         return exc
 
     @staticmethod
-    def _no_draft(outcome: Outcome, spec: CascadeSpec, refusal: Exception) -> None:
+    def _no_draft(outcome: Outcome, job: Job, spec: CascadeSpec, refusal: Exception) -> None:
         """Marks a hosted answer given because the local model refused the request outright."""
         outcome.route = Route.ESCALATED
         outcome.escalation_reason = f"no local draft: {refusal}"
         outcome.detail["escalation"] = {"mode": EscalationMode.REGENERATE.value, "to": spec.escalate_to,
                                         "reason": outcome.escalation_reason}
+        if dropped := dropped_for_escalation(job):
+            outcome.detail["escalation"]["dropped_params"] = dropped
 
     async def run(self, job: Job, plan: Plan, spec: CascadeSpec) -> Outcome:
         """Non-streaming: draft, verify, and escalate when a verifier fails."""
         try:
             completion, judgement = await self._draft(job, plan, spec)
         except LOCAL_REFUSALS as refusal:  # e.g. a prompt longer than the local context: the target answers
-            outcome = await self._executor.run_hosted(job, spec.escalate_to)
-            self._no_draft(outcome, spec, refusal)
+            outcome = await self._executor.run_hosted(for_escalation(job), spec.escalate_to)
+            self._no_draft(outcome, job, spec, refusal)
             assert outcome.body is not None
             outcome.body["draftgate"] = {"escalation": outcome.detail["escalation"]}
             return outcome
@@ -231,8 +235,8 @@ class Cascade:
         try:
             completion, judgement = await self._draft(job, plan, spec)
         except LOCAL_REFUSALS as refusal:
-            opened = await self._executor.stream_hosted(job, spec.escalate_to)
-            self._no_draft(opened.outcome, spec, refusal)
+            opened = await self._executor.stream_hosted(for_escalation(job), spec.escalate_to)
+            self._no_draft(opened.outcome, job, spec, refusal)
             return opened
         if not judgement.passed:
             try:

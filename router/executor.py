@@ -21,7 +21,7 @@ from router.hosted import (
     usage_is_invalid,
     usage_of,
 )
-from router.job import Job, Outcome, Plan, Route
+from router.job import Job, Outcome, Plan, Route, dropped_for_escalation, for_escalation
 from router.streams import (
     LocalChunks,
     completed_chunks,
@@ -101,6 +101,12 @@ class ChunkStream:
         return self._chunks
 
 
+def _note_dropped(outcome: Outcome, job: Job) -> None:
+    """A cascade's target was sent the job without the local-only options: the ledger row says which."""
+    if dropped := dropped_for_escalation(job):
+        outcome.detail["dropped_params"] = dropped
+
+
 class Executor:
     """Runs plans. Local generations are capped by the plan; hosted ones go through the hosted client."""
 
@@ -152,6 +158,10 @@ class Executor:
         if plan.route is Route.LOCAL:
             completions, outcome = await self._checked_local_answer(job, plan)
             outcome.body = completion_body(job, self.local_alias, completions)
+            return outcome
+        if plan.cascade_target:
+            outcome = await self.run_hosted(for_escalation(job), plan.alias)
+            _note_dropped(outcome, job)
             return outcome
         return await self.run_hosted(job, plan.alias)
 
@@ -264,6 +274,10 @@ class Executor:
                     await opened.aclose()  # type: ignore[attr-defined]
                 raise
             return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
+        if plan.cascade_target:
+            target = await self.stream_hosted(for_escalation(job), plan.alias)
+            _note_dropped(target.outcome, job)
+            return target
         return await self.stream_hosted(job, plan.alias)
 
     async def abandoned_outcome(self, job: Job, attempts: Sequence[Attempt]) -> Outcome:

@@ -41,6 +41,23 @@ class Job:
     upstream_body: dict[str, Any] = field(default_factory=dict)  # body for hosted models, model filled in later
 
 
+# vLLM's sampling extensions steer the local draft. A cascade's client named the cascade's alias, not its
+# target, and OpenAI among others refuses them: an escalation leaves them out, as LiteLLM's drop_params would.
+LOCAL_SAMPLING_EXTENSIONS = ("top_k", "min_p", "repetition_penalty")
+
+
+def dropped_for_escalation(job: Job) -> list[str]:
+    return [name for name in LOCAL_SAMPLING_EXTENSIONS if name in job.upstream_body]
+
+
+def for_escalation(job: Job) -> Job:
+    """The job as a cascade's target gets it: without the local-only sampling extensions."""
+    if not dropped_for_escalation(job):
+        return job
+    body = {k: v for k, v in job.upstream_body.items() if k not in LOCAL_SAMPLING_EXTENSIONS}
+    return Job(**{**job.__dict__, "upstream_body": body})
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to do with a job: serve it locally, or at a hosted alias."""
@@ -53,6 +70,7 @@ class Plan:
     p_hosted: float | None = None
     max_local_tokens: int | None = None
     cascade: CascadeSpec | None = None  # set for draft → verify → escalate routes
+    cascade_target: bool = False  # a cascade rule sends the job straight to its target (no draft possible)
 
 
 @dataclass

@@ -104,7 +104,7 @@ class Planner:
             spec = self._cascades[id(action)]
             # No draft possible, or n drafts that one verdict cannot cover: straight to the target.
             if unsupported or job.n > 1 or not self._local_enabled:
-                return Plan(route=Route.HOSTED, alias=spec.escalate_to, **common)
+                return Plan(route=Route.HOSTED, alias=spec.escalate_to, cascade_target=True, **common)
             return Plan(route=Route.LOCAL, alias=self.local_alias, max_local_tokens=spec.max_local_tokens,
                         cascade=spec, **common)
         if unsupported:

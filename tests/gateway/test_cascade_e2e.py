@@ -81,6 +81,27 @@ def test_a_broken_draft_is_caught_and_escalated(gw, simulator, mode) -> None:  #
     assert "total" in (row.escalation_reason or "")
 
 
+def test_the_cascades_target_gets_no_local_only_sampling_options(gw, simulator) -> None:  # type: ignore[no-untyped-def]
+    """The in-process engine cannot apply vLLM's top_k, so the cascade sends the request straight to its target,
+    which (OpenAI among them) would refuse top_k: the target gets it without, streaming or not, and the row
+    says what was left out. Penalties are OpenAI's own and stay."""
+    ask = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "metadata": {"task": "math"},
+           "frequency_penalty": 0.5, "extra_body": {"top_k": 5, "min_p": 0.1}}
+    raws = [client(gw).chat.completions.with_raw_response.create(**ask)]
+    with client(gw).chat.completions.with_streaming_response.create(**ask, stream=True) as response:
+        assert "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        raws.append(response)
+    for raw, received in zip(raws, simulator.state.received, strict=True):
+        assert raw.headers["x-draftgate-route"] == "hosted" and received.body["model"] == "gpt-4o-mini"
+        assert received.body["frequency_penalty"] == 0.5 and not {"top_k", "min_p"} & set(received.body)
+        row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+        assert row is not None and row.status == "ok" and row.detail["dropped_params"] == ["top_k", "min_p"]
+    # A hosted route the client named itself relays them as sent.
+    client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"top_k": 5})
+    assert simulator.state.received[-1].body["top_k"] == 5
+
+
 def test_streaming_escalation_sends_no_draft_bytes(gw, simulator) -> None:  # type: ignore[no-untyped-def]
     simulator.state.replies.append('{"total": 7}')
     stream = client(gw).chat.completions.create(

@@ -132,8 +132,12 @@ def test_a_cascade_over_vllm_drafts_requests_with_logprobs(gateway_factory, simu
     assert [r.body["model"] for r in simulator.state.received] == [
         "diffusiongemma", "diffusiongemma", "diffusiongemma", "gpt-4o-mini", "diffusiongemma", "gpt-4o-mini"]
     assert all(r.body["logprobs"] is True for r in simulator.state.received)
+    # vLLM's top_k steered the drafts; the target (OpenAI refuses it) gets the request without it.
+    assert [r.body.get("top_k") for r in simulator.state.received] == [4, 4, 4, None, 4, None]
+    assert raw.parse().model_extra["draftgate"]["escalation"]["dropped_params"] == ["top_k"]
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
     assert row is not None and row.route == "escalated" and row.wasted_draft_usd > 0
+    assert row.detail["escalation"]["dropped_params"] == ["top_k"]
 
 
 def test_route_explain_decides_with_the_configured_backends_capabilities(tmp_path: Path) -> None:
