@@ -119,6 +119,8 @@ class KeyStore:
         if unknown:
             raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
         values = dict(changes)
+        if "max_budget_usd" in values and values["max_budget_usd"] is None and "budget_period" not in values:
+            values["budget_period"] = None  # a cleared budget takes its period along: a new one starts monthly
         if "models" in values and values["models"] is not None:
             values["models"] = list(values["models"])
         table = cast(Table, ApiKeyRow.__table__)

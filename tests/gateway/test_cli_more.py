@@ -79,6 +79,11 @@ def test_a_budget_period_without_a_budget_is_refused_in_one_line(tmp_path: Path)
     assert both.returncode == 0 and "budget $3/day" in both.stdout, both.stderr
     later = draftgate("keys", "update", key_id, "--budget-period", "week", *args, cwd=tmp_path)  # it has one now
     assert later.returncode == 0 and "budget $3/week" in later.stdout, later.stderr
+    # Clearing the budget takes its period along: a budget given later starts monthly, as at `keys create`.
+    cleared = draftgate("keys", "update", key_id, "--clear", "budget", *args, cwd=tmp_path)
+    assert cleared.returncode == 0, cleared.stderr
+    again = draftgate("keys", "update", key_id, "--max-budget-usd", "4", *args, cwd=tmp_path)
+    assert again.returncode == 0 and "budget $4/month" in again.stdout, again.stdout
 
 
 def test_report_until_alone_covers_the_30_days_before_it(tmp_path: Path) -> None:
