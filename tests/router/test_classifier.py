@@ -204,6 +204,13 @@ def test_the_cli_contract(tmp_path: Path) -> None:
                              "--output", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 2 and "line 2" in result.stderr and not (tmp_path / "o.jsonl").exists()
+    src.write_text('{"id": "x", "prompt": "What is 2 + 2?"}\n')
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "score", "--input", str(src),
+                             "--output", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
+    assert "\r" not in result.stdout + result.stderr  # lines, not a tqdm bar loading MiniLM
+    assert "Loading weights" not in result.stdout + result.stderr
 
 
 def test_bad_training_data_and_weights_files_are_clear_errors(tmp_path: Path) -> None:
