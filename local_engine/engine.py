@@ -37,11 +37,13 @@ from local_engine.interface import (
     LocalCapabilities,
     StreamDelta,
 )
-from local_engine.loading import LoadedModel, canvas_lengths, check_first_canvas, context_window, load_model
+from local_engine.loading import LoadedModel, context_window, load_model, sampling_of
 from local_engine.metering import Meter, default_rate
 from local_engine.prefix import PrefixCache
 from local_engine.prompts import PromptBuilder, flatten, message_text
-from local_engine.rows import Row, RowState, Sampling
+from local_engine.rows import Row, RowState
+from local_engine.stops import stop_index, tokens_through_stop
+from local_engine.submission import RowEvents, abandon, retrieved, submitted_row
 
 Emit = Callable[[StreamDelta | Completion | BaseException], None]
 ADMISSIONS_KEPT = 1024  # recent admissions kept for tests and benchmarks; bounded, the engine runs for months
@@ -59,67 +61,6 @@ class Admission:
 
     tick: int  # the scheduler tick it was admitted on
     joined_with: int  # rows already running when it joined
-
-
-def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Sampling:
-    """The checkpoint's generation settings; `first_canvas` caps a request's first canvas (None: no cap
-    but max_tokens). It must be a length the checkpoint was trained for."""
-    lengths = canvas_lengths(loaded.model.config)
-    check_first_canvas(lengths, first_canvas)
-    gen = loaded.model.generation_config
-    sampler = getattr(gen, "sampler_config", None)
-    bound = getattr(sampler, "entropy_bound", None) if sampler is not None else None
-    return Sampling(canvas_length=int(loaded.model.config.canvas_length or 0),
-                    max_steps=int(getattr(gen, "max_denoising_steps", None) or 48),
-                    t_min=float(getattr(gen, "t_min", None) or 0.4), t_max=float(getattr(gen, "t_max", None) or 0.8),
-                    entropy_bound=float(bound if bound is not None else 0.1),
-                    confidence_threshold=float(getattr(gen, "confidence_threshold", None) or 0.005),
-                    vocab_size=int(loaded.model.config.get_text_config().vocab_size),
-                    eos_id=int(gen.eos_token_id if gen.eos_token_id is not None else 1),
-                    pad_id=int(gen.pad_token_id if gen.pad_token_id is not None else 0),
-                    canvas_lengths=lengths, first_canvas=first_canvas or 0)
-
-
-def _retrieved(task: asyncio.Task[Row]) -> None:
-    """Marks a submission's failure as seen: a stream never iterated does not log it at collection."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _abandon(task: asyncio.Task[Row]) -> None:
-    """Cancels a submission its caller gave up on: before its row is queued, or the row itself."""
-    if not task.done():
-        task.cancel()
-    elif not task.cancelled() and task.exception() is None:
-        task.result().cancelled = True
-
-
-def _submitted_row(task: asyncio.Task[Row]) -> Row | None:
-    """The row a submission queued; None while it is still being prepared, or when it never was."""
-    if task.done() and not task.cancelled() and task.exception() is None:
-        return task.result()
-    return None
-
-
-class _RowEvents:
-    """A row's events; closing them cancels the row even when no event was ever asked for (the row is
-    queued at `stream()`, and an async generator that never started skips its `finally` when closed)."""
-
-    def __init__(self, events: AsyncIterator[StreamDelta | Completion], cancel: Callable[[], None],
-                 spent: Callable[[], StreamDelta | None]) -> None:
-        self._events = events
-        self._cancel = cancel
-        self.spent = spent  # what the row has used so far (`MeteredStream`): billed when its client leaves
-
-    def __aiter__(self) -> _RowEvents:
-        return self
-
-    async def __anext__(self) -> StreamDelta | Completion:
-        return await anext(self._events)
-
-    async def aclose(self) -> None:
-        self._cancel()  # harmless once the row finished
-        await self._events.aclose()  # type: ignore[attr-defined]
 
 
 class _Slot:
@@ -282,14 +223,14 @@ class DiffusionEngine:
 
         if self._inline(request.messages):
             row = self._submit(request, emit)
-            return _RowEvents(self._events(row, events), lambda: setattr(row, "cancelled", True),
+            return RowEvents(self._events(row, events), lambda: setattr(row, "cancelled", True),
                               lambda: self._spent(row))
         self._reserve()
         self._preparing += 1
         submitted = loop.create_task(self._submit_off_loop(request, emit))
-        submitted.add_done_callback(_retrieved)
-        return _RowEvents(self._events(submitted, events), lambda: _abandon(submitted),
-                          lambda: self._spent(_submitted_row(submitted)))
+        submitted.add_done_callback(retrieved)
+        return RowEvents(self._events(submitted, events), lambda: abandon(submitted),
+                          lambda: self._spent(submitted_row(submitted)))
 
     def _spent(self, row: Row | None) -> StreamDelta | None:
         """A row's running figures (read from the loop while the engine thread may still add its current
@@ -317,7 +258,7 @@ class DiffusionEngine:
             if row is not None:
                 row.cancelled = True  # harmless once finished; frees the slot at the next tick otherwise
             elif isinstance(submitted, asyncio.Task):
-                _abandon(submitted)
+                abandon(submitted)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         """The whole completion; cancelling the awaiting task cancels the row."""
@@ -412,14 +353,14 @@ class DiffusionEngine:
     def _finish_canvas(self, slot: _Slot) -> None:
         """Streams a committed canvas's text; ends the request on EOS, max_tokens or a stop string."""
         row = slot.row
-        text = self._loaded.tokenizer.decode(row.tokens, skip_special_tokens=True)  # as vLLM and OpenAI do
-        stop_at = self._stop_index(text, row.request.stop)
+        text = self._decode(row.tokens)
+        stop_at = stop_index(text, row.request.stop)
         if stop_at is not None:
             text, row.finish_reason = text[:stop_at], "stop"
             # Counted as vLLM counts them: the generated tokens up to the one that completed the stop string.
             # Re-tokenizing the cut text could count more than were generated, or than max_tokens allows
             # ("name" cut at "e" is "nam": three tokens for one).
-            row.tokens = row.tokens[:self._tokens_through_stop(row.tokens, row.request.stop)]
+            row.tokens = row.tokens[:tokens_through_stop(row.tokens, row.request.stop, self._decode)]
         if row.finish_reason is None:
             hold = max((len(s) for s in row.request.stop), default=1) - 1  # a stop string may span canvases
             self._emit_text(slot, text[: len(text) - hold] if hold else text)
@@ -428,22 +369,8 @@ class DiffusionEngine:
         row.state = RowState.DONE
         slot.emit(self._completion(row, text))
 
-    def _tokens_through_stop(self, tokens: list[int], stops: Sequence[str]) -> int:
-        """The fewest leading tokens whose text holds a stop string (the whole list's text holds one)."""
-        low, high = 0, len(tokens)
-        while low < high:  # a longer prefix's text extends a shorter one's: binary search
-            middle = (low + high) // 2
-            text = self._loaded.tokenizer.decode(tokens[:middle], skip_special_tokens=True)
-            if self._stop_index(text, stops) is None:
-                low = middle + 1
-            else:
-                high = middle
-        return high
-
-    @staticmethod
-    def _stop_index(text: str, stops: Sequence[str]) -> int | None:
-        found = [i for i in (text.find(s) for s in stops) if i >= 0]
-        return min(found) if found else None
+    def _decode(self, tokens: list[int]) -> str:
+        return str(self._loaded.tokenizer.decode(tokens, skip_special_tokens=True))  # as vLLM and OpenAI do
 
     def _emit_text(self, slot: _Slot, text: str) -> None:
         row = slot.row

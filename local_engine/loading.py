@@ -23,9 +23,10 @@ from local_engine.checkpoint import (  # re-exported: the engine and tools impor
 )
 from local_engine.errors import EngineUnavailableError
 from local_engine.interface import EngineConfig
+from local_engine.rows import Sampling
 
 __all__ = ["BUNDLED", "BUNDLED_NAME", "LoadedModel", "canvas_lengths", "check_checkpoint", "check_first_canvas",
-           "context_window", "load_model", "no_progress_bar", "pick_device", "pick_dtype"]
+           "context_window", "load_model", "no_progress_bar", "pick_device", "pick_dtype", "sampling_of"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -80,3 +81,22 @@ def load_model(config: EngineConfig) -> LoadedModel:
     model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() for its own wrappers
     name = BUNDLED_NAME if config.model is None else config.model
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device)
+
+
+def sampling_of(loaded: LoadedModel, first_canvas: int | None = None) -> Sampling:
+    """The checkpoint's generation settings; `first_canvas` caps a request's first canvas (None: no cap
+    but max_tokens). It must be a length the checkpoint was trained for."""
+    lengths = canvas_lengths(loaded.model.config)
+    check_first_canvas(lengths, first_canvas)
+    gen = loaded.model.generation_config
+    sampler = getattr(gen, "sampler_config", None)
+    bound = getattr(sampler, "entropy_bound", None) if sampler is not None else None
+    return Sampling(canvas_length=int(loaded.model.config.canvas_length or 0),
+                    max_steps=int(getattr(gen, "max_denoising_steps", None) or 48),
+                    t_min=float(getattr(gen, "t_min", None) or 0.4), t_max=float(getattr(gen, "t_max", None) or 0.8),
+                    entropy_bound=float(bound if bound is not None else 0.1),
+                    confidence_threshold=float(getattr(gen, "confidence_threshold", None) or 0.005),
+                    vocab_size=int(loaded.model.config.get_text_config().vocab_size),
+                    eos_id=int(gen.eos_token_id if gen.eos_token_id is not None else 1),
+                    pad_id=int(gen.pad_token_id if gen.pad_token_id is not None else 0),
+                    canvas_lengths=lengths, first_canvas=first_canvas or 0)

@@ -11,11 +11,12 @@ from router.errors import (
     UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
-from router.executor import ChunkStream, Executor, Pricing
+from router.executor import ChunkStream, Executor
 from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
 from router.job import Job, Outcome, Plan, Route
 from router.judge import priced_judge
 from router.planner import Planner, facts_for
+from router.pricing import Pricing
 from router.transport import AttemptFailed, StreamBroken
 
 __all__ = [

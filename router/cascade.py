@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from local_engine import Completion, ContextLengthError, RequestRejectedError
 from router.errors import UpstreamError
-from router.executor import ChunkStream, Executor, completion_body
+from router.executor import ChunkStream, Executor
 from router.job import Job, Outcome, Plan, Route, dropped_for_escalation, for_escalation
-from router.streams import completed_chunks
+from router.streams import completed_chunks, completion_body
 from router.verifiers import Draft, ResponseFormatVerifier, Verdict, Verifier, run_verifiers
 
 E = TypeVar("E", bound=BaseException)

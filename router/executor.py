@@ -3,83 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
 
-from ledger import PriceBook
 from local_engine import Completion, GenerationRequest, LocalBackend, MeteredStream, StreamDelta
 from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError, UpstreamError
 from router.hosted import (
     Attempt,
     HostedClient,
-    HostedModel,
     HostedResult,
     parse_chunk,
     usage_is_invalid,
     usage_of,
 )
 from router.job import Job, Outcome, Plan, Route, dropped_for_escalation, for_escalation
+from router.pricing import Pricing
 from router.streams import (
     LocalChunks,
     completed_chunks,
+    completion_body,
     gathered_or_cancelled,
-    logprobs_object,
     merged,
     primed,
-    usage_dict,
 )
 from router.transport import StreamBroken
 from router.usage import TokenEstimator, answer_text, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
 
 T = TypeVar("T")
-
-
-class Pricing:
-    """Prices hosted tokens per alias: YAML overrides first, then LiteLLM's cost map."""
-
-    def __init__(self, prices: PriceBook, hosted: HostedClient, reference_alias: str | None) -> None:
-        self._prices = prices
-        self._hosted = hosted
-        self._reference = reference_alias
-
-    def hosted_cost(self, model: HostedModel, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """USD for these tokens at this alias; None when no price is known."""
-        if self._prices.lookup(model.alias) is not None:
-            return self._prices.cost_usd(model.alias, prompt_tokens, completion_tokens)
-        return self._prices.cost_usd(model.model, prompt_tokens, completion_tokens)
-
-    def reference_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """What the same tokens would cost at the reference hosted model (all-hosted counterfactual)."""
-        if self._reference is None or self._reference not in self._hosted:
-            return None
-        return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens)
-
-
-def completion_body(job: Job, model: str, completion: Completion | Sequence[Completion]) -> dict[str, Any]:
-    """An OpenAI chat.completion object for a local answer (one choice per completion), with draftgate's
-    signals attached: the first choice's at the top, as for n = 1, and every choice's when there are more."""
-    completions = [completion] if isinstance(completion, Completion) else list(completion)
-    first = completions[0]
-    extension: dict[str, Any] = {"confidence": first.confidence.as_dict()}
-    if len(completions) > 1:
-        extension["choices"] = [{"index": i, "confidence": c.confidence.as_dict()} for i, c in enumerate(completions)]
-    return {
-        "id": f"chatcmpl-{job.request_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                     "logprobs": logprobs_object(c.logprobs), "finish_reason": c.finish_reason}
-                    for i, c in enumerate(completions)],
-        "usage": usage_dict(first.prompt_tokens, sum(c.completion_tokens for c in completions),
-                            first.cached_tokens),
-        "draftgate": extension,
-    }
 
 
 def choice_seed(seed: int | None, index: int) -> int | None:

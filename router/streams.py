@@ -27,6 +27,29 @@ def logprobs_object(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | N
     return None if tokens is None else {"content": list(tokens), "refusal": None}
 
 
+def completion_body(job: Job, model: str, completion: Completion | Sequence[Completion]) -> dict[str, Any]:
+    """An OpenAI chat.completion object for a local answer (one choice per completion), with draftgate's
+    signals attached: the first choice's at the top, as for n = 1, and every choice's when there are more."""
+    completions = [completion] if isinstance(completion, Completion) else list(completion)
+    first = completions[0]
+    extension: dict[str, Any] = {"confidence": first.confidence.as_dict()}
+    if len(completions) > 1:
+        extension["choices"] = [{"index": i, "confidence": c.confidence.as_dict()} for i, c in enumerate(completions)]
+    return {
+        "id": f"chatcmpl-{job.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+                     "logprobs": logprobs_object(c.logprobs), "finish_reason": c.finish_reason}
+                    for i, c in enumerate(completions)],
+        "usage": usage_dict(first.prompt_tokens, sum(c.completion_tokens for c in completions),
+                            first.cached_tokens),
+        "draftgate": extension,
+    }
+
+
 class LocalChunks:
     """OpenAI chunk bytes for one local answer, with the id, time and model all its chunks share."""
 

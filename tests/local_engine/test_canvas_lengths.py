@@ -13,9 +13,9 @@ import torch
 from local_engine import EngineConfig, EngineUnavailableError, GenerationRequest
 from local_engine.batch import Batch
 from local_engine.denoise import denoise
-from local_engine.engine import DiffusionEngine, sampling_of
+from local_engine.engine import DiffusionEngine
 from local_engine.interface import Completion
-from local_engine.loading import canvas_lengths, check_checkpoint, load_model
+from local_engine.loading import canvas_lengths, check_checkpoint, load_model, sampling_of
 from local_engine.metering import Meter
 from local_engine.prefix import PrefixCache
 from local_engine.rows import Row, Sampling
