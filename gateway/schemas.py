@@ -115,6 +115,8 @@ class ChatRequest(BaseModel):
     web_search_options: dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None  # the local route refuses it: it runs no moderation
     # vLLM's extensions, sent through extra_body; "off" is top_k -1 or 0, min_p 0, repetition_penalty 1
     top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
