@@ -75,6 +75,19 @@ def test_tool_choice_without_tools_is_refused_and_sdk_parameters_are_accepted(ga
         assert all(simulator.state.received[-1].body[k] == v for k, v in extra.items())
 
 
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"tool_choice": "required"}, "tool_choice"), ({"tools": []}, "tools"), ({"function_call": "auto"}, "function_call"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+])
+def test_a_parameter_refused_for_want_of_another_is_named_in_param(gateway_factory, simulator, extra: dict,  # type: ignore[type-arg]
+                                                                    param: str) -> None:
+    """OpenAI names the parameter (`param: "tool_choice"`); these cross-field checks answered `param: null`."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    reply = _post(gw, {"model": "gpt-4o-mini", "messages": USER, **extra})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+    assert reply.json()["error"]["message"].startswith(f"{param}: "), reply.text
+
+
 def test_every_parameter_of_the_sdks_create_is_accepted(gateway_factory, simulator, random_checkpoint) -> None:
     """The README promises the parameters of the SDK's create(): the locked SDK's `moderation` and
     `prompt_cache_options` were 400 "Unrecognized request argument". Hosted, they are relayed as sent; the local
