@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ledger import Database
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message is one line, however narrow (a pipe: 80 columns)
 
 def table_console() -> Console:
     """Where tables go: the terminal at its width; a pipe, file or CI log (no width: rich assumes 80, and cuts

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,16 +169,22 @@ def openai_param(loc: Sequence[Any]) -> str | None:
     return text or None
 
 
+def _named_param(error: Mapping[str, Any]) -> str | None:
+    """The parameter a cross-field check names (schemas.ParamError); its location is the whole body."""
+    return getattr((error.get("ctx") or {}).get("error"), "param", None)
+
+
 def _validation_reply(exc: RequestValidationError) -> ErrorReply:
     errors = exc.errors()
     first = errors[0] if errors else {}
-    param = openai_param(first.get("loc", ()))
+    param = _named_param(first) or openai_param(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return ErrorReply(400, "the request body is not valid JSON", "invalid_request_error", "invalid_json")
     if first.get("type") == "extra_forbidden":
         return ErrorReply(400, f"Unrecognized request argument supplied: {param}", "invalid_request_error",
                           "unknown_parameter", param)
-    message = "; ".join(f"{openai_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
+    message = "; ".join(f"{_named_param(e) or openai_param(e.get('loc', ())) or 'body'}: {e.get('msg')}"
+                        for e in errors[:5])
     return ErrorReply(400, message, "invalid_request_error", "invalid_value", param)
 
 

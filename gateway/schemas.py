@@ -65,6 +65,14 @@ class ChatMessage(BaseModel):
         return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
 
 
+class ParamError(ValueError):
+    """A request refused for want of another parameter: the error names `param`, as OpenAI's does."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class StreamOptions(BaseModel):
     """OpenAI's stream_options."""
 
@@ -115,6 +123,8 @@ class ChatRequest(BaseModel):
     web_search_options: dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None  # the local route refuses it: it runs no moderation
     # vLLM's extensions, sent through extra_body; "off" is top_k -1 or 0, min_p 0, repetition_penalty 1
     top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -164,18 +174,18 @@ class ChatRequest(BaseModel):
     @model_validator(mode="after")
     def _one_token_cap(self) -> ChatRequest:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise ParamError("stream_options", "stream_options is only allowed when stream is true")
         return self
 
     @model_validator(mode="after")
     def _tool_choice_needs_tools(self) -> ChatRequest:
         # OpenAI refuses these; served locally without tools, "required" would silently get plain text.
         if self.tools is not None and not self.tools:
-            raise ValueError("tools must be a non-empty array (leave it out for no tools)")
+            raise ParamError("tools", "tools must be a non-empty array (leave it out for no tools)")
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
-            raise ValueError("tool_choice is only allowed when tools are specified")
+            raise ParamError("tool_choice", "tool_choice is only allowed when tools are specified")
         if self.function_call is not None and self.function_call != "none" and not self.functions:
-            raise ValueError("function_call is only allowed when functions are specified")
+            raise ParamError("function_call", "function_call is only allowed when functions are specified")
         return self
 
     @model_validator(mode="after")

@@ -17,7 +17,14 @@ from router.errors import UpstreamError
 from router.executor import ChunkStream, Executor
 from router.job import Job, Outcome, Plan, Route, dropped_for_escalation, for_escalation
 from router.streams import completed_chunks, completion_body
-from router.verifiers import Draft, ResponseFormatVerifier, Verdict, Verifier, run_verifiers
+from router.verifiers import (
+    Draft,
+    JsonSchemaVerifier,
+    ResponseFormatVerifier,
+    Verdict,
+    Verifier,
+    run_verifiers,
+)
 
 E = TypeVar("E", bound=BaseException)
 
@@ -51,6 +58,7 @@ class Judgement:
     """The verifiers' verdicts on one draft."""
 
     verdicts: list[Verdict] = field(default_factory=list)
+    wrong_format: bool = False  # the draft fails the request's own JSON response_format: never served
 
     @property
     def passed(self) -> bool:
@@ -108,14 +116,17 @@ class Cascade:
         verifiers = list(spec.verifiers)
         if ResponseFormatVerifier.applies(job.body, verifiers):  # a draft is never served in the wrong format
             verifiers.append(ResponseFormatVerifier())
-        verdicts = list(await run_verifiers(verifiers, draft, stop_on_first_failure=False))
+        verdicts = list(await run_verifiers(verifiers, draft, stop_on_first_failure=False))  # one per verifier
+        wrong_format = ResponseFormatVerifier.wanted(job.body) and any(
+            isinstance(v, JsonSchemaVerifier) and v.from_request and not verdict.passed
+            for v, verdict in zip(verifiers, verdicts, strict=True))
         if spec.max_p_hosted is not None and self._score_draft is not None:
             prompt = "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
             score = self._score_draft(prompt, completion.text)
             verdicts.append(Verdict("classifier", score <= spec.max_p_hosted,
                                     f"p_hosted with the draft is {score:.3f} (limit {spec.max_p_hosted:g})",
                                     {"p_hosted": score}))
-        return Judgement(verdicts)
+        return Judgement(verdicts, wrong_format)
 
     async def _draft(self, job: Job, plan: Plan, spec: CascadeSpec) -> tuple[Completion, Judgement]:
         """The draft and its verdicts. Cancelled meanwhile (its client gone), the CancelledError carries what
@@ -218,7 +229,7 @@ class Cascade:
         except asyncio.CancelledError as exc:  # its client left during the escalation: the draft was still spent
             raise self._failed_escalation(exc, job, spec, completion, judgement) from None
         except UpstreamError as exc:
-            if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
+            if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR or judgement.wrong_format:
                 raise self._failed_escalation(exc, job, spec, completion, judgement) from None
             outcome = self._serve_draft(job, completion, judgement, exc)
             outcome.body = completion_body(job, self._executor.local_alias, completion)
@@ -245,7 +256,7 @@ class Cascade:
             except asyncio.CancelledError as exc:
                 raise self._failed_escalation(exc, job, spec, completion, judgement) from None
             except UpstreamError as exc:
-                if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR:
+                if spec.on_hosted_unavailable is OnHostedUnavailable.ERROR or judgement.wrong_format:
                     raise self._failed_escalation(exc, job, spec, completion, judgement) from None
                 outcome = self._serve_draft(job, completion, judgement, exc)
                 return ChunkStream(outcome, completed_chunks(job, self._executor.local_alias, [completion]))

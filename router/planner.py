@@ -122,8 +122,8 @@ def _asks_for_a_format(response_format: Any) -> bool:
 def local_cannot_serve(body: dict[str, Any], sampling: SamplingOptions,
                        capabilities: LocalCapabilities = PLAIN_SAMPLING) -> str | None:
     """Why the local model cannot answer this request as asked, if it cannot: served anyway, the answer would
-    silently lack what the client asked for. Neither backend calls tools, answers in audio, searches the web
-    or reads images (vLLM calls tools only with server flags and a parser this gateway cannot know); the
+    silently lack what the client asked for. Neither backend calls tools, answers in audio, searches the web,
+    moderates or reads images (vLLM calls tools only with server flags and a parser this gateway cannot know); the
     sampling options depend on the backend's `capabilities` (vLLM applies them, the in-process engine none).
     Neutral values (a penalty of 0, an empty bias), which many SDKs send by default, are never refused."""
     if body.get("tools"):
@@ -134,6 +134,8 @@ def local_cannot_serve(body: dict[str, Any], sampling: SamplingOptions,
         return "the local model answers in text only (`audio`, `modalities`)"
     if body.get("web_search_options") is not None:
         return "the local model does not search the web (`web_search_options`)"
+    if body.get("moderation") is not None:
+        return "the local model runs no moderation (`moderation`)"
     missing = capabilities.missing(sampling)
     if missing:
         if missing[0] in ("logprobs", "top_logprobs"):

@@ -36,4 +36,4 @@ def build_verifier(kind: str, options: Mapping[str, Any], *, judge: JudgeFn | No
     return verifier
 
 
-__all__ = ["Draft", "JudgeFn", "JudgeReply", "ResponseFormatVerifier", "Verdict", "Verifier", "build_verifier", "run_verifiers"]
+__all__ = ["Draft", "JsonSchemaVerifier", "JudgeFn", "JudgeReply", "ResponseFormatVerifier", "Verdict", "Verifier", "build_verifier", "run_verifiers"]

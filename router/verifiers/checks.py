@@ -109,9 +109,14 @@ class ResponseFormatVerifier(JsonSchemaVerifier):
         super().__init__(from_request=True)
 
     @staticmethod
+    def wanted(request: Mapping[str, Any]) -> bool:
+        """The request asks for JSON (`json_object` or `json_schema`)."""
+        return schema_from_request(request) is not None
+
+    @staticmethod
     def applies(request: Mapping[str, Any], verifiers: Sequence[Any] = ()) -> bool:
         """The request asks for JSON and no verifier among `verifiers` already checks its format."""
-        return schema_from_request(request) is not None and not any(
+        return ResponseFormatVerifier.wanted(request) and not any(
             isinstance(v, JsonSchemaVerifier) and v.from_request for v in verifiers)
 
 

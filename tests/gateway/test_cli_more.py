@@ -124,6 +124,19 @@ def test_keys_list_in_a_pipe_shows_every_column_whole(tmp_path: Path) -> None:
         assert shown in rows[0], table.stdout
 
 
+def test_errors_in_a_pipe_are_one_line_however_long(tmp_path: Path) -> None:
+    """stderr in a pipe has no terminal width: rich wrapped a long error at 80 columns, two lines where the
+    docs promise one (`keys create --budget-period day` without a budget)."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["DRAFTGATE_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "create", "--name", "p", "--budget-period",
+                             "day", "--config", "draftgate.yaml"], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --budget-period needs --max-budget-usd: without a budget a period limits nothing"], result.stderr
+
+
 def test_route_explain_in_a_pipe_shows_conditions_whole(tmp_path: Path) -> None:
     """Its table was cut to 80 columns in a pipe: "has_response_…", "content.keywo…"."""
     (tmp_path / "draftgate.yaml").write_text(

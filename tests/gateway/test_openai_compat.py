@@ -3,6 +3,8 @@ the SDK's retry and request-id headers, the upstream's own error codes, a usage 
 
 from __future__ import annotations
 
+import inspect
+
 import httpx
 import openai
 import pytest
@@ -71,6 +73,44 @@ def test_tool_choice_without_tools_is_refused_and_sdk_parameters_are_accepted(ga
         reply = _post(gw, {"model": "gpt-4o-mini", "messages": USER, **extra})
         assert reply.status_code == 200, (extra, reply.text)
         assert all(simulator.state.received[-1].body[k] == v for k, v in extra.items())
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"tool_choice": "required"}, "tool_choice"), ({"tools": []}, "tools"), ({"function_call": "auto"}, "function_call"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+])
+def test_a_parameter_refused_for_want_of_another_is_named_in_param(gateway_factory, simulator, extra: dict,  # type: ignore[type-arg]
+                                                                    param: str) -> None:
+    """OpenAI names the parameter (`param: "tool_choice"`); these cross-field checks answered `param: null`."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    reply = _post(gw, {"model": "gpt-4o-mini", "messages": USER, **extra})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+    assert reply.json()["error"]["message"].startswith(f"{param}: "), reply.text
+
+
+def test_every_parameter_of_the_sdks_create_is_accepted(gateway_factory, simulator, random_checkpoint) -> None:
+    """The README promises the parameters of the SDK's create(): the locked SDK's `moderation` and
+    `prompt_cache_options` were 400 "Unrecognized request argument". Hosted, they are relayed as sent; the local
+    model runs no moderation, so it refuses that one rather than answer unmoderated."""
+    from openai.resources.chat.completions import Completions
+
+    from gateway.schemas import ChatRequest
+
+    sdk = set(inspect.signature(Completions.create).parameters) - {"self", "extra_headers", "extra_query",
+                                                                    "extra_body", "timeout"}
+    assert sdk <= set(ChatRequest.model_fields), sorted(sdk - set(ChatRequest.model_fields))
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    sent = {"moderation": {"model": "omni-moderation-latest"}, "prompt_cache_options": {"mode": "implicit"}}
+    reply = _post(gw, {"model": "gpt-4o-mini", "messages": USER, **sent})
+    assert reply.status_code == 200, reply.text
+    assert all(simulator.state.received[-1].body[k] == v for k, v in sent.items())
+    cached = _post(gw, {"model": "local/diffusiongemma", "messages": USER, "max_tokens": 4,
+                        "prompt_cache_options": {"mode": "implicit"}})
+    assert cached.status_code == 200, cached.text
+    moderated = _post(gw, {"model": "local/diffusiongemma", "messages": USER, "max_tokens": 4,
+                           "moderation": {"model": "omni-moderation-latest"}})
+    assert moderated.status_code == 400 and moderated.json()["error"]["code"] == "routing_error", moderated.text
+    assert "moderation" in moderated.json()["error"]["message"]
 
 
 def test_local_route_refuses_what_it_cannot_honour(gateway_factory, simulator, random_checkpoint) -> None:

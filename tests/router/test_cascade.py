@@ -171,3 +171,29 @@ def test_a_text_response_format_asks_for_no_format(response_format: object, asks
     messages = [{"role": "user", "content": "hi"}]
     body = {"model": "auto", "messages": messages, **({"response_format": response_format} if response_format else {})}
     assert facts_for(Job("r", "auto", body, messages), None, None).has_response_format is asks
+
+
+async def test_serve_draft_never_serves_a_draft_in_the_wrong_response_format(sim: SimulatorServer) -> None:
+    """The docs: no draft in the wrong format is served. With the escalation down, `serve_draft` served one anyway
+    (a json_object request got "not json"); now such a request gets the upstream's error, as with `error`. A draft
+    in the right format that failed only the rule's own verifiers is still served, flagged."""
+    def json_job(*, stream: bool = False) -> Job:
+        plain = job(stream=stream)
+        return Job(**{**plain.__dict__, "body": {**plain.body, "response_format": {"type": "json_object"}}})
+
+    serve = CascadeSpec(escalate_to="big", verifiers=(build_verifier("regex", {"pattern": "never-there"}),),
+                        on_hosted_unavailable=OnHostedUnavailable.SERVE_DRAFT)
+    cascade, http = await make(sim, ScriptedBackend('{"ok": true}', "not json", "not json"))
+    sim.state.faults.append(Fault(status=503))
+    served = await cascade.run(json_job(), PLAN, serve)
+    assert served.route is Route.LOCAL and "unverified_draft" in served.detail
+    for stream in (False, True):
+        sim.state.faults.append(Fault(status=503))
+        with pytest.raises(UpstreamError) as info:
+            if stream:
+                await cascade.stream(json_job(stream=True), PLAN, serve)
+            else:
+                await cascade.run(json_job(), PLAN, serve)
+        assert info.value.outcome.route is Route.ESCALATED  # type: ignore[attr-defined]
+        assert "response_format" in info.value.outcome.escalation_reason  # type: ignore[attr-defined]
+    await http.aclose()
