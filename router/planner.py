@@ -35,7 +35,7 @@ def facts_for(job: Job, key_name: str | None, team: str | None) -> RequestFacts:
     return RequestFacts(model=job.alias, key_name=key_name, team=team, metadata=dict(metadata),
                         prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN) if text else 0,
                         roles=tuple(str(m.get("role")) for m in job.messages), message_count=len(job.messages),
-                        text=text, last_user_text=last_user, has_tools=bool(job.body.get("tools")),
+                        text=text, last_user_text=last_user, has_tools=bool(job.body.get("tools") or job.body.get("functions")),
                         has_response_format=_asks_for_a_format(job.body.get("response_format")))
 
 

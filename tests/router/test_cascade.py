@@ -173,6 +173,20 @@ def test_a_text_response_format_asks_for_no_format(response_format: object, asks
     assert facts_for(Job("r", "auto", body, messages), None, None).has_response_format is asks
 
 
+@pytest.mark.parametrize(("extra", "has"), [
+    ({}, False), ({"tools": []}, False), ({"tools": [{"type": "function", "function": {"name": "f"}}]}, True),
+    ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, True)])
+def test_has_tools_counts_the_legacy_functions_too(extra: dict[str, object], has: bool) -> None:
+    """A `has_tools: true` rule that sends tool calls to a hosted model must catch `functions` requests as well:
+    the local route refuses both alike."""
+    from router.job import Job
+    from router.planner import facts_for
+
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": "auto", "messages": messages, **extra}
+    assert facts_for(Job("r", "auto", body, messages), None, None).has_tools is has
+
+
 async def test_serve_draft_never_serves_a_draft_in_the_wrong_response_format(sim: SimulatorServer) -> None:
     """The docs: no draft in the wrong format is served. With the escalation down, `serve_draft` served one anyway
     (a json_object request got "not json"); now such a request gets the upstream's error, as with `error`. A draft
