@@ -224,6 +224,15 @@ def test_a_budget_period_without_a_budget_is_warned_about() -> None:
         "limits nothing"]
 
 
+def test_a_vllm_server_without_backend_vllm_is_warned_about() -> None:
+    """Without `backend: vllm` the in-process model serves the local route and `api_base` is never read."""
+    text = "local:\n  enabled: true\n  api_base: http://127.0.0.1:8000/v1\n"
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    assert warnings == ["draftgate.yaml:3: local.api_base: is read only with backend: vllm; the local route runs "
+                        "the in-process model (set local.backend: vllm)"]
+    assert policies.lint(policies.load_text(text + "  backend: vllm\n", {}, "draftgate.yaml")) == []
+
+
 def test_check_config_prints_the_warning_line_and_no_secret(tmp_path: Path) -> None:
     """End to end: what `draftgate check-config` writes."""
     env = {**os.environ, "CI_BOT_KEY": "s3cr3t!", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
