@@ -30,6 +30,7 @@ from router.errors import (
     LocalUnavailableError,
     RoutingError,
     UnknownModelError,
+    UnsupportedParameterError,
     UpstreamCoolingDownError,
     UpstreamError,
     UpstreamRateLimitedError,
@@ -149,6 +150,8 @@ def reply_for(exc: BaseException) -> ErrorReply:
                           headers=(("retry-after", "5"),))
     if isinstance(exc, EngineError):
         return ErrorReply(500, f"the local model failed: {exc}", "api_error", "local_error")
+    if isinstance(exc, UnsupportedParameterError):  # OpenAI's code for a parameter the model cannot take
+        return ErrorReply(400, str(exc), "invalid_request_error", "unsupported_parameter", exc.param)
     if isinstance(exc, RoutingError):
         return ErrorReply(400, str(exc), "invalid_request_error", "routing_error")
     return ErrorReply(500, "internal error; the gateway logged the details", "api_error", "internal_error")

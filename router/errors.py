@@ -9,6 +9,14 @@ class RoutingError(Exception):
     """Base class of every error the router raises."""
 
 
+class UnsupportedParameterError(RoutingError):
+    """The chosen route cannot apply a parameter the request sets; `param` names it, as OpenAI's errors do."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class UpstreamError(RoutingError):
     """A hosted model failed after retries and fallbacks; carries the upstream's own words."""
 

@@ -9,7 +9,12 @@ from typing import Any, TypeVar
 import orjson
 
 from local_engine import Completion, GenerationRequest, LocalBackend, MeteredStream, StreamDelta
-from router.errors import LocalOutputInvalidError, LocalUnavailableError, RoutingError, UpstreamError
+from router.errors import (
+    LocalOutputInvalidError,
+    LocalUnavailableError,
+    UnsupportedParameterError,
+    UpstreamError,
+)
 from router.hosted import (
     Attempt,
     HostedClient,
@@ -82,7 +87,8 @@ class Executor:
         # More choices than the engine's queue holds would be refused as "full" however long one waited.
         limit = self.local.max_rows
         if limit is not None and job.n > limit:
-            raise RoutingError(f"n={job.n} is more choices than the local model can queue at once ({limit})")
+            raise UnsupportedParameterError(
+                f"n={job.n} is more choices than the local model can queue at once ({limit})", "n")
 
     def generation_request(self, job: Job, plan: Plan, choice: int = 0) -> GenerationRequest:
         cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)

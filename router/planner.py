@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from local_engine import PLAIN_SAMPLING, LocalCapabilities, SamplingOptions
 from policies import CascadeAction, PolicySet, RequestFacts
 from router.cascade import CascadeSpec, EscalationMode, OnHostedUnavailable
-from router.errors import RoutingError, UnknownModelError
+from router.errors import UnknownModelError, UnsupportedParameterError
 from router.hosted import HostedClient
 from router.job import Job, Plan, Route
 from router.verifiers import JudgeFn, build_verifier
@@ -108,8 +108,8 @@ class Planner:
             return Plan(route=Route.LOCAL, alias=self.local_alias, max_local_tokens=spec.max_local_tokens,
                         cascade=spec, **common)
         if unsupported:
-            raise RoutingError(f"{unsupported}; send such requests to a hosted model, or add a policy rule that "
-                               "routes them to one")
+            raise UnsupportedParameterError(f"{unsupported.reason}; send such requests to a hosted model, or add "
+                                            "a policy rule that routes them to one", unsupported.param)
         return Plan(route=Route.LOCAL, alias=self.local_alias,
                     max_local_tokens=getattr(action, "max_local_tokens", None), **common)
 
@@ -119,33 +119,41 @@ def _asks_for_a_format(response_format: Any) -> bool:
     return isinstance(response_format, dict) and response_format.get("type") not in (None, "text")
 
 
+class Refusal(NamedTuple):
+    """Why the local model cannot serve a request as asked, and the parameter that asks for it."""
+
+    reason: str
+    param: str
+
+
 def local_cannot_serve(body: dict[str, Any], sampling: SamplingOptions,
-                       capabilities: LocalCapabilities = PLAIN_SAMPLING) -> str | None:
+                       capabilities: LocalCapabilities = PLAIN_SAMPLING) -> Refusal | None:
     """Why the local model cannot answer this request as asked, if it cannot: served anyway, the answer would
     silently lack what the client asked for. Neither backend calls tools, answers in audio, searches the web,
     moderates or reads images (vLLM calls tools only with server flags and a parser this gateway cannot know); the
     sampling options depend on the backend's `capabilities` (vLLM applies them, the in-process engine none).
     Neutral values (a penalty of 0, an empty bias), which many SDKs send by default, are never refused."""
     if body.get("tools"):
-        return "the local model does not call tools (`tools`)"
+        return Refusal("the local model does not call tools (`tools`)", "tools")
     if body.get("functions"):
-        return "the local model does not call functions (`functions`)"
+        return Refusal("the local model does not call functions (`functions`)", "functions")
     if body.get("audio") or "audio" in (body.get("modalities") or ()):
-        return "the local model answers in text only (`audio`, `modalities`)"
+        return Refusal("the local model answers in text only (`audio`, `modalities`)",
+                       "audio" if body.get("audio") else "modalities")
     if body.get("web_search_options") is not None:
-        return "the local model does not search the web (`web_search_options`)"
+        return Refusal("the local model does not search the web (`web_search_options`)", "web_search_options")
     if body.get("moderation") is not None:
-        return "the local model runs no moderation (`moderation`)"
+        return Refusal("the local model runs no moderation (`moderation`)", "moderation")
     missing = capabilities.missing(sampling)
     if missing:
         if missing[0] in ("logprobs", "top_logprobs"):
-            return "the local model does not return `logprobs`"
-        return f"the local model does not apply `{missing[0]}`"
+            return Refusal("the local model does not return `logprobs`", missing[0])
+        return Refusal(f"the local model does not apply `{missing[0]}`", missing[0])
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") != "text"
                                              for part in content):
-            return "the local model reads text only (a message has a non-text content part)"
+            return Refusal("the local model reads text only (a message has a non-text content part)", "messages")
     return None
 
 

@@ -72,8 +72,9 @@ def test_local_n_choices_are_seeded_rows_billed_together(gateway_factory, simula
     assert chunks[-1].usage.completion_tokens == many.usage.completion_tokens
 
     for stream in (False, True):  # more choices than an idle engine holds (batch 8 + queue 64): a 400, not a
-        with pytest.raises(openai.BadRequestError, match="more choices than the local model can queue"):  # 429
-            sdk.chat.completions.create(model="local/diffusiongemma", messages=SORT, n=73, stream=stream)  # forever
+        with pytest.raises(openai.BadRequestError, match="more choices than the local model can queue") as info:
+            sdk.chat.completions.create(model="local/diffusiongemma", messages=SORT, n=73, stream=stream)  # (a 429
+        assert info.value.param == "n"  # forever)
 
     greedy = sdk.chat.completions.create(model="local/diffusiongemma", messages=SORT, n=2, max_tokens=12,
                                          temperature=0)

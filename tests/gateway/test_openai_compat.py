@@ -109,18 +109,25 @@ def test_every_parameter_of_the_sdks_create_is_accepted(gateway_factory, simulat
     assert cached.status_code == 200, cached.text
     moderated = _post(gw, {"model": "local/diffusiongemma", "messages": USER, "max_tokens": 4,
                            "moderation": {"model": "omni-moderation-latest"}})
-    assert moderated.status_code == 400 and moderated.json()["error"]["code"] == "routing_error", moderated.text
+    assert moderated.status_code == 400, moderated.text
+    assert {k: moderated.json()["error"][k] for k in ("code", "param")} == {"code": "unsupported_parameter",
+                                                                            "param": "moderation"}
     assert "moderation" in moderated.json()["error"]["message"]
 
 
 def test_local_route_refuses_what_it_cannot_honour(gateway_factory, simulator, random_checkpoint) -> None:
     gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
     functions = [{"name": "f", "parameters": {"type": "object", "properties": {}}}]
-    for extra, words in (({"tool_choice": "required"}, "tool_choice"), ({"functions": functions}, "functions"),
-                         ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
-                         ({"web_search_options": {}}, "web")):
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    for extra, words, param in (
+            ({"tool_choice": "required"}, "tool_choice", "tool_choice"), ({"functions": functions}, "functions", "functions"),
+            ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio", "audio"),
+            ({"modalities": ["text", "audio"]}, "audio", "modalities"), ({"web_search_options": {}}, "web", "web_search_options"),
+            ({"logprobs": True}, "logprobs", "logprobs"), ({"top_k": 5}, "top_k", "top_k"),
+            ({"messages": [{"role": "user", "content": image}]}, "text only", "messages")):
         reply = _post(gw, {"model": "local/diffusiongemma", "messages": USER, "max_tokens": 4, **extra})
         assert reply.status_code == 400 and words in reply.json()["error"]["message"], reply.text
+        assert reply.json()["error"]["param"] == param, reply.text  # named, as OpenAI names the parameter
 
 
 def test_a_local_output_invalid_reply_tells_the_sdk_not_to_retry(gateway_factory, simulator, random_checkpoint) -> None:
