@@ -262,16 +262,18 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
         console.print(f"[b]savings vs all-hosted:[/b] ${total['savings_usd']:.6f} of ${total['all_hosted_usd']:.6f} "
                       f"({total['local_share']:.0%} served locally, {total['escalation_rate']:.0%} escalated)",
                       soft_wrap=True)
-        console.print(f"dashboard: {running.url}/dashboard  (sign in with the master key {running.master})",
-                      soft_wrap=True)
         console.print(f"ledger and config: {plain(folder)}")
         if keep_serving if keep_serving is not None else _interactive():
+            console.print(f"dashboard: {running.url}/dashboard  (sign in with the master key {running.master})",
+                          soft_wrap=True)
             console.print("serving until Ctrl-C…")
             try:
                 while True:
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
+        else:  # the gateway stops below: its URL would be a dead link
+            console.print("dashboard: not kept up (run `draftgate demo --keep-serving` to browse it)", soft_wrap=True)
     finally:
         running.stop()
 

@@ -20,7 +20,8 @@ def test_demo_sends_a_mixed_workload_and_prints_the_report(tmp_path: Path) -> No
     out = result.stdout
     assert "SIMULATED provider" in out
     assert "draftgate costs by route" in out and "draftgate costs by team" in out
-    assert "savings vs all-hosted:" in out and "/dashboard" in out and "sk-demo-master-" in out
+    assert "savings vs all-hosted:" in out
+    assert "/dashboard" not in out and "demo --keep-serving" in out  # no link to a gateway that has stopped
     db = Database(f"sqlite:///{tmp_path / 'ledger.db'}")
     total = Reporter(db).report(ReportQuery(group_by="route")).total.as_dict()
     db.dispose()
@@ -58,3 +59,34 @@ def test_a_second_tour_in_the_same_data_dir_reports_only_its_own_requests(tmp_pa
     db = Database(f"sqlite:///{tmp_path / 'ledger.db'}")
     assert db.count_records() == 6
     db.dispose()
+
+
+def test_demo_keep_serving_prints_a_dashboard_that_answers_until_ctrl_c(tmp_path: Path) -> None:
+    import re
+    import signal
+
+    import httpx
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "220"}
+    command = [sys.executable, "-m", "gateway.cli", "demo", "--requests", "2", "--keep-serving",
+               "--data-dir", str(tmp_path)]
+    errors = (tmp_path / "stderr.txt").open("w")  # a file, not a pipe nobody reads, which could fill and block it
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env,
+                               stdin=subprocess.DEVNULL)  # pytest's timeout bounds the loop below
+    try:
+        lines: list[str] = []
+        assert process.stdout is not None
+        for line in process.stdout:  # bounded: the tour of 2 requests ends, or the process does
+            lines.append(line)
+            if "serving until Ctrl-C" in line:
+                break
+        url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/dashboard)", "".join(lines))
+        assert url is not None, "".join(lines)[-3000:] + (tmp_path / "stderr.txt").read_text()[-3000:]
+        assert httpx.get(url.group(1), timeout=10).status_code == 200  # the sign-in page of a live gateway
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        errors.close()
