@@ -239,7 +239,7 @@ def demo(requests: Annotated[int, typer.Option(min=1, max=5000, help="how many r
     console.print(Panel("The hosted models in this demo (gpt-4o, gpt-4o-mini) are a [b]SIMULATED provider[/b] on "
                         "127.0.0.1, priced from LiteLLM's cost map: no real API is called, nothing is billed.\n"
                         "Routine prompts are drafted by the bundled local DiffusionGemma and verified; hard ones "
-                        "go hosted.", title="draftgate demo"))
+                        "go hosted.", title="draftgate demo"), soft_wrap=False)
     console.print("starting the gateway (loading the local model)…")
     try:
         running = tour.start(folder, port)

@@ -20,7 +20,7 @@ from gateway.settings import Settings
 if TYPE_CHECKING:
     from ledger import Database
 
-console = Console()
+console = Console(soft_wrap=True)  # a line a script may parse (`key_id:`, `updated ...`) stays one line in a pipe
 err = Console(stderr=True, soft_wrap=True)  # a message is one line, however narrow (a pipe: 80 columns)
 
 def table_console() -> Console:

@@ -135,6 +135,15 @@ def test_errors_in_a_pipe_are_one_line_however_long(tmp_path: Path) -> None:
                             env=env, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --budget-period needs --max-budget-usd: without a budget a period limits nothing"], result.stderr
+    name = "a-key-name-long-enough-that-the-summary-line-passes-eighty-columns"  # stdout too: one line per fact
+    created = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "create", "--name", name, "--config",
+                              "draftgate.yaml"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    key_id = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key_id:"))
+    updated = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "update", key_id, "--rpm", "7",
+                              "--max-budget-usd", "5", "--config", "draftgate.yaml"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=120)
+    assert updated.returncode == 0 and len(updated.stdout.strip().splitlines()) == 1, updated.stdout
+    assert len(updated.stdout) > 100 and name in updated.stdout
 
 
 def test_route_explain_in_a_pipe_shows_conditions_whole(tmp_path: Path) -> None:
