@@ -103,6 +103,20 @@ class Origin:
         return ConfigProblem(self.filename, line_of(self.lines, path), render_path(path), message)
 
 
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints here
+    """SafeLoader whose scalars that cannot be built (`2001-13-45` reads as a date, `0x_` as an int, `!!int x`)
+    are YAML errors at their line, not a ValueError (or KeyError, IndexError ...) from inside PyYAML."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            kind = str(node.tag).rsplit(":", 1)[-1]  # the value is not echoed: it may be a secret
+            raise yaml.constructor.ConstructorError(
+                None, None, f"this value reads as a YAML {kind} but is not a valid one (quote it if it is text)",
+                node.start_mark) from None
+
+
 class Located:
     """Parsed YAML data plus a path → line map."""
 
@@ -113,7 +127,7 @@ class Located:
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
         self.unset_env: set[Path] = set()  # `os.environ/...` values that could not be resolved: already a problem
-        loader = yaml.SafeLoader(text)  # one parse: the node tree gives the lines, then the data
+        loader = _Loader(text)  # one parse: the node tree gives the lines, then the data
         try:
             node = loader.get_single_node()
             if node is not None:

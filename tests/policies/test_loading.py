@@ -121,6 +121,11 @@ def test_semantic_problems() -> None:
     ("local:\n  enabled: true\nmodels: []\nlocal:\n  enabled: false\n",
      "draftgate.yaml:4: local: duplicate key (first on line 1)"),
     ("a: &a [*a]\n", "draftgate.yaml: a YAML alias refers to a value that contains it"),
+    # values YAML 1.1 reads as a date or a number but that are none: PyYAML raised ValueError, KeyError ...
+    ("policies:\n  rules:\n    - name: 2001-13-45\n      action: local\n",
+     "draftgate.yaml:3: invalid YAML: this value reads as a YAML timestamp but is not a valid one (quote it"),
+    ("teams:\n  - name: t\n    rpm_limit: 0x_\n", "draftgate.yaml:3: invalid YAML: this value reads as a YAML int"),
+    ("local:\n  enabled: !!bool maybe\n", "draftgate.yaml:2: invalid YAML: this value reads as a YAML bool"),
     ("database_url: not a url\n", "draftgate.yaml:1: database_url: not a database URL"),
     ('models:\n  - name: "a\\ud800"\n    model: openai/x\n',
      "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
