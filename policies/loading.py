@@ -47,6 +47,10 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
     except (ConfigShapeError, RecursionError) as exc:  # RecursionError: nesting thousands of levels deep
         reason = str(exc) if isinstance(exc, ConfigShapeError) else "values nested too deeply"
         raise ConfigError([ConfigProblem(filename, None, "", reason)]) from None
+    except yaml.reader.ReaderError as exc:  # e.g. a control character: located by its position, not a mark
+        at = text[:exc.position].count("\n") + 1
+        raise ConfigError([ConfigProblem(filename, at, "", f"invalid YAML: character U+{exc.character:04X} "
+                                                             "is not printable: YAML does not allow it")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
