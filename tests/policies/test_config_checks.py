@@ -148,6 +148,19 @@ def test_an_undeclared_team_is_refused_even_without_a_teams_section() -> None:
         "draftgate.yaml:2: keys[0].team: team 'ghost' is not declared in teams")
 
 
+def test_a_rule_on_a_model_alias_the_gateway_does_not_serve_is_refused() -> None:
+    """A request for an unknown alias is a 404 before any rule is matched: `when: {model: gtp-4o}` never held,
+    and check-config said OK. The local alias is known even when disabled: a rule may send its requests on."""
+    found = problems("models:\n  - name: big\n    model: openai/gpt-4o\nlocal:\n  enabled: false\npolicies:\n"
+                     "  rules:\n    - name: r\n      when: {model: [auto, big, gtp-4o, local/diffusiongemma]}\n"
+                     "      action: {hosted: big}\n    - name: s\n      when: {model: ghost}\n      action: local\n")
+    assert found == [
+        "draftgate.yaml:9: policies.rules[0].when.model[2]: unknown model alias 'gtp-4o' (requests for it are "
+        "refused before any rule is matched, so this never holds)",
+        "draftgate.yaml:12: policies.rules[1].when.model: unknown model alias 'ghost' (requests for it are "
+        "refused before any rule is matched, so this never holds)"]
+
+
 # 5. Messages that say what is wrong.
 
 def test_a_model_that_falls_back_to_itself() -> None:
