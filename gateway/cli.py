@@ -169,6 +169,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
     from datetime import timedelta
 
     from gateway import report_render
+    from ledger import missing_sqlite_file
     from ledger.reports import Reporter, ReportQuery, parse_moment
 
     settings = settings_or_exit(config)
@@ -181,7 +182,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     loaded = config_or_exit(settings)
-    fresh = _missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
+    fresh = missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
     db = ledger_or_exit(settings, loaded)
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
@@ -197,14 +198,6 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
         typer.echo(report_render.as_csv(result), nl=False)
     else:
         typer.echo(report_render.as_json(result))
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    """The SQLite file a URL names, when it does not exist yet (opening the ledger creates it empty)."""
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[-1]
-    return path if path and path != ":memory:" and not Path(path).exists() else None
 
 
 @app.command()
@@ -341,7 +334,7 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
                                                            "verification outcomes")] = False,
                  config: ConfigOpt = None) -> None:
     """Train the difficulty classifier (the bundled weights come from this command)."""
-    from ledger import LedgerError
+    from ledger import LedgerError, missing_sqlite_file
     from router.classifier import BUNDLED_WEIGHTS
     from router.errors import TrainingDataError
     from router.training import train
@@ -351,11 +344,16 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
         from gateway.outcomes import ledger_outcomes
 
         settings = settings_or_exit(config)
+        url = settings.resolved_database_url(config_or_exit(settings).database_url)
+        fresh = missing_sqlite_file(url)
         try:
-            extra = ledger_outcomes(settings.resolved_database_url(config_or_exit(settings).database_url))
+            extra = ledger_outcomes(url)
         except LedgerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from None
+        if fresh is not None:  # trained without them, silently, over the bundled weights by default
+            err.print(f"note: there is no ledger at {fresh}, so it adds no outcomes: is DRAFTGATE_DATA_DIR (or "
+                      "DATABASE_URL, or the config's database_url) the gateway's?", markup=False, soft_wrap=True)
         console.print(f"{len(extra)} outcome(s) from the ledger")
     try:
         report = train(data, out or BUNDLED_WEIGHTS, extra_rows=extra)

@@ -212,6 +212,20 @@ def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stderr == ""  # an existing ledger with no rows is not news
 
 
+def test_router_train_from_a_ledger_that_does_not_exist_says_so_and_creates_none(tmp_path: Path) -> None:
+    """Run away from the gateway's data dir, `router train --from-ledger` made an empty ledger (and its folder)
+    there, added 0 outcomes without a word and trained over the bundled weights."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    result = draftgate("router", "train", "--from-ledger", "--config", "draftgate.yaml", "--data", str(tmp_path),
+                       "--out", str(tmp_path / "w.npz"), cwd=tmp_path)
+    ledger = tmp_path / "data" / "ledger.db"
+    assert (f"note: there is no ledger at {ledger.resolve()}, so it adds no outcomes: is DRAFTGATE_DATA_DIR (or "
+            "DATABASE_URL, or the config's database_url) the gateway's?") in result.stderr, result.stderr
+    assert "0 outcome(s) from the ledger" in result.stdout and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+    assert result.returncode == 2 and "cannot read the outcome data" in result.stderr  # --data has none here
+
+
 def test_report_and_keys_on_another_database_leave_no_data_dir_behind(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere" / "ledger.db"
     (tmp_path / "draftgate.yaml").write_text(f"local:\n  enabled: false\ndatabase_url: sqlite:///{elsewhere}\n")
