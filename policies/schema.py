@@ -208,7 +208,8 @@ def _check_regex(value: str | None) -> str | None:
     return None if value is None else check_regex(value)
 
 
-StrOrList = str | list[str]
+Name = Annotated[str, Field(min_length=1)]
+StrOrList = Name | Annotated[list[Name], Field(min_length=1)]  # `[]` or `""` names nothing: the rule never held
 
 
 class When(BaseModel):

@@ -149,6 +149,13 @@ def test_semantic_problems() -> None:
      "policies.rules[0].when.p_hosted: p_hosted is a probability"),
     ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
      "draftgate.yaml:4: policies.rules[0].when.model: Input should be a valid string; or Input should be a valid list"),
+    # `[]` or `""` names no model, team or key: the rule never held, and check-config said OK
+    ("policies:\n  rules:\n    - name: r\n      when: {team: []}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.team: Input should be a valid string; or List should have at least 1"),
+    ("policies:\n  rules:\n    - name: r\n      when: {key: ''}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.key: String should have at least 1 character; or Input should be a"),
+    ("policies:\n  rules:\n    - name: r\n      when: {model: [auto, '']}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.model[1]: String should have at least 1 character"),
     ("teams:\n  - name: t\n    max_budget_usd: '1'\n", "draftgate.yaml:3: teams[0].max_budget_usd: a number, not the text"),
     ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
