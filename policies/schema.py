@@ -184,10 +184,13 @@ class MetadataMatch(BaseModel):
         return _check_regex(value)
 
 
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]  # what a chat request may send
+
+
 class MessagesCondition(BaseModel):
     model_config = StrictTypes
     count: NumberCondition | None = None
-    roles: list[str] | None = Field(default=None, min_length=1)
+    roles: list[Role] | None = Field(default=None, min_length=1)  # a typo (`sytem`) made the rule fail silently
 
 
 class ContentCondition(BaseModel):
