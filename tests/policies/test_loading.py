@@ -159,6 +159,8 @@ def test_semantic_problems() -> None:
     ("policies:\n  rules:\n    - name: r\n      when: {messages: {roles: [sytem, user]}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.messages.roles[0]: Input should be 'system', 'developer', 'user', "
      "'assistant', 'tool' or 'function' (got 'sytem')"),  # requests with a system message never matched
+    ("policies:\n  rules:\n    - name: r\n      when: {content: {keywords: [json, '']}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.content.keywords[1]: String should have at least 1 character"),
     ("teams:\n  - name: t\n    max_budget_usd: '1'\n", "draftgate.yaml:3: teams[0].max_budget_usd: a number, not the text"),
     ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
