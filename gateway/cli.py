@@ -88,6 +88,8 @@ def serve(config: ConfigOpt = None,
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a dozen lines of noise per start
     loaded = config_or_exit(settings)  # fail fast with precise errors before uvicorn starts
+    for problem in policies.lint(loaded):  # what check-config warns about: a rule that never matches, a 503 ...
+        typer.echo(f"warning: {problem}", err=True)
     local_model_or_exit(loaded)
     host = host or settings.host
     port = settings.port if port is None else port  # 0 is a port: any free one

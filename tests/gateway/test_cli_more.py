@@ -14,9 +14,12 @@ import pytest
 
 from tests.gateway.test_cli import draftgate
 
+HOSTED_ONLY = ("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
+               "  default: {hosted: big}\n")
+
 
 def test_serve_on_a_taken_port_or_an_unknown_host_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    (tmp_path / "draftgate.yaml").write_text(HOSTED_ONLY)  # nothing to warn about: the error is the only line
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -31,6 +34,23 @@ def test_serve_on_a_taken_port_or_an_unknown_host_is_one_line_and_exit_2(tmp_pat
     assert unknown.returncode == 2 and "listening on" not in unknown.stdout
     assert unknown.stderr.startswith("error: cannot listen on not_a_host.invalid:0:")
     assert len(unknown.stderr.strip().splitlines()) == 1 and "Traceback" not in unknown.stderr
+
+
+def test_serve_warns_as_check_config_does(tmp_path: Path) -> None:
+    """`serve` ran the same checks as check-config but not its warnings: a rule that can never match, or local
+    actions with the local model off (each request a 503), started silently."""
+    (tmp_path / "draftgate.yaml").write_text(HOSTED_ONLY + "  rules:\n    - name: all\n      action: {hosted: big}\n"
+                                             "    - name: tools\n      when: {has_tools: true}\n      action: local\n")
+    with socket.socket() as taken:  # so that it stops right after its checks
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = draftgate("serve", "--config", "draftgate.yaml", "--port", str(taken.getsockname()[1]), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[:2] == [
+        "warning: draftgate.yaml:11: policies.rules[1]: rule 'tools' is unreachable: rule 'all' before it matches "
+        "every request it would match",
+        "warning: draftgate.yaml:13: policies.rules[1].action: sends requests to the local model, but local.enabled "
+        "is false: they get a 503 local_unavailable"], result.stderr
 
 
 def test_keys_list_keeps_whole_ids_in_a_narrow_pipe_and_shows_limits(tmp_path: Path) -> None:
