@@ -15,6 +15,7 @@ from rich.table import Table
 import policies
 from gateway.cli_common import (
     ConfigOpt,
+    classifier_or_exit,
     config_or_exit,
     console,
     err,
@@ -64,6 +65,7 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
                                                       envvar="DRAFTGATE_CONFIG")]) -> None:
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
     config = config_or_exit(settings_or_exit(file))
+    classifier_or_exit(config)
     warnings = [str(p) for p in policies.lint(config)] + local_model_or_exit(config, device_must_work=False)
     if config.local.enabled and config.local.backend == "vllm":
         typer.echo("note: local.backend is vllm: its servers load the checkpoint, so it is not checked here",
@@ -90,6 +92,7 @@ def serve(config: ConfigOpt = None,
     loaded = config_or_exit(settings)  # fail fast with precise errors before uvicorn starts
     for problem in policies.lint(loaded):  # what check-config warns about: a rule that never matches, a 503 ...
         typer.echo(f"warning: {problem}", err=True)
+    classifier_or_exit(loaded)
     local_model_or_exit(loaded)
     host = host or settings.host
     port = settings.port if port is None else port  # 0 is a port: any free one
@@ -285,9 +288,10 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     """Show which rule a request matches, every condition checked, and the decision."""
     from gateway.explain import explain_request
 
-    settings = settings_or_exit(config)
+    loaded = config_or_exit(settings_or_exit(config))
+    classifier_or_exit(loaded)
     try:
-        report = explain_request(config_or_exit(settings), request_file, team=team, key_name=key)
+        report = explain_request(loaded, request_file, team=team, key_name=key)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None

@@ -53,6 +53,32 @@ def test_serve_warns_as_check_config_does(tmp_path: Path) -> None:
         "is false: they get a 503 local_unavailable"], result.stderr
 
 
+def test_a_p_hosted_rule_without_classifier_weights_is_a_config_problem(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve loaded the weights inside its server: a traceback after 'listening on'; check-config said OK and
+    route explain printed a traceback. Each now names the rule's line, exit 2."""
+    from typer.testing import CliRunner
+
+    import router.classifier
+    from gateway.cli import app
+
+    monkeypatch.setattr(router.classifier, "BUNDLED_WEIGHTS", tmp_path / "gone.npz")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DRAFTGATE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "draftgate.yaml").write_text(HOSTED_ONLY + "  rules:\n    - name: hard\n"
+                                             "      when: {p_hosted: {gte: 0.6}}\n      action: {hosted: big}\n")
+    (tmp_path / "req.json").write_text(json.dumps({"model": "big", "messages": [{"role": "user", "content": "x"}]}))
+    with socket.socket() as taken:  # serve stops at its address check at the latest
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for args in (["check-config", "draftgate.yaml"], ["route", "explain", "--config", "draftgate.yaml", "req.json"],
+                     ["serve", "--config", "draftgate.yaml", "--port", str(taken.getsockname()[1])]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, (args, result.output, result.exception)
+            assert ("draftgate.yaml:10: policies.rules[0].when.p_hosted: the difficulty classifier cannot be loaded: "
+                    f"no classifier weights at {tmp_path / 'gone.npz'}") in result.output, (args, result.output)
+
+
 def test_keys_list_keeps_whole_ids_in_a_narrow_pipe_and_shows_limits(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
     created = draftgate("keys", "create", "--config", "draftgate.yaml", "--name", "ci", "--rpm", "7",
