@@ -194,6 +194,18 @@ def test_a_shadowed_rule_warning_has_file_and_line() -> None:
                         "matches every request it would match"]
 
 
+def test_a_rule_on_an_undeclared_team_is_warned_about() -> None:
+    """With teams declared every key's team is one of them, so `team: reserch` (a typo) matched no request."""
+    text = ("teams:\n  - name: research\npolicies:\n  rules:\n    - name: a\n      when: {team: [research, reserch]}\n"
+            "      action: local\n    - name: b\n      when: {team: sales}\n      action: local\n")
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    tail = "is not declared in teams, as every key's team must be: only a virtual key made before teams were declared"
+    assert warnings == [f"draftgate.yaml:6: policies.rules[0].when.team[1]: team 'reserch' {tail} can match it",
+                        f"draftgate.yaml:9: policies.rules[1].when.team: team 'sales' {tail} can match it"]
+    no_teams = text.replace("teams:\n  - name: research\n", "")  # then a key's team may be any name
+    assert policies.lint(policies.load_text(no_teams, {})) == []
+
+
 def test_local_actions_with_the_local_model_disabled_are_warned_about() -> None:
     text = ("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
             "  default: local\n  rules:\n    - name: cheap\n      when: {has_tools: false}\n      action: local\n"
