@@ -55,6 +55,8 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
+        if reason.startswith("but ") and getattr(exc, "context", None):  # "but found another document": of what?
+            reason = f"{exc.context}, {reason}"
         raise ConfigError([ConfigProblem(filename, line, "", f"invalid YAML: {reason}")]) from None
     if source.data is None:
         raise ConfigError([ConfigProblem(filename, None, "", "the file is empty")])

@@ -121,6 +121,8 @@ def test_semantic_problems() -> None:
     ("local:\n  enabled: true\nmodels: []\nlocal:\n  enabled: false\n",
      "draftgate.yaml:4: local: duplicate key (first on line 1)"),
     ("a: &a [*a]\n", "draftgate.yaml: a YAML alias refers to a value that contains it"),
+    ("local:\n  enabled: true\n---\npolicies: {}\n",  # was "invalid YAML: but found another document"
+     "draftgate.yaml:3: invalid YAML: expected a single document in the stream, but found another document"),
     ("local:\n  enabled: true\npolicies:\n  default: \x00local\n",  # was no line, and a second one "in <string>"
      "draftgate.yaml:4: invalid YAML: character U+0000 is not printable: YAML does not allow it"),
     # values YAML 1.1 reads as a date or a number but that are none: PyYAML raised ValueError, KeyError ...
