@@ -55,6 +55,10 @@ MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expan
 class ConfigShapeError(ValueError):
     """YAML that is valid but cannot be a config: aliases that refer to themselves or expand too far."""
 
+    def __init__(self, message: str, node: yaml.Node) -> None:
+        super().__init__(message)
+        self.line = node.start_mark.line + 1  # the anchored value that contains itself, or that grew too large
+
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
     """How many values the node becomes once every alias is expanded (memoised: aliases share nodes)."""
@@ -62,7 +66,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     if key in sizes:
         return sizes[key]
     if key in open_nodes:
-        raise ConfigShapeError("a YAML alias refers to a value that contains it")
+        raise ConfigShapeError("a YAML alias refers to a value that contains it", node)
     open_nodes.add(key)
     size = 1
     if isinstance(node, yaml.MappingNode):
@@ -72,7 +76,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     open_nodes.discard(key)
     sizes[key] = size
     if size > MAX_VALUES:
-        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)")
+        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)", node)
     return size
 
 

@@ -120,7 +120,9 @@ def test_semantic_problems() -> None:
      "      action: local\n", "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
     ("local:\n  enabled: true\nmodels: []\nlocal:\n  enabled: false\n",
      "draftgate.yaml:4: local: duplicate key (first on line 1)"),
-    ("a: &a [*a]\n", "draftgate.yaml: a YAML alias refers to a value that contains it"),
+    ("a: &a [*a]\n", "draftgate.yaml:1: a YAML alias refers to a value that contains it"),
+    ("models:\n  - name: a\n    model: b\n    fallbacks: &f\n      - x\n      - *f\n",  # located: it had no line
+     "draftgate.yaml:4: a YAML alias refers to a value that contains it"),
     ("local:\n  enabled: true\n---\npolicies: {}\n",  # was "invalid YAML: but found another document"
      "draftgate.yaml:3: invalid YAML: expected a single document in the stream, but found another document"),
     ("local:\n  enabled: true\npolicies:\n  default: \x00local\n",  # was no line, and a second one "in <string>"
@@ -168,7 +170,7 @@ def test_semantic_problems() -> None:
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
                                                for p, n in zip("abcdefghi", "bcdefghij")),
-     "draftgate.yaml: the file expands to more than 100,000 values (YAML aliases)"),
+     "draftgate.yaml:6: the file expands to more than 100,000 values (YAML aliases)"),
 ])
 def test_each_error_kind(text: str, expected: str) -> None:
     found = problems(text)
