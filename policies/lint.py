@@ -1,6 +1,6 @@
 """Static checks on a loaded config: rules that can never match because an earlier rule always wins or they
-name an undeclared team, actions that send requests to a local model the config disables, and budget periods
-without a budget."""
+name an undeclared team, conditions that check nothing, actions that send requests to a local model the config
+disables, and budget periods without a budget."""
 
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
                                                f"rule {later.name!r} is unreachable: rule {earlier.name!r} "
                                                f"before it matches every request it would match"))
                 break
+    for j, rule in enumerate(rules):  # `content: {scope: last_user}` alone checks nothing, as `when: {}` does
+        for name, given in (("content", ("regex", "keywords")), ("messages", ("count", "roles"))):
+            condition = getattr(rule.when, name)
+            if condition is not None and all(getattr(condition, field) is None for field in given):
+                problems.append(origin.problem(("policies", "rules", j, "when", name), f"gives no {given[0]} or "
+                                               f"{given[1]}, so it checks nothing: every request passes it"))
     declared = {team.name for team in config.teams}  # when any is, a key's team must be one of them
     for j, rule in enumerate(rules if declared else ()):
         listed = isinstance(rule.when.team, list)

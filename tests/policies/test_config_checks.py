@@ -206,6 +206,20 @@ def test_a_rule_on_an_undeclared_team_is_warned_about() -> None:
     assert policies.lint(policies.load_text(no_teams, {})) == []
 
 
+def test_a_content_or_messages_condition_that_checks_nothing_is_warned_about() -> None:
+    """`content: {scope: last_user}` (its regex commented out) made the rule match every request, silently."""
+    text = ("policies:\n  rules:\n    - name: a\n      when:\n        content: {scope: last_user}\n"
+            "        messages: {}\n      action: local\n")
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    assert warnings == [
+        "draftgate.yaml:5: policies.rules[0].when.content: gives no regex or keywords, so it checks nothing: every "
+        "request passes it",
+        "draftgate.yaml:6: policies.rules[0].when.messages: gives no count or roles, so it checks nothing: every "
+        "request passes it"]
+    assert policies.lint(policies.load_text(text.replace("{scope: last_user}", "{keywords: [x]}").replace(
+        "{}", "{roles: [user]}"), {})) == []
+
+
 def test_local_actions_with_the_local_model_disabled_are_warned_about() -> None:
     text = ("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
             "  default: local\n  rules:\n    - name: cheap\n      when: {has_tools: false}\n      action: local\n"
