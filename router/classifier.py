@@ -110,7 +110,10 @@ class Weights:
             folder = folder.parent  # save creates the missing ones: the nearest existing folder must take them
         if not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "is not a directory", str(folder))
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:  # its own message names the temp file, which means nothing to the user
+            raise OSError(exc.errno, f"{exc.strerror} (no file can be created in {folder})", str(path)) from None
         os.close(fd)
         os.unlink(temp)
 

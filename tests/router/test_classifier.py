@@ -243,6 +243,10 @@ def test_train_refuses_a_destination_it_cannot_write_before_it_reads_or_fits(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temp file, no folder left behind
     Weights.check_destination(tmp_path / "new" / "deeper" / "w.npz")  # save creates missing folders: fine
     assert not (tmp_path / "new").exists()
+    if Path("/proc/self").is_dir():  # a folder where no file can be created, even by root
+        with pytest.raises(OSError, match=r"no file can be created in /proc\)") as failed:
+            Weights.check_destination(Path("/proc/w.npz"))
+        assert ".tmp" not in str(failed.value) and "'/proc/w.npz'" in str(failed.value)
 
 
 def test_ledger_outcomes_of_a_ledger_never_migrated_are_empty(tmp_path: Path) -> None:
