@@ -15,6 +15,7 @@ from rich.table import Table
 import policies
 from gateway.cli_common import (
     ConfigOpt,
+    classifier_or_exit,
     config_or_exit,
     console,
     err,
@@ -64,6 +65,7 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
                                                       envvar="DRAFTGATE_CONFIG")]) -> None:
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
     config = config_or_exit(settings_or_exit(file))
+    classifier_or_exit(config)
     warnings = [str(p) for p in policies.lint(config)] + local_model_or_exit(config, device_must_work=False)
     if config.local.enabled and config.local.backend == "vllm":
         typer.echo("note: local.backend is vllm: its servers load the checkpoint, so it is not checked here",
@@ -88,6 +90,9 @@ def serve(config: ConfigOpt = None,
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a dozen lines of noise per start
     loaded = config_or_exit(settings)  # fail fast with precise errors before uvicorn starts
+    for problem in policies.lint(loaded):  # what check-config warns about: a rule that never matches, a 503 ...
+        typer.echo(f"warning: {problem}", err=True)
+    classifier_or_exit(loaded)
     local_model_or_exit(loaded)
     host = host or settings.host
     port = settings.port if port is None else port  # 0 is a port: any free one
@@ -169,6 +174,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
     from datetime import timedelta
 
     from gateway import report_render
+    from ledger import missing_sqlite_file
     from ledger.reports import Reporter, ReportQuery, parse_moment
 
     settings = settings_or_exit(config)
@@ -181,7 +187,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     loaded = config_or_exit(settings)
-    fresh = _missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
+    fresh = missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
     db = ledger_or_exit(settings, loaded)
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
@@ -197,14 +203,6 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
         typer.echo(report_render.as_csv(result), nl=False)
     else:
         typer.echo(report_render.as_json(result))
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    """The SQLite file a URL names, when it does not exist yet (opening the ledger creates it empty)."""
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[-1]
-    return path if path and path != ":memory:" and not Path(path).exists() else None
 
 
 @app.command()
@@ -292,9 +290,10 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     """Show which rule a request matches, every condition checked, and the decision."""
     from gateway.explain import explain_request
 
-    settings = settings_or_exit(config)
+    loaded = config_or_exit(settings_or_exit(config))
+    classifier_or_exit(loaded)
     try:
-        report = explain_request(config_or_exit(settings), request_file, team=team, key_name=key)
+        report = explain_request(loaded, request_file, team=team, key_name=key)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -343,7 +342,7 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
                                                            "verification outcomes")] = False,
                  config: ConfigOpt = None) -> None:
     """Train the difficulty classifier (the bundled weights come from this command)."""
-    from ledger import LedgerError
+    from ledger import LedgerError, missing_sqlite_file
     from router.classifier import BUNDLED_WEIGHTS
     from router.errors import TrainingDataError
     from router.training import train
@@ -353,11 +352,16 @@ def router_train(data: Annotated[Path, typer.Option(help="RouteLLM outcome data 
         from gateway.outcomes import ledger_outcomes
 
         settings = settings_or_exit(config)
+        url = settings.resolved_database_url(config_or_exit(settings).database_url)
+        fresh = missing_sqlite_file(url)
         try:
-            extra = ledger_outcomes(settings.resolved_database_url(config_or_exit(settings).database_url))
+            extra = ledger_outcomes(url)
         except LedgerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from None
+        if fresh is not None:  # trained without them, silently, over the bundled weights by default
+            err.print(f"note: there is no ledger at {fresh}, so it adds no outcomes: is DRAFTGATE_DATA_DIR (or "
+                      "DATABASE_URL, or the config's database_url) the gateway's?", markup=False, soft_wrap=True)
         console.print(f"{len(extra)} outcome(s) from the ledger")
     try:
         report = train(data, out or BUNDLED_WEIGHTS, extra_rows=extra)

@@ -141,3 +141,22 @@ def local_model_or_exit(config: policies.GatewayConfig, *, device_must_work: boo
         err.print(f"[red]error:[/red] local model: {plain(exc)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     return warnings
+
+
+def classifier_or_exit(config: policies.GatewayConfig) -> None:
+    """A rule on `p_hosted` needs the difficulty classifier's weights: `serve` loaded them inside its server (a
+    traceback after 'listening on') and `check-config` said OK. Read here (not the embedding model) and refused
+    as a config problem, located at the first such rule."""
+    uses = [i for i, rule in enumerate(config.policies.rules) if rule.when.p_hosted is not None]
+    if not uses:
+        return
+    from router.classifier import BUNDLED_WEIGHTS, ClassifierUnavailableError, Weights
+
+    try:
+        Weights.load(BUNDLED_WEIGHTS)
+    except ClassifierUnavailableError as exc:
+        problem = config.origin.problem(("policies", "rules", uses[0], "when", "p_hosted"),
+                                        f"the difficulty classifier cannot be loaded: {exc}")
+        err.print("[red]error:[/red] 1 problem(s) in the configuration")
+        typer.echo(str(problem), err=True)
+        raise typer.Exit(code=2) from None

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from ledger import Database
+from pathlib import Path
+
+from ledger import Database, missing_sqlite_file
 from router.training import TrainingRow
 
 
 def ledger_outcomes(database_url: str) -> list[TrainingRow]:
-    """Cascade drafts and their fate: escalated (label 1, the hosted model was needed) or served (0)."""
+    """Cascade drafts and their fate: escalated (label 1, the hosted model was needed) or served (0). A SQLite
+    ledger that does not exist (a gateway that never started, or another data dir) has none, and opening it
+    would create it, and its folders, where no gateway writes: it is left alone."""
+    missing = missing_sqlite_file(database_url)
+    if missing is not None and not Path(missing).parent.is_file():  # under a file: Database says why it cannot be
+        return []
     db = Database(database_url)
     rows = []
     try:

@@ -9,19 +9,19 @@ vLLM's common sampling extensions (`top_k`, `min_p`, `repetition_penalty`, sent 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from local_engine import SamplingOptions
 from policies import schema_problem
+from policies.schema import Role
 
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_CHOICES = 128  # OpenAI's limit on `n`
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
 class ChatMessage(BaseModel):

@@ -1,6 +1,6 @@
 """The cost ledger: one row per request, batched crash-safe writes, prices, virtual keys."""
 
-from ledger.db import Database
+from ledger.db import Database, missing_sqlite_file
 from ledger.errors import LedgerError, PeriodWithoutBudgetError, UnknownKeyError
 from ledger.keys import DURATION_PATTERN, KeyInfo, KeyStore, parse_duration
 from ledger.pricing import Price, PriceBook
@@ -19,5 +19,6 @@ __all__ = [
     "PriceBook",
     "RequestRecord",
     "UnknownKeyError",
+    "missing_sqlite_file",
     "parse_duration",
 ]

@@ -134,6 +134,15 @@ def safe_url(url: str) -> str:
         return "(unparsable URL)"
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The SQLite file a URL names, when it does not exist yet (opening the ledger creates it, and its folders,
+    empty): commands that only read a ledger say so instead of reading an empty one they made."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[-1]
+    return path if path and path != ":memory:" and not Path(path).exists() else None
+
+
 class Database:
     """One engine per process. SQLite runs in WAL mode so readers never block the writer."""
 

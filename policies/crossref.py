@@ -40,9 +40,21 @@ def cross_reference_problems(config: GatewayConfig, source: Located) -> list[Con
             if alias not in requestable:
                 problems.append(source.problem(("keys", i, "models", j), f"unknown model alias {alias!r}"))
     problems += _action_problems(config.policies.default, ("policies", "default"), known, source)
+    routed = requestable | {config.local.alias}  # disabled, its requests still reach the rules (one may send them on)
     for i, rule in enumerate(config.policies.rules):
+        problems += _condition_aliases(rule.when.model, ("policies", "rules", i, "when", "model"), routed, source)
         problems += _action_problems(rule.action, ("policies", "rules", i, "action"), known, source)
     return problems
+
+
+def _condition_aliases(model: str | list[str] | None, path: Path, routed: set[str],
+                       source: Located) -> list[ConfigProblem]:
+    """A `model` condition names what clients request; a request for an alias the gateway does not know is refused
+    before rules are matched, so a condition on one (a typo) never holds."""
+    paths = [(path, model)] if isinstance(model, str) else [(path + (j,), a) for j, a in enumerate(model or ())]
+    return [source.problem(where, f"unknown model alias {alias!r} (requests for it are refused before any rule "
+                                  "is matched, so this never holds)") for where, alias in paths
+            if alias not in routed]
 
 
 def _repeats(values: Iterable[str]) -> list[tuple[int, int]]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PYDANTIC_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "function-after",
-                                "function-before"})
+PYDANTIC_TYPE_TAGS = frozenset({"str", "constrained-str", "int", "float", "bool", "list", "dict", "none",
+                                "function-after", "function-before"})
 
 
 def is_union_tag(part: object, models: frozenset[str] = frozenset()) -> bool:

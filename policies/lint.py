@@ -1,5 +1,6 @@
-"""Static checks on a loaded config: rules that can never match because an earlier rule always wins,
-actions that send requests to a local model the config disables, and budget periods without a budget."""
+"""Static checks on a loaded config: rules that can never match because an earlier rule always wins or they
+name an undeclared team, conditions that check nothing, actions that send requests to a local model the config
+disables, and budget periods without a budget."""
 
 from __future__ import annotations
 
@@ -99,6 +100,19 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
                                                f"rule {later.name!r} is unreachable: rule {earlier.name!r} "
                                                f"before it matches every request it would match"))
                 break
+    for j, rule in enumerate(rules):  # `content: {scope: last_user}` alone checks nothing, as `when: {}` does
+        for name, given in (("content", ("regex", "keywords")), ("messages", ("count", "roles"))):
+            condition = getattr(rule.when, name)
+            if condition is not None and all(getattr(condition, field) is None for field in given):
+                problems.append(origin.problem(("policies", "rules", j, "when", name), f"gives no {given[0]} or "
+                                               f"{given[1]}, so it checks nothing: every request passes it"))
+    declared = {team.name for team in config.teams}  # when any is, a key's team must be one of them
+    for j, rule in enumerate(rules if declared else ()):
+        listed = isinstance(rule.when.team, list)
+        problems += [origin.problem(("policies", "rules", j, "when", "team") + ((k,) if listed else ()),
+                                    f"team {team!r} is not declared in teams, as every key's team must be: "
+                                    "only a virtual key made before teams were declared can match it")
+                     for k, team in enumerate(as_list(rule.when.team)) if team not in declared]
     if not config.local.enabled:  # valid, but every request it sends to the local model gets a 503
         actions: list[tuple[Path, Any]] = [(("policies", "default"), config.policies.default)]
         actions += [(("policies", "rules", j, "action"), rule.action) for j, rule in enumerate(rules)]

@@ -45,12 +45,19 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
     try:
         source = Located(text, filename)
     except (ConfigShapeError, RecursionError) as exc:  # RecursionError: nesting thousands of levels deep
-        reason = str(exc) if isinstance(exc, ConfigShapeError) else "values nested too deeply"
-        raise ConfigError([ConfigProblem(filename, None, "", reason)]) from None
+        if isinstance(exc, ConfigShapeError):
+            raise ConfigError([ConfigProblem(filename, exc.line, "", str(exc))]) from None
+        raise ConfigError([ConfigProblem(filename, None, "", "values nested too deeply")]) from None
+    except yaml.reader.ReaderError as exc:  # e.g. a control character: located by its position, not a mark
+        at = text[:exc.position].count("\n") + 1
+        raise ConfigError([ConfigProblem(filename, at, "", f"invalid YAML: character U+{exc.character:04X} "
+                                                             "is not printable: YAML does not allow it")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
+        if reason.startswith("but ") and getattr(exc, "context", None):  # "but found another document": of what?
+            reason = f"{exc.context}, {reason}"
         raise ConfigError([ConfigProblem(filename, line, "", f"invalid YAML: {reason}")]) from None
     if source.data is None:
         raise ConfigError([ConfigProblem(filename, None, "", "the file is empty")])

@@ -24,6 +24,7 @@ from policies.verifier_options import (
 Strict = ConfigDict(extra="forbid", frozen=True)
 # Conditions compare request facts with the file's values: `lt: "5"` or `has_tools: "yes"` is a typo, not a value
 StrictTypes = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+Name = Annotated[str, Field(min_length=1)]  # a condition's name or keyword: "" names nothing (or is in every text)
 
 
 class PriceConfig(BaseModel):
@@ -184,10 +185,13 @@ class MetadataMatch(BaseModel):
         return _check_regex(value)
 
 
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]  # what a chat request may send
+
+
 class MessagesCondition(BaseModel):
     model_config = StrictTypes
     count: NumberCondition | None = None
-    roles: list[str] | None = Field(default=None, min_length=1)
+    roles: list[Role] | None = Field(default=None, min_length=1)  # a typo (`sytem`) made the rule fail silently
 
 
 class ContentCondition(BaseModel):
@@ -195,7 +199,7 @@ class ContentCondition(BaseModel):
 
     model_config = StrictTypes
     regex: str | None = None
-    keywords: list[str] | None = Field(default=None, min_length=1)  # [] matched every request
+    keywords: list[Name] | None = Field(default=None, min_length=1)  # [] or [""] matched every request
     scope: Literal["all", "last_user"] = "all"
 
     @field_validator("regex")
@@ -208,7 +212,7 @@ def _check_regex(value: str | None) -> str | None:
     return None if value is None else check_regex(value)
 
 
-StrOrList = str | list[str]
+StrOrList = Name | Annotated[list[Name], Field(min_length=1)]  # `[]` or `""` names nothing: the rule never held
 
 
 class When(BaseModel):

@@ -55,6 +55,10 @@ MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expan
 class ConfigShapeError(ValueError):
     """YAML that is valid but cannot be a config: aliases that refer to themselves or expand too far."""
 
+    def __init__(self, message: str, node: yaml.Node) -> None:
+        super().__init__(message)
+        self.line = node.start_mark.line + 1  # the anchored value that contains itself, or that grew too large
+
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
     """How many values the node becomes once every alias is expanded (memoised: aliases share nodes)."""
@@ -62,7 +66,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     if key in sizes:
         return sizes[key]
     if key in open_nodes:
-        raise ConfigShapeError("a YAML alias refers to a value that contains it")
+        raise ConfigShapeError("a YAML alias refers to a value that contains it", node)
     open_nodes.add(key)
     size = 1
     if isinstance(node, yaml.MappingNode):
@@ -72,7 +76,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     open_nodes.discard(key)
     sizes[key] = size
     if size > MAX_VALUES:
-        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)")
+        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)", node)
     return size
 
 
@@ -103,6 +107,20 @@ class Origin:
         return ConfigProblem(self.filename, line_of(self.lines, path), render_path(path), message)
 
 
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints here
+    """SafeLoader whose scalars that cannot be built (`2001-13-45` reads as a date, `0x_` as an int, `!!int x`)
+    are YAML errors at their line, not a ValueError (or KeyError, IndexError ...) from inside PyYAML."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            kind = str(node.tag).rsplit(":", 1)[-1]  # the value is not echoed: it may be a secret
+            raise yaml.constructor.ConstructorError(
+                None, None, f"this value reads as a YAML {kind} but is not a valid one (quote it if it is text)",
+                node.start_mark) from None
+
+
 class Located:
     """Parsed YAML data plus a path → line map."""
 
@@ -113,7 +131,7 @@ class Located:
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
         self.unset_env: set[Path] = set()  # `os.environ/...` values that could not be resolved: already a problem
-        loader = yaml.SafeLoader(text)  # one parse: the node tree gives the lines, then the data
+        loader = _Loader(text)  # one parse: the node tree gives the lines, then the data
         try:
             node = loader.get_single_node()
             if node is not None:

@@ -14,6 +14,7 @@ appended. The weights are a small .npz shipped in router/assets.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -100,6 +101,24 @@ class Weights:
     @property
     def use_embedding(self) -> bool:
         return any(head.components > 0 for head in self.heads.values())
+
+    @staticmethod
+    def check_destination(path: Path) -> None:
+        """What `save` will need, tried before minutes of training (OSError): a directory at `path`, or a folder
+        where no file can be created, failed only after the fit, naming save's temp file. Creates no folder."""
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a weights file", str(path))
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # save creates the missing ones: the nearest existing folder must take them
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is not a directory", str(folder))
+        try:
+            fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:  # its own message names the temp file, which means nothing to the user
+            raise OSError(exc.errno, f"{exc.strerror} (no file can be created in {folder})", str(path)) from None
+        os.close(fd)
+        os.unlink(temp)
 
     def save(self, path: Path) -> None:
         """Atomically: `router train` replaces the bundled weights the gateway loads by default, so a failure

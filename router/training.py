@@ -233,6 +233,7 @@ def fit(rows: Sequence[TrainingRow], embeddings: np.ndarray | None, *, component
 
 def train(data_dir: Path, out_path: Path, *, extra_rows: Sequence[TrainingRow] = (),
           embedder: TextEncoder | None = None) -> TrainReport:
+    Weights.check_destination(out_path)  # before reading and fitting, which take minutes
     rows = read_outcomes(data_dir) + list(extra_rows)
     if len(rows) < MIN_ROWS:
         raise TrainingDataError(f"{data_dir}: {len(rows)} outcome row(s); training needs at least {MIN_ROWS}")

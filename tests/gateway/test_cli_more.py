@@ -14,9 +14,12 @@ import pytest
 
 from tests.gateway.test_cli import draftgate
 
+HOSTED_ONLY = ("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
+               "  default: {hosted: big}\n")
+
 
 def test_serve_on_a_taken_port_or_an_unknown_host_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    (tmp_path / "draftgate.yaml").write_text(HOSTED_ONLY)  # nothing to warn about: the error is the only line
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -31,6 +34,49 @@ def test_serve_on_a_taken_port_or_an_unknown_host_is_one_line_and_exit_2(tmp_pat
     assert unknown.returncode == 2 and "listening on" not in unknown.stdout
     assert unknown.stderr.startswith("error: cannot listen on not_a_host.invalid:0:")
     assert len(unknown.stderr.strip().splitlines()) == 1 and "Traceback" not in unknown.stderr
+
+
+def test_serve_warns_as_check_config_does(tmp_path: Path) -> None:
+    """`serve` ran the same checks as check-config but not its warnings: a rule that can never match, or local
+    actions with the local model off (each request a 503), started silently."""
+    (tmp_path / "draftgate.yaml").write_text(HOSTED_ONLY + "  rules:\n    - name: all\n      action: {hosted: big}\n"
+                                             "    - name: tools\n      when: {has_tools: true}\n      action: local\n")
+    with socket.socket() as taken:  # so that it stops right after its checks
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = draftgate("serve", "--config", "draftgate.yaml", "--port", str(taken.getsockname()[1]), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[:2] == [
+        "warning: draftgate.yaml:11: policies.rules[1]: rule 'tools' is unreachable: rule 'all' before it matches "
+        "every request it would match",
+        "warning: draftgate.yaml:13: policies.rules[1].action: sends requests to the local model, but local.enabled "
+        "is false: they get a 503 local_unavailable"], result.stderr
+
+
+def test_a_p_hosted_rule_without_classifier_weights_is_a_config_problem(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve loaded the weights inside its server: a traceback after 'listening on'; check-config said OK and
+    route explain printed a traceback. Each now names the rule's line, exit 2."""
+    from typer.testing import CliRunner
+
+    import router.classifier
+    from gateway.cli import app
+
+    monkeypatch.setattr(router.classifier, "BUNDLED_WEIGHTS", tmp_path / "gone.npz")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DRAFTGATE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "draftgate.yaml").write_text(HOSTED_ONLY + "  rules:\n    - name: hard\n"
+                                             "      when: {p_hosted: {gte: 0.6}}\n      action: {hosted: big}\n")
+    (tmp_path / "req.json").write_text(json.dumps({"model": "big", "messages": [{"role": "user", "content": "x"}]}))
+    with socket.socket() as taken:  # serve stops at its address check at the latest
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for args in (["check-config", "draftgate.yaml"], ["route", "explain", "--config", "draftgate.yaml", "req.json"],
+                     ["serve", "--config", "draftgate.yaml", "--port", str(taken.getsockname()[1])]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, (args, result.output, result.exception)
+            assert ("draftgate.yaml:10: policies.rules[0].when.p_hosted: the difficulty classifier cannot be loaded: "
+                    f"no classifier weights at {tmp_path / 'gone.npz'}") in result.output, (args, result.output)
 
 
 def test_keys_list_keeps_whole_ids_in_a_narrow_pipe_and_shows_limits(tmp_path: Path) -> None:
@@ -237,6 +283,20 @@ def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
                                     "DRAFTGATE_DATA_DIR (or DATABASE_URL, or the config's database_url) the gateway's?")
     again = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
     assert again.returncode == 0 and again.stderr == ""  # an existing ledger with no rows is not news
+
+
+def test_router_train_from_a_ledger_that_does_not_exist_says_so_and_creates_none(tmp_path: Path) -> None:
+    """Run away from the gateway's data dir, `router train --from-ledger` made an empty ledger (and its folder)
+    there, added 0 outcomes without a word and trained over the bundled weights."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    result = draftgate("router", "train", "--from-ledger", "--config", "draftgate.yaml", "--data", str(tmp_path),
+                       "--out", str(tmp_path / "w.npz"), cwd=tmp_path)
+    ledger = tmp_path / "data" / "ledger.db"
+    assert (f"note: there is no ledger at {ledger.resolve()}, so it adds no outcomes: is DRAFTGATE_DATA_DIR (or "
+            "DATABASE_URL, or the config's database_url) the gateway's?") in result.stderr, result.stderr
+    assert "0 outcome(s) from the ledger" in result.stdout and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+    assert result.returncode == 2 and "cannot read the outcome data" in result.stderr  # --data has none here
 
 
 def test_report_and_keys_on_another_database_leave_no_data_dir_behind(tmp_path: Path) -> None:

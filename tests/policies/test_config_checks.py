@@ -148,6 +148,19 @@ def test_an_undeclared_team_is_refused_even_without_a_teams_section() -> None:
         "draftgate.yaml:2: keys[0].team: team 'ghost' is not declared in teams")
 
 
+def test_a_rule_on_a_model_alias_the_gateway_does_not_serve_is_refused() -> None:
+    """A request for an unknown alias is a 404 before any rule is matched: `when: {model: gtp-4o}` never held,
+    and check-config said OK. The local alias is known even when disabled: a rule may send its requests on."""
+    found = problems("models:\n  - name: big\n    model: openai/gpt-4o\nlocal:\n  enabled: false\npolicies:\n"
+                     "  rules:\n    - name: r\n      when: {model: [auto, big, gtp-4o, local/diffusiongemma]}\n"
+                     "      action: {hosted: big}\n    - name: s\n      when: {model: ghost}\n      action: local\n")
+    assert found == [
+        "draftgate.yaml:9: policies.rules[0].when.model[2]: unknown model alias 'gtp-4o' (requests for it are "
+        "refused before any rule is matched, so this never holds)",
+        "draftgate.yaml:12: policies.rules[1].when.model: unknown model alias 'ghost' (requests for it are "
+        "refused before any rule is matched, so this never holds)"]
+
+
 # 5. Messages that say what is wrong.
 
 def test_a_model_that_falls_back_to_itself() -> None:
@@ -179,6 +192,32 @@ def test_a_shadowed_rule_warning_has_file_and_line() -> None:
     warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
     assert warnings == ["draftgate.yaml:5: policies.rules[1]: rule 'tools' is unreachable: rule 'all' before it "
                         "matches every request it would match"]
+
+
+def test_a_rule_on_an_undeclared_team_is_warned_about() -> None:
+    """With teams declared every key's team is one of them, so `team: reserch` (a typo) matched no request."""
+    text = ("teams:\n  - name: research\npolicies:\n  rules:\n    - name: a\n      when: {team: [research, reserch]}\n"
+            "      action: local\n    - name: b\n      when: {team: sales}\n      action: local\n")
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    tail = "is not declared in teams, as every key's team must be: only a virtual key made before teams were declared"
+    assert warnings == [f"draftgate.yaml:6: policies.rules[0].when.team[1]: team 'reserch' {tail} can match it",
+                        f"draftgate.yaml:9: policies.rules[1].when.team: team 'sales' {tail} can match it"]
+    no_teams = text.replace("teams:\n  - name: research\n", "")  # then a key's team may be any name
+    assert policies.lint(policies.load_text(no_teams, {})) == []
+
+
+def test_a_content_or_messages_condition_that_checks_nothing_is_warned_about() -> None:
+    """`content: {scope: last_user}` (its regex commented out) made the rule match every request, silently."""
+    text = ("policies:\n  rules:\n    - name: a\n      when:\n        content: {scope: last_user}\n"
+            "        messages: {}\n      action: local\n")
+    warnings = [str(w) for w in policies.lint(policies.load_text(text, {}, "draftgate.yaml"))]
+    assert warnings == [
+        "draftgate.yaml:5: policies.rules[0].when.content: gives no regex or keywords, so it checks nothing: every "
+        "request passes it",
+        "draftgate.yaml:6: policies.rules[0].when.messages: gives no count or roles, so it checks nothing: every "
+        "request passes it"]
+    assert policies.lint(policies.load_text(text.replace("{scope: last_user}", "{keywords: [x]}").replace(
+        "{}", "{roles: [user]}"), {})) == []
 
 
 def test_local_actions_with_the_local_model_disabled_are_warned_about() -> None:

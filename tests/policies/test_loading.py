@@ -120,7 +120,18 @@ def test_semantic_problems() -> None:
      "      action: local\n", "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
     ("local:\n  enabled: true\nmodels: []\nlocal:\n  enabled: false\n",
      "draftgate.yaml:4: local: duplicate key (first on line 1)"),
-    ("a: &a [*a]\n", "draftgate.yaml: a YAML alias refers to a value that contains it"),
+    ("a: &a [*a]\n", "draftgate.yaml:1: a YAML alias refers to a value that contains it"),
+    ("models:\n  - name: a\n    model: b\n    fallbacks: &f\n      - x\n      - *f\n",  # located: it had no line
+     "draftgate.yaml:4: a YAML alias refers to a value that contains it"),
+    ("local:\n  enabled: true\n---\npolicies: {}\n",  # was "invalid YAML: but found another document"
+     "draftgate.yaml:3: invalid YAML: expected a single document in the stream, but found another document"),
+    ("local:\n  enabled: true\npolicies:\n  default: \x00local\n",  # was no line, and a second one "in <string>"
+     "draftgate.yaml:4: invalid YAML: character U+0000 is not printable: YAML does not allow it"),
+    # values YAML 1.1 reads as a date or a number but that are none: PyYAML raised ValueError, KeyError ...
+    ("policies:\n  rules:\n    - name: 2001-13-45\n      action: local\n",
+     "draftgate.yaml:3: invalid YAML: this value reads as a YAML timestamp but is not a valid one (quote it"),
+    ("teams:\n  - name: t\n    rpm_limit: 0x_\n", "draftgate.yaml:3: invalid YAML: this value reads as a YAML int"),
+    ("local:\n  enabled: !!bool maybe\n", "draftgate.yaml:2: invalid YAML: this value reads as a YAML bool"),
     ("database_url: not a url\n", "draftgate.yaml:1: database_url: not a database URL"),
     ('models:\n  - name: "a\\ud800"\n    model: openai/x\n',
      "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
@@ -142,12 +153,24 @@ def test_semantic_problems() -> None:
      "policies.rules[0].when.p_hosted: p_hosted is a probability"),
     ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
      "draftgate.yaml:4: policies.rules[0].when.model: Input should be a valid string; or Input should be a valid list"),
+    # `[]` or `""` names no model, team or key: the rule never held, and check-config said OK
+    ("policies:\n  rules:\n    - name: r\n      when: {team: []}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.team: Input should be a valid string; or List should have at least 1"),
+    ("policies:\n  rules:\n    - name: r\n      when: {key: ''}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.key: String should have at least 1 character; or Input should be a"),
+    ("policies:\n  rules:\n    - name: r\n      when: {model: [auto, '']}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.model[1]: String should have at least 1 character"),
+    ("policies:\n  rules:\n    - name: r\n      when: {messages: {roles: [sytem, user]}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.messages.roles[0]: Input should be 'system', 'developer', 'user', "
+     "'assistant', 'tool' or 'function' (got 'sytem')"),  # requests with a system message never matched
+    ("policies:\n  rules:\n    - name: r\n      when: {content: {keywords: [json, '']}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.content.keywords[1]: String should have at least 1 character"),
     ("teams:\n  - name: t\n    max_budget_usd: '1'\n", "draftgate.yaml:3: teams[0].max_budget_usd: a number, not the text"),
     ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
                                                for p, n in zip("abcdefghi", "bcdefghij")),
-     "draftgate.yaml: the file expands to more than 100,000 values (YAML aliases)"),
+     "draftgate.yaml:6: the file expands to more than 100,000 values (YAML aliases)"),
 ])
 def test_each_error_kind(text: str, expected: str) -> None:
     found = problems(text)

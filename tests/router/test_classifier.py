@@ -239,6 +239,23 @@ def test_bad_training_data_and_weights_files_are_clear_errors(tmp_path: Path) ->
         Weights.load(tmp_path / "partial.npz")
 
 
+def test_train_refuses_a_destination_it_cannot_write_before_it_reads_or_fits(tmp_path: Path) -> None:
+    """`router train --out DIR` fitted for minutes, then failed naming save's temp file ('.t.x2pv76ec.tmp')."""
+    (tmp_path / "file").write_text("")
+    for out, error in ((tmp_path, IsADirectoryError), (tmp_path / "file" / "w.npz", NotADirectoryError)):
+        with pytest.raises(error) as info:  # not TrainingDataError for the missing data: the check comes first
+            train(tmp_path / "no-data", out, embedder=HashEmbedder())
+        assert ".tmp" not in str(info.value) and str(out.parent if error is NotADirectoryError else out) in str(
+            info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temp file, no folder left behind
+    Weights.check_destination(tmp_path / "new" / "deeper" / "w.npz")  # save creates missing folders: fine
+    assert not (tmp_path / "new").exists()
+    if Path("/proc/self").is_dir():  # a folder where no file can be created, even by root
+        with pytest.raises(OSError, match=r"no file can be created in /proc\)") as failed:
+            Weights.check_destination(Path("/proc/w.npz"))
+        assert ".tmp" not in str(failed.value) and "'/proc/w.npz'" in str(failed.value)
+
+
 def test_ledger_outcomes_of_a_ledger_never_migrated_are_empty(tmp_path: Path) -> None:
     from gateway.outcomes import ledger_outcomes
 
