@@ -33,14 +33,14 @@ def cross_reference_problems(config: GatewayConfig, source: Located) -> list[Con
     problems += _duplicates(config, source)
     teams = {t.name for t in config.teams}
     requestable = set(config.requestable_aliases())
+    routed = requestable | {config.local.alias}  # disabled, its requests still reach the rules (one may send them on)
     for i, key in enumerate(config.keys):
         if key.team is not None and key.team not in teams:  # with no `teams:` section too: none is declared
             problems.append(source.problem(("keys", i, "team"), f"team {key.team!r} is not declared in teams"))
         for j, alias in enumerate(key.models or ()):
-            if alias not in requestable:
+            if alias not in routed:
                 problems.append(source.problem(("keys", i, "models", j), f"unknown model alias {alias!r}"))
     problems += _action_problems(config.policies.default, ("policies", "default"), known, source)
-    routed = requestable | {config.local.alias}  # disabled, its requests still reach the rules (one may send them on)
     for i, rule in enumerate(config.policies.rules):
         problems += _condition_aliases(rule.when.model, ("policies", "rules", i, "when", "model"), routed, source)
         problems += _action_problems(rule.action, ("policies", "rules", i, "action"), known, source)

@@ -159,6 +159,10 @@ def test_a_rule_on_a_model_alias_the_gateway_does_not_serve_is_refused() -> None
         "refused before any rule is matched, so this never holds)",
         "draftgate.yaml:12: policies.rules[1].when.model: unknown model alias 'ghost' (requests for it are "
         "refused before any rule is matched, so this never holds)"]
+    # So may a key be scoped to it, as a rule may name it; an alias nobody serves stays refused there too.
+    found = problems("models:\n  - name: big\n    model: openai/gpt-4o\nlocal:\n  enabled: false\nkeys:\n"
+                     "  - {name: bot, key: sk-aaaaaaaaaa, models: [local/diffusiongemma, big, ghost]}\n")
+    assert found == ["draftgate.yaml:7: keys[0].models[2]: unknown model alias 'ghost'"]
 
 
 # 5. Messages that say what is wrong.
