@@ -172,6 +172,11 @@ def openai_param(loc: Sequence[Any]) -> str | None:
     return text or None
 
 
+def validation_text(error: Mapping[str, Any]) -> str:
+    """pydantic's message without the "Value error, " it puts before a validator's own words."""
+    return str(error.get("msg", "")).removeprefix("Value error, ")
+
+
 def _named_param(error: Mapping[str, Any]) -> str | None:
     """The parameter a cross-field check names (schemas.ParamError); its location is the whole body."""
     return getattr((error.get("ctx") or {}).get("error"), "param", None)
@@ -186,7 +191,7 @@ def _validation_reply(exc: RequestValidationError) -> ErrorReply:
     if first.get("type") == "extra_forbidden":
         return ErrorReply(400, f"Unrecognized request argument supplied: {param}", "invalid_request_error",
                           "unknown_parameter", param)
-    message = "; ".join(f"{_named_param(e) or openai_param(e.get('loc', ())) or 'body'}: {e.get('msg')}"
+    message = "; ".join(f"{_named_param(e) or openai_param(e.get('loc', ())) or 'body'}: {validation_text(e)}"
                         for e in errors[:5])
     return ErrorReply(400, message, "invalid_request_error", "invalid_value", param)
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 import policies
+from gateway.errors import openai_param, validation_text
 from gateway.pipeline import to_job
 from gateway.schemas import ChatRequest
 from gateway.services import build_planner, hosted_models
@@ -24,7 +25,7 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{request_file}: cannot read a JSON request: {exc}") from None
     except ValidationError as exc:  # every problem at once, as check-config reports a config's
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors()]
+        problems = [f"{openai_param(e['loc']) or '(body)'}: {validation_text(e)}" for e in exc.errors()]
         if len(problems) == 1:
             raise ValueError(f"{request_file}: {problems[0]}") from None
         listed = "\n".join(f"  {problem}" for problem in problems)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -72,6 +74,26 @@ def test_bad_requests_are_openai_style_4xx(gateway_factory, simulator, body, sta
     assert err["code"] == code and err["message"] and "Traceback" not in r.text
     assert set(err) == {"message", "type", "param", "code"}
     assert simulator.state.received == []
+
+
+def test_a_validators_message_is_given_without_pydantics_prefix(gateway_factory, simulator, tmp_path) -> None:
+    """The gateway's own words, as OpenAI's replies have them: "stop: stop takes at most 4 ...", not
+    "stop: Value error, stop takes ..."; route explain names the field the same way."""
+    import subprocess
+    import sys
+
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    body = {"model": "gpt-4o-mini", "messages": MSG, "stop": ["a", "b", "c", "d", "e"]}
+    r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {MASTER_KEY}"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop", r.text
+    assert r.json()["error"]["message"] == "stop: stop takes at most 4 non-empty strings of at most 256 characters"
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    (tmp_path / "req.json").write_text(json.dumps({**body, "messages": [{"role": "user", "content": []}]}))
+    explained = subprocess.run([sys.executable, "-m", "gateway.cli", "route", "explain", "--config", "draftgate.yaml",
+                                "req.json"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert explained.returncode != 0 and "Value error" not in explained.stderr, explained.stderr
+    assert "  messages[0].content: content must be a string or a non-empty array" in explained.stderr
+    assert "  stop: stop takes at most 4" in explained.stderr
 
 
 def test_malformed_json_and_oversized_bodies(gateway_factory, simulator) -> None:
