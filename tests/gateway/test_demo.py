@@ -71,8 +71,11 @@ def test_demo_keep_serving_prints_a_dashboard_that_answers_until_ctrl_c(tmp_path
     command = [sys.executable, "-m", "gateway.cli", "demo", "--requests", "2", "--keep-serving",
                "--data-dir", str(tmp_path)]
     errors = (tmp_path / "stderr.txt").open("w")  # a file, not a pipe nobody reads, which could fill and block it
+    # Ctrl-C as at a terminal: a test run started in the background (a CI runner, `cmd &`) ignores SIGINT, a
+    # disposition the child would inherit and keep (Python installs its handler only over the default one).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env,
-                               stdin=subprocess.DEVNULL)  # pytest's timeout bounds the loop below
+                               stdin=subprocess.DEVNULL,  # pytest's timeout bounds the loop below
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines: list[str] = []
         assert process.stdout is not None
