@@ -273,7 +273,7 @@ def test_route_explain(tmp_path: Path) -> None:
     (tmp_path / "worse.json").write_text('{"model": 5, "messages": [{"role": "bogus", "content": "x"}]}')
     worse = draftgate("route", "explain", "worse.json", "--config", "draftgate.yaml", cwd=tmp_path)
     assert worse.returncode == 2 and "2 problems" in worse.stderr  # every problem, not only the first
-    assert "model: " in worse.stderr and "messages.0.role: " in worse.stderr
+    assert "model: " in worse.stderr and "messages[0].role: " in worse.stderr
 
 
 def test_route_explain_reads_the_request_from_stdin_on_a_dash(tmp_path: Path) -> None:
