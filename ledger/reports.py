@@ -216,19 +216,29 @@ def escalation_reasons(db: Database, query: ReportQuery) -> list[tuple[str, int]
 
 
 
+# A report's window is widened to whole days and reaches back 30 days from a lone `until`: moments within a
+# year of datetime's limits would overflow there (a 500 from the API, a traceback from the CLI).
+EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def parse_moment(text: str, now: datetime | None = None) -> datetime:
     """`2026-11-01`, `2026-11-01T12:00:00+00:00`, or a span back from now: `30d`, `12h`, `90m`, `2w`.
 
-    Raises ValueError with a message fit for the user.
+    Raises ValueError with a message fit for the user, also for a moment outside [EARLIEST, LATEST].
     """
     now = now or datetime.now(UTC)
     value = text.strip()
     units = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
     try:
         if len(value) >= 2 and value[-1] in units and value[:-1].isascii() and value[:-1].isdigit():
-            return now - int(value[:-1]) * units[value[-1]]
-        moment = datetime.fromisoformat(value)  # Python 3.11+ reads a trailing "Z" as UTC
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+            moment = now - int(value[:-1]) * units[value[-1]]
+        else:
+            moment = datetime.fromisoformat(value)  # Python 3.11+ reads a trailing "Z" as UTC
+            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        if not EARLIEST <= moment <= LATEST:
+            raise OverflowError
+        return moment
     except OverflowError:
         raise ValueError(f"{text!r} is outside the dates this report can handle") from None
     except ValueError:

@@ -124,3 +124,21 @@ def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest
     assert "research" in table.output and "0.0017" in table.output and "0.0054" in table.output
     bad = runner.invoke(cli, ["report", "--since", "yesterday-ish", "-c", str(cfg)])
     assert bad.exit_code == 2 and "span like 30d" in bad.output
+
+
+def test_dates_at_the_ends_of_the_calendar_are_a_400_not_a_500(seeded_gateway, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window is widened to whole days, and a lone `until` reaches back 30 days: near year 1 or 9999 that
+    overflowed (a 500 from the API, a traceback from the CLI)."""
+    for params in ({"since": "9999-12-31T12:00:00"}, {"since": "9999-12-31T12:00", "until": "9999-12-31T13:00"},
+                   {"until": "0001-01-05"}):
+        reply = get(seeded_gateway, MASTER_KEY, **params)
+        assert reply.status_code == 400, (params, reply.text)
+        assert "outside the dates" in reply.json()["error"]["message"]
+    assert get(seeded_gateway, MASTER_KEY, since="0002-01-01", until="9999-01-01").json()["total"]["requests"] == 6
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    for args in (["--until", "0001-01-05"], ["--since", "9999-12-31T12:00"]):
+        out = CliRunner().invoke(cli, ["report", *args, "-c", str(cfg)])
+        assert out.exit_code == 2 and "outside the dates" in out.output, out.output
