@@ -21,11 +21,13 @@ PERIOD_ALONE = "budget_period needs max_budget_usd: without a budget a period li
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict, as the config's limits are: `"5"` or `true` for a limit is a mistake, not a number (`true` was an
+    # rpm of 1), and an infinite budget (`1e400`) was stored, then shown as no budget at all.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=128)
     team: str | None = Field(default=None, max_length=128)
-    max_budget_usd: float | None = Field(default=None, ge=0)
+    max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
@@ -39,9 +41,9 @@ class KeyUpdate(BaseModel):
     """The fields to change (LiteLLM's /key/update); a field sent as null clears it (no budget, every
     model, no expiry), a field left out is kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    max_budget_usd: float | None = Field(default=None, ge=0)
+    max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["hour", "day", "week", "month", "total"] | None = None
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
