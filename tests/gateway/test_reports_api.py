@@ -142,3 +142,23 @@ def test_dates_at_the_ends_of_the_calendar_are_a_400_not_a_500(seeded_gateway, t
     for args in (["--until", "0001-01-05"], ["--since", "9999-12-31T12:00"]):
         out = CliRunner().invoke(cli, ["report", *args, "-c", str(cfg)])
         assert out.exit_code == 2 and "outside the dates" in out.output, out.output
+
+
+def test_a_key_cannot_be_given_the_empty_team_that_stands_for_no_team(gateway_factory, tmp_path: Path) -> None:
+    """Requests without a team are kept under team '' in the roll-up: a key of team '' (which POST /admin/keys
+    took when the config declares no teams) read their figures in /v1/reports/costs and /dashboard."""
+    gw = gateway_factory(f'master_key: os.environ/DRAFTGATE_TEST_MASTER\ndatabase_url: "sqlite:///{tmp_path / "l.db"}"'
+                         "\nlocal:\n  enabled: false\n")
+    gw.services.db.insert_records([r for r in seeded() if r.team == "research"] +
+                                  [r.__class__(**{**r.__dict__, "team": None}) for r in seeded() if r.team == "ops"])
+    assert get(gw, MASTER_KEY, since=SINCE, group_by="team").json()["total"]["requests"] == 6
+    created = httpx.post(f"{gw.url}/admin/keys", json={"name": "sneaky", "team": ""},
+                         headers={"authorization": f"Bearer {MASTER_KEY}"})
+    assert created.status_code == 400 and created.json()["error"]["param"] == "team", created.text
+    assert [k["name"] for k in httpx.get(f"{gw.url}/admin/keys",
+                                         headers={"authorization": f"Bearer {MASTER_KEY}"}).json()] == []
+    # one stored with team '' before is a key without a team: refused by reports and the dashboard
+    raw, _ = gw.services.keys.create("old", "")
+    assert get(gw, raw, since=SINCE).status_code == 403
+    dashboard = httpx.post(f"{gw.url}/dashboard/login", data={"key": raw})
+    assert dashboard.status_code == 401 and "draftgate_key" not in dashboard.cookies
