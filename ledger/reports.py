@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
 
 from ledger.db import Database
 from ledger.models import ApiKeyRow, RequestRow, usage_daily
@@ -178,10 +178,10 @@ class Reporter:
         table = RequestRow.__table__
         statement = select(*(table.c[name] for name in RAW_FIELDS)).where(
             table.c.created_at >= since, table.c.created_at < until)
-        if query.team is not None:
-            statement = statement.where(table.c.team == query.team)
-        if query.key_id is not None:
-            statement = statement.where(table.c.key_id == query.key_id)
+        # The roll-up keeps a row without a team (or key) under '': a filter on '' means those rows here too.
+        for column, value in ((table.c.team, query.team), (table.c.key_id, query.key_id)):
+            if value is not None:
+                statement = statement.where(or_(column == value, column.is_(None)) if value == "" else column == value)
         with self._db.engine.connect() as connection:
             # Rows go straight into the aggregation (they have the attributes it reads): building a
             # record object per row would double the cost of the edge days.
