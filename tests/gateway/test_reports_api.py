@@ -93,6 +93,10 @@ def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
     backwards = get(seeded_gateway, MASTER_KEY, since="2026-11-02", until="2026-11-01")
     assert backwards.status_code == 400
+    # a parameter it does not take (LiteLLM's start_date, a typo) was ignored: the default 30 days came back
+    for name in ("start_date", "Since", "group-by"):
+        unknown = get(seeded_gateway, MASTER_KEY, since=SINCE, **{name: "2026-11-02"})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == name, unknown.text
     # `until` alone is the 30 days before it, as `draftgate report --until` reads it (it was a 400)
     alone = get(seeded_gateway, MASTER_KEY, until="2026-11-05")
     assert alone.status_code == 200, alone.text
