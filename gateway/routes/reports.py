@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from gateway.auth import Principal
 from gateway.deps import PrincipalDep, ServicesDep
 from gateway.errors import InvalidRequest, PermissionDenied
+from gateway.routes.admin import NO_NUL
 from ledger.reports import GROUP_BY_VALUES, Reporter, ReportQuery, parse_moment
 
 router = APIRouter()
@@ -52,7 +53,8 @@ PARAMETERS = ("group_by", "since", "until", "team")
 
 @router.get("/v1/reports/costs")
 async def costs(request: Request, services: ServicesDep, principal: PrincipalDep, group_by: GroupByParam = "team",
-                since: str | None = None, until: str | None = None, team: str | None = None) -> dict[str, Any]:
+                since: str | None = None, until: str | None = None,
+                team: Annotated[str | None, Query(pattern=NO_NUL)] = None) -> dict[str, Any]:
     """Requests, tokens, device-hours, dollars and savings vs all-hosted, grouped (default: last 30 days)."""
     # A parameter this report does not take (LiteLLM's start_date/end_date, a typo) was ignored: the client got
     # the default 30 days, unfiltered, as if it were what it asked for.

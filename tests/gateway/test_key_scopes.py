@@ -139,3 +139,20 @@ def test_limits_of_the_wrong_type_or_infinite_are_400s_not_stored(gateway_factor
     assert [(k["name"], k["max_budget_usd"], k["rpm_limit"], k["tpm_limit"]) for k in listed] == [("k", 1.0, None, None)]
     fine = httpx.patch(f"{gw.url}/admin/keys/{key_id}", json={"max_budget_usd": 2, "rpm_limit": 3}, headers=ADMIN)
     assert fine.status_code == 200 and (fine.json()["max_budget_usd"], fine.json()["rpm_limit"]) == (2.0, 3)
+
+
+def test_a_nul_character_in_a_name_team_or_key_id_is_a_400_on_every_database(gateway_factory,
+                                                                            shared_database_url: str) -> None:
+    """PostgreSQL's text cannot hold NUL: a key named or teamed with one, or a key id or team filter with one in
+    the URL, was a 500 there (and a name with a NUL stored on SQLite)."""
+    gw = gateway_factory(f'master_key: os.environ/DRAFTGATE_TEST_MASTER\ndatabase_url: "{shared_database_url}"\n'
+                         "local:\n  enabled: false\n")
+    headers = {**ADMIN, "content-type": "application/json"}
+    for body, param in (('{"name": "a\\u0000b"}', "name"), ('{"name": "ok", "team": "t\\u0000"}', "team")):
+        created = httpx.post(gw.url + "/admin/keys", content=body, headers=headers)
+        assert created.status_code == 400 and created.json()["error"]["param"] == param, created.text
+    for method, path in (("GET", "/admin/keys?team=%00x"), ("PATCH", "/admin/keys/%00x"), ("DELETE", "/admin/keys/%00x"),
+                         ("GET", "/v1/reports/costs?team=%00x")):
+        reply = httpx.request(method, gw.url + path, headers=headers, content="{}" if method == "PATCH" else None)
+        assert reply.status_code == 400, (method, path, reply.text)
+    assert httpx.get(gw.url + "/admin/keys", headers=ADMIN).json() == []
