@@ -99,7 +99,9 @@ class Authenticator:
         if info is not None:
             if info.expired():
                 raise AuthenticationFailed(f"This API key expired at {info.expires_at:%Y-%m-%dT%H:%M:%SZ}.")
-            return Principal(info.key_id, info.name, info.team, limits=info.limits,
+            # Team '' is how the roll-up keeps requests without a team: a key stored with it (the admin API took
+            # it before) would read their figures as its team's, so it is a key without a team.
+            return Principal(info.key_id, info.name, info.team or None, limits=info.limits,
                              models=frozenset(info.models) if info.models is not None else None)
         if self.open_mode:
             return OPEN_PRINCIPAL

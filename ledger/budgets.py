@@ -109,6 +109,8 @@ class BudgetExceeded(LedgerError):
                        f"({money}{reserved:g} reserved); this request's worst case ({money}{requested:g}) fits once "
                        "they finish")
         else:
+            if used is not None and counter.metric == "requests":
+                used += reserved  # a request counts from its start: those in flight are this minute's too
             spent = f", {money}{used:g} used" if used is not None else ""
             message = f"{counter.scope} has reached its {what} ({limit}{spent})"
         super().__init__(message)

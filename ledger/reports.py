@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
 
 from ledger.db import Database
 from ledger.models import ApiKeyRow, RequestRow, usage_daily
@@ -178,10 +178,10 @@ class Reporter:
         table = RequestRow.__table__
         statement = select(*(table.c[name] for name in RAW_FIELDS)).where(
             table.c.created_at >= since, table.c.created_at < until)
-        if query.team is not None:
-            statement = statement.where(table.c.team == query.team)
-        if query.key_id is not None:
-            statement = statement.where(table.c.key_id == query.key_id)
+        # The roll-up keeps a row without a team (or key) under '': a filter on '' means those rows here too.
+        for column, value in ((table.c.team, query.team), (table.c.key_id, query.key_id)):
+            if value is not None:
+                statement = statement.where(or_(column == value, column.is_(None)) if value == "" else column == value)
         with self._db.engine.connect() as connection:
             # Rows go straight into the aggregation (they have the attributes it reads): building a
             # record object per row would double the cost of the edge days.
@@ -216,19 +216,29 @@ def escalation_reasons(db: Database, query: ReportQuery) -> list[tuple[str, int]
 
 
 
+# A report's window is widened to whole days and reaches back 30 days from a lone `until`: moments within a
+# year of datetime's limits would overflow there (a 500 from the API, a traceback from the CLI).
+EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def parse_moment(text: str, now: datetime | None = None) -> datetime:
     """`2026-11-01`, `2026-11-01T12:00:00+00:00`, or a span back from now: `30d`, `12h`, `90m`, `2w`.
 
-    Raises ValueError with a message fit for the user.
+    Raises ValueError with a message fit for the user, also for a moment outside [EARLIEST, LATEST].
     """
     now = now or datetime.now(UTC)
     value = text.strip()
     units = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
     try:
         if len(value) >= 2 and value[-1] in units and value[:-1].isascii() and value[:-1].isdigit():
-            return now - int(value[:-1]) * units[value[-1]]
-        moment = datetime.fromisoformat(value)  # Python 3.11+ reads a trailing "Z" as UTC
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+            moment = now - int(value[:-1]) * units[value[-1]]
+        else:
+            moment = datetime.fromisoformat(value)  # Python 3.11+ reads a trailing "Z" as UTC
+            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        if not EARLIEST <= moment <= LATEST:
+            raise OverflowError
+        return moment
     except OverflowError:
         raise ValueError(f"{text!r} is outside the dates this report can handle") from None
     except ValueError:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from functools import partial
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
@@ -18,14 +18,19 @@ from ledger.budgets import Limits
 
 router = APIRouter(prefix="/admin")
 PERIOD_ALONE = "budget_period needs max_budget_usd: without a budget a period limits nothing"
+# PostgreSQL's text cannot hold a NUL character: a name, team or key id with one was a 500 there.
+NO_NUL = r"^[^\x00]*$"
+KeyIdPath = Annotated[str, Path(pattern=NO_NUL)]
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict, as the config's limits are: `"5"` or `true` for a limit is a mistake, not a number (`true` was an
+    # rpm of 1), and an infinite budget (`1e400`) was stored, then shown as no budget at all.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=128)
-    team: str | None = Field(default=None, max_length=128)
-    max_budget_usd: float | None = Field(default=None, ge=0)
+    name: str = Field(min_length=1, max_length=128, pattern=NO_NUL)
+    team: str | None = Field(default=None, min_length=1, max_length=128, pattern=NO_NUL)
+    max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
@@ -39,9 +44,9 @@ class KeyUpdate(BaseModel):
     """The fields to change (LiteLLM's /key/update); a field sent as null clears it (no budget, every
     model, no expiry), a field left out is kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    max_budget_usd: float | None = Field(default=None, ge=0)
+    max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["hour", "day", "week", "month", "total"] | None = None
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=10_000_000_000)
@@ -92,7 +97,7 @@ async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep)
 
 
 @router.patch("/keys/{key_id}")
-async def update_key(key_id: str, body: KeyUpdate, services: ServicesDep, _master: MasterDep) -> KeyOut:
+async def update_key(key_id: KeyIdPath, body: KeyUpdate, services: ServicesDep, _master: MasterDep) -> KeyOut:
     """Changes a key's limits, models or expiry; its secret stays, and every replica applies the change
     on the key's next request."""
     changes = {name: getattr(body, name) for name in body.model_fields_set if name != "duration"}
@@ -122,13 +127,14 @@ def _expiry(duration: str | None) -> datetime | None:
 
 
 @router.get("/keys")
-async def list_keys(services: ServicesDep, _master: MasterDep, team: str | None = None) -> list[KeyOut]:
+async def list_keys(services: ServicesDep, _master: MasterDep,
+                    team: Annotated[str | None, Query(pattern=NO_NUL)] = None) -> list[KeyOut]:
     """Lists keys (never their secrets)."""
     return [KeyOut.of(k) for k in await asyncio.to_thread(services.keys.list, team)]
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_key(key_id: str, services: ServicesDep, _master: MasterDep) -> KeyOut:
+async def revoke_key(key_id: KeyIdPath, services: ServicesDep, _master: MasterDep) -> KeyOut:
     """Revokes a key; it stops working at once on every replica (keys are read from the database on each request)."""
     try:
         info = await asyncio.to_thread(services.keys.revoke, key_id)

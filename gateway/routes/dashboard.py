@@ -58,7 +58,10 @@ async def dashboard(request: Request, services: ServicesDep, days: int = 30) -> 
 
 @router.post("/dashboard/login")
 async def login(request: Request, services: ServicesDep) -> Response:
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    try:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:  # more fields than the form has: not our form (it was a 500)
+        return _html(login_page("That is not the sign-in form: send only the key."), 400)
     key = (form.get("key") or [""])[0].strip()
     principal = await _principal(services, key) if key else None
     if principal is None:

@@ -6,11 +6,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from gateway.auth import Principal
 from gateway.deps import PrincipalDep, ServicesDep
 from gateway.errors import InvalidRequest, PermissionDenied
+from gateway.routes.admin import NO_NUL
 from ledger.reports import GROUP_BY_VALUES, Reporter, ReportQuery, parse_moment
 
 router = APIRouter()
@@ -47,10 +48,20 @@ def report_query(principal: Principal, *, open_mode: bool, group_by: str, since:
     return ReportQuery(group_by=group_by, since=start, until=end, team=team)  # type: ignore[arg-type]
 
 
+PARAMETERS = ("group_by", "since", "until", "team")
+
+
 @router.get("/v1/reports/costs")
-async def costs(services: ServicesDep, principal: PrincipalDep, group_by: GroupByParam = "team",
-                since: str | None = None, until: str | None = None, team: str | None = None) -> dict[str, Any]:
+async def costs(request: Request, services: ServicesDep, principal: PrincipalDep, group_by: GroupByParam = "team",
+                since: str | None = None, until: str | None = None,
+                team: Annotated[str | None, Query(pattern=NO_NUL)] = None) -> dict[str, Any]:
     """Requests, tokens, device-hours, dollars and savings vs all-hosted, grouped (default: last 30 days)."""
+    # A parameter this report does not take (LiteLLM's start_date/end_date, a typo) was ignored: the client got
+    # the default 30 days, unfiltered, as if it were what it asked for.
+    unknown = next((name for name in request.query_params if name not in PARAMETERS), None)
+    if unknown is not None:
+        raise InvalidRequest(f"unknown parameter {unknown!r}: this report takes {', '.join(PARAMETERS)}",
+                             param=unknown)
     query = report_query(principal, open_mode=services.auth.open_mode, group_by=group_by, since=since, until=until,
                          team=team)
     report = await asyncio.to_thread(Reporter(services.db).report, query)

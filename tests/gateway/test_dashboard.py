@@ -101,3 +101,9 @@ def test_keys_that_cannot_see_a_dashboard_are_refused(browser: Browser, gw) -> N
         page.close()
     direct = httpx.get(f"{gw.url}/dashboard", cookies={"draftgate_key": "sk-not-a-key-000"})
     assert "kpi-spend" not in direct.text and "no longer valid" in direct.text
+
+
+def test_a_login_post_with_more_fields_than_the_form_is_a_400_not_a_500(gw) -> None:
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    crowded = httpx.post(f"{gw.url}/dashboard/login", content="a=1&b=2&c=3&d=4&e=5&key=x", headers=form)
+    assert crowded.status_code == 400 and "sign-in form" in crowded.text and "draftgate_key" not in crowded.cookies

@@ -120,3 +120,39 @@ def test_a_key_is_updated_in_place_and_the_change_applies_to_its_next_request(ga
     assert httpx.patch(url, json={"budget_period": "week"}, headers=ADMIN).json()["budget_period"] == "week"
     team_key = {"authorization": f"Bearer {created['key']}"}
     assert httpx.patch(url, json={"models": None}, headers=team_key).status_code == 403
+
+
+def test_limits_of_the_wrong_type_or_infinite_are_400s_not_stored(gateway_factory, simulator) -> None:
+    """As the config refuses them: `true` was stored as an rpm of 1, `"5"` as $5, and `1e400` as an infinite
+    budget that `GET /admin/keys` then showed as no budget (null)."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    key_id = httpx.post(gw.url + "/admin/keys", json={"name": "k", "max_budget_usd": 1}, headers=ADMIN).json()["key_id"]
+    headers = {**ADMIN, "content-type": "application/json"}
+    for body in ('{"rpm_limit": true}', '{"tpm_limit": "100"}', '{"max_budget_usd": "5"}', '{"rpm_limit": 5.5}',
+                 '{"max_budget_usd": 1e400}', '{"max_budget_usd": Infinity}', '{"models": "gpt-4o-mini"}'):
+        field = body.split('"')[1]
+        created = httpx.post(gw.url + "/admin/keys", content='{"name": "x", ' + body[1:], headers=headers)
+        assert created.status_code == 400 and created.json()["error"]["param"] == field, (body, created.text)
+        updated = httpx.patch(f"{gw.url}/admin/keys/{key_id}", content=body, headers=headers)
+        assert updated.status_code == 400 and updated.json()["error"]["param"] == field, (body, updated.text)
+    listed = httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()
+    assert [(k["name"], k["max_budget_usd"], k["rpm_limit"], k["tpm_limit"]) for k in listed] == [("k", 1.0, None, None)]
+    fine = httpx.patch(f"{gw.url}/admin/keys/{key_id}", json={"max_budget_usd": 2, "rpm_limit": 3}, headers=ADMIN)
+    assert fine.status_code == 200 and (fine.json()["max_budget_usd"], fine.json()["rpm_limit"]) == (2.0, 3)
+
+
+def test_a_nul_character_in_a_name_team_or_key_id_is_a_400_on_every_database(gateway_factory,
+                                                                            shared_database_url: str) -> None:
+    """PostgreSQL's text cannot hold NUL: a key named or teamed with one, or a key id or team filter with one in
+    the URL, was a 500 there (and a name with a NUL stored on SQLite)."""
+    gw = gateway_factory(f'master_key: os.environ/DRAFTGATE_TEST_MASTER\ndatabase_url: "{shared_database_url}"\n'
+                         "local:\n  enabled: false\n")
+    headers = {**ADMIN, "content-type": "application/json"}
+    for body, param in (('{"name": "a\\u0000b"}', "name"), ('{"name": "ok", "team": "t\\u0000"}', "team")):
+        created = httpx.post(gw.url + "/admin/keys", content=body, headers=headers)
+        assert created.status_code == 400 and created.json()["error"]["param"] == param, created.text
+    for method, path in (("GET", "/admin/keys?team=%00x"), ("PATCH", "/admin/keys/%00x"), ("DELETE", "/admin/keys/%00x"),
+                         ("GET", "/v1/reports/costs?team=%00x")):
+        reply = httpx.request(method, gw.url + path, headers=headers, content="{}" if method == "PATCH" else None)
+        assert reply.status_code == 400, (method, path, reply.text)
+    assert httpx.get(gw.url + "/admin/keys", headers=ADMIN).json() == []

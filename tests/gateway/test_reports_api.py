@@ -93,6 +93,10 @@ def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
     backwards = get(seeded_gateway, MASTER_KEY, since="2026-11-02", until="2026-11-01")
     assert backwards.status_code == 400
+    # a parameter it does not take (LiteLLM's start_date, a typo) was ignored: the default 30 days came back
+    for name in ("start_date", "Since", "group-by"):
+        unknown = get(seeded_gateway, MASTER_KEY, since=SINCE, **{name: "2026-11-02"})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == name, unknown.text
     # `until` alone is the 30 days before it, as `draftgate report --until` reads it (it was a 400)
     alone = get(seeded_gateway, MASTER_KEY, until="2026-11-05")
     assert alone.status_code == 200, alone.text
@@ -124,3 +128,41 @@ def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest
     assert "research" in table.output and "0.0017" in table.output and "0.0054" in table.output
     bad = runner.invoke(cli, ["report", "--since", "yesterday-ish", "-c", str(cfg)])
     assert bad.exit_code == 2 and "span like 30d" in bad.output
+
+
+def test_dates_at_the_ends_of_the_calendar_are_a_400_not_a_500(seeded_gateway, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window is widened to whole days, and a lone `until` reaches back 30 days: near year 1 or 9999 that
+    overflowed (a 500 from the API, a traceback from the CLI)."""
+    for params in ({"since": "9999-12-31T12:00:00"}, {"since": "9999-12-31T12:00", "until": "9999-12-31T13:00"},
+                   {"until": "0001-01-05"}):
+        reply = get(seeded_gateway, MASTER_KEY, **params)
+        assert reply.status_code == 400, (params, reply.text)
+        assert "outside the dates" in reply.json()["error"]["message"]
+    assert get(seeded_gateway, MASTER_KEY, since="0002-01-01", until="9999-01-01").json()["total"]["requests"] == 6
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    for args in (["--until", "0001-01-05"], ["--since", "9999-12-31T12:00"]):
+        out = CliRunner().invoke(cli, ["report", *args, "-c", str(cfg)])
+        assert out.exit_code == 2 and "outside the dates" in out.output, out.output
+
+
+def test_a_key_cannot_be_given_the_empty_team_that_stands_for_no_team(gateway_factory, tmp_path: Path) -> None:
+    """Requests without a team are kept under team '' in the roll-up: a key of team '' (which POST /admin/keys
+    took when the config declares no teams) read their figures in /v1/reports/costs and /dashboard."""
+    gw = gateway_factory(f'master_key: os.environ/DRAFTGATE_TEST_MASTER\ndatabase_url: "sqlite:///{tmp_path / "l.db"}"'
+                         "\nlocal:\n  enabled: false\n")
+    gw.services.db.insert_records([r for r in seeded() if r.team == "research"] +
+                                  [r.__class__(**{**r.__dict__, "team": None}) for r in seeded() if r.team == "ops"])
+    assert get(gw, MASTER_KEY, since=SINCE, group_by="team").json()["total"]["requests"] == 6
+    created = httpx.post(f"{gw.url}/admin/keys", json={"name": "sneaky", "team": ""},
+                         headers={"authorization": f"Bearer {MASTER_KEY}"})
+    assert created.status_code == 400 and created.json()["error"]["param"] == "team", created.text
+    assert [k["name"] for k in httpx.get(f"{gw.url}/admin/keys",
+                                         headers={"authorization": f"Bearer {MASTER_KEY}"}).json()] == []
+    # one stored with team '' before is a key without a team: refused by reports and the dashboard
+    raw, _ = gw.services.keys.create("old", "")
+    assert get(gw, raw, since=SINCE).status_code == 403
+    dashboard = httpx.post(f"{gw.url}/dashboard/login", data={"key": raw})
+    assert dashboard.status_code == 401 and "draftgate_key" not in dashboard.cookies

@@ -325,3 +325,19 @@ def test_a_postgres_host_that_never_answers_fails_at_the_connect_timeout(monkeyp
     assert not worker.is_alive(), "still waiting for the silent database after 20 s"
     assert isinstance(outcome[0], LedgerError) and time.monotonic() - started < 20
     assert "secret" not in str(outcome[0])
+
+
+def test_a_full_requests_per_minute_limit_counts_the_requests_in_flight(db: Database) -> None:
+    """An rpm 429 said "(2, 0 used)" while two requests of the minute were still running: they count from
+    their start, so the message says 2 used."""
+    from ledger.budgets import BudgetExceeded, BudgetStore, Claim, Limits, counters
+
+    store = BudgetStore(db)
+    limit = counters("key:k", Limits(rpm_limit=2), T0)[0]
+    first = store.reserve([Claim(limit, 1.0)])
+    store.reserve([Claim(limit, 1.0)])
+    store.settle(first, {"requests": 1.0})  # one finished, one still running
+    with pytest.raises(BudgetExceeded) as info:
+        store.reserve([Claim(limit, 1.0)])
+    assert "has reached its requests-per-minute limit (2, 2 used)" in str(info.value)
+    assert not info.value.in_flight  # a request is counted once it starts: waiting for it does not help

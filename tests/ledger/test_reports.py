@@ -258,3 +258,13 @@ def test_report_values_are_plain_ints_and_floats(db: Database) -> None:
     json.dumps(data)
     assert type(data["total"]["requests"]) is int and type(data["total"]["prompt_tokens"]) is int
     assert type(data["total"]["cost_usd"]) is float
+
+
+def test_a_filter_on_no_team_counts_the_edge_days_too(db: Database) -> None:
+    """team '' (how the roll-up and `group_by=team` name requests without a team, "(none)"): the whole days came
+    from the roll-up, but the partial days at the window's edges matched no raw row (stored with a NULL team)."""
+    db.insert_records([record(f"n{i}", team=None, created_at=T0 + timedelta(hours=8 * i)) for i in range(9)])
+    window = {"since": T0 - timedelta(hours=1), "until": T0 + timedelta(days=2, hours=13)}  # partial days at both ends
+    teamless = by_group(db, group_by="team", team="", **window)
+    everyone = by_group(db, group_by="team", **window)
+    assert teamless["total"]["requests"] == everyone[""]["requests"] == 8
