@@ -42,6 +42,8 @@ class Fault:
     code: str | None = None  # the error body's `code` and `param` with `status` (context_length_exceeded, ...)
     param: str | None = None
     padding_bytes: int = 0  # a non-streaming answer this much larger (an extra field): an upstream gone haywire
+    body: bytes | None = None  # a non-streaming 200 with exactly this body (`{"choices": null}`, say)
+    error_payload: bytes | None = None  # the error event `error_in_stream_after` sends, as this upstream words it
 
 
 @dataclass
@@ -256,7 +258,8 @@ class SimulatorServer:
                 completion["usage"] = fault.usage
             if fault.padding_bytes:
                 completion["padding"] = "x" * fault.padding_bytes
-            response = _response(200, orjson.dumps(completion)[:40] if fault.broken_body else orjson.dumps(completion))
+            sent = orjson.dumps(completion) if fault.body is None else fault.body
+            response = _response(200, sent[:40] if fault.broken_body else sent)
             if fault.trickle_s:
                 step = -(-len(response) // 10)
                 for start in range(0, len(response), step):
@@ -293,7 +296,8 @@ class SimulatorServer:
                 writer.transport.abort()
                 return False
             if fault.error_in_stream_after is not None and i > fault.error_in_stream_after:
-                payload = b'data: {"error":{"message":"' + fault.message.encode() + b'","type":"server_error"}}\n\n'
+                event = fault.error_payload or b'{"error":{"message":"' + fault.message.encode() + b'","type":"server_error"}}'
+                payload = b"data: " + event + b"\n\n"
                 writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
                 break
             payload = b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -7,7 +7,7 @@ import email.utils
 import importlib
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeGuard
 
 import aiohttp
 import orjson
@@ -143,6 +143,13 @@ def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFa
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
+def _has_usable_choices(data: Any) -> TypeGuard[dict[str, Any]]:
+    """A chat.completion body with at least one choice, each an object with a `message` object."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    return (isinstance(choices, list) and bool(choices)
+            and all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices))
+
+
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a non-streaming answer larger than this is an upstream gone haywire
 _DRAIN_LIMIT = 4096  # bytes after `[DONE]` worth reading to keep a connection; more means a misbehaving upstream
 _DRAIN_TIMEOUT_S = 1.0
@@ -276,7 +283,7 @@ class OpenAITransport:
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
                                 retryable=True, billed=True) from exc
-        if not isinstance(data, dict) or "choices" not in data:
+        if not _has_usable_choices(data):  # `choices: null`, `[]`, no message: relayed, the client's SDK fails on it
             raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
                                 billed=True)
         return data

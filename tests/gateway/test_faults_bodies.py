@@ -1,0 +1,30 @@
+"""Upstream answers that are 200s, and parse, but are not what an OpenAI client can use: never relayed as a
+success; and error events however the upstream words them end the stream with that error."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.simulator import Fault
+from tests.conftest import hosted_config
+from tests.gateway.test_chat_hosted import client, flushed_db
+
+PROMPT = [{"role": "user", "content": "Tell me about the weather in Oslo in three sentences, please."}]
+
+
+@pytest.mark.parametrize("body", [b'{"id":"x","object":"chat.completion","choices":null}',
+                                  b'{"id":"x","object":"chat.completion","choices":"nothing"}',
+                                  b'{"id":"x","object":"chat.completion","choices":[]}',
+                                  b'{"id":"x","object":"chat.completion","choices":[null]}',
+                                  b'{"id":"x","object":"chat.completion","choices":[{"index":0}]}'])
+def test_a_200_whose_choices_are_unusable_is_retried_and_billed_like_a_broken_body(gateway_factory, simulator,
+                                                                                   body: bytes) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(body=body))
+    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT)
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "echo: " + PROMPT[0]["content"]
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.status == "ok"
+    assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True), (200, None)]
+    assert row.detail["usage_estimated"] is True
