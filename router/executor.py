@@ -33,7 +33,7 @@ from router.streams import (
     merged,
     primed,
 )
-from router.transport import StreamBroken
+from router.transport import StreamBroken, is_error_event, stream_error
 from router.usage import TokenEstimator, answer_text, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
 
@@ -281,6 +281,8 @@ class Executor:
                 except ValueError as exc:  # relayed as is, it would break the client's SDK mid-stream
                     raise StreamBroken(f"upstream {opened.model.alias} sent a malformed stream chunk",
                                        retryable=False, error_type="stream_interrupted") from exc
+                if is_error_event(chunk):  # relayed, it is no chunk; the row would lose the upstream's message
+                    raise stream_error(payload, opened.model)
                 last = chunk
                 _note_finished(chunk, choices)
                 answer.append(delta_text(chunk))

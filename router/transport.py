@@ -95,10 +95,24 @@ def _error_message(content: bytes, status: int) -> _UpstreamErrorBody:
                                       _short_text(err.get("param")))
         if isinstance(err, str):
             return _UpstreamErrorBody(err)
+        if isinstance(data, dict) and data.get("object") == "error" and data.get("message"):  # vLLM's ErrorResponse
+            return _UpstreamErrorBody(str(data["message"]), _short_text(data.get("type")), _short_text(data.get("code")),
+                                      _short_text(data.get("param")))
     except orjson.JSONDecodeError:
         pass
     text = content.decode("utf-8", "replace").strip()[:500]
     return _UpstreamErrorBody(text or f"upstream returned HTTP {status}")
+
+
+def is_error_event(chunk: Mapping[str, Any]) -> bool:
+    """A stream event that is an error, however worded: `{ "error": …}`, `{"object": "error", …}` (vLLM)."""
+    return bool(chunk.get("error")) or chunk.get("object") == "error"
+
+
+def stream_error(payload: bytes, model: HostedModel) -> StreamBroken:
+    """The failure an error event inside an upstream stream ends the client's stream with."""
+    error = _error_message(payload, 502)
+    return StreamBroken(redact(error.message, model), retryable=False, error_type=error.error_type)
 
 
 def redact(message: str, model: HostedModel) -> str:
@@ -181,10 +195,8 @@ class _HTTPStream:
                 if payload == b"[DONE]":
                     self._finished = True
                     return
-                if payload.startswith(b'{"error"'):
-                    error = _error_message(payload, 502)
-                    raise StreamBroken(redact(error.message, self._model), retryable=False,
-                                       error_type=error.error_type)
+                if payload.startswith(b'{"error"'):  # the common wording; `is_error_event` catches the others
+                    raise stream_error(payload, self._model)
                 yield payload
             self._finished = True
         except TRANSPORT_ERRORS as exc:

@@ -3,6 +3,7 @@ success; and error events however the upstream words them end the stream with th
 
 from __future__ import annotations
 
+import openai
 import pytest
 
 from gateway.simulator import Fault
@@ -28,3 +29,23 @@ def test_a_200_whose_choices_are_unusable_is_retried_and_billed_like_a_broken_bo
     assert row is not None and row.status == "ok"
     assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True), (200, None)]
     assert row.detail["usage_estimated"] is True
+
+
+@pytest.mark.parametrize("event", [b'{ "error": {"message": "overloaded mid-answer", "type": "server_error"}}',
+                                   b'{"object":"error","error":{"message":"overloaded mid-answer"}}',
+                                   b'{"object":"error","message":"overloaded mid-answer","type":"InternalServerError",'
+                                   b'"code":500}'])
+def test_an_error_event_worded_otherwise_still_ends_the_stream_with_its_error(gateway_factory, simulator,
+                                                                              event: bytes) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(error_in_stream_after=2, error_payload=event))
+    received: list[dict] = []
+    with pytest.raises(openai.APIError) as info, client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=PROMPT, stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for chunk in response.parse():
+            received.append(chunk.model_dump())
+    assert "overloaded mid-answer" in str(info.value)
+    assert all(c.get("choices") is not None for c in received)  # the error event itself was not relayed as a chunk
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.status == "error" and "overloaded mid-answer" in (row.error or "")
