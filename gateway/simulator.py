@@ -26,7 +26,7 @@ class Fault:
 
     status: int | None = None  # reply with this HTTP status and an OpenAI error body
     message: str = "simulated upstream failure"
-    retry_after_s: float | None = None
+    retry_after_s: float | str | None = None  # a string is sent as is (an HTTP date, or a value that is neither)
     delay_s: float = 0.0  # stall before answering (to trip client timeouts)
     broken_body: bool = False  # answer 200 with a body cut short (not JSON): the work was done, and billed
     trickle_s: float = 0.0  # a non-streaming answer sent in 10 pieces this far apart (never silent for long)
@@ -244,7 +244,8 @@ class SimulatorServer:
             writer.transport.abort()
             return False
         if fault.status is not None:
-            extra = {"retry-after": f"{fault.retry_after_s:g}"} if fault.retry_after_s is not None else {}
+            after = fault.retry_after_s
+            extra = {} if after is None else {"retry-after": after if isinstance(after, str) else f"{after:g}"}
             err = {"error": {"message": fault.message, "type": "server_error" if fault.status >= 500 else
                              "invalid_request_error", "param": fault.param, "code": fault.code}}
             writer.write(_response(fault.status, orjson.dumps(err), extra=extra))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import importlib
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeGuard
@@ -53,21 +55,36 @@ class Transport(Protocol):
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream: ...
 
 
+MAX_PAUSE_S = 86400.0  # the longest pause an upstream's `Retry-After` is believed for: a day's quota
+
+
+def _pause(seconds: float) -> float | None:
+    """A pause as the gateway uses it: `inf`, `nan` or `1e400` would rest an alias for ever (or fail rounding)."""
+    return min(max(0.0, seconds), MAX_PAUSE_S) if math.isfinite(seconds) else None
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); None when neither can
+    be read (`Retry-After: soon` must not fail the attempt's handling)."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
-            return max(0.0, float(ms) / 1000)
+            return _pause(float(ms) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _pause(float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (ValueError, TypeError, IndexError, OverflowError):  # what the stdlib raises on text that is no date
+        return None
+    if parsed.tzinfo is None:  # `-0000`: UTC with no zone named (RFC 5322), not this machine's local time
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return _pause(parsed.timestamp() - time.time())
 
 
 def is_retryable_status(status: int) -> bool:

@@ -3,12 +3,15 @@ success; and error events however the upstream words them end the stream with th
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
 from gateway.simulator import Fault
 from tests.conftest import hosted_config
 from tests.gateway.test_chat_hosted import client, flushed_db
+from tests.gateway.test_faults import ask
 
 PROMPT = [{"role": "user", "content": "Tell me about the weather in Oslo in three sentences, please."}]
 
@@ -49,3 +52,25 @@ def test_an_error_event_worded_otherwise_still_ends_the_stream_with_its_error(ga
     assert all(c.get("choices") is not None for c in received)  # the error event itself was not relayed as a chunk
     row = flushed_db(gw).get_record(request_id)
     assert row is not None and row.status == "error" and "overloaded mid-answer" in (row.error or "")
+
+
+@pytest.mark.parametrize("retry_after", ["soon", "inf", "1e400"])
+def test_a_retry_after_that_is_no_number_of_seconds_does_not_break_the_request(gateway_factory, simulator,
+                                                                               retry_after: str) -> None:
+    """`Retry-After: soon` (neither seconds nor an HTTP date) was a 500 with nothing recorded about the upstream;
+    `inf` rested the alias for ever and made the gateway's own 429 a 500 (it could not round infinity)."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=503, retry_after_s=retry_after))
+    raw = ask(gw, "after a 503")
+    assert raw.parse().choices[0].message.content == "echo: after a 503"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and [a["status_code"] for a in row.detail["attempts"]] == [503, 200]
+
+    simulator.state.faults.extend([Fault(status=429, retry_after_s=retry_after)] * 4)  # the alias's 3, backup's 1
+    with pytest.raises(openai.RateLimitError) as info:
+        client(gw).with_options(max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "limited"}])
+    assert 1 <= int(info.value.response.headers["retry-after"]) <= 86400
+    simulator.state.faults.clear()
+    time.sleep(1.1)
+    assert ask(gw, "later").parse().choices[0].message.content == "echo: later"  # no alias rests for ever
