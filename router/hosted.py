@@ -132,9 +132,15 @@ def _is_retryable(exc: BaseException) -> bool:
 FALLBACK_STATUSES = frozenset({401, 403, 404})
 
 
+def _rejects_request(exc: AttemptFailed) -> bool:
+    """A 4xx no retry can fix: the request's fault or this upstream's setup (401/403/404). A 3xx (an `http://`
+    api_base redirected to https) or another odd status is the upstream's failure, never the client's."""
+    return not exc.retryable and (exc.status_code is None or 400 <= exc.status_code < 500)
+
+
 def _stops_chain(exc: AttemptFailed) -> bool:
     """Whether every fallback would fail the same way: the request itself was rejected (400, 413, 422 …)."""
-    return not exc.retryable and exc.status_code not in FALLBACK_STATUSES
+    return _rejects_request(exc) and exc.status_code not in FALLBACK_STATUSES
 
 
 def _make_wait(backoff_initial_s: float) -> Any:
@@ -275,7 +281,7 @@ class HostedClient:
         tried = sum(not a.skipped for a in attempts)
         if last.status_code == 429:  # as LiteLLM does: the client's SDK backs off and retries a 429
             return UpstreamRateLimitedError(alias, last.message, retry_after_s=last.retry_after_s, attempts=tried)
-        cls = UpstreamError if last.retryable else UpstreamRejectedError
+        cls = UpstreamRejectedError if _rejects_request(last) else UpstreamError
         return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type, attempts=tried,
                    code=last.code, param=last.param)
 

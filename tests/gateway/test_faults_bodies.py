@@ -74,3 +74,22 @@ def test_a_retry_after_that_is_no_number_of_seconds_does_not_break_the_request(g
     simulator.state.faults.clear()
     time.sleep(1.1)
     assert ask(gw, "later").parse().choices[0].message.content == "echo: later"  # no alias rests for ever
+
+
+def test_a_redirect_or_other_non_error_status_is_the_upstreams_fault_not_the_clients(gateway_factory,
+                                                                                    simulator) -> None:
+    """An upstream answering 301 or 302 (an `http://` api_base a provider redirects to https) is misconfigured or
+    misbehaving: its fallback answers; with none left, a 502. It was a 400 `upstream_rejected`, blaming the
+    client's request, and the fallbacks were never tried."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(status=301, message="Moved Permanently"))
+    raw = ask(gw, "redirected")
+    assert raw.parse().choices[0].message.content == "echo: redirected"
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and [(a["alias"], a["status_code"]) for a in row.detail["attempts"]] == [
+        ("gpt-4o-mini", 301), ("backup", 200)]
+
+    simulator.state.faults.extend([Fault(status=301), Fault(status=302)])
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(gw, "nowhere")
+    assert info.value.status_code == 502 and info.value.type == "api_error"
