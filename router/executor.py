@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -19,6 +19,8 @@ from router.hosted import (
     Attempt,
     HostedClient,
     HostedResult,
+    answer_usage,
+    believable,
     parse_chunk,
     usage_is_invalid,
     usage_of,
@@ -34,7 +36,7 @@ from router.streams import (
     primed,
 )
 from router.transport import StreamBroken, is_error_event, stream_error
-from router.usage import TokenEstimator, answer_text, delta_text
+from router.usage import TokenEstimator, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
 
 T = TypeVar("T")
@@ -205,7 +207,7 @@ class Executor:
         (prompt_tokens, completion_tokens), estimated = await answer_usage(self._tokens, result, job.messages)
         if estimated:
             detail["usage_estimated"] = True
-            if usage_is_invalid(result.body):
+            if result.body.get("usage") is not None:  # sent, and not believed
                 detail["upstream_usage_invalid"] = True
         cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
@@ -274,6 +276,7 @@ class Executor:
         answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
         last: dict[str, Any] = {}
         choices: dict[int, bool] = {}  # each choice seen: whether it has its finish_reason yet
+        held: bytes | None = None  # the upstream's usage chunk, relayed once the answer shows it believable
         try:
             async for payload in opened.lines():
                 try:
@@ -290,7 +293,8 @@ class Executor:
                 if usage is not None:
                     outcome.prompt_tokens, outcome.completion_tokens = usage
                     reported = True
-                    if not chunk.get("choices") and not job.wants_usage:
+                    if not chunk.get("choices"):
+                        held = payload if job.wants_usage else None
                         continue
                 elif usage_is_invalid(chunk):  # counted here instead; a usage-only chunk is replaced by that count
                     outcome.detail["upstream_usage_invalid"] = True
@@ -300,6 +304,10 @@ class Executor:
             if not choices or not all(choices.values()):  # the body ended early (a proxy timing it out, say)
                 raise StreamBroken(f"upstream {opened.model.alias} ended its stream before its answer finished",
                                    retryable=False, error_type="stream_interrupted")
+            if reported and not believable((outcome.prompt_tokens, outcome.completion_tokens), "".join(answer)):
+                outcome.detail["upstream_usage_invalid"], reported = True, False
+            if reported and held is not None:
+                yield held
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that
                 # asked for a usage chunk still gets one, as the ledger's figures
                 outcome.prompt_tokens, outcome.completion_tokens = await asyncio.to_thread(
@@ -357,16 +365,6 @@ async def _counted(count: Callable[..., T], *args: Any) -> T:
         return await asyncio.shield(counting)
     except asyncio.CancelledError:
         return count(*args)
-
-
-async def answer_usage(tokens: TokenEstimator, result: HostedResult,
-                       messages: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, int], bool]:
-    """A hosted answer's (prompt, completion) tokens as its upstream reported them, else counted here (the
-    provider still billed it: never $0); and whether they were counted."""
-    usage = usage_of(result.body)
-    if usage is not None:
-        return usage, False
-    return await asyncio.to_thread(tokens.usage, result.model.model, messages, [answer_text(result.body)]), True
 
 
 def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,6 +31,7 @@ from router.errors import (
     UpstreamRejectedError,
 )
 from router.transport import AttemptFailed, LiteLLMTransport, OpenAITransport, Transport, UpstreamStream
+from router.usage import TokenEstimator, answer_text
 
 MAX_RETRY_AFTER_S = 30.0
 RETRYABLE_4XX = frozenset({408, 409, 429})
@@ -310,6 +311,14 @@ def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
+def believable(usage: tuple[int, int] | None, answer: str) -> tuple[int, int] | None:
+    """`usage` unless it is a placeholder: no prompt tokens (every chat request has some), or none for an answer
+    that has text. Believed, it would be a silent $0 for tokens the provider billed."""
+    if usage is None or usage[0] == 0 or (usage[1] == 0 and answer):
+        return None
+    return usage
+
+
 def usage_is_invalid(body: Mapping[str, Any]) -> bool:
     """The upstream sent a `usage` that `usage_of` could not believe (for the ledger's detail)."""
     return body.get("usage") is not None and usage_of(body) is None
@@ -321,3 +330,13 @@ def parse_chunk(line: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("chunk is not a JSON object")
     return value
+
+
+async def answer_usage(tokens: TokenEstimator, result: HostedResult,
+                       messages: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, int], bool]:
+    """A hosted answer's (prompt, completion) tokens as its upstream reported them, else counted here (the
+    provider still billed it: never $0); and whether they were counted."""
+    usage = believable(usage_of(result.body), answer_text(result.body))
+    if usage is not None:
+        return usage, False
+    return await asyncio.to_thread(tokens.usage, result.model.model, messages, [answer_text(result.body)]), True
