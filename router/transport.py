@@ -196,10 +196,30 @@ class _HTTPStream:
         self._background = background
         self._finished = False  # read to `[DONE]` or the end: the pool (or the drain task) owns the connection
 
+    async def _raw_lines(self) -> AsyncIterator[bytes]:
+        """The body's lines, however long up to MAX_RESPONSE_BYTES: aiohttp's own line reader refuses one over
+        twice its buffer (~2 MiB), which a large tool call or an image in one delta is."""
+        buffer = bytearray()  # the line begun and not ended yet
+        async for piece in self._response.content.iter_any():
+            if b"\n" not in piece:
+                buffer += piece
+                if len(buffer) > MAX_RESPONSE_BYTES:
+                    raise StreamBroken(f"upstream {self._model.alias} sent a stream line over {MAX_RESPONSE_BYTES} "
+                                       "bytes", retryable=False, error_type="stream_interrupted")
+                continue
+            first, *more = piece.split(b"\n")
+            buffer += first
+            yield bytes(buffer)
+            for line in more[:-1]:
+                yield line
+            buffer = bytearray(more[-1])
+        if buffer:
+            yield bytes(buffer)
+
     async def lines(self) -> AsyncIterator[bytes]:
         count = 0
         try:
-            async for raw in self._response.content:
+            async for raw in self._raw_lines():
                 # Buffered lines are handed out without awaiting: give the event loop a turn now and
                 # then, or one fast stream starves every other task (disconnect checks included).
                 count += 1

@@ -93,3 +93,18 @@ def test_a_redirect_or_other_non_error_status_is_the_upstreams_fault_not_the_cli
     with pytest.raises(openai.APIStatusError) as info:
         ask(gw, "nowhere")
     assert info.value.status_code == 502 and info.value.type == "api_error"
+
+
+def test_a_stream_chunk_of_megabytes_is_relayed_whole(gateway_factory, simulator) -> None:
+    """One SSE line over aiohttp's line limit (~2 MiB: a large tool call or an image in one delta) was a 500
+    `internal error` mid-stream and a row without the answer; the limit is the non-streaming answer's (64 MiB)."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.chunk_words = 10**7  # the whole reply in one chunk
+    simulator.state.replies.append("x" * (3 * 2**20) + " y")
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=PROMPT, stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    assert text == "x" * (3 * 2**20) + " y"
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and (row.status, row.status_code) == ("ok", 200)
