@@ -186,12 +186,8 @@ class Executor:
         attempts: list[Attempt] = []
         try:
             result = await self._hosted.complete(alias, job.upstream_body, attempts)
-        except asyncio.CancelledError as exc:
-            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
-            raise
-        except UpstreamError as exc:  # attempts answered unusably were still billed: the error's row says so
-            if any(a.billed for a in attempts):
-                exc.outcome = await self.abandoned_outcome(job, attempts)
+        except (asyncio.CancelledError, UpstreamError) as exc:  # attempts billed though unusable: on the row
+            await self._carry_abandoned(exc, job, attempts)
             raise
         outcome = await self._answered_outcome(job, result)
         if any(a.billed for a in attempts):  # earlier attempts the provider charged though they were unusable
@@ -259,13 +255,18 @@ class Executor:
         outcome.detail["usage_estimated"] = True
         return outcome
 
+    async def _carry_abandoned(self, exc: BaseException, job: Job, attempts: Sequence[Attempt]) -> None:
+        """Puts what the attempts cost on the error (its row): always for a client gone, else when any was billed."""
+        if isinstance(exc, asyncio.CancelledError) or any(a.billed for a in attempts):
+            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
         """Opens a hosted stream; cancelled before the upstream's first byte, as `run_hosted`."""
         attempts: list[Attempt] = []
         try:
             opened = await self._hosted.stream(alias, job.upstream_body, attempts)
-        except asyncio.CancelledError as exc:
-            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+        except (asyncio.CancelledError, UpstreamError) as exc:  # as `run_hosted`: timeouts waiting for headers
+            await self._carry_abandoned(exc, job, attempts)
             raise
         outcome = Outcome(route=Route.HOSTED, provider_model=opened.model.model,
                           attempts=[a.as_dict() for a in opened.attempts])

@@ -108,3 +108,19 @@ def test_a_stream_chunk_of_megabytes_is_relayed_whole(gateway_factory, simulator
     assert text == "x" * (3 * 2**20) + " y"
     row = flushed_db(gw).get_record(request_id)
     assert row is not None and (row.status, row.status_code) == ("ok", 200)
+
+
+def test_a_stream_whose_attempts_all_time_out_is_billed_like_a_non_streaming_one(gateway_factory, simulator) -> None:
+    """Each attempt given up on after the upstream had the request is billed its prompt (`billed`), streaming or
+    not: a stream whose every attempt timed out waiting for its first byte was a 502 recorded at $0."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(delay_s=3)] * 4)  # timeout_s 2: the alias's 3 tries, then backup's 1
+    with pytest.raises(openai.APIStatusError) as info:
+        client(gw).with_options(max_retries=0).chat.completions.create(model="gpt-4o-mini", messages=PROMPT,
+                                                                       stream=True)
+    assert info.value.status_code == 502
+    row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+    assert row is not None and (row.status, row.status_code) == ("error", 502)
+    assert [a.get("billed") for a in row.detail["attempts"]] == [True] * 4
+    assert row.prompt_tokens > 0 and row.hosted_cost_usd and row.hosted_cost_usd > 0
+    assert row.detail["usage_estimated"] is True
