@@ -26,7 +26,7 @@ class Fault:
 
     status: int | None = None  # reply with this HTTP status and an OpenAI error body
     message: str = "simulated upstream failure"
-    retry_after_s: float | None = None
+    retry_after_s: float | str | None = None  # a string is sent as is (an HTTP date, or a value that is neither)
     delay_s: float = 0.0  # stall before answering (to trip client timeouts)
     broken_body: bool = False  # answer 200 with a body cut short (not JSON): the work was done, and billed
     trickle_s: float = 0.0  # a non-streaming answer sent in 10 pieces this far apart (never silent for long)
@@ -42,6 +42,8 @@ class Fault:
     code: str | None = None  # the error body's `code` and `param` with `status` (context_length_exceeded, ...)
     param: str | None = None
     padding_bytes: int = 0  # a non-streaming answer this much larger (an extra field): an upstream gone haywire
+    body: bytes | None = None  # a non-streaming 200 with exactly this body (`{"choices": null}`, say)
+    error_payload: bytes | None = None  # the error event `error_in_stream_after` sends, as this upstream words it
 
 
 @dataclass
@@ -242,7 +244,8 @@ class SimulatorServer:
             writer.transport.abort()
             return False
         if fault.status is not None:
-            extra = {"retry-after": f"{fault.retry_after_s:g}"} if fault.retry_after_s is not None else {}
+            after = fault.retry_after_s
+            extra = {} if after is None else {"retry-after": after if isinstance(after, str) else f"{after:g}"}
             err = {"error": {"message": fault.message, "type": "server_error" if fault.status >= 500 else
                              "invalid_request_error", "param": fault.param, "code": fault.code}}
             writer.write(_response(fault.status, orjson.dumps(err), extra=extra))
@@ -256,7 +259,8 @@ class SimulatorServer:
                 completion["usage"] = fault.usage
             if fault.padding_bytes:
                 completion["padding"] = "x" * fault.padding_bytes
-            response = _response(200, orjson.dumps(completion)[:40] if fault.broken_body else orjson.dumps(completion))
+            sent = orjson.dumps(completion) if fault.body is None else fault.body
+            response = _response(200, sent[:40] if fault.broken_body else sent)
             if fault.trickle_s:
                 step = -(-len(response) // 10)
                 for start in range(0, len(response), step):
@@ -293,7 +297,8 @@ class SimulatorServer:
                 writer.transport.abort()
                 return False
             if fault.error_in_stream_after is not None and i > fault.error_in_stream_after:
-                payload = b'data: {"error":{"message":"' + fault.message.encode() + b'","type":"server_error"}}\n\n'
+                event = fault.error_payload or b'{"error":{"message":"' + fault.message.encode() + b'","type":"server_error"}}'
+                payload = b"data: " + event + b"\n\n"
                 writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
                 break
             payload = b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -19,6 +19,8 @@ from router.hosted import (
     Attempt,
     HostedClient,
     HostedResult,
+    answer_usage,
+    believable,
     parse_chunk,
     usage_is_invalid,
     usage_of,
@@ -33,8 +35,8 @@ from router.streams import (
     merged,
     primed,
 )
-from router.transport import StreamBroken
-from router.usage import TokenEstimator, answer_text, delta_text
+from router.transport import StreamBroken, is_error_event, stream_error
+from router.usage import TokenEstimator, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
 
 T = TypeVar("T")
@@ -184,12 +186,8 @@ class Executor:
         attempts: list[Attempt] = []
         try:
             result = await self._hosted.complete(alias, job.upstream_body, attempts)
-        except asyncio.CancelledError as exc:
-            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
-            raise
-        except UpstreamError as exc:  # attempts answered unusably were still billed: the error's row says so
-            if any(a.billed for a in attempts):
-                exc.outcome = await self.abandoned_outcome(job, attempts)
+        except (asyncio.CancelledError, UpstreamError) as exc:  # attempts billed though unusable: on the row
+            await self._carry_abandoned(exc, job, attempts)
             raise
         outcome = await self._answered_outcome(job, result)
         if any(a.billed for a in attempts):  # earlier attempts the provider charged though they were unusable
@@ -205,7 +203,7 @@ class Executor:
         (prompt_tokens, completion_tokens), estimated = await answer_usage(self._tokens, result, job.messages)
         if estimated:
             detail["usage_estimated"] = True
-            if usage_is_invalid(result.body):
+            if result.body.get("usage") is not None:  # sent, and not believed
                 detail["upstream_usage_invalid"] = True
         cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
@@ -257,13 +255,18 @@ class Executor:
         outcome.detail["usage_estimated"] = True
         return outcome
 
+    async def _carry_abandoned(self, exc: BaseException, job: Job, attempts: Sequence[Attempt]) -> None:
+        """Puts what the attempts cost on the error (its row): always for a client gone, else when any was billed."""
+        if isinstance(exc, asyncio.CancelledError) or any(a.billed for a in attempts):
+            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
         """Opens a hosted stream; cancelled before the upstream's first byte, as `run_hosted`."""
         attempts: list[Attempt] = []
         try:
             opened = await self._hosted.stream(alias, job.upstream_body, attempts)
-        except asyncio.CancelledError as exc:
-            exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
+        except (asyncio.CancelledError, UpstreamError) as exc:  # as `run_hosted`: timeouts waiting for headers
+            await self._carry_abandoned(exc, job, attempts)
             raise
         outcome = Outcome(route=Route.HOSTED, provider_model=opened.model.model,
                           attempts=[a.as_dict() for a in opened.attempts])
@@ -274,6 +277,7 @@ class Executor:
         answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
         last: dict[str, Any] = {}
         choices: dict[int, bool] = {}  # each choice seen: whether it has its finish_reason yet
+        held: bytes | None = None  # the upstream's usage chunk, relayed once the answer shows it believable
         try:
             async for payload in opened.lines():
                 try:
@@ -281,6 +285,8 @@ class Executor:
                 except ValueError as exc:  # relayed as is, it would break the client's SDK mid-stream
                     raise StreamBroken(f"upstream {opened.model.alias} sent a malformed stream chunk",
                                        retryable=False, error_type="stream_interrupted") from exc
+                if is_error_event(chunk):  # relayed, it is no chunk; the row would lose the upstream's message
+                    raise stream_error(payload, opened.model)
                 last = chunk
                 _note_finished(chunk, choices)
                 answer.append(delta_text(chunk))
@@ -288,7 +294,8 @@ class Executor:
                 if usage is not None:
                     outcome.prompt_tokens, outcome.completion_tokens = usage
                     reported = True
-                    if not chunk.get("choices") and not job.wants_usage:
+                    if not chunk.get("choices"):
+                        held = payload if job.wants_usage else None
                         continue
                 elif usage_is_invalid(chunk):  # counted here instead; a usage-only chunk is replaced by that count
                     outcome.detail["upstream_usage_invalid"] = True
@@ -298,6 +305,10 @@ class Executor:
             if not choices or not all(choices.values()):  # the body ended early (a proxy timing it out, say)
                 raise StreamBroken(f"upstream {opened.model.alias} ended its stream before its answer finished",
                                    retryable=False, error_type="stream_interrupted")
+            if reported and not believable((outcome.prompt_tokens, outcome.completion_tokens), "".join(answer)):
+                outcome.detail["upstream_usage_invalid"], reported = True, False
+            if reported and held is not None:
+                yield held
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that
                 # asked for a usage chunk still gets one, as the ledger's figures
                 outcome.prompt_tokens, outcome.completion_tokens = await asyncio.to_thread(
@@ -355,16 +366,6 @@ async def _counted(count: Callable[..., T], *args: Any) -> T:
         return await asyncio.shield(counting)
     except asyncio.CancelledError:
         return count(*args)
-
-
-async def answer_usage(tokens: TokenEstimator, result: HostedResult,
-                       messages: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, int], bool]:
-    """A hosted answer's (prompt, completion) tokens as its upstream reported them, else counted here (the
-    provider still billed it: never $0); and whether they were counted."""
-    usage = usage_of(result.body)
-    if usage is not None:
-        return usage, False
-    return await asyncio.to_thread(tokens.usage, result.model.model, messages, [answer_text(result.body)]), True
 
 
 def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,6 +31,7 @@ from router.errors import (
     UpstreamRejectedError,
 )
 from router.transport import AttemptFailed, LiteLLMTransport, OpenAITransport, Transport, UpstreamStream
+from router.usage import TokenEstimator, answer_text
 
 MAX_RETRY_AFTER_S = 30.0
 RETRYABLE_4XX = frozenset({408, 409, 429})
@@ -132,9 +133,15 @@ def _is_retryable(exc: BaseException) -> bool:
 FALLBACK_STATUSES = frozenset({401, 403, 404})
 
 
+def _rejects_request(exc: AttemptFailed) -> bool:
+    """A 4xx no retry can fix: the request's fault or this upstream's setup (401/403/404). A 3xx (an `http://`
+    api_base redirected to https) or another odd status is the upstream's failure, never the client's."""
+    return not exc.retryable and (exc.status_code is None or 400 <= exc.status_code < 500)
+
+
 def _stops_chain(exc: AttemptFailed) -> bool:
     """Whether every fallback would fail the same way: the request itself was rejected (400, 413, 422 …)."""
-    return not exc.retryable and exc.status_code not in FALLBACK_STATUSES
+    return _rejects_request(exc) and exc.status_code not in FALLBACK_STATUSES
 
 
 def _make_wait(backoff_initial_s: float) -> Any:
@@ -275,7 +282,7 @@ class HostedClient:
         tried = sum(not a.skipped for a in attempts)
         if last.status_code == 429:  # as LiteLLM does: the client's SDK backs off and retries a 429
             return UpstreamRateLimitedError(alias, last.message, retry_after_s=last.retry_after_s, attempts=tried)
-        cls = UpstreamError if last.retryable else UpstreamRejectedError
+        cls = UpstreamRejectedError if _rejects_request(last) else UpstreamError
         return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type, attempts=tried,
                    code=last.code, param=last.param)
 
@@ -304,6 +311,14 @@ def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
+def believable(usage: tuple[int, int] | None, answer: str) -> tuple[int, int] | None:
+    """`usage` unless it is a placeholder: no prompt tokens (every chat request has some), or none for an answer
+    that has text. Believed, it would be a silent $0 for tokens the provider billed."""
+    if usage is None or usage[0] == 0 or (usage[1] == 0 and answer):
+        return None
+    return usage
+
+
 def usage_is_invalid(body: Mapping[str, Any]) -> bool:
     """The upstream sent a `usage` that `usage_of` could not believe (for the ledger's detail)."""
     return body.get("usage") is not None and usage_of(body) is None
@@ -315,3 +330,13 @@ def parse_chunk(line: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("chunk is not a JSON object")
     return value
+
+
+async def answer_usage(tokens: TokenEstimator, result: HostedResult,
+                       messages: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, int], bool]:
+    """A hosted answer's (prompt, completion) tokens as its upstream reported them, else counted here (the
+    provider still billed it: never $0); and whether they were counted."""
+    usage = believable(usage_of(result.body), answer_text(result.body))
+    if usage is not None:
+        return usage, False
+    return await asyncio.to_thread(tokens.usage, result.model.model, messages, [answer_text(result.body)]), True

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.executor import answer_usage
-from router.hosted import HostedClient
+from router.hosted import HostedClient, answer_usage
 from router.pricing import Pricing
 from router.usage import TokenEstimator, answer_text
 from router.verifiers import JudgeFn, JudgeReply

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import importlib
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeGuard
 
 import aiohttp
 import orjson
@@ -53,21 +55,36 @@ class Transport(Protocol):
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream: ...
 
 
+MAX_PAUSE_S = 86400.0  # the longest pause an upstream's `Retry-After` is believed for: a day's quota
+
+
+def _pause(seconds: float) -> float | None:
+    """A pause as the gateway uses it: `inf`, `nan` or `1e400` would rest an alias for ever (or fail rounding)."""
+    return min(max(0.0, seconds), MAX_PAUSE_S) if math.isfinite(seconds) else None
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); None when neither can
+    be read (`Retry-After: soon` must not fail the attempt's handling)."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
-            return max(0.0, float(ms) / 1000)
+            return _pause(float(ms) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _pause(float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (ValueError, TypeError, IndexError, OverflowError):  # what the stdlib raises on text that is no date
+        return None
+    if parsed.tzinfo is None:  # `-0000`: UTC with no zone named (RFC 5322), not this machine's local time
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return _pause(parsed.timestamp() - time.time())
 
 
 def is_retryable_status(status: int) -> bool:
@@ -95,10 +112,24 @@ def _error_message(content: bytes, status: int) -> _UpstreamErrorBody:
                                       _short_text(err.get("param")))
         if isinstance(err, str):
             return _UpstreamErrorBody(err)
+        if isinstance(data, dict) and data.get("object") == "error" and data.get("message"):  # vLLM's ErrorResponse
+            return _UpstreamErrorBody(str(data["message"]), _short_text(data.get("type")), _short_text(data.get("code")),
+                                      _short_text(data.get("param")))
     except orjson.JSONDecodeError:
         pass
     text = content.decode("utf-8", "replace").strip()[:500]
     return _UpstreamErrorBody(text or f"upstream returned HTTP {status}")
+
+
+def is_error_event(chunk: Mapping[str, Any]) -> bool:
+    """A stream event that is an error, however worded: `{ "error": …}`, `{"object": "error", …}` (vLLM)."""
+    return bool(chunk.get("error")) or chunk.get("object") == "error"
+
+
+def stream_error(payload: bytes, model: HostedModel) -> StreamBroken:
+    """The failure an error event inside an upstream stream ends the client's stream with."""
+    error = _error_message(payload, 502)
+    return StreamBroken(redact(error.message, model), retryable=False, error_type=error.error_type)
 
 
 def redact(message: str, model: HostedModel) -> str:
@@ -143,6 +174,13 @@ def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFa
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
+def _has_usable_choices(data: Any) -> TypeGuard[dict[str, Any]]:
+    """A chat.completion body with at least one choice, each an object with a `message` object."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    return (isinstance(choices, list) and bool(choices)
+            and all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices))
+
+
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a non-streaming answer larger than this is an upstream gone haywire
 _DRAIN_LIMIT = 4096  # bytes after `[DONE]` worth reading to keep a connection; more means a misbehaving upstream
 _DRAIN_TIMEOUT_S = 1.0
@@ -158,10 +196,30 @@ class _HTTPStream:
         self._background = background
         self._finished = False  # read to `[DONE]` or the end: the pool (or the drain task) owns the connection
 
+    async def _raw_lines(self) -> AsyncIterator[bytes]:
+        """The body's lines, however long up to MAX_RESPONSE_BYTES: aiohttp's own line reader refuses one over
+        twice its buffer (~2 MiB), which a large tool call or an image in one delta is."""
+        buffer = bytearray()  # the line begun and not ended yet
+        async for piece in self._response.content.iter_any():
+            if b"\n" not in piece:
+                buffer += piece
+                if len(buffer) > MAX_RESPONSE_BYTES:
+                    raise StreamBroken(f"upstream {self._model.alias} sent a stream line over {MAX_RESPONSE_BYTES} "
+                                       "bytes", retryable=False, error_type="stream_interrupted")
+                continue
+            first, *more = piece.split(b"\n")
+            buffer += first
+            yield bytes(buffer)
+            for line in more[:-1]:
+                yield line
+            buffer = bytearray(more[-1])
+        if buffer:
+            yield bytes(buffer)
+
     async def lines(self) -> AsyncIterator[bytes]:
         count = 0
         try:
-            async for raw in self._response.content:
+            async for raw in self._raw_lines():
                 # Buffered lines are handed out without awaiting: give the event loop a turn now and
                 # then, or one fast stream starves every other task (disconnect checks included).
                 count += 1
@@ -174,10 +232,8 @@ class _HTTPStream:
                 if payload == b"[DONE]":
                     self._finished = True
                     return
-                if payload.startswith(b'{"error"'):
-                    error = _error_message(payload, 502)
-                    raise StreamBroken(redact(error.message, self._model), retryable=False,
-                                       error_type=error.error_type)
+                if payload.startswith(b'{"error"'):  # the common wording; `is_error_event` catches the others
+                    raise stream_error(payload, self._model)
                 yield payload
             self._finished = True
         except TRANSPORT_ERRORS as exc:
@@ -276,7 +332,7 @@ class OpenAITransport:
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
                                 retryable=True, billed=True) from exc
-        if not isinstance(data, dict) or "choices" not in data:
+        if not _has_usable_choices(data):  # `choices: null`, `[]`, no message: relayed, the client's SDK fails on it
             raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
                                 billed=True)
         return data

@@ -145,7 +145,9 @@ def test_a_local_stream_left_midway_is_charged_what_it_computed(gateway_factory,
     {"prompt_tokens": "12", "completion_tokens": 3},  # was a 500 after the upstream had answered
     {"prompt_tokens": 2**40, "completion_tokens": 3},  # over PostgreSQL's integer column: a row set aside
     {"prompt_tokens": 1e300, "completion_tokens": 3},  # was a 500 and a lost row (the journal cannot hold it)
-], ids=["negative", "nulls", "empty", "string", "huge-int", "huge-float"])
+    {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},  # a placeholder: was a silent $0
+    {"prompt_tokens": 14, "completion_tokens": 0, "total_tokens": 14},  # no tokens for an answer with text
+], ids=["negative", "nulls", "empty", "string", "huge-int", "huge-float", "zeros", "no-completion"])
 def test_an_upstream_usage_that_cannot_be_believed_is_counted_here(gateway_factory, simulator, usage) -> None:
     """An upstream's `usage` that is not a pair of plausible non-negative integers is treated as absent: the
     answer is served, priced from counted tokens (`usage_estimated`, `upstream_usage_invalid`), and the
