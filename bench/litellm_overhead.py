@@ -25,7 +25,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.simulator import Simulator, SimulatorServer
 from router.hosted import HostedModel
-from router.transport import LiteLLMTransport, OpenAITransport
+from router.litellm_transport import LiteLLMTransport
+from router.transport import OpenAITransport
 
 BODY = {"messages": [{"role": "user", "content": "hello from the benchmark"}], "max_tokens": 16}
 

@@ -30,7 +30,8 @@ from router.errors import (
     UpstreamRateLimitedError,
     UpstreamRejectedError,
 )
-from router.transport import AttemptFailed, LiteLLMTransport, OpenAITransport, Transport, UpstreamStream
+from router.litellm_transport import LiteLLMTransport
+from router.transport import AttemptFailed, OpenAITransport, Transport, UpstreamStream
 from router.usage import TokenEstimator, answer_text
 
 MAX_RETRY_AFTER_S = 30.0

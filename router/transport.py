@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
-import importlib
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -99,7 +98,7 @@ class _UpstreamErrorBody(NamedTuple):
     param: str | None = None
 
 
-def _short_text(value: Any) -> str | None:
+def short_text(value: Any) -> str | None:
     return str(value)[:256] if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" else None
 
 
@@ -108,13 +107,13 @@ def _error_message(content: bytes, status: int) -> _UpstreamErrorBody:
         data = orjson.loads(content)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            return _UpstreamErrorBody(str(err["message"]), _short_text(err.get("type")), _short_text(err.get("code")),
-                                      _short_text(err.get("param")))
+            return _UpstreamErrorBody(str(err["message"]), short_text(err.get("type")), short_text(err.get("code")),
+                                      short_text(err.get("param")))
         if isinstance(err, str):
             return _UpstreamErrorBody(err)
         if isinstance(data, dict) and data.get("object") == "error" and data.get("message"):  # vLLM's ErrorResponse
-            return _UpstreamErrorBody(str(data["message"]), _short_text(data.get("type")), _short_text(data.get("code")),
-                                      _short_text(data.get("param")))
+            return _UpstreamErrorBody(str(data["message"]), short_text(data.get("type")), short_text(data.get("code")),
+                                      short_text(data.get("param")))
     except orjson.JSONDecodeError:
         pass
     text = content.decode("utf-8", "replace").strip()[:500]
@@ -354,59 +353,3 @@ class OpenAITransport:
                 response.release()
             raise _failure_from_response(response.status, content, response.headers, model)
         return _HTTPStream(response, model, self._draining)
-
-
-class _LiteLLMStream:
-    def __init__(self, chunks: Any, model: HostedModel) -> None:
-        self._chunks = chunks
-        self._model = model
-
-    async def lines(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._chunks:
-                yield orjson.dumps(chunk.model_dump(exclude_none=True))
-        except Exception as exc:  # LiteLLM raises provider-specific types
-            message = redact(f"upstream {self._model.alias} stream broke: {exc}", self._model)
-            raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc
-
-    async def aclose(self) -> None:
-        close = getattr(self._chunks, "aclose", None)
-        if close is not None:
-            await close()
-
-
-class LiteLLMTransport:
-    """Providers that need request translation (Anthropic, Bedrock, Vertex, ...) via LiteLLM."""
-
-    def __init__(self) -> None:
-        self._module: Any = None
-
-    def _litellm(self) -> Any:
-        # Imported on first use: importing LiteLLM costs seconds that OpenAI-only setups never pay.
-        if self._module is None:
-            self._module = importlib.import_module("litellm")
-            self._module.suppress_debug_info = True
-        return self._module
-
-    async def _call(self, model: HostedModel, body: dict[str, Any], stream: bool) -> Any:
-        litellm = self._litellm()
-        kwargs = {k: v for k, v in body.items() if k not in ("model", "stream")}
-        try:
-            return await litellm.acompletion(model=model.model, api_base=model.api_base, api_key=model.api_key,
-                                             timeout=model.timeout_s, num_retries=0, stream=stream, **kwargs)
-        except Exception as exc:  # LiteLLM maps providers onto its own exception zoo
-            status = getattr(exc, "status_code", None)
-            status = int(status) if isinstance(status, int) else None
-            retryable = status is None or is_retryable_status(status)
-            message = redact(str(getattr(exc, "message", None) or exc), model)
-            raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
-                                code=_short_text(getattr(exc, "code", None)),
-                                param=_short_text(getattr(exc, "param", None))) from exc
-
-    async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._call(model, body, stream=False)
-        data: dict[str, Any] = response.model_dump(exclude_none=True)
-        return data
-
-    async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:
-        return _LiteLLMStream(await self._call(model, body, stream=True), model)

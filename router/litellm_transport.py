@@ -1,0 +1,77 @@
+"""Hosted calls to providers that need request translation (Anthropic, Bedrock, Vertex, ...), via LiteLLM."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from router.transport import (
+    AttemptFailed,
+    StreamBroken,
+    UpstreamStream,
+    is_retryable_status,
+    redact,
+    short_text,
+)
+
+if TYPE_CHECKING:
+    from router.hosted import HostedModel
+
+
+class _LiteLLMStream:
+    def __init__(self, chunks: Any, model: HostedModel) -> None:
+        self._chunks = chunks
+        self._model = model
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks:
+                yield orjson.dumps(chunk.model_dump(exclude_none=True))
+        except Exception as exc:  # LiteLLM raises provider-specific types
+            message = redact(f"upstream {self._model.alias} stream broke: {exc}", self._model)
+            raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc
+
+    async def aclose(self) -> None:
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class LiteLLMTransport:
+    """Providers that need request translation (Anthropic, Bedrock, Vertex, ...) via LiteLLM."""
+
+    def __init__(self) -> None:
+        self._module: Any = None
+
+    def _litellm(self) -> Any:
+        # Imported on first use: importing LiteLLM costs seconds that OpenAI-only setups never pay.
+        if self._module is None:
+            self._module = importlib.import_module("litellm")
+            self._module.suppress_debug_info = True
+        return self._module
+
+    async def _call(self, model: HostedModel, body: dict[str, Any], stream: bool) -> Any:
+        litellm = self._litellm()
+        kwargs = {k: v for k, v in body.items() if k not in ("model", "stream")}
+        try:
+            return await litellm.acompletion(model=model.model, api_base=model.api_base, api_key=model.api_key,
+                                             timeout=model.timeout_s, num_retries=0, stream=stream, **kwargs)
+        except Exception as exc:  # LiteLLM maps providers onto its own exception zoo
+            status = getattr(exc, "status_code", None)
+            status = int(status) if isinstance(status, int) else None
+            retryable = status is None or is_retryable_status(status)
+            message = redact(str(getattr(exc, "message", None) or exc), model)
+            raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
+                                code=short_text(getattr(exc, "code", None)),
+                                param=short_text(getattr(exc, "param", None))) from exc
+
+    async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._call(model, body, stream=False)
+        data: dict[str, Any] = response.model_dump(exclude_none=True)
+        return data
+
+    async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:
+        return _LiteLLMStream(await self._call(model, body, stream=True), model)
