@@ -224,13 +224,13 @@ class DiffusionEngine:
         if self._inline(request.messages):
             row = self._submit(request, emit)
             return RowEvents(self._events(row, events), lambda: setattr(row, "cancelled", True),
-                              lambda: self._spent(row))
+                             lambda: self._spent(row))
         self._reserve()
         self._preparing += 1
         submitted = loop.create_task(self._submit_off_loop(request, emit))
         submitted.add_done_callback(retrieved)
         return RowEvents(self._events(submitted, events), lambda: abandon(submitted),
-                          lambda: self._spent(submitted_row(submitted)))
+                         lambda: self._spent(submitted_row(submitted)))
 
     def _spent(self, row: Row | None) -> StreamDelta | None:
         """A row's running figures (read from the loop while the engine thread may still add its current

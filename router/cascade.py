@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from local_engine import Completion, ContextLengthError, RequestRejectedError
 from router.errors import UpstreamError
 from router.executor import ChunkStream, Executor
-from router.job import Job, Outcome, Plan, Route, dropped_for_escalation, for_escalation
+from router.job import Job, Outcome, Plan, Route, for_escalation, note_dropped
 from router.streams import completed_chunks, completion_body
 from router.verifiers import (
     Draft,
@@ -92,6 +92,13 @@ def refine_messages(messages: list[dict[str, Any]], draft: str, judgement: Judge
     return [*messages, {"role": "user", "content": REFINE_INSTRUCTIONS.format(draft=draft, findings=findings)}]
 
 
+def _escalation(mode: EscalationMode, spec: CascadeSpec, reason: str, job: Job) -> dict[str, Any]:
+    """What the row (and the response's `draftgate.escalation`) says about an escalation."""
+    detail: dict[str, Any] = {"mode": mode.value, "to": spec.escalate_to, "reason": reason}
+    note_dropped(detail, job)
+    return detail
+
+
 def _add_judge_bill(outcome: Outcome, judgement: Judgement) -> None:
     """Adds what the LLM judges' hosted calls cost to the request's hosted dollars (an unknown price makes the
     request unpriced, never $0)."""
@@ -162,10 +169,7 @@ class Cascade:
             outcome.escalation_reason = judgement.reason()
             outcome.wasted_draft_usd = completion.cost_usd
             outcome.device_seconds = completion.device_seconds
-            outcome.detail["escalation"] = {"mode": spec.mode.value, "to": spec.escalate_to,
-                                            "reason": outcome.escalation_reason}
-            if dropped := dropped_for_escalation(job):
-                outcome.detail["escalation"]["dropped_params"] = dropped
+            outcome.detail["escalation"] = _escalation(spec.mode, spec, outcome.escalation_reason, job)
 
     def _serve_draft(self, job: Job, completion: Completion, judgement: Judgement, error: UpstreamError) -> Outcome:
         outcome = self._executor.local_outcome(completion)
@@ -203,10 +207,7 @@ class Cascade:
         """Marks a hosted answer given because the local model refused the request outright."""
         outcome.route = Route.ESCALATED
         outcome.escalation_reason = f"no local draft: {refusal}"
-        outcome.detail["escalation"] = {"mode": EscalationMode.REGENERATE.value, "to": spec.escalate_to,
-                                        "reason": outcome.escalation_reason}
-        if dropped := dropped_for_escalation(job):
-            outcome.detail["escalation"]["dropped_params"] = dropped
+        outcome.detail["escalation"] = _escalation(EscalationMode.REGENERATE, spec, outcome.escalation_reason, job)
 
     async def run(self, job: Job, plan: Plan, spec: CascadeSpec) -> Outcome:
         """Non-streaming: draft, verify, and escalate when a verifier fails."""

@@ -25,7 +25,7 @@ from router.hosted import (
     usage_is_invalid,
     usage_of,
 )
-from router.job import Job, Outcome, Plan, Route, dropped_for_escalation, for_escalation
+from router.job import Job, Outcome, Plan, Route, for_escalation, note_dropped
 from router.pricing import Pricing
 from router.streams import (
     LocalChunks,
@@ -59,12 +59,6 @@ class ChunkStream:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks
-
-
-def _note_dropped(outcome: Outcome, job: Job) -> None:
-    """A cascade's target was sent the job without the local-only options: the ledger row says which."""
-    if dropped := dropped_for_escalation(job):
-        outcome.detail["dropped_params"] = dropped
 
 
 class Executor:
@@ -122,7 +116,7 @@ class Executor:
             return outcome
         if plan.cascade_target:
             outcome = await self.run_hosted(for_escalation(job), plan.alias)
-            _note_dropped(outcome, job)
+            note_dropped(outcome.detail, job)
             return outcome
         return await self.run_hosted(job, plan.alias)
 
@@ -233,7 +227,7 @@ class Executor:
             return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
         if plan.cascade_target:
             target = await self.stream_hosted(for_escalation(job), plan.alias)
-            _note_dropped(target.outcome, job)
+            note_dropped(target.outcome.detail, job)
             return target
         return await self.stream_hosted(job, plan.alias)
 

@@ -50,6 +50,12 @@ def dropped_for_escalation(job: Job) -> list[str]:
     return [name for name in LOCAL_SAMPLING_EXTENSIONS if name in job.upstream_body]
 
 
+def note_dropped(detail: dict[str, Any], job: Job) -> None:
+    """Records in `detail` (a row's, or its escalation's) which options the cascade's target was not sent."""
+    if dropped := dropped_for_escalation(job):
+        detail["dropped_params"] = dropped
+
+
 def for_escalation(job: Job) -> Job:
     """The job as a cascade's target gets it: without the local-only sampling extensions."""
     if not dropped_for_escalation(job):

@@ -106,14 +106,13 @@ def _error_message(content: bytes, status: int) -> _UpstreamErrorBody:
     try:
         data = orjson.loads(content)
         err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict) and err.get("message"):
-            return _UpstreamErrorBody(str(err["message"]), short_text(err.get("type")), short_text(err.get("code")),
-                                      short_text(err.get("param")))
         if isinstance(err, str):
             return _UpstreamErrorBody(err)
-        if isinstance(data, dict) and data.get("object") == "error" and data.get("message"):  # vLLM's ErrorResponse
-            return _UpstreamErrorBody(str(data["message"]), short_text(data.get("type")), short_text(data.get("code")),
-                                      short_text(data.get("param")))
+        vllm = data if isinstance(data, dict) and data.get("object") == "error" else None  # fields at the top
+        for found in (err, vllm):  # OpenAI's {"error": {...}} first, then vLLM's ErrorResponse
+            if isinstance(found, dict) and found.get("message"):
+                return _UpstreamErrorBody(str(found["message"]), short_text(found.get("type")),
+                                          short_text(found.get("code")), short_text(found.get("param")))
     except orjson.JSONDecodeError:
         pass
     text = content.decode("utf-8", "replace").strip()[:500]
