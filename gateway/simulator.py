@@ -44,6 +44,7 @@ class Fault:
     padding_bytes: int = 0  # a non-streaming answer this much larger (an extra field): an upstream gone haywire
     body: bytes | None = None  # a non-streaming 200 with exactly this body (`{"choices": null}`, say)
     error_payload: bytes | None = None  # the error event `error_in_stream_after` sends, as this upstream words it
+    no_finish_reason: bool = False  # a whole stream, `[DONE]` included, whose chunks never carry a finish_reason
 
 
 @dataclass
@@ -281,6 +282,8 @@ class SimulatorServer:
             chunks = [c for c in chunks if "usage" not in c]
         if fault.usage is not None:
             chunks = [{**c, "usage": fault.usage} if "usage" in c else c for c in chunks]
+        if fault.no_finish_reason:
+            chunks = [{**c, "choices": [{**ch, "finish_reason": None} for ch in c["choices"]]} for c in chunks]
         for i, chunk in enumerate(chunks):
             if fault.malformed_chunk_after is not None and i == fault.malformed_chunk_after + 1:
                 payload = b"data: {this is not json\n\n"

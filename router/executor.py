@@ -296,9 +296,11 @@ class Executor:
                     if not chunk.get("choices"):
                         continue
                 yield payload
-            if not choices or not all(choices.values()):  # the body ended early (a proxy timing it out, say)
-                raise StreamBroken(f"upstream {opened.model.alias} ended its stream before its answer finished",
-                                   retryable=False, error_type="stream_interrupted")
+            if not choices or not all(choices.values()):
+                if not (choices and opened.done):  # the body ended early (a proxy timing it out, say)
+                    raise StreamBroken(f"upstream {opened.model.alias} ended its stream before its answer finished",
+                                       retryable=False, error_type="stream_interrupted")
+                outcome.detail["upstream_no_finish_reason"] = True  # `[DONE]` says whole: a quirk, not a cut
             if reported and not believable((outcome.prompt_tokens, outcome.completion_tokens), "".join(answer)):
                 outcome.detail["upstream_usage_invalid"], reported = True, False
             if reported and held is not None:

@@ -119,6 +119,10 @@ class HostedStream:
         """JSON payloads of the upstream's chunks, in order, without the `data: ` prefix or [DONE]."""
         return self.upstream.lines()
 
+    @property
+    def done(self) -> bool:
+        return self.upstream.done
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
 

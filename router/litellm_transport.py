@@ -25,6 +25,7 @@ class _LiteLLMStream:
     def __init__(self, chunks: Any, model: HostedModel) -> None:
         self._chunks = chunks
         self._model = model
+        self.done = False  # LiteLLM's iterator has no `[DONE]`: its end is the answer's end only with finish_reason
 
     async def lines(self) -> AsyncIterator[bytes]:
         try:

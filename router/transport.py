@@ -43,6 +43,8 @@ class StreamBroken(AttemptFailed):
 class UpstreamStream(Protocol):
     """An accepted upstream stream of chat-completion chunks."""
 
+    done: bool  # the upstream ended with `[DONE]`: it says the answer is whole, finish_reason or not
+
     def lines(self) -> AsyncIterator[bytes]: ...
     async def aclose(self) -> None: ...
 
@@ -193,6 +195,7 @@ class _HTTPStream:
         self._model = model
         self._background = background
         self._finished = False  # read to `[DONE]` or the end: the pool (or the drain task) owns the connection
+        self.done = False
 
     async def _raw_lines(self) -> AsyncIterator[bytes]:
         """The body's lines, however long up to MAX_RESPONSE_BYTES: aiohttp's own line reader refuses one over
@@ -228,7 +231,7 @@ class _HTTPStream:
                     continue
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
-                    self._finished = True
+                    self._finished = self.done = True
                     return
                 if payload.startswith(b'{"error"'):  # the common wording; `is_error_event` catches the others
                     raise stream_error(payload, self._model)

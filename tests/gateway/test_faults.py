@@ -222,6 +222,21 @@ def test_a_stream_that_ends_before_its_answer_finished_ends_with_an_error(gatewa
     assert "".join(c.choices[0].delta.content or "" for c in whole if c.choices) == "echo: a b"  # as before
 
 
+def test_a_whole_stream_without_finish_reason_is_relayed_as_whole(gateway_factory, simulator) -> None:
+    """An upstream that ends with `[DONE]` but never sets `finish_reason` (a quirk of some OpenAI-compatible
+    servers) has said its answer is whole: the client gets it and `[DONE]`, not an error event after it."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.append(Fault(no_finish_reason=True))
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c"}], stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    assert text == "echo: a b c"
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and (row.status, row.status_code) == ("ok", 200)
+    assert row.detail["upstream_no_finish_reason"] is True and row.hosted_cost_usd
+
+
 def test_stream_open_failure_is_retried_before_the_first_byte(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
     simulator.state.faults.append(Fault(status=500))
