@@ -40,6 +40,9 @@ def _stream_text(gw, model: str, prompt: str) -> tuple[list[str], str]:  # type:
 def test_a_stream_that_goes_silent_ends_with_an_error_after_the_read_timeout(gateway_factory, simulator,
                                                                               model: str) -> None:
     gw = gateway_factory(litellm_config(simulator.base_url))
+    # Warmed first: LiteLLM's import on the first call costs seconds (10+ on a busy machine), not the timeout's.
+    client(gw).chat.completions.create(model=model, messages=[{"role": "user", "content": "warm up"}])
+    simulator.state.received.clear()
     simulator.state.faults.append(Fault(stall_stream_after=2, stall_s=20))
     started = time.monotonic()
     received, request_id = _stream_text(gw, model, "a b c d e f")
