@@ -80,6 +80,13 @@ class NotFound(GatewayError):
     code = "not_found"
 
 
+class Conflict(GatewayError):
+    """The request clashes with what is stored (a name another live key has)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(GatewayError):
     status_code = 413
     code = "request_too_large"

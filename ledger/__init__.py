@@ -1,7 +1,7 @@
 """The cost ledger: one row per request, batched crash-safe writes, prices, virtual keys."""
 
 from ledger.db import Database, missing_sqlite_file
-from ledger.errors import LedgerError, PeriodWithoutBudgetError, UnknownKeyError
+from ledger.errors import KeyNameTakenError, LedgerError, PeriodWithoutBudgetError, UnknownKeyError
 from ledger.keys import DURATION_PATTERN, KeyInfo, KeyStore, parse_duration
 from ledger.pricing import Price, PriceBook
 from ledger.records import RequestRecord
@@ -11,6 +11,7 @@ __all__ = [
     "DURATION_PATTERN",
     "Database",
     "KeyInfo",
+    "KeyNameTakenError",
     "KeyStore",
     "LedgerError",
     "LedgerWriter",

@@ -21,3 +21,12 @@ class PeriodWithoutBudgetError(LedgerError, ValueError):
     def __init__(self, key_id: str) -> None:
         super().__init__(f"key {key_id} has no budget, so a budget period would limit nothing")
         self.key_id = key_id
+
+
+class KeyNameTakenError(LedgerError):
+    """Another unrevoked key already has this name (the database's unique index refused the new one)."""
+
+    def __init__(self, name: str, key_id: str) -> None:
+        super().__init__(f"the live key {key_id} is already named {name!r}")
+        self.name = name
+        self.key_id = key_id

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ledger.budgets import Limits
 from ledger.db import Database
-from ledger.errors import PeriodWithoutBudgetError, UnknownKeyError
+from ledger.errors import KeyNameTakenError, PeriodWithoutBudgetError, UnknownKeyError
 from ledger.models import ApiKeyRow
 
 KEY_PREFIX = "sk-dg-"
@@ -73,7 +74,8 @@ class KeyStore:
 
     def create(self, name: str, team: str | None, limits: Limits | None = None, *,
                models: Sequence[str] | None = None, expires_at: datetime | None = None) -> tuple[str, KeyInfo]:
-        """Returns the raw key (shown once) and its stored description."""
+        """Returns the raw key (shown once) and its stored description; KeyNameTakenError when an unrevoked key
+        already has the name (the database's unique index decides, so concurrent creates cannot both win)."""
         raw = KEY_PREFIX + secrets.token_urlsafe(24)
         limits = limits or Limits()
         values = dict(key_id="key_" + secrets.token_hex(8), name=name, team=team, key_hash=hash_key(raw),
@@ -81,8 +83,16 @@ class KeyStore:
                       max_budget_usd=limits.max_budget_usd, budget_period=limits.budget_period,
                       rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit,
                       models=list(models) if models is not None else None, expires_at=expires_at)
-        with self._db.engine.begin() as connection:
-            connection.execute(cast(Table, ApiKeyRow.__table__).insert().values(**values))
+        table = cast(Table, ApiKeyRow.__table__)
+        try:
+            with self._db.engine.begin() as connection:
+                connection.execute(table.insert().values(**values))
+        except IntegrityError:
+            # The id and hash are random: what clashes is the name (two creates racing past the callers' check).
+            clash = self._rows(select(table).where(table.c.name == name, table.c.revoked_at.is_(None)))
+            if not clash:
+                raise
+            raise KeyNameTakenError(name, clash[0].key_id) from None
         return raw, _info(ApiKeyRow(**values))
 
     def get(self, key_id: str) -> KeyInfo | None:

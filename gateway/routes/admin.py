@@ -11,9 +11,16 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.services import Services, new_key_problem
-from ledger import DURATION_PATTERN, KeyInfo, PeriodWithoutBudgetError, UnknownKeyError, parse_duration
+from ledger import (
+    DURATION_PATTERN,
+    KeyInfo,
+    KeyNameTakenError,
+    PeriodWithoutBudgetError,
+    UnknownKeyError,
+    parse_duration,
+)
 from ledger.budgets import Limits
 
 router = APIRouter(prefix="/admin")
@@ -88,11 +95,14 @@ async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep)
         raise InvalidRequest(PERIOD_ALONE, param="budget_period")
     limits = Limits(body.max_budget_usd, body.budget_period, body.rpm_limit, body.tpm_limit)
     _check_models(services, body.models)
-    problem = new_key_problem(services.config, await asyncio.to_thread(services.keys.list), body.name, body.team)
+    problem = new_key_problem(services.config, body.name, body.team)
     if problem is not None:
-        raise InvalidRequest(problem[1], param=problem[0])
-    raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
-                                                models=body.models, expires_at=_expiry(body.duration)))
+        raise (Conflict if problem[0] == "name" else InvalidRequest)(problem[1], param=problem[0])
+    try:
+        raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
+                                                    models=body.models, expires_at=_expiry(body.duration)))
+    except KeyNameTakenError as exc:
+        raise Conflict(str(exc), param="name") from None
     return KeyCreated(key=raw, **KeyOut.of(info).model_dump())
 
 
