@@ -86,6 +86,10 @@ class Conflict(GatewayError):
     status_code = 409
     code = "conflict"
 
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # The OpenAI SDK retries a 409 (it means a lock timeout there): the same request would clash again.
+        super().__init__(message, param=param, headers={"x-should-retry": "false"})
+
 
 class PayloadTooLarge(GatewayError):
     status_code = 413

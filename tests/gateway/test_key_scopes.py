@@ -173,6 +173,7 @@ def test_keys_created_at_once_with_one_name_are_one_201_and_409s(gateway_factory
     for refused in (r for r in replies if r.status_code == 409):
         assert refused.json() == {"error": {"message": f"the live key {winner} is already named 'app'",
                                             "type": "invalid_request_error", "param": "name", "code": "conflict"}}
+        assert refused.headers["x-should-retry"] == "false"  # the OpenAI SDK retries a 409 unless told not to
     config_twin = httpx.post(gw.url + "/admin/keys", json={"name": "ci-bot"}, headers=ADMIN)
     assert config_twin.status_code == 409 and config_twin.json()["error"]["param"] == "name", config_twin.text
     assert [k["name"] for k in httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()] == ["app"]
