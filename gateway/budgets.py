@@ -34,8 +34,11 @@ class BudgetExceededError(GatewayError):
         counter = exc.counter
         headers: dict[str, str] = {}
         message = str(exc)
-        if exc.never_fits:  # no wait helps: the client must ask for less
-            pass
+        # No wait helps when the request can never fit or the budget never resets: the OpenAI SDK retries any 429
+        # without a long Retry-After (twice by default, each retry another refused row), unless told not to.
+        no_retry = {"x-should-retry": "false"}
+        if exc.never_fits:  # the client must ask for less
+            headers = no_retry
         elif exc.in_flight:  # not spent, only reserved: free again as soon as those requests finish
             headers = {"retry-after": "1"}
         elif counter.resets_at is not None:
@@ -47,6 +50,7 @@ class BudgetExceededError(GatewayError):
             message += f"; it resets at {counter.resets_at.isoformat()}"
         else:
             message += "; the budget has no period and never resets"
+            headers = no_retry
         super().__init__(message, headers=headers)
         if counter.metric == "usd":
             self.error_type, self.code = "budget_exceeded", "budget_exceeded"

@@ -242,3 +242,28 @@ def test_failed_requests_leave_no_phantom_spend_and_budgets_say_why_they_refuse(
         assert no_cap().status_code == 200
         spent = no_cap()
         assert spent.status_code == 429 and "has reached its dollar budget" in spent.json()["error"]["message"]
+
+
+def test_a_refusal_no_wait_can_help_tells_the_openai_sdk_not_to_retry(gateway_factory, tmp_path: Path) -> None:
+    """A spent `total` budget never resets and a worst case above the whole budget never fits: their 429s had no
+    Retry-After, so the OpenAI SDK retried each twice (1-2 s lost, three refused rows for one call)."""
+    import openai
+
+    from tests.gateway.test_chat_hosted import flushed_db
+
+    with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, f"sqlite:///{tmp_path}/l.db",
+                                           "max_budget_usd: 0.006\n    budget_period: total"))
+        client = openai.OpenAI(base_url=gw.base_url, api_key="sk-racer-key-123456")  # the SDK's default retries
+        go = [{"role": "user", "content": "go"}]
+        too_big = "more than team:racers's whole dollar budget"
+        for max_tokens, expected in ((50, too_big), (5, None), (5, "the budget has no period and never resets")):
+            if expected is None:
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=max_tokens, messages=go)
+                asyncio.run_coroutine_threadsafe(gw.services.budgets.drain(), gw.services.loop).result(10)
+                continue
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=max_tokens, messages=go)
+            assert expected in info.value.message and info.value.response.headers["x-should-retry"] == "false"
+        rows = [(r.status_code, r.route) for r in flushed_db(gw).iter_records()]
+        assert sorted(rows) == [(200, "hosted"), (429, "none"), (429, "none")], rows  # one row per call
