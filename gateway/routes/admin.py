@@ -8,7 +8,7 @@ from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
 from gateway.errors import Conflict, InvalidRequest, NotFound
@@ -30,13 +30,23 @@ NO_NUL = r"^[^\x00]*$"
 KeyIdPath = Annotated[str, Path(pattern=NO_NUL)]
 
 
+def _not_blank(value: str) -> str:
+    """A blank name or team shows as nothing in every list (`keys create` refuses it too)."""
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL), AfterValidator(_not_blank)]
+
+
 class KeyCreate(BaseModel):
     # Strict, as the config's limits are: `"5"` or `true` for a limit is a mistake, not a number (`true` was an
     # rpm of 1), and an infinite budget (`1e400`) was stored, then shown as no budget at all.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=128, pattern=NO_NUL)
-    team: str | None = Field(default=None, min_length=1, max_length=128, pattern=NO_NUL)
+    name: Name
+    team: Name | None = None
     max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)

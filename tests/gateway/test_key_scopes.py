@@ -177,3 +177,14 @@ def test_keys_created_at_once_with_one_name_are_one_201_and_409s(gateway_factory
     config_twin = httpx.post(gw.url + "/admin/keys", json={"name": "ci-bot"}, headers=ADMIN)
     assert config_twin.status_code == 409 and config_twin.json()["error"]["param"] == "name", config_twin.text
     assert [k["name"] for k in httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()] == ["app"]
+
+
+def test_a_blank_name_or_team_is_a_400_as_keys_create_refuses_it(gateway_factory, tmp_path: Path) -> None:
+    """POST /admin/keys took `"name": "  "` (and such a team), a key that shows as nothing in every list."""
+    gw = gateway_factory(f'master_key: os.environ/DRAFTGATE_TEST_MASTER\ndatabase_url: "sqlite:///{tmp_path}/l.db"\n'
+                         "local:\n  enabled: false\n")
+    for body, param in (({"name": "  "}, "name"), ({"name": "ok", "team": "\t"}, "team")):
+        refused = httpx.post(gw.url + "/admin/keys", json=body, headers=ADMIN)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+        assert refused.json()["error"]["message"] == f"{param}: must not be blank"
+    assert httpx.get(gw.url + "/admin/keys", headers=ADMIN).json() == []
