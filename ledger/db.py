@@ -34,14 +34,24 @@ _STRING_LIMITS = tuple((c.name, c.type.length) for c in RequestRow.__table__.col
                        if isinstance(c.type, String) and c.type.length)
 
 
+_TEXT_COLUMNS = tuple(c.name for c in RequestRow.__table__.columns if isinstance(c.type, String))  # Text too
+
+
 def fit_columns(record: RequestRecord) -> RequestRecord:
-    """The record with any text longer than its column cut to fit (marked in `detail`). PostgreSQL refuses an
-    over-long value, and that one row would fail its whole batch; SQLite stores it either way."""
+    """The record with any text longer than its column cut to fit, and any NUL character replaced by U+FFFD
+    (both marked in `detail`). PostgreSQL refuses an over-long value and any NUL in text (a client's `model`
+    holds what it sends, and the error quotes it): the row was set aside, lost from the ledger, on PostgreSQL
+    only. SQLite stores either; both are fitted alike so the two ledgers read the same."""
+    nul: dict[str, Any] = {name: value.replace("\x00", "\ufffd") for name in _TEXT_COLUMNS
+                           if isinstance(value := getattr(record, name), str) and "\x00" in value}
+    record = replace(record, **nul) if nul else record
     cut: dict[str, Any] = {name: value[:limit] for name, limit in _STRING_LIMITS
                            if isinstance(value := getattr(record, name), str) and len(value) > limit}
-    if not cut:
+    if not cut and not nul:
         return record
-    return replace(record, **cut, detail={**(record.detail or {}), "truncated_fields": sorted(cut)})
+    detail = {**(record.detail or {}), **({"truncated_fields": sorted(cut)} if cut else {}),
+              **({"nul_replaced_fields": sorted(nul)} if nul else {})}
+    return replace(record, **cut, detail=detail)
 
 
 def chunk_sizes(n: int) -> list[int]:

@@ -270,6 +270,15 @@ def test_text_longer_than_its_column_is_cut_to_fit_not_refused(db: Database) -> 
     assert stored.detail is not None and stored.detail["truncated_fields"] == ["key_id", "provider_model"]
 
 
+def test_a_nul_character_is_replaced_not_refused_on_every_database(db: Database) -> None:
+    """PostgreSQL's text cannot hold NUL: a request whose `model` had one (the 404's error quotes it too) was
+    answered, then its row set aside in ledger-rejected.jsonl on PostgreSQL only."""
+    assert db.insert_records([record("nul", model_alias="gpt\x00x", error="no model `gpt\x00x`")]) == 1
+    stored = db.get_record("nul")
+    assert stored is not None and (stored.model_alias, stored.error) == ("gpt\ufffdx", "no model `gpt\ufffdx`")
+    assert stored.detail == {"nul_replaced_fields": ["error", "model_alias"]}
+
+
 async def test_a_journal_is_replayed_only_into_the_database_it_was_written_for(tmp_path: Path) -> None:
     """Gateways on different databases may share a data dir: a crashed one's rows must not land in the other's."""
     first, second = (Database(f"sqlite:///{tmp_path}/{name}.db") for name in ("first", "second"))
