@@ -155,11 +155,22 @@ class Budgets:
                     # budget: such a request claims what is left of it, settled to its real cost. A client's own
                     # max_tokens is its worst case, held to the budget.
                     claims.append(Claim(counter, max_cost, flexible=not job.max_tokens))
+        work = asyncio.ensure_future(asyncio.to_thread(self._store.reserve, claims))
         try:
-            reserved = await asyncio.to_thread(self._store.reserve, claims)
+            reserved = await asyncio.shield(work)
         except BudgetExceeded as exc:
             raise BudgetExceededError(exc) from None
+        except asyncio.CancelledError:
+            # The client left (or the server is stopping) while the database reserved: the thread still reserves,
+            # and nobody would settle it, so it held the budget (all that was left of it, without max_tokens)
+            # until its window ended. It is released as soon as it is made.
+            work.add_done_callback(self._release_abandoned)
+            raise
         return Reservation(reserved)
+
+    def _release_abandoned(self, work: asyncio.Future[list[Claim]]) -> None:
+        if not work.cancelled() and work.exception() is None:
+            self.settle(Reservation(work.result()), None)
 
     def settle(self, reservation: Reservation | None, outcome: Outcome | None) -> None:
         """Charges what the request really used, in the background (off the response path)."""

@@ -267,3 +267,30 @@ def test_a_refusal_no_wait_can_help_tells_the_openai_sdk_not_to_retry(gateway_fa
             assert expected in info.value.message and info.value.response.headers["x-should-retry"] == "false"
         rows = [(r.status_code, r.route) for r in flushed_db(gw).iter_records()]
         assert sorted(rows) == [(200, "hosted"), (429, "none"), (429, "none")], rows  # one row per call
+
+
+def test_a_client_that_leaves_while_its_budget_is_reserved_releases_it(gateway_factory, tmp_path: Path) -> None:
+    """A client that gave up while the database was slow to reserve (here: another writer holds SQLite's lock)
+    left its reservation held for the rest of the month: the team's whole $1 (no max_tokens claims what is left),
+    every later request a 429 "held by requests in flight"."""
+    import sqlite3
+
+    with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, f"sqlite:///{tmp_path}/l.db", "max_budget_usd: 1"))
+        go = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}]}
+        auth = {"authorization": "Bearer sk-racer-key-123456"}
+        lock = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the reservation waits for the lock (busy_timeout)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{gw.url}/v1/chat/completions", headers=auth, json=go, timeout=0.3)
+        time.sleep(0.2)  # the gateway sees the disconnect and cancels the request
+        lock.execute("ROLLBACK")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            held = lock.execute("SELECT reserved FROM budget_usage WHERE metric = 'usd'").fetchall()
+            if held == [(0.0,)]:
+                break
+            time.sleep(0.05)
+        assert held == [(0.0,)]
+        lock.close()
+        assert httpx.post(f"{gw.url}/v1/chat/completions", headers=auth, json=go, timeout=10).status_code == 200
