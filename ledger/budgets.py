@@ -20,7 +20,7 @@ from typing import Literal, cast
 
 from sqlalchemy import Connection, Table, case, update
 
-from ledger.db import Database, insert_for
+from ledger.db import Database, answered, insert_for
 from ledger.errors import LedgerError
 from ledger.models import BudgetUsageRow
 
@@ -139,6 +139,7 @@ class BudgetStore:
         self._db = db
         self._insert = insert_for(db.engine.dialect.name)
 
+    @answered
     def reserve(self, claims: Sequence[Claim]) -> list[Claim]:
         """Reserves every claim or none and returns what was reserved (a flexible claim shrinks to what its
         counter has left, as LiteLLM admits a request while a budget is not spent); BudgetExceeded names the
@@ -175,6 +176,7 @@ class BudgetStore:
         ).returning(table.c.used)
         return connection.execute(statement).first() is not None
 
+    @answered
     def settle(self, claims: Sequence[Claim], actual: dict[Metric, float]) -> None:
         """Releases the reservations and adds what was really used (the estimate where unknown)."""
         table = cast(Table, BudgetUsageRow.__table__)
@@ -188,6 +190,7 @@ class BudgetStore:
                     table.c.window_start == counter.window_start,
                 ).values(used=table.c.used + spent, reserved=case((released < 0, 0.0), else_=released)))
 
+    @answered
     def usage(self, scope: str, metric: Metric, window_start: int) -> tuple[float, float]:
         """(used, reserved) of one counter; (0, 0) if it was never touched."""
         with self._db.engine.connect() as connection:

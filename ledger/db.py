@@ -6,10 +6,10 @@ import contextlib
 import fcntl
 import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -18,9 +18,9 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, String, create_engine, event, func, make_url, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from ledger.errors import LedgerError
+from ledger.errors import DatabaseUnavailableError, LedgerError
 from ledger.models import RequestRow, usage_daily
 from ledger.records import RequestRecord
 from ledger.rollup import GROUP_COLUMNS, aggregate
@@ -134,6 +134,25 @@ def _pg_connect_args(url: str) -> dict[str, Any]:
     if "keepalives" not in query:
         args.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
     return args
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def answered(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turns the driver's "no answer" (a database down, unreachable, or locked past its timeout) into
+    DatabaseUnavailableError, which callers can tell from a bug: a key lookup or a budget then fails as
+    "unavailable, retry" instead of as an internal error with a traceback per request."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"the ledger database did not answer: {exc.orig or exc}") from exc
+
+    return call
 
 
 def safe_url(url: str) -> str:

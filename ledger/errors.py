@@ -7,6 +7,10 @@ class LedgerError(Exception):
     """Base class of every ledger error."""
 
 
+class DatabaseUnavailableError(LedgerError):
+    """The ledger database did not answer (down, unreachable, locked past its timeout): worth a retry."""
+
+
 class UnknownKeyError(LedgerError):
     """No virtual key has this id."""
 
