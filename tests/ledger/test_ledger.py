@@ -279,6 +279,28 @@ def test_a_nul_character_is_replaced_not_refused_on_every_database(db: Database)
     assert stored.detail == {"nul_replaced_fields": ["error", "model_alias"]}
 
 
+async def test_closing_while_the_database_refuses_writes_keeps_the_rows_for_the_next_start(tmp_path: Path) -> None:
+    """A gateway stopped while its database is down (here: the table is away) raised from close(), so the
+    shutdown failed with a traceback; it now stops, and the next start writes the journalled rows."""
+    from sqlalchemy import text
+
+    db = Database(f"sqlite:///{tmp_path}/ledger.db")
+    db.migrate()
+    writer = LedgerWriter(db, tmp_path / "ledger-1.journal", flush_interval_s=60, recover_glob="ledger-*.journal.*")
+    await writer.start()
+    writer.record(record("kept"))
+    with db.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE requests RENAME TO requests_away"))
+    await writer.close()
+    with db.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE requests_away RENAME TO requests"))
+    restarted = LedgerWriter(db, tmp_path / "ledger-2.journal", recover_glob="ledger-*.journal.*")
+    await restarted.start()
+    assert db.get_record("kept") is not None and not list(tmp_path.glob("ledger-1.journal.*"))
+    await restarted.close()
+    db.dispose()
+
+
 async def test_a_journal_is_replayed_only_into_the_database_it_was_written_for(tmp_path: Path) -> None:
     """Gateways on different databases may share a data dir: a crashed one's rows must not land in the other's."""
     first, second = (Database(f"sqlite:///{tmp_path}/{name}.db") for name in ("first", "second"))
