@@ -112,7 +112,14 @@ class BudgetExceeded(LedgerError):
             if used is not None and counter.metric == "requests":
                 used += reserved  # a request counts from its start: those in flight are this minute's too
             spent = f", {money}{used:g} used" if used is not None else ""
-            message = f"{counter.scope} has reached its {what} ({limit}{spent})"
+            left = counter.limit - used - reserved if used is not None else 0.0
+            if counter.metric == "usd" and not flexible and left > EPSILON:
+                # Not spent: this request's own worst case (its max_tokens) is more than what is left, and a
+                # smaller one would be served now. "Has reached" sent its client to wait for the reset.
+                message = (f"this request's worst case ({money}{requested:g}) is more than the {money}{left:g} left "
+                           f"of {counter.scope}'s {what} ({limit}{spent}); lower max_tokens or n, or wait for the reset")
+            else:
+                message = f"{counter.scope} has reached its {what} ({limit}{spent})"
         super().__init__(message)
         self.counter = counter
         self.requested = requested

@@ -372,3 +372,20 @@ def test_a_full_requests_per_minute_limit_counts_the_requests_in_flight(db: Data
         store.reserve([Claim(limit, 1.0)])
     assert "has reached its requests-per-minute limit (2, 2 used)" in str(info.value)
     assert not info.value.in_flight  # a request is counted once it starts: waiting for it does not help
+
+
+def test_a_dollar_refusal_says_when_only_the_requests_own_worst_case_does_not_fit(db: Database) -> None:
+    """$0.30 of $1 left and a worst case (its max_tokens) of $0.50: the 429 said the budget "has reached" its
+    limit, so the client waited for the reset, though a smaller max_tokens would have been served at once."""
+    from ledger.budgets import BudgetExceeded, BudgetStore, Claim, Limits, counters
+
+    store = BudgetStore(db)
+    budget = counters("team:t", Limits(max_budget_usd=1.0), T0)[0]
+    store.settle(store.reserve([Claim(budget, 0.7)]), {"usd": 0.7})
+    with pytest.raises(BudgetExceeded) as info:
+        store.reserve([Claim(budget, 0.5)])
+    assert str(info.value) == ("this request's worst case ($0.5) is more than the $0.3 left of team:t's dollar budget "
+                               "($1, $0.7 used); lower max_tokens or n, or wait for the reset")
+    store.settle(store.reserve([Claim(budget, 0.3)]), {"usd": 0.3})  # what is left is served
+    with pytest.raises(BudgetExceeded, match=r"^team:t has reached its dollar budget \(\$1, \$1 used\)$"):
+        store.reserve([Claim(budget, 0.1)])
