@@ -110,4 +110,7 @@ class Authenticator:
     def require_master(self, principal: Principal) -> None:
         """Admin endpoints: master key only."""
         if not principal.is_master:
+            if self.open_mode:  # no key can open it: say what would
+                raise PermissionDenied("This endpoint needs the master key, and this gateway has none (open mode): "
+                                       "set `master_key` (or DRAFTGATE_MASTER_KEY), or use `draftgate keys`.")
             raise PermissionDenied("This endpoint needs the master key.")

@@ -34,8 +34,11 @@ class BudgetExceededError(GatewayError):
         counter = exc.counter
         headers: dict[str, str] = {}
         message = str(exc)
-        if exc.never_fits:  # no wait helps: the client must ask for less
-            pass
+        # No wait helps when the request can never fit or the budget never resets: the OpenAI SDK retries any 429
+        # without a long Retry-After (twice by default, each retry another refused row), unless told not to.
+        no_retry = {"x-should-retry": "false"}
+        if exc.never_fits:  # the client must ask for less
+            headers = no_retry
         elif exc.in_flight:  # not spent, only reserved: free again as soon as those requests finish
             headers = {"retry-after": "1"}
         elif counter.resets_at is not None:
@@ -47,6 +50,7 @@ class BudgetExceededError(GatewayError):
             message += f"; it resets at {counter.resets_at.isoformat()}"
         else:
             message += "; the budget has no period and never resets"
+            headers = no_retry
         super().__init__(message, headers=headers)
         if counter.metric == "usd":
             self.error_type, self.code = "budget_exceeded", "budget_exceeded"
@@ -151,11 +155,22 @@ class Budgets:
                     # budget: such a request claims what is left of it, settled to its real cost. A client's own
                     # max_tokens is its worst case, held to the budget.
                     claims.append(Claim(counter, max_cost, flexible=not job.max_tokens))
+        work = asyncio.ensure_future(asyncio.to_thread(self._store.reserve, claims))
         try:
-            reserved = await asyncio.to_thread(self._store.reserve, claims)
+            reserved = await asyncio.shield(work)
         except BudgetExceeded as exc:
             raise BudgetExceededError(exc) from None
+        except asyncio.CancelledError:
+            # The client left (or the server is stopping) while the database reserved: the thread still reserves,
+            # and nobody would settle it, so it held the budget (all that was left of it, without max_tokens)
+            # until its window ended. It is released as soon as it is made.
+            work.add_done_callback(self._release_abandoned)
+            raise
         return Reservation(reserved)
+
+    def _release_abandoned(self, work: asyncio.Future[list[Claim]]) -> None:
+        if not work.cancelled() and work.exception() is None:
+            self.settle(Reservation(work.result()), None)
 
     def settle(self, reservation: Reservation | None, outcome: Outcome | None) -> None:
         """Charges what the request really used, in the background (off the response path)."""

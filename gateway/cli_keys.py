@@ -119,7 +119,7 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
     from datetime import UTC, datetime
 
     from gateway.services import new_key_problem
-    from ledger import parse_duration
+    from ledger import KeyNameTakenError, parse_duration
     from ledger.budgets import Limits
 
     if budget_period is not None and max_budget_usd is None:
@@ -128,13 +128,17 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
     allowed = _aliases(models)
     expires_at = datetime.now(UTC) + parse_duration(duration) if duration else None
     store = _key_store(config, allowed)
-    problem = new_key_problem(config_or_exit(settings_or_exit(config)), store.list(), name, team)
+    problem = new_key_problem(config_or_exit(settings_or_exit(config)), name, team)
     if problem is not None:
         err.print(f"error: --{problem[0]}: {problem[1]}", markup=False)
         raise typer.Exit(code=2)
     period = budget_period or Period.month
-    raw, info = store.create(name, team, Limits(max_budget_usd, period.value, rpm, tpm),
-                             models=allowed, expires_at=expires_at)
+    try:
+        raw, info = store.create(name, team, Limits(max_budget_usd, period.value, rpm, tpm),
+                                 models=allowed, expires_at=expires_at)
+    except KeyNameTakenError as exc:
+        err.print(f"error: --name: {exc}", markup=False)
+        raise typer.Exit(code=2) from None
     console.print(f"key_id: {info.key_id}\nteam:   {plain(info.team or '-')}")
     if info.models is not None:
         console.print(f"models: {', '.join(info.models)}", markup=False)

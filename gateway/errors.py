@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from ledger import DatabaseUnavailableError
 from local_engine import (
     ContextLengthError,
     EngineError,
@@ -80,6 +81,17 @@ class NotFound(GatewayError):
     code = "not_found"
 
 
+class Conflict(GatewayError):
+    """The request clashes with what is stored (a name another live key has)."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # The OpenAI SDK retries a 409 (it means a lock timeout there): the same request would clash again.
+        super().__init__(message, param=param, headers={"x-should-retry": "false"})
+
+
 class PayloadTooLarge(GatewayError):
     status_code = 413
     code = "request_too_large"
@@ -112,6 +124,9 @@ def reply_for(exc: BaseException) -> ErrorReply:
     if isinstance(exc, GatewayError):
         return ErrorReply(exc.status_code, exc.message, exc.error_type, exc.code, exc.param,
                           tuple(exc.headers.items()))
+    if isinstance(exc, DatabaseUnavailableError):  # its cause is logged, not told: it names hosts
+        return ErrorReply(503, "the gateway's database is unavailable; retry shortly", "api_error",
+                          "database_unavailable", headers=(("retry-after", "5"),))
     if isinstance(exc, UnknownModelError):
         return ErrorReply(404, str(exc), "invalid_request_error", "model_not_found", "model")
     if isinstance(exc, UpstreamRejectedError):
@@ -157,7 +172,8 @@ def reply_for(exc: BaseException) -> ErrorReply:
     return ErrorReply(500, "internal error; the gateway logged the details", "api_error", "internal_error")
 
 
-KNOWN_ERRORS: tuple[type[Exception], ...] = (GatewayError, RoutingError, EngineError)  # and their subclasses
+KNOWN_ERRORS: tuple[type[Exception], ...] = (GatewayError, RoutingError, EngineError,  # and their subclasses
+                                              DatabaseUnavailableError)
 
 
 def openai_param(loc: Sequence[Any]) -> str | None:
@@ -222,7 +238,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if not isinstance(exc, KNOWN_ERRORS):
             log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         elif reply.status >= 500:  # expected failures (an upstream down, an invalid draft): one line each
-            log.warning("%s on %s: %s", reply.code, request.url.path, reply.message)
+            cause = exc if isinstance(exc, DatabaseUnavailableError) else reply.message
+            log.warning("%s on %s: %s", reply.code, request.url.path, cause)
         return error_response(reply, request_headers(request))
 
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +16,7 @@ from gateway.budgets import Budgets
 from gateway.metrics import Metrics
 from gateway.pipeline import ChatPipeline
 from gateway.settings import Settings
-from ledger import Database, KeyInfo, KeyStore, LedgerWriter, Price, PriceBook
+from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook
 from ledger.budgets import BudgetStore
 from local_engine import EngineConfig, LocalBackend, backend_capabilities, create_backend
 from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
@@ -182,17 +182,14 @@ class Services:
         return checks
 
 
-def new_key_problem(config: policies.GatewayConfig, existing: Sequence[KeyInfo], name: str,
-                    team: str | None) -> tuple[str, str] | None:
+def new_key_problem(config: policies.GatewayConfig, name: str, team: str | None) -> tuple[str, str] | None:
     """(field, why) a virtual key cannot be created as asked, or None. A team the config does not declare
-    would escape that team's budget (a typo: `Research` for `research`); a name another live key has makes
-    policy rules that match `key:` by name ambiguous. Without declared teams, any team labels spend."""
+    would escape that team's budget (a typo: `Research` for `research`); a name a config key has makes
+    policy rules that match `key:` by name ambiguous (another live virtual key's name is refused by the
+    database itself: KeyNameTakenError). Without declared teams, any team labels spend."""
     declared = [t.name for t in config.teams]
     if team is not None and declared and team not in declared:
         return "team", f"team {team!r} is not declared in the config (declared: {', '.join(declared)})"
     if any(k.name == name for k in config.keys):
         return "name", f"a key in the config is already named {name!r}"
-    clash = next((k for k in existing if k.name == name and k.revoked_at is None), None)
-    if clash is not None:
-        return "name", f"the live key {clash.key_id} is already named {name!r}"
     return None

@@ -1,7 +1,13 @@
 """The cost ledger: one row per request, batched crash-safe writes, prices, virtual keys."""
 
 from ledger.db import Database, missing_sqlite_file
-from ledger.errors import LedgerError, PeriodWithoutBudgetError, UnknownKeyError
+from ledger.errors import (
+    DatabaseUnavailableError,
+    KeyNameTakenError,
+    LedgerError,
+    PeriodWithoutBudgetError,
+    UnknownKeyError,
+)
 from ledger.keys import DURATION_PATTERN, KeyInfo, KeyStore, parse_duration
 from ledger.pricing import Price, PriceBook
 from ledger.records import RequestRecord
@@ -10,7 +16,9 @@ from ledger.writer import LedgerWriter
 __all__ = [
     "DURATION_PATTERN",
     "Database",
+    "DatabaseUnavailableError",
     "KeyInfo",
+    "KeyNameTakenError",
     "KeyStore",
     "LedgerError",
     "LedgerWriter",

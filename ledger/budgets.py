@@ -20,7 +20,7 @@ from typing import Literal, cast
 
 from sqlalchemy import Connection, Table, case, update
 
-from ledger.db import Database, insert_for
+from ledger.db import Database, answered, insert_for
 from ledger.errors import LedgerError
 from ledger.models import BudgetUsageRow
 
@@ -112,7 +112,14 @@ class BudgetExceeded(LedgerError):
             if used is not None and counter.metric == "requests":
                 used += reserved  # a request counts from its start: those in flight are this minute's too
             spent = f", {money}{used:g} used" if used is not None else ""
-            message = f"{counter.scope} has reached its {what} ({limit}{spent})"
+            left = counter.limit - used - reserved if used is not None else 0.0
+            if counter.metric == "usd" and not flexible and left > EPSILON:
+                # Not spent: this request's own worst case (its max_tokens) is more than what is left, and a
+                # smaller one would be served now. "Has reached" sent its client to wait for the reset.
+                message = (f"this request's worst case ({money}{requested:g}) is more than the {money}{left:g} left "
+                           f"of {counter.scope}'s {what} ({limit}{spent}); lower max_tokens or n, or wait for the reset")
+            else:
+                message = f"{counter.scope} has reached its {what} ({limit}{spent})"
         super().__init__(message)
         self.counter = counter
         self.requested = requested
@@ -139,6 +146,7 @@ class BudgetStore:
         self._db = db
         self._insert = insert_for(db.engine.dialect.name)
 
+    @answered
     def reserve(self, claims: Sequence[Claim]) -> list[Claim]:
         """Reserves every claim or none and returns what was reserved (a flexible claim shrinks to what its
         counter has left, as LiteLLM admits a request while a budget is not spent); BudgetExceeded names the
@@ -175,6 +183,7 @@ class BudgetStore:
         ).returning(table.c.used)
         return connection.execute(statement).first() is not None
 
+    @answered
     def settle(self, claims: Sequence[Claim], actual: dict[Metric, float]) -> None:
         """Releases the reservations and adds what was really used (the estimate where unknown)."""
         table = cast(Table, BudgetUsageRow.__table__)
@@ -188,6 +197,7 @@ class BudgetStore:
                     table.c.window_start == counter.window_start,
                 ).values(used=table.c.used + spent, reserved=case((released < 0, 0.0), else_=released)))
 
+    @answered
     def usage(self, scope: str, metric: Metric, window_start: int) -> tuple[float, float]:
         """(used, reserved) of one counter; (0, 0) if it was never touched."""
         with self._db.engine.connect() as connection:

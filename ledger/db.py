@@ -6,10 +6,10 @@ import contextlib
 import fcntl
 import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -18,9 +18,9 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, String, create_engine, event, func, make_url, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from ledger.errors import LedgerError
+from ledger.errors import DatabaseUnavailableError, LedgerError
 from ledger.models import RequestRow, usage_daily
 from ledger.records import RequestRecord
 from ledger.rollup import GROUP_COLUMNS, aggregate
@@ -34,14 +34,24 @@ _STRING_LIMITS = tuple((c.name, c.type.length) for c in RequestRow.__table__.col
                        if isinstance(c.type, String) and c.type.length)
 
 
+_TEXT_COLUMNS = tuple(c.name for c in RequestRow.__table__.columns if isinstance(c.type, String))  # Text too
+
+
 def fit_columns(record: RequestRecord) -> RequestRecord:
-    """The record with any text longer than its column cut to fit (marked in `detail`). PostgreSQL refuses an
-    over-long value, and that one row would fail its whole batch; SQLite stores it either way."""
+    """The record with any text longer than its column cut to fit, and any NUL character replaced by U+FFFD
+    (both marked in `detail`). PostgreSQL refuses an over-long value and any NUL in text (a client's `model`
+    holds what it sends, and the error quotes it): the row was set aside, lost from the ledger, on PostgreSQL
+    only. SQLite stores either; both are fitted alike so the two ledgers read the same."""
+    nul: dict[str, Any] = {name: value.replace("\x00", "\ufffd") for name in _TEXT_COLUMNS
+                           if isinstance(value := getattr(record, name), str) and "\x00" in value}
+    record = replace(record, **nul) if nul else record
     cut: dict[str, Any] = {name: value[:limit] for name, limit in _STRING_LIMITS
                            if isinstance(value := getattr(record, name), str) and len(value) > limit}
-    if not cut:
+    if not cut and not nul:
         return record
-    return replace(record, **cut, detail={**(record.detail or {}), "truncated_fields": sorted(cut)})
+    detail = {**(record.detail or {}), **({"truncated_fields": sorted(cut)} if cut else {}),
+              **({"nul_replaced_fields": sorted(nul)} if nul else {})}
+    return replace(record, **cut, detail=detail)
 
 
 def chunk_sizes(n: int) -> list[int]:
@@ -124,6 +134,25 @@ def _pg_connect_args(url: str) -> dict[str, Any]:
     if "keepalives" not in query:
         args.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
     return args
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def answered(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turns the driver's "no answer" (a database down, unreachable, or locked past its timeout) into
+    DatabaseUnavailableError, which callers can tell from a bug: a key lookup or a budget then fails as
+    "unavailable, retry" instead of as an internal error with a traceback per request."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"the ledger database did not answer: {exc.orig or exc}") from exc
+
+    return call
 
 
 def safe_url(url: str) -> str:

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ledger.budgets import Limits
-from ledger.db import Database
-from ledger.errors import PeriodWithoutBudgetError, UnknownKeyError
+from ledger.db import Database, answered
+from ledger.errors import KeyNameTakenError, PeriodWithoutBudgetError, UnknownKeyError
 from ledger.models import ApiKeyRow
 
 KEY_PREFIX = "sk-dg-"
@@ -71,9 +72,11 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @answered
     def create(self, name: str, team: str | None, limits: Limits | None = None, *,
                models: Sequence[str] | None = None, expires_at: datetime | None = None) -> tuple[str, KeyInfo]:
-        """Returns the raw key (shown once) and its stored description."""
+        """Returns the raw key (shown once) and its stored description; KeyNameTakenError when an unrevoked key
+        already has the name (the database's unique index decides, so concurrent creates cannot both win)."""
         raw = KEY_PREFIX + secrets.token_urlsafe(24)
         limits = limits or Limits()
         values = dict(key_id="key_" + secrets.token_hex(8), name=name, team=team, key_hash=hash_key(raw),
@@ -81,10 +84,19 @@ class KeyStore:
                       max_budget_usd=limits.max_budget_usd, budget_period=limits.budget_period,
                       rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit,
                       models=list(models) if models is not None else None, expires_at=expires_at)
-        with self._db.engine.begin() as connection:
-            connection.execute(cast(Table, ApiKeyRow.__table__).insert().values(**values))
+        table = cast(Table, ApiKeyRow.__table__)
+        try:
+            with self._db.engine.begin() as connection:
+                connection.execute(table.insert().values(**values))
+        except IntegrityError:
+            # The id and hash are random: what clashes is the name (two creates racing past the callers' check).
+            clash = self._rows(select(table).where(table.c.name == name, table.c.revoked_at.is_(None)))
+            if not clash:
+                raise
+            raise KeyNameTakenError(name, clash[0].key_id) from None
         return raw, _info(ApiKeyRow(**values))
 
+    @answered
     def get(self, key_id: str) -> KeyInfo | None:
         table = cast(Table, ApiKeyRow.__table__)
         rows = self._rows(select(table).where(table.c.key_id == key_id))
@@ -94,6 +106,7 @@ class KeyStore:
         with self._db.engine.connect() as connection:
             return [ApiKeyRow(**dict(r._mapping)) for r in connection.execute(statement)]
 
+    @answered
     def verify(self, raw_key: str) -> KeyInfo | None:
         """The key's info if it exists and is not revoked, else None (an expired key's info: the caller
         says why it is refused)."""
@@ -104,6 +117,7 @@ class KeyStore:
             return None
         return _info(rows[0])
 
+    @answered
     def list(self, team: str | None = None) -> list[KeyInfo]:
         table = cast(Table, ApiKeyRow.__table__)
         statement = select(table).order_by(table.c.created_at)
@@ -111,6 +125,7 @@ class KeyStore:
             statement = statement.where(table.c.team == team)
         return [_info(r) for r in self._rows(statement)]
 
+    @answered
     def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyInfo:
         """Changes a key's limits, models or expiry in place (UPDATABLE names them; None clears one), so
         apps keep their secret; every replica sees it on the key's next request. UnknownKeyError if absent;
@@ -138,6 +153,7 @@ class KeyStore:
             raise UnknownKeyError(key_id)
         return _info(rows[0])
 
+    @answered
     def revoke(self, key_id: str) -> KeyInfo:
         """Marks a key revoked (idempotent); UnknownKeyError if it never existed."""
         table = cast(Table, ApiKeyRow.__table__)

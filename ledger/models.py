@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,6 +43,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def live_name_index() -> Index:
+    """No two unrevoked keys share a name (`key:` rules match by name): migration 0006 creates it, so two
+    `keys create` racing past the gateway's own check cannot both succeed."""
+    live = text("revoked_at IS NULL")
+    return Index("uq_api_keys_live_name", "name", unique=True, sqlite_where=live, postgresql_where=live)
 
 
 class Base(DeclarativeBase):
@@ -101,6 +109,8 @@ class ApiKeyRow(Base):
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
     models: Mapped[list[str] | None] = mapped_column(JSON)  # aliases the key may request; None: every one
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (live_name_index(),)
 
 
 class TeamRow(Base):

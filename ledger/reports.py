@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import and_, func, or_, select
 
-from ledger.db import Database
+from ledger.db import Database, answered
 from ledger.models import ApiKeyRow, RequestRow, usage_daily
 from ledger.rollup import (
     GROUP_COLUMNS,
@@ -127,6 +127,7 @@ class Reporter:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @answered
     def report(self, query: ReportQuery) -> Report:
         rows: dict[str, ReportRow] = {}
         whole_from = _midnight(query.since, up=True) if query.since else None

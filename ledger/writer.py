@@ -209,13 +209,20 @@ class LedgerWriter:
                 await asyncio.sleep(min(5.0, self._interval * 10))
 
     async def close(self) -> None:
-        """Flushes everything and stops; a clean close leaves no journal segment behind."""
+        """Flushes everything and stops; a clean close leaves no journal segment behind. With the database down
+        it still stops (the rows wait in the journal for the next start): it raised, and the gateway's shutdown
+        failed with a traceback, its other connections left open."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        except SQLAlchemyError as exc:  # a database down at shutdown: the rows stay in their sealed segments
+            log.error("could not write %d ledger row(s) before stopping (%s); they stay in the journal in %s and "
+                      "are written at the next start", self.pending, str(getattr(exc, "orig", None) or exc)
+                      .strip().splitlines()[0][:300], self._journal.parent)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -8,12 +8,19 @@ from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.services import Services, new_key_problem
-from ledger import DURATION_PATTERN, KeyInfo, PeriodWithoutBudgetError, UnknownKeyError, parse_duration
+from ledger import (
+    DURATION_PATTERN,
+    KeyInfo,
+    KeyNameTakenError,
+    PeriodWithoutBudgetError,
+    UnknownKeyError,
+    parse_duration,
+)
 from ledger.budgets import Limits
 
 router = APIRouter(prefix="/admin")
@@ -23,13 +30,23 @@ NO_NUL = r"^[^\x00]*$"
 KeyIdPath = Annotated[str, Path(pattern=NO_NUL)]
 
 
+def _not_blank(value: str) -> str:
+    """A blank name or team shows as nothing in every list (`keys create` refuses it too)."""
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL), AfterValidator(_not_blank)]
+
+
 class KeyCreate(BaseModel):
     # Strict, as the config's limits are: `"5"` or `true` for a limit is a mistake, not a number (`true` was an
     # rpm of 1), and an infinite budget (`1e400`) was stored, then shown as no budget at all.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=128, pattern=NO_NUL)
-    team: str | None = Field(default=None, min_length=1, max_length=128, pattern=NO_NUL)
+    name: Name
+    team: Name | None = None
     max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
     rpm_limit: int | None = Field(default=None, ge=1, le=10_000_000)
@@ -88,11 +105,14 @@ async def create_key(body: KeyCreate, services: ServicesDep, _master: MasterDep)
         raise InvalidRequest(PERIOD_ALONE, param="budget_period")
     limits = Limits(body.max_budget_usd, body.budget_period, body.rpm_limit, body.tpm_limit)
     _check_models(services, body.models)
-    problem = new_key_problem(services.config, await asyncio.to_thread(services.keys.list), body.name, body.team)
+    problem = new_key_problem(services.config, body.name, body.team)
     if problem is not None:
-        raise InvalidRequest(problem[1], param=problem[0])
-    raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
-                                                models=body.models, expires_at=_expiry(body.duration)))
+        raise (Conflict if problem[0] == "name" else InvalidRequest)(problem[1], param=problem[0])
+    try:
+        raw, info = await asyncio.to_thread(partial(services.keys.create, body.name, body.team, limits,
+                                                    models=body.models, expires_at=_expiry(body.duration)))
+    except KeyNameTakenError as exc:
+        raise Conflict(str(exc), param="name") from None
     return KeyCreated(key=raw, **KeyOut.of(info).model_dump())
 
 

@@ -121,3 +121,5 @@ def test_open_mode_without_master_key(gateway_factory, simulator) -> None:
     r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG})
     assert r.status_code == 200
     assert httpx.get(gw.url + "/admin/keys").status_code == 403  # admin still needs a master key
+    # ... which it does not have: the 403 says how to get one, not only that one is needed
+    assert "set `master_key`" in httpx.get(gw.url + "/admin/keys").json()["error"]["message"]

@@ -230,8 +230,9 @@ def test_failed_requests_leave_no_phantom_spend_and_budgets_say_why_they_refuse(
         assert "held by requests in flight" in held.json()["error"]["message"]
         assert held.headers["retry-after"] == "1"
         settled(slow)
-        full = asyncio.run(_one(gw.url, "gpt-4o-mini"))  # $0.010 spent: $0.005 more does not fit
-        assert full.status_code == 429 and "has reached its dollar budget" in full.json()["error"]["message"]
+        full = asyncio.run(_one(gw.url, "gpt-4o-mini"))  # $0.010 spent: $0.005 more does not fit, a smaller one would
+        assert full.status_code == 429 and full.json()["error"]["message"].startswith(
+            "this request's worst case ($0.005) is more than the $0.002 left of team:racers's dollar budget")
         # Without max_tokens a request claims what is left ($0.002 of $0.012): served while anything is
         # (as LiteLLM admits while spend < budget), then refused with the truth.
         def no_cap() -> httpx.Response:
@@ -242,3 +243,55 @@ def test_failed_requests_leave_no_phantom_spend_and_budgets_say_why_they_refuse(
         assert no_cap().status_code == 200
         spent = no_cap()
         assert spent.status_code == 429 and "has reached its dollar budget" in spent.json()["error"]["message"]
+
+
+def test_a_refusal_no_wait_can_help_tells_the_openai_sdk_not_to_retry(gateway_factory, tmp_path: Path) -> None:
+    """A spent `total` budget never resets and a worst case above the whole budget never fits: their 429s had no
+    Retry-After, so the OpenAI SDK retried each twice (1-2 s lost, three refused rows for one call)."""
+    import openai
+
+    from tests.gateway.test_chat_hosted import flushed_db
+
+    with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, f"sqlite:///{tmp_path}/l.db",
+                                           "max_budget_usd: 0.006\n    budget_period: total"))
+        client = openai.OpenAI(base_url=gw.base_url, api_key="sk-racer-key-123456")  # the SDK's default retries
+        go = [{"role": "user", "content": "go"}]
+        too_big = "more than team:racers's whole dollar budget"
+        for max_tokens, expected in ((50, too_big), (5, None), (5, "the budget has no period and never resets")):
+            if expected is None:
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=max_tokens, messages=go)
+                asyncio.run_coroutine_threadsafe(gw.services.budgets.drain(), gw.services.loop).result(10)
+                continue
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=max_tokens, messages=go)
+            assert expected in info.value.message and info.value.response.headers["x-should-retry"] == "false"
+        rows = [(r.status_code, r.route) for r in flushed_db(gw).iter_records()]
+        assert sorted(rows) == [(200, "hosted"), (429, "none"), (429, "none")], rows  # one row per call
+
+
+def test_a_client_that_leaves_while_its_budget_is_reserved_releases_it(gateway_factory, tmp_path: Path) -> None:
+    """A client that gave up while the database was slow to reserve (here: another writer holds SQLite's lock)
+    left its reservation held for the rest of the month: the team's whole $1 (no max_tokens claims what is left),
+    every later request a 429 "held by requests in flight"."""
+    import sqlite3
+
+    with simulator_server(Simulator(reply_fn=lambda _body: "a b c d e")) as sim:
+        gw = gateway_factory(budget_config(sim.base_url, f"sqlite:///{tmp_path}/l.db", "max_budget_usd: 1"))
+        go = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}]}
+        auth = {"authorization": "Bearer sk-racer-key-123456"}
+        lock = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the reservation waits for the lock (busy_timeout)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{gw.url}/v1/chat/completions", headers=auth, json=go, timeout=0.3)
+        time.sleep(0.2)  # the gateway sees the disconnect and cancels the request
+        lock.execute("ROLLBACK")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            held = lock.execute("SELECT reserved FROM budget_usage WHERE metric = 'usd'").fetchall()
+            if held == [(0.0,)]:
+                break
+            time.sleep(0.05)
+        assert held == [(0.0,)]
+        lock.close()
+        assert httpx.post(f"{gw.url}/v1/chat/completions", headers=auth, json=go, timeout=10).status_code == 200

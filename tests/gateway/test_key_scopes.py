@@ -156,3 +156,35 @@ def test_a_nul_character_in_a_name_team_or_key_id_is_a_400_on_every_database(gat
         reply = httpx.request(method, gw.url + path, headers=headers, content="{}" if method == "PATCH" else None)
         assert reply.status_code == 400, (method, path, reply.text)
     assert httpx.get(gw.url + "/admin/keys", headers=ADMIN).json() == []
+
+
+def test_keys_created_at_once_with_one_name_are_one_201_and_409s(gateway_factory, shared_database_url: str) -> None:
+    """Concurrent POST /admin/keys with one name all passed the name check and all got a key: now one does, the
+    others get a 409 naming it (the database's unique index decides); a config key's name is a 409 too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = gateway_factory(f'master_key: os.environ/DRAFTGATE_TEST_MASTER\ndatabase_url: "{shared_database_url}"\n'
+                         "keys:\n  - name: ci-bot\n    key: sk-static-ci-bot-0123\nlocal:\n  enabled: false\n")
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: httpx.post(gw.url + "/admin/keys", json={"name": "app"}, headers=ADMIN,
+                                                     timeout=30), range(8)))
+    assert sorted(r.status_code for r in replies) == [201] + [409] * 7, [r.text for r in replies]
+    winner = next(r.json()["key_id"] for r in replies if r.status_code == 201)
+    for refused in (r for r in replies if r.status_code == 409):
+        assert refused.json() == {"error": {"message": f"the live key {winner} is already named 'app'",
+                                            "type": "invalid_request_error", "param": "name", "code": "conflict"}}
+        assert refused.headers["x-should-retry"] == "false"  # the OpenAI SDK retries a 409 unless told not to
+    config_twin = httpx.post(gw.url + "/admin/keys", json={"name": "ci-bot"}, headers=ADMIN)
+    assert config_twin.status_code == 409 and config_twin.json()["error"]["param"] == "name", config_twin.text
+    assert [k["name"] for k in httpx.get(gw.url + "/admin/keys", headers=ADMIN).json()] == ["app"]
+
+
+def test_a_blank_name_or_team_is_a_400_as_keys_create_refuses_it(gateway_factory, tmp_path: Path) -> None:
+    """POST /admin/keys took `"name": "  "` (and such a team), a key that shows as nothing in every list."""
+    gw = gateway_factory(f'master_key: os.environ/DRAFTGATE_TEST_MASTER\ndatabase_url: "sqlite:///{tmp_path}/l.db"\n'
+                         "local:\n  enabled: false\n")
+    for body, param in (({"name": "  "}, "name"), ({"name": "ok", "team": "\t"}, "team")):
+        refused = httpx.post(gw.url + "/admin/keys", json=body, headers=ADMIN)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+        assert refused.json()["error"]["message"] == f"{param}: must not be blank"
+    assert httpx.get(gw.url + "/admin/keys", headers=ADMIN).json() == []

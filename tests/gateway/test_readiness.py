@@ -101,3 +101,25 @@ def test_readyz_answers_503_at_once_when_the_database_stops_answering(gateway_fa
     while httpx.get(gw.url + "/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "never ready again after the database came back"
         time.sleep(0.2)
+
+
+def test_a_database_that_is_down_is_a_503_to_retry_not_an_internal_error(gateway_factory, simulator,
+                                                                           proxied_database) -> None:
+    """Virtual keys, budgets, admin and reports read the database on every request: with it down they were a
+    500 `internal_error` (a traceback logged per request) that said nothing of what to do."""
+    url, proxy, loop = proxied_database
+    gw = gateway_factory(hosted_config(simulator.base_url), database_url=url)
+    admin = {"authorization": f"Bearer {MASTER_KEY}"}
+    key = httpx.post(gw.url + "/admin/keys", json={"name": "app"}, headers=admin, timeout=10).json()["key"]
+    loop.run(proxy.stop())  # connections cut, new ones refused
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    for reply in (httpx.post(gw.url + "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"},
+                             timeout=30),
+                  httpx.get(gw.url + "/admin/keys", headers=admin, timeout=30),
+                  httpx.get(gw.url + "/v1/reports/costs", headers=admin, timeout=30)):
+        assert reply.status_code == 503, reply.text
+        assert reply.json() == {"error": {"message": "the gateway's database is unavailable; retry shortly",
+                                          "type": "api_error", "param": None, "code": "database_unavailable"}}
+        assert reply.headers["retry-after"] == "5"
+    served = httpx.post(gw.url + "/v1/chat/completions", json=chat, headers=admin, timeout=30)
+    assert served.status_code == 200  # the master key needs no database: the row is journalled

@@ -58,14 +58,15 @@ def test_a_virtual_key_names_a_declared_team_and_a_name_of_its_own(gateway_facto
     monkeypatch.setenv("DRAFTGATE_TEST_STATIC_KEY", STATIC_KEY)
     static = "teams:\n  - name: research\nkeys:\n  - name: ci-bot\n    key: os.environ/DRAFTGATE_TEST_STATIC_KEY\n"
     gw = gateway_factory(hosted_config(simulator.base_url, static))
-    for body, param, words in (({"name": "a", "team": "Research"}, "team", "not declared in the config"),
-                               ({"name": "ci-bot", "team": "research"}, "name", "a key in the config")):
+    # A taken name is a 409 conflict (since migration 0006 made the database hold the rule), a bad team a 400.
+    for body, param, words, status in (({"name": "a", "team": "Research"}, "team", "not declared in the config", 400),
+                                       ({"name": "ci-bot", "team": "research"}, "name", "a key in the config", 409)):
         refused = httpx.post(gw.url + "/admin/keys", json=body, headers=ADMIN)
-        assert refused.status_code == 400 and refused.json()["error"]["param"] == param
+        assert refused.status_code == status and refused.json()["error"]["param"] == param
         assert words in refused.json()["error"]["message"]
     _, first = _new_key(gw, "app", "research")
     again = httpx.post(gw.url + "/admin/keys", json={"name": "app", "team": "research"}, headers=ADMIN)
-    assert again.status_code == 400 and first in again.json()["error"]["message"]
+    assert again.status_code == 409 and first in again.json()["error"]["message"]
     assert httpx.delete(gw.url + f"/admin/keys/{first}", headers=ADMIN).status_code in (200, 204)
     _new_key(gw, "app", "research")  # the name is free again once its key is revoked
 

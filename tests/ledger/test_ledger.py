@@ -233,7 +233,7 @@ def _migrate_concurrently(urls: list[str]) -> None:
         assert failures == [], (url, failures)
         db = Database(url)
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0006"]
         db.dispose()
 
 
@@ -268,6 +268,37 @@ def test_text_longer_than_its_column_is_cut_to_fit_not_refused(db: Database) -> 
     stored = db.get_record("long")
     assert stored is not None and stored.key_id == long_key[:64] and stored.provider_model == long_model[:256]
     assert stored.detail is not None and stored.detail["truncated_fields"] == ["key_id", "provider_model"]
+
+
+def test_a_nul_character_is_replaced_not_refused_on_every_database(db: Database) -> None:
+    """PostgreSQL's text cannot hold NUL: a request whose `model` had one (the 404's error quotes it too) was
+    answered, then its row set aside in ledger-rejected.jsonl on PostgreSQL only."""
+    assert db.insert_records([record("nul", model_alias="gpt\x00x", error="no model `gpt\x00x`")]) == 1
+    stored = db.get_record("nul")
+    assert stored is not None and (stored.model_alias, stored.error) == ("gpt\ufffdx", "no model `gpt\ufffdx`")
+    assert stored.detail == {"nul_replaced_fields": ["error", "model_alias"]}
+
+
+async def test_closing_while_the_database_refuses_writes_keeps_the_rows_for_the_next_start(tmp_path: Path) -> None:
+    """A gateway stopped while its database is down (here: the table is away) raised from close(), so the
+    shutdown failed with a traceback; it now stops, and the next start writes the journalled rows."""
+    from sqlalchemy import text
+
+    db = Database(f"sqlite:///{tmp_path}/ledger.db")
+    db.migrate()
+    writer = LedgerWriter(db, tmp_path / "ledger-1.journal", flush_interval_s=60, recover_glob="ledger-*.journal.*")
+    await writer.start()
+    writer.record(record("kept"))
+    with db.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE requests RENAME TO requests_away"))
+    await writer.close()
+    with db.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE requests_away RENAME TO requests"))
+    restarted = LedgerWriter(db, tmp_path / "ledger-2.journal", recover_glob="ledger-*.journal.*")
+    await restarted.start()
+    assert db.get_record("kept") is not None and not list(tmp_path.glob("ledger-1.journal.*"))
+    await restarted.close()
+    db.dispose()
 
 
 async def test_a_journal_is_replayed_only_into_the_database_it_was_written_for(tmp_path: Path) -> None:
@@ -341,3 +372,20 @@ def test_a_full_requests_per_minute_limit_counts_the_requests_in_flight(db: Data
         store.reserve([Claim(limit, 1.0)])
     assert "has reached its requests-per-minute limit (2, 2 used)" in str(info.value)
     assert not info.value.in_flight  # a request is counted once it starts: waiting for it does not help
+
+
+def test_a_dollar_refusal_says_when_only_the_requests_own_worst_case_does_not_fit(db: Database) -> None:
+    """$0.30 of $1 left and a worst case (its max_tokens) of $0.50: the 429 said the budget "has reached" its
+    limit, so the client waited for the reset, though a smaller max_tokens would have been served at once."""
+    from ledger.budgets import BudgetExceeded, BudgetStore, Claim, Limits, counters
+
+    store = BudgetStore(db)
+    budget = counters("team:t", Limits(max_budget_usd=1.0), T0)[0]
+    store.settle(store.reserve([Claim(budget, 0.7)]), {"usd": 0.7})
+    with pytest.raises(BudgetExceeded) as info:
+        store.reserve([Claim(budget, 0.5)])
+    assert str(info.value) == ("this request's worst case ($0.5) is more than the $0.3 left of team:t's dollar budget "
+                               "($1, $0.7 used); lower max_tokens or n, or wait for the reset")
+    store.settle(store.reserve([Claim(budget, 0.3)]), {"usd": 0.3})  # what is left is served
+    with pytest.raises(BudgetExceeded, match=r"^team:t has reached its dollar budget \(\$1, \$1 used\)$"):
+        store.reserve([Claim(budget, 0.1)])
