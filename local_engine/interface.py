@@ -122,6 +122,7 @@ class Completion:
     model: str
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (OpenAI's prompt_tokens_details)
     logprobs: tuple[TokenLogprob, ...] | None = None  # every token's, when asked for and the backend gives them
+    usage_estimated: bool = False  # token counts estimated here: the model server reported none that could be true
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class StreamDelta:
     device_seconds: float = 0.0
     cost_usd: float = 0.0
     logprobs: tuple[TokenLogprob, ...] | None = None  # the new text's tokens', when asked for
+    usage_estimated: bool = False  # as Completion's
 
 
 @runtime_checkable

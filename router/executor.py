@@ -103,6 +103,8 @@ class Executor:
             detail["choice_confidence"] = [c.confidence.as_dict() for c in completions]
         if first.cached_tokens:
             detail["cached_prompt_tokens"] = first.cached_tokens
+        if any(c.usage_estimated for c in completions):  # as a hosted answer without usage is marked
+            detail["usage_estimated"] = True
         return Outcome(route=route, provider_model=first.model, prompt_tokens=first.prompt_tokens,
                        completion_tokens=sum(c.completion_tokens for c in completions),
                        cached_tokens=first.cached_tokens, local_cost_usd=sum(c.cost_usd for c in completions),
@@ -391,3 +393,5 @@ def _add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:
     outcome.device_seconds += sum(d.device_seconds for d in deltas)
     outcome.local_cost_usd = (outcome.local_cost_usd or 0.0) + sum(d.cost_usd for d in deltas)
     outcome.detail["unfinished_choices"] = len(deltas)
+    if any(d.usage_estimated for d in deltas):
+        outcome.detail["usage_estimated"] = True
