@@ -131,7 +131,7 @@ class VllmBackend:
                     opened = True
                     return response, base, started
                 try:
-                    detail = (await response.aread())[:300].decode("utf-8", "replace")
+                    detail = _refusal(await response.aread())
                 except httpx.HTTPError:
                     detail = ""
                 finally:
@@ -344,10 +344,22 @@ def _usage(data: Mapping[str, Any]) -> dict[str, Any]:
     return usage if isinstance(usage, dict) else {}
 
 
-def _error_message(chunk: Mapping[str, Any]) -> str:
-    error = chunk.get("error")
-    message = error.get("message") if isinstance(error, dict) else chunk.get("message")
-    return str(message or "an error event")[:300]
+def _error_message(body: Mapping[str, Any], fallback: str = "an error event") -> str:
+    """The message of OpenAI's error object or of vLLM's top-level ErrorResponse."""
+    error = body.get("error")
+    message = error.get("message") if isinstance(error, dict) else body.get("message")
+    return str(message)[:300] if message else fallback
+
+
+def _refusal(content: bytes) -> str:
+    """What an error response says (the client reads it inside draftgate's own error): its message, else
+    the body's start."""
+    start = content[:300].decode("utf-8", "replace")
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return start
+    return _error_message(body, start) if isinstance(body, dict) else start
 
 
 def _count(value: Any) -> int | None:

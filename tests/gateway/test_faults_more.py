@@ -161,3 +161,17 @@ def test_a_vllm_usage_missing_or_wrong_is_estimated_not_a_500_nor_0_tokens(gatew
             assert (row.detail or {}).get("usage_estimated") is True
     answer = client(gw).chat.completions.create(model="local/diffusiongemma", messages=messages)  # reported: kept
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (4, 5)  # type: ignore[union-attr]
+
+
+def test_a_vllm_refusal_is_relayed_with_the_servers_message(gateway_factory, simulator) -> None:
+    # The client read vLLM's whole error JSON inside draftgate's message ('... (400): {"error":{"message":...').
+    pool = f"local:\n  enabled: true\n  backend: vllm\n  api_base: {simulator.base_url}\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", pool))
+    message = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens"
+    for stream in (False, True):
+        simulator.state.faults.append(Fault(status=400, message=message))
+        with pytest.raises(openai.BadRequestError) as info:
+            client(gw).chat.completions.create(model="local/diffusiongemma", stream=stream,
+                                               messages=[{"role": "user", "content": "hi"}])
+        assert info.value.code == "local_rejected"
+        assert info.value.message.endswith(f"refused the request (400): {message}"), info.value.message
