@@ -224,9 +224,16 @@ class Executor:
                 for i in range(job.n):
                     streams.append(self.local.stream(self.generation_request(job, plan, i)))
                 streams = await primed(streams)
-            except BaseException:
-                for opened in streams:
+            except BaseException as exc:
+                # A client gone before the first byte (its rows queued, or in a first canvas) is billed the passes
+                # its rows had, as a non-streaming request is; so is a failure after some rows computed.
+                progress: dict[int, StreamDelta] = {}
+                for index, opened in enumerate(streams):
                     await opened.aclose()  # type: ignore[attr-defined]
+                    note_spent(opened, index, progress)
+                if isinstance(exc, asyncio.CancelledError) or progress:
+                    add_unfinished(outcome, list(progress.values()))
+                    exc.outcome = outcome  # type: ignore[attr-defined]  # read by the pipeline
                 raise
             return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
         if plan.cascade_target:

@@ -129,6 +129,10 @@ class _Replayed:
     async def aclose(self) -> None:
         await self._stream.aclose()  # type: ignore[attr-defined]
 
+    def spent(self) -> StreamDelta | None:
+        """What the stream's request has used so far, when its backend says (`MeteredStream`)."""
+        return self._stream.spent() if isinstance(self._stream, MeteredStream) else None
+
 
 async def merged(streams: list[AsyncIterator[StreamDelta | Completion]],
                  ) -> AsyncIterator[tuple[int, StreamDelta | Completion]]:
