@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol, TypedDict, runtime_checkable
 
 
@@ -22,6 +22,7 @@ class EngineConfig:
     max_tokens: int = 512
     api_bases: tuple[str, ...] = ()  # vllm backend
     served_model: str | None = None  # vllm: the model name to send upstream
+    api_key: str | None = field(default=None, repr=False)  # vllm: sent as `Authorization: Bearer` (its --api-key)
     prefix_cache_tokens: int = 32_768  # prompt-prefix KV reuse: tokens of shared prefixes kept (0: off)
     prefix_cache_min_tokens: int = 64  # shorter prefixes are encoded with their request, not cached
     first_canvas_length: int | None = None  # cap on a request's first canvas (None: only max_tokens caps it)

@@ -118,6 +118,9 @@ class VllmBackend:
         Servers in `skip` already failed this request."""
         assert self._http is not None, "start() first"
         content = orjson.dumps(self._body(request, stream))
+        headers = {"content-type": "application/json"}
+        if self._config.api_key:  # a server started with --api-key refuses every request without it (401)
+            headers["authorization"] = f"Bearer {self._config.api_key}"
         failures: list[str] = []
         busy: list[float] = []
         for base in [b for b in self._order() if b not in skip]:
@@ -126,7 +129,7 @@ class VllmBackend:
             try:
                 response = await self._http.send(
                     self._http.build_request("POST", base.rstrip("/") + "/chat/completions", content=content,
-                                             headers={"content-type": "application/json"}), stream=True)
+                                             headers=headers), stream=True)
                 if response.status_code == 200:
                     opened = True
                     return response, base, started
