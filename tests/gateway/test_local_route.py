@@ -137,3 +137,15 @@ policies:
     assert raw.headers["x-draftgate-route"] == "hosted" and raw.headers["x-draftgate-rule"].startswith("hard (p_hosted=")
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
     assert row is not None and 0 <= row.detail["route"]["p_hosted"] <= 1
+
+
+def test_the_local_alias_of_a_gateway_without_a_local_model_is_a_404(gateway_factory, simulator) -> None:
+    """With `local.enabled: false`, /v1/models leaves the local alias out and GET /v1/models/{it} is a 404, but a
+    chat request naming it was a 503 local_unavailable with Retry-After, which the SDK retried twice."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    assert "local/diffusiongemma" not in [m.id for m in client(gw).models.list()]
+    with pytest.raises(openai.NotFoundError) as info:
+        client(gw).chat.completions.create(model="local/diffusiongemma", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "model_not_found" and info.value.param == "model"
+    row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+    assert row is not None and (row.route, row.status_code) == ("none", 404)
