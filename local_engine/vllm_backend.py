@@ -175,22 +175,23 @@ class VllmBackend:
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return body
 
-    def _tokens(self, usage: Mapping[str, Any], request: GenerationRequest, text: str) -> tuple[int, int, bool]:
+    def _tokens(self, usage: Mapping[str, Any], request: GenerationRequest, chars: int) -> tuple[int, int, bool]:
         """(prompt, completion, estimated): the server's counts, or, where it sent none that can be true (a
         server or proxy that drops `usage`, or garbles it: a string, a negative number), counts estimated here
-        at CHARS_PER_TOKEN, so that no row says 0 tokens and no wrong figure fails the request after its work."""
+        at CHARS_PER_TOKEN (`chars`: the answer's so far), so that no row says 0 tokens and no wrong figure fails
+        the request after its work."""
         prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
         if prompt is not None and completion is not None:
             return prompt, completion, False
         if prompt is None:
             prompt = max(1, self.count_prompt_tokens(request.messages))
-        return prompt, completion if completion is not None else -(-len(text) // CHARS_PER_TOKEN), True
+        return prompt, completion if completion is not None else -(-chars // CHARS_PER_TOKEN), True
 
     def _completion(self, request: GenerationRequest, text: str, finish: str, usage: Mapping[str, Any],
                     seconds: float, logprobs: tuple[TokenLogprob, ...] | None) -> Completion:
         details = usage.get("prompt_tokens_details")  # vLLM fills it when its prefix caching is on
         cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
-        prompt, completion, estimated = self._tokens(usage, request, text)
+        prompt, completion, estimated = self._tokens(usage, request, len(text))
         return Completion(text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion,
                           device_seconds=seconds, cost_usd=seconds / 3600 * self._rate, confidence=NO_SIGNALS,
                           model=self.model_name, cached_tokens=min(cached or 0, prompt), logprobs=logprobs,
@@ -271,7 +272,7 @@ class VllmBackend:
                     if text or tokens:  # a token can decode to no text yet (part of a character)
                         parts.append(text)
                         seconds = clock.read() - started
-                        prompt, completion, estimated = self._tokens(usage, request, "".join(parts))
+                        prompt, completion, estimated = self._tokens(usage, request, sum(map(len, parts)))
                         yield StreamDelta(text, prompt_tokens=prompt, completion_tokens=completion,
                                           device_seconds=seconds, cost_usd=seconds / 3600 * self._rate,
                                           logprobs=tokens, usage_estimated=estimated)
