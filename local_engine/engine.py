@@ -366,7 +366,7 @@ class DiffusionEngine:
         if row.finish_reason is None:
             hold = max((len(s) for s in row.request.stop), default=1) - 1  # a stop string may span canvases
             final = self._detokenizer.final_chars(row.tokens, text)  # so may a character's bytes
-            self._emit_text(slot, text[: min(len(text) - hold, final)])
+            self._emit_text(slot, text[: max(0, min(len(text) - hold, final))])  # hold > len(text): nothing
             return  # the batch encodes this canvas and opens the next at its canvas boundary
         self._emit_text(slot, text)
         row.state = RowState.DONE
