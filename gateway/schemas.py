@@ -130,6 +130,12 @@ class ChatRequest(BaseModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
 
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream_null_is_false(cls, value: Any) -> Any:
+        # OpenAI's API and the SDK (`stream: Optional[Literal[False]]`) take null for "not streamed".
+        return False if value is None else value
+
     @field_validator("stop")
     @classmethod
     def _stop_limits(cls, value: str | list[str] | None) -> str | list[str] | None:

@@ -51,7 +51,7 @@ def engine_config(config: policies.GatewayConfig) -> EngineConfig:
                         prefix_cache_tokens=local.prefix_cache_tokens,
                         prefix_cache_min_tokens=local.prefix_cache_min_tokens,
                         first_canvas_length=local.first_canvas_length, max_model_len=local.max_model_len,
-                        api_bases=local.api_bases, timeout_s=local.timeout_s)
+                        api_bases=local.api_bases, api_key=local.api_key, timeout_s=local.timeout_s)
 
 
 def prompt_scorer() -> Any:

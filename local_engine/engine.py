@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from local_engine.batch import Batch, BatchStats
+from local_engine.detokenize import Detokenizer
 from local_engine.errors import (
     EngineUnavailableError,
     GenerationFailedError,
@@ -95,6 +96,7 @@ class DiffusionEngine:
         self.ticks = 0  # scheduler ticks, for tests and benchmarks
         self.admissions: dict[str, Admission] = {}  # request id -> its admission, the newest ADMISSIONS_KEPT
         self.prompts = PromptBuilder(loaded.tokenizer, self.prefixes)
+        self._detokenizer = Detokenizer(loaded.tokenizer)
         self.inline_prompt_chars = INLINE_PROMPT_CHARS
         self._preparing = 0  # submissions whose prompt is being prepared off the loop: they hold queue places
         self._prompt_pool: ThreadPoolExecutor | None = None
@@ -363,14 +365,15 @@ class DiffusionEngine:
             row.tokens = row.tokens[:tokens_through_stop(row.tokens, row.request.stop, self._decode)]
         if row.finish_reason is None:
             hold = max((len(s) for s in row.request.stop), default=1) - 1  # a stop string may span canvases
-            self._emit_text(slot, text[: len(text) - hold] if hold else text)
+            final = self._detokenizer.final_chars(row.tokens, text)  # so may a character's bytes
+            self._emit_text(slot, text[: max(0, min(len(text) - hold, final))])  # hold > len(text): nothing
             return  # the batch encodes this canvas and opens the next at its canvas boundary
         self._emit_text(slot, text)
         row.state = RowState.DONE
         slot.emit(self._completion(row, text))
 
     def _decode(self, tokens: list[int]) -> str:
-        return str(self._loaded.tokenizer.decode(tokens, skip_special_tokens=True))  # as vLLM and OpenAI do
+        return self._detokenizer.decode(tokens)
 
     def _emit_text(self, slot: _Slot, text: str) -> None:
         row = slot.row

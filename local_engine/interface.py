@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol, TypedDict, runtime_checkable
 
 
@@ -22,6 +22,7 @@ class EngineConfig:
     max_tokens: int = 512
     api_bases: tuple[str, ...] = ()  # vllm backend
     served_model: str | None = None  # vllm: the model name to send upstream
+    api_key: str | None = field(default=None, repr=False)  # vllm: sent as `Authorization: Bearer` (its --api-key)
     prefix_cache_tokens: int = 32_768  # prompt-prefix KV reuse: tokens of shared prefixes kept (0: off)
     prefix_cache_min_tokens: int = 64  # shorter prefixes are encoded with their request, not cached
     first_canvas_length: int | None = None  # cap on a request's first canvas (None: only max_tokens caps it)
@@ -122,6 +123,7 @@ class Completion:
     model: str
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (OpenAI's prompt_tokens_details)
     logprobs: tuple[TokenLogprob, ...] | None = None  # every token's, when asked for and the backend gives them
+    usage_estimated: bool = False  # token counts estimated here: the model server reported none that could be true
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class StreamDelta:
     device_seconds: float = 0.0
     cost_usd: float = 0.0
     logprobs: tuple[TokenLogprob, ...] | None = None  # the new text's tokens', when asked for
+    usage_estimated: bool = False  # as Completion's
 
 
 @runtime_checkable

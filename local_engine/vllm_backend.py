@@ -49,6 +49,7 @@ from local_engine.metering import DEFAULT_GPU_USD_PER_HOUR
 COOL_DOWN_S = 5.0  # a server that failed is tried last for this long
 HEALTH_TIMEOUT_S = 2.0  # a readiness probe waits this long for each server
 BUSY_STATUSES = frozenset({429, 503})
+CHARS_PER_TOKEN = 4  # the estimate of a count the server did not report (as `count_prompt_tokens` makes it)
 NO_SIGNALS = Confidence(steps_per_canvas=(), step_cap_hit=False, tokens_per_pass=0.0, mean_entropy=0.0,
                         max_entropy=0.0, measured=False)  # vLLM reports no denoising signals
 
@@ -99,7 +100,7 @@ class VllmBackend:
         return response.status_code == 200
 
     def count_prompt_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        return sum(len(str(m.get("content") or "")) for m in messages) // 4
+        return sum(len(str(m.get("content") or "")) for m in messages) // CHARS_PER_TOKEN
 
     def _cool_down(self, base: str) -> None:
         """A server that failed a request is tried last for COOL_DOWN_S."""
@@ -117,6 +118,9 @@ class VllmBackend:
         Servers in `skip` already failed this request."""
         assert self._http is not None, "start() first"
         content = orjson.dumps(self._body(request, stream))
+        headers = {"content-type": "application/json"}
+        if self._config.api_key:  # a server started with --api-key refuses every request without it (401)
+            headers["authorization"] = f"Bearer {self._config.api_key}"
         failures: list[str] = []
         busy: list[float] = []
         for base in [b for b in self._order() if b not in skip]:
@@ -125,12 +129,12 @@ class VllmBackend:
             try:
                 response = await self._http.send(
                     self._http.build_request("POST", base.rstrip("/") + "/chat/completions", content=content,
-                                             headers={"content-type": "application/json"}), stream=True)
+                                             headers=headers), stream=True)
                 if response.status_code == 200:
                     opened = True
                     return response, base, started
                 try:
-                    detail = (await response.aread())[:300].decode("utf-8", "replace")
+                    detail = _refusal(await response.aread())
                 except httpx.HTTPError:
                     detail = ""
                 finally:
@@ -171,14 +175,27 @@ class VllmBackend:
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return body
 
-    def _completion(self, text: str, finish: str, usage: Mapping[str, Any], seconds: float,
-                    logprobs: tuple[TokenLogprob, ...] | None) -> Completion:
-        details = usage.get("prompt_tokens_details") or {}  # vLLM fills it when its prefix caching is on
-        return Completion(text=text, finish_reason=finish, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(usage.get("completion_tokens") or 0), device_seconds=seconds,
-                          cost_usd=seconds / 3600 * self._rate, confidence=NO_SIGNALS, model=self.model_name,
-                          cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
-                          logprobs=logprobs)
+    def _tokens(self, usage: Mapping[str, Any], request: GenerationRequest, chars: int) -> tuple[int, int, bool]:
+        """(prompt, completion, estimated): the server's counts, or, where it sent none that can be true (a
+        server or proxy that drops `usage`, or garbles it: a string, a negative number), counts estimated here
+        at CHARS_PER_TOKEN (`chars`: the answer's so far), so that no row says 0 tokens and no wrong figure fails
+        the request after its work."""
+        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        if prompt is not None and completion is not None:
+            return prompt, completion, False
+        if prompt is None:
+            prompt = max(1, self.count_prompt_tokens(request.messages))
+        return prompt, completion if completion is not None else -(-chars // CHARS_PER_TOKEN), True
+
+    def _completion(self, request: GenerationRequest, text: str, finish: str, usage: Mapping[str, Any],
+                    seconds: float, logprobs: tuple[TokenLogprob, ...] | None) -> Completion:
+        details = usage.get("prompt_tokens_details")  # vLLM fills it when its prefix caching is on
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+        prompt, completion, estimated = self._tokens(usage, request, len(text))
+        return Completion(text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion,
+                          device_seconds=seconds, cost_usd=seconds / 3600 * self._rate, confidence=NO_SIGNALS,
+                          model=self.model_name, cached_tokens=min(cached or 0, prompt), logprobs=logprobs,
+                          usage_estimated=estimated)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         response, base, started = await self._open(request, stream=False)
@@ -195,7 +212,8 @@ class VllmBackend:
         if not isinstance(message, dict):
             raise EngineUnavailableError(f"vLLM server {base} answered without a choice's message")
         seconds = ended - started
-        return self._completion(message.get("content") or "", choice.get("finish_reason") or "stop",
+        text = message.get("content")
+        return self._completion(request, text if isinstance(text, str) else "", choice.get("finish_reason") or "stop",
                                 _usage(data), seconds, _logprobs(choice))
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | Completion]:
@@ -208,7 +226,7 @@ class VllmBackend:
         failed: list[str] = []
         while True:
             response, base, started = await self._open(request, stream=True, skip=failed)
-            events = self._events(response, base, started)
+            events = self._events(request, response, base, started)
             try:
                 first = await anext(events)
             except (EngineUnavailableError, GenerationFailedError):
@@ -225,7 +243,7 @@ class VllmBackend:
         finally:
             await events.aclose()
 
-    async def _events(self, response: httpx.Response, base: str,
+    async def _events(self, request: GenerationRequest, response: httpx.Response, base: str,
                       started: float) -> AsyncGenerator[StreamDelta | Completion, None]:
         """One server's answer as events; closes the response and leaves the server's clock at the end."""
         clock = self._clocks[base]
@@ -254,10 +272,10 @@ class VllmBackend:
                     if text or tokens:  # a token can decode to no text yet (part of a character)
                         parts.append(text)
                         seconds = clock.read() - started
-                        yield StreamDelta(text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                          completion_tokens=int(usage.get("completion_tokens") or 0),
+                        prompt, completion, estimated = self._tokens(usage, request, sum(map(len, parts)))
+                        yield StreamDelta(text, prompt_tokens=prompt, completion_tokens=completion,
                                           device_seconds=seconds, cost_usd=seconds / 3600 * self._rate,
-                                          logprobs=tokens)
+                                          logprobs=tokens, usage_estimated=estimated)
         except httpx.HTTPError as exc:
             raise EngineUnavailableError(f"vLLM server {base} failed: {type(exc).__name__}") from exc
         finally:
@@ -265,7 +283,7 @@ class VllmBackend:
             ended = clock.leave()
         if finish is None:  # the body ended cleanly, but the answer did not: not a whole answer to pass on
             raise EngineUnavailableError(f"vLLM server {base} ended the stream before a finish_reason")
-        yield self._completion("".join(parts), finish, usage, ended - started,
+        yield self._completion(request, "".join(parts), finish, usage, ended - started,
                                None if logprobs is None else tuple(logprobs))
 
 
@@ -330,10 +348,28 @@ def _usage(data: Mapping[str, Any]) -> dict[str, Any]:
     return usage if isinstance(usage, dict) else {}
 
 
-def _error_message(chunk: Mapping[str, Any]) -> str:
-    error = chunk.get("error")
-    message = error.get("message") if isinstance(error, dict) else chunk.get("message")
-    return str(message or "an error event")[:300]
+def _error_message(body: Mapping[str, Any], fallback: str = "an error event") -> str:
+    """The message of OpenAI's error object or of vLLM's top-level ErrorResponse."""
+    error = body.get("error")
+    message = error.get("message") if isinstance(error, dict) else body.get("message")
+    return str(message)[:300] if message else fallback
+
+
+def _refusal(content: bytes) -> str:
+    """What an error response says (the client reads it inside draftgate's own error): its message, else
+    the body's start."""
+    start = content[:300].decode("utf-8", "replace")
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return start
+    return _error_message(body, start) if isinstance(body, dict) else start
+
+
+def _count(value: Any) -> int | None:
+    """A token count as a server reports it; None for what cannot be one (missing, a string, a boolean, a
+    fraction, a negative number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _retry_after(value: str | None) -> float:

@@ -128,7 +128,8 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
             if "budget_period" in entry.model_fields_set and entry.max_budget_usd is None:
                 problems.append(origin.problem((section, i, "budget_period"), "has no max_budget_usd beside it: "
                                                "without a budget a period limits nothing"))
-    if config.local.backend != "vllm" and config.local.api_base is not None:  # the in-process model would serve
-        problems.append(origin.problem(("local", "api_base"), "is read only with backend: vllm; the local route "
-                                                              "runs the in-process model (set local.backend: vllm)"))
+    for name in ("api_base", "api_key"):  # the in-process model would serve the local route
+        if config.local.backend != "vllm" and getattr(config.local, name) is not None:
+            problems.append(origin.problem(("local", name), "is read only with backend: vllm; the local route "
+                                                            "runs the in-process model (set local.backend: vllm)"))
     return problems

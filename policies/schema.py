@@ -67,6 +67,7 @@ class LocalConfig(BaseModel):
     max_queue: int = Field(default=64, ge=1, le=100_000)
     device_usd_per_hour: float | None = Field(default=None, ge=0)
     api_base: str | list[str] | None = None  # backend vllm: one server's /v1 URL, or a pool of them
+    api_key: str | None = Field(default=None, repr=False)  # backend vllm: the servers' --api-key (a Bearer token)
     max_tokens: int = Field(default=512, ge=1, le=65_536)
     prefix_cache_tokens: int = Field(default=32_768, ge=0, le=10_000_000)
     prefix_cache_min_tokens: int = Field(default=64, ge=1, le=1_000_000)
@@ -101,9 +102,7 @@ class LocalConfig(BaseModel):
     @property
     def api_bases(self) -> tuple[str, ...]:
         """The vLLM servers, however `api_base` was written."""
-        if self.api_base is None:
-            return ()
-        return (self.api_base,) if isinstance(self.api_base, str) else tuple(self.api_base)
+        return (self.api_base,) if isinstance(self.api_base, str) else tuple(self.api_base or ())
 
 
 class LimitsConfig(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from local_engine import Completion, GenerationRequest, LocalBackend, MeteredStream, StreamDelta
+from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelta
 from router.errors import (
     LocalOutputInvalidError,
     LocalUnavailableError,
@@ -29,10 +29,12 @@ from router.job import Job, Outcome, Plan, Route, for_escalation, note_dropped
 from router.pricing import Pricing
 from router.streams import (
     LocalChunks,
+    add_unfinished,
     completed_chunks,
     completion_body,
     gathered_or_cancelled,
     merged,
+    note_spent,
     primed,
 )
 from router.transport import StreamBroken, is_error_event, stream_error
@@ -103,6 +105,8 @@ class Executor:
             detail["choice_confidence"] = [c.confidence.as_dict() for c in completions]
         if first.cached_tokens:
             detail["cached_prompt_tokens"] = first.cached_tokens
+        if any(c.usage_estimated for c in completions):  # as a hosted answer without usage is marked
+            detail["usage_estimated"] = True
         return Outcome(route=route, provider_model=first.model, prompt_tokens=first.prompt_tokens,
                        completion_tokens=sum(c.completion_tokens for c in completions),
                        cached_tokens=first.cached_tokens, local_cost_usd=sum(c.cost_usd for c in completions),
@@ -154,7 +158,7 @@ class Executor:
             if isinstance(exc, asyncio.CancelledError) or progress or done:  # else nothing was used
                 outcome = (self.local_outcome([done[i] for i in sorted(done)]) if done
                            else Outcome(route=Route.LOCAL, provider_model=self.local.model_name))
-                _add_unfinished(outcome, [d for i, d in progress.items() if i not in done])
+                add_unfinished(outcome, [d for i, d in progress.items() if i not in done])
                 exc.outcome = outcome  # type: ignore[union-attr]  # read by the pipeline, as any failure's
             raise
 
@@ -171,7 +175,7 @@ class Executor:
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
             if index not in done:
-                _note_spent(stream, index, progress)
+                note_spent(stream, index, progress)
         raise LocalUnavailableError("the local model ended the request without a result")
 
     async def run_hosted(self, job: Job, alias: str) -> Outcome:
@@ -220,9 +224,16 @@ class Executor:
                 for i in range(job.n):
                     streams.append(self.local.stream(self.generation_request(job, plan, i)))
                 streams = await primed(streams)
-            except BaseException:
-                for opened in streams:
+            except BaseException as exc:
+                # A client gone before the first byte (its rows queued, or in a first canvas) is billed the passes
+                # its rows had, as a non-streaming request is; so is a failure after some rows computed.
+                progress: dict[int, StreamDelta] = {}
+                for index, opened in enumerate(streams):
                     await opened.aclose()  # type: ignore[attr-defined]
+                    note_spent(opened, index, progress)
+                if isinstance(exc, asyncio.CancelledError) or progress:
+                    add_unfinished(outcome, list(progress.values()))
+                    exc.outcome = outcome  # type: ignore[attr-defined]  # read by the pipeline
                 raise
             return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
         if plan.cascade_target:
@@ -350,8 +361,8 @@ class Executor:
             for index, stream in enumerate(streams):  # a client gone before the first event: rows still cancelled
                 await stream.aclose()  # type: ignore[attr-defined]
                 if index not in finished:
-                    _note_spent(stream, index, progress)
-            _add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
+                    note_spent(stream, index, progress)
+            add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
 
 
 async def _counted(count: Callable[..., T], *args: Any) -> T:
@@ -371,25 +382,3 @@ def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:
             index = choice.get("index")
             index = index if isinstance(index, int) else 0
             choices[index] = choices.get(index, False) or bool(choice.get("finish_reason"))
-
-
-def _note_spent(stream: AsyncIterator[StreamDelta | Completion], index: int,
-                progress: dict[int, StreamDelta]) -> None:
-    """An unfinished choice's figures from its backend when they are newer than its last canvas's: the
-    passes of a canvas never finished (a client gone after 0.1 s of a 0.3 s canvas) were spent too."""
-    spent = stream.spent() if isinstance(stream, MeteredStream) else None
-    last = progress.get(index)
-    if spent is not None and spent.device_seconds > (last.device_seconds if last else 0.0):
-        progress[index] = spent
-
-
-def _add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:
-    """Adds what choices left unfinished (a client gone mid-stream) used up to their last canvas: their
-    device time is spent and billed like a finished answer's, never a silent $0."""
-    if not deltas:
-        return
-    outcome.prompt_tokens = outcome.prompt_tokens or max(d.prompt_tokens for d in deltas)  # once, as for n
-    outcome.completion_tokens += sum(d.completion_tokens for d in deltas)
-    outcome.device_seconds += sum(d.device_seconds for d in deltas)
-    outcome.local_cost_usd = (outcome.local_cost_usd or 0.0) + sum(d.cost_usd for d in deltas)
-    outcome.detail["unfinished_choices"] = len(deltas)

@@ -59,7 +59,8 @@ class Planner:
                 self._cascades[id(action)] = cascade_spec(action, judge)
 
     def known_alias(self, alias: str) -> bool:
-        return alias in (AUTO_ALIAS, self.local_alias) or alias in self._hosted
+        """Whether clients may name `alias`: as /v1/models lists them (the local one only while it is enabled)."""
+        return alias == AUTO_ALIAS or (alias == self.local_alias and self._local_enabled) or alias in self._hosted
 
     async def plan(self, job: Job, key_name: str | None, team: str | None) -> Plan:
         """The plan for a job, or UnknownModelError / RoutingError."""

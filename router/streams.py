@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from local_engine import Completion, GenerationFailedError, StreamDelta, TokenLogprob
-from router.job import Job
+from local_engine import Completion, GenerationFailedError, MeteredStream, StreamDelta, TokenLogprob
+from router.job import Job, Outcome
 
 T = TypeVar("T")
 
@@ -129,6 +129,10 @@ class _Replayed:
     async def aclose(self) -> None:
         await self._stream.aclose()  # type: ignore[attr-defined]
 
+    def spent(self) -> StreamDelta | None:
+        """What the stream's request has used so far, when its backend says (`MeteredStream`)."""
+        return self._stream.spent() if isinstance(self._stream, MeteredStream) else None
+
 
 async def merged(streams: list[AsyncIterator[StreamDelta | Completion]],
                  ) -> AsyncIterator[tuple[int, StreamDelta | Completion]]:
@@ -168,3 +172,27 @@ async def merged(streams: list[AsyncIterator[StreamDelta | Completion]],
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def note_spent(stream: AsyncIterator[StreamDelta | Completion], index: int,
+               progress: dict[int, StreamDelta]) -> None:
+    """An unfinished choice's figures from its backend when they are newer than its last canvas's: the
+    passes of a canvas never finished (a client gone after 0.1 s of a 0.3 s canvas) were spent too."""
+    spent = stream.spent() if isinstance(stream, MeteredStream) else None
+    last = progress.get(index)
+    if spent is not None and spent.device_seconds > (last.device_seconds if last else 0.0):
+        progress[index] = spent
+
+
+def add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:
+    """Adds what choices left unfinished (a client gone mid-stream) used up to their last canvas: their
+    device time is spent and billed like a finished answer's, never a silent $0."""
+    if not deltas:
+        return
+    outcome.prompt_tokens = outcome.prompt_tokens or max(d.prompt_tokens for d in deltas)  # once, as for n
+    outcome.completion_tokens += sum(d.completion_tokens for d in deltas)
+    outcome.device_seconds += sum(d.device_seconds for d in deltas)
+    outcome.local_cost_usd = (outcome.local_cost_usd or 0.0) + sum(d.cost_usd for d in deltas)
+    outcome.detail["unfinished_choices"] = len(deltas)
+    if any(d.usage_estimated for d in deltas):
+        outcome.detail["usage_estimated"] = True

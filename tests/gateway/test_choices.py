@@ -75,6 +75,9 @@ def test_local_n_choices_are_seeded_rows_billed_together(gateway_factory, simula
         with pytest.raises(openai.BadRequestError, match="more choices than the local model can queue") as info:
             sdk.chat.completions.create(model="local/diffusiongemma", messages=SORT, n=73, stream=stream)  # (a 429
         assert info.value.param == "n"  # forever)
+        assert info.value.response.headers["x-draftgate-route"] == "none"  # as a refused `logprobs`: no route
+        row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])  # served it, and
+        assert row is not None and (row.route, row.status_code) == ("none", 400)  # it is out of the local share
 
     greedy = sdk.chat.completions.create(model="local/diffusiongemma", messages=SORT, n=2, max_tokens=12,
                                          temperature=0)

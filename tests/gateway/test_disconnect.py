@@ -66,16 +66,20 @@ def test_a_client_that_leaves_is_cancelled_and_charged_what_it_used(gateway_fact
 def test_a_client_that_leaves_before_any_text_is_charged_the_passes_it_used(gateway_factory, simulator,
                                                                             random_checkpoint) -> None:
     """A stop string of 256 characters holds back the last 255 of the answer (it might span canvases), so no
-    canvas has sent any text when this client leaves: it was charged $0 for the passes its row was part of."""
+    canvas has sent any text when this client leaves: it was charged $0 for the passes its row was part of. A
+    stream is then still waiting for its first byte (no headers sent): it was charged $0 too."""
     config = local_config(simulator.base_url, random_checkpoint).replace("max_tokens: 24", "max_tokens: 512")
     gw = gateway_factory(config.replace("  enabled: true\n", "  enabled: true\n  max_batch_size: 1\n", 1))
     body = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "tell me everything"}],
             "max_tokens": 512, "seed": 1, "stop": "\u00a7" * 256}
-    _leave_after(gw, body, 0.25)
-    (left,) = _rows(gw, 1)
-    assert (left.status, left.status_code) == ("cancelled", 499), (left.status, left.status_code, left.error)
-    assert left.device_seconds > 0 and left.local_cost_usd and left.local_cost_usd > 0, left.device_seconds
-    assert left.detail["unfinished_choices"] == 1
+    for stream in (False, True):
+        _leave_after(gw, {**body, "stream": stream}, 0.25)
+    rows = _rows(gw, 2)
+    assert sorted(left.stream for left in rows) == [False, True]
+    for left in rows:
+        assert (left.status, left.status_code) == ("cancelled", 499), (left.status, left.status_code, left.error)
+        assert left.device_seconds > 0 and left.local_cost_usd and left.local_cost_usd > 0, left
+        assert left.detail["unfinished_choices"] == 1
 
 
 def test_a_cascade_left_during_its_escalation_still_records_the_draft(gateway_factory, simulator,

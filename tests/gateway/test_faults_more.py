@@ -132,3 +132,46 @@ def test_a_vllm_pool_fails_over_and_a_dead_pool_is_503_before_the_stream(gateway
         assert reply.json()["error"]["code"] == "local_unavailable" and reply.headers["retry-after"]
         row = flushed_db(gw).get_record(reply.headers["x-draftgate-request-id"])
         assert row is not None and row.status == "error" and row.status_code == 503 and row.stream == stream
+
+
+def test_a_vllm_usage_missing_or_wrong_is_estimated_not_a_500_nor_0_tokens(gateway_factory, simulator) -> None:
+    # A server (or a proxy before it) that drops `usage` left a row of 0 tokens (an all-hosted counterfactual of
+    # $0), and one with a count that cannot be true (a string, a negative number) was a 500 after the work was
+    # done (a negative count recorded an ok row, then the metrics raised): counted here instead, and marked.
+    pool = f"local:\n  enabled: true\n  backend: vllm\n  api_base: {simulator.base_url}\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", pool))
+    messages = [{"role": "user", "content": "one two three four"}]  # 18 characters: 4 tokens at 4 a token
+    for usage, counted in (({}, (4, 6)), ({"prompt_tokens": "4", "completion_tokens": 5}, (4, 5)),
+                           ({"prompt_tokens": 4, "completion_tokens": -1}, (4, 6))):
+        simulator.state.faults.extend([Fault(usage=usage), Fault(usage=usage)])
+        raw = client(gw).chat.completions.with_raw_response.create(model="local/diffusiongemma", messages=messages)
+        answer = raw.parse()
+        assert answer.choices[0].message.content == "echo: one two three four"
+        assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == counted  # type: ignore[union-attr]
+        with client(gw).chat.completions.with_streaming_response.create(
+                model="local/diffusiongemma", messages=messages, stream=True,
+                stream_options={"include_usage": True}) as response:
+            chunks = list(response.parse())
+        assert chunks[-1].usage is not None
+        assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == counted
+        for request_id in (raw.headers["x-draftgate-request-id"], response.headers["x-draftgate-request-id"]):
+            row = flushed_db(gw).get_record(request_id)
+            assert row is not None and (row.status, row.route) == ("ok", "local"), (usage, row)
+            assert (row.prompt_tokens, row.completion_tokens) == counted and row.device_seconds > 0
+            assert (row.detail or {}).get("usage_estimated") is True
+    answer = client(gw).chat.completions.create(model="local/diffusiongemma", messages=messages)  # reported: kept
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (4, 5)  # type: ignore[union-attr]
+
+
+def test_a_vllm_refusal_is_relayed_with_the_servers_message(gateway_factory, simulator) -> None:
+    # The client read vLLM's whole error JSON inside draftgate's message ('... (400): {"error":{"message":...').
+    pool = f"local:\n  enabled: true\n  backend: vllm\n  api_base: {simulator.base_url}\n"
+    gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", pool))
+    message = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens"
+    for stream in (False, True):
+        simulator.state.faults.append(Fault(status=400, message=message))
+        with pytest.raises(openai.BadRequestError) as info:
+            client(gw).chat.completions.create(model="local/diffusiongemma", stream=stream,
+                                               messages=[{"role": "user", "content": "hi"}])
+        assert info.value.code == "local_rejected"
+        assert info.value.message.endswith(f"refused the request (400): {message}"), info.value.message

@@ -137,3 +137,44 @@ policies:
     assert raw.headers["x-draftgate-route"] == "hosted" and raw.headers["x-draftgate-rule"].startswith("hard (p_hosted=")
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
     assert row is not None and 0 <= row.detail["route"]["p_hosted"] <= 1
+
+
+def test_the_local_alias_of_a_gateway_without_a_local_model_is_a_404(gateway_factory, simulator) -> None:
+    """With `local.enabled: false`, /v1/models leaves the local alias out and GET /v1/models/{it} is a 404, but a
+    chat request naming it was a 503 local_unavailable with Retry-After, which the SDK retried twice."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    assert "local/diffusiongemma" not in [m.id for m in client(gw).models.list()]
+    with pytest.raises(openai.NotFoundError) as info:
+        client(gw).chat.completions.create(model="local/diffusiongemma", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "model_not_found" and info.value.param == "model"
+    row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+    assert row is not None and (row.route, row.status_code) == ("none", 404)
+
+
+def test_a_stop_string_longer_than_the_text_so_far_sends_none_of_it(gateway_factory, simulator,
+                                                                     random_checkpoint) -> None:
+    """A stop string may span canvases, so a stream holds back its length less one. Text shorter than that
+    was sliced from its end (text[:len - hold] with a negative bound): a first canvas of L characters sent its
+    first L - (hold - L), the start of a stop string that matched in a later canvas; not streamed, the answer
+    was cut before it."""
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    user = [{"role": "user", "content": "Sort: 3, 1"}]
+
+    def streamed(**kwargs: object) -> tuple[list[str], str | None]:
+        chunks = list(client(gw).chat.completions.create(model="local/diffusiongemma", messages=user,  # type: ignore[call-overload]
+                                                         stream=True, max_tokens=24, **kwargs))
+        texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        return texts, next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
+
+    for seed in range(20):  # one whose first canvas is followed by enough text for the stop string
+        texts, _ = streamed(seed=seed)
+        first, answer = len(texts[0]) if texts else 0, "".join(texts)
+        stop = answer[: first + first // 2 + 1]  # longer than the first canvas's text, shorter than twice it
+        if first >= 2 and len(answer) >= len(stop):
+            break
+    else:
+        raise AssertionError("no seed gave an answer longer than its first canvas")
+    assert streamed(seed=seed, stop=stop) == ([], "stop")  # the stop string starts the answer: nothing to send
+    whole = client(gw).chat.completions.create(model="local/diffusiongemma", messages=user, max_tokens=24, seed=seed,
+                                               stop=stop)
+    assert (whole.choices[0].message.content, whole.choices[0].finish_reason) == ("", "stop")

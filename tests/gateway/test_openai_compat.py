@@ -113,6 +113,10 @@ def test_every_parameter_of_the_sdks_create_is_accepted(gateway_factory, simulat
     assert {k: moderated.json()["error"][k] for k in ("code", "param")} == {"code": "unsupported_parameter",
                                                                             "param": "moderation"}
     assert "moderation" in moderated.json()["error"]["message"]
+    # The SDK types `stream` as Optional[Literal[False]]: None is sent as null, which OpenAI takes as not streamed.
+    unstreamed = client(gw).chat.completions.create(model="local/diffusiongemma", messages=USER, max_tokens=4,
+                                                    stream=None)
+    assert unstreamed.object == "chat.completion" and unstreamed.choices[0].finish_reason in ("stop", "length")
 
 
 def test_local_route_refuses_what_it_cannot_honour(gateway_factory, simulator, random_checkpoint) -> None:

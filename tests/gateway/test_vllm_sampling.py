@@ -151,3 +151,18 @@ def test_route_explain_decides_with_the_configured_backends_capabilities(tmp_pat
             assert result.returncode == 0 and f"decision: local ({LOCAL})" in result.stdout, result.stderr
         else:
             assert result.returncode == 2 and "does not return `logprobs`" in result.stderr, result.stdout
+
+
+def test_the_vllm_servers_api_key_is_sent_as_a_bearer_token(gateway_factory, simulator, monkeypatch) -> None:
+    """A vLLM server started with `--api-key` refuses every request without it (a 401 for each local request);
+    `local.api_key` takes it, from the environment like any key, and sends it as vLLM expects."""
+    monkeypatch.setenv("DRAFTGATE_TEST_VLLM_KEY", "sk-vllm-secret-123")
+    pool = (f"local:\n  enabled: true\n  backend: vllm\n  api_base: {simulator.base_url}\n"
+            "  api_key: os.environ/DRAFTGATE_TEST_VLLM_KEY\n")
+    gw = gateway_factory(hosted_config(simulator.base_url, local=True).replace("local:\n  enabled: true\n", pool))
+    answer = client(gw).chat.completions.create(model=LOCAL, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "echo: hi"
+    chunks = list(client(gw).chat.completions.create(model=LOCAL, messages=[{"role": "user", "content": "hi"}],
+                                                     stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hi"
+    assert [r.headers.get("authorization") for r in simulator.state.received] == ["Bearer sk-vllm-secret-123"] * 2

@@ -274,6 +274,11 @@ def test_a_vllm_server_without_backend_vllm_is_warned_about() -> None:
     assert warnings == ["draftgate.yaml:3: local.api_base: is read only with backend: vllm; the local route runs "
                         "the in-process model (set local.backend: vllm)"]
     assert policies.lint(policies.load_text(text + "  backend: vllm\n", {}, "draftgate.yaml")) == []
+    keyed = text + "  api_key: sk-vllm\n"  # the servers' --api-key: as unread without backend vllm
+    assert [str(w) for w in policies.lint(policies.load_text(keyed, {}, "draftgate.yaml"))][1:] == [
+        "draftgate.yaml:4: local.api_key: is read only with backend: vllm; the local route runs the in-process "
+        "model (set local.backend: vllm)"]
+    assert policies.lint(policies.load_text(keyed + "  backend: vllm\n", {}, "draftgate.yaml")) == []
 
 
 def test_check_config_prints_the_warning_line_and_no_secret(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from local_engine import Completion, EngineConfig, GenerationRequest, StreamDelta
+from local_engine import Completion, EngineConfig, GenerationRequest, MeteredStream, StreamDelta
 from local_engine.engine import DiffusionEngine
 from local_engine.loading import load_model
-from router.streams import merged
+from router.streams import merged, primed
 
 MSG = [{"role": "user", "content": "Sort: 3, 1, 2"}]
 
@@ -50,5 +50,22 @@ async def test_closing_the_merged_stream_cancels_every_row(random_checkpoint: Pa
                 break
             await asyncio.sleep(0.02)
         assert engine._active == [] and engine._waiting.empty()
+    finally:
+        await engine.stop()
+
+
+async def test_a_primed_stream_still_says_what_its_row_used(random_checkpoint: Path) -> None:
+    """A local stream's first event is awaited before any byte is sent (`primed`); the stream handed on must still
+    say what its row has used, a canvas finished or not, or a client leaving mid-canvas is billed only the
+    canvases it received."""
+    engine = await _engine(random_checkpoint)
+    try:
+        (stream,) = await primed([engine.stream(GenerationRequest(request_id="p", messages=MSG, max_tokens=64,
+                                                                  seed=1))])
+        first = await anext(stream)
+        assert isinstance(first, StreamDelta) and isinstance(stream, MeteredStream)
+        spent = stream.spent()
+        assert spent is not None and spent.device_seconds >= first.device_seconds > 0
+        await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await engine.stop()
