@@ -4,6 +4,7 @@ same values again when built: this layer may not import them, and they are also 
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any, Literal
 from urllib.parse import urldefrag, urljoin, urlsplit
@@ -153,6 +154,37 @@ class MinConfidenceOptions(BaseModel):
     missing: Literal["pass", "fail"] = "fail"
 
 
+def _runs_nothing(node: ast.stmt) -> bool:
+    """A top-level statement of the tests that checks nothing when run: an import, a definition, a docstring, or
+    an `if __name__ == "__main__":` block (the tests run as a module, never as the main script)."""
+    if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.AsyncFunctionDef | ast.Pass):
+        return True
+    if isinstance(node, ast.ClassDef):
+        return all(_runs_nothing(inner) for inner in node.body)
+    if isinstance(node, ast.Expr):
+        return isinstance(node.value, ast.Constant)
+    if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and not node.orelse \
+            and [type(op) for op in node.test.ops] == [ast.Eq]:
+        names = [node.test.left, *node.test.comparators]
+        return any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+            isinstance(n, ast.Constant) and n.value == "__main__" for n in names)
+    return False
+
+
+def tests_problem(tests: str) -> str | None:
+    """Why python_tests' `tests` (which compile) could never fail, or None. Only their top-level `test*` functions
+    and top-level statements run, so tests written as a class (pytest's or unittest's), under `if __name__ ==
+    "__main__":` or in helpers nothing calls would pass every answer, an empty one too."""
+    body = ast.parse(tests).body
+    if any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test") for n in body):
+        return None
+    if not all(_runs_nothing(node) for node in body):
+        return None
+    return ("the tests check nothing: only top-level `test*` functions and top-level statements run (not a "
+            "class's test methods, unittest cases or an `if __name__ == \"__main__\":` block), so every "
+            "answer, an empty one too, would pass")
+
+
 class PythonTestsOptions(BaseModel):
     model_config = Options
     tests: str = Field(min_length=1)
@@ -169,6 +201,8 @@ class PythonTestsOptions(BaseModel):
             raise ValueError(f"the tests do not compile: {exc.msg}{where}") from None
         except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; expressions nested too deeply
             raise ValueError(f"the tests do not compile: {str(exc) or 'nested too deeply'}") from None
+        if (problem := tests_problem(value)) is not None:
+            raise ValueError(problem)
         return value
 
 

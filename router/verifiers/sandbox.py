@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from policies import tests_problem
 from router.verifiers.base import Draft, Verdict
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
@@ -123,6 +124,8 @@ class PythonTestsVerifier:
         if not 0 < timeout_s <= 60 or not 32 <= memory_mb <= 4096:
             raise ValueError("python_tests: timeout_s in (0, 60], memory_mb in [32, 4096]")
         compile(tests, "tests.py", "exec")  # a syntax error in the config's tests is a config error
+        if (problem := tests_problem(tests)) is not None:  # tests that pass every answer are one too
+            raise ValueError(problem)
         self._tests, self._timeout_s, self._memory_mb = tests, timeout_s, memory_mb
 
     async def verify(self, draft: Draft) -> Verdict:

@@ -112,10 +112,23 @@ async def test_run_verifiers_stops_on_first_failure_unless_asked() -> None:
     ("nope", {}), ("regex", {}), ("regex", {"pattern": "("}), ("json_schema", {}),
     ("json_schema", {"schema": {"type": "nonsense"}}), ("python_tests", {"tests": "assert ("}),
     ("judge", {"model": "m"}), ("min_confidence", {"missing": "maybe"}),
+    # Tests that never run would pass every answer, an empty one too.
+    ("python_tests", {"tests": "class TestAdd:\n    def test_add(self):\n        assert add(1, 2) == 3\n"}),
+    ("python_tests", {"tests": "import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n"
+                               "        self.assertEqual(add(1, 2), 3)\n"}),
+    ("python_tests", {"tests": "def check():\n    assert add(1, 2) == 3\n\nif __name__ == '__main__':\n    check()\n"}),
 ])
 def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(VerifierConfigError):
         build_verifier(kind, options)
+
+
+@pytest.mark.parametrize("tests", [
+    "assert add(1, 2) == 3\n", "def check():\n    assert add(1, 2) == 3\n\ncheck()\n",
+    "def test_add():\n    assert add(1, 2) == 3\n", "x = add(1, 2)\n",
+])
+def test_python_tests_that_run_something_are_accepted(tests: str) -> None:
+    assert build_verifier("python_tests", {"tests": tests}).name == "python_tests"
 
 
 def test_verdicts_serialize() -> None:
