@@ -166,9 +166,12 @@ def _failure(exc: BaseException) -> str:
 
 def run(solution: str, tests: str, test_names: list[str], exec: Any = exec, compile: Any = compile,
         getattr: Any = getattr, type: Any = type, function: Any = FUNCTION) -> dict[str, Any]:
-    """Runs the answer, then the tests' module, then each of the tests' own test functions in order: one the
-    answer defined, or replaced after the tests defined it, is not theirs and fails."""
-    namespace: dict[str, Any] = {"__name__": "solution"}
+    """Runs the answer (as the module `solution`), then the tests' module in the same namespace, then each of the
+    tests' own test functions in order: one the answer defined, or replaced after the tests defined it, is not
+    theirs and fails."""
+    answer = type(sys)("solution")  # tests written beside solution.py import it: `from solution import f`
+    sys.modules["solution"] = answer
+    namespace: dict[str, Any] = answer.__dict__
     try:
         exec(compile(solution, "solution.py", "exec"), namespace)
     except BaseException as exc:  # noqa: BLE001 - anything the answer does wrong is a finding

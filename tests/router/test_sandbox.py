@@ -26,6 +26,14 @@ async def test_correct_code_passes() -> None:
     assert verdict.passed and verdict.reason == "2 test function(s) passed"
 
 
+async def test_the_tests_may_import_the_answer_as_solution() -> None:
+    """Tests written beside a solution.py import it; that was a ModuleNotFoundError, failing every answer."""
+    tests = "from solution import f\nimport solution\n\ndef test_double():\n    assert f(3) == solution.f(3) == 6\n"
+    assert (await run("def f(x):\n    return 2 * x", tests)).passed
+    wrong = await run("def f(x):\n    return x + 2", tests)
+    assert not wrong.passed and "test_double failed" in wrong.reason
+
+
 async def test_wrong_code_fails_with_the_assertion_message() -> None:
     verdict = await run("def f(x):\n    return x + 2")
     assert not verdict.passed
