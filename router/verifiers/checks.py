@@ -215,6 +215,10 @@ class JudgeVerifier:
         match = SCORE.search(text)
         if match is None:
             return Verdict(self.name, False, f"judge reply has no SCORE line: {text[:120]!r}", billed)
-        score = min(10.0, float(match.group(1))) / 10
+        grade = float(match.group(1))
+        if grade > 10:  # "SCORE: 85" is a judge grading on another scale: 85/100 is not full marks
+            return Verdict(self.name, False, f"judge reply's score {match.group(1)} is not on the 0-10 scale: "
+                                             f"{text[:120]!r}", billed)
+        score = grade / 10
         return Verdict(self.name, score >= self._threshold,
                        f"judge scored {score:.2f} (threshold {self._threshold:g})", {"score": score, **billed})

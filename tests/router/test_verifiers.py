@@ -88,7 +88,7 @@ async def test_min_confidence_step_cap_and_missing_signals() -> None:
 
 
 async def test_judge_parses_grades_and_fails_closed() -> None:
-    replies = iter(["SCORE: 9", "I think it's fine", "SCORE: 3"])
+    replies = iter(["SCORE: 9", "I think it's fine", "SCORE: 3", "SCORE: 50"])
 
     async def judge(alias: str, messages: list[dict]) -> str:  # type: ignore[type-arg]
         assert alias == "gpt-4o-mini" and "Candidate answer:\nthe answer" in messages[0]["content"]
@@ -100,6 +100,8 @@ async def test_judge_parses_grades_and_fails_closed() -> None:
     assert not garbage.passed and "no SCORE line" in garbage.reason
     low = await verifier.verify(draft("the answer"))
     assert not low.passed and "0.30" in low.reason
+    off_scale = await verifier.verify(draft("the answer"))  # graded out of 100: 50 was taken as full marks
+    assert not off_scale.passed and "not on the 0-10 scale" in off_scale.reason
 
 
 async def test_run_verifiers_stops_on_first_failure_unless_asked() -> None:
