@@ -28,11 +28,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (RFC 8259); strict parsers refuse it")
 
 
-def parse_json(text: str) -> tuple[Any, str | None]:
-    """The JSON value of a draft, or why it is not JSON. NaN and Infinity are not (Python's json accepts them;
-    JSON.parse, Go and serde refuse them), and nesting too deep to parse is a finding, not a crash."""
+def parse_json(text: str, *, fenced: bool = True) -> tuple[Any, str | None]:
+    """The JSON value of a draft (in one ```json fence when `fenced`), or why it is not JSON. NaN and Infinity
+    are not (Python's json accepts them; JSON.parse, Go and serde refuse them), and nesting too deep to parse
+    is a finding, not a crash."""
     try:
-        return json.loads(strip_fence(text), parse_constant=_no_constant), None
+        return json.loads(strip_fence(text) if fenced else text, parse_constant=_no_constant), None
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
     except ValueError as exc:
@@ -79,7 +80,8 @@ class JsonSchemaVerifier:
         schema = self._schema if self._schema is not None else schema_from_request(draft.request)
         if schema is None:
             return Verdict(self.name, True, "the request asks for no JSON format")
-        value, error = parse_json(draft.text)
+        # The request's own response_format is what its client parses: an answer in a ```json fence is not JSON.
+        value, error = parse_json(draft.text, fenced=self._schema is not None)
         if error is not None:
             return Verdict(self.name, False, error)
         validator = jsonschema.Draft202012Validator(schema)

@@ -37,6 +37,10 @@ async def test_json_schema_given_and_from_request() -> None:
     request = {"messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
     missing = await verify("json_schema", {"from_request": True}, "{}", request=request)
     assert not missing.passed and "'age' is a required property" in missing.reason
+    fenced = '```json\n{"age": 3}\n```'  # fine for a rule's own schema; not what a response_format client parses
+    assert (await verify("json_schema", {"schema": schema}, fenced)).passed
+    assert not (await verify("json_schema", {"from_request": True}, fenced, request=request)).passed
+    assert (await verify("json_schema", {"from_request": True}, '{"age": 3}', request=request)).passed
     as_object = {"messages": [], "response_format": {"type": "json_object"}}
     assert not (await verify("json_schema", {"from_request": True}, "[1]", request=as_object)).passed
     assert (await verify("json_schema", {"from_request": True}, "anything", request={"messages": []})).passed
