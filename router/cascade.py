@@ -68,6 +68,12 @@ class Judgement:
         failed = [f"{v.verifier}: {v.reason}" for v in self.verdicts if not v.passed]
         return "; ".join(failed)
 
+    @property
+    def says_something(self) -> bool:
+        """Whether the verdicts judged the draft: failed only by checks that could not run (an unreachable judge),
+        it was escalated without evidence, so `router train --from-ledger` must not learn it needed hosting."""
+        return self.passed or any(not v.passed and v.judged for v in self.verdicts)
+
 
 MAX_STORED_CHARS = 4000
 # The local model refused the request itself (nothing was computed): the cascade's target answers it.
@@ -161,9 +167,9 @@ class Cascade:
         _add_judge_bill(outcome, judgement)
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]
         outcome.detail["draft_confidence"] = completion.confidence.as_dict()
-        # What `draftgate router train --from-ledger` learns from: the prompt, the draft and its fate.
-        outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],
-                                     "draft": completion.text[:MAX_STORED_CHARS], "passed": not escalated}
+        if judgement.says_something:  # what `draftgate router train --from-ledger` learns from: prompt, draft, fate
+            outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],
+                                         "draft": completion.text[:MAX_STORED_CHARS], "passed": not escalated}
         if escalated:
             outcome.route = Route.ESCALATED
             outcome.escalation_reason = judgement.reason()
@@ -181,8 +187,9 @@ class Cascade:
             outcome.detail["usage_estimated"] = True
             outcome.detail["escalation_prompt_tokens"] = billed.prompt_tokens
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]  # as any draft's row has them,
-        outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],  # for --from-ledger too
-                                     "draft": completion.text[:MAX_STORED_CHARS], "passed": False}
+        if judgement.says_something:
+            outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],  # for --from-ledger too
+                                         "draft": completion.text[:MAX_STORED_CHARS], "passed": False}
         outcome.detail["unverified_draft"] = {"reason": judgement.reason(), "hosted_error": error.message}
         outcome.escalation_reason = f"hosted unavailable, served the unverified draft: {error.message}"
         return outcome

@@ -143,7 +143,8 @@ class RegexVerifier:
             found = matcher(text, timeout=REGEX_TIMEOUT_S) is not None
         except TimeoutError:
             return Verdict(self.name, False, f"/{self._regex.pattern}/ timed out after "
-                                             f"{REGEX_TIMEOUT_S * 1000:g} ms on the answer (counted as a failure)")
+                                             f"{REGEX_TIMEOUT_S * 1000:g} ms on the answer (counted as a failure)",
+                           judged=False)
         ok = found == self._must_match
         what = "matches" if found else "does not match"
         return Verdict(self.name, ok, f"the answer {what} /{self._regex.pattern}/ ({self._mode})")
@@ -208,7 +209,7 @@ class JudgeVerifier:
         try:
             reply = await self._judge(self._model, [{"role": "user", "content": prompt}])
         except Exception as exc:  # noqa: BLE001 - an unreachable judge cannot vouch for the draft
-            return Verdict(self.name, False, f"judge {self._model} unavailable: {exc}")
+            return Verdict(self.name, False, f"judge {self._model} unavailable: {exc}", judged=False)
         text = reply.text if isinstance(reply, JudgeReply) else reply
         # The call's bill, which the cascade adds to the request's (the provider charges the judge's tokens).
         billed: dict[str, Any] = ({"cost_usd": reply.cost_usd, "prompt_tokens": reply.prompt_tokens,
