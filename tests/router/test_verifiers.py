@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -44,6 +45,21 @@ async def test_json_schema_given_and_from_request() -> None:
     as_object = {"messages": [], "response_format": {"type": "json_object"}}
     assert not (await verify("json_schema", {"from_request": True}, "[1]", request=as_object)).passed
     assert (await verify("json_schema", {"from_request": True}, "anything", request={"messages": []})).passed
+
+
+async def test_a_schema_pattern_that_backtracks_cannot_stall_the_gateway() -> None:
+    """jsonschema ran a request schema's `pattern` with `re`: `^(\\w+\\s?)*$` on 40 characters of a draft took
+    hours, on the event loop. Patterns now run on the `regex` engine within the verifier's time limit."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "pattern": r"^(\w+\s?)*$"}},
+              "patternProperties": {r"^(\w+\s?)*$": {"type": "string"}}, "additionalProperties": False}
+    request = {"messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    start = time.perf_counter()
+    bad = await verify("json_schema", {"from_request": True}, json.dumps({"city": "a" * 40 + "!"}), request=request)
+    assert not bad.passed and "does not match" in bad.reason and time.perf_counter() - start < 1
+    assert (await verify("json_schema", {"schema": schema}, '{"city": "Oslo x"}')).passed
+    keyed = await verify("json_schema", {"schema": schema}, json.dumps({"b" * 40 + "!": 1, "city": "Oslo"}))
+    assert not keyed.passed and "does not match any of the regexes" in keyed.reason and time.perf_counter() - start < 2
+    assert not (await verify("json_schema", {"schema": schema}, '{"city": "Oslo", "b c": 1}')).passed
 
 
 async def test_a_schema_whose_ref_cannot_be_resolved_fails_the_draft_instead_of_raising() -> None:
