@@ -242,6 +242,14 @@ JUDGE_PROMPT = (
 SCORE = re.compile(r"SCORE:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
+def _bill(reply: object) -> dict[str, Any]:
+    """A judge call's bill as a verdict's details; none for a bare text (a judge that costs nothing, in tests)."""
+    if not isinstance(reply, JudgeReply):
+        return {}
+    return {"cost_usd": reply.cost_usd, "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens}
+
+
 class JudgeVerifier:
     """An LLM judge through a hosted alias; an unparsable grade fails the draft."""
 
@@ -261,12 +269,10 @@ class JudgeVerifier:
         try:
             reply = await self._judge(self._model, [{"role": "user", "content": prompt}])
         except Exception as exc:  # noqa: BLE001 - an unreachable judge cannot vouch for the draft
-            return Verdict(self.name, False, f"judge {self._model} unavailable: {exc}", judged=False)
+            spent = getattr(exc, "outcome", None)  # a call the provider charged though its answer was unusable
+            return Verdict(self.name, False, f"judge {self._model} unavailable: {exc}", _bill(spent), judged=False)
         text = reply.text if isinstance(reply, JudgeReply) else reply
-        # The call's bill, which the cascade adds to the request's (the provider charges the judge's tokens).
-        billed: dict[str, Any] = ({"cost_usd": reply.cost_usd, "prompt_tokens": reply.prompt_tokens,
-                                   "completion_tokens": reply.completion_tokens}
-                                  if isinstance(reply, JudgeReply) else {})
+        billed = _bill(reply)  # which the cascade adds to the request's (the provider charges the judge's tokens)
         match = SCORE.search(text)
         if match is None:
             return Verdict(self.name, False, f"judge reply has no SCORE line: {text[:120]!r}", billed)

@@ -11,6 +11,7 @@ import pytest
 from gateway.outcomes import ledger_outcomes
 from gateway.simulator import Fault
 from local_engine.loading import BUNDLED
+from router.usage import TokenEstimator
 from tests.conftest import hosted_config
 from tests.gateway.test_chat_hosted import client, flushed_db
 
@@ -190,3 +191,15 @@ def test_a_judge_that_cannot_be_reached_escalates_without_teaching_the_classifie
     client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
     flushed_db(gw)
     assert [(r.prompt, r.label) for r in ledger_outcomes(db.url)][:1] == [(EXTRACT, 1.0)]
+
+    simulator.state.faults.append(Fault(broken_body=True))  # the judge answered 200, unusably: still billed
+    simulator.state.replies.append("hosted answer")
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    judged = simulator.state.received[-2].body
+    judge_usd = gw.services.pricing.hosted_cost(gw.services.hosted.get("backup"), TokenEstimator().prompt_tokens(
+        "openai/gpt-4o", judged["messages"]), 0)
+    assert row is not None and row.detail["judge"]["prompt_tokens"] > 0 and judge_usd
+    assert row.detail["judge"]["cost_usd"] == pytest.approx(judge_usd)
+    assert row.hosted_cost_usd is not None and row.hosted_cost_usd > judge_usd
