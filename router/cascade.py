@@ -129,10 +129,15 @@ class Cascade:
         verifiers = list(spec.verifiers)
         if ResponseFormatVerifier.applies(job.body, verifiers):  # a draft is never served in the wrong format
             verifiers.append(ResponseFormatVerifier())
-        verdicts = list(await run_verifiers(verifiers, draft, stop_on_first_failure=False))  # one per verifier
-        wrong_format = ResponseFormatVerifier.wanted(job.body) and any(
-            isinstance(v, JsonSchemaVerifier) and v.from_request and not verdict.passed
-            for v, verdict in zip(verifiers, verdicts, strict=True))
+        verdicts: list[Verdict] = []  # every check's (for the row and refine's findings), but a judge's after a
+        wrong_format = False  # failure: a paid call cannot save a draft an earlier check failed
+        for verifier in verifiers:
+            if verifier.name == "judge" and not all(v.passed for v in verdicts):
+                continue
+            (verdict,) = await run_verifiers([verifier], draft)
+            verdicts.append(verdict)
+            wrong_format = wrong_format or (ResponseFormatVerifier.wanted(job.body) and not verdict.passed
+                                            and isinstance(verifier, JsonSchemaVerifier) and verifier.from_request)
         if spec.max_p_hosted is not None and self._score_draft is not None:
             prompt = "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
             score = self._score_draft(prompt, completion.text)
