@@ -130,6 +130,15 @@ async def test_replaced_builtins_cannot_swap_the_tests() -> None:
     assert not verdict.passed and "test_double failed" in verdict.reason
 
 
+async def test_the_answer_may_write_a_few_files_but_not_fill_the_disk() -> None:
+    """Each file stops at 10 MiB, but a loop of new files filled the disk at ~400 MB/s until the time limit."""
+    few = "for i in range(3):\n    with open(f'out{i}.txt', 'w') as file:\n        file.write('x')\n"
+    assert (await run(few + "def f(x):\n    return 2 * x")).passed
+    flood = "i = 0\nwhile True:\n    with open(f'f{i}', 'w') as file:\n        file.write('x')\n    i += 1\n"
+    verdict = await run(flood)
+    assert not verdict.passed and "at most 16 files may be opened for writing" in verdict.reason
+
+
 async def test_an_output_flood_is_stopped_at_the_file_size_limit() -> None:
     started = time.monotonic()
     verdict = await run("import sys\nfor _ in range(300):\n    sys.stdout.write('x' * 1024 * 1024)\n"
