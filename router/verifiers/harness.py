@@ -38,8 +38,8 @@ WRITE_EVENTS = PATH_EVENTS - {"open", "os.listdir", "os.scandir"}
 DESTINATION_EVENTS = frozenset({"os.rename", "os.link", "os.symlink", "shutil.copyfile"})
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 MAX_LINKS = 40
-MAX_WRITES = 16  # opens for writing: RLIMIT_FSIZE caps each file at 10 MiB, this caps how many (a loop of them
-# filled the disk at ~400 MB/s for the whole time limit)
+MAX_WRITES = 16  # opens for writing, new directories and links: RLIMIT_FSIZE caps each file at 10 MiB, this caps
+# how many (a loop of new files filled the disk at ~400 MB/s for the whole time limit)
 FUNCTION = type(lambda: None)  # a test must be a plain function of the tests' own code
 
 
@@ -128,10 +128,10 @@ def build_hook(work: str, readable: tuple[str, ...], result_path: str, *, lstat:
             if event == "open" and len(args) > 2 and isinstance(args[2], int) and int.__and__(args[2], write_flags):
                 writing = True
             check_path(args[0], writing, event == "open")
-            if event == "open" and writing:
+            if (event == "open" and writing) or event in ("os.mkdir", "os.symlink", "os.link"):
                 writes[0] += 1
                 if writes[0] > max_writes:
-                    raise PermissionError(f"sandbox: at most {max_writes} files may be opened for writing")
+                    raise PermissionError(f"sandbox: at most {max_writes} files may be opened for writing or made")
             if event in destination_events and len(args) > 1:
                 check_path(args[1], True, False)  # the destination, where a file would appear
 

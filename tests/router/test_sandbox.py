@@ -136,7 +136,9 @@ async def test_the_answer_may_write_a_few_files_but_not_fill_the_disk() -> None:
     assert (await run(few + "def f(x):\n    return 2 * x")).passed
     flood = "i = 0\nwhile True:\n    with open(f'f{i}', 'w') as file:\n        file.write('x')\n    i += 1\n"
     verdict = await run(flood)
-    assert not verdict.passed and "at most 16 files may be opened for writing" in verdict.reason
+    assert not verdict.passed and "at most 16 files may be opened for writing or made" in verdict.reason
+    dirs = await run("import os\nfor i in range(100_000):\n    os.mkdir(f'd{i}')\n")
+    assert not dirs.passed and "at most 16 files" in dirs.reason
 
 
 async def test_an_output_flood_is_stopped_at_the_file_size_limit() -> None:
