@@ -130,6 +130,15 @@ async def test_replaced_builtins_cannot_swap_the_tests() -> None:
     assert not verdict.passed and "test_double failed" in verdict.reason
 
 
+async def test_runs_beyond_the_concurrency_wait_for_a_slot() -> None:
+    """Every draft's run started at once: a burst of cascades held memory_mb each, 72 by default at a time."""
+    verifier = sandbox.PythonTestsVerifier(TESTS, timeout_s=3, concurrency=1)
+    draft = Draft(text="import time\ntime.sleep(0.3)\ndef f(x):\n    return 2 * x\n", request={})
+    start = time.perf_counter()
+    verdicts = await asyncio.gather(*(verifier.verify(draft) for _ in range(3)))
+    assert all(v.passed for v in verdicts) and time.perf_counter() - start >= 0.9
+
+
 async def test_the_answer_may_write_a_few_files_but_not_fill_the_disk() -> None:
     """Each file stops at 10 MiB, but a loop of new files filled the disk at ~400 MB/s until the time limit."""
     few = "for i in range(3):\n    with open(f'out{i}.txt', 'w') as file:\n        file.write('x')\n"
