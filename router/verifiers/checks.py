@@ -219,7 +219,8 @@ class ConfidenceVerifier:
     async def verify(self, draft: Draft) -> Verdict:
         s = draft.signals
         if not s:
-            return Verdict(self.name, self._missing == "pass", "no confidence signals")
+            # (a backend that reports none, such as vLLM: a failure that says nothing of the draft itself)
+            return Verdict(self.name, self._missing == "pass", "no confidence signals", judged=False)
         problems = []
         if not self._allow_cap and s.get("step_cap_hit"):
             problems.append("the denoising step cap was hit (the model never converged)")

@@ -104,6 +104,7 @@ async def test_min_confidence_step_cap_and_missing_signals() -> None:
     assert (await verify("min_confidence", {"allow_step_cap": True}, "x", signals=capped)).passed
     none = await verify("min_confidence", {}, "x", signals=None)
     assert not none.passed and none.reason == "no confidence signals"
+    assert none.judged is False  # (vLLM reports none): not evidence that the prompt needed the hosted model
     assert (await verify("min_confidence", {"missing": "pass"}, "x", signals=None)).passed
 
 
