@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from typing import Any, Literal
 from urllib.parse import urldefrag, urljoin, urlsplit
 
@@ -172,10 +173,18 @@ def _runs_nothing(node: ast.stmt) -> bool:
 
 
 def tests_problem(tests: str) -> str | None:
-    """Why python_tests' `tests` (which compile) could never fail, or None. Only their top-level `test*` functions
-    and top-level statements run, so tests written as a class (pytest's or unittest's), under `if __name__ ==
-    "__main__":` or in helpers nothing calls would pass every answer, an empty one too."""
+    """Why python_tests' `tests` (which compile) could never fail, or never pass, or None. Only their top-level
+    `test*` functions and top-level statements run, so tests written as a class (pytest's or unittest's), under
+    `if __name__ == "__main__":` or in helpers nothing calls would pass every answer, an empty one too; and the
+    sandbox has the standard library only, so tests importing pytest or numpy would fail every answer."""
     body = ast.parse(tests).body
+    for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        for name in names:
+            if name.split(".")[0] not in sys.stdlib_module_names | {"solution"}:
+                return (f"the tests import {name}, but the sandbox has only the standard library (and the answer, "
+                        "as `solution`): every answer would fail")
     if any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test") for n in body):
         return None
     if not all(_runs_nothing(node) for node in body):

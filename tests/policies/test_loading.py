@@ -195,6 +195,8 @@ CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n
      "verifiers[0].python_tests.tests: the tests check nothing"),
     ('{python_tests: {tests: "def check():\\n  assert add(1, 2) == 3\\nif __name__ == \'__main__\':\\n  check()\\n"}}',
      "verifiers[0].python_tests.tests: the tests check nothing"),
+    ('{python_tests: {tests: "import pytest\\ndef test_a():\\n  assert f() == 1\\n"}}',
+     "verifiers[0].python_tests.tests: the tests import pytest, but the sandbox has only the standard library"),
     ("{judge: {model: a, threshold: 2}}", "verifiers[0].judge.threshold"),
 ])
 def test_bad_verifier_options_are_config_errors(verifier: str, expected: str) -> None:

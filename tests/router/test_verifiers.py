@@ -140,6 +140,10 @@ async def test_run_verifiers_stops_on_first_failure_unless_asked() -> None:
     ("python_tests", {"tests": "import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n"
                                "        self.assertEqual(add(1, 2), 3)\n"}),
     ("python_tests", {"tests": "def check():\n    assert add(1, 2) == 3\n\nif __name__ == '__main__':\n    check()\n"}),
+    # Tests that import what the sandbox lacks (no site-packages) would fail every answer.
+    ("python_tests", {"tests": "import pytest\n\ndef test_div():\n    with pytest.raises(ZeroDivisionError):\n"
+                               "        div(1, 0)\n"}),
+    ("python_tests", {"tests": "def test_mean():\n    from numpy import mean\n    assert mean([1, 3]) == 2\n"}),
 ])
 def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(VerifierConfigError):
@@ -149,6 +153,8 @@ def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  
 @pytest.mark.parametrize("tests", [
     "assert add(1, 2) == 3\n", "def check():\n    assert add(1, 2) == 3\n\ncheck()\n",
     "def test_add():\n    assert add(1, 2) == 3\n", "x = add(1, 2)\n",
+    "import math\nfrom solution import add\nfrom collections.abc import Sequence\n\ndef test_add():\n"
+    "    assert math.isclose(add(0.1, 0.2), 0.3)\n",
 ])
 def test_python_tests_that_run_something_are_accepted(tests: str) -> None:
     assert build_verifier("python_tests", {"tests": tests}).name == "python_tests"
