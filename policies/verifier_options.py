@@ -172,6 +172,18 @@ def _runs_nothing(node: ast.stmt) -> bool:
     return False
 
 
+def _yields(fn: ast.FunctionDef) -> bool:
+    """Whether `fn` itself (not a function or class inside it) has a `yield`: calling it only makes a generator."""
+    pending: list[ast.AST] = list(fn.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Yield | ast.YieldFrom):
+            return True
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            pending.extend(ast.iter_child_nodes(node))
+    return False
+
+
 def tests_problem(tests: str) -> str | None:
     """Why python_tests' `tests` (which compile) could never fail, or never pass, or None. Only their top-level
     `test*` functions and top-level statements run, so tests written as a class (pytest's or unittest's), under
@@ -185,7 +197,12 @@ def tests_problem(tests: str) -> str | None:
             if name.split(".")[0] not in sys.stdlib_module_names | {"solution"}:
                 return (f"the tests import {name}, but the sandbox has only the standard library (and the answer, "
                         "as `solution`): every answer would fail")
-    if any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test") for n in body):
+    tests_run = [n for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test")]
+    for fn in tests_run:  # called plainly, such a function returns a coroutine or generator: its body never runs
+        if isinstance(fn, ast.AsyncFunctionDef) or _yields(fn):
+            kind = "async" if isinstance(fn, ast.AsyncFunctionDef) else "a generator"
+            return f"{fn.name} is {kind}: test functions are called plainly, so its body would never run and it would pass"
+    if tests_run:
         return None
     if not all(_runs_nothing(node) for node in body):
         return None
