@@ -202,6 +202,12 @@ def tests_problem(tests: str) -> str | None:
         if isinstance(fn, ast.AsyncFunctionDef) or _yields(fn):
             kind = "async" if isinstance(fn, ast.AsyncFunctionDef) else "a generator"
             return f"{fn.name} is {kind}: test functions are called plainly, so its body would never run and it would pass"
+        args = fn.args
+        required = len(args.posonlyargs) + len(args.args) - len(args.defaults) + sum(
+            d is None for d in args.kw_defaults)
+        if required:
+            return (f"{fn.name} takes arguments: test functions are called with none (there are no pytest fixtures), "
+                    "so every answer would fail")
     if tests_run:
         return None
     if not all(_runs_nothing(node) for node in body):

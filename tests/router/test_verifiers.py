@@ -143,6 +143,8 @@ async def test_run_verifiers_stops_on_first_failure_unless_asked() -> None:
     # An async or generator test function, called plainly, never runs its body: it passed an empty answer.
     ("python_tests", {"tests": "async def test_add():\n    assert add(1, 2) == 3\n"}),
     ("python_tests", {"tests": "def test_add():\n    yield\n    assert add(1, 2) == 3\n"}),
+    # A test taking an argument (a pytest fixture) would fail every answer.
+    ("python_tests", {"tests": "def test_add(capsys):\n    assert add(1, 2) == 3\n"}),
     # Tests that import what the sandbox lacks (no site-packages) would fail every answer.
     ("python_tests", {"tests": "import pytest\n\ndef test_div():\n    with pytest.raises(ZeroDivisionError):\n"
                                "        div(1, 0)\n"}),
@@ -159,6 +161,7 @@ def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  
     "import math\nfrom solution import add\nfrom collections.abc import Sequence\n\ndef test_add():\n"
     "    assert math.isclose(add(0.1, 0.2), 0.3)\n",
     "def test_add():\n    def pairs():\n        yield 1, 2\n    assert all(add(a, b) == 3 for a, b in pairs())\n",
+    "def test_add(a=1, *, b=2):\n    assert add(a, b) == 3\n",
 ])
 def test_python_tests_that_run_something_are_accepted(tests: str) -> None:
     assert build_verifier("python_tests", {"tests": tests}).name == "python_tests"
