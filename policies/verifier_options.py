@@ -190,13 +190,17 @@ def tests_problem(tests: str) -> str | None:
     `if __name__ == "__main__":` or in helpers nothing calls would pass every answer, an empty one too; and the
     sandbox has the standard library only, so tests importing pytest or numpy would fail every answer."""
     body = ast.parse(tests).body
-    for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+    pending: list[ast.AST] = list(body)
+    while pending:  # every import, but one under `try:` (it may have a fallback)
+        node = pending.pop()
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
             [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
         for name in names:
             if name.split(".")[0] not in sys.stdlib_module_names | {"solution"}:
                 return (f"the tests import {name}, but the sandbox has only the standard library (and the answer, "
                         "as `solution`): every answer would fail")
+        if not isinstance(node, ast.Try | ast.TryStar):
+            pending.extend(ast.iter_child_nodes(node))
     tests_run = [n for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test")]
     for fn in tests_run:  # called plainly, such a function returns a coroutine or generator: its body never runs
         if isinstance(fn, ast.AsyncFunctionDef) or _yields(fn):

@@ -162,6 +162,7 @@ def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  
     "    assert math.isclose(add(0.1, 0.2), 0.3)\n",
     "def test_add():\n    def pairs():\n        yield 1, 2\n    assert all(add(a, b) == 3 for a, b in pairs())\n",
     "def test_add(a=1, *, b=2):\n    assert add(a, b) == 3\n",
+    "try:\n    import numpy\nexcept ImportError:\n    numpy = None\n\ndef test_add():\n    assert add(1, 2) == 3\n",
 ])
 def test_python_tests_that_run_something_are_accepted(tests: str) -> None:
     assert build_verifier("python_tests", {"tests": tests}).name == "python_tests"
