@@ -17,6 +17,7 @@ from router.errors import UpstreamError
 from router.executor import ChunkStream, Executor
 from router.job import Job, Outcome, Plan, Route, for_escalation, note_dropped
 from router.streams import completed_chunks, completion_body
+from router.usage import message_text
 from router.verifiers import (
     Draft,
     JsonSchemaVerifier,
@@ -81,7 +82,8 @@ LOCAL_REFUSALS = (ContextLengthError, RequestRejectedError)
 
 
 def _prompt_text(job: Job) -> str:
-    return "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
+    """The user messages' text (content parts' text, not their repr): what `router train --from-ledger` learns."""
+    return "\n".join(message_text(m) for m in job.messages if m.get("role") == "user")
 
 
 REFINE_INSTRUCTIONS = (
@@ -139,8 +141,7 @@ class Cascade:
             wrong_format = wrong_format or (ResponseFormatVerifier.wanted(job.body) and not verdict.passed
                                             and isinstance(verifier, JsonSchemaVerifier) and verifier.from_request)
         if spec.max_p_hosted is not None and self._score_draft is not None:
-            prompt = "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
-            score = self._score_draft(prompt, completion.text)
+            score = self._score_draft(_prompt_text(job), completion.text)
             verdicts.append(Verdict("classifier", score <= spec.max_p_hosted,
                                     f"p_hosted with the draft is {score:.3f} (limit {spec.max_p_hosted:g})",
                                     {"p_hosted": score}))

@@ -14,6 +14,7 @@ import referencing.exceptions
 import regex
 
 from policies import schema_problem
+from router.usage import message_text
 from router.verifiers.base import Draft, JudgeFn, JudgeReply, Verdict
 
 FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
@@ -265,7 +266,7 @@ class JudgeVerifier:
         self._rubric = f"Rubric: {rubric}\n\n" if rubric else ""
 
     async def verify(self, draft: Draft) -> Verdict:
-        conversation = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in draft.request.get("messages", []))
+        conversation = "\n".join(f"{m.get('role')}: {message_text(m)}" for m in draft.request.get("messages", []))
         prompt = JUDGE_PROMPT.format(conversation=conversation, answer=draft.text, rubric=self._rubric)
         try:
             reply = await self._judge(self._model, [{"role": "user", "content": prompt}])
