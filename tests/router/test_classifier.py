@@ -162,6 +162,8 @@ def test_ledger_rows_read_as_outcomes() -> None:
 def test_score_input_errors_name_the_line(tmp_path: Path) -> None:
     cases = {'{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": ': "line 2: not valid JSON",
              '{"id": 1, "prompt": "a"}\n\n{"prompt": "b"}\n': 'line 3: each line needs an "id"',
+             '[{"id": 1, "prompt": "a"}]\n': "line 1: not a JSON object but an array (each line is {",
+             '"What is 2 + 2?"\n': "line 1: not a JSON object but a string",
              '{"id": 1, "prompt": 5}\n': 'line 1: "prompt" must be a string',
              '{"id": 1, "prompt": "a", "draft": 3}\n': 'line 1: "draft" must be a string',
              '{"id": NaN, "prompt": "a"}\n': "line 1: not valid JSON (NaN is not valid JSON)",
