@@ -18,7 +18,7 @@ from policies.schema import (
     VerifierSpec,
     When,
 )
-from policies.verifier_options import schema_problem
+from policies.verifier_options import schema_problem, tests_problem
 
 __all__ = [
     "CascadeAction",
@@ -47,4 +47,5 @@ __all__ = [
     "load",
     "load_text",
     "schema_problem",
+    "tests_problem",
 ]

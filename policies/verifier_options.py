@@ -4,7 +4,9 @@ same values again when built: this layer may not import them, and they are also 
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 from typing import Any, Literal
 from urllib.parse import urldefrag, urljoin, urlsplit
 
@@ -153,6 +155,72 @@ class MinConfidenceOptions(BaseModel):
     missing: Literal["pass", "fail"] = "fail"
 
 
+def _runs_nothing(node: ast.stmt) -> bool:
+    """A top-level statement of the tests that checks nothing when run: an import, a definition, a docstring, or
+    an `if __name__ == "__main__":` block (the tests run as a module, never as the main script)."""
+    if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.AsyncFunctionDef | ast.Pass):
+        return True
+    if isinstance(node, ast.ClassDef):
+        return all(_runs_nothing(inner) for inner in node.body)
+    if isinstance(node, ast.Expr):
+        return isinstance(node.value, ast.Constant)
+    if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and not node.orelse \
+            and [type(op) for op in node.test.ops] == [ast.Eq]:
+        names = [node.test.left, *node.test.comparators]
+        return any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+            isinstance(n, ast.Constant) and n.value == "__main__" for n in names)
+    return False
+
+
+def _yields(fn: ast.FunctionDef) -> bool:
+    """Whether `fn` itself (not a function or class inside it) has a `yield`: calling it only makes a generator."""
+    pending: list[ast.AST] = list(fn.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Yield | ast.YieldFrom):
+            return True
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            pending.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def tests_problem(tests: str) -> str | None:
+    """Why python_tests' `tests` (which compile) could never fail, or never pass, or None. Only their top-level
+    `test*` functions and top-level statements run, so tests written as a class (pytest's or unittest's), under
+    `if __name__ == "__main__":` or in helpers nothing calls would pass every answer, an empty one too; and the
+    sandbox has the standard library only, so tests importing pytest or numpy would fail every answer."""
+    body = ast.parse(tests).body
+    pending: list[ast.AST] = list(body)
+    while pending:  # every import, but one under `try:` (it may have a fallback)
+        node = pending.pop()
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        for name in names:
+            if name.split(".")[0] not in sys.stdlib_module_names | {"solution"}:
+                return (f"the tests import {name}, but the sandbox has only the standard library (and the answer, "
+                        "as `solution`): every answer would fail")
+        if not isinstance(node, ast.Try | ast.TryStar):
+            pending.extend(ast.iter_child_nodes(node))
+    tests_run = [n for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test")]
+    for fn in tests_run:  # called plainly, such a function returns a coroutine or generator: its body never runs
+        if isinstance(fn, ast.AsyncFunctionDef) or _yields(fn):
+            kind = "async" if isinstance(fn, ast.AsyncFunctionDef) else "a generator"
+            return f"{fn.name} is {kind}: test functions are called plainly, so its body would never run and it would pass"
+        args = fn.args
+        required = len(args.posonlyargs) + len(args.args) - len(args.defaults) + sum(
+            d is None for d in args.kw_defaults)
+        if required:
+            return (f"{fn.name} takes arguments: test functions are called with none (there are no pytest fixtures), "
+                    "so every answer would fail")
+    if tests_run:
+        return None
+    if not all(_runs_nothing(node) for node in body):
+        return None
+    return ("the tests check nothing: only top-level `test*` functions and top-level statements run (not a "
+            "class's test methods, unittest cases or an `if __name__ == \"__main__\":` block), so every "
+            "answer, an empty one too, would pass")
+
+
 class PythonTestsOptions(BaseModel):
     model_config = Options
     tests: str = Field(min_length=1)
@@ -169,6 +237,8 @@ class PythonTestsOptions(BaseModel):
             raise ValueError(f"the tests do not compile: {exc.msg}{where}") from None
         except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; expressions nested too deeply
             raise ValueError(f"the tests do not compile: {str(exc) or 'nested too deeply'}") from None
+        if (problem := tests_problem(value)) is not None:
+            raise ValueError(problem)
         return value
 
 

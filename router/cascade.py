@@ -17,6 +17,7 @@ from router.errors import UpstreamError
 from router.executor import ChunkStream, Executor
 from router.job import Job, Outcome, Plan, Route, for_escalation, note_dropped
 from router.streams import completed_chunks, completion_body
+from router.usage import message_text
 from router.verifiers import (
     Draft,
     JsonSchemaVerifier,
@@ -68,6 +69,12 @@ class Judgement:
         failed = [f"{v.verifier}: {v.reason}" for v in self.verdicts if not v.passed]
         return "; ".join(failed)
 
+    @property
+    def says_something(self) -> bool:
+        """Whether the verdicts judged the draft: failed only by checks that could not run (an unreachable judge),
+        it was escalated without evidence, so `router train --from-ledger` must not learn it needed hosting."""
+        return self.passed or any(not v.passed and v.judged for v in self.verdicts)
+
 
 MAX_STORED_CHARS = 4000
 # The local model refused the request itself (nothing was computed): the cascade's target answers it.
@@ -75,7 +82,8 @@ LOCAL_REFUSALS = (ContextLengthError, RequestRejectedError)
 
 
 def _prompt_text(job: Job) -> str:
-    return "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
+    """The user messages' text (content parts' text, not their repr): what `router train --from-ledger` learns."""
+    return "\n".join(message_text(m) for m in job.messages if m.get("role") == "user")
 
 
 REFINE_INSTRUCTIONS = (
@@ -123,13 +131,17 @@ class Cascade:
         verifiers = list(spec.verifiers)
         if ResponseFormatVerifier.applies(job.body, verifiers):  # a draft is never served in the wrong format
             verifiers.append(ResponseFormatVerifier())
-        verdicts = list(await run_verifiers(verifiers, draft, stop_on_first_failure=False))  # one per verifier
-        wrong_format = ResponseFormatVerifier.wanted(job.body) and any(
-            isinstance(v, JsonSchemaVerifier) and v.from_request and not verdict.passed
-            for v, verdict in zip(verifiers, verdicts, strict=True))
+        verdicts: list[Verdict] = []  # every check's (for the row and refine's findings), but a judge's after a
+        wrong_format = False  # failure: a paid call cannot save a draft an earlier check failed
+        for verifier in verifiers:
+            if verifier.name == "judge" and not all(v.passed for v in verdicts):
+                continue
+            (verdict,) = await run_verifiers([verifier], draft)
+            verdicts.append(verdict)
+            wrong_format = wrong_format or (ResponseFormatVerifier.wanted(job.body) and not verdict.passed
+                                            and isinstance(verifier, JsonSchemaVerifier) and verifier.from_request)
         if spec.max_p_hosted is not None and self._score_draft is not None:
-            prompt = "\n".join(str(m.get("content") or "") for m in job.messages if m.get("role") == "user")
-            score = self._score_draft(prompt, completion.text)
+            score = self._score_draft(_prompt_text(job), completion.text)
             verdicts.append(Verdict("classifier", score <= spec.max_p_hosted,
                                     f"p_hosted with the draft is {score:.3f} (limit {spec.max_p_hosted:g})",
                                     {"p_hosted": score}))
@@ -161,9 +173,9 @@ class Cascade:
         _add_judge_bill(outcome, judgement)
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]
         outcome.detail["draft_confidence"] = completion.confidence.as_dict()
-        # What `draftgate router train --from-ledger` learns from: the prompt, the draft and its fate.
-        outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],
-                                     "draft": completion.text[:MAX_STORED_CHARS], "passed": not escalated}
+        if judgement.says_something:  # what `draftgate router train --from-ledger` learns from: prompt, draft, fate
+            outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],
+                                         "draft": completion.text[:MAX_STORED_CHARS], "passed": not escalated}
         if escalated:
             outcome.route = Route.ESCALATED
             outcome.escalation_reason = judgement.reason()
@@ -181,8 +193,9 @@ class Cascade:
             outcome.detail["usage_estimated"] = True
             outcome.detail["escalation_prompt_tokens"] = billed.prompt_tokens
         outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]  # as any draft's row has them,
-        outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],  # for --from-ledger too
-                                     "draft": completion.text[:MAX_STORED_CHARS], "passed": False}
+        if judgement.says_something:
+            outcome.detail["outcome"] = {"prompt": _prompt_text(job)[:MAX_STORED_CHARS],  # for --from-ledger too
+                                         "draft": completion.text[:MAX_STORED_CHARS], "passed": False}
         outcome.detail["unverified_draft"] = {"reason": judgement.reason(), "hosted_error": error.message}
         outcome.escalation_reason = f"hosted unavailable, served the unverified draft: {error.message}"
         return outcome

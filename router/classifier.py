@@ -46,6 +46,9 @@ class TextEncoder(Protocol):
 
 
 EMBED_MAX_TOKENS = 64  # the first 64 tokens carry the question's kind; 256 took ~4x as long on 2 CPU cores
+# What the classifier reads of a prompt and of a draft: its training prompts are at most 4,868 characters and
+# drafts 1,220, and some checks grow faster than the text (a 170 KB prompt took 24 s, 4 MB never ended).
+MAX_TEXT_CHARS = 8192
 
 
 class Embedder:
@@ -223,6 +226,8 @@ class DifficultyClassifier:
         n = len(prompts)
         if n == 0:
             return []
+        prompts = [p[:MAX_TEXT_CHARS] for p in prompts]
+        drafts = [d[:MAX_TEXT_CHARS] if d else d for d in drafts] if drafts is not None else None
         w = self.weights
         embeddings = self._embedder.encode(prompts) if w.use_embedding else None
         components = project(embeddings, w.pca_mean, w.pca_components, n)

@@ -8,6 +8,7 @@ in whole) learn which training subjects were hard, which does not transfer to ne
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from difflib import SequenceMatcher
@@ -44,12 +45,16 @@ def numbers_in(text: str) -> list[float]:
     return out
 
 
+MAX_CHOICES = 20  # the options compared pairwise: a question has at most 10 (A-J), the training data 5
+
+
 def split_choices(prompt: str) -> tuple[str, list[str]]:
-    """(question stem, answer options) of a multiple-choice prompt; (prompt, []) otherwise."""
+    """(question stem, its first MAX_CHOICES answer options) of a multiple-choice prompt; (prompt, []) otherwise.
+    Options are compared pairwise, so a prompt of thousands of `A. ...` lines would take minutes."""
     first = CHOICE.search(prompt)
     if first is None:
         return prompt, []
-    return prompt[:first.start()], [c[1].strip() for c in CHOICE.findall(prompt)]
+    return prompt[:first.start()], [m[2].strip() for m in itertools.islice(CHOICE.finditer(prompt), MAX_CHOICES)]
 
 
 def _pairs(values: list[float]) -> float:

@@ -81,7 +81,11 @@ def _request(line_no: int, raw: bytes) -> dict[str, Any] | None:
         raise ScoreInputError(line_no, f"not valid JSON ({exc.msg})") from None
     except (ValueError, RecursionError) as exc:
         raise ScoreInputError(line_no, f"not valid JSON ({str(exc) or 'nested too deeply'})") from None
-    if not isinstance(item, dict) or "id" not in item:
+    if not isinstance(item, dict):  # `[...]`, `"text"`, `42`: a request is an object
+        kind = ("an array" if isinstance(item, list) else "a string" if isinstance(item, str) else "null"
+                if item is None else "a boolean" if isinstance(item, bool) else "a number")
+        raise ScoreInputError(line_no, f"not a JSON object but {kind} (each line is {{\"id\": ..., \"prompt\": ...}})")
+    if "id" not in item:
         raise ScoreInputError(line_no, "each line needs an \"id\"")
     ident = item["id"]
     if isinstance(ident, bool) or not isinstance(ident, str | int | float):

@@ -41,10 +41,11 @@ class Verdict:
     passed: bool
     reason: str
     details: Mapping[str, Any] = field(default_factory=dict)
+    judged: bool = True  # False: the check could not run (judge unreachable, a timeout), so it says nothing of the draft
 
     def as_dict(self) -> dict[str, Any]:
-        return {"verifier": self.verifier, "passed": self.passed, "reason": self.reason,
-                "details": dict(self.details)}
+        shown = {"verifier": self.verifier, "passed": self.passed, "reason": self.reason, "details": dict(self.details)}
+        return shown if self.judged else {**shown, "judged": False}
 
 
 class Verifier(Protocol):
@@ -64,7 +65,8 @@ async def run_verifiers(verifiers: Sequence[Verifier], draft: Draft, *,
             verdict = await verifier.verify(draft)
         except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # a draft that breaks a check fails it
             log.warning("verifier %s failed on a draft: %s", verifier.name, exc)
-            verdict = Verdict(verifier.name, False, f"the check could not judge the draft ({type(exc).__name__})")
+            verdict = Verdict(verifier.name, False, f"the check could not judge the draft ({type(exc).__name__})",
+                              judged=False)
         verdicts.append(verdict)
         if stop_on_first_failure and not verdict.passed:
             break

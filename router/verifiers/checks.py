@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import jsonschema
+import jsonschema.validators
 import referencing.exceptions
 import regex
 
 from policies import schema_problem
+from router.usage import message_text
 from router.verifiers.base import Draft, JudgeFn, JudgeReply, Verdict
 
 FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
@@ -28,11 +32,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (RFC 8259); strict parsers refuse it")
 
 
-def parse_json(text: str) -> tuple[Any, str | None]:
-    """The JSON value of a draft, or why it is not JSON. NaN and Infinity are not (Python's json accepts them;
-    JSON.parse, Go and serde refuse them), and nesting too deep to parse is a finding, not a crash."""
+def parse_json(text: str, *, fenced: bool = True) -> tuple[Any, str | None]:
+    """The JSON value of a draft (in one ```json fence when `fenced`), or why it is not JSON. NaN and Infinity
+    are not (Python's json accepts them; JSON.parse, Go and serde refuse them), and nesting too deep to parse
+    is a finding, not a crash."""
     try:
-        return json.loads(strip_fence(text), parse_constant=_no_constant), None
+        return json.loads(strip_fence(text) if fenced else text, parse_constant=_no_constant), None
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
     except ValueError as exc:
@@ -60,6 +65,57 @@ def schema_from_request(request: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+SCHEMA_REGEX_TIMEOUT_S = 0.1  # for all of a schema's patterns on one draft, as a regex verifier's
+_SCHEMA_DEADLINE: ContextVar[float | None] = ContextVar("schema_deadline", default=None)
+
+
+def _search(pattern: str, text: str) -> bool:
+    """`re.search` as jsonschema runs it, on the `regex` engine, by the deadline of the draft being checked."""
+    deadline = _SCHEMA_DEADLINE.get()
+    timeout = None if deadline is None else max(1e-6, deadline - time.monotonic())
+    return regex.search(pattern, text, timeout=timeout) is not None
+
+
+def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string") and not _search(patrn, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "object"):
+        for patrn, subschema in patterns.items():
+            for key, value in instance.items():
+                if _search(patrn, key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=patrn)
+
+
+def _additional_properties(validator: Any, extra_schema: Any, instance: Any, schema: Any) -> Any:
+    """jsonschema's, with the keys that no `properties` name matched against `patternProperties` here."""
+    if not validator.is_type(instance, "object"):
+        return
+    patterns, named = schema.get("patternProperties", {}), schema.get("properties", {})
+    extras = sorted((k for k in instance if k not in named and not any(_search(p, k) for p in patterns)), key=str)
+    if validator.is_type(extra_schema, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], extra_schema, path=extra)
+    elif not extra_schema and extras:
+        listed = ", ".join(repr(extra) for extra in extras)
+        if patterns:
+            verb, regexes = "does" if len(extras) == 1 else "do", ", ".join(repr(p) for p in sorted(patterns))
+            yield jsonschema.ValidationError(f"{listed} {verb} not match any of the regexes: {regexes}")
+        else:
+            verb = "was" if len(extras) == 1 else "were"
+            yield jsonschema.ValidationError(f"Additional properties are not allowed ({listed} {verb} unexpected)")
+
+
+# Draft 2020-12 with `pattern`, `patternProperties` (and `additionalProperties` beside them) on the `regex` engine,
+# within SCHEMA_REGEX_TIMEOUT_S per draft (TimeoutError past it): jsonschema runs them with `re`, where a client's
+# pattern such as `^(\\w+\\s?)*$` on 40 characters of a draft backtracks for hours, on the event loop.
+# (`unevaluatedProperties` beside `patternProperties` still matches keys with `re`.)
+_BoundedValidator: Any = jsonschema.validators.extend(jsonschema.Draft202012Validator, {
+    "pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties})
+
+
 class JsonSchemaVerifier:
     name = "json_schema"
 
@@ -79,15 +135,21 @@ class JsonSchemaVerifier:
         schema = self._schema if self._schema is not None else schema_from_request(draft.request)
         if schema is None:
             return Verdict(self.name, True, "the request asks for no JSON format")
-        value, error = parse_json(draft.text)
+        # The request's own response_format is what its client parses: an answer in a ```json fence is not JSON.
+        value, error = parse_json(draft.text, fenced=self._schema is not None)
         if error is not None:
             return Verdict(self.name, False, error)
-        validator = jsonschema.Draft202012Validator(schema)
+        deadline = _SCHEMA_DEADLINE.set(time.monotonic() + SCHEMA_REGEX_TIMEOUT_S)
         try:
-            errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+            errors = sorted(_BoundedValidator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
         except referencing.exceptions.Unresolvable as exc:  # config and request schemas are checked up front;
             # this is the last guard: the draft cannot be shown to match, so it does not pass (never a 500)
             return Verdict(self.name, False, f"the schema's $ref cannot be resolved: {exc}")
+        except TimeoutError:
+            return Verdict(self.name, False, f"the schema's patterns took over {SCHEMA_REGEX_TIMEOUT_S * 1000:g} ms "
+                                             "on the answer (counted as a failure)", judged=False)
+        finally:
+            _SCHEMA_DEADLINE.reset(deadline)
         if not errors:
             return Verdict(self.name, True, "matches the schema")
         found = [f"{e.json_path}: {e.message}" for e in errors[:MAX_SCHEMA_ERRORS]]
@@ -141,7 +203,8 @@ class RegexVerifier:
             found = matcher(text, timeout=REGEX_TIMEOUT_S) is not None
         except TimeoutError:
             return Verdict(self.name, False, f"/{self._regex.pattern}/ timed out after "
-                                             f"{REGEX_TIMEOUT_S * 1000:g} ms on the answer (counted as a failure)")
+                                             f"{REGEX_TIMEOUT_S * 1000:g} ms on the answer (counted as a failure)",
+                           judged=False)
         ok = found == self._must_match
         what = "matches" if found else "does not match"
         return Verdict(self.name, ok, f"the answer {what} /{self._regex.pattern}/ ({self._mode})")
@@ -164,7 +227,8 @@ class ConfidenceVerifier:
     async def verify(self, draft: Draft) -> Verdict:
         s = draft.signals
         if not s:
-            return Verdict(self.name, self._missing == "pass", "no confidence signals")
+            # (a backend that reports none, such as vLLM: a failure that says nothing of the draft itself)
+            return Verdict(self.name, self._missing == "pass", "no confidence signals", judged=False)
         problems = []
         if not self._allow_cap and s.get("step_cap_hit"):
             problems.append("the denoising step cap was hit (the model never converged)")
@@ -187,6 +251,14 @@ JUDGE_PROMPT = (
 SCORE = re.compile(r"SCORE:\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
+def _bill(reply: object) -> dict[str, Any]:
+    """A judge call's bill as a verdict's details; none for a bare text (a judge that costs nothing, in tests)."""
+    if not isinstance(reply, JudgeReply):
+        return {}
+    return {"cost_usd": reply.cost_usd, "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens}
+
+
 class JudgeVerifier:
     """An LLM judge through a hosted alias; an unparsable grade fails the draft."""
 
@@ -201,20 +273,22 @@ class JudgeVerifier:
         self._rubric = f"Rubric: {rubric}\n\n" if rubric else ""
 
     async def verify(self, draft: Draft) -> Verdict:
-        conversation = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in draft.request.get("messages", []))
+        conversation = "\n".join(f"{m.get('role')}: {message_text(m)}" for m in draft.request.get("messages", []))
         prompt = JUDGE_PROMPT.format(conversation=conversation, answer=draft.text, rubric=self._rubric)
         try:
             reply = await self._judge(self._model, [{"role": "user", "content": prompt}])
         except Exception as exc:  # noqa: BLE001 - an unreachable judge cannot vouch for the draft
-            return Verdict(self.name, False, f"judge {self._model} unavailable: {exc}")
+            spent = getattr(exc, "outcome", None)  # a call the provider charged though its answer was unusable
+            return Verdict(self.name, False, f"judge {self._model} unavailable: {exc}", _bill(spent), judged=False)
         text = reply.text if isinstance(reply, JudgeReply) else reply
-        # The call's bill, which the cascade adds to the request's (the provider charges the judge's tokens).
-        billed: dict[str, Any] = ({"cost_usd": reply.cost_usd, "prompt_tokens": reply.prompt_tokens,
-                                   "completion_tokens": reply.completion_tokens}
-                                  if isinstance(reply, JudgeReply) else {})
+        billed = _bill(reply)  # which the cascade adds to the request's (the provider charges the judge's tokens)
         match = SCORE.search(text)
         if match is None:
             return Verdict(self.name, False, f"judge reply has no SCORE line: {text[:120]!r}", billed)
-        score = min(10.0, float(match.group(1))) / 10
+        grade = float(match.group(1))
+        if grade > 10:  # "SCORE: 85" is a judge grading on another scale: 85/100 is not full marks
+            return Verdict(self.name, False, f"judge reply's score {match.group(1)} is not on the 0-10 scale: "
+                                             f"{text[:120]!r}", billed)
+        score = grade / 10
         return Verdict(self.name, score >= self._threshold,
                        f"judge scored {score:.2f} (threshold {self._threshold:g})", {"score": score, **billed})

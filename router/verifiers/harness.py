@@ -38,6 +38,8 @@ WRITE_EVENTS = PATH_EVENTS - {"open", "os.listdir", "os.scandir"}
 DESTINATION_EVENTS = frozenset({"os.rename", "os.link", "os.symlink", "shutil.copyfile"})
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 MAX_LINKS = 40
+MAX_WRITES = 16  # opens for writing, new directories and links: RLIMIT_FSIZE caps each file at 10 MiB, this caps
+# how many (a loop of new files filled the disk at ~400 MB/s for the whole time limit)
 FUNCTION = type(lambda: None)  # a test must be a plain function of the tests' own code
 
 
@@ -50,7 +52,7 @@ def build_hook(work: str, readable: tuple[str, ...], result_path: str, *, lstat:
                frame_attributes: frozenset[str] = FRAME_ATTRIBUTES, code_attributes: frozenset[str] = CODE_ATTRIBUTES,
                path_events: frozenset[str] = PATH_EVENTS, write_events: frozenset[str] = WRITE_EVENTS,
                destination_events: frozenset[str] = DESTINATION_EVENTS, write_flags: int = WRITE_FLAGS,
-               max_links: int = MAX_LINKS) -> Any:
+               max_links: int = MAX_LINKS, max_writes: int = MAX_WRITES) -> Any:
     """The audit hook. Every name it uses is bound here, at import: nothing the answer replaces later (a
     builtin, os.path.realpath, this module's globals) changes what it allows. Text from the answer is read
     as exact `str` (str.__str__), so a subclass's methods cannot answer for it."""
@@ -106,6 +108,8 @@ def build_hook(work: str, readable: tuple[str, ...], result_path: str, *, lstat:
         if writing or not inside(real, readable) or (opening and directory):
             raise PermissionError(f"sandbox: access to {path} is not allowed")
 
+    writes = [0]  # files opened for writing so far
+
     def hook(event: str, args: tuple[Any, ...]) -> None:
         if event in denied_events:
             raise PermissionError(f"sandbox: {event} is not allowed")
@@ -124,6 +128,10 @@ def build_hook(work: str, readable: tuple[str, ...], result_path: str, *, lstat:
             if event == "open" and len(args) > 2 and isinstance(args[2], int) and int.__and__(args[2], write_flags):
                 writing = True
             check_path(args[0], writing, event == "open")
+            if (event == "open" and writing) or event in ("os.mkdir", "os.symlink", "os.link"):
+                writes[0] += 1
+                if writes[0] > max_writes:
+                    raise PermissionError(f"sandbox: at most {max_writes} files may be opened for writing or made")
             if event in destination_events and len(args) > 1:
                 check_path(args[1], True, False)  # the destination, where a file would appear
 
@@ -166,9 +174,12 @@ def _failure(exc: BaseException) -> str:
 
 def run(solution: str, tests: str, test_names: list[str], exec: Any = exec, compile: Any = compile,
         getattr: Any = getattr, type: Any = type, function: Any = FUNCTION) -> dict[str, Any]:
-    """Runs the answer, then the tests' module, then each of the tests' own test functions in order: one the
-    answer defined, or replaced after the tests defined it, is not theirs and fails."""
-    namespace: dict[str, Any] = {"__name__": "solution"}
+    """Runs the answer (as the module `solution`), then the tests' module in the same namespace, then each of the
+    tests' own test functions in order: one the answer defined, or replaced after the tests defined it, is not
+    theirs and fails."""
+    answer = type(sys)("solution")  # tests written beside solution.py import it: `from solution import f`
+    sys.modules["solution"] = answer
+    namespace: dict[str, Any] = answer.__dict__
     try:
         exec(compile(solution, "solution.py", "exec"), namespace)
     except BaseException as exc:  # noqa: BLE001 - anything the answer does wrong is a finding

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from policies import tests_problem
 from router.verifiers.base import Draft, Verdict
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
@@ -117,20 +118,27 @@ def _read_report(path: Path, nonce: str) -> dict[str, Any] | None:
 class PythonTestsVerifier:
     name = "python_tests"
 
-    def __init__(self, tests: str, timeout_s: float = 5.0, memory_mb: int = 256) -> None:
+    def __init__(self, tests: str, timeout_s: float = 5.0, memory_mb: int = 256, *,
+                 concurrency: int | None = None) -> None:
         if not tests.strip():
             raise ValueError("python_tests needs `tests`")
         if not 0 < timeout_s <= 60 or not 32 <= memory_mb <= 4096:
             raise ValueError("python_tests: timeout_s in (0, 60], memory_mb in [32, 4096]")
         compile(tests, "tests.py", "exec")  # a syntax error in the config's tests is a config error
+        if (problem := tests_problem(tests)) is not None:  # tests that pass every answer are one too
+            raise ValueError(problem)
         self._tests, self._timeout_s, self._memory_mb = tests, timeout_s, memory_mb
+        # Runs at a time (the others wait, their time limit not yet started): each may take memory_mb, and a burst
+        # of cascades (the engine's batch and queue: 72 by default) would otherwise run them all at once.
+        self._slots = asyncio.Semaphore(concurrency or os.cpu_count() or 1)
 
     async def verify(self, draft: Draft) -> Verdict:
         with tempfile.TemporaryDirectory(prefix="draftgate-sandbox-") as work:
             Path(work, "solution.py").write_text(extract_code(draft.text))
             Path(work, "tests_user.py").write_text(self._tests)
             result_name, nonce = f"result-{secrets.token_hex(16)}.txt", secrets.token_hex(16)
-            outcome = await self._run(work, result_name, nonce)
+            async with self._slots:
+                outcome = await self._run(work, result_name, nonce)
             if outcome is not None:
                 return Verdict(self.name, False, outcome)
             result_file = Path(work, result_name)

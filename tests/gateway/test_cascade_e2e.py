@@ -8,7 +8,10 @@ import json
 import openai
 import pytest
 
+from gateway.outcomes import ledger_outcomes
+from gateway.simulator import Fault
 from local_engine.loading import BUNDLED
+from router.usage import TokenEstimator
 from tests.conftest import hosted_config
 from tests.gateway.test_chat_hosted import client, flushed_db
 
@@ -165,3 +168,38 @@ def test_an_llm_judge_call_is_billed_on_the_request_it_judged(gateway_factory, s
                                                escalation_usage["completion_tokens"]))
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
     assert row is not None and row.hosted_cost_usd == pytest.approx(expected)
+
+
+def test_a_judge_that_cannot_be_reached_escalates_without_teaching_the_classifier(gateway_factory, simulator) -> None:
+    """The draft was never judged: the row says so, and `router train --from-ledger` does not learn from it that
+    the prompt needed the hosted model (it did from every judge outage), as it does from a judge's low grade."""
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: judged\n      action:\n        cascade:\n"
+             "          escalate_to: gpt-4o-mini\n          verifiers: [{judge: {model: backup, threshold: 0.5}}]\n")
+    gw = gateway_factory(hosted_config(simulator.base_url, rules, local=True))
+    simulator.state.faults.append(Fault(status=500))  # the judge (backup, no retries) is down
+    simulator.state.replies.append("hosted answer")
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
+    assert raw.headers["x-draftgate-route"] == "escalated" and "judge backup unavailable" in raw.headers[
+        "x-draftgate-escalation"]
+    assert raw.parse().model_dump()["draftgate"]["verdicts"][0]["judged"] is False
+    db = flushed_db(gw)
+    row = db.get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.route == "escalated" and "outcome" not in row.detail
+    assert ledger_outcomes(db.url) == []
+    simulator.state.replies.extend(["SCORE: 1", "hosted answer"])  # judged, and found wanting: that is an outcome
+    client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
+    flushed_db(gw)
+    assert [(r.prompt, r.label) for r in ledger_outcomes(db.url)][:1] == [(EXTRACT, 1.0)]
+
+    simulator.state.faults.append(Fault(broken_body=True))  # the judge answered 200, unusably: still billed
+    simulator.state.replies.append("hosted answer")
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    judged = simulator.state.received[-2].body
+    judge_usd = gw.services.pricing.hosted_cost(gw.services.hosted.get("backup"), TokenEstimator().prompt_tokens(
+        "openai/gpt-4o", judged["messages"]), 0)
+    assert row is not None and row.detail["judge"]["prompt_tokens"] > 0 and judge_usd
+    assert row.detail["judge"]["cost_usd"] == pytest.approx(judge_usd)
+    assert row.hosted_cost_usd is not None and row.hosted_cost_usd > judge_usd

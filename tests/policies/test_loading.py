@@ -190,6 +190,13 @@ CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n
     ("{json_schema: {schema: {type: 12}}}", "verifiers[0].json_schema: not a valid JSON Schema"),
     ("{python_tests: {tests: 'def f(:'}}", "verifiers[0].python_tests.tests: the tests do not compile"),
     ("{python_tests: {tests: 'pass', timeout_s: 600}}", "verifiers[0].python_tests.timeout_s"),
+    # Tests that never run pass every answer, an empty one too: a pytest class, a main block, an uncalled helper.
+    ('{python_tests: {tests: "class TestAdd:\\n  def test_add(self):\\n    assert add(1, 2) == 3\\n"}}',
+     "verifiers[0].python_tests.tests: the tests check nothing"),
+    ('{python_tests: {tests: "def check():\\n  assert add(1, 2) == 3\\nif __name__ == \'__main__\':\\n  check()\\n"}}',
+     "verifiers[0].python_tests.tests: the tests check nothing"),
+    ('{python_tests: {tests: "import pytest\\ndef test_a():\\n  assert f() == 1\\n"}}',
+     "verifiers[0].python_tests.tests: the tests import pytest, but the sandbox has only the standard library"),
     ("{judge: {model: a, threshold: 2}}", "verifiers[0].judge.threshold"),
 ])
 def test_bad_verifier_options_are_config_errors(verifier: str, expected: str) -> None:

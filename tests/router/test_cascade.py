@@ -114,6 +114,43 @@ async def test_a_broken_draft_is_regenerated_by_the_hosted_model(sim: SimulatorS
     assert sim.state.received[0].body["messages"] == [{"role": "user", "content": "need json"}]
 
 
+async def test_the_stored_outcome_and_the_judge_read_content_parts_as_text(sim: SimulatorServer) -> None:
+    """`router train --from-ledger` learned from the repr of content parts ("[{'type': 'text', ...}]"), and the
+    judge was shown it, for every request an SDK sends with parts."""
+    shown: list[str] = []
+
+    async def judge(alias: str, messages: list[dict[str, str]]) -> str:
+        shown.append(messages[0]["content"])
+        return "SCORE: 10"
+
+    parts = job()
+    parts.messages[0]["content"] = [{"type": "text", "text": "Sort: 5, 2, 9"}]
+    cascade, http = await make(sim, ScriptedBackend("2, 5, 9"))
+    checks = (build_verifier("judge", {"model": "big"}, judge=judge),)
+    outcome = await cascade.run(parts, PLAN, CascadeSpec(escalate_to="big", verifiers=checks))
+    await http.aclose()
+    assert outcome.detail["outcome"]["prompt"] == "Sort: 5, 2, 9"
+    assert "user: Sort: 5, 2, 9\n" in shown[0] and "'type'" not in shown[0]
+
+
+async def test_a_paid_judge_is_not_asked_about_a_draft_an_earlier_check_failed(sim: SimulatorServer) -> None:
+    """Every verifier ran, so a draft already escalated for broken JSON still paid for a hosted judge's call."""
+    asked: list[str] = []
+
+    async def judge(alias: str, messages: list[dict[str, object]]) -> str:
+        asked.append(alias)
+        return "SCORE: 10"
+
+    checks = (build_verifier("json", {}), build_verifier("judge", {"model": "big"}, judge=judge))
+    cascade, http = await make(sim, ScriptedBackend('{"ok": tru', '{"ok": true}'))
+    failed = await cascade.run(job("need json"), PLAN, CascadeSpec(escalate_to="big", verifiers=checks))
+    assert failed.route is Route.ESCALATED and asked == []
+    assert [v["verifier"] for v in failed.detail["verdicts"]] == ["json"]
+    passed = await cascade.run(job("need json"), PLAN, CascadeSpec(escalate_to="big", verifiers=checks))
+    await http.aclose()
+    assert passed.route is Route.LOCAL and asked == ["big"] and len(passed.detail["verdicts"]) == 2
+
+
 async def test_refine_hands_the_draft_and_findings_to_the_hosted_model(sim: SimulatorServer) -> None:
     cascade, http = await make(sim, ScriptedBackend('{"ok": tru'))
     outcome = await cascade.run(job("need json"), PLAN, spec(EscalationMode.REFINE))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from router.classifier import (
     BUNDLED_WEIGHTS,
     FORMAT_VERSION,
+    MAX_TEXT_CHARS,
     ClassifierUnavailableError,
     DifficultyClassifier,
     Weights,
@@ -160,6 +162,8 @@ def test_ledger_rows_read_as_outcomes() -> None:
 def test_score_input_errors_name_the_line(tmp_path: Path) -> None:
     cases = {'{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": ': "line 2: not valid JSON",
              '{"id": 1, "prompt": "a"}\n\n{"prompt": "b"}\n': 'line 3: each line needs an "id"',
+             '[{"id": 1, "prompt": "a"}]\n': "line 1: not a JSON object but an array (each line is {",
+             '"What is 2 + 2?"\n': "line 1: not a JSON object but a string",
              '{"id": 1, "prompt": 5}\n': 'line 1: "prompt" must be a string',
              '{"id": 1, "prompt": "a", "draft": 3}\n': 'line 1: "draft" must be a string',
              '{"id": NaN, "prompt": "a"}\n': "line 1: not valid JSON (NaN is not valid JSON)",
@@ -194,6 +198,18 @@ def test_bundled_weights_score_in_order_and_judge_the_draft(tmp_path: Path) -> N
     assert wrong_sums > right  # the same working with arithmetic that does not hold needs the hosted model more
     assert cut > right and odd > right  # no final answer; a fractional count
     assert classifier.threshold_for_share(0.1) >= classifier.threshold_for_share(0.5)
+
+
+@needs_weights
+def test_scoring_any_prompt_takes_bounded_time() -> None:
+    """Options are compared pairwise: 1,600 `A. ...` lines (47 KB) took 90 s to score, and such a prompt reaches
+    the classifier from any client when a rule reads `p_hosted`. The classifier reads the first MAX_TEXT_CHARS."""
+    classifier = DifficultyClassifier(Weights.load(BUNDLED_WEIGHTS), HashEmbedder())
+    options = "Which?\n" + "".join(f"{'ABCD'[i % 4]}. option {i}\n" for i in range(20_000))
+    start = time.perf_counter()
+    scores = classifier.score([options, "Tom has 3 apples. " * 50_000], [None, None])
+    assert time.perf_counter() - start < 2 and all(0 <= s <= 1 for s in scores)
+    assert classifier.score([options]) == classifier.score([options[:MAX_TEXT_CHARS]])
 
 
 @needs_weights

@@ -26,6 +26,14 @@ async def test_correct_code_passes() -> None:
     assert verdict.passed and verdict.reason == "2 test function(s) passed"
 
 
+async def test_the_tests_may_import_the_answer_as_solution() -> None:
+    """Tests written beside a solution.py import it; that was a ModuleNotFoundError, failing every answer."""
+    tests = "from solution import f\nimport solution\n\ndef test_double():\n    assert f(3) == solution.f(3) == 6\n"
+    assert (await run("def f(x):\n    return 2 * x", tests)).passed
+    wrong = await run("def f(x):\n    return x + 2", tests)
+    assert not wrong.passed and "test_double failed" in wrong.reason
+
+
 async def test_wrong_code_fails_with_the_assertion_message() -> None:
     verdict = await run("def f(x):\n    return x + 2")
     assert not verdict.passed
@@ -120,6 +128,26 @@ async def test_reviewed_escapes_are_denied(code: str, needle: str) -> None:
 async def test_replaced_builtins_cannot_swap_the_tests() -> None:
     verdict = await run(SWAPPED_COMPILE)  # no f at all: the user's tests must still run, and fail
     assert not verdict.passed and "test_double failed" in verdict.reason
+
+
+async def test_runs_beyond_the_concurrency_wait_for_a_slot() -> None:
+    """Every draft's run started at once: a burst of cascades held memory_mb each, 72 by default at a time."""
+    verifier = sandbox.PythonTestsVerifier(TESTS, timeout_s=3, concurrency=1)
+    draft = Draft(text="import time\ntime.sleep(0.3)\ndef f(x):\n    return 2 * x\n", request={})
+    start = time.perf_counter()
+    verdicts = await asyncio.gather(*(verifier.verify(draft) for _ in range(3)))
+    assert all(v.passed for v in verdicts) and time.perf_counter() - start >= 0.9
+
+
+async def test_the_answer_may_write_a_few_files_but_not_fill_the_disk() -> None:
+    """Each file stops at 10 MiB, but a loop of new files filled the disk at ~400 MB/s until the time limit."""
+    few = "for i in range(3):\n    with open(f'out{i}.txt', 'w') as file:\n        file.write('x')\n"
+    assert (await run(few + "def f(x):\n    return 2 * x")).passed
+    flood = "i = 0\nwhile True:\n    with open(f'f{i}', 'w') as file:\n        file.write('x')\n    i += 1\n"
+    verdict = await run(flood)
+    assert not verdict.passed and "at most 16 files may be opened for writing or made" in verdict.reason
+    dirs = await run("import os\nfor i in range(100_000):\n    os.mkdir(f'd{i}')\n")
+    assert not dirs.passed and "at most 16 files" in dirs.reason
 
 
 async def test_an_output_flood_is_stopped_at_the_file_size_limit() -> None:

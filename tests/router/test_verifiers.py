@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -37,9 +38,28 @@ async def test_json_schema_given_and_from_request() -> None:
     request = {"messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
     missing = await verify("json_schema", {"from_request": True}, "{}", request=request)
     assert not missing.passed and "'age' is a required property" in missing.reason
+    fenced = '```json\n{"age": 3}\n```'  # fine for a rule's own schema; not what a response_format client parses
+    assert (await verify("json_schema", {"schema": schema}, fenced)).passed
+    assert not (await verify("json_schema", {"from_request": True}, fenced, request=request)).passed
+    assert (await verify("json_schema", {"from_request": True}, '{"age": 3}', request=request)).passed
     as_object = {"messages": [], "response_format": {"type": "json_object"}}
     assert not (await verify("json_schema", {"from_request": True}, "[1]", request=as_object)).passed
     assert (await verify("json_schema", {"from_request": True}, "anything", request={"messages": []})).passed
+
+
+async def test_a_schema_pattern_that_backtracks_cannot_stall_the_gateway() -> None:
+    """jsonschema ran a request schema's `pattern` with `re`: `^(\\w+\\s?)*$` on 40 characters of a draft took
+    hours, on the event loop. Patterns now run on the `regex` engine within the verifier's time limit."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "pattern": r"^(\w+\s?)*$"}},
+              "patternProperties": {r"^(\w+\s?)*$": {"type": "string"}}, "additionalProperties": False}
+    request = {"messages": [], "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    start = time.perf_counter()
+    bad = await verify("json_schema", {"from_request": True}, json.dumps({"city": "a" * 40 + "!"}), request=request)
+    assert not bad.passed and "does not match" in bad.reason and time.perf_counter() - start < 1
+    assert (await verify("json_schema", {"schema": schema}, '{"city": "Oslo x"}')).passed
+    keyed = await verify("json_schema", {"schema": schema}, json.dumps({"b" * 40 + "!": 1, "city": "Oslo"}))
+    assert not keyed.passed and "does not match any of the regexes" in keyed.reason and time.perf_counter() - start < 2
+    assert not (await verify("json_schema", {"schema": schema}, '{"city": "Oslo", "b c": 1}')).passed
 
 
 async def test_a_schema_whose_ref_cannot_be_resolved_fails_the_draft_instead_of_raising() -> None:
@@ -84,11 +104,12 @@ async def test_min_confidence_step_cap_and_missing_signals() -> None:
     assert (await verify("min_confidence", {"allow_step_cap": True}, "x", signals=capped)).passed
     none = await verify("min_confidence", {}, "x", signals=None)
     assert not none.passed and none.reason == "no confidence signals"
+    assert none.judged is False  # (vLLM reports none): not evidence that the prompt needed the hosted model
     assert (await verify("min_confidence", {"missing": "pass"}, "x", signals=None)).passed
 
 
 async def test_judge_parses_grades_and_fails_closed() -> None:
-    replies = iter(["SCORE: 9", "I think it's fine", "SCORE: 3"])
+    replies = iter(["SCORE: 9", "I think it's fine", "SCORE: 3", "SCORE: 50"])
 
     async def judge(alias: str, messages: list[dict]) -> str:  # type: ignore[type-arg]
         assert alias == "gpt-4o-mini" and "Candidate answer:\nthe answer" in messages[0]["content"]
@@ -100,6 +121,8 @@ async def test_judge_parses_grades_and_fails_closed() -> None:
     assert not garbage.passed and "no SCORE line" in garbage.reason
     low = await verifier.verify(draft("the answer"))
     assert not low.passed and "0.30" in low.reason
+    off_scale = await verifier.verify(draft("the answer"))  # graded out of 100: 50 was taken as full marks
+    assert not off_scale.passed and "not on the 0-10 scale" in off_scale.reason
 
 
 async def test_run_verifiers_stops_on_first_failure_unless_asked() -> None:
@@ -112,10 +135,37 @@ async def test_run_verifiers_stops_on_first_failure_unless_asked() -> None:
     ("nope", {}), ("regex", {}), ("regex", {"pattern": "("}), ("json_schema", {}),
     ("json_schema", {"schema": {"type": "nonsense"}}), ("python_tests", {"tests": "assert ("}),
     ("judge", {"model": "m"}), ("min_confidence", {"missing": "maybe"}),
+    # Tests that never run would pass every answer, an empty one too.
+    ("python_tests", {"tests": "class TestAdd:\n    def test_add(self):\n        assert add(1, 2) == 3\n"}),
+    ("python_tests", {"tests": "import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n"
+                               "        self.assertEqual(add(1, 2), 3)\n"}),
+    ("python_tests", {"tests": "def check():\n    assert add(1, 2) == 3\n\nif __name__ == '__main__':\n    check()\n"}),
+    # An async or generator test function, called plainly, never runs its body: it passed an empty answer.
+    ("python_tests", {"tests": "async def test_add():\n    assert add(1, 2) == 3\n"}),
+    ("python_tests", {"tests": "def test_add():\n    yield\n    assert add(1, 2) == 3\n"}),
+    # A test taking an argument (a pytest fixture) would fail every answer.
+    ("python_tests", {"tests": "def test_add(capsys):\n    assert add(1, 2) == 3\n"}),
+    # Tests that import what the sandbox lacks (no site-packages) would fail every answer.
+    ("python_tests", {"tests": "import pytest\n\ndef test_div():\n    with pytest.raises(ZeroDivisionError):\n"
+                               "        div(1, 0)\n"}),
+    ("python_tests", {"tests": "def test_mean():\n    from numpy import mean\n    assert mean([1, 3]) == 2\n"}),
 ])
 def test_misconfiguration_is_a_config_error(kind: str, options: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(VerifierConfigError):
         build_verifier(kind, options)
+
+
+@pytest.mark.parametrize("tests", [
+    "assert add(1, 2) == 3\n", "def check():\n    assert add(1, 2) == 3\n\ncheck()\n",
+    "def test_add():\n    assert add(1, 2) == 3\n", "x = add(1, 2)\n",
+    "import math\nfrom solution import add\nfrom collections.abc import Sequence\n\ndef test_add():\n"
+    "    assert math.isclose(add(0.1, 0.2), 0.3)\n",
+    "def test_add():\n    def pairs():\n        yield 1, 2\n    assert all(add(a, b) == 3 for a, b in pairs())\n",
+    "def test_add(a=1, *, b=2):\n    assert add(a, b) == 3\n",
+    "try:\n    import numpy\nexcept ImportError:\n    numpy = None\n\ndef test_add():\n    assert add(1, 2) == 3\n",
+])
+def test_python_tests_that_run_something_are_accepted(tests: str) -> None:
+    assert build_verifier("python_tests", {"tests": tests}).name == "python_tests"
 
 
 def test_verdicts_serialize() -> None:
