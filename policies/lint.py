@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from policies.conditions import MetadataMatch, NumberCondition, When
 from policies.errors import ConfigProblem
 from policies.matching import as_list
-from policies.schema import GatewayConfig, MetadataMatch, NumberCondition, When
+from policies.schema import GatewayConfig
 from policies.source import Origin, Path
 
 Interval = tuple[float, bool, float, bool]  # low, low inclusive, high, high inclusive

@@ -83,9 +83,10 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
 
 
 def _schema_models() -> frozenset[str]:
-    from policies import schema  # the models a union member can be
+    from policies import conditions, schema  # the models a union member can be
 
-    return frozenset(n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel))
+    return frozenset(n for module in (schema, conditions) for n, v in vars(module).items()
+                     if isinstance(v, type) and issubclass(v, BaseModel))
 
 
 def _without_union_tags(loc: tuple[Any, ...], models: frozenset[str]) -> tuple[tuple[Any, ...], bool]:
