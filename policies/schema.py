@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from policies.conditions import When
-from policies.numbers import yaml_exponent
+from policies.numbers import Count, Number
 from policies.source import Origin
 from policies.verifier_options import (
     JsonOptions,
@@ -26,8 +26,8 @@ Strict = ConfigDict(extra="forbid", frozen=True)
 
 class PriceConfig(BaseModel):
     model_config = Strict
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
+    input_per_mtok: Number = Field(ge=0)
+    output_per_mtok: Number = Field(ge=0)
 
 
 AUTO_ALIAS = "auto"  # the alias that lets the policy choose
@@ -43,10 +43,10 @@ class ModelConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     price: PriceConfig | None = None
     fallbacks: list[str] = Field(default_factory=list)
-    timeout_s: float = Field(default=60.0, gt=0, le=3600)
-    max_retries: int = Field(default=2, ge=0, le=10)
-    allowed_fails: int = Field(default=3, ge=1, le=1000)  # failed requests in a row before a cooldown (LiteLLM's)
-    cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds the alias is skipped then; 0: never
+    timeout_s: Number = Field(default=60.0, gt=0, le=3600)
+    max_retries: Count = Field(default=2, ge=0, le=10)
+    allowed_fails: Count = Field(default=3, ge=1, le=1000)  # failed requests in a row before a cooldown (LiteLLM's)
+    cooldown_time: Number = Field(default=5.0, ge=0, le=3600)  # seconds the alias is skipped then; 0: never
 
 
 class LocalConfig(BaseModel):
@@ -59,17 +59,17 @@ class LocalConfig(BaseModel):
     model: str | None = None
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    threads: int | None = Field(default=None, ge=1, le=256)
-    max_batch_size: int = Field(default=8, ge=1, le=512)
-    max_queue: int = Field(default=64, ge=1, le=100_000)
-    device_usd_per_hour: float | None = Field(default=None, ge=0)
+    threads: Count | None = Field(default=None, ge=1, le=256)
+    max_batch_size: Count = Field(default=8, ge=1, le=512)
+    max_queue: Count = Field(default=64, ge=1, le=100_000)
+    device_usd_per_hour: Number | None = Field(default=None, ge=0)
     api_base: str | list[str] | None = None  # backend vllm: one server's /v1 URL, or a pool of them
-    max_tokens: int = Field(default=512, ge=1, le=65_536)
-    prefix_cache_tokens: int = Field(default=32_768, ge=0, le=10_000_000)
-    prefix_cache_min_tokens: int = Field(default=64, ge=1, le=1_000_000)
-    first_canvas_length: int | None = Field(default=None, ge=1, le=65_536)
-    max_model_len: int | None = Field(default=None, ge=2, le=10_000_000)  # context window (prompt + answer)
-    timeout_s: float = Field(default=120.0, gt=0, le=3600)  # backend vllm: silence from a server before failover
+    max_tokens: Count = Field(default=512, ge=1, le=65_536)
+    prefix_cache_tokens: Count = Field(default=32_768, ge=0, le=10_000_000)
+    prefix_cache_min_tokens: Count = Field(default=64, ge=1, le=1_000_000)
+    first_canvas_length: Count | None = Field(default=None, ge=1, le=65_536)
+    max_model_len: Count | None = Field(default=None, ge=2, le=10_000_000)  # context window (prompt + answer)
+    timeout_s: Number = Field(default=120.0, gt=0, le=3600)  # backend vllm: silence from a server before failover
 
     @field_validator("api_base")
     @classmethod
@@ -107,17 +107,10 @@ class LimitsConfig(BaseModel):
     """Budgets and rate limits (LiteLLM's names); enforced atomically in the ledger database."""
 
     model_config = Strict
-    max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_budget_usd: Number | None = Field(default=None, ge=0)
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
-
-    @field_validator("max_budget_usd", "rpm_limit", "tpm_limit", mode="before")
-    @classmethod
-    def _a_number(cls, value: Any) -> Any:
-        # A limit written as text ('1') is a typo that would read as a number; YAML's 1e3 (a string to PyYAML)
-        # is a number. Secrets never sit here, so the value may be echoed.
-        return yaml_exponent(value, refuse_text=True)
+    rpm_limit: Count | None = Field(default=None, ge=1)
+    tpm_limit: Count | None = Field(default=None, ge=1)
 
 
 class TeamConfig(LimitsConfig):
@@ -167,7 +160,7 @@ class VerifierSpec(BaseModel):
 class LocalAction(BaseModel):
     model_config = Strict
     kind: Literal["local"] = "local"
-    max_local_tokens: int | None = Field(default=None, ge=1, le=65_536)
+    max_local_tokens: Count | None = Field(default=None, ge=1, le=65_536)
 
 
 class HostedAction(BaseModel):
@@ -188,7 +181,7 @@ class CascadeAction(BaseModel):
     kind: Literal["cascade"] = "cascade"
     escalate_to: str
     mode: Literal["regenerate", "refine"] = "regenerate"
-    max_local_tokens: int | None = Field(default=None, ge=1, le=65_536)
+    max_local_tokens: Count | None = Field(default=None, ge=1, le=65_536)
     on_hosted_unavailable: Literal["serve_draft", "error"] = "error"
     verifiers: list[VerifierSpec] = Field(default_factory=list)
 

@@ -14,6 +14,13 @@ Path = tuple[str | int, ...]
 ENV_PREFIX = "os.environ/"
 
 
+class EnvText(str):
+    """A value that came from an `os.environ/NAME` variable: text by nature, so a number field reads it as one
+    (`timeout_s: os.environ/TIMEOUT`), where the same number quoted in the file is refused as a likely typo."""
+
+    __slots__ = ()
+
+
 def render_path(path: Path) -> str:
     """`models[1].price.input_per_mtok` from ("models", 1, "price", "input_per_mtok")."""
     out = ""
@@ -170,5 +177,5 @@ def resolve_env(data: Any, env: Mapping[str, str], source: Located, problems: li
                                            f"the environment variable's name is missing after {ENV_PREFIX}"))
             return ""
         source.env_values.add(env[name])
-        return env[name]
+        return EnvText(env[name])
     return data

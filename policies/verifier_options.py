@@ -16,6 +16,8 @@ from referencing import Resource
 from referencing.exceptions import NoSuchAnchor, NoSuchResource, PointerToNowhere, Unresolvable, Unretrievable
 from referencing.jsonschema import DRAFT202012
 
+from policies.numbers import Count, Number
+
 Options = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -145,19 +147,19 @@ class RegexOptions(BaseModel):
 
 class MinConfidenceOptions(BaseModel):
     model_config = Options
-    max_entropy: float | None = Field(default=None, ge=0)
-    max_mean_entropy: float | None = Field(default=None, ge=0)
-    max_steps: int | None = Field(default=None, ge=1)
+    max_entropy: Number | None = Field(default=None, ge=0)
+    max_mean_entropy: Number | None = Field(default=None, ge=0)
+    max_steps: Count | None = Field(default=None, ge=1)
     allow_step_cap: bool = False
-    min_tokens_per_pass: float | None = Field(default=None, ge=0)
+    min_tokens_per_pass: Number | None = Field(default=None, ge=0)
     missing: Literal["pass", "fail"] = "fail"
 
 
 class PythonTestsOptions(BaseModel):
     model_config = Options
     tests: str = Field(min_length=1)
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
-    memory_mb: int = Field(default=256, ge=32, le=4096)
+    timeout_s: Number = Field(default=5.0, gt=0, le=60)
+    memory_mb: Count = Field(default=256, ge=32, le=4096)
 
     @field_validator("tests")
     @classmethod
@@ -175,5 +177,5 @@ class PythonTestsOptions(BaseModel):
 class JudgeOptions(BaseModel):
     model_config = Options
     model: str
-    threshold: float = Field(default=0.7, ge=0, le=1)
+    threshold: Number = Field(default=0.7, ge=0, le=1)
     rubric: str = ""

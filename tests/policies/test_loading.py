@@ -166,6 +166,13 @@ def test_semantic_problems() -> None:
     ("policies:\n  rules:\n    - name: r\n      when: {content: {keywords: [json, '']}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.keywords[1]: String should have at least 1 character"),
     ("teams:\n  - name: t\n    max_budget_usd: '1'\n", "draftgate.yaml:3: teams[0].max_budget_usd: a number, not the text"),
+    # YAML has numbers: a quoted one (or a boolean) in any number field is a typo, refused where it is
+    ("policies:\n  rules:\n    - name: r\n      action: {local: {max_local_tokens: '100'}}\n",
+     "draftgate.yaml:4: policies.rules[0].action.local.max_local_tokens: a number, not the text '100'"),
+    ("models:\n  - name: a\n    model: openai/x\n    price: {input_per_mtok: '1', output_per_mtok: 2}\n",
+     "draftgate.yaml:4: models[0].price.input_per_mtok: a number, not the text '1'"),
+    ("local:\n  max_tokens: true\n", "draftgate.yaml:2: local.max_tokens: a number, not true"),
+    ("local:\n  device_usd_per_hour: .inf\n", "draftgate.yaml:2: local.device_usd_per_hour: Input should be a finite"),
     ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
@@ -191,6 +198,8 @@ CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n
     ("{python_tests: {tests: 'def f(:'}}", "verifiers[0].python_tests.tests: the tests do not compile"),
     ("{python_tests: {tests: 'pass', timeout_s: 600}}", "verifiers[0].python_tests.timeout_s"),
     ("{judge: {model: a, threshold: 2}}", "verifiers[0].judge.threshold"),
+    ("{judge: {model: a, threshold: '0.5'}}", "verifiers[0].judge.threshold: a number, not the text '0.5'"),
+    ("{min_confidence: {max_entropy: '0.05'}}", "verifiers[0].min_confidence.max_entropy: a number, not the text"),
 ])
 def test_bad_verifier_options_are_config_errors(verifier: str, expected: str) -> None:
     """Caught by the schema, with the line, not when the gateway builds the verifier at startup."""
@@ -203,6 +212,17 @@ def test_yaml_exponent_numbers_are_numbers() -> None:
     config = policies.load_text("teams:\n  - name: t\n    tpm_limit: 1e3\npolicies:\n  rules:\n    - name: r\n"
                                 "      when: {prompt_tokens: {lt: 1e3}}\n      action: local\n", {})
     assert config.teams[0].tpm_limit == 1000 and config.policies.rules[0].when.prompt_tokens.lt == 1000  # type: ignore[union-attr]
+
+
+def test_a_number_from_the_environment_is_read_as_one() -> None:
+    """`os.environ/NAME` is always text: a number field parses it (a limit refused it as text, echoing the value),
+    and a value that is no number is refused without being shown."""
+    text = ("teams:\n  - name: t\n    rpm_limit: os.environ/RPM\nmodels:\n  - name: a\n    model: openai/x\n"
+            "    timeout_s: os.environ/TIMEOUT\n")
+    config = policies.load_text(text, {"RPM": "100", "TIMEOUT": "2.5"})
+    assert config.teams[0].rpm_limit == 100 and config.models[0].timeout_s == 2.5
+    assert problems(text, {"RPM": "hundred", "TIMEOUT": "1"}) == [
+        "draftgate.yaml:3: teams[0].rpm_limit: Input should be a valid integer, unable to parse string as an integer"]
 
 
 def test_a_file_that_is_not_utf8_is_located_by_line(tmp_path: Path) -> None:
