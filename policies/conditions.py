@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -40,6 +41,19 @@ class NumberCondition(BaseModel):
             raise ValueError("these bounds can never all hold, so the rule would never match")
         return self
 
+    def whole_number(self, least: int, what: str) -> NumberCondition:
+        """Itself, if some whole number from `least` up meets every bound: token and message counts are whole
+        and never below `least`, so `{lt: 0}` or `{gt: 2, lt: 3}` would make a rule that never matches."""
+        low = least  # the smallest whole number meeting the lower bounds; then the upper ones decide
+        for value, strict in ((self.gt, True), (self.gte, False), (self.eq, False)):
+            if value is not None:
+                low = max(low, math.floor(value) + 1 if strict else math.ceil(value))
+        if ((self.lt is not None and low >= self.lt) or (self.lte is not None and low > self.lte)
+                or (self.eq is not None and low != self.eq)):
+            raise ValueError(f"{what} is a whole number from {least} up: no such number meets these bounds, so "
+                             "the rule would never match")
+        return self
+
 
 class MetadataMatch(BaseModel):
     model_config = StrictTypes
@@ -59,6 +73,11 @@ class MessagesCondition(BaseModel):
     model_config = StrictTypes
     count: NumberCondition | None = None
     roles: list[Role] | None = Field(default=None, min_length=1)  # a typo (`sytem`) made the rule fail silently
+
+    @field_validator("count")
+    @classmethod
+    def _a_count(cls, value: NumberCondition | None) -> NumberCondition | None:
+        return None if value is None else value.whole_number(1, "a request's message count")
 
 
 class ContentCondition(BaseModel):
@@ -96,6 +115,11 @@ class When(BaseModel):
     has_tools: bool | None = None
     has_response_format: bool | None = None
     p_hosted: NumberCondition | None = None
+
+    @field_validator("prompt_tokens")
+    @classmethod
+    def _a_token_count(cls, value: NumberCondition | None) -> NumberCondition | None:
+        return None if value is None else value.whole_number(0, "prompt_tokens")
 
     @field_validator("p_hosted")
     @classmethod

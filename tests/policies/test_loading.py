@@ -149,6 +149,13 @@ def test_semantic_problems() -> None:
      "policies.rules[0].when.prompt_tokens.lt: Input should be a finite number"),
     ("policies:\n  rules:\n    - name: r\n      when: {prompt_tokens: {gt: 10, lt: 5}}\n      action: local\n",
      "policies.rules[0].when.prompt_tokens: these bounds can never all hold"),
+    # counts are whole numbers (tokens from 0, messages from 1): bounds no such number meets never match
+    ("policies:\n  rules:\n    - name: r\n      when: {prompt_tokens: {lt: 0}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.prompt_tokens: prompt_tokens is a whole number from 0 up: no such"),
+    ("policies:\n  rules:\n    - name: r\n      when: {messages: {count: {lte: 0}}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.messages.count: a request's message count is a whole number from 1"),
+    ("policies:\n  rules:\n    - name: r\n      when: {messages: {count: {gt: 2, lt: 3}}}\n      action: local\n",
+     "policies.rules[0].when.messages.count: a request's message count is a whole number from 1 up: no such"),
     ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {gte: 1.5}}\n      action: local\n",
      "policies.rules[0].when.p_hosted: p_hosted is a probability"),
     ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
