@@ -62,9 +62,9 @@ MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expan
 class ConfigShapeError(ValueError):
     """YAML that is valid but cannot be a config: aliases that refer to themselves or expand too far."""
 
-    def __init__(self, message: str, node: yaml.Node) -> None:
+    def __init__(self, message: str, line: int) -> None:
         super().__init__(message)
-        self.line = node.start_mark.line + 1  # the anchored value that contains itself, or that grew too large
+        self.line = line  # the anchored value that contains itself or grew too large; where nesting got too deep
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
@@ -73,7 +73,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     if key in sizes:
         return sizes[key]
     if key in open_nodes:
-        raise ConfigShapeError("a YAML alias refers to a value that contains it", node)
+        raise ConfigShapeError("a YAML alias refers to a value that contains it", node.start_mark.line + 1)
     open_nodes.add(key)
     size = 1
     if isinstance(node, yaml.MappingNode):
@@ -83,7 +83,8 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     open_nodes.discard(key)
     sizes[key] = size
     if size > MAX_VALUES:
-        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)", node)
+        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)",
+                               node.start_mark.line + 1)
     return size
 
 
@@ -140,7 +141,10 @@ class Located:
         self.unset_env: set[Path] = set()  # `os.environ/...` values that could not be resolved: already a problem
         loader = _Loader(text)  # one parse: the node tree gives the lines, then the data
         try:
-            node = loader.get_single_node()
+            try:
+                node = loader.get_single_node()
+            except RecursionError:  # PyYAML's parser recurses once per level: `[[[[...` thousands deep
+                raise ConfigShapeError("values nested too deeply", loader.line + 1) from None
             if node is not None:
                 _expanded_size(node, {}, set())  # before constructing anything (alias bombs)
                 _index_lines(node, (), self.lines, self.duplicate_keys, self.lone_surrogates)

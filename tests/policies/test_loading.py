@@ -136,7 +136,9 @@ def test_semantic_problems() -> None:
     ('models:\n  - name: "a\\ud800"\n    model: openai/x\n',
      "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
     ('"k\\udc00": 1\n', "draftgate.yaml:1: k\\udc00: holds a lone surrogate"),
-    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml: values nested too deeply"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml:1: values nested too deeply"),  # had no line
+    ("local:\n  enabled: true\nmodels:\n  - " + "{a: " * 2000 + "1" + "}" * 2000 + "\n",
+     "draftgate.yaml:4: values nested too deeply"),
     ("policies:\n  rules:\n    - name: r\n      when: {content: {keywords: []}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.keywords: List should have at least 1 item"),
     ("policies:\n  rules:\n    - name: r\n      when: {metadata: {x: {in: []}}}\n      action: local\n",
