@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 import policies
-from gateway.errors import openai_param, validation_text
+from gateway.errors import openai_param, reply_for, validation_text
 from gateway.pipeline import to_job
 from gateway.schemas import ChatRequest
 from gateway.services import build_planner, hosted_models
@@ -19,7 +19,8 @@ from router import HostedClient, RoutingError
 
 def explain_request(config: policies.GatewayConfig, request_file: Path, *, team: str | None,
                     key_name: str | None) -> dict[str, Any]:
-    """Rule, conditions and decision for one request body; ValueError for an unreadable request."""
+    """Rule, conditions and decision for one request body (`refusal`: the error the gateway would answer with
+    instead of serving it); ValueError for an unreadable request or an alias the gateway does not serve."""
     try:
         body = ChatRequest.model_validate(json.loads(_read(request_file)))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -31,16 +32,25 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         listed = "\n".join(f"  {problem}" for problem in problems)
         raise ValueError(f"{request_file}: {len(problems)} problems:\n{listed}") from None
     planner = build_planner(config, HostedClient(hosted_models(config)))  # the client is never called here
+    job = to_job(body, "explain")
     try:
-        plan, decision = planner.explain(to_job(body, "explain"), key_name, team)
-    except RoutingError as exc:  # an alias the gateway does not serve, tools sent to the local model
+        decision = planner.explain(job, key_name, team)
+    except RoutingError as exc:  # an alias the gateway does not serve: refused before any rule is matched
         raise ValueError(f"{request_file}: {exc}") from None
-    action = ("cascade via local draft, escalate to " + plan.cascade.escalate_to if plan.cascade
-              else f"{plan.route.value} ({plan.alias})")
-    if plan.alias == config.local.alias and not config.local.enabled:
-        action += " — but local.enabled is false, so the gateway answers 503 local_unavailable"
+    refusal = None
+    try:
+        plan = planner.plan_for(job, decision)
+    except RoutingError as exc:  # e.g. tools or logprobs sent to the local model: the rule that chose it is the why
+        reply = reply_for(exc)
+        refusal = f"{reply.status} {reply.code}: {reply.message}"
+        action = f"refused ({reply.status} {reply.code})"
+    else:
+        action = ("cascade via local draft, escalate to " + plan.cascade.escalate_to if plan.cascade
+                  else f"{plan.route.value} ({plan.alias})")
+        if plan.alias == config.local.alias and not config.local.enabled:
+            action += " — but local.enabled is false, so the gateway answers 503 local_unavailable"
     return {"rule": decision.rule, "explanation": [c.as_dict() for c in decision.explanation],
-            "decision": action, "p_hosted": decision.p_hosted, "summary": decision.summary()}
+            "decision": action, "refusal": refusal, "p_hosted": decision.p_hosted, "summary": decision.summary()}
 
 
 def _read(request_file: Path) -> str:

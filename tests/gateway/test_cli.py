@@ -309,6 +309,20 @@ def test_route_explain_without_a_local_model_and_for_an_unknown_alias(tmp_path: 
     assert "Traceback" not in result.stderr
 
 
+def test_route_explain_of_a_request_its_route_refuses_shows_the_rule_then_the_refusal(tmp_path: Path) -> None:
+    """It printed only the refusal: not which rule sent logprobs to the local model, nor why it matched."""
+    (tmp_path / "draftgate.yaml").write_text("policies:\n  rules:\n    - name: short-local\n"
+                                             "      when: {prompt_tokens: {lt: 100}}\n      action: local\n")
+    request = {"model": "auto", "messages": [{"role": "user", "content": "x"}], "logprobs": True}
+    (tmp_path / "req.json").write_text(json.dumps(request))
+    result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr  # still not served: a script sees it
+    assert "matched rule: short-local" in result.stdout and "prompt_tokens" in result.stdout
+    assert "decision: refused (400 unsupported_parameter)" in result.stdout
+    assert "req.json: the gateway would answer 400 unsupported_parameter: the local model does not return " \
+           "`logprobs`" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_version(tmp_path: Path) -> None:
     assert draftgate("version", cwd=tmp_path).stdout.startswith("draftgate ")
 
