@@ -136,6 +136,7 @@ class Located:
         self.filename = filename
         self.lines: dict[Path, int] = {}
         self.env_values: set[str] = set()  # what `os.environ/...` strings became: never echoed in a message
+        self.env_names: dict[Path, str] = {}  # where each `os.environ/NAME` was, and its NAME: what messages show
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
         self.unset_env: set[Path] = set()  # `os.environ/...` values that could not be resolved: already a problem
@@ -160,6 +161,12 @@ class Located:
     def origin(self) -> Origin:
         return Origin(self.filename, self.lines)
 
+    def shown(self, path: Path, value: str) -> str:
+        """How a message names the value at `path`: as written, or by its variable when it came from the
+        environment (`os.environ/NAME`: the file never holds the value, and it may be a secret)."""
+        name = self.env_names.get(path)
+        return repr(value) if name is None else f"(the value of {ENV_PREFIX}{name})"
+
     def problem(self, path: Path, message: str, *, shown: Path | None = None) -> ConfigProblem:
         return ConfigProblem(self.filename, self.line_of(path), render_path(shown if shown is not None else path),
                              message)
@@ -181,5 +188,6 @@ def resolve_env(data: Any, env: Mapping[str, str], source: Located, problems: li
                                            f"the environment variable's name is missing after {ENV_PREFIX}"))
             return ""
         source.env_values.add(env[name])
+        source.env_names[path] = name
         return EnvText(env[name])
     return data

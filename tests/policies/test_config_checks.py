@@ -104,6 +104,22 @@ def test_a_value_from_the_environment_is_not_echoed_whatever_its_field() -> None
     assert "s3cr3t" not in found and found.startswith("draftgate.yaml:1: models[0].timeout_s: Input should be")
 
 
+def test_a_name_from_the_environment_is_named_by_its_variable_in_cross_references() -> None:
+    """An unknown alias or an undeclared team read from os.environ/NAME was shown as its value, which the file
+    never holds (and the docs promise never to echo): now by the variable the user wrote."""
+    env = {"FALLBACK": "gpt-x", "TEAM": "research", "ALIAS": "a"}
+    assert problems("models:\n  - name: a\n    model: openai/a\n    fallbacks: [os.environ/FALLBACK]\n"
+                    "keys:\n  - name: k\n    key: sk-12345678\n    team: os.environ/TEAM\n"
+                    "policies:\n  default: {hosted: os.environ/FALLBACK}\n", env) == [
+        "draftgate.yaml:4: models[0].fallbacks[0]: unknown fallback alias (the value of os.environ/FALLBACK)",
+        "draftgate.yaml:8: keys[0].team: team (the value of os.environ/TEAM) is not declared in teams",
+        "draftgate.yaml:10: policies.default.hosted: unknown model alias (the value of os.environ/FALLBACK)",
+    ]
+    assert one_problem("models:\n  - name: a\n    model: openai/a\n  - name: os.environ/ALIAS\n"
+                       "    model: openai/b\n", env) == "draftgate.yaml:4: models[1].name: duplicate alias " \
+                                                          "(the value of os.environ/ALIAS)"
+
+
 @pytest.mark.parametrize("field", ["client_secret", "db_password", "auth_token", "openai_key"])
 def test_fields_named_like_secrets_are_not_echoed(field: str) -> None:
     found = problems(f"policies:\n  rules:\n    - name: r\n      when: {{metadata: {{{field}: 987654321}}}}\n"
