@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -23,10 +25,7 @@ URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IG
 
 def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
     """Loads and validates a config file; raises ConfigError listing every problem."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read the file: {exc}")]) from None
+    data = _read(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -34,6 +33,42 @@ def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
         raise ConfigError([ConfigProblem(str(path), line, "", f"not UTF-8 text: byte 0x{data[exc.start]:02x} "
                                                                f"(save the file as UTF-8)")]) from None
     return load_text(text, env, filename=str(path))
+
+
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a config is a few KiB: /dev/zero or a log given by mistake must not fill memory
+CHUNK_BYTES = 1024 * 1024
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, opened without blocking: a FIFO that nothing writes to would wait forever, so it is
+    refused at once; one that something writes to (`check-config <(envsubst < draftgate.yaml.in)`) is read."""
+    def unreadable(why: str) -> ConfigError:
+        return ConfigError([ConfigProblem(str(path), None, "", f"cannot read the file: {why}")])
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise unreadable(str(exc)) from None
+    try:
+        chunks: list[bytes] = []
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            try:
+                chunks.append(os.read(fd, CHUNK_BYTES))
+            except BlockingIOError:
+                pass  # a writer that has written nothing yet: wait for it below
+            if chunks == [b""]:  # end of file at once: no process has it open for writing
+                raise unreadable("it is a FIFO (named pipe) that nothing writes to, so reading it would wait "
+                                 "forever") from None
+        os.set_blocking(fd, True)
+        while chunk := os.read(fd, CHUNK_BYTES):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > MAX_FILE_BYTES:
+                raise unreadable(f"it is larger than {MAX_FILE_BYTES // 2**20} MiB: not a draftgate config")
+    except OSError as exc:  # a directory: Is a directory
+        raise unreadable(str(exc)) from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def default_config() -> GatewayConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,26 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         policies.load(tmp_path / "missing.yaml", {})
     assert "cannot read the file" in str(info.value)
+
+
+def test_a_fifo_nothing_writes_to_is_refused_at_once_and_a_pipe_with_a_writer_is_read(tmp_path: Path) -> None:
+    """`check-config FIFO` waited forever for a writer; `check-config /dev/zero` read until memory ran out."""
+    fifo = tmp_path / "draftgate.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        policies.load(fifo, {})
+    assert str(info.value) == f"{fifo}: cannot read the file: it is a FIFO (named pipe) that nothing writes to, " \
+                              "so reading it would wait forever"
+    read, write = os.pipe()  # what `check-config <(envsubst < draftgate.yaml.in)` hands over
+    os.write(write, b"local:\n  enabled: false\n")
+    os.close(write)
+    try:
+        assert policies.load(Path(f"/dev/fd/{read}"), {}).local.enabled is False
+    finally:
+        os.close(read)
+    with pytest.raises(ConfigError) as info:
+        policies.load(Path("/dev/zero"), {})
+    assert str(info.value) == "/dev/zero: cannot read the file: it is larger than 16 MiB: not a draftgate config"
 
 
 def test_an_unset_variable_is_one_problem_not_also_a_bad_value() -> None:
