@@ -21,6 +21,7 @@ from policies.source import ConfigShapeError, Located, render_path, resolve_env
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 SECRET_NAME = re.compile(r"(key|secret|password|token)$|^database_url$", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+QUOTED_URL_PASSWORD = re.compile(r"""(?<=['"])([a-z][a-z0-9+.-]*://[^/@\s:'"]*):[^/@\s'"]*@""", re.IGNORECASE)
 
 
 def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
@@ -147,7 +148,7 @@ def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigPr
         elif (isinstance(error.get("input"), (str, int, float, bool)) and error["type"] != "value_error"
               and not _may_be_secret(loc, error["input"], source)):
             got = f" (got {error['input']!r})"
-        message = message.removeprefix("Value error, ")
+        message = _without_secrets(message.removeprefix("Value error, "), source)
         if from_union and loc in merged:
             first = out[merged[loc]]
             if message not in first.message:
@@ -167,3 +168,11 @@ def _may_be_secret(loc: tuple[Any, ...], value: object, source: Located) -> bool
         return True
     text = str(value)
     return text in source.env_values or bool(URL_WITH_PASSWORD.match(text))
+
+
+def _without_secrets(message: str, source: Located) -> str:
+    """A validator's own message may quote the value it refused (`'...' is not an http(s) URL`): one from the
+    environment is named as such, and a quoted URL's password is masked, as `_may_be_secret` keeps them out of `(got ...)`."""
+    for value in source.env_values:
+        message = message.replace(repr(value), "(a value from the environment)")
+    return QUOTED_URL_PASSWORD.sub(r"\1:***@", message)

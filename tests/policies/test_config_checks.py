@@ -132,6 +132,16 @@ def test_a_url_with_a_password_is_not_echoed() -> None:
     assert found and not any("hunter22" in p for p in found), found
 
 
+def test_a_validator_that_quotes_the_value_it_refuses_keeps_secrets_out() -> None:
+    """local.api_base's own message quoted the value: a variable's (here a database URL) and a URL's password."""
+    found = one_problem("local:\n  backend: vllm\n  api_base: [http://a/v1, os.environ/URL]\n",
+                        {"URL": "postgres//u:hunter22@h/db"})
+    assert found == "draftgate.yaml:3: local.api_base: (a value from the environment) is not an http(s) URL: " \
+                    "api_base is the vLLM server's /v1 URL, e.g. http://127.0.0.1:8000/v1"
+    found = one_problem("local:\n  backend: vllm\n  api_base: https://u:hunter22@h/v1/chat/completions\n")
+    assert found.startswith("draftgate.yaml:3: local.api_base: 'https://u:***@h/v1/chat/completions' is an endpoint")
+
+
 def test_an_ordinary_value_is_still_shown() -> None:
     assert one_problem("models: [{name: a, model: openai/a, timeout_s: slow}]\n").endswith("(got 'slow')")
 
