@@ -29,6 +29,8 @@ def cross_reference_problems(config: GatewayConfig, source: Located) -> list[Con
                 problems.append(source.problem(where, f"model {name} cannot fall back to itself"))
             elif fallback not in known:
                 problems.append(source.problem(where, f"unknown fallback alias {source.shown(where, fallback)}"))
+    if config.local.alias in RESERVED_ALIASES:  # `auto` lets the policy choose: it cannot also name one model
+        problems.append(source.problem(("local", "alias"), f"alias {config.local.alias!r} is reserved"))
     if config.reference_model is not None and config.reference_model not in known:
         problems.append(source.problem(("reference_model",), "unknown model alias "
                                        f"{source.shown(('reference_model',), config.reference_model)}"))

@@ -54,7 +54,7 @@ class LocalConfig(BaseModel):
 
     model_config = Strict
     enabled: bool = True
-    alias: str = "local/diffusiongemma"
+    alias: str = Field(default="local/diffusiongemma", min_length=1, max_length=256)  # as a models[] name
     backend: Literal["transformers", "vllm"] = "transformers"
     model: str | None = None
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")

@@ -193,6 +193,13 @@ def test_a_rule_on_a_model_alias_the_gateway_does_not_serve_is_refused() -> None
 
 # 5. Messages that say what is wrong.
 
+def test_the_local_alias_cannot_be_auto_or_empty() -> None:
+    """`local.alias: auto` (the alias that lets the policy choose) or '' loaded, as a models[] name could not."""
+    assert one_problem("local:\n  alias: auto\n") == "draftgate.yaml:2: local.alias: alias 'auto' is reserved"
+    assert one_problem("local:\n  alias: ''\n").startswith(
+        "draftgate.yaml:2: local.alias: String should have at least 1 character")
+
+
 def test_a_model_that_falls_back_to_itself() -> None:
     assert one_problem("models:\n  - name: a\n    model: openai/a\n    fallbacks: [a]\n") == (
         "draftgate.yaml:4: models[0].fallbacks[0]: model 'a' cannot fall back to itself")
