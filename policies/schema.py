@@ -246,7 +246,7 @@ class GatewayConfig(BaseModel):
     """The whole draftgate.yaml."""
 
     model_config = Strict
-    master_key: str | None = Field(default=None, repr=False)
+    master_key: str | None = Field(default=None, min_length=8, repr=False)  # "" would be open mode, as a key's 8
     database_url: str | None = None
     reference_model: str | None = None
     models: list[ModelConfig] = Field(default_factory=list)

@@ -120,6 +120,14 @@ def test_a_name_from_the_environment_is_named_by_its_variable_in_cross_reference
                                                           "(the value of os.environ/ALIAS)"
 
 
+def test_an_empty_master_key_from_the_environment_is_refused_not_open_mode() -> None:
+    """`master_key: os.environ/MASTER_KEY` with the variable set but empty (compose's `${MASTER_KEY:-}`) loaded as
+    "", so the gateway ran in open mode, serving anyone, with only a log line to say so."""
+    for value in ("", "short"):
+        assert one_problem("master_key: os.environ/MASTER_KEY\n", {"MASTER_KEY": value}) == \
+            "draftgate.yaml:1: master_key: String should have at least 8 characters"
+
+
 @pytest.mark.parametrize("field", ["client_secret", "db_password", "auth_token", "openai_key"])
 def test_fields_named_like_secrets_are_not_echoed(field: str) -> None:
     found = problems(f"policies:\n  rules:\n    - name: r\n      when: {{metadata: {{{field}: 987654321}}}}\n"
