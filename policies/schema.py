@@ -205,6 +205,8 @@ def _normalize_action(value: Any) -> Any:
         if kind == "hosted" and isinstance(options, str):
             return {"kind": "hosted", "alias": options}
         if kind in ("local", "cascade", "hosted") and isinstance(options, dict):
+            if "kind" in options:  # it replaced the tag: `{local: {kind: hosted, alias: a}}` ran a hosted action
+                raise ValueError(f"`kind` is not an option of {kind}: the key {kind} itself names the action")
             return {"kind": kind, **options}
         if kind == "local" and options is None:
             return {"kind": "local"}

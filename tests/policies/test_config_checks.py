@@ -226,6 +226,12 @@ def test_a_malformed_action_names_the_allowed_forms(action: str) -> None:
     assert "discriminator" not in found and "dictionary" not in found
 
 
+def test_a_kind_key_inside_an_action_is_refused_not_obeyed() -> None:
+    """`{local: {kind: hosted, alias: a}}` loaded as a hosted action: the `kind` option replaced the tag."""
+    assert one_problem("models: [{name: a, model: openai/a}]\npolicies:\n  default: {local: {kind: hosted, alias: a}}\n") \
+        == "draftgate.yaml:3: policies.default: `kind` is not an option of local: the key local itself names the action"
+
+
 def test_an_empty_when_matches_every_request_as_documented() -> None:
     config = policies.load_text("policies:\n  rules:\n    - name: r\n      when:\n      action: local\n", {})
     assert config.policies.rules[0].when == policies.When()
