@@ -148,6 +148,9 @@ def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigPr
         elif (isinstance(error.get("input"), (str, int, float, bool)) and error["type"] != "value_error"
               and not _may_be_secret(loc, error["input"], source)):
             got = f" (got {error['input']!r})"
+            written = source.plain_scalars.get(tuple(loc))
+            if written is not None and written.lower() != str(error["input"]).lower():  # `no` is False, `0123` 83
+                got = f" (YAML reads {written} as {error['input']!r}: quote it if it is text)"
         message = _without_secrets(message.removeprefix("Value error, "), source)
         if from_union and loc in merged:
             first = out[merged[loc]]

@@ -12,6 +12,7 @@ from policies.errors import ConfigProblem
 
 Path = tuple[str | int, ...]
 ENV_PREFIX = "os.environ/"
+STR_TAG = "tag:yaml.org,2002:str"
 
 
 class EnvText(str):
@@ -35,25 +36,26 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= c <= "\udfff" for c in text)
 
 
-def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list[tuple[Path, int]],
-                 surrogates: list[tuple[Path, int]]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
+def _index_lines(node: yaml.Node, path: Path, found: Located) -> None:
+    found.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             child = path + (str(key.value),)
-            if child in lines:  # a key this mapping already had: YAML loaders keep the last one silently
-                duplicates.append((child, key.start_mark.line + 1))
+            if child in found.lines:  # a key this mapping already had: YAML loaders keep the last one silently
+                found.duplicate_keys.append((child, key.start_mark.line + 1))
                 continue
-            lines[child] = key.start_mark.line + 1
+            found.lines[child] = key.start_mark.line + 1
             if isinstance(key.value, str) and _has_surrogate(key.value):
-                surrogates.append((child, key.start_mark.line + 1))
-            _index_lines(value, child, lines, duplicates, surrogates)
+                found.lone_surrogates.append((child, key.start_mark.line + 1))
+            _index_lines(value, child, found)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), lines, duplicates, surrogates)
+            _index_lines(item, path + (i,), found)
     elif isinstance(node.value, str) and _has_surrogate(node.value):
         # "\ud800" is a valid YAML escape but not text: it could never match a request, be relayed or stored.
-        surrogates.append((path, node.start_mark.line + 1))
+        found.lone_surrogates.append((path, node.start_mark.line + 1))
+    elif node.style is None and node.tag != STR_TAG:  # `no`, `0123`, `1.5`: text to the writer, not to YAML
+        found.plain_scalars[path] = node.value
 
 
 MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expand it past this
@@ -139,6 +141,7 @@ class Located:
         self.env_names: dict[Path, str] = {}  # where each `os.environ/NAME` was, and its NAME: what messages show
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
+        self.plain_scalars: dict[Path, str] = {}  # unquoted values YAML read as no string: how they were written
         self.unset_env: set[Path] = set()  # `os.environ/...` values that could not be resolved: already a problem
         loader = _Loader(text)  # one parse: the node tree gives the lines, then the data
         try:
@@ -148,7 +151,7 @@ class Located:
                 raise ConfigShapeError("values nested too deeply", loader.line + 1) from None
             if node is not None:
                 _expanded_size(node, {}, set())  # before constructing anything (alias bombs)
-                _index_lines(node, (), self.lines, self.duplicate_keys, self.lone_surrogates)
+                _index_lines(node, (), self)
             self.data: Any = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()

@@ -134,6 +134,11 @@ def test_semantic_problems() -> None:
     ("teams:\n  - name: t\n    rpm_limit: 0x_\n", "draftgate.yaml:3: invalid YAML: this value reads as a YAML int"),
     ("local:\n  enabled: !!bool maybe\n", "draftgate.yaml:2: invalid YAML: this value reads as a YAML bool"),
     ("database_url: not a url\n", "draftgate.yaml:1: database_url: not a database URL"),
+    # YAML 1.1 reads some unquoted words and numbers as something else: say so (it was "got False", "got 83")
+    ("policies:\n  rules:\n    - name: no\n      action: local\n", "draftgate.yaml:3: policies.rules[0].name: Input "
+     "should be a valid string (YAML reads no as False: quote it if it is text)"),
+    ("teams:\n  - name: 0123\n", "draftgate.yaml:2: teams[0].name: Input should be a valid string (YAML reads 0123 "
+     "as 83: quote it if it is text)"),
     ('models:\n  - name: "a\\ud800"\n    model: openai/x\n',
      "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
     ('"k\\udc00": 1\n', "draftgate.yaml:1: k\\udc00: holds a lone surrogate"),
