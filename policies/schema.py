@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -22,6 +30,16 @@ from policies.verifier_options import (
 )
 
 Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_base_url(url: str, meaning: str, *, adds_endpoint: bool = True) -> None:
+    """Checked at load, not on the first request: a URL without a scheme, or the endpoint's URL where the gateway
+    adds the endpoint, would fail every request (a 502 or 503, or the server's 404) while check-config said OK."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or url != url.strip():
+        raise ValueError(f"{url!r} is not an http(s) URL: api_base is {meaning}")
+    if adds_endpoint and parts.path.rstrip("/").endswith("/chat/completions"):
+        raise ValueError(f"{url!r} is an endpoint: api_base is {meaning} (the gateway adds /chat/completions)")
 
 
 class PriceConfig(BaseModel):
@@ -47,6 +65,14 @@ class ModelConfig(BaseModel):
     max_retries: Count = Field(default=2, ge=0, le=10)
     allowed_fails: Count = Field(default=3, ge=1, le=1000)  # failed requests in a row before a cooldown (LiteLLM's)
     cooldown_time: Number = Field(default=5.0, ge=0, le=3600)  # seconds the alias is skipped then; 0: never
+
+    @field_validator("api_base")
+    @classmethod
+    def _base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:  # `openai/` goes over the gateway's own client, which adds the endpoint
+            check_base_url(value, "the provider's base URL, e.g. https://api.openai.com/v1",
+                           adds_endpoint=str(info.data.get("model", "")).startswith("openai/"))
+        return value
 
 
 class LocalConfig(BaseModel):
@@ -74,16 +100,8 @@ class LocalConfig(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _server_urls(cls, value: str | list[str] | None) -> str | list[str] | None:
-        # Checked here, not on the first request: a URL without a scheme, or the endpoint's URL, would fail
-        # every request (503 local_unavailable, or vLLM's 404) while check-config said OK.
         for url in [value] if isinstance(value, str) else value or []:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc or url != url.strip():
-                raise ValueError(f"{url!r} is not an http(s) URL: api_base is the vLLM server's /v1 URL, "
-                                 "e.g. http://127.0.0.1:8000/v1")
-            if parts.path.rstrip("/").endswith("/chat/completions"):
-                raise ValueError(f"{url!r} is an endpoint: api_base is the vLLM server's /v1 URL (the "
-                                 "gateway adds /chat/completions)")
+            check_base_url(url, "the vLLM server's /v1 URL, e.g. http://127.0.0.1:8000/v1")
         return value
 
     @model_validator(mode="after")

@@ -110,6 +110,11 @@ def test_semantic_problems() -> None:
      "draftgate.yaml:3: local.api_base: 'localhost:8000/v1' is not an http(s) URL"),
     ("local:\n  backend: vllm\n  api_base: [http://a/v1, ftp://b/v1]\n", "local.api_base: 'ftp://b/v1'"),
     ("local:\n  backend: vllm\n  api_base: http://a/v1/chat/completions\n", "is an endpoint"),
+    # a hosted model's api_base: check-config said OK and every request was a 502 "NonHttpUrlClientError"
+    ("models:\n  - name: a\n    model: openai/x\n    api_base: 127.0.0.1:8000/v1\n",
+     "draftgate.yaml:4: models[0].api_base: '127.0.0.1:8000/v1' is not an http(s) URL: api_base is the provider's"),
+    ("models:\n  - name: a\n    model: openai/x\n    api_base: https://h/v1/chat/completions\n",
+     "draftgate.yaml:4: models[0].api_base: 'https://h/v1/chat/completions' is an endpoint"),
     ("policies:\n  rules:\n    - name: r\n      when: {content: {regex: '(x'}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
     ("policies:\n  rules:\n    - name: r\n      action: teleport\n", "draftgate.yaml:4: policies.rules[0].action"),
