@@ -125,10 +125,14 @@ def _schema_models() -> frozenset[str]:
                      if isinstance(v, type) and issubclass(v, BaseModel))
 
 
-def _without_union_tags(loc: tuple[Any, ...], models: frozenset[str]) -> tuple[tuple[Any, ...], bool]:
+def _without_union_tags(loc: tuple[Any, ...], models: frozenset[str],
+                        source: Located) -> tuple[tuple[Any, ...], bool]:
     """pydantic names the member of a union each error is about (`model.str`, `model.list[str]`): that is its
-    wording, not a key of the file."""
-    kept = tuple(p for p in loc if not is_union_tag(p, models))
+    wording, not a key of the file, unless the file has that key (`metadata: {str: ...}`)."""
+    kept: tuple[Any, ...] = ()
+    for part in loc:
+        if not is_union_tag(part, models) or kept + (part,) in source.lines:
+            kept += (part,)
     return kept, len(kept) != len(loc)
 
 
@@ -137,7 +141,7 @@ def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigPr
     tags = _schema_models()
     merged: dict[tuple[Any, ...], int] = {}  # one problem per field for a value no member of a union took
     for error in exc.errors():
-        loc, from_union = _without_union_tags(tuple(error["loc"]), tags)
+        loc, from_union = _without_union_tags(tuple(error["loc"]), tags, source)
         if any(loc[:len(path)] == path for path in source.unset_env):
             continue  # the variable is not set: that one problem is the cause, not the "" standing in for it
         message, got = error["msg"], ""

@@ -173,6 +173,11 @@ def test_semantic_problems() -> None:
      "policies.rules[0].when.p_hosted: p_hosted is a probability"),
     ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
      "draftgate.yaml:4: policies.rules[0].when.model: Input should be a valid string; or Input should be a valid list"),
+    # a metadata key named like a pydantic union member (`str`, `list`) is the file's key, not pydantic's wording
+    ("policies:\n  rules:\n    - name: r\n      when: {metadata: {list: 5}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.metadata.list: Input should be a valid string; or Input should be"),
+    ("policies:\n  rules:\n    - name: r\n      when: {metadata: {str: {in: [1]}}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.metadata.str.in[0]: Input should be a valid string (got 1)"),
     # `[]` or `""` names no model, team or key: the rule never held, and check-config said OK
     ("policies:\n  rules:\n    - name: r\n      when: {team: []}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.team: Input should be a valid string; or List should have at least 1"),
