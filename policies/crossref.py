@@ -91,6 +91,12 @@ def _duplicates(config: GatewayConfig, source: Located) -> list[ConfigProblem]:
     for i, first in _repeats(k.key for k in config.keys):  # never echoed: it is the secret
         out.append(source.problem(("keys", i, "key"), f"the same secret as keys[{first}] (line "
                                                       f"{source.line_of(('keys', first))}): each key needs its own"))
+    for i, key in enumerate(config.keys):  # the master key is checked first: this one would be the admin
+        if key.key == config.master_key:
+            out.append(source.problem(("keys", i, "key"), f"the same secret as master_key (line "
+                                                          f"{source.line_of(('master_key',))}): a request with it is "
+                                                          "the admin, and this key's team, limits and models never "
+                                                          "apply"))
     return out
 
 

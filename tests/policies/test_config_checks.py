@@ -177,6 +177,15 @@ def test_two_static_keys_with_the_same_secret_are_refused_without_showing_it() -
 
 # 4. A key's team must be declared, with or without a teams section.
 
+def test_a_static_key_with_the_master_keys_secret_is_refused() -> None:
+    """It authenticated as the master key (checked first): admin rights, and its own limits never applied."""
+    env = {"MASTER": "sk-shared-secret-1"}
+    assert one_problem("master_key: os.environ/MASTER\nkeys:\n  - name: ci\n    key: os.environ/MASTER\n"
+                       "    rpm_limit: 5\n", env) == (
+        "draftgate.yaml:4: keys[0].key: the same secret as master_key (line 1): a request with it is the admin, "
+        "and this key's team, limits and models never apply")
+
+
 def test_an_undeclared_team_is_refused_even_without_a_teams_section() -> None:
     assert one_problem("keys:\n  - {name: bot, key: sk-aaaaaaaaaa, team: ghost}\n") == (
         "draftgate.yaml:2: keys[0].team: team 'ghost' is not declared in teams")
