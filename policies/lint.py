@@ -115,7 +115,8 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
                                     "only a virtual key made before teams were declared can match it")
                      for k, team in enumerate(as_list(rule.when.team)) if team not in declared]
     if not config.local.enabled:  # valid, but every request it sends to the local model gets a 503
-        actions: list[tuple[Path, Any]] = [(("policies", "default"), config.policies.default)]
+        catch_all = any(implies(When(), rule.when) for rule in rules)  # then the default never serves a request
+        actions: list[tuple[Path, Any]] = [] if catch_all else [(("policies", "default"), config.policies.default)]
         actions += [(("policies", "rules", j, "action"), rule.action) for j, rule in enumerate(rules)]
         for path, action in actions:
             if action.kind == "local":

@@ -308,6 +308,9 @@ def test_auto_with_the_local_model_disabled_is_warned_about() -> None:
         "draftgate.yaml:11: policies.rules[0].action: serves requests for `auto` with the local model, but "
         "local.enabled is false: they get a 503 local_unavailable"]
     assert warnings(rule.replace("enabled: false", "enabled: true")) == []
+    # a rule that matches every request leaves the default nothing to serve: no warning about it (it was one)
+    assert warnings("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
+                    "  rules:\n    - name: all\n      action: {hosted: big}\n") == []
 
 
 def test_a_budget_period_without_a_budget_is_warned_about() -> None:
