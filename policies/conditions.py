@@ -127,4 +127,7 @@ class When(BaseModel):
         bounds = () if value is None else (value.lt, value.lte, value.gt, value.gte, value.eq)
         if any(b is not None and not 0 <= b <= 1 for b in bounds):
             raise ValueError("p_hosted is a probability: its bounds lie between 0 and 1")
+        if value is not None and ((value.lt is not None and value.lt <= 0) or (value.gt is not None and value.gt >= 1)):
+            raise ValueError("p_hosted is a probability, never below 0 or above 1: these bounds hold for none, so "
+                             "the rule would never match")
         return value

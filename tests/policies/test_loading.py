@@ -171,6 +171,10 @@ def test_semantic_problems() -> None:
      "policies.rules[0].when.messages.count: a request's message count is a whole number from 1 up: no such"),
     ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {gte: 1.5}}\n      action: local\n",
      "policies.rules[0].when.p_hosted: p_hosted is a probability"),
+    ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {lt: 0}}\n      action: local\n",
+     "policies.rules[0].when.p_hosted: p_hosted is a probability, never below 0 or above 1: these bounds hold for"),
+    ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {gt: 1}}\n      action: local\n",
+     "policies.rules[0].when.p_hosted: p_hosted is a probability, never below 0 or above 1: these bounds hold for"),
     ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
      "draftgate.yaml:4: policies.rules[0].when.model: Input should be a valid string; or Input should be a valid list"),
     # a metadata key named like a pydantic union member (`str`, `list`) is the file's key, not pydantic's wording
