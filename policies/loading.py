@@ -17,6 +17,7 @@ from policies.crossref import cross_reference_problems
 from policies.errors import ConfigError, ConfigProblem, is_union_tag
 from policies.schema import GatewayConfig
 from policies.source import ConfigShapeError, Located, render_path, resolve_env
+from policies.suggest import close_key
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 SECRET_NAME = re.compile(r"(key|secret|password|token)$|^database_url$", re.IGNORECASE)
@@ -146,7 +147,8 @@ def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigPr
             continue  # the variable is not set: that one problem is the cause, not the "" standing in for it
         message, got = error["msg"], ""
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            close = close_key(GatewayConfig, tuple(error["loc"]))
+            message = "unknown key" if close is None else f"unknown key (did you mean {close}?)"
         elif error["type"] == "missing":
             message = "required key is missing"
         elif (isinstance(error.get("input"), (str, int, float, bool)) and error["type"] != "value_error"

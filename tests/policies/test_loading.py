@@ -101,6 +101,15 @@ def test_semantic_problems() -> None:
     ("- a\n- b\n", "draftgate.yaml:1: the top level must be a mapping of settings"),
     ("models:\n  - name: a\n   model: b\n", "draftgate.yaml:3: invalid YAML"),
     ("models:\n  - name: a\n", "draftgate.yaml:2: models[0].model: required key is missing"),
+    # a typo names the key it was probably meant to be (found in the mapping's own keys)
+    ("polices:\n  default: local\n", "draftgate.yaml:1: polices: unknown key (did you mean policies?)"),
+    ("policies:\n  rules:\n    - name: r\n      when: {prompt_token: {lt: 5}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.prompt_token: unknown key (did you mean prompt_tokens?)"),
+    ("policies:\n  default: {cascade: {escalate: a, verifiers: [{min_confidence: {max_entropi: 1}}]}}\n",
+     "draftgate.yaml:2: policies.default.cascade.verifiers[0].min_confidence.max_entropi: unknown key (did you mean "
+     "max_entropy?)"),
+    ("policies:\n  rules:\n    - name: r\n      when: {metadata: {task: {inn: [a]}}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.metadata.task.inn: unknown key (did you mean in?)"),
     ("local:\n  backend: vllm\n", "draftgate.yaml:1: local: backend vllm needs api_base"),
     ("local:\n  backend: vllm\n  api_base: []\n", "draftgate.yaml:1: local: backend vllm needs api_base"),
     ("local:\n  backend: vllm\n  api_base: [http://a/v1, http://a/v1]\n", "local: api_base takes at most 64 distinct"),
