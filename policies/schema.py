@@ -42,6 +42,15 @@ def check_base_url(url: str, meaning: str, *, adds_endpoint: bool = True) -> Non
         raise ValueError(f"{url!r} is an endpoint: api_base is {meaning} (the gateway adds /chat/completions)")
 
 
+def check_secret_text(value: str | None) -> str | None:
+    """A key sent in a header never has whitespace around it: one read from a secret file with its newline
+    (`os.environ/KEY`) would match no request, or be refused upstream. Refused here, without echoing it."""
+    if value is not None and value != value.strip():
+        raise ValueError("starts or ends with whitespace (a secret file's trailing newline?), which no "
+                         "Authorization header carries")
+    return value
+
+
 class PriceConfig(BaseModel):
     model_config = Strict
     input_per_mtok: Number = Field(ge=0)
@@ -65,6 +74,8 @@ class ModelConfig(BaseModel):
     max_retries: Count = Field(default=2, ge=0, le=10)
     allowed_fails: Count = Field(default=3, ge=1, le=1000)  # failed requests in a row before a cooldown (LiteLLM's)
     cooldown_time: Number = Field(default=5.0, ge=0, le=3600)  # seconds the alias is skipped then; 0: never
+
+    _api_key = field_validator("api_key")(check_secret_text)
 
     @field_validator("api_base")
     @classmethod
@@ -140,6 +151,8 @@ class KeyConfig(LimitsConfig):
     key: str = Field(min_length=8, repr=False)
     team: str | None = None
     models: list[str] | None = Field(default=None, min_length=1, max_length=1000)  # None: every alias
+
+    _key = field_validator("key")(check_secret_text)
 
 
 class VerifierSpec(BaseModel):
@@ -284,6 +297,8 @@ class GatewayConfig(BaseModel):
     def set_origin(self, origin: Origin) -> None:
         """Called once by the loader; the origin is not a setting (it takes no part in equality)."""
         self._origin = origin
+
+    _master_key = field_validator("master_key")(check_secret_text)
 
     @field_validator("database_url")
     @classmethod

@@ -128,6 +128,17 @@ def test_an_empty_master_key_from_the_environment_is_refused_not_open_mode() -> 
             "draftgate.yaml:1: master_key: String should have at least 8 characters"
 
 
+def test_a_key_with_a_secret_files_trailing_newline_is_refused_without_showing_it() -> None:
+    """`master_key: os.environ/MASTER_KEY` read from a secret file kept its newline: every request was a 401
+    'Incorrect API key' while check-config said OK."""
+    found = problems("master_key: os.environ/MK\nmodels:\n  - name: a\n    model: openai/a\n    api_key: os.environ/AK\n"
+                     "keys:\n  - name: k\n    key: os.environ/KK\n",
+                     {"MK": "sk-master-123456\n", "AK": " sk-upstream", "KK": "sk-static-123\n"})
+    why = "starts or ends with whitespace (a secret file's trailing newline?), which no Authorization header carries"
+    assert found == [f"draftgate.yaml:1: master_key: {why}", f"draftgate.yaml:5: models[0].api_key: {why}",
+                     f"draftgate.yaml:8: keys[0].key: {why}"]
+
+
 @pytest.mark.parametrize("field", ["client_secret", "db_password", "auth_token", "openai_key"])
 def test_fields_named_like_secrets_are_not_echoed(field: str) -> None:
     found = problems(f"policies:\n  rules:\n    - name: r\n      when: {{metadata: {{{field}: 987654321}}}}\n"
