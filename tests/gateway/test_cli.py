@@ -128,6 +128,22 @@ def test_a_bad_environment_setting_is_one_line_not_a_traceback(tmp_path: Path) -
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_master_key_with_a_secret_files_newline_is_refused_without_showing_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """DRAFTGATE_MASTER_KEY from a secret file kept its newline: every request was a 401, and nothing said why."""
+    import typer
+
+    from gateway.cli_common import settings_or_exit
+
+    monkeypatch.setenv("DRAFTGATE_MASTER_KEY", "sk-master-0123456789\n")
+    with pytest.raises(typer.Exit) as info:
+        settings_or_exit(None)
+    assert info.value.exit_code == 2
+    stderr = capsys.readouterr().err
+    assert "DRAFTGATE_MASTER_KEY: starts or ends with whitespace (a secret file's trailing newline?)" in stderr
+    assert "sk-master" not in stderr
+
+
 def test_an_empty_environment_setting_is_an_unset_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compose files pass `DRAFTGATE_CONFIG: ${DRAFTGATE_CONFIG:-}`: empty meant the current directory as the
     config file, an empty bind address, a port that is not a number."""
