@@ -25,8 +25,10 @@ def check_regex(value: str) -> str:
     """`value` if the `regex` engine (the one rules and verifiers run on, with timeouts) compiles it."""
     try:
         regex.compile(value)
-    except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
-        raise ValueError(f"invalid regular expression: {str(exc) or 'nested too deeply'}") from None
+    except RecursionError:  # thousands of nested groups
+        raise ValueError("invalid regular expression: nested too deeply") from None
+    except (regex.error, OverflowError) as exc:  # a{4294967296}
+        raise ValueError(f"invalid regular expression: {exc}") from None
     return value
 
 
@@ -40,8 +42,10 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         return _one_line(f"not a valid JSON Schema: {exc.message}")
-    except (re.error, OverflowError, RecursionError) as exc:  # a "pattern" that cannot compile, deep nesting
-        return _one_line(f"not a valid JSON Schema: {str(exc) or 'nested too deeply'}")
+    except RecursionError:  # Python's words ("maximum recursion depth exceeded in comparison") say nothing here
+        return "not a valid JSON Schema: nested too deeply"
+    except (re.error, OverflowError) as exc:  # a "pattern" that cannot compile
+        return _one_line(f"not a valid JSON Schema: {exc}")
     try:
         return _ref_problem(schema)
     except RecursionError:
@@ -169,8 +173,10 @@ class PythonTestsOptions(BaseModel):
         except SyntaxError as exc:
             where = f" (line {exc.lineno})" if exc.lineno else ""
             raise ValueError(f"the tests do not compile: {exc.msg}{where}") from None
-        except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; expressions nested too deeply
-            raise ValueError(f"the tests do not compile: {str(exc) or 'nested too deeply'}") from None
+        except (RecursionError, MemoryError):  # expressions nested too deeply
+            raise ValueError("the tests do not compile: nested too deeply") from None
+        except ValueError as exc:  # null bytes
+            raise ValueError(f"the tests do not compile: {exc}") from None
         return value
 
 

@@ -234,6 +234,10 @@ CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n
     ("{json_schema: {}}", "verifiers[0].json_schema: json_schema needs `schema` or `from_request: true`"),
     ("{json_schema: {schema: {type: 12}}}", "verifiers[0].json_schema: not a valid JSON Schema"),
     ("{python_tests: {tests: 'def f(:'}}", "verifiers[0].python_tests.tests: the tests do not compile"),
+    ("{json_schema: {schema: " + "{not: " * 250 + "{}" + "}" * 250 + "}}",  # was Python's "maximum recursion depth
+     "verifiers[0].json_schema: not a valid JSON Schema: nested too deeply"),  # exceeded in comparison"
+    ("{regex: {pattern: '" + "(" * 3000 + ")" * 3000 + "'}}", "verifiers[0].regex.pattern: invalid regular expression: "
+     "nested too deeply"),
     ("{python_tests: {tests: 'pass', timeout_s: 600}}", "verifiers[0].python_tests.timeout_s"),
     ("{judge: {model: a, threshold: 2}}", "verifiers[0].judge.threshold"),
     ("{judge: {model: a, threshold: '0.5'}}", "verifiers[0].judge.threshold: a number, not the text '0.5'"),
