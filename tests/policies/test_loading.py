@@ -148,6 +148,10 @@ def test_semantic_problems() -> None:
     ("teams:\n  - name: t\n    rpm_limit: 0x_\n", "draftgate.yaml:3: invalid YAML: this value reads as a YAML int"),
     ("local:\n  enabled: !!bool maybe\n", "draftgate.yaml:2: invalid YAML: this value reads as a YAML bool"),
     ("database_url: not a url\n", "draftgate.yaml:1: database_url: not a database URL"),
+    # Python object tags are refused by the safe loader at their line, never constructed (a guard: an unsafe loader
+    # would run os.system here)
+    ("local:\n  alias: !!python/object/apply:os.system ['exit 3']\n", "draftgate.yaml:2: invalid YAML: could not "
+     "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
     # YAML 1.1 reads some unquoted words and numbers as something else: say so (it was "got False", "got 83")
     ("policies:\n  rules:\n    - name: no\n      action: local\n", "draftgate.yaml:3: policies.rules[0].name: Input "
      "should be a valid string (YAML reads no as False: quote it if it is text)"),
