@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -106,6 +106,7 @@ class Origin:
 
     filename: str
     lines: Mapping[Path, int]
+    env_names: Mapping[Path, str] = field(default_factory=dict)  # `os.environ/NAME` values, by where they were
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Origin)
@@ -115,6 +116,12 @@ class Origin:
 
     def problem(self, path: Path, message: str) -> ConfigProblem:
         return ConfigProblem(self.filename, line_of(self.lines, path), render_path(path), message)
+
+    def shown(self, path: Path, value: str) -> str:
+        """How a message names the value at `path`: as written, or by its variable when it came from the
+        environment (`os.environ/NAME`: the file never holds the value, and it may be a secret)."""
+        name = self.env_names.get(path)
+        return repr(value) if name is None else f"(the value of {ENV_PREFIX}{name})"
 
 
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints here
@@ -162,13 +169,10 @@ class Located:
 
     @property
     def origin(self) -> Origin:
-        return Origin(self.filename, self.lines)
+        return Origin(self.filename, self.lines, self.env_names)
 
     def shown(self, path: Path, value: str) -> str:
-        """How a message names the value at `path`: as written, or by its variable when it came from the
-        environment (`os.environ/NAME`: the file never holds the value, and it may be a secret)."""
-        name = self.env_names.get(path)
-        return repr(value) if name is None else f"(the value of {ENV_PREFIX}{name})"
+        return self.origin.shown(path, value)
 
     def problem(self, path: Path, message: str, *, shown: Path | None = None) -> ConfigProblem:
         return ConfigProblem(self.filename, self.line_of(path), render_path(shown if shown is not None else path),

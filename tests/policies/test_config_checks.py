@@ -118,6 +118,11 @@ def test_a_name_from_the_environment_is_named_by_its_variable_in_cross_reference
     assert one_problem("models:\n  - name: a\n    model: openai/a\n  - name: os.environ/ALIAS\n"
                        "    model: openai/b\n", env) == "draftgate.yaml:4: models[1].name: duplicate alias " \
                                                           "(the value of os.environ/ALIAS)"
+    config = policies.load_text("teams:\n  - name: ops\npolicies:\n  rules:\n    - name: r\n"
+                                "      when: {team: os.environ/TEAM}\n      action: local\n", env, "draftgate.yaml")
+    assert [str(w) for w in policies.lint(config)] == [  # check-config's warning too
+        "draftgate.yaml:6: policies.rules[0].when.team: team (the value of os.environ/TEAM) is not declared in "
+        "teams, as every key's team must be: only a virtual key made before teams were declared can match it"]
 
 
 def test_an_empty_master_key_from_the_environment_is_refused_not_open_mode() -> None:
