@@ -71,10 +71,11 @@ def _caller(config: policies.GatewayConfig, key_name: str | None, team: str | No
                      models=frozenset(key.models) if key.models is not None else None)
 
 
-def _read(request_file: Path) -> str:
-    """The file's text; `-` is stdin, as curl's `-d @-` is (`jq ... | draftgate route explain -`)."""
+def _read(request_file: Path) -> bytes:
+    """The file's bytes, which json.loads decodes as the gateway decodes a body (a UTF-8 BOM, UTF-16 included);
+    `-` is stdin, as curl's `-d @-` is (`jq ... | draftgate route explain -`)."""
     if str(request_file) != "-":
-        return request_file.read_text(encoding="utf-8")
+        return request_file.read_bytes()
     if sys.stdin is None:  # closed, as under some service managers
         raise OSError("stdin is closed")
-    return sys.stdin.read()
+    return sys.stdin.buffer.read()

@@ -379,3 +379,17 @@ def test_route_explain_for_a_config_key_uses_its_team_and_its_models(tmp_path: P
         explain_request(config, tmp_path / "big.json", team=None, key_name="ci-bot")
     with pytest.raises(ValueError, match="--team other: the key ci-bot is in team research"):
         explain_request(config, tmp_path / "auto.json", team="other", key_name="ci-bot")
+
+
+def test_route_explain_reads_a_request_file_as_the_gateway_reads_a_body(tmp_path: Path) -> None:
+    """A file with a UTF-8 BOM (PowerShell's utf8) was 'Unexpected UTF-8 BOM' here, while the gateway, decoding
+    the body's bytes, serves it."""
+    from gateway.explain import explain_request
+    from policies import default_config
+
+    request = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + request.encode())
+    (tmp_path / "utf16.json").write_bytes(request.encode("utf-16"))
+    for name in ("bom.json", "utf16.json"):
+        assert explain_request(default_config(), tmp_path / name, team=None, key_name=None)["decision"] == \
+            "local (local/diffusiongemma)"
