@@ -306,6 +306,9 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     typer.echo(f"decision: {report['decision']}")
     if report["p_hosted"] is not None:
         console.print(f"classifier p_hosted: {report['p_hosted']:.3f}")
+    if report["refusal"] is not None:  # the request would not be served: a script sees it in the exit status
+        typer.echo(f"error: {request_file}: the gateway would answer {report['refusal']}", err=True)
+        raise typer.Exit(code=2)
 
 
 @router_app.command("score")

@@ -39,6 +39,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="draftgat
                                                  envvar="DRAFTGATE_CONFIG")]
 
 
+SECRET_SETTINGS = frozenset({"master_key", "database_url", "DATABASE_URL"})  # never echoed in an error
+
+
 def settings_or_exit(config: Path | None) -> Settings:
     """Process settings; a bad environment variable is one line each and exit 2, not a traceback."""
     for name, meant in misspelt_settings(os.environ):
@@ -50,7 +53,8 @@ def settings_or_exit(config: Path | None) -> Settings:
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else ""
             name = field if field.isupper() else f"DRAFTGATE_{field.upper()}"
-            typer.echo(f"{name}: {error['msg']} (got {error.get('input')!r})", err=True)
+            shown = "" if field in SECRET_SETTINGS else f" (got {error.get('input')!r})"
+            typer.echo(f"{name}: {error['msg'].removeprefix('Value error, ')}{shown}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 import policies
-from gateway.errors import openai_param, validation_text
+from gateway.auth import Principal
+from gateway.errors import ModelNotAllowed, openai_param, reply_for, validation_text
 from gateway.pipeline import to_job
 from gateway.schemas import ChatRequest
 from gateway.services import build_planner, hosted_models
@@ -19,7 +20,8 @@ from router import HostedClient, RoutingError
 
 def explain_request(config: policies.GatewayConfig, request_file: Path, *, team: str | None,
                     key_name: str | None) -> dict[str, Any]:
-    """Rule, conditions and decision for one request body; ValueError for an unreadable request."""
+    """Rule, conditions and decision for one request body (`refusal`: the error the gateway would answer with
+    instead of serving it); ValueError for an unreadable request or an alias the gateway does not serve."""
     try:
         body = ChatRequest.model_validate(json.loads(_read(request_file)))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -31,22 +33,49 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         listed = "\n".join(f"  {problem}" for problem in problems)
         raise ValueError(f"{request_file}: {len(problems)} problems:\n{listed}") from None
     planner = build_planner(config, HostedClient(hosted_models(config)))  # the client is never called here
+    job = to_job(body, "explain")
+    caller = _caller(config, key_name, team)
     try:
-        plan, decision = planner.explain(to_job(body, "explain"), key_name, team)
-    except RoutingError as exc:  # an alias the gateway does not serve, tools sent to the local model
-        raise ValueError(f"{request_file}: {exc}") from None
-    action = ("cascade via local draft, escalate to " + plan.cascade.escalate_to if plan.cascade
-              else f"{plan.route.value} ({plan.alias})")
-    if plan.alias == config.local.alias and not config.local.enabled:
-        action += " — but local.enabled is false, so the gateway answers 503 local_unavailable"
+        caller.check_model(job.alias)
+        decision = planner.explain(job, caller.key_name, caller.team)
+    except (RoutingError, ModelNotAllowed) as exc:  # an alias the gateway or the key does not serve: refused
+        reply = reply_for(exc)  # before any rule is matched
+        raise ValueError(f"{request_file}: the gateway would answer {reply.status} {reply.code}: {reply.message}"
+                         ) from None
+    refusal = None
+    try:
+        plan = planner.plan_for(job, decision)
+    except RoutingError as exc:  # e.g. tools or logprobs sent to the local model: the rule that chose it is the why
+        reply = reply_for(exc)
+        refusal = f"{reply.status} {reply.code}: {reply.message}"
+        action = f"refused ({reply.status} {reply.code})"
+    else:
+        action = ("cascade via local draft, escalate to " + plan.cascade.escalate_to if plan.cascade
+                  else f"{plan.route.value} ({plan.alias})")
+        if plan.alias == config.local.alias and not config.local.enabled:
+            action += " — but local.enabled is false, so the gateway answers 503 local_unavailable"
     return {"rule": decision.rule, "explanation": [c.as_dict() for c in decision.explanation],
-            "decision": action, "p_hosted": decision.p_hosted, "summary": decision.summary()}
+            "decision": action, "refusal": refusal, "p_hosted": decision.p_hosted, "summary": decision.summary()}
 
 
-def _read(request_file: Path) -> str:
-    """The file's text; `-` is stdin, as curl's `-d @-` is (`jq ... | draftgate route explain -`)."""
+def _caller(config: policies.GatewayConfig, key_name: str | None, team: str | None) -> Principal:
+    """Who `--key` and `--team` describe. A key of the config brings its team, as the gateway reads it from the
+    key (a rule on the team held for it there and not here), and its `models`; a virtual key is named as given."""
+    key = next((k for k in config.keys if k.name == key_name), None)
+    if key is None:
+        return Principal(key_id=None, key_name=key_name, team=team)
+    if team is not None and team != key.team:
+        raise ValueError(f"--team {team}: the key {key_name} is in team {key.team or '(none)'}, which the gateway "
+                         "uses for it")
+    return Principal(key_id=f"config:{key.name}", key_name=key.name, team=key.team,
+                     models=frozenset(key.models) if key.models is not None else None)
+
+
+def _read(request_file: Path) -> bytes:
+    """The file's bytes, which json.loads decodes as the gateway decodes a body (a UTF-8 BOM, UTF-16 included);
+    `-` is stdin, as curl's `-d @-` is (`jq ... | draftgate route explain -`)."""
     if str(request_file) != "-":
-        return request_file.read_text(encoding="utf-8")
+        return request_file.read_bytes()
     if sys.stdin is None:  # closed, as under some service managers
         raise OSError("stdin is closed")
-    return sys.stdin.read()
+    return sys.stdin.buffer.read()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from local_engine import SamplingOptions
 from policies import schema_problem
-from policies.schema import Role
+from policies.conditions import Role
 
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_CHOICES = 128  # OpenAI's limit on `n`

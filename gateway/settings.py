@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     load_local_engine: bool = Field(default=True, description="False skips loading the local model")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
+    @field_validator("master_key")
+    @classmethod
+    def _no_outer_space(cls, value: SecretStr | None) -> SecretStr | None:
+        # As the YAML's master_key: a secret file's trailing newline would make every request a 401.
+        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
+            raise ValueError("starts or ends with whitespace (a secret file's trailing newline?), which no "
+                             "Authorization header carries")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

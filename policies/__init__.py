@@ -1,5 +1,6 @@
 """draftgate.yaml: schema, loading with located errors, routing rules, matching and lint."""
 
+from policies.conditions import When
 from policies.errors import ConfigError, ConfigProblem, PolicyError, is_union_tag
 from policies.lint import implies, lint
 from policies.loading import default_config, load, load_text
@@ -16,7 +17,6 @@ from policies.schema import (
     RequestedAction,
     Rule,
     VerifierSpec,
-    When,
 )
 from policies.verifier_options import schema_problem, tests_problem
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from policies.conditions import MetadataMatch, NumberCondition, When
 from policies.errors import ConfigProblem
 from policies.matching import as_list
-from policies.schema import GatewayConfig, MetadataMatch, NumberCondition, When
+from policies.schema import GatewayConfig
 from policies.source import Origin, Path
 
 Interval = tuple[float, bool, float, bool]  # low, low inclusive, high, high inclusive
@@ -90,7 +91,7 @@ def implies(later: When, earlier: When) -> bool:
 def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProblem]:
     """Warnings that do not stop loading: unreachable (shadowed) rules, located like errors (FILE:LINE: path)
     when the config was loaded from a file; `filename` only renames the file."""
-    origin = config.origin if filename is None else Origin(filename, config.origin.lines)
+    origin = config.origin if filename is None else Origin(filename, config.origin.lines, config.origin.env_names)
     problems = []
     rules = config.policies.rules
     for j, later in enumerate(rules):
@@ -109,12 +110,15 @@ def lint(config: GatewayConfig, filename: str | None = None) -> list[ConfigProbl
     declared = {team.name for team in config.teams}  # when any is, a key's team must be one of them
     for j, rule in enumerate(rules if declared else ()):
         listed = isinstance(rule.when.team, list)
-        problems += [origin.problem(("policies", "rules", j, "when", "team") + ((k,) if listed else ()),
-                                    f"team {team!r} is not declared in teams, as every key's team must be: "
-                                    "only a virtual key made before teams were declared can match it")
-                     for k, team in enumerate(as_list(rule.when.team)) if team not in declared]
+        for k, team in enumerate(as_list(rule.when.team)):
+            where = ("policies", "rules", j, "when", "team") + ((k,) if listed else ())
+            if team not in declared:
+                problems.append(origin.problem(where, f"team {origin.shown(where, team)} is not declared in teams, "
+                                                      "as every key's team must be: only a virtual key made before "
+                                                      "teams were declared can match it"))
     if not config.local.enabled:  # valid, but every request it sends to the local model gets a 503
-        actions: list[tuple[Path, Any]] = [(("policies", "default"), config.policies.default)]
+        catch_all = any(implies(When(), rule.when) for rule in rules)  # then the default never serves a request
+        actions: list[tuple[Path, Any]] = [] if catch_all else [(("policies", "default"), config.policies.default)]
         actions += [(("policies", "rules", j, "action"), rule.action) for j, rule in enumerate(rules)]
         for path, action in actions:
             if action.kind == "local":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -15,18 +17,17 @@ from policies.crossref import cross_reference_problems
 from policies.errors import ConfigError, ConfigProblem, is_union_tag
 from policies.schema import GatewayConfig
 from policies.source import ConfigShapeError, Located, render_path, resolve_env
+from policies.suggest import close_key
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"
 SECRET_NAME = re.compile(r"(key|secret|password|token)$|^database_url$", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+QUOTED_URL_PASSWORD = re.compile(r"""(?<=['"])([a-z][a-z0-9+.-]*://[^/@\s:'"]*):[^/@\s'"]*@""", re.IGNORECASE)
 
 
 def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
     """Loads and validates a config file; raises ConfigError listing every problem."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read the file: {exc}")]) from None
+    data = _read(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -34,6 +35,42 @@ def load(path: Path, env: Mapping[str, str]) -> GatewayConfig:
         raise ConfigError([ConfigProblem(str(path), line, "", f"not UTF-8 text: byte 0x{data[exc.start]:02x} "
                                                                f"(save the file as UTF-8)")]) from None
     return load_text(text, env, filename=str(path))
+
+
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a config is a few KiB: /dev/zero or a log given by mistake must not fill memory
+CHUNK_BYTES = 1024 * 1024
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, opened without blocking: a FIFO that nothing writes to would wait forever, so it is
+    refused at once; one that something writes to (`check-config <(envsubst < draftgate.yaml.in)`) is read."""
+    def unreadable(why: str) -> ConfigError:
+        return ConfigError([ConfigProblem(str(path), None, "", f"cannot read the file: {why}")])
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise unreadable(str(exc)) from None
+    try:
+        chunks: list[bytes] = []
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            try:
+                chunks.append(os.read(fd, CHUNK_BYTES))
+            except BlockingIOError:
+                pass  # a writer that has written nothing yet: wait for it below
+            if chunks == [b""]:  # end of file at once: no process has it open for writing
+                raise unreadable("it is a FIFO (named pipe) that nothing writes to, so reading it would wait "
+                                 "forever") from None
+        os.set_blocking(fd, True)
+        while chunk := os.read(fd, CHUNK_BYTES):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > MAX_FILE_BYTES:
+                raise unreadable(f"it is larger than {MAX_FILE_BYTES // 2**20} MiB: not a draftgate config")
+    except OSError as exc:  # a directory: Is a directory
+        raise unreadable(str(exc)) from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def default_config() -> GatewayConfig:
@@ -83,15 +120,20 @@ def load_text(text: str, env: Mapping[str, str], filename: str = "<string>") -> 
 
 
 def _schema_models() -> frozenset[str]:
-    from policies import schema  # the models a union member can be
+    from policies import conditions, schema  # the models a union member can be
 
-    return frozenset(n for n, v in vars(schema).items() if isinstance(v, type) and issubclass(v, BaseModel))
+    return frozenset(n for module in (schema, conditions) for n, v in vars(module).items()
+                     if isinstance(v, type) and issubclass(v, BaseModel))
 
 
-def _without_union_tags(loc: tuple[Any, ...], models: frozenset[str]) -> tuple[tuple[Any, ...], bool]:
+def _without_union_tags(loc: tuple[Any, ...], models: frozenset[str],
+                        source: Located) -> tuple[tuple[Any, ...], bool]:
     """pydantic names the member of a union each error is about (`model.str`, `model.list[str]`): that is its
-    wording, not a key of the file."""
-    kept = tuple(p for p in loc if not is_union_tag(p, models))
+    wording, not a key of the file, unless the file has that key (`metadata: {str: ...}`)."""
+    kept: tuple[Any, ...] = ()
+    for part in loc:
+        if not is_union_tag(part, models) or kept + (part,) in source.lines:
+            kept += (part,)
     return kept, len(kept) != len(loc)
 
 
@@ -100,18 +142,22 @@ def _validation_problems(exc: ValidationError, source: Located) -> list[ConfigPr
     tags = _schema_models()
     merged: dict[tuple[Any, ...], int] = {}  # one problem per field for a value no member of a union took
     for error in exc.errors():
-        loc, from_union = _without_union_tags(tuple(error["loc"]), tags)
+        loc, from_union = _without_union_tags(tuple(error["loc"]), tags, source)
         if any(loc[:len(path)] == path for path in source.unset_env):
             continue  # the variable is not set: that one problem is the cause, not the "" standing in for it
         message, got = error["msg"], ""
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            close = close_key(GatewayConfig, tuple(error["loc"]))
+            message = "unknown key" if close is None else f"unknown key (did you mean {close}?)"
         elif error["type"] == "missing":
             message = "required key is missing"
         elif (isinstance(error.get("input"), (str, int, float, bool)) and error["type"] != "value_error"
               and not _may_be_secret(loc, error["input"], source)):
             got = f" (got {error['input']!r})"
-        message = message.removeprefix("Value error, ")
+            written = source.plain_scalars.get(tuple(loc))
+            if written is not None and written.lower() != str(error["input"]).lower():  # `no` is False, `0123` 83
+                got = f" (YAML reads {written} as {error['input']!r}: quote it if it is text)"
+        message = _without_secrets(message.removeprefix("Value error, "), source)
         if from_union and loc in merged:
             first = out[merged[loc]]
             if message not in first.message:
@@ -131,3 +177,11 @@ def _may_be_secret(loc: tuple[Any, ...], value: object, source: Located) -> bool
         return True
     text = str(value)
     return text in source.env_values or bool(URL_WITH_PASSWORD.match(text))
+
+
+def _without_secrets(message: str, source: Located) -> str:
+    """A validator's own message may quote the value it refused (`'...' is not an http(s) URL`): one from the
+    environment is named as such, and a quoted URL's password is masked, as `_may_be_secret` keeps them out of `(got ...)`."""
+    for value in source.env_values:
+        message = message.replace(repr(value), "(a value from the environment)")
+    return QUOTED_URL_PASSWORD.sub(r"\1:***@", message)

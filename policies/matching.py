@@ -13,16 +13,8 @@ from typing import Any
 
 import regex
 
-from policies.schema import (
-    Action,
-    ContentCondition,
-    MessagesCondition,
-    MetadataMatch,
-    NumberCondition,
-    PoliciesConfig,
-    Rule,
-    When,
-)
+from policies.conditions import ContentCondition, MessagesCondition, MetadataMatch, NumberCondition, When
+from policies.schema import Action, PoliciesConfig, Rule
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from policies.conditions import When
+from policies.numbers import Count, Number
 from policies.source import Origin
 from policies.verifier_options import (
     JsonOptions,
@@ -18,19 +27,34 @@ from policies.verifier_options import (
     MinConfidenceOptions,
     PythonTestsOptions,
     RegexOptions,
-    check_regex,
 )
 
 Strict = ConfigDict(extra="forbid", frozen=True)
-# Conditions compare request facts with the file's values: `lt: "5"` or `has_tools: "yes"` is a typo, not a value
-StrictTypes = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-Name = Annotated[str, Field(min_length=1)]  # a condition's name or keyword: "" names nothing (or is in every text)
+
+
+def check_base_url(url: str, meaning: str, *, adds_endpoint: bool = True) -> None:
+    """Checked at load, not on the first request: a URL without a scheme, or the endpoint's URL where the gateway
+    adds the endpoint, would fail every request (a 502 or 503, or the server's 404) while check-config said OK."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or url != url.strip():
+        raise ValueError(f"{url!r} is not an http(s) URL: api_base is {meaning}")
+    if adds_endpoint and parts.path.rstrip("/").endswith("/chat/completions"):
+        raise ValueError(f"{url!r} is an endpoint: api_base is {meaning} (the gateway adds /chat/completions)")
+
+
+def check_secret_text(value: str | None) -> str | None:
+    """A key sent in a header never has whitespace around it: one read from a secret file with its newline
+    (`os.environ/KEY`) would match no request, or be refused upstream. Refused here, without echoing it."""
+    if value is not None and value != value.strip():
+        raise ValueError("starts or ends with whitespace (a secret file's trailing newline?), which no "
+                         "Authorization header carries")
+    return value
 
 
 class PriceConfig(BaseModel):
     model_config = Strict
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
+    input_per_mtok: Number = Field(ge=0)
+    output_per_mtok: Number = Field(ge=0)
 
 
 AUTO_ALIAS = "auto"  # the alias that lets the policy choose
@@ -46,10 +70,20 @@ class ModelConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     price: PriceConfig | None = None
     fallbacks: list[str] = Field(default_factory=list)
-    timeout_s: float = Field(default=60.0, gt=0, le=3600)
-    max_retries: int = Field(default=2, ge=0, le=10)
-    allowed_fails: int = Field(default=3, ge=1, le=1000)  # failed requests in a row before a cooldown (LiteLLM's)
-    cooldown_time: float = Field(default=5.0, ge=0, le=3600)  # seconds the alias is skipped then; 0: never
+    timeout_s: Number = Field(default=60.0, gt=0, le=3600)
+    max_retries: Count = Field(default=2, ge=0, le=10)
+    allowed_fails: Count = Field(default=3, ge=1, le=1000)  # failed requests in a row before a cooldown (LiteLLM's)
+    cooldown_time: Number = Field(default=5.0, ge=0, le=3600)  # seconds the alias is skipped then; 0: never
+
+    _api_key = field_validator("api_key")(check_secret_text)
+
+    @field_validator("api_base")
+    @classmethod
+    def _base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:  # `openai/` goes over the gateway's own client, which adds the endpoint
+            check_base_url(value, "the provider's base URL, e.g. https://api.openai.com/v1",
+                           adds_endpoint=str(info.data.get("model", "")).startswith("openai/"))
+        return value
 
 
 class LocalConfig(BaseModel):
@@ -57,37 +91,31 @@ class LocalConfig(BaseModel):
 
     model_config = Strict
     enabled: bool = True
-    alias: str = "local/diffusiongemma"
+    alias: str = Field(default="local/diffusiongemma", min_length=1, max_length=256)  # as a models[] name
     backend: Literal["transformers", "vllm"] = "transformers"
     model: str | None = None
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    threads: int | None = Field(default=None, ge=1, le=256)
-    max_batch_size: int = Field(default=8, ge=1, le=512)
-    max_queue: int = Field(default=64, ge=1, le=100_000)
-    device_usd_per_hour: float | None = Field(default=None, ge=0)
+    threads: Count | None = Field(default=None, ge=1, le=256)
+    max_batch_size: Count = Field(default=8, ge=1, le=512)
+    max_queue: Count = Field(default=64, ge=1, le=100_000)
+    device_usd_per_hour: Number | None = Field(default=None, ge=0)
     api_base: str | list[str] | None = None  # backend vllm: one server's /v1 URL, or a pool of them
     api_key: str | None = Field(default=None, repr=False)  # backend vllm: the servers' --api-key (a Bearer token)
-    max_tokens: int = Field(default=512, ge=1, le=65_536)
-    prefix_cache_tokens: int = Field(default=32_768, ge=0, le=10_000_000)
-    prefix_cache_min_tokens: int = Field(default=64, ge=1, le=1_000_000)
-    first_canvas_length: int | None = Field(default=None, ge=1, le=65_536)
-    max_model_len: int | None = Field(default=None, ge=2, le=10_000_000)  # context window (prompt + answer)
-    timeout_s: float = Field(default=120.0, gt=0, le=3600)  # backend vllm: silence from a server before failover
+    max_tokens: Count = Field(default=512, ge=1, le=65_536)
+    prefix_cache_tokens: Count = Field(default=32_768, ge=0, le=10_000_000)
+    prefix_cache_min_tokens: Count = Field(default=64, ge=1, le=1_000_000)
+    first_canvas_length: Count | None = Field(default=None, ge=1, le=65_536)
+    max_model_len: Count | None = Field(default=None, ge=2, le=10_000_000)  # context window (prompt + answer)
+    timeout_s: Number = Field(default=120.0, gt=0, le=3600)  # backend vllm: silence from a server before failover
+
+    _api_key = field_validator("api_key")(check_secret_text)
 
     @field_validator("api_base")
     @classmethod
     def _server_urls(cls, value: str | list[str] | None) -> str | list[str] | None:
-        # Checked here, not on the first request: a URL without a scheme, or the endpoint's URL, would fail
-        # every request (503 local_unavailable, or vLLM's 404) while check-config said OK.
         for url in [value] if isinstance(value, str) else value or []:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc or url != url.strip():
-                raise ValueError(f"{url!r} is not an http(s) URL: api_base is the vLLM server's /v1 URL, "
-                                 "e.g. http://127.0.0.1:8000/v1")
-            if parts.path.rstrip("/").endswith("/chat/completions"):
-                raise ValueError(f"{url!r} is an endpoint: api_base is the vLLM server's /v1 URL (the "
-                                 "gateway adds /chat/completions)")
+            check_base_url(url, "the vLLM server's /v1 URL, e.g. http://127.0.0.1:8000/v1")
         return value
 
     @model_validator(mode="after")
@@ -109,17 +137,10 @@ class LimitsConfig(BaseModel):
     """Budgets and rate limits (LiteLLM's names); enforced atomically in the ledger database."""
 
     model_config = Strict
-    max_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_budget_usd: Number | None = Field(default=None, ge=0)
     budget_period: Literal["hour", "day", "week", "month", "total"] = "month"
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
-
-    @field_validator("max_budget_usd", "rpm_limit", "tpm_limit", mode="before")
-    @classmethod
-    def _a_number(cls, value: Any) -> Any:
-        # A limit written as text ('1') is a typo that would read as a number; YAML's 1e3 (a string to PyYAML)
-        # is a number. Secrets never sit here, so the value may be echoed.
-        return _yaml_exponent(value, refuse_text=True)
+    rpm_limit: Count | None = Field(default=None, ge=1)
+    tpm_limit: Count | None = Field(default=None, ge=1)
 
 
 class TeamConfig(LimitsConfig):
@@ -132,110 +153,7 @@ class KeyConfig(LimitsConfig):
     team: str | None = None
     models: list[str] | None = Field(default=None, min_length=1, max_length=1000)  # None: every alias
 
-
-EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _yaml_exponent(value: Any, *, refuse_text: bool = False) -> Any:
-    """`1e3` is a number in YAML 1.2 but a string to PyYAML (YAML 1.1 wants `1.0e+3`): read it as one."""
-    if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
-        number = float(value)
-        return int(number) if number.is_integer() else number
-    if refuse_text and isinstance(value, str):
-        raise ValueError(f"a number, not the text {value!r}")
-    return value
-
-
-class NumberCondition(BaseModel):
-    """Numeric bounds; all given bounds must hold."""
-
-    model_config = StrictTypes
-    lt: float | None = None
-    lte: float | None = None
-    gt: float | None = None
-    gte: float | None = None
-    eq: float | None = None
-
-    @field_validator("lt", "lte", "gt", "gte", "eq", mode="before")
-    @classmethod
-    def _exponent(cls, value: Any) -> Any:
-        return _yaml_exponent(value)
-
-    @model_validator(mode="after")
-    def _some_bound(self) -> NumberCondition:
-        if all(v is None for v in (self.lt, self.lte, self.gt, self.gte, self.eq)):
-            raise ValueError("give at least one of lt, lte, gt, gte, eq")
-        low = max((v for v in (self.gt, self.gte, self.eq) if v is not None), default=None)
-        high = min((v for v in (self.lt, self.lte, self.eq) if v is not None), default=None)
-        strict = (self.gt is not None and self.gt == low) or (self.lt is not None and self.lt == high)
-        if low is not None and high is not None and (low > high or (low == high and strict)):
-            raise ValueError("these bounds can never all hold, so the rule would never match")
-        return self
-
-
-class MetadataMatch(BaseModel):
-    model_config = StrictTypes
-    in_: list[str] | None = Field(default=None, alias="in", min_length=1)
-    regex: str | None = None
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        return _check_regex(value)
-
-
-Role = Literal["system", "developer", "user", "assistant", "tool", "function"]  # what a chat request may send
-
-
-class MessagesCondition(BaseModel):
-    model_config = StrictTypes
-    count: NumberCondition | None = None
-    roles: list[Role] | None = Field(default=None, min_length=1)  # a typo (`sytem`) made the rule fail silently
-
-
-class ContentCondition(BaseModel):
-    """Matches message text: every message's joined by newlines (`all`), or the last user message's only."""
-
-    model_config = StrictTypes
-    regex: str | None = None
-    keywords: list[Name] | None = Field(default=None, min_length=1)  # [] or [""] matched every request
-    scope: Literal["all", "last_user"] = "all"
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        return _check_regex(value)
-
-
-def _check_regex(value: str | None) -> str | None:
-    return None if value is None else check_regex(value)
-
-
-StrOrList = Name | Annotated[list[Name], Field(min_length=1)]  # `[]` or `""` names nothing: the rule never held
-
-
-class When(BaseModel):
-    """A rule's conditions; all must hold (an empty `when` matches everything)."""
-
-    model_config = StrictTypes
-    model: StrOrList | None = None
-    team: StrOrList | None = None
-    key: StrOrList | None = None
-    metadata: dict[str, str | MetadataMatch] | None = None
-    prompt_tokens: NumberCondition | None = None
-    messages: MessagesCondition | None = None
-    content: ContentCondition | None = None
-    has_tools: bool | None = None
-    has_response_format: bool | None = None
-    p_hosted: NumberCondition | None = None
-
-    @field_validator("p_hosted")
-    @classmethod
-    def _probability(cls, value: NumberCondition | None) -> NumberCondition | None:
-        bounds = () if value is None else (value.lt, value.lte, value.gt, value.gte, value.eq)
-        if any(b is not None and not 0 <= b <= 1 for b in bounds):
-            raise ValueError("p_hosted is a probability: its bounds lie between 0 and 1")
-        return value
+    _key = field_validator("key")(check_secret_text)
 
 
 class VerifierSpec(BaseModel):
@@ -274,7 +192,7 @@ class VerifierSpec(BaseModel):
 class LocalAction(BaseModel):
     model_config = Strict
     kind: Literal["local"] = "local"
-    max_local_tokens: int | None = Field(default=None, ge=1, le=65_536)
+    max_local_tokens: Count | None = Field(default=None, ge=1, le=65_536)
 
 
 class HostedAction(BaseModel):
@@ -295,7 +213,7 @@ class CascadeAction(BaseModel):
     kind: Literal["cascade"] = "cascade"
     escalate_to: str
     mode: Literal["regenerate", "refine"] = "regenerate"
-    max_local_tokens: int | None = Field(default=None, ge=1, le=65_536)
+    max_local_tokens: Count | None = Field(default=None, ge=1, le=65_536)
     on_hosted_unavailable: Literal["serve_draft", "error"] = "error"
     verifiers: list[VerifierSpec] = Field(default_factory=list)
 
@@ -319,6 +237,8 @@ def _normalize_action(value: Any) -> Any:
         if kind == "hosted" and isinstance(options, str):
             return {"kind": "hosted", "alias": options}
         if kind in ("local", "cascade", "hosted") and isinstance(options, dict):
+            if "kind" in options:  # it replaced the tag: `{local: {kind: hosted, alias: a}}` ran a hosted action
+                raise ValueError(f"`kind` is not an option of {kind}: the key {kind} itself names the action")
             return {"kind": kind, **options}
         if kind == "local" and options is None:
             return {"kind": "local"}
@@ -360,7 +280,7 @@ class GatewayConfig(BaseModel):
     """The whole draftgate.yaml."""
 
     model_config = Strict
-    master_key: str | None = Field(default=None, repr=False)
+    master_key: str | None = Field(default=None, min_length=8, repr=False)  # "" would be open mode, as a key's 8
     database_url: str | None = None
     reference_model: str | None = None
     models: list[ModelConfig] = Field(default_factory=list)
@@ -378,6 +298,8 @@ class GatewayConfig(BaseModel):
     def set_origin(self, origin: Origin) -> None:
         """Called once by the loader; the origin is not a setting (it takes no part in equality)."""
         self._origin = origin
+
+    _master_key = field_validator("master_key")(check_secret_text)
 
     @field_validator("database_url")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -12,6 +12,14 @@ from policies.errors import ConfigProblem
 
 Path = tuple[str | int, ...]
 ENV_PREFIX = "os.environ/"
+STR_TAG = "tag:yaml.org,2002:str"
+
+
+class EnvText(str):
+    """A value that came from an `os.environ/NAME` variable: text by nature, so a number field reads it as one
+    (`timeout_s: os.environ/TIMEOUT`), where the same number quoted in the file is refused as a likely typo."""
+
+    __slots__ = ()
 
 
 def render_path(path: Path) -> str:
@@ -28,25 +36,26 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= c <= "\udfff" for c in text)
 
 
-def _index_lines(node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list[tuple[Path, int]],
-                 surrogates: list[tuple[Path, int]]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
+def _index_lines(node: yaml.Node, path: Path, found: Located) -> None:
+    found.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             child = path + (str(key.value),)
-            if child in lines:  # a key this mapping already had: YAML loaders keep the last one silently
-                duplicates.append((child, key.start_mark.line + 1))
+            if child in found.lines:  # a key this mapping already had: YAML loaders keep the last one silently
+                found.duplicate_keys.append((child, key.start_mark.line + 1))
                 continue
-            lines[child] = key.start_mark.line + 1
+            found.lines[child] = key.start_mark.line + 1
             if isinstance(key.value, str) and _has_surrogate(key.value):
-                surrogates.append((child, key.start_mark.line + 1))
-            _index_lines(value, child, lines, duplicates, surrogates)
+                found.lone_surrogates.append((child, key.start_mark.line + 1))
+            _index_lines(value, child, found)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), lines, duplicates, surrogates)
+            _index_lines(item, path + (i,), found)
     elif isinstance(node.value, str) and _has_surrogate(node.value):
         # "\ud800" is a valid YAML escape but not text: it could never match a request, be relayed or stored.
-        surrogates.append((path, node.start_mark.line + 1))
+        found.lone_surrogates.append((path, node.start_mark.line + 1))
+    elif node.style is None and node.tag != STR_TAG:  # `no`, `0123`, `1.5`: text to the writer, not to YAML
+        found.plain_scalars[path] = node.value
 
 
 MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expand it past this
@@ -55,9 +64,9 @@ MAX_VALUES = 100_000  # a config is a few hundred values; aliases must not expan
 class ConfigShapeError(ValueError):
     """YAML that is valid but cannot be a config: aliases that refer to themselves or expand too far."""
 
-    def __init__(self, message: str, node: yaml.Node) -> None:
+    def __init__(self, message: str, line: int) -> None:
         super().__init__(message)
-        self.line = node.start_mark.line + 1  # the anchored value that contains itself, or that grew too large
+        self.line = line  # the anchored value that contains itself or grew too large; where nesting got too deep
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
@@ -66,7 +75,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     if key in sizes:
         return sizes[key]
     if key in open_nodes:
-        raise ConfigShapeError("a YAML alias refers to a value that contains it", node)
+        raise ConfigShapeError("a YAML alias refers to a value that contains it", node.start_mark.line + 1)
     open_nodes.add(key)
     size = 1
     if isinstance(node, yaml.MappingNode):
@@ -76,7 +85,8 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
     open_nodes.discard(key)
     sizes[key] = size
     if size > MAX_VALUES:
-        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)", node)
+        raise ConfigShapeError(f"the file expands to more than {MAX_VALUES:,} values (YAML aliases)",
+                               node.start_mark.line + 1)
     return size
 
 
@@ -96,6 +106,7 @@ class Origin:
 
     filename: str
     lines: Mapping[Path, int]
+    env_names: Mapping[Path, str] = field(default_factory=dict)  # `os.environ/NAME` values, by where they were
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Origin)
@@ -105,6 +116,12 @@ class Origin:
 
     def problem(self, path: Path, message: str) -> ConfigProblem:
         return ConfigProblem(self.filename, line_of(self.lines, path), render_path(path), message)
+
+    def shown(self, path: Path, value: str) -> str:
+        """How a message names the value at `path`: as written, or by its variable when it came from the
+        environment (`os.environ/NAME`: the file never holds the value, and it may be a secret)."""
+        name = self.env_names.get(path)
+        return repr(value) if name is None else f"(the value of {ENV_PREFIX}{name})"
 
 
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints here
@@ -128,15 +145,20 @@ class Located:
         self.filename = filename
         self.lines: dict[Path, int] = {}
         self.env_values: set[str] = set()  # what `os.environ/...` strings became: never echoed in a message
+        self.env_names: dict[Path, str] = {}  # where each `os.environ/NAME` was, and its NAME: what messages show
         self.duplicate_keys: list[tuple[Path, int]] = []  # (path, line of the repeat)
         self.lone_surrogates: list[tuple[Path, int]] = []  # (path, line) of keys and values that are not text
+        self.plain_scalars: dict[Path, str] = {}  # unquoted values YAML read as no string: how they were written
         self.unset_env: set[Path] = set()  # `os.environ/...` values that could not be resolved: already a problem
         loader = _Loader(text)  # one parse: the node tree gives the lines, then the data
         try:
-            node = loader.get_single_node()
+            try:
+                node = loader.get_single_node()
+            except RecursionError:  # PyYAML's parser recurses once per level: `[[[[...` thousands deep
+                raise ConfigShapeError("values nested too deeply", loader.line + 1) from None
             if node is not None:
                 _expanded_size(node, {}, set())  # before constructing anything (alias bombs)
-                _index_lines(node, (), self.lines, self.duplicate_keys, self.lone_surrogates)
+                _index_lines(node, (), self)
             self.data: Any = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -147,7 +169,10 @@ class Located:
 
     @property
     def origin(self) -> Origin:
-        return Origin(self.filename, self.lines)
+        return Origin(self.filename, self.lines, self.env_names)
+
+    def shown(self, path: Path, value: str) -> str:
+        return self.origin.shown(path, value)
 
     def problem(self, path: Path, message: str, *, shown: Path | None = None) -> ConfigProblem:
         return ConfigProblem(self.filename, self.line_of(path), render_path(shown if shown is not None else path),
@@ -170,5 +195,6 @@ def resolve_env(data: Any, env: Mapping[str, str], source: Located, problems: li
                                            f"the environment variable's name is missing after {ENV_PREFIX}"))
             return ""
         source.env_values.add(env[name])
-        return env[name]
+        source.env_names[path] = name
+        return EnvText(env[name])
     return data

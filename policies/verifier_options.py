@@ -18,6 +18,8 @@ from referencing import Resource
 from referencing.exceptions import NoSuchAnchor, NoSuchResource, PointerToNowhere, Unresolvable, Unretrievable
 from referencing.jsonschema import DRAFT202012
 
+from policies.numbers import Count, Number
+
 Options = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -25,8 +27,10 @@ def check_regex(value: str) -> str:
     """`value` if the `regex` engine (the one rules and verifiers run on, with timeouts) compiles it."""
     try:
         regex.compile(value)
-    except (regex.error, OverflowError, RecursionError) as exc:  # a{4294967296}, thousands of nested groups
-        raise ValueError(f"invalid regular expression: {str(exc) or 'nested too deeply'}") from None
+    except RecursionError:  # thousands of nested groups
+        raise ValueError("invalid regular expression: nested too deeply") from None
+    except (regex.error, OverflowError) as exc:  # a{4294967296}
+        raise ValueError(f"invalid regular expression: {exc}") from None
     return value
 
 
@@ -40,8 +44,10 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         return _one_line(f"not a valid JSON Schema: {exc.message}")
-    except (re.error, OverflowError, RecursionError) as exc:  # a "pattern" that cannot compile, deep nesting
-        return _one_line(f"not a valid JSON Schema: {str(exc) or 'nested too deeply'}")
+    except RecursionError:  # Python's words ("maximum recursion depth exceeded in comparison") say nothing here
+        return "not a valid JSON Schema: nested too deeply"
+    except (re.error, OverflowError) as exc:  # a "pattern" that cannot compile
+        return _one_line(f"not a valid JSON Schema: {exc}")
     try:
         return _ref_problem(schema)
     except RecursionError:
@@ -147,11 +153,11 @@ class RegexOptions(BaseModel):
 
 class MinConfidenceOptions(BaseModel):
     model_config = Options
-    max_entropy: float | None = Field(default=None, ge=0)
-    max_mean_entropy: float | None = Field(default=None, ge=0)
-    max_steps: int | None = Field(default=None, ge=1)
+    max_entropy: Number | None = Field(default=None, ge=0)
+    max_mean_entropy: Number | None = Field(default=None, ge=0)
+    max_steps: Count | None = Field(default=None, ge=1)
     allow_step_cap: bool = False
-    min_tokens_per_pass: float | None = Field(default=None, ge=0)
+    min_tokens_per_pass: Number | None = Field(default=None, ge=0)
     missing: Literal["pass", "fail"] = "fail"
 
 
@@ -224,8 +230,8 @@ def tests_problem(tests: str) -> str | None:
 class PythonTestsOptions(BaseModel):
     model_config = Options
     tests: str = Field(min_length=1)
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
-    memory_mb: int = Field(default=256, ge=32, le=4096)
+    timeout_s: Number = Field(default=5.0, gt=0, le=60)
+    memory_mb: Count = Field(default=256, ge=32, le=4096)
 
     @field_validator("tests")
     @classmethod
@@ -235,8 +241,10 @@ class PythonTestsOptions(BaseModel):
         except SyntaxError as exc:
             where = f" (line {exc.lineno})" if exc.lineno else ""
             raise ValueError(f"the tests do not compile: {exc.msg}{where}") from None
-        except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; expressions nested too deeply
-            raise ValueError(f"the tests do not compile: {str(exc) or 'nested too deeply'}") from None
+        except (RecursionError, MemoryError):  # expressions nested too deeply
+            raise ValueError("the tests do not compile: nested too deeply") from None
+        except ValueError as exc:  # null bytes
+            raise ValueError(f"the tests do not compile: {exc}") from None
         if (problem := tests_problem(value)) is not None:
             raise ValueError(problem)
         return value
@@ -245,5 +253,5 @@ class PythonTestsOptions(BaseModel):
 class JudgeOptions(BaseModel):
     model_config = Options
     model: str
-    threshold: float = Field(default=0.7, ge=0, le=1)
+    threshold: Number = Field(default=0.7, ge=0, le=1)
     rubric: str = ""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from local_engine import PLAIN_SAMPLING, LocalCapabilities, SamplingOptions
-from policies import CascadeAction, PolicySet, RequestFacts
+from policies import CascadeAction, Decision, PolicySet, RequestFacts
 from router.cascade import CascadeSpec, EscalationMode, OnHostedUnavailable
 from router.errors import UnknownModelError, UnsupportedParameterError
 from router.hosted import HostedClient
@@ -75,16 +75,20 @@ class Planner:
             decision = self._policy.match(facts, None)
         return self._to_plan(job, decision)
 
-    def explain(self, job: Job, key_name: str | None, team: str | None) -> tuple[Plan, Any]:
-        """The plan and the policy's full decision, synchronously (for `draftgate route explain`)."""
+    def explain(self, job: Job, key_name: str | None, team: str | None) -> Decision:
+        """The policy's full decision, synchronously (for `draftgate route explain`): the rule and every condition
+        checked, which `plan_for` then turns into a plan, or a refusal worth showing with it."""
         if not self.known_alias(job.alias):
             raise UnknownModelError(job.alias)
         facts = facts_for(job, key_name, team)
         score = self._score_prompt
-        decision = self._policy.match(facts, (lambda: score(facts.text)) if score else None)
-        return self._to_plan(job, decision), decision
+        return self._policy.match(facts, (lambda: score(facts.text)) if score else None)
 
-    def _to_plan(self, job: Job, decision: Any) -> Plan:
+    def plan_for(self, job: Job, decision: Decision) -> Plan:
+        """The plan a decision makes for a job; RoutingError when its route cannot serve the job as asked."""
+        return self._to_plan(job, decision)
+
+    def _to_plan(self, job: Job, decision: Decision) -> Plan:
         action = decision.action
         kind = action.kind
         common: dict[str, Any] = {"rule": decision.rule,

@@ -128,6 +128,22 @@ def test_a_bad_environment_setting_is_one_line_not_a_traceback(tmp_path: Path) -
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_master_key_with_a_secret_files_newline_is_refused_without_showing_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """DRAFTGATE_MASTER_KEY from a secret file kept its newline: every request was a 401, and nothing said why."""
+    import typer
+
+    from gateway.cli_common import settings_or_exit
+
+    monkeypatch.setenv("DRAFTGATE_MASTER_KEY", "sk-master-0123456789\n")
+    with pytest.raises(typer.Exit) as info:
+        settings_or_exit(None)
+    assert info.value.exit_code == 2
+    stderr = capsys.readouterr().err
+    assert "DRAFTGATE_MASTER_KEY: starts or ends with whitespace (a secret file's trailing newline?)" in stderr
+    assert "sk-master" not in stderr
+
+
 def test_an_empty_environment_setting_is_an_unset_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compose files pass `DRAFTGATE_CONFIG: ${DRAFTGATE_CONFIG:-}`: empty meant the current directory as the
     config file, an empty bind address, a port that is not a number."""
@@ -307,6 +323,20 @@ def test_route_explain_without_a_local_model_and_for_an_unknown_alias(tmp_path: 
     result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "The model `nosuch` does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_route_explain_of_a_request_its_route_refuses_shows_the_rule_then_the_refusal(tmp_path: Path) -> None:
+    """It printed only the refusal: not which rule sent logprobs to the local model, nor why it matched."""
+    (tmp_path / "draftgate.yaml").write_text("policies:\n  rules:\n    - name: short-local\n"
+                                             "      when: {prompt_tokens: {lt: 100}}\n      action: local\n")
+    request = {"model": "auto", "messages": [{"role": "user", "content": "x"}], "logprobs": True}
+    (tmp_path / "req.json").write_text(json.dumps(request))
+    result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr  # still not served: a script sees it
+    assert "matched rule: short-local" in result.stdout and "prompt_tokens" in result.stdout
+    assert "decision: refused (400 unsupported_parameter)" in result.stdout
+    assert "req.json: the gateway would answer 400 unsupported_parameter: the local model does not return " \
+           "`logprobs`" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_version(tmp_path: Path) -> None:

@@ -358,3 +358,38 @@ def test_serve_prints_a_usable_url_for_ipv6_and_port_0(tmp_path: Path) -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
+
+
+def test_route_explain_for_a_config_key_uses_its_team_and_its_models(tmp_path: Path) -> None:
+    """`--key ci-bot` explained the request without the key's team (a team rule that holds in the gateway did
+    not), and for a model the key may not use it showed a decision the gateway never reaches (a 403)."""
+    from gateway.explain import explain_request
+    from policies import load_text
+
+    config = load_text("models:\n  - name: big\n    model: openai/gpt-4o\nteams:\n  - name: research\nkeys:\n"
+                       "  - name: ci-bot\n    key: sk-ci-bot-123456\n    team: research\n    models: [auto]\n"
+                       "policies:\n  rules:\n    - name: research-hosted\n      when: {team: research}\n"
+                       "      action: {hosted: big}\n", {})
+    for model in ("auto", "big"):
+        (tmp_path / f"{model}.json").write_text(json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}))
+    report = explain_request(config, tmp_path / "auto.json", team=None, key_name="ci-bot")
+    assert report["rule"] == "research-hosted" and report["decision"] == "hosted (big)"
+    with pytest.raises(ValueError, match="the gateway would answer 403 model_not_allowed: This key may not use the "
+                                         "model `big`; it may use: auto"):
+        explain_request(config, tmp_path / "big.json", team=None, key_name="ci-bot")
+    with pytest.raises(ValueError, match="--team other: the key ci-bot is in team research"):
+        explain_request(config, tmp_path / "auto.json", team="other", key_name="ci-bot")
+
+
+def test_route_explain_reads_a_request_file_as_the_gateway_reads_a_body(tmp_path: Path) -> None:
+    """A file with a UTF-8 BOM (PowerShell's utf8) was 'Unexpected UTF-8 BOM' here, while the gateway, decoding
+    the body's bytes, serves it."""
+    from gateway.explain import explain_request
+    from policies import default_config
+
+    request = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + request.encode())
+    (tmp_path / "utf16.json").write_bytes(request.encode("utf-16"))
+    for name in ("bom.json", "utf16.json"):
+        assert explain_request(default_config(), tmp_path / name, team=None, key_name=None)["decision"] == \
+            "local (local/diffusiongemma)"

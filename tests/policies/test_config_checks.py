@@ -104,6 +104,47 @@ def test_a_value_from_the_environment_is_not_echoed_whatever_its_field() -> None
     assert "s3cr3t" not in found and found.startswith("draftgate.yaml:1: models[0].timeout_s: Input should be")
 
 
+def test_a_name_from_the_environment_is_named_by_its_variable_in_cross_references() -> None:
+    """An unknown alias or an undeclared team read from os.environ/NAME was shown as its value, which the file
+    never holds (and the docs promise never to echo): now by the variable the user wrote."""
+    env = {"FALLBACK": "gpt-x", "TEAM": "research", "ALIAS": "a"}
+    assert problems("models:\n  - name: a\n    model: openai/a\n    fallbacks: [os.environ/FALLBACK]\n"
+                    "keys:\n  - name: k\n    key: sk-12345678\n    team: os.environ/TEAM\n"
+                    "policies:\n  default: {hosted: os.environ/FALLBACK}\n", env) == [
+        "draftgate.yaml:4: models[0].fallbacks[0]: unknown fallback alias (the value of os.environ/FALLBACK)",
+        "draftgate.yaml:8: keys[0].team: team (the value of os.environ/TEAM) is not declared in teams",
+        "draftgate.yaml:10: policies.default.hosted: unknown model alias (the value of os.environ/FALLBACK)",
+    ]
+    assert one_problem("models:\n  - name: a\n    model: openai/a\n  - name: os.environ/ALIAS\n"
+                       "    model: openai/b\n", env) == "draftgate.yaml:4: models[1].name: duplicate alias " \
+                                                          "(the value of os.environ/ALIAS)"
+    config = policies.load_text("teams:\n  - name: ops\npolicies:\n  rules:\n    - name: r\n"
+                                "      when: {team: os.environ/TEAM}\n      action: local\n", env, "draftgate.yaml")
+    assert [str(w) for w in policies.lint(config)] == [  # check-config's warning too
+        "draftgate.yaml:6: policies.rules[0].when.team: team (the value of os.environ/TEAM) is not declared in "
+        "teams, as every key's team must be: only a virtual key made before teams were declared can match it"]
+
+
+def test_an_empty_master_key_from_the_environment_is_refused_not_open_mode() -> None:
+    """`master_key: os.environ/MASTER_KEY` with the variable set but empty (compose's `${MASTER_KEY:-}`) loaded as
+    "", so the gateway ran in open mode, serving anyone, with only a log line to say so."""
+    for value in ("", "short"):
+        assert one_problem("master_key: os.environ/MASTER_KEY\n", {"MASTER_KEY": value}) == \
+            "draftgate.yaml:1: master_key: String should have at least 8 characters"
+
+
+def test_a_key_with_a_secret_files_trailing_newline_is_refused_without_showing_it() -> None:
+    """`master_key: os.environ/MASTER_KEY` read from a secret file kept its newline: every request was a 401
+    'Incorrect API key' while check-config said OK."""
+    found = problems("master_key: os.environ/MK\nmodels:\n  - name: a\n    model: openai/a\n    api_key: os.environ/AK\n"
+                     "keys:\n  - name: k\n    key: os.environ/KK\n"
+                     "local:\n  backend: vllm\n  api_base: http://127.0.0.1:8000/v1\n  api_key: os.environ/VK\n",
+                     {"MK": "sk-master-123456\n", "AK": " sk-upstream", "KK": "sk-static-123\n", "VK": "token\n"})
+    why = "starts or ends with whitespace (a secret file's trailing newline?), which no Authorization header carries"
+    assert found == [f"draftgate.yaml:1: master_key: {why}", f"draftgate.yaml:5: models[0].api_key: {why}",
+                     f"draftgate.yaml:12: local.api_key: {why}", f"draftgate.yaml:8: keys[0].key: {why}"]
+
+
 @pytest.mark.parametrize("field", ["client_secret", "db_password", "auth_token", "openai_key"])
 def test_fields_named_like_secrets_are_not_echoed(field: str) -> None:
     found = problems(f"policies:\n  rules:\n    - name: r\n      when: {{metadata: {{{field}: 987654321}}}}\n"
@@ -114,6 +155,16 @@ def test_fields_named_like_secrets_are_not_echoed(field: str) -> None:
 def test_a_url_with_a_password_is_not_echoed() -> None:
     found = problems("models: [{name: a, model: openai/a, timeout_s: 'https://u:hunter22@host/v1'}]\n")
     assert found and not any("hunter22" in p for p in found), found
+
+
+def test_a_validator_that_quotes_the_value_it_refuses_keeps_secrets_out() -> None:
+    """local.api_base's own message quoted the value: a variable's (here a database URL) and a URL's password."""
+    found = one_problem("local:\n  backend: vllm\n  api_base: [http://a/v1, os.environ/URL]\n",
+                        {"URL": "postgres//u:hunter22@h/db"})
+    assert found == "draftgate.yaml:3: local.api_base: (a value from the environment) is not an http(s) URL: " \
+                    "api_base is the vLLM server's /v1 URL, e.g. http://127.0.0.1:8000/v1"
+    found = one_problem("local:\n  backend: vllm\n  api_base: https://u:hunter22@h/v1/chat/completions\n")
+    assert found.startswith("draftgate.yaml:3: local.api_base: 'https://u:***@h/v1/chat/completions' is an endpoint")
 
 
 def test_an_ordinary_value_is_still_shown() -> None:
@@ -143,6 +194,15 @@ def test_two_static_keys_with_the_same_secret_are_refused_without_showing_it() -
 
 # 4. A key's team must be declared, with or without a teams section.
 
+def test_a_static_key_with_the_master_keys_secret_is_refused() -> None:
+    """It authenticated as the master key (checked first): admin rights, and its own limits never applied."""
+    env = {"MASTER": "sk-shared-secret-1"}
+    assert one_problem("master_key: os.environ/MASTER\nkeys:\n  - name: ci\n    key: os.environ/MASTER\n"
+                       "    rpm_limit: 5\n", env) == (
+        "draftgate.yaml:4: keys[0].key: the same secret as master_key (line 1): a request with it is the admin, "
+        "and this key's team, limits and models never apply")
+
+
 def test_an_undeclared_team_is_refused_even_without_a_teams_section() -> None:
     assert one_problem("keys:\n  - {name: bot, key: sk-aaaaaaaaaa, team: ghost}\n") == (
         "draftgate.yaml:2: keys[0].team: team 'ghost' is not declared in teams")
@@ -167,6 +227,13 @@ def test_a_rule_on_a_model_alias_the_gateway_does_not_serve_is_refused() -> None
 
 # 5. Messages that say what is wrong.
 
+def test_the_local_alias_cannot_be_auto_or_empty() -> None:
+    """`local.alias: auto` (the alias that lets the policy choose) or '' loaded, as a models[] name could not."""
+    assert one_problem("local:\n  alias: auto\n") == "draftgate.yaml:2: local.alias: alias 'auto' is reserved"
+    assert one_problem("local:\n  alias: ''\n").startswith(
+        "draftgate.yaml:2: local.alias: String should have at least 1 character")
+
+
 def test_a_model_that_falls_back_to_itself() -> None:
     assert one_problem("models:\n  - name: a\n    model: openai/a\n    fallbacks: [a]\n") == (
         "draftgate.yaml:4: models[0].fallbacks[0]: model 'a' cannot fall back to itself")
@@ -183,6 +250,12 @@ def test_a_malformed_action_names_the_allowed_forms(action: str) -> None:
     assert found.startswith("draftgate.yaml:2: policies.default: an action is one of: requested, local, "
                             "{local: {max_local_tokens: N}}, {hosted: ALIAS}, {cascade: {escalate_to: ALIAS, ...}}")
     assert "discriminator" not in found and "dictionary" not in found
+
+
+def test_a_kind_key_inside_an_action_is_refused_not_obeyed() -> None:
+    """`{local: {kind: hosted, alias: a}}` loaded as a hosted action: the `kind` option replaced the tag."""
+    assert one_problem("models: [{name: a, model: openai/a}]\npolicies:\n  default: {local: {kind: hosted, alias: a}}\n") \
+        == "draftgate.yaml:3: policies.default: `kind` is not an option of local: the key local itself names the action"
 
 
 def test_an_empty_when_matches_every_request_as_documented() -> None:
@@ -252,6 +325,9 @@ def test_auto_with_the_local_model_disabled_is_warned_about() -> None:
         "draftgate.yaml:11: policies.rules[0].action: serves requests for `auto` with the local model, but "
         "local.enabled is false: they get a 503 local_unavailable"]
     assert warnings(rule.replace("enabled: false", "enabled: true")) == []
+    # a rule that matches every request leaves the default nothing to serve: no warning about it (it was one)
+    assert warnings("local:\n  enabled: false\nmodels:\n  - name: big\n    model: openai/gpt-4o\npolicies:\n"
+                    "  rules:\n    - name: all\n      action: {hosted: big}\n") == []
 
 
 def test_a_budget_period_without_a_budget_is_warned_about() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,15 @@ def test_semantic_problems() -> None:
     ("- a\n- b\n", "draftgate.yaml:1: the top level must be a mapping of settings"),
     ("models:\n  - name: a\n   model: b\n", "draftgate.yaml:3: invalid YAML"),
     ("models:\n  - name: a\n", "draftgate.yaml:2: models[0].model: required key is missing"),
+    # a typo names the key it was probably meant to be (found in the mapping's own keys)
+    ("polices:\n  default: local\n", "draftgate.yaml:1: polices: unknown key (did you mean policies?)"),
+    ("policies:\n  rules:\n    - name: r\n      when: {prompt_token: {lt: 5}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.prompt_token: unknown key (did you mean prompt_tokens?)"),
+    ("policies:\n  default: {cascade: {escalate: a, verifiers: [{min_confidence: {max_entropi: 1}}]}}\n",
+     "draftgate.yaml:2: policies.default.cascade.verifiers[0].min_confidence.max_entropi: unknown key (did you mean "
+     "max_entropy?)"),
+    ("policies:\n  rules:\n    - name: r\n      when: {metadata: {task: {inn: [a]}}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.metadata.task.inn: unknown key (did you mean in?)"),
     ("local:\n  backend: vllm\n", "draftgate.yaml:1: local: backend vllm needs api_base"),
     ("local:\n  backend: vllm\n  api_base: []\n", "draftgate.yaml:1: local: backend vllm needs api_base"),
     ("local:\n  backend: vllm\n  api_base: [http://a/v1, http://a/v1]\n", "local: api_base takes at most 64 distinct"),
@@ -109,6 +119,11 @@ def test_semantic_problems() -> None:
      "draftgate.yaml:3: local.api_base: 'localhost:8000/v1' is not an http(s) URL"),
     ("local:\n  backend: vllm\n  api_base: [http://a/v1, ftp://b/v1]\n", "local.api_base: 'ftp://b/v1'"),
     ("local:\n  backend: vllm\n  api_base: http://a/v1/chat/completions\n", "is an endpoint"),
+    # a hosted model's api_base: check-config said OK and every request was a 502 "NonHttpUrlClientError"
+    ("models:\n  - name: a\n    model: openai/x\n    api_base: 127.0.0.1:8000/v1\n",
+     "draftgate.yaml:4: models[0].api_base: '127.0.0.1:8000/v1' is not an http(s) URL: api_base is the provider's"),
+    ("models:\n  - name: a\n    model: openai/x\n    api_base: https://h/v1/chat/completions\n",
+     "draftgate.yaml:4: models[0].api_base: 'https://h/v1/chat/completions' is an endpoint"),
     ("policies:\n  rules:\n    - name: r\n      when: {content: {regex: '(x'}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.regex: invalid regular expression"),
     ("policies:\n  rules:\n    - name: r\n      action: teleport\n", "draftgate.yaml:4: policies.rules[0].action"),
@@ -133,10 +148,21 @@ def test_semantic_problems() -> None:
     ("teams:\n  - name: t\n    rpm_limit: 0x_\n", "draftgate.yaml:3: invalid YAML: this value reads as a YAML int"),
     ("local:\n  enabled: !!bool maybe\n", "draftgate.yaml:2: invalid YAML: this value reads as a YAML bool"),
     ("database_url: not a url\n", "draftgate.yaml:1: database_url: not a database URL"),
+    # Python object tags are refused by the safe loader at their line, never constructed (a guard: an unsafe loader
+    # would run os.system here)
+    ("local:\n  alias: !!python/object/apply:os.system ['exit 3']\n", "draftgate.yaml:2: invalid YAML: could not "
+     "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+    # YAML 1.1 reads some unquoted words and numbers as something else: say so (it was "got False", "got 83")
+    ("policies:\n  rules:\n    - name: no\n      action: local\n", "draftgate.yaml:3: policies.rules[0].name: Input "
+     "should be a valid string (YAML reads no as False: quote it if it is text)"),
+    ("teams:\n  - name: 0123\n", "draftgate.yaml:2: teams[0].name: Input should be a valid string (YAML reads 0123 "
+     "as 83: quote it if it is text)"),
     ('models:\n  - name: "a\\ud800"\n    model: openai/x\n',
      "draftgate.yaml:2: models[0].name: holds a lone surrogate"),
     ('"k\\udc00": 1\n', "draftgate.yaml:1: k\\udc00: holds a lone surrogate"),
-    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml: values nested too deeply"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "draftgate.yaml:1: values nested too deeply"),  # had no line
+    ("local:\n  enabled: true\nmodels:\n  - " + "{a: " * 2000 + "1" + "}" * 2000 + "\n",
+     "draftgate.yaml:4: values nested too deeply"),
     ("policies:\n  rules:\n    - name: r\n      when: {content: {keywords: []}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.keywords: List should have at least 1 item"),
     ("policies:\n  rules:\n    - name: r\n      when: {metadata: {x: {in: []}}}\n      action: local\n",
@@ -149,10 +175,26 @@ def test_semantic_problems() -> None:
      "policies.rules[0].when.prompt_tokens.lt: Input should be a finite number"),
     ("policies:\n  rules:\n    - name: r\n      when: {prompt_tokens: {gt: 10, lt: 5}}\n      action: local\n",
      "policies.rules[0].when.prompt_tokens: these bounds can never all hold"),
+    # counts are whole numbers (tokens from 0, messages from 1): bounds no such number meets never match
+    ("policies:\n  rules:\n    - name: r\n      when: {prompt_tokens: {lt: 0}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.prompt_tokens: prompt_tokens is a whole number from 0 up: no such"),
+    ("policies:\n  rules:\n    - name: r\n      when: {messages: {count: {lte: 0}}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.messages.count: a request's message count is a whole number from 1"),
+    ("policies:\n  rules:\n    - name: r\n      when: {messages: {count: {gt: 2, lt: 3}}}\n      action: local\n",
+     "policies.rules[0].when.messages.count: a request's message count is a whole number from 1 up: no such"),
     ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {gte: 1.5}}\n      action: local\n",
      "policies.rules[0].when.p_hosted: p_hosted is a probability"),
+    ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {lt: 0}}\n      action: local\n",
+     "policies.rules[0].when.p_hosted: p_hosted is a probability, never below 0 or above 1: these bounds hold for"),
+    ("policies:\n  rules:\n    - name: r\n      when: {p_hosted: {gt: 1}}\n      action: local\n",
+     "policies.rules[0].when.p_hosted: p_hosted is a probability, never below 0 or above 1: these bounds hold for"),
     ("policies:\n  rules:\n    - name: r\n      when: {model: 5}\n      action: local\n",  # one problem, no .str
      "draftgate.yaml:4: policies.rules[0].when.model: Input should be a valid string; or Input should be a valid list"),
+    # a metadata key named like a pydantic union member (`str`, `list`) is the file's key, not pydantic's wording
+    ("policies:\n  rules:\n    - name: r\n      when: {metadata: {list: 5}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.metadata.list: Input should be a valid string; or Input should be"),
+    ("policies:\n  rules:\n    - name: r\n      when: {metadata: {str: {in: [1]}}}\n      action: local\n",
+     "draftgate.yaml:4: policies.rules[0].when.metadata.str.in[0]: Input should be a valid string (got 1)"),
     # `[]` or `""` names no model, team or key: the rule never held, and check-config said OK
     ("policies:\n  rules:\n    - name: r\n      when: {team: []}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.team: Input should be a valid string; or List should have at least 1"),
@@ -166,6 +208,13 @@ def test_semantic_problems() -> None:
     ("policies:\n  rules:\n    - name: r\n      when: {content: {keywords: [json, '']}}\n      action: local\n",
      "draftgate.yaml:4: policies.rules[0].when.content.keywords[1]: String should have at least 1 character"),
     ("teams:\n  - name: t\n    max_budget_usd: '1'\n", "draftgate.yaml:3: teams[0].max_budget_usd: a number, not the text"),
+    # YAML has numbers: a quoted one (or a boolean) in any number field is a typo, refused where it is
+    ("policies:\n  rules:\n    - name: r\n      action: {local: {max_local_tokens: '100'}}\n",
+     "draftgate.yaml:4: policies.rules[0].action.local.max_local_tokens: a number, not the text '100'"),
+    ("models:\n  - name: a\n    model: openai/x\n    price: {input_per_mtok: '1', output_per_mtok: 2}\n",
+     "draftgate.yaml:4: models[0].price.input_per_mtok: a number, not the text '1'"),
+    ("local:\n  max_tokens: true\n", "draftgate.yaml:2: local.max_tokens: a number, not true"),
+    ("local:\n  device_usd_per_hour: .inf\n", "draftgate.yaml:2: local.device_usd_per_hour: Input should be a finite"),
     ("keys:\n  - name: " + "k" * 58 + "\n    key: sk-long-name-key\n",  # its ledger key id would not fit
      "draftgate.yaml:2: keys[0].name: String should have at most 57 characters"),
     ("a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
@@ -189,6 +238,10 @@ CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n
     ("{json_schema: {}}", "verifiers[0].json_schema: json_schema needs `schema` or `from_request: true`"),
     ("{json_schema: {schema: {type: 12}}}", "verifiers[0].json_schema: not a valid JSON Schema"),
     ("{python_tests: {tests: 'def f(:'}}", "verifiers[0].python_tests.tests: the tests do not compile"),
+    ("{json_schema: {schema: " + "{not: " * 250 + "{}" + "}" * 250 + "}}",  # was Python's "maximum recursion depth
+     "verifiers[0].json_schema: not a valid JSON Schema: nested too deeply"),  # exceeded in comparison"
+    ("{regex: {pattern: '" + "(" * 3000 + ")" * 3000 + "'}}", "verifiers[0].regex.pattern: invalid regular expression: "
+     "nested too deeply"),
     ("{python_tests: {tests: 'pass', timeout_s: 600}}", "verifiers[0].python_tests.timeout_s"),
     # Tests that never run pass every answer, an empty one too: a pytest class, a main block, an uncalled helper.
     ('{python_tests: {tests: "class TestAdd:\\n  def test_add(self):\\n    assert add(1, 2) == 3\\n"}}',
@@ -198,6 +251,8 @@ CASCADE = "policies:\n  rules:\n    - name: r\n      action:\n        cascade:\n
     ('{python_tests: {tests: "import pytest\\ndef test_a():\\n  assert f() == 1\\n"}}',
      "verifiers[0].python_tests.tests: the tests import pytest, but the sandbox has only the standard library"),
     ("{judge: {model: a, threshold: 2}}", "verifiers[0].judge.threshold"),
+    ("{judge: {model: a, threshold: '0.5'}}", "verifiers[0].judge.threshold: a number, not the text '0.5'"),
+    ("{min_confidence: {max_entropy: '0.05'}}", "verifiers[0].min_confidence.max_entropy: a number, not the text"),
 ])
 def test_bad_verifier_options_are_config_errors(verifier: str, expected: str) -> None:
     """Caught by the schema, with the line, not when the gateway builds the verifier at startup."""
@@ -212,6 +267,17 @@ def test_yaml_exponent_numbers_are_numbers() -> None:
     assert config.teams[0].tpm_limit == 1000 and config.policies.rules[0].when.prompt_tokens.lt == 1000  # type: ignore[union-attr]
 
 
+def test_a_number_from_the_environment_is_read_as_one() -> None:
+    """`os.environ/NAME` is always text: a number field parses it (a limit refused it as text, echoing the value),
+    and a value that is no number is refused without being shown."""
+    text = ("teams:\n  - name: t\n    rpm_limit: os.environ/RPM\nmodels:\n  - name: a\n    model: openai/x\n"
+            "    timeout_s: os.environ/TIMEOUT\n")
+    config = policies.load_text(text, {"RPM": "100", "TIMEOUT": "2.5"})
+    assert config.teams[0].rpm_limit == 100 and config.models[0].timeout_s == 2.5
+    assert problems(text, {"RPM": "hundred", "TIMEOUT": "1"}) == [
+        "draftgate.yaml:3: teams[0].rpm_limit: Input should be a valid integer, unable to parse string as an integer"]
+
+
 def test_a_file_that_is_not_utf8_is_located_by_line(tmp_path: Path) -> None:
     path = tmp_path / "draftgate.yaml"
     path.write_bytes(b"local:\n  enabled: true\npolicies:\n  rules:\n    - name: caf\xe9\n      action: local\n")
@@ -224,6 +290,26 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         policies.load(tmp_path / "missing.yaml", {})
     assert "cannot read the file" in str(info.value)
+
+
+def test_a_fifo_nothing_writes_to_is_refused_at_once_and_a_pipe_with_a_writer_is_read(tmp_path: Path) -> None:
+    """`check-config FIFO` waited forever for a writer; `check-config /dev/zero` read until memory ran out."""
+    fifo = tmp_path / "draftgate.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        policies.load(fifo, {})
+    assert str(info.value) == f"{fifo}: cannot read the file: it is a FIFO (named pipe) that nothing writes to, " \
+                              "so reading it would wait forever"
+    read, write = os.pipe()  # what `check-config <(envsubst < draftgate.yaml.in)` hands over
+    os.write(write, b"local:\n  enabled: false\n")
+    os.close(write)
+    try:
+        assert policies.load(Path(f"/dev/fd/{read}"), {}).local.enabled is False
+    finally:
+        os.close(read)
+    with pytest.raises(ConfigError) as info:
+        policies.load(Path("/dev/zero"), {})
+    assert str(info.value) == "/dev/zero: cannot read the file: it is larger than 16 MiB: not a draftgate config"
 
 
 def test_an_unset_variable_is_one_problem_not_also_a_bad_value() -> None:
