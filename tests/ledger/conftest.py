@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,19 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
         database.migrate()
         yield database
         database.dispose()
+
+
+def unmigrated(backend: str, tmp_path: Path, stack: contextlib.ExitStack) -> Database:
+    """An empty database on `backend` for a migration test to seed at an old revision; `stack` disposes of it."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/old.db"
+    elif not POSTGRES_URL:
+        pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
+    else:
+        url = stack.enter_context(fresh_schema(POSTGRES_URL))
+    database = Database(url)
+    stack.callback(database.dispose)
+    return database
 
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

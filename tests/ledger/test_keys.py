@@ -14,8 +14,7 @@ from sqlalchemy import text
 from ledger import Database, KeyNameTakenError, KeyStore
 from ledger.db import MIGRATIONS
 from ledger.keys import hash_key
-from tests.ledger.conftest import BACKENDS
-from tests.support.postgres import POSTGRES_URL, fresh_schema
+from tests.ledger.conftest import BACKENDS, unmigrated
 
 
 def test_two_live_keys_cannot_share_a_name_even_when_created_at_once(db: Database) -> None:
@@ -47,14 +46,7 @@ def test_upgrading_a_ledger_with_twin_key_names_keeps_every_key_working(backend:
     """Migration 0006 adds the unique index; twins created before it keep working: the oldest keeps the name,
     the later ones are renamed `NAME (duplicate KEY_ID)`; revoked keys are left as they are."""
     with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path}/old.db"
-        elif not POSTGRES_URL:
-            pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
-        else:
-            url = stack.enter_context(fresh_schema(POSTGRES_URL))
-        db = Database(url)
-        stack.callback(db.dispose)
+        db = unmigrated(backend, tmp_path, stack)
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         long_name = "n" * 128

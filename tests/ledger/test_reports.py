@@ -16,8 +16,7 @@ from ledger.db import MIGRATIONS, RECORD_FIELDS
 from ledger.models import RequestRow
 from ledger.reports import Reporter, ReportQuery
 from ledger.rollup import GROUP_COLUMNS, aggregate, is_unreferenced, latency_bucket, quantile_ms
-from tests.ledger.conftest import BACKENDS, T0, record
-from tests.support.postgres import POSTGRES_URL, fresh_schema
+from tests.ledger.conftest import BACKENDS, T0, record, unmigrated
 
 
 def seeded() -> list[RequestRecord]:
@@ -214,14 +213,7 @@ def test_upgrading_a_0004_ledger_keys_the_rollup_by_the_model_that_answered(back
     """0005 adds `provider_model` to the roll-up's key and fills it from the requests; its downgrade folds the
     models back together, so a report by alias reads the same before, after and back."""
     with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path}/old.db"
-        elif not POSTGRES_URL:
-            pytest.skip("DRAFTGATE_TEST_POSTGRES_URL is not set (scripts/postgres.sh starts one)")
-        else:
-            url = stack.enter_context(fresh_schema(POSTGRES_URL))
-        db = Database(url)
-        stack.callback(db.dispose)
+        db = unmigrated(backend, tmp_path, stack)
         _seed_at_revision(db, "0004")
         db.migrate()
         rows = by_group(db, group_by="provider_model")  # whole days: read from the roll-up
