@@ -19,4 +19,6 @@ mypy gateway router policies ledger local_engine
 # Known vulnerabilities (1) or an audit that got no answer from any source (2) fail the run. Without a
 # live vulnerability service (this CI's network has none) the committed advisory snapshot answers.
 bash scripts/audit.sh || exit $?
-exec python -m pytest -q -ra "$@"
+# Three workers on two cores: the suite mostly waits on servers, subprocesses and timeouts (pytest-xdist;
+# DRAFTGATE_TEST_WORKERS=0 runs it in one process, for debugging).
+exec python -m pytest -q -ra -n "${DRAFTGATE_TEST_WORKERS:-3}" "$@"
