@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import orjson
 
@@ -38,10 +38,8 @@ from router.streams import (
     primed,
 )
 from router.transport import StreamBroken, is_error_event, stream_error
-from router.usage import TokenEstimator, delta_text
+from router.usage import TokenEstimator, counted, delta_text
 from router.verifiers import Draft, ResponseFormatVerifier
-
-T = TypeVar("T")
 
 
 def choice_seed(seed: int | None, index: int) -> int | None:
@@ -250,14 +248,12 @@ class Executor:
         last = attempts[-1] if attempts else None
         outcome = Outcome(route=Route.HOSTED, provider_model=last.provider_model if last else None,
                           attempts=[a.as_dict() for a in attempts])
-        billed = [self._hosted.get(a.alias) for a in attempts if a.billed]
-        if not billed:
-            return outcome
-        for model in billed:
-            tokens = await _counted(self._tokens.prompt_tokens, model.model, job.messages)
+        bills = await self._pricing.unanswered_bills(attempts, job.messages, self._tokens)
+        for tokens, cost in bills:
             outcome.prompt_tokens += tokens
-            outcome.add_hosted_cost(self._pricing.hosted_cost(model, tokens, 0))
-        outcome.detail["usage_estimated"] = True
+            outcome.add_hosted_cost(cost)
+        if bills:
+            outcome.detail["usage_estimated"] = True
         return outcome
 
     async def _carry_abandoned(self, exc: BaseException, job: Job, attempts: Sequence[Attempt]) -> None:
@@ -330,7 +326,7 @@ class Executor:
         finally:
             await opened.aclose()
             if not reported:  # no usage chunk and cut short (an upstream stream broken, a client gone)
-                outcome.prompt_tokens, outcome.completion_tokens = await _counted(
+                outcome.prompt_tokens, outcome.completion_tokens = await counted(
                     self._tokens.usage, opened.model.model, job.messages, answer)
                 outcome.detail["usage_estimated"] = True
             cost = self._pricing.hosted_cost(opened.model, outcome.prompt_tokens, outcome.completion_tokens)
@@ -363,16 +359,6 @@ class Executor:
                 if index not in finished:
                     note_spent(stream, index, progress)
             add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
-
-
-async def _counted(count: Callable[..., T], *args: Any) -> T:
-    """Tokens counted off the event loop (a 4 MB prompt takes ~0.4 s, which would stall every other request);
-    in it only when cancelled again (the server stopping: the count must still reach the ledger row)."""
-    counting = asyncio.ensure_future(asyncio.to_thread(count, *args))
-    try:
-        return await asyncio.shield(counting)
-    except asyncio.CancelledError:
-        return count(*args)
 
 
 def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from router.errors import UpstreamError
@@ -24,11 +23,10 @@ def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
             result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0},
                                            attempts)
         except UpstreamError as exc:
-            billed = [hosted.get(a.alias) for a in attempts if a.billed]
-            counts = [await asyncio.to_thread(tokens.prompt_tokens, m.model, messages) for m in billed]
-            costs = [pricing.hosted_cost(m, n, 0) for m, n in zip(billed, counts, strict=True)]
-            if billed:
-                exc.outcome = JudgeReply("", None if None in costs else sum(c or 0.0 for c in costs), sum(counts))
+            if bills := await pricing.unanswered_bills(attempts, messages, tokens):
+                costs = [cost for _, cost in bills]
+                exc.outcome = JudgeReply("", None if None in costs else sum(c or 0.0 for c in costs),
+                                         sum(n for n, _ in bills))
             raise
         (prompt_tokens, completion_tokens), _ = await answer_usage(tokens, result, messages)
         return JudgeReply(answer_text(result.body), pricing.hosted_cost(result.model, prompt_tokens, completion_tokens),

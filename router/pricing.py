@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from ledger import PriceBook
-from router.hosted import HostedClient, HostedModel
+from router.hosted import Attempt, HostedClient, HostedModel
+from router.usage import TokenEstimator, counted
 
 
 class Pricing:
@@ -25,3 +29,13 @@ class Pricing:
         if self._reference is None or self._reference not in self._hosted:
             return None
         return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens)
+
+    async def unanswered_bills(self, attempts: Sequence[Attempt], messages: Sequence[Mapping[str, Any]],
+                               tokens: TokenEstimator) -> list[tuple[int, float | None]]:
+        """(prompt tokens, USD) of each attempt the provider billed without a usable answer (a 200 whose body
+        was broken, one abandoned in flight): at least its prompt, counted here; None where no price is known."""
+        bills = []
+        for model in (self._hosted.get(a.alias) for a in attempts if a.billed):
+            prompt_tokens = await counted(tokens.prompt_tokens, model.model, messages)
+            bills.append((prompt_tokens, self.hosted_cost(model, prompt_tokens, 0)))
+        return bills

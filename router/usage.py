@@ -9,12 +9,13 @@ estimate say so (`usage_estimated` in the ledger detail).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # OpenAI's chat format: each message costs its content plus ~3 tokens of framing; the reply is primed with 3.
 _PER_MESSAGE = 3
@@ -97,3 +98,16 @@ class TokenEstimator:
     def usage(self, model: str, messages: Sequence[Mapping[str, Any]], answer: Iterable[str]) -> tuple[int, int]:
         """(prompt_tokens, completion_tokens) estimated for a request and the answer text it got."""
         return self.prompt_tokens(model, messages), self.count(model, "".join(answer))
+
+
+T = TypeVar("T")
+
+
+async def counted(count: Callable[..., T], *args: Any) -> T:
+    """Tokens counted off the event loop (a 4 MB prompt takes ~0.4 s, which would stall every other request);
+    in it only when cancelled again (the server stopping: the count must still reach the ledger row)."""
+    counting = asyncio.ensure_future(asyncio.to_thread(count, *args))
+    try:
+        return await asyncio.shield(counting)
+    except asyncio.CancelledError:
+        return count(*args)
