@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from policies.schema import check_secret_text
+
 
 class Settings(BaseSettings):
     """Typed process settings, read from `DRAFTGATE_*` environment variables."""
@@ -48,9 +50,7 @@ class Settings(BaseSettings):
     @classmethod
     def _no_outer_space(cls, value: SecretStr | None) -> SecretStr | None:
         # As the YAML's master_key: a secret file's trailing newline would make every request a 401.
-        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
-            raise ValueError("starts or ends with whitespace (a secret file's trailing newline?), which no "
-                             "Authorization header carries")
+        check_secret_text(value.get_secret_value() if value is not None else None)
         return value
 
     @field_validator("log_level", mode="before")
