@@ -19,6 +19,8 @@ from policies import schema_problem
 from policies.conditions import Role
 
 MAX_TOKENS_LIMIT = 1_000_000
+# PostgreSQL's text cannot hold a NUL character: a key name, team or key id with one was a 500 there.
+NO_NUL = r"^[^\x00]*$"
 MAX_CHOICES = 128  # OpenAI's limit on `n`
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.deps import MasterDep, ServicesDep
 from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.schemas import NO_NUL
 from gateway.services import Services, new_key_problem
 from ledger import (
     DURATION_PATTERN,
@@ -25,8 +26,6 @@ from ledger.budgets import Limits
 
 router = APIRouter(prefix="/admin")
 PERIOD_ALONE = "budget_period needs max_budget_usd: without a budget a period limits nothing"
-# PostgreSQL's text cannot hold a NUL character: a name, team or key id with one was a 500 there.
-NO_NUL = r"^[^\x00]*$"
 KeyIdPath = Annotated[str, Path(pattern=NO_NUL)]
 
 

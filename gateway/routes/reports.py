@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from gateway.auth import Principal
 from gateway.deps import PrincipalDep, ServicesDep
 from gateway.errors import InvalidRequest, PermissionDenied
-from gateway.routes.admin import NO_NUL
+from gateway.schemas import NO_NUL
 from ledger.reports import GROUP_BY_VALUES, Reporter, ReportQuery, parse_moment
 
 router = APIRouter()
