@@ -30,6 +30,7 @@ from router.pricing import Pricing
 from router.streams import (
     LocalChunks,
     add_unfinished,
+    close_unfinished,
     completed_chunks,
     completion_body,
     gathered_or_cancelled,
@@ -225,12 +226,9 @@ class Executor:
             except BaseException as exc:
                 # A client gone before the first byte (its rows queued, or in a first canvas) is billed the passes
                 # its rows had, as a non-streaming request is; so is a failure after some rows computed.
-                progress: dict[int, StreamDelta] = {}
-                for index, opened in enumerate(streams):
-                    await opened.aclose()  # type: ignore[attr-defined]
-                    note_spent(opened, index, progress)
-                if isinstance(exc, asyncio.CancelledError) or progress:
-                    add_unfinished(outcome, list(progress.values()))
+                unfinished = await close_unfinished(streams, {})
+                if isinstance(exc, asyncio.CancelledError) or unfinished:
+                    add_unfinished(outcome, unfinished)
                     exc.outcome = outcome  # type: ignore[attr-defined]  # read by the pipeline
                 raise
             return ChunkStream(outcome, self._local_chunks(job, streams, outcome))
@@ -353,12 +351,8 @@ class Executor:
                 yield chunks.choice(index, {}, event.finish_reason, draftgate={"confidence": event.confidence.as_dict()})
             if job.wants_usage:
                 yield chunks.usage([finished[i] for i in sorted(finished)])
-        finally:
-            for index, stream in enumerate(streams):  # a client gone before the first event: rows still cancelled
-                await stream.aclose()  # type: ignore[attr-defined]
-                if index not in finished:
-                    note_spent(stream, index, progress)
-            add_unfinished(outcome, [d for i, d in progress.items() if i not in finished])
+        finally:  # a client gone before the first event too: rows still cancelled, and billed what they used
+            add_unfinished(outcome, await close_unfinished(streams, progress, finished))
 
 
 def _note_finished(chunk: dict[str, Any], choices: dict[int, bool]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -182,6 +182,17 @@ def note_spent(stream: AsyncIterator[StreamDelta | Completion], index: int,
     last = progress.get(index)
     if spent is not None and spent.device_seconds > (last.device_seconds if last else 0.0):
         progress[index] = spent
+
+
+async def close_unfinished(streams: Sequence[AsyncIterator[StreamDelta | Completion]], progress: dict[int, StreamDelta],
+                           finished: Collection[int] = ()) -> list[StreamDelta]:
+    """Closes every choice's stream (its rows cancelled) and returns what the unfinished ones used: their last
+    canvas's figures, or newer ones from the backend (`note_spent`)."""
+    for index, stream in enumerate(streams):
+        await stream.aclose()  # type: ignore[attr-defined]
+        if index not in finished:
+            note_spent(stream, index, progress)
+    return [delta for index, delta in progress.items() if index not in finished]
 
 
 def add_unfinished(outcome: Outcome, deltas: Sequence[StreamDelta]) -> None:
