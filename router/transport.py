@@ -233,8 +233,6 @@ class _HTTPStream:
                 if payload == b"[DONE]":
                     self._finished = self.done = True
                     return
-                if payload.startswith(b'{"error"'):  # the common wording; `is_error_event` catches the others
-                    raise stream_error(payload, self._model)
                 yield payload
             self._finished = True
         except TRANSPORT_ERRORS as exc:
