@@ -97,6 +97,8 @@ class Authenticator:
                 return principal
         info: KeyInfo | None = await asyncio.to_thread(self._store.verify, token)
         if info is not None:
+            if info.revoked_at is not None:
+                raise AuthenticationFailed(f"This API key was revoked at {info.revoked_at:%Y-%m-%dT%H:%M:%SZ}.")
             if info.expired():
                 raise AuthenticationFailed(f"This API key expired at {info.expires_at:%Y-%m-%dT%H:%M:%SZ}.")
             # Team '' is how the roll-up keeps requests without a team: a key stored with it (the admin API took

@@ -108,12 +108,12 @@ class KeyStore:
 
     @answered
     def verify(self, raw_key: str) -> KeyInfo | None:
-        """The key's info if it exists and is not revoked, else None (an expired key's info: the caller
-        says why it is refused)."""
+        """The key's info if it exists, else None. A revoked or expired key's info too: the caller refuses it
+        and says why (in open mode an unknown key is served, a revoked one must not be)."""
         digest = hash_key(raw_key)
         table = cast(Table, ApiKeyRow.__table__)
         rows = self._rows(select(table).where(table.c.key_hash == digest))
-        if not rows or not hmac.compare_digest(rows[0].key_hash, digest) or rows[0].revoked_at is not None:
+        if not rows or not hmac.compare_digest(rows[0].key_hash, digest):
             return None
         return _info(rows[0])
 

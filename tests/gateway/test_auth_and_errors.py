@@ -123,3 +123,23 @@ def test_open_mode_without_master_key(gateway_factory, simulator) -> None:
     assert httpx.get(gw.url + "/admin/keys").status_code == 403  # admin still needs a master key
     # ... which it does not have: the 403 says how to get one, not only that one is needed
     assert "set `master_key`" in httpx.get(gw.url + "/admin/keys").json()["error"]["message"]
+
+
+def test_open_mode_refuses_revoked_keys(gateway_factory, simulator, tmp_path) -> None:
+    """Open mode serves callers without a key or with one it does not know (apps' placeholder keys), but a key
+    an admin revoked is refused: it used to be served anonymously, without the budget it was revoked under."""
+    data = tmp_path / "shared-ledger"
+    admin = {"authorization": f"Bearer {MASTER_KEY}"}
+    guarded = gateway_factory(hosted_config(simulator.base_url), data_dir=data)
+    live = httpx.post(guarded.url + "/admin/keys", json={"name": "live", "team": "t1"}, headers=admin).json()
+    gone = httpx.post(guarded.url + "/admin/keys", json={"name": "gone"}, headers=admin).json()
+    assert httpx.delete(guarded.url + f"/admin/keys/{gone['key_id']}", headers=admin).status_code == 200
+    guarded.stop()
+
+    gw = gateway_factory(hosted_config(simulator.base_url, master=False), data_dir=data)
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        client(gw, gone["key"]).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert client(gw, "sk-placeholder").chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    raw = client(gw, live["key"]).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and (row.team, row.key_id) == ("t1", live["key_id"])
