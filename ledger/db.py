@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, String, create_engine, event, func, m
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ledger.errors import DatabaseUnavailableError, LedgerError
 from ledger.models import RequestRow, usage_daily
@@ -121,6 +122,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 PG_CONNECT_TIMEOUT_S = 10
+POOL_SIZE, POOL_OVERFLOW = 10, 20
 
 
 def _pg_connect_args(url: str) -> dict[str, Any]:
@@ -151,6 +153,8 @@ def answered(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except OperationalError as exc:
             raise DatabaseUnavailableError(f"the ledger database did not answer: {exc.orig or exc}") from exc
+        except PoolTimeoutError as exc:  # every pooled connection busy past pool_timeout: a slow database, same retry
+            raise DatabaseUnavailableError(f"the ledger database had no free connection: {exc}") from exc
 
     return call
 
@@ -187,8 +191,8 @@ class Database:
                 self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                                            connect_args=_pg_connect_args(url))
+                self.engine = create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
+                                            pool_timeout=PG_CONNECT_TIMEOUT_S, connect_args=_pg_connect_args(url))
         except (SQLAlchemyError, ValueError, OSError, ImportError) as exc:
             raise LedgerError(f"cannot open the ledger database {safe_url(url)}: {exc}") from exc
 

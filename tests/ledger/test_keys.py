@@ -73,3 +73,18 @@ def test_upgrading_a_ledger_with_twin_key_names_keeps_every_key_working(backend:
         with pytest.raises(KeyNameTakenError) as info:
             store.create("app", None)
         assert info.value.key_id == "key_a"
+
+
+def test_a_pool_with_no_free_connection_is_database_unavailable(db: Database) -> None:
+    """Every connection busy past the pool's wait (a slow or stuck database under load) raised SQLAlchemy's
+    pool TimeoutError, which the gateway answered as a 500 internal error per request; it is the same
+    "unavailable, retry" as a database that does not answer."""
+    from sqlalchemy import create_engine
+
+    from ledger import DatabaseUnavailableError
+
+    store = KeyStore(db)
+    db.engine = create_engine(db.url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    with db.engine.connect(), pytest.raises(DatabaseUnavailableError, match="no free connection"):
+        store.verify("sk-dg-anything")
+    assert store.verify("sk-dg-anything") is None  # the connection is back: answered again
