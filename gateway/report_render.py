@@ -55,6 +55,15 @@ def as_table(report: Report) -> Table:
     return table
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def _inert(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, quoted as OWASP advises: a group's name may be what a client
+    sent (a `model` no alias has is recorded as sent), and `=HYPERLINK(...)` must not run where the CSV is opened."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def as_csv(report: Report) -> str:
     data = report.as_dict()
     out = io.StringIO()
@@ -62,7 +71,7 @@ def as_csv(report: Report) -> str:
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in [*data["rows"], data["total"]]:
-        writer.writerow(row)
+        writer.writerow({name: _inert(value) for name, value in row.items()})
     return out.getvalue()
 
 

