@@ -43,6 +43,12 @@ def _cell(value: Any, fmt: str) -> str:
     return amount(value) if fmt == SMALL else fmt.format(value)
 
 
+def printable(text: str) -> str:
+    """Text for a terminal: a control or format character (ESC, BEL, a right-to-left override) is shown as its
+    escape (`\\x1b`), never sent. A group's name may be what a client sent, and rich passes ESC on."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def as_table(report: Report) -> Table:
     data = report.as_dict()
     window = f"{data['since'] or 'start'} .. {data['until'] or 'now'}"
@@ -51,7 +57,7 @@ def as_table(report: Report) -> Table:
     for key, header, fmt in COLUMNS:
         table.add_column(header, justify="right", footer=_cell(data["total"][key], fmt))
     for row in data["rows"]:
-        table.add_row(Text(str(row["label"])), *(_cell(row[key], fmt) for key, _, fmt in COLUMNS))
+        table.add_row(Text(printable(str(row["label"]))), *(_cell(row[key], fmt) for key, _, fmt in COLUMNS))
     return table
 
 

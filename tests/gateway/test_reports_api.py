@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app as cli
+from gateway.report_render import printable
 from tests.conftest import MASTER_KEY
 from tests.ledger.test_reports import seeded
 
@@ -153,6 +154,27 @@ def test_csv_cells_a_client_wrote_are_not_spreadsheet_formulas(seeded_gateway, t
     assert not any(label[:1] in "=+-@\t\r" for label in labels)
     as_json = CliRunner().invoke(cli, ["report", "--by", "model", "--format", "json", "-c", str(cfg)])
     assert formula in {r["label"] for r in json.loads(as_json.output)["rows"]}  # JSON keeps what was sent
+
+
+def test_the_report_table_shows_control_characters_a_client_sent_instead_of_sending_them_to_the_terminal(
+        seeded_gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `model` no alias has is recorded as sent: with escape sequences in it, `draftgate report --by model` wrote
+    them to the admin's terminal (clear the screen, retitle the window, hide a row, fake a link)."""
+    hostile = "gpt\x1b[2J\x1b]0;owned\x07\u202e-mini"
+    sent = httpx.post(f"{seeded_gateway.url}/v1/chat/completions", headers={"authorization": "Bearer sk-research-123456"},
+                      json={"model": hostile, "messages": [{"role": "user", "content": "hi"}]})
+    assert sent.status_code == 404
+    fut = __import__("asyncio").run_coroutine_threadsafe(seeded_gateway.services.writer.flush(),
+                                                        seeded_gateway.services.loop)
+    fut.result(10)
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    out = CliRunner().invoke(cli, ["report", "--by", "model", "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    assert not any(c in out.output for c in "\x1b\x07\u202e"), repr(out.output)
+    assert "gpt\\x1b[2J\\x1b]0;owned" in out.output, out.output  # shown as escapes (the cell may be cut)
+    assert printable(hostile) == "gpt\\x1b[2J\\x1b]0;owned\\x07\\u202e-mini" and printable("Zürich €") == "Zürich €"
 
 
 def test_dates_at_the_ends_of_the_calendar_are_a_400_not_a_500(seeded_gateway, tmp_path: Path,
