@@ -60,7 +60,7 @@ def _table(ident: str, title: str, rows: list[dict[str, Any]]) -> str:
             "<th>savings $</th><th>device h</th></tr>")
     body = "".join(
         f"<tr><td>{escape(r['label'])}</td><td>{r['requests']:,}</td><td>{r['local_share']:.0%}</td>"
-        + "".join(f"<td>{escape(cell)}</td>" for cell in _spent(r)) + f"<td>{r['device_hours']:.4f}</td></tr>"
+        + "".join(f"<td>{escape(cell)}</td>" for cell in _spent(r)) + f"<td>{amount(r['device_hours'])}</td></tr>"
         for r in rows) or '<tr><td colspan="6">no requests</td></tr>'
     return f'<table id="{ident}">{head}{body}</table>'
 
