@@ -106,6 +106,22 @@ def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     assert alone.json()["since"].startswith("2026-10-06") and alone.json()["total"]["requests"] == 6
 
 
+def test_a_utc_offset_typed_into_the_url_unencoded_is_read_as_sent(seeded_gateway) -> None:
+    """`?since=2026-11-01T13:00:00+01:00` typed as is (curl, a browser): the `+` arrives as a space, and the report
+    was a 400 "neither a date/time" for a valid ISO moment."""
+    base = f"{seeded_gateway.url}/v1/reports/costs?group_by=team&"
+    auth = {"authorization": f"Bearer {MASTER_KEY}"}
+    for window in ("since=2026-11-01T12:59:59+01:00&until=2026-11-01T14:00+01:00",  # 11:59:59-13:00 UTC: day one's
+                   "since=2026-11-01T12:59:59.5+0100&until=2026-11-01T14:00:00+01"):
+        reply = httpx.get(base + window, headers=auth)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["since"].startswith("2026-11-01T11:59:59") and reply.json()["total"]["requests"] == 4
+    encoded = get(seeded_gateway, MASTER_KEY, since="2026-11-01T12:59:59+01:00", until="2026-11-01T14:00+01:00")
+    assert encoded.json()["total"]["requests"] == 4
+    assert httpx.get(base + "since=2026-11-01 13:00", headers=auth).status_code == 200  # a space as the T: as before
+    assert httpx.get(base + "since=2026-11-01T13:00 1", headers=auth).status_code == 400
+
+
 def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ledger import Database
 
