@@ -53,7 +53,7 @@ def as_table(report: Report) -> Table:
     data = report.as_dict()
     window = f"{data['since'] or 'start'} .. {data['until'] or 'now'}"
     table = Table(title=f"draftgate costs by {report.query.group_by} ({window})", show_footer=True)
-    table.add_column(report.query.group_by, footer="total")
+    table.add_column(report.query.group_by, footer="total", overflow="fold")  # a long name wraps, never cut to "…"
     for key, header, fmt in COLUMNS:
         table.add_column(header, justify="right", footer=_cell(data["total"][key], fmt))
     for row in data["rows"]:

@@ -193,6 +193,26 @@ def test_the_report_table_shows_control_characters_a_client_sent_instead_of_send
     assert printable(hostile) == "gpt\\x1b[2J\\x1b]0;owned\\x07\\u202e-mini" and printable("Zürich €") == "Zürich €"
 
 
+def test_the_report_table_shows_a_long_group_name_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables in a pipe are 220 columns wide "so no cell is cut", but a long alias (a `model` may have 256
+    characters, a team 128) was cut to "…": two long names with one prefix read as the same row."""
+    from ledger import Database
+    from tests.ledger.conftest import record
+
+    long_names = ["team-" + "x" * 100 + suffix for suffix in ("-alpha", "-beta")]
+    db = Database(f"sqlite:///{tmp_path / 'ledger.db'}")
+    db.migrate()
+    db.insert_records([record(f"r{i}", team=name) for i, name in enumerate(long_names)])
+    db.dispose()
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    out = CliRunner().invoke(cli, ["report", "--since", SINCE, "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    first_cells = "".join(line.split("│")[1].strip() for line in out.output.splitlines() if line.startswith("│"))
+    assert all(name in first_cells for name in long_names), out.output
+
+
 def test_dates_at_the_ends_of_the_calendar_are_a_400_not_a_500(seeded_gateway, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A window is widened to whole days, and a lone `until` reaches back 30 days: near year 1 or 9999 that
