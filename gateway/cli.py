@@ -187,13 +187,14 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     loaded = config_or_exit(settings)
-    fresh = missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
+    missing = missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
+    if missing is not None:  # opening it would create an empty ledger there, and every later report read zeros
+        err.print(f"error: there is no ledger at {missing} (none was created): is DRAFTGATE_DATA_DIR (or "
+                  "DATABASE_URL, or the config's database_url) the gateway's?", markup=False, soft_wrap=True)
+        raise typer.Exit(code=1)
     db = ledger_or_exit(settings, loaded)
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))
     db.dispose()
-    if fresh is not None:  # a report run away from the gateway's data dir would otherwise be all zeros, silently
-        err.print(f"note: there was no ledger at {fresh}, so this report is empty: is DRAFTGATE_DATA_DIR (or "
-                  "DATABASE_URL, or the config's database_url) the gateway's?", markup=False, soft_wrap=True)
     if format is Format.table:
         wide = table_console()
         wide.print(report_render.as_table(result))

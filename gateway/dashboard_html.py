@@ -46,12 +46,21 @@ def _kpi(ident: str, label: str, value: str) -> str:
     return f'<div class="kpi"><div class="v" id="kpi-{ident}">{escape(value)}</div><div class="l">{label}</div></div>'
 
 
+def _spent(row: dict[str, Any]) -> tuple[str, str]:
+    """(total $, savings $) cells: a group's unpriced requests are named, never shown as $0 (they are in no sum)."""
+    unpriced = row["unpriced_requests"]
+    if unpriced and unpriced == row["requests"]:
+        return "unpriced", "-"
+    cost = money(row["cost_usd"]) + (f" + {unpriced:,} unpriced" if unpriced else "")
+    return cost, money(row["savings_usd"])
+
+
 def _table(ident: str, title: str, rows: list[dict[str, Any]]) -> str:
     head = ("<tr><th>" + escape(title) + "</th><th>requests</th><th>local %</th><th>total $</th>"
             "<th>savings $</th><th>device h</th></tr>")
     body = "".join(
         f"<tr><td>{escape(r['label'])}</td><td>{r['requests']:,}</td><td>{r['local_share']:.0%}</td>"
-        f"<td>{money(r['cost_usd'])}</td><td>{money(r['savings_usd'])}</td><td>{r['device_hours']:.4f}</td></tr>"
+        + "".join(f"<td>{escape(cell)}</td>" for cell in _spent(r)) + f"<td>{amount(r['device_hours'])}</td></tr>"
         for r in rows) or '<tr><td colspan="6">no requests</td></tr>'
     return f'<table id="{ident}">{head}{body}</table>'
 

@@ -59,16 +59,17 @@ class Metrics:
             self.tokens.labels(route, model, "completion").inc(completion_tokens)
         if cached_tokens:  # of the prompt tokens, those the local engine's prefix cache served
             self.tokens.labels(route, model, "prompt_cached").inc(cached_tokens)
+        if device_seconds:
+            self.device_seconds.labels(model).inc(device_seconds)
+        if unpriced:  # its known part is not its cost: as in the reports, it is counted, not summed
+            self.unpriced.labels(model).inc()
+            return
         if hosted_usd:
             self.cost.labels(route, model, "hosted").inc(hosted_usd)
         if local_usd:
             self.cost.labels(route, model, "local").inc(local_usd)
         if wasted_usd:
             self.cost.labels(route, model, "wasted_draft").inc(wasted_usd)
-        if device_seconds:
-            self.device_seconds.labels(model).inc(device_seconds)
-        if unpriced:
-            self.unpriced.labels(model).inc()
 
     def render(self) -> bytes:
         """This process's metrics or, under `serve --workers N`, every worker's added up.

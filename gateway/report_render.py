@@ -43,16 +43,31 @@ def _cell(value: Any, fmt: str) -> str:
     return amount(value) if fmt == SMALL else fmt.format(value)
 
 
+def printable(text: str) -> str:
+    """Text for a terminal: a control or format character (ESC, BEL, a right-to-left override) is shown as its
+    escape (`\\x1b`), never sent. A group's name may be what a client sent, and rich passes ESC on."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def as_table(report: Report) -> Table:
     data = report.as_dict()
     window = f"{data['since'] or 'start'} .. {data['until'] or 'now'}"
     table = Table(title=f"draftgate costs by {report.query.group_by} ({window})", show_footer=True)
-    table.add_column(report.query.group_by, footer="total")
+    table.add_column(report.query.group_by, footer="total", overflow="fold")  # a long name wraps, never cut to "…"
     for key, header, fmt in COLUMNS:
         table.add_column(header, justify="right", footer=_cell(data["total"][key], fmt))
     for row in data["rows"]:
-        table.add_row(Text(str(row["label"])), *(_cell(row[key], fmt) for key, _, fmt in COLUMNS))
+        table.add_row(Text(printable(str(row["label"]))), *(_cell(row[key], fmt) for key, _, fmt in COLUMNS))
     return table
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def _inert(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, quoted as OWASP advises: a group's name may be what a client
+    sent (a `model` no alias has is recorded as sent), and `=HYPERLINK(...)` must not run where the CSV is opened."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def as_csv(report: Report) -> str:
@@ -62,7 +77,7 @@ def as_csv(report: Report) -> str:
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in [*data["rows"], data["total"]]:
-        writer.writerow(row)
+        writer.writerow({name: _inert(value) for name, value in row.items()})
     return out.getvalue()
 
 

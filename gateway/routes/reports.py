@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -21,6 +22,11 @@ GroupByParam = Annotated[str, Query(description=f"one of {', '.join(GROUP_BY_VAL
                                     "requested, provider_model the model that answered it")]
 
 
+# `since=2026-11-01T09:00:00+02:00` typed into a URL as is: its `+` arrives as a space (form encoding), and the
+# moment was refused as "neither a date/time". A space can never stand there, so it is read as the `+` it was.
+UNENCODED_OFFSET = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+
+
 def report_query(principal: Principal, *, open_mode: bool, group_by: str, since: str | None, until: str | None,
                  team: str | None) -> ReportQuery:
     """Validates the parameters and scopes the query to what the caller may see."""
@@ -31,7 +37,7 @@ def report_query(principal: Principal, *, open_mode: bool, group_by: str, since:
     for name, text in (("since", since), ("until", until)):
         if text:
             try:
-                moment = parse_moment(text, now)
+                moment = parse_moment(UNENCODED_OFFSET.sub(r"\1+\2", text), now)
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param=name) from None
             start, end = (moment, end) if name == "since" else (start, moment)

@@ -140,6 +140,30 @@ def test_models_health_ready_metrics(gateway_factory, simulator) -> None:
     assert 'draftgate_requests_total{model="other",route="none",status="error"} 3.0' in text
 
 
+def test_metrics_dollars_are_the_reports_dollars_when_a_request_is_partly_unpriced(gateway_factory, simulator) -> None:
+    """A request whose price is partly unknown (a priced attempt billed for a broken body, then a fallback with no
+    price) is `unpriced`: the report leaves all its dollars out, but /metrics added the known part to
+    draftgate_cost_usd_total, so Prometheus and the report disagreed on what was spent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway.simulator import Fault
+
+    yaml_text = hosted_config(simulator.base_url).replace("model: openai/gpt-4o\n", "model: openai/no-price-zz\n")
+    gw = gateway_factory(yaml_text.replace("max_retries: 2", "max_retries: 0"))
+    simulator.state.faults.append(Fault(broken_body=True))  # billed its prompt, then the unpriced fallback answers
+    partly = client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there"}])
+    assert partly.headers["x-draftgate-cost-usd"] == "unpriced"
+    client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "priced"}])
+    flushed_db(gw)
+    report = httpx.get(f"{gw.url}/v1/reports/costs", headers={"authorization": f"Bearer {MASTER_KEY}"}).json()
+    assert report["total"]["unpriced_requests"] == 1 and report["total"]["cost_usd"] > 0
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(gw.url + "/metrics").text)}
+    dollars = sum(s.value for s in families["draftgate_cost_usd"].samples if s.name.endswith("_total"))
+    assert dollars == pytest.approx(report["total"]["cost_usd"])
+    assert sum(s.value for s in families["draftgate_unpriced_requests"].samples if s.name.endswith("_total")) == 1
+
+
 def test_restart_keeps_the_ledger(gateway_factory, simulator, tmp_path) -> None:
     data = tmp_path / "persist"
     gw = gateway_factory(hosted_config(simulator.base_url), data_dir=data)

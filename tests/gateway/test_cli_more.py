@@ -134,6 +134,7 @@ def test_a_budget_period_without_a_budget_is_refused_in_one_line(tmp_path: Path)
 
 def test_report_until_alone_covers_the_30_days_before_it(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    assert draftgate("migrate", "--config", "draftgate.yaml", cwd=tmp_path).returncode == 0
     result = draftgate("report", "--until", "2026-01-01", "--format", "json", "--config", "draftgate.yaml",
                        cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -272,17 +273,25 @@ def test_a_second_serve_on_the_same_metrics_folder_is_refused_and_wipes_nothing(
     assert [p.name for p in (data / "metrics").iterdir()] == [METRICS_LOCK]
 
 
-def test_report_on_a_ledger_that_did_not_exist_says_so(tmp_path: Path) -> None:
-    """Run away from the gateway's data dir, `report` made a new empty ledger and printed zeros, silently."""
+def test_report_on_a_ledger_that_does_not_exist_says_so_and_creates_none(tmp_path: Path) -> None:
+    """Run away from the gateway's data dir, `report` made a new empty ledger there and printed zeros: the first
+    time with a note, every later time silently, since the ledger it had made now existed."""
     (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
-    first = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["total"]["requests"] == 0
     ledger = tmp_path / "data" / "ledger.db"
-    assert first.stderr.strip() == (f"note: there was no ledger at {ledger.resolve()}, so this report is empty: is "
-                                    "DRAFTGATE_DATA_DIR (or DATABASE_URL, or the config's database_url) the gateway's?")
-    again = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
-    assert again.returncode == 0 and again.stderr == ""  # an existing ledger with no rows is not news
+    for _ in range(2):
+        result = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
+        assert result.returncode == 1 and result.stdout == "", result.stdout
+        assert result.stderr.strip() == (f"error: there is no ledger at {ledger.resolve()} (none was created): is "
+                                         "DRAFTGATE_DATA_DIR (or DATABASE_URL, or the config's database_url) the "
+                                         "gateway's?")
+        assert not (tmp_path / "data").exists()
+    from ledger import Database
+
+    db = Database(f"sqlite:///{ledger}")  # the gateway's ledger, with no rows yet: an empty report
+    db.migrate()
+    db.dispose()
+    empty = draftgate("report", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert empty.returncode == 0 and json.loads(empty.stdout)["total"]["requests"] == 0, empty.stderr
 
 
 def test_router_train_from_a_ledger_that_does_not_exist_says_so_and_creates_none(tmp_path: Path) -> None:
@@ -302,7 +311,7 @@ def test_router_train_from_a_ledger_that_does_not_exist_says_so_and_creates_none
 def test_report_and_keys_on_another_database_leave_no_data_dir_behind(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere" / "ledger.db"
     (tmp_path / "draftgate.yaml").write_text(f"local:\n  enabled: false\ndatabase_url: sqlite:///{elsewhere}\n")
-    for command in (("report",), ("keys", "list")):
+    for command in (("keys", "list"), ("report",)):  # a report reads a ledger, never makes one: keys list first
         result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert elsewhere.exists() and not (tmp_path / "data").exists()

