@@ -21,6 +21,7 @@ from gateway.cli_common import (
     err,
     ledger_or_exit,
     local_model_or_exit,
+    no_ledger,
     plain,
     settings_or_exit,
     table_console,
@@ -189,8 +190,7 @@ def report(by: Annotated[GroupBy, typer.Option("--by", help=(
     loaded = config_or_exit(settings)
     missing = missing_sqlite_file(settings.resolved_database_url(loaded.database_url))
     if missing is not None:  # opening it would create an empty ledger there, and every later report read zeros
-        err.print(f"error: there is no ledger at {missing} (none was created): is DRAFTGATE_DATA_DIR (or "
-                  "DATABASE_URL, or the config's database_url) the gateway's?", markup=False, soft_wrap=True)
+        err.print(f"error: {no_ledger(missing)}", markup=False, soft_wrap=True)
         raise typer.Exit(code=1)
     db = ledger_or_exit(settings, loaded)
     result = Reporter(db).report(ReportQuery(group_by=by.value, since=start, until=end, team=team))

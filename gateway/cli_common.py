@@ -85,6 +85,13 @@ def config_or_exit(settings: Settings) -> policies.GatewayConfig:
         raise typer.Exit(code=2) from None
 
 
+def no_ledger(path: str) -> str:
+    """Why a command that only reads or changes a ledger stops: opening a SQLite file that is not there would create an
+    empty ledger, and every later `report` or `keys list` run there would read it as the gateway's, silently."""
+    return (f"there is no ledger at {path} (none was created): is DRAFTGATE_DATA_DIR (or DATABASE_URL, or the "
+            "config's database_url) the gateway's?")
+
+
 def ledger_or_exit(settings: Settings, config: policies.GatewayConfig) -> Database:
     """The ledger database, opened and migrated; a database that cannot be used is one line and exit 1."""
     from ledger import Database, LedgerError

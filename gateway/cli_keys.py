@@ -16,6 +16,7 @@ from gateway.cli_common import (
     console,
     err,
     ledger_or_exit,
+    no_ledger,
     non_empty_option,
     plain,
     settings_or_exit,
@@ -30,9 +31,14 @@ if TYPE_CHECKING:
 keys_app = typer.Typer(help="Virtual keys (stored hashed in the ledger database).", no_args_is_help=True)
 
 
-def _key_store(config: Path | None, models: list[str] | None = None) -> KeyStore:
-    """The key store; `models` must be aliases this configuration serves (one line and exit 2 if not)."""
-    from ledger import KeyStore
+class NoLedgerError(Exception):
+    """The SQLite ledger a command would only read or change is not there (opening it would create it)."""
+
+
+def _key_store(config: Path | None, models: list[str] | None = None, *, create: bool = False) -> KeyStore:
+    """The key store; `models` must be aliases this configuration serves (one line and exit 2 if not). Only
+    `keys create` makes a ledger that is not there: NoLedgerError for the others."""
+    from ledger import KeyStore, missing_sqlite_file
 
     settings = settings_or_exit(config)
     gateway = config_or_exit(settings)
@@ -41,6 +47,9 @@ def _key_store(config: Path | None, models: list[str] | None = None) -> KeyStore
     if unknown:
         err.print(f"error: --models: unknown model alias(es): {', '.join(unknown)}", markup=False)
         raise typer.Exit(code=2)
+    missing = missing_sqlite_file(settings.resolved_database_url(gateway.database_url))
+    if missing is not None and not create:
+        raise NoLedgerError(missing)
     return KeyStore(ledger_or_exit(settings, gateway))
 
 
@@ -66,13 +75,15 @@ def _duration(value: str | None) -> str | None:
     return value
 
 
-def _unknown_key(key_id: str, config: Path | None) -> str:
+def _unknown_key(key_id: str, config: Path | None, exc: Exception | None = None) -> str:
     """Why an id is not a virtual key: `report --by key` also lists config keys (`config:<name>`), which live in
     draftgate.yaml, not in the database."""
     name = key_id.removeprefix("config:")
     if name != key_id and any(k.name == name for k in config_or_exit(settings_or_exit(config)).keys):
         return (f"{key_id} is the config file's key {name!r} (keys: in draftgate.yaml), not a virtual key: "
                 "change or remove it there")
+    if isinstance(exc, NoLedgerError):
+        return f"no key with id {key_id}: {no_ledger(str(exc))}"
     return f"no key with id {key_id}"
 
 
@@ -127,7 +138,7 @@ def keys_create(name: Annotated[str, typer.Option(help="a label for the key", ca
         raise typer.Exit(code=2)
     allowed = _aliases(models)
     expires_at = datetime.now(UTC) + parse_duration(duration) if duration else None
-    store = _key_store(config, allowed)
+    store = _key_store(config, allowed, create=True)
     problem = new_key_problem(config_or_exit(settings_or_exit(config)), name, team)
     if problem is not None:
         err.print(f"error: --{problem[0]}: {problem[1]}", markup=False)
@@ -201,8 +212,8 @@ def keys_update(key_id: Annotated[str, typer.Argument(help="the key_id to change
         raise typer.Exit(code=2)
     try:
         info = _key_store(config, allowed).update(key_id, changes)
-    except UnknownKeyError:
-        err.print(f"error: {_unknown_key(key_id, config)}", markup=False)
+    except (UnknownKeyError, NoLedgerError) as exc:
+        err.print(f"error: {_unknown_key(key_id, config, exc)}", markup=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     except PeriodWithoutBudgetError:
         err.print(f"error: {PERIOD_ALONE} ({key_id} has no budget)", markup=False)
@@ -235,7 +246,11 @@ def keys_list(team: Annotated[str | None, typer.Option(help="only this team", ca
               = ListFormat.table,
               config: ConfigOpt = None) -> None:
     """List keys (never their secrets)."""
-    keys = _key_store(config).list(team)
+    try:
+        keys = _key_store(config).list(team)
+    except NoLedgerError as exc:
+        err.print(f"error: {no_ledger(str(exc))}", markup=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
     if format is ListFormat.json:
         print(json.dumps([{"key_id": k.key_id, "name": k.name, "team": k.team, "prefix": k.prefix,
                            "models": list(k.models) if k.models is not None else None,
@@ -266,8 +281,8 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key_id to revoke
         store = _key_store(config)
         before = store.get(key_id)
         info = store.revoke(key_id)
-    except UnknownKeyError:
-        err.print(f"error: {_unknown_key(key_id, config)}", markup=False)
+    except (UnknownKeyError, NoLedgerError) as exc:
+        err.print(f"error: {_unknown_key(key_id, config, exc)}", markup=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     if before is not None and before.revoked_at is not None:
         console.print(f"{info.key_id} ({plain(info.name)}) was already revoked at "

@@ -294,6 +294,24 @@ def test_report_on_a_ledger_that_does_not_exist_says_so_and_creates_none(tmp_pat
     assert empty.returncode == 0 and json.loads(empty.stdout)["total"]["requests"] == 0, empty.stderr
 
 
+def test_keys_commands_other_than_create_make_no_ledger(tmp_path: Path) -> None:
+    """`keys list` (or update, revoke) run away from the gateway's data dir made an empty ledger there: it listed no
+    keys, and every later `report` there read that empty ledger as the gateway's. Only `keys create` makes one."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  enabled: false\n")
+    ledger = (tmp_path / "data" / "ledger.db").resolve()
+    where = (f"there is no ledger at {ledger} (none was created): is DRAFTGATE_DATA_DIR (or DATABASE_URL, or the "
+             "config's database_url) the gateway's?")
+    for command, message in ((("keys", "list"), f"error: {where}"),
+                             (("keys", "revoke", "k-123"), f"error: no key with id k-123: {where}"),
+                             (("keys", "update", "k-123", "--rpm", "5"), f"error: no key with id k-123: {where}")):
+        result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
+        assert (result.returncode, result.stderr.strip()) == (1, message), result.stderr
+        assert not (tmp_path / "data").exists()
+    assert draftgate("keys", "create", "--name", "app", "--config", "draftgate.yaml", cwd=tmp_path).returncode == 0
+    listed = draftgate("keys", "list", "--format", "json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["app"]
+
+
 def test_router_train_from_a_ledger_that_does_not_exist_says_so_and_creates_none(tmp_path: Path) -> None:
     """Run away from the gateway's data dir, `router train --from-ledger` made an empty ledger (and its folder)
     there, added 0 outcomes without a word and trained over the bundled weights."""
@@ -311,7 +329,8 @@ def test_router_train_from_a_ledger_that_does_not_exist_says_so_and_creates_none
 def test_report_and_keys_on_another_database_leave_no_data_dir_behind(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere" / "ledger.db"
     (tmp_path / "draftgate.yaml").write_text(f"local:\n  enabled: false\ndatabase_url: sqlite:///{elsewhere}\n")
-    for command in (("keys", "list"), ("report",)):  # a report reads a ledger, never makes one: keys list first
+    # a report or a key list reads a ledger, never makes one: keys create first
+    for command in (("keys", "create", "--name", "app"), ("keys", "list"), ("report",)):
         result = draftgate(*command, "--config", "draftgate.yaml", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert elsewhere.exists() and not (tmp_path / "data").exists()
@@ -327,7 +346,8 @@ def test_keys_revoke_of_a_config_key_says_where_it_lives(tmp_path: Path) -> None
         assert result.stderr.strip() == ("error: config:ci-bot is the config file's key 'ci-bot' (keys: in "
                                          "draftgate.yaml), not a virtual key: change or remove it there")
     other = draftgate("keys", "revoke", "config:nobody", "--config", "draftgate.yaml", cwd=tmp_path)
-    assert other.returncode == 1 and other.stderr.strip() == "error: no key with id config:nobody"
+    assert other.returncode == 1 and other.stderr.strip().startswith("error: no key with id config:nobody: there is "
+                                                                      "no ledger at")
 
 
 def test_keys_create_caps_names_as_the_admin_api_and_the_ledger_columns_do(tmp_path: Path) -> None:
