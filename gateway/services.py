@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import policies
@@ -18,7 +18,7 @@ from gateway.pipeline import ChatPipeline
 from gateway.settings import Settings
 from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook
 from ledger.budgets import BudgetStore
-from local_engine import EngineConfig, LocalBackend, backend_capabilities, create_backend
+from local_engine import EngineConfig, LocalBackend, backend_capabilities, choice_limit, create_backend
 from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
 
 log = logging.getLogger("draftgate")
@@ -68,7 +68,8 @@ def build_planner(config: policies.GatewayConfig, hosted: HostedClient, *, judge
     policy = policies.PolicySet(config.policies)
     return Planner(policy, hosted, local_alias=config.local.alias, local_enabled=config.local.enabled,
                    judge=judge, score_prompt=prompt_scorer() if policy.needs_p_hosted else None,
-                   local_capabilities=backend_capabilities(config.local.backend))
+                   local_capabilities=replace(backend_capabilities(config.local.backend),
+                                                          max_choices=choice_limit(engine_config(config))))
 
 
 @dataclass

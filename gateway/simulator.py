@@ -78,6 +78,9 @@ class Simulator:
     done_gap_s: float = 0.0  # pause between `data: [DONE]` and the end of the body, as a framework may leave
     record: bool = True
     healthy: bool = True  # what GET /health answers (vLLM's liveness: 500 once its engine is dead)
+    # model -> reasoning tokens it spends before answering, as OpenAI's o-series and gpt-5 do: such a model refuses
+    # `max_tokens` and a `temperature` other than 1 as OpenAI words it, and `max_completion_tokens` caps both
+    reasoning_models: dict[str, int] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def reply_for(self, body: dict[str, Any]) -> str:
@@ -111,13 +114,37 @@ class Simulator:
         return {"content": [{**_logprob(p), "top_logprobs": [_logprob(p, rank) for rank in range(top)]}
                             for p in parts]}
 
+    def refusal(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """OpenAI's 400 error for a parameter a reasoning model does not take; None when it takes them all."""
+        if body.get("model") not in self.reasoning_models:
+            return None
+        if "max_tokens" in body:
+            return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                               "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                    "param": "max_tokens", "code": "unsupported_parameter"}
+        if body.get("temperature", 1) != 1:
+            return {"message": f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                               "model. Only the default (1) value is supported.", "type": "invalid_request_error",
+                    "param": "temperature", "code": "unsupported_value"}
+        return None
+
     def completion(self, body: dict[str, Any], reply: str) -> dict[str, Any]:
+        reasoning = self.reasoning_models.get(body.get("model", ""), 0)
+        budget = body.get("max_completion_tokens")  # a reasoning model spends it on reasoning first
+        cut = bool(reasoning) and budget is not None and reasoning + _words(reply) > budget
+        reply = "" if cut else reply
         logprobs = self.logprobs(body, self.parts(reply))
+        usage: dict[str, Any] = dict(self.usage(body, reply))
+        if reasoning:
+            usage = {**usage, "completion_tokens": usage["completion_tokens"] + reasoning,
+                     "total_tokens": usage["total_tokens"] + reasoning,
+                     "completion_tokens_details": {"reasoning_tokens": reasoning}}
         return {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "sim"), "system_fingerprint": "fp_sim",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": reply, "refusal": None},
-                             "logprobs": logprobs, "finish_reason": "stop"} for i in range(int(body.get("n") or 1))],
-                "usage": self.usage(body, reply)}
+                             "logprobs": logprobs, "finish_reason": "length" if cut else "stop"}
+                            for i in range(int(body.get("n") or 1))],
+                "usage": usage}
 
     def chunks(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
         base = {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion.chunk",
@@ -250,6 +277,9 @@ class SimulatorServer:
             err = {"error": {"message": fault.message, "type": "server_error" if fault.status >= 500 else
                              "invalid_request_error", "param": fault.param, "code": fault.code}}
             writer.write(_response(fault.status, orjson.dumps(err), extra=extra))
+            return True
+        if (refusal := sim.refusal(body)) is not None:
+            writer.write(_response(400, orjson.dumps({"error": refusal})))
             return True
         reply = sim.reply_for(body)
         if not body.get("stream"):

@@ -60,10 +60,10 @@ class PriceBook:
         self._overrides = dict(overrides or {})
         self._map = _litellm_cost_map() if cost_map is None else cost_map
 
-    def lookup(self, model: str) -> Price | None:
-        if model in self._overrides:
-            return self._overrides[model]
+    def _entries(self, model: str) -> list[dict[str, Any]]:
+        """The map's entries for a model string, as LiteLLM looks them up, best first."""
         provider = model.split("/", 1)[0] if "/" in model else None
+        found = []
         for key in _candidates(model):
             entry = self._map.get(key)
             if not isinstance(entry, dict):
@@ -71,10 +71,22 @@ class PriceBook:
             if (provider and key != model and entry.get("litellm_provider") not in (None, provider)
                     and not str(entry.get("litellm_provider", "")).startswith(provider)):
                 continue
+            found.append(entry)
+        return found
+
+    def lookup(self, model: str) -> Price | None:
+        if model in self._overrides:
+            return self._overrides[model]
+        for entry in self._entries(model):
             inp, out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
             if isinstance(inp, (int, float)) and isinstance(out, (int, float)):
                 return Price(float(inp) * 1_000_000, float(out) * 1_000_000)
         return None
+
+    def supports_reasoning(self, model: str) -> bool:
+        """LiteLLM's map says the model reasons before it answers (o-series, gpt-5, ...): such a model bills its
+        reasoning as completion tokens, and OpenAI's refuse `max_tokens` and a `temperature` other than 1."""
+        return any(entry.get("supports_reasoning") is True for entry in self._entries(model))
 
     def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         price = self.lookup(model)

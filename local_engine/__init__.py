@@ -20,6 +20,7 @@ from local_engine.interface import (
     SamplingOptions,
     StreamDelta,
     TokenLogprob,
+    choice_limit,
 )
 
 
@@ -64,5 +65,6 @@ __all__ = [
     "StreamDelta",
     "TokenLogprob",
     "backend_capabilities",
+    "choice_limit",
     "create_backend",
 ]

@@ -50,12 +50,19 @@ class SamplingOptions:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
+def choice_limit(config: EngineConfig) -> int | None:
+    """The most choices (`n`) one request can ever have queued at once: an idle in-process engine's batch and
+    queue; a vLLM pool takes each choice as its own request."""
+    return None if config.backend == "vllm" else config.max_queue + config.max_batch_size
+
+
 @dataclass(frozen=True)
 class LocalCapabilities:
     """What a backend honours beyond plain sampling, so that the planner refuses (or, in a cascade, sends to
     the hosted model) only what this backend would otherwise silently ignore."""
 
     sampling_options: frozenset[str] = frozenset()  # SamplingOptions fields it applies
+    max_choices: int | None = None  # the most choices (`n`) one request can have queued at once; None: no limit
 
     def missing(self, options: SamplingOptions) -> list[str]:
         """The options asked for that this backend does not apply, in declaration order."""

@@ -13,11 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from router.equations import equations
 from router.features import numbers_in
 
 CALC = re.compile(r"<<([^=<>]+)=([^<>]+)>>")  # GSM8K-style calculator annotations
-_OPERAND = r"\(?\s*\$?-?\d[\d,]*(?:\.\d+)?%?\s*\)?"
-EQUATION = re.compile(rf"((?:{_OPERAND}\s*[-+*/x×÷]\s*)+{_OPERAND})\s*=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)")
 FINAL = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
 HEDGES = ("i think", "probably", "not sure", "assume", "approximately", "maybe", "it seems", "cannot", "can't",
           "unclear", "however", "wait", "mistake", "actually", "not possible", "not enough information")
@@ -74,7 +73,7 @@ def arithmetic_errors(draft: str) -> tuple[int, int, int]:
             checks += 1
             calc_bad += not _holds(value, claimed[0])
     eq_bad = 0
-    for expr, stated in EQUATION.findall(CALC.sub(" ", text)):  # annotations were checked above
+    for expr, stated in equations(CALC.sub(" ", text)):  # annotations were checked above
         value, claimed = _safe_eval(expr), numbers_in(stated)
         if value is not None and claimed:
             checks += 1
@@ -85,7 +84,7 @@ def arithmetic_errors(draft: str) -> tuple[int, int, int]:
 def _results(text: str) -> list[float]:
     """The numbers the working computed (right-hand sides of annotations and equations), in order."""
     out = [v for _, stated in CALC.findall(text) for v in numbers_in(stated)[:1]]
-    return out + [v for _, stated in EQUATION.findall(CALC.sub(" ", text)) for v in numbers_in(stated)[:1]]
+    return out + [v for _, stated in equations(CALC.sub(" ", text)) for v in numbers_in(stated)[:1]]
 
 
 def _given(prompt: str) -> set[float]:

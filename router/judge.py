@@ -5,10 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from router.errors import UpstreamError
-from router.hosted import Attempt, HostedClient, answer_usage
+from router.hosted import Attempt, HostedClient, HostedModel, answer_usage
 from router.pricing import Pricing
 from router.usage import TokenEstimator, answer_text
 from router.verifiers import JudgeFn, JudgeReply
+
+JUDGE_MAX_TOKENS = 16  # `SCORE: N`, with room to spare
+# A reasoning model spends its completion budget thinking before it writes a word: at 16 its answer is empty.
+REASONING_JUDGE_MAX_TOKENS = 4096
+
+
+def judge_body(chain: list[HostedModel], pricing: Pricing, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The judge call's parameters, as LiteLLM's `drop_params` would adapt them: a reasoning model anywhere in
+    the alias's chain (o1/o3/gpt-5 refuse `max_tokens` and a `temperature` other than 1) gets a reasoning-sized
+    `max_completion_tokens` and its default temperature; any other a short, greedy answer."""
+    if any(pricing.reasons(model) for model in chain):
+        return {"messages": messages, "max_completion_tokens": REASONING_JUDGE_MAX_TOKENS}
+    return {"messages": messages, "max_tokens": JUDGE_MAX_TOKENS, "temperature": 0}
 
 
 def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
@@ -20,8 +33,7 @@ def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
     async def judge(alias: str, messages: list[dict[str, Any]]) -> JudgeReply:
         attempts: list[Attempt] = []
         try:
-            result = await hosted.complete(alias, {"messages": messages, "max_tokens": 16, "temperature": 0},
-                                           attempts)
+            result = await hosted.complete(alias, judge_body(hosted.chain(alias), pricing, messages), attempts)
         except UpstreamError as exc:
             if bills := await pricing.unanswered_bills(attempts, messages, tokens):
                 costs = [cost for _, cost in bills]

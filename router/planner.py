@@ -105,6 +105,9 @@ class Planner:
                 raise UnknownModelError(target)
             return Plan(route=Route.HOSTED, alias=target, **common)
         unsupported = local_cannot_serve(job.body, job.sampling, self._local_capabilities)
+        limit = self._local_capabilities.max_choices
+        if unsupported is None and limit is not None and job.n > limit:  # refused before a budget is reserved
+            unsupported = Refusal(f"n={job.n} is more choices than the local model can queue at once ({limit})", "n")
         if kind == "cascade":
             spec = self._cascades[id(action)]
             # No draft possible, or n drafts that one verdict cannot cover: straight to the target.

@@ -24,6 +24,13 @@ class Pricing:
             return self._prices.cost_usd(model.alias, prompt_tokens, completion_tokens)
         return self._prices.cost_usd(model.model, prompt_tokens, completion_tokens)
 
+    def reasons(self, model: HostedModel) -> bool:
+        """The model reasons before it answers, by LiteLLM's map or, as LiteLLM's OpenAI configs tell them, by
+        name (o1/o3/o4, gpt-5 but not gpt-5-chat: a deployment or proxy name the map does not know)."""
+        name = model.upstream_name.rsplit("/", 1)[-1].lower()
+        named = name.startswith(("o1", "o3", "o4")) or (name.startswith("gpt-5") and "gpt-5-chat" not in name)
+        return named or self._prices.supports_reasoning(model.model)
+
     def reference_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         """What the same tokens would cost at the reference hosted model (all-hosted counterfactual)."""
         if self._reference is None or self._reference not in self._hosted:

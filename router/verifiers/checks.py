@@ -6,17 +6,15 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any
 
-import jsonschema
-import jsonschema.validators
 import referencing.exceptions
 import regex
 
 from policies import schema_problem
 from router.usage import message_text
 from router.verifiers.base import Draft, JudgeFn, JudgeReply, Verdict
+from router.verifiers.bounded_schema import FORMATS, SCHEMA_DEADLINE, SCHEMA_REGEX_TIMEOUT_S, BoundedValidator
 
 FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
 MAX_SCHEMA_ERRORS = 5
@@ -65,57 +63,6 @@ def schema_from_request(request: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-SCHEMA_REGEX_TIMEOUT_S = 0.1  # for all of a schema's patterns on one draft, as a regex verifier's
-_SCHEMA_DEADLINE: ContextVar[float | None] = ContextVar("schema_deadline", default=None)
-
-
-def _search(pattern: str, text: str) -> bool:
-    """`re.search` as jsonschema runs it, on the `regex` engine, by the deadline of the draft being checked."""
-    deadline = _SCHEMA_DEADLINE.get()
-    timeout = None if deadline is None else max(1e-6, deadline - time.monotonic())
-    return regex.search(pattern, text, timeout=timeout) is not None
-
-
-def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Any:
-    if validator.is_type(instance, "string") and not _search(patrn, instance):
-        yield jsonschema.ValidationError(f"{instance!r} does not match {patrn!r}")
-
-
-def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Any:
-    if validator.is_type(instance, "object"):
-        for patrn, subschema in patterns.items():
-            for key, value in instance.items():
-                if _search(patrn, key):
-                    yield from validator.descend(value, subschema, path=key, schema_path=patrn)
-
-
-def _additional_properties(validator: Any, extra_schema: Any, instance: Any, schema: Any) -> Any:
-    """jsonschema's, with the keys that no `properties` name matched against `patternProperties` here."""
-    if not validator.is_type(instance, "object"):
-        return
-    patterns, named = schema.get("patternProperties", {}), schema.get("properties", {})
-    extras = sorted((k for k in instance if k not in named and not any(_search(p, k) for p in patterns)), key=str)
-    if validator.is_type(extra_schema, "object"):
-        for extra in extras:
-            yield from validator.descend(instance[extra], extra_schema, path=extra)
-    elif not extra_schema and extras:
-        listed = ", ".join(repr(extra) for extra in extras)
-        if patterns:
-            verb, regexes = "does" if len(extras) == 1 else "do", ", ".join(repr(p) for p in sorted(patterns))
-            yield jsonschema.ValidationError(f"{listed} {verb} not match any of the regexes: {regexes}")
-        else:
-            verb = "was" if len(extras) == 1 else "were"
-            yield jsonschema.ValidationError(f"Additional properties are not allowed ({listed} {verb} unexpected)")
-
-
-# Draft 2020-12 with `pattern`, `patternProperties` (and `additionalProperties` beside them) on the `regex` engine,
-# within SCHEMA_REGEX_TIMEOUT_S per draft (TimeoutError past it): jsonschema runs them with `re`, where a client's
-# pattern such as `^(\\w+\\s?)*$` on 40 characters of a draft backtracks for hours, on the event loop.
-# (`unevaluatedProperties` beside `patternProperties` still matches keys with `re`.)
-_BoundedValidator: Any = jsonschema.validators.extend(jsonschema.Draft202012Validator, {
-    "pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties})
-
-
 class JsonSchemaVerifier:
     name = "json_schema"
 
@@ -139,9 +86,10 @@ class JsonSchemaVerifier:
         value, error = parse_json(draft.text, fenced=self._schema is not None)
         if error is not None:
             return Verdict(self.name, False, error)
-        deadline = _SCHEMA_DEADLINE.set(time.monotonic() + SCHEMA_REGEX_TIMEOUT_S)
+        deadline = SCHEMA_DEADLINE.set(time.monotonic() + SCHEMA_REGEX_TIMEOUT_S)
         try:
-            errors = sorted(_BoundedValidator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+            errors = sorted(BoundedValidator(schema, format_checker=FORMATS).iter_errors(value),
+                            key=lambda e: list(e.absolute_path))
         except referencing.exceptions.Unresolvable as exc:  # config and request schemas are checked up front;
             # this is the last guard: the draft cannot be shown to match, so it does not pass (never a 500)
             return Verdict(self.name, False, f"the schema's $ref cannot be resolved: {exc}")
@@ -149,7 +97,7 @@ class JsonSchemaVerifier:
             return Verdict(self.name, False, f"the schema's patterns took over {SCHEMA_REGEX_TIMEOUT_S * 1000:g} ms "
                                              "on the answer (counted as a failure)", judged=False)
         finally:
-            _SCHEMA_DEADLINE.reset(deadline)
+            SCHEMA_DEADLINE.reset(deadline)
         if not errors:
             return Verdict(self.name, True, "matches the schema")
         found = [f"{e.json_path}: {e.message}" for e in errors[:MAX_SCHEMA_ERRORS]]

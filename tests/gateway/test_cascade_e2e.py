@@ -170,6 +170,28 @@ def test_an_llm_judge_call_is_billed_on_the_request_it_judged(gateway_factory, s
     assert row is not None and row.hosted_cost_usd == pytest.approx(expected)
 
 
+def test_a_reasoning_model_can_judge(gateway_factory, simulator) -> None:  # type: ignore[no-untyped-def]
+    """o1/o3/gpt-5 refuse `max_tokens` and `temperature: 0` (400s, as the fake upstream words them like OpenAI) and
+    spend their budget reasoning: the judge sent both, so with such a model it never judged a draft."""
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: judged\n      action:\n        cascade:\n"
+             "          escalate_to: gpt-4o-mini\n          verifiers: [{judge: {model: thinker, threshold: 0.5}}]\n")
+    thinker = (f"  - name: thinker\n    model: openai/o3-mini\n    api_base: {simulator.base_url}\n"
+               "    api_key: os.environ/DRAFTGATE_TEST_UPSTREAM_KEY\n    max_retries: 0\nlocal:\n")
+    gw = gateway_factory(hosted_config(simulator.base_url, rules, local=True).replace("local:\n", thinker, 1))
+    simulator.state.reasoning_models["o3-mini"] = 300
+    simulator.state.replies.append("SCORE: 9")
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1)
+    assert raw.headers["x-draftgate-route"] == "local", raw.headers.get("x-draftgate-escalation")
+    sent = simulator.state.received[0].body
+    assert sent["model"] == "o3-mini" and "temperature" not in sent and "max_tokens" not in sent
+    assert sent["max_completion_tokens"] > 300
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    verdict = row.detail["verdicts"][0] if row is not None else {}
+    assert verdict["passed"] and verdict["details"]["score"] == 0.9
+    assert verdict["details"]["completion_tokens"] == 302  # its reasoning billed with its answer
+
+
 def test_a_judge_that_cannot_be_reached_escalates_without_teaching_the_classifier(gateway_factory, simulator) -> None:
     """The draft was never judged: the row says so, and `router train --from-ledger` does not learn from it that
     the prompt needed the hosted model (it did from every judge outage), as it does from a judge's low grade."""

@@ -342,6 +342,20 @@ def test_route_explain_of_a_request_its_route_refuses_shows_the_rule_then_the_re
            "`logprobs`" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_route_explain_refuses_more_choices_than_the_local_engine_can_queue(tmp_path: Path) -> None:
+    """`n` beyond the engine's batch + queue was refused only inside the executor, after the planner had chosen
+    the local route and a budget had been reserved for it: `route explain` said "local" for a request the
+    gateway answers with a 400 on `n`. The planner refuses it now, before admission, as it refuses `logprobs`."""
+    (tmp_path / "draftgate.yaml").write_text("local:\n  max_batch_size: 2\n  max_queue: 3\n")
+    for n, code in ((5, 0), (6, 2)):
+        request = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "x"}], "n": n}
+        (tmp_path / "req.json").write_text(json.dumps(request))
+        result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+        assert result.returncode == code, result.stdout + result.stderr
+    assert "decision: refused (400 unsupported_parameter)" in result.stdout
+    assert "n=6 is more choices than the local model can queue at once (5)" in result.stderr
+
+
 def test_version(tmp_path: Path) -> None:
     assert draftgate("version", cwd=tmp_path).stdout.startswith("draftgate ")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from router.classifier import (
     head_for,
 )
 from router.draft_checks import DRAFT_FEATURES, arithmetic_errors, draft_features
+from router.equations import EQUATION, equations
 from router.features import PROMPT_FEATURES, prompt_features, split_choices
 from router.scoring import ScoreInputError, read_requests, score_file
 from router.training import TrainingRow, choose, fit, fit_head, gain_area, train
@@ -210,6 +212,28 @@ def test_scoring_any_prompt_takes_bounded_time() -> None:
     scores = classifier.score([options, "Tom has 3 apples. " * 50_000], [None, None])
     assert time.perf_counter() - start < 2 and all(0 <= s <= 1 for s in scores)
     assert classifier.score([options]) == classifier.score([options[:MAX_TEXT_CHARS]])
+
+
+@needs_weights
+def test_a_long_operator_chain_in_a_draft_scores_in_linear_time() -> None:
+    """`1+1+…+1` (4,096 terms, never `= number`) made the equation regex walk the chain from every operand:
+    ~10 s for one draft, so `router score` could not get through a file of them."""
+    classifier = DifficultyClassifier(Weights.load(BUNDLED_WEIGHTS), HashEmbedder())
+    chains = ["+".join(["1"] * 4096), "+".join(["1"] * 3000) + " 1 = 2", "1 " + "+ 1 " * 2000 + "="]
+    start = time.perf_counter()
+    scores = classifier.score([PROMPT] * len(chains), chains)
+    assert time.perf_counter() - start < 1.5 and all(0 <= s <= 1 for s in scores)
+
+
+def test_equations_are_what_the_equation_regex_finds() -> None:
+    """The linear search must give the classifier exactly the features its weights were fitted on."""
+    rng = random.Random(7)
+    pieces = ["1", "23", "4,5", "6.7", ".", ",", "+", "-", "*", "/", "x", "×", "=", "(", ")", "$", "%", " ", "\n",
+              "a", "=5", " = 12", "٣"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        assert equations(text) == EQUATION.findall(text), text
+    assert equations(RIGHT + " 2 x 3 = 6, 1.2.3+4=7") == EQUATION.findall(RIGHT + " 2 x 3 = 6, 1.2.3+4=7")
 
 
 @needs_weights

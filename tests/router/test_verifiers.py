@@ -62,6 +62,39 @@ async def test_a_schema_pattern_that_backtracks_cannot_stall_the_gateway() -> No
     assert not (await verify("json_schema", {"schema": schema}, '{"city": "Oslo", "b c": 1}')).passed
 
 
+async def test_unevaluated_properties_match_patterns_within_the_time_limit() -> None:
+    """`unevaluatedProperties` beside `patternProperties` matched keys with `re` (seconds for this 27-character
+    key, hours for a longer one, on the event loop); now on the `regex` engine, within the verifier's limit."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "patternProperties": {r"^(\d+\s?)*$": {"type": "integer"}}, "unevaluatedProperties": False}
+    start = time.perf_counter()
+    bad = await verify("json_schema", {"schema": schema}, json.dumps({"city": "Oslo", "1" * 26 + "!": 1}))
+    assert not bad.passed and time.perf_counter() - start < 1
+    assert (await verify("json_schema", {"schema": schema}, '{"city": "Oslo", "12 3": 1}')).passed
+    odd = await verify("json_schema", {"schema": schema}, '{"city": "Oslo", "!": 1}')
+    assert not odd.passed and "Unevaluated properties are not allowed ('!' was unexpected)" in odd.reason
+    nested = {"allOf": [{"$ref": "#/$defs/named"}], "unevaluatedProperties": False,
+              "$defs": {"named": {"patternProperties": {"^x-": True}}}}
+    assert (await verify("json_schema", {"schema": nested}, '{"x-a": 1}')).passed
+    assert not (await verify("json_schema", {"schema": nested}, '{"y": 1}')).passed
+
+
+async def test_string_formats_are_checked() -> None:
+    """jsonschema treats `format` as a note unless given a format checker: `"format": "date"` passed any string."""
+    schema = {"type": "object", "properties": {
+        "day": {"type": "string", "format": "date"}, "at": {"type": "string", "format": "date-time"},
+        "mail": {"type": "string", "format": "email"}, "host": {"type": "string", "format": "hostname"},
+        "id": {"type": "string", "format": "uuid"}, "site": {"type": "string", "format": "uri"}}}
+    good = {"day": "2024-02-29", "at": "2024-02-29T10:00:00+01:00", "mail": "a@b.c", "host": "api.example.com",
+            "id": "0b5e7b0e-95b4-4b8e-9f0e-2c7b2f0a9d1e", "site": "not checked"}
+    assert (await verify("json_schema", {"schema": schema}, json.dumps(good))).passed
+    bad = await verify("json_schema", {"schema": schema}, json.dumps(
+        {"day": "next Tuesday", "at": "2024-02-29 10:00", "mail": "nobody", "host": "-x-.com", "id": "42"}))
+    assert not bad.passed and "'next Tuesday' is not a 'date'" in bad.reason
+    assert [e.split(":")[0] for e in bad.details["errors"]] == ["$.at", "$.day", "$.host", "$.id", "$.mail"]
+    assert not (await verify("json_schema", {"schema": schema}, '{"day": "2023-02-29"}')).passed
+
+
 async def test_a_schema_whose_ref_cannot_be_resolved_fails_the_draft_instead_of_raising() -> None:
     request = {"messages": [], "response_format": {"type": "json_schema", "json_schema": {
         "name": "p", "schema": {"$ref": "#/definitions/nowhere"}}}}
