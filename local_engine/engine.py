@@ -163,10 +163,17 @@ class DiffusionEngine:
         empty (read from the event loop without the worker's lock: at worst one tick stale)."""
         if not self._running:
             raise EngineUnavailableError("the local engine is not running")
-        queued = self._waiting.qsize() + self._preparing
+        queued = self._queued() + self._preparing
         free = max(0, self._config.max_batch_size - len(self._batch.members) - self._admitting)
         if queued >= self._config.max_queue + free:
             raise QueueFullError(retry_after_s=self._retry_after(queued), queued=queued)
+
+    def _queued(self) -> int:
+        """Rows waiting for the batch whose callers still want them. A caller that left (an SDK's timeout) leaves
+        its row in the queue until the worker has room to take it off: it holds no place meanwhile, as vLLM
+        drops an aborted request from its waiting queue at once."""
+        with self._waiting.mutex:  # queue.Queue's own lock: the worker takes rows off concurrently
+            return sum(not slot.row.cancelled for slot in self._waiting.queue)
 
     def _submit(self, request: GenerationRequest, emit: Emit) -> Row:
         """Submits a short prompt at once, on the event loop."""
