@@ -164,26 +164,34 @@ class DiffusionEngine:
         empty (read from the event loop without the worker's lock: at worst one tick stale)."""
         if not self._running:
             raise EngineUnavailableError("the local engine is not running")
-        queued = self._waiting.qsize() + self._preparing
+        queued = self._queued() + self._preparing
         free = max(0, self._config.max_batch_size - len(self._batch.members) - self._admitting)
         if queued >= self._config.max_queue + free:
             raise QueueFullError(retry_after_s=self._retry_after(queued), queued=queued)
+
+    def _queued(self) -> int:
+        """Rows waiting for the batch whose callers still want them. A caller that left (an SDK's timeout) leaves
+        its row in the queue until the worker has room to take it off: it holds no place meanwhile, as vLLM
+        drops an aborted request from its waiting queue at once."""
+        with self._waiting.mutex:  # queue.Queue's own lock: the worker takes rows off concurrently
+            return sum(not slot.row.cancelled for slot in self._waiting.queue)
 
     def _submit(self, request: GenerationRequest, emit: Emit) -> Row:
         """Submits a short prompt at once, on the event loop."""
         self._reserve()
         return self._enqueue(request, emit, *self._prepare(request.messages))
 
-    async def _submit_off_loop(self, request: GenerationRequest, emit: Emit) -> Row:
+    async def _submit_off_loop(self, request: GenerationRequest, emit: Emit, release: Callable[[], None]) -> Row:
         """Submits a long prompt once a pool thread has prepared it. Its queue place is held from
-        `stream()` on; a caller cancelled meanwhile cancels this, and no row is queued."""
+        `stream()` on and given back by `release`; a caller cancelled meanwhile cancels this, and no row is
+        queued."""
         try:
             if not self._running or self._prompt_pool is None:
                 raise EngineUnavailableError("the local engine is shutting down")
             loop = asyncio.get_running_loop()
             ids, cuts = await loop.run_in_executor(self._prompt_pool, self._prepare, request.messages)
         finally:
-            self._preparing -= 1
+            release()
         if not self._running:  # stopped while it was prepared: stop() already failed every queued row
             raise EngineUnavailableError("the local engine is shutting down")
         return self._enqueue(request, emit, ids, cuts)
@@ -230,8 +238,18 @@ class DiffusionEngine:
                              lambda: self._spent(row))
         self._reserve()
         self._preparing += 1
-        submitted = loop.create_task(self._submit_off_loop(request, emit))
+        held = [True]
+
+        def release(_: object = None) -> None:  # once, whichever comes first
+            if held[0]:
+                held[0] = False
+                self._preparing -= 1
+
+        submitted = loop.create_task(self._submit_off_loop(request, emit, release))
         submitted.add_done_callback(retrieved)
+        # A task cancelled before it ever ran (its stream closed at once: a request's earlier choices when a
+        # later one is refused) never enters its `finally`: its place would be held for the engine's life.
+        submitted.add_done_callback(release)
         return RowEvents(self._events(submitted, events), lambda: abandon(submitted),
                          lambda: self._spent(submitted_row(submitted)))
 

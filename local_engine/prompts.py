@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from local_engine.errors import ContextLengthError
+from jinja2 import TemplateError
+
+from local_engine.errors import ContextLengthError, RequestRejectedError
 from local_engine.prefix import PrefixCache
 
 
@@ -35,8 +37,14 @@ class PromptBuilder:
         self._prefixes = prefixes
 
     def text(self, flat: list[dict[str, Any]], generation_prompt: bool) -> str:
-        rendered: str = self._tokenizer.apply_chat_template(flat, add_generation_prompt=generation_prompt,
-                                                            tokenize=False)
+        """The chat template's rendering; RequestRejectedError when the template refuses the messages (Gemma's
+        refuses roles that do not alternate, such as `tool` turns): the request's fault, a 400 as vLLM answers."""
+        try:
+            rendered: str = self._tokenizer.apply_chat_template(flat, add_generation_prompt=generation_prompt,
+                                                                tokenize=False)
+        except TemplateError as exc:
+            raise RequestRejectedError(f"the local model's chat template refuses these messages: {exc}",
+                                       400) from exc
         return rendered
 
     def tokenize(self, text: str) -> list[int]:

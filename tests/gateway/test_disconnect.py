@@ -11,7 +11,7 @@ import time
 import httpx
 
 from tests.conftest import MASTER_KEY
-from tests.gateway.test_chat_hosted import flushed_db
+from tests.gateway.test_chat_hosted import client, flushed_db
 from tests.gateway.test_local_route import local_config
 
 
@@ -80,6 +80,31 @@ def test_a_client_that_leaves_before_any_text_is_charged_the_passes_it_used(gate
         assert (left.status, left.status_code) == ("cancelled", 499), (left.status, left.status_code, left.error)
         assert left.device_seconds > 0 and left.local_cost_usd and left.local_cost_usd > 0, left
         assert left.detail["unfinished_choices"] == 1
+
+
+def test_requests_left_in_the_queue_do_not_hold_its_places(gateway_factory, simulator, random_checkpoint) -> None:
+    """Clients that leave while their request waits in the queue (an SDK's timeout, then its retry) left their
+    rows there, cancelled but counted, until the busy batch had room to take them off: the queue answered 429
+    `local_queue_full` to live clients while nobody was waiting (vLLM drops an aborted request from its
+    waiting queue at once)."""
+    config = local_config(simulator.base_url, random_checkpoint).replace("max_tokens: 24", "max_tokens: 512")
+    gw = gateway_factory(config.replace("  enabled: true\n", "  enabled: true\n  max_batch_size: 1\n  max_queue: 1\n", 1))
+    user = [{"role": "user", "content": "tell me everything"}]
+    with client(gw).chat.completions.create(model="local/diffusiongemma", messages=user, stream=True,
+                                            max_tokens=512, seed=1) as running:  # random weights: no EOS
+        next(iter(running))  # its row holds the batch's one place for many canvases
+        for count, stream in enumerate((False, True), 1):  # each waits in the queue, then its client gives up
+            _leave_after(gw, {"model": "local/diffusiongemma", "messages": user, "max_tokens": 8, "stream": stream},
+                         0.3)
+            rows = _rows(gw, count)  # the second was a 429: the first's row still held the queue's one place
+            assert [(r.status, r.device_seconds) for r in rows] == [("cancelled", 0.0)] * count, rows
+        waiting: list[object] = []
+        later = threading.Thread(target=lambda: waiting.append(client(gw).chat.completions.create(
+            model="local/diffusiongemma", messages=user, max_tokens=8)))
+        later.start()  # the queue is empty: this one waits for the batch, it is not refused
+        time.sleep(0.5)
+    later.join(30)
+    assert len(waiting) == 1 and waiting[0].choices[0].finish_reason == "length", waiting  # type: ignore[attr-defined]
 
 
 def test_a_cascade_left_during_its_escalation_still_records_the_draft(gateway_factory, simulator,

@@ -4,6 +4,7 @@ mid-stream, and a saturated local engine, all through the real gateway and the o
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,39 @@ def test_a_saturated_local_engine_answers_429_with_retry_after(gateway_factory, 
     assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
     row = flushed_db(gw).get_record(refused.headers["x-draftgate-request-id"])
     assert row is not None and row.status == "error" and row.status_code == 429
+
+
+def test_choices_refused_by_a_full_queue_give_their_places_back(gateway_factory, simulator, random_checkpoint) -> None:
+    """A long prompt (prepared off the event loop) streamed with n = 2 while the batch is busy: its second
+    choice finds the queue full (429) and its first choice's stream is closed before its preparation ever ran.
+    That place was never given back: the idle engine then refused the same request's second choice, which
+    took another place, and from then on answered 429 to every request until a restart."""
+    config = local_config(simulator.base_url, random_checkpoint).replace(
+        "  max_tokens: 24\n", "  max_tokens: 512\n  max_queue: 1\n  max_batch_size: 1\n")
+    gw = gateway_factory(config)
+    user = [{"role": "user", "content": "Sort: 3, 1"}]
+    long = [{"role": "user", "content": "Sort these numbers: " + "123456789 " * 220}]  # 2,220 characters
+
+    def ask(messages: list[dict[str, str]], n: int = 1, stream: bool = False) -> list[str | None]:
+        reply = client(gw).chat.completions.create(model="local/diffusiongemma", messages=messages,  # type: ignore[call-overload]
+                                                   n=n, max_tokens=8, stream=stream)
+        if not stream:
+            return [c.finish_reason for c in reply.choices]
+        return [c.choices[0].finish_reason for c in reply if c.choices and c.choices[0].finish_reason]
+
+    with client(gw).chat.completions.create(model="local/diffusiongemma", messages=user, stream=True,
+                                            max_tokens=512, seed=1) as running:  # random weights: no EOS
+        next(iter(running))  # its row is in the batch: the batch's one place is taken
+        for stream in (True, False):
+            with pytest.raises(openai.RateLimitError) as info:
+                ask(long, n=2, stream=stream)
+            assert info.value.code == "local_queue_full"
+    engine = gw.services.local
+    deadline = time.monotonic() + 10
+    while engine._active and time.monotonic() < deadline:  # the closed stream's row leaves at the next tick
+        time.sleep(0.01)
+    assert ask(long, n=2, stream=True) == ["length", "length"]  # the idle engine holds both choices
+    assert ask(user) == ["length"] and ask(long) == ["length"]
 
 
 def test_a_local_answer_failing_midway_is_billed_what_it_used_streamed_or_not(gateway_factory, simulator) -> None:

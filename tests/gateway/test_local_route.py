@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
@@ -178,3 +179,39 @@ def test_a_stop_string_longer_than_the_text_so_far_sends_none_of_it(gateway_fact
     whole = client(gw).chat.completions.create(model="local/diffusiongemma", messages=user, max_tokens=24, seed=seed,
                                                stop=stop)
     assert (whole.choices[0].message.content, whole.choices[0].finish_reason) == ("", "stop")
+
+
+# Gemma's chat template (that of google/diffusiongemma-*) refuses a conversation whose roles do not alternate
+# user/model, which an agent's `tool` turns or two user messages in a row are.
+STRICT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "<start_of_turn>{{ message['role'] }}\n{{ message['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_messages_the_chat_template_refuses_are_a_400_not_a_500(gateway_factory, simulator, random_checkpoint,
+                                                                tmp_path: Path) -> None:
+    """The template's refusal was an unhandled jinja2 TemplateError: a 500 `internal_error` and a traceback in
+    the log (vLLM answers 400 with the template's message), and a cascade failed instead of escalating."""
+    strict = tmp_path / "strict-template"
+    shutil.copytree(random_checkpoint, strict)
+    (strict / "chat_template.jinja").write_text(STRICT_TEMPLATE)
+    rules = "policies:\n  rules:\n    - name: drafts\n      when: {model: auto}\n      action:\n" \
+            "        cascade: {escalate_to: gpt-4o-mini}\n"
+    gw = gateway_factory(local_config(simulator.base_url, strict, rules))
+    tool_turns = [{"role": "user", "content": "What is the weather?"},
+                  {"role": "assistant", "content": None, "tool_calls": [
+                      {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+                  {"role": "tool", "tool_call_id": "c1", "content": "sunny " * 600}]  # long: prepared off the loop
+    for messages in (tool_turns, [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as info:
+                client(gw).chat.completions.create(model="local/diffusiongemma", messages=messages,  # type: ignore[call-overload]
+                                                   stream=stream, max_tokens=8)
+            assert info.value.code == "local_rejected" and "roles must alternate" in info.value.message
+            row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+            assert row is not None and (row.status, row.status_code) == ("error", 400)
+    simulator.state.replies.append("sunny")
+    raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=tool_turns, max_tokens=8)
+    assert raw.headers["x-draftgate-route"] == "escalated" and raw.parse().choices[0].message.content == "sunny"
