@@ -15,15 +15,22 @@ from tests.gateway.test_chat_hosted import client, flushed_db
 from tests.gateway.test_local_route import local_config
 
 
-def _leave_after(gw, body: dict, seconds: float) -> None:  # type: ignore[no-untyped-def, type-arg]
-    """POSTs the body on a raw connection and closes it after `seconds`, without reading the answer."""
+def _leave_after(gw, body: dict, seconds: float, passes: int = 0) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """POSTs the body on a raw connection and closes it after `seconds`, without reading the answer; with
+    `passes`, not before the engine has run that many more decoder passes (at most 20 s): on a busy machine the
+    first pass can take longer than any fixed wait, and a client gone before it has, rightly, used nothing."""
     data = json.dumps(body).encode()
     host, port = gw.url.removeprefix("http://").split(":")
+    local = gw.app.state.services.local  # None on a gateway without a local model (passes must be 0 then)
+    before = local.stats.decoder_passes if passes else 0
     with socket.create_connection((host, int(port))) as connection:
         connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                            + f"authorization: Bearer {MASTER_KEY}\r\ncontent-length: {len(data)}\r\n\r\n".encode()
                            + data)
         time.sleep(seconds)
+        deadline = time.monotonic() + 20
+        while passes and local.stats.decoder_passes < before + passes and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _rows(gw, expected: int, timeout_s: float = 20):  # type: ignore[no-untyped-def]
@@ -72,9 +79,9 @@ def test_a_client_that_leaves_before_any_text_is_charged_the_passes_it_used(gate
     gw = gateway_factory(config.replace("  enabled: true\n", "  enabled: true\n  max_batch_size: 1\n", 1))
     body = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "tell me everything"}],
             "max_tokens": 512, "seed": 1, "stop": "\u00a7" * 256}
-    for stream in (False, True):
-        _leave_after(gw, {**body, "stream": stream}, 0.25)
-    rows = _rows(gw, 2)
+    for count, stream in enumerate((False, True), 1):  # one after the other: the passes counted are this row's
+        _leave_after(gw, {**body, "stream": stream}, 0.25, passes=2)
+        rows = _rows(gw, count)
     assert sorted(left.stream for left in rows) == [False, True]
     for left in rows:
         assert (left.status, left.status_code) == ("cancelled", 499), (left.status, left.status_code, left.error)
