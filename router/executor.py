@@ -317,9 +317,9 @@ class Executor:
                 outcome.prompt_tokens, outcome.completion_tokens = await counted(
                     self._tokens.usage, opened.model.model, job.messages, answer)
                 outcome.detail["usage_estimated"] = True
-            cost = self._pricing.hosted_cost(opened.model, outcome.prompt_tokens, outcome.completion_tokens)
-            outcome.hosted_cost_usd = cost
-            outcome.unpriced = cost is None
+            # added, not set: an escalation's outcome already holds its judges' hosted bills
+            outcome.add_hosted_cost(self._pricing.hosted_cost(opened.model, outcome.prompt_tokens,
+                                                              outcome.completion_tokens))
 
     async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
                             outcome: Outcome) -> AsyncIterator[bytes]:
