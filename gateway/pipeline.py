@@ -17,7 +17,6 @@ from gateway.metrics import Metrics
 from gateway.schemas import ChatRequest
 from ledger import LedgerWriter, RequestRecord
 from router import Cascade, Executor, Job, Outcome, Plan, Planner, Pricing, Route, StreamBroken
-from router.errors import UnsupportedParameterError
 
 SHUTDOWN_REASON = "server shutting down"  # the row's error when the server, not the client, cancelled it
 
@@ -112,9 +111,6 @@ class ChatPipeline:
         except BaseException as exc:
             carried = getattr(exc, "outcome", None)  # a failure after work was done (an invalid or wasted draft)
             spent = carried if isinstance(carried, Outcome) else None
-            if isinstance(exc, UnsupportedParameterError) and spent is None:  # `n` beyond the local queue: refused
-                admitted = False  # before any work, like the planner's refusals (logprobs): served by no route
-                headers_out["x-draftgate-route"] = Route.NONE.value
             if spent is not None:
                 headers_out.update(_headers(request_id, plan, spent))  # the error reply says what it cost
             self._budgets.settle(reservation, spent)

@@ -37,7 +37,6 @@ from local_engine.interface import (
     GenerationRequest,
     LocalCapabilities,
     StreamDelta,
-    choice_limit,
 )
 from local_engine.loading import LoadedModel, context_window, load_model, sampling_of
 from local_engine.metering import Meter, default_rate
@@ -82,7 +81,6 @@ class DiffusionEngine:
         self._loaded = loaded
         self._config = config
         self.model_name = loaded.name
-        self.max_rows: int | None = choice_limit(config)  # an idle engine takes this many
         self._admitting = 0  # rows the worker has taken off the queue and is encoding into the batch
         self.context_length: int | None = context_window(loaded.model.config, config.max_model_len)
         self.sampling = sampling_of(loaded, config.first_canvas_length)

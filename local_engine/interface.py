@@ -160,7 +160,6 @@ class LocalBackend(Protocol):
 
     model_name: str
     context_length: int | None  # prompt plus answer tokens a request may use; None: not known here
-    max_rows: int | None  # the most rows one request's choices (`n`) can ever get queued at once; None: no limit
     capabilities: ClassVar[LocalCapabilities]  # known before loading: the planner asks at startup
 
     async def start(self) -> None: ...

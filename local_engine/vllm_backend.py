@@ -69,7 +69,6 @@ class VllmBackend:
         self._down_until = {base: 0.0 for base in self._bases}
         self._http = http
         self.model_name = config.served_model or config.model or "diffusiongemma"
-        self.max_rows: int | None = None  # each choice is its own request to the pool
         self.context_length: int | None = config.max_model_len  # the servers' own limit is theirs to enforce
         self._rate = config.device_usd_per_hour if config.device_usd_per_hour is not None else DEFAULT_GPU_USD_PER_HOUR
 

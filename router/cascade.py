@@ -21,6 +21,7 @@ from router.usage import message_text
 from router.verifiers import (
     Draft,
     JsonSchemaVerifier,
+    JudgeReply,
     ResponseFormatVerifier,
     Verdict,
     Verifier,
@@ -119,6 +120,15 @@ def _add_judge_bill(outcome: Outcome, judgement: Judgement) -> None:
                                "completion_tokens": sum(b["completion_tokens"] for b in bills)}
 
 
+def _cancelled(name: str, exc: BaseException) -> list[Verdict]:
+    """The verdict of a check cancelled mid-run: only for a judge whose call the provider had (and bills)."""
+    spent = getattr(exc, "outcome", None)
+    if not isinstance(spent, JudgeReply):
+        return []
+    bill = {"cost_usd": spent.cost_usd, "prompt_tokens": spent.prompt_tokens, "completion_tokens": 0}
+    return [Verdict(name, False, "cancelled: the client left while the judge answered", bill, judged=False)]
+
+
 class Cascade:
     """Runs cascade plans with the executor's local and hosted paths."""
 
@@ -136,7 +146,11 @@ class Cascade:
         for verifier in verifiers:
             if verifier.name == "judge" and not all(v.passed for v in verdicts):
                 continue
-            (verdict,) = await run_verifiers([verifier], draft)
+            try:
+                (verdict,) = await run_verifiers([verifier], draft)
+            except asyncio.CancelledError as exc:  # its client left: the judges' calls so far are still billed
+                exc.judgement = Judgement([*verdicts, *_cancelled(verifier.name, exc)])  # type: ignore[attr-defined]
+                raise
             verdicts.append(verdict)
             wrong_format = wrong_format or (ResponseFormatVerifier.wanted(job.body) and not verdict.passed
                                             and isinstance(verifier, JsonSchemaVerifier) and verifier.from_request)
@@ -158,6 +172,10 @@ class Cascade:
         except asyncio.CancelledError as exc:
             outcome = self._executor.local_outcome(completion)
             outcome.detail["cancelled_while"] = "verifying the draft"
+            judgement = getattr(exc, "judgement", None)
+            if isinstance(judgement, Judgement):
+                _add_judge_bill(outcome, judgement)
+                outcome.detail["verdicts"] = [v.as_dict() for v in judgement.verdicts]
             exc.outcome = outcome  # type: ignore[attr-defined]
             raise
 

@@ -12,7 +12,6 @@ from local_engine import Completion, GenerationRequest, LocalBackend, StreamDelt
 from router.errors import (
     LocalOutputInvalidError,
     LocalUnavailableError,
-    UnsupportedParameterError,
     UpstreamError,
 )
 from router.hosted import (
@@ -80,13 +79,6 @@ class Executor:
             raise LocalUnavailableError("the local model is not loaded on this gateway")
         return self._local
 
-    def _check_choices(self, job: Job) -> None:
-        # More choices than the engine's queue holds would be refused as "full" however long one waited.
-        limit = self.local.max_rows
-        if limit is not None and job.n > limit:
-            raise UnsupportedParameterError(
-                f"n={job.n} is more choices than the local model can queue at once ({limit})", "n")
-
     def generation_request(self, job: Job, plan: Plan, choice: int = 0) -> GenerationRequest:
         cap = min(job.max_tokens or self._local_max_tokens, plan.max_local_tokens or self._local_max_tokens)
         return GenerationRequest(request_id=job.request_id, messages=job.messages, max_tokens=cap,
@@ -144,7 +136,6 @@ class Executor:
         """Every choice's completion. A caller cancelled meanwhile (its client gone), or a model server
         failing midway, leaves on the error an outcome with what the choices used so far: device time spent
         is billed, as a stream's is."""
-        self._check_choices(job)
         progress: dict[int, StreamDelta] = {}
         done: dict[int, Completion] = {}
         try:
@@ -217,7 +208,6 @@ class Executor:
             outcome = Outcome(route=Route.LOCAL, provider_model=self.local.model_name)
             # Submitted, and each choice's first event awaited, here, before any byte is sent: a full queue
             # or a model server that is down is an HTTP error response, not an in-band error after a 200.
-            self._check_choices(job)
             streams: list[AsyncIterator[StreamDelta | Completion]] = []
             try:
                 for i in range(job.n):
@@ -327,9 +317,9 @@ class Executor:
                 outcome.prompt_tokens, outcome.completion_tokens = await counted(
                     self._tokens.usage, opened.model.model, job.messages, answer)
                 outcome.detail["usage_estimated"] = True
-            cost = self._pricing.hosted_cost(opened.model, outcome.prompt_tokens, outcome.completion_tokens)
-            outcome.hosted_cost_usd = cost
-            outcome.unpriced = cost is None
+            # added, not set: an escalation's outcome already holds its judges' hosted bills
+            outcome.add_hosted_cost(self._pricing.hosted_cost(opened.model, outcome.prompt_tokens,
+                                                              outcome.completion_tokens))
 
     async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
                             outcome: Outcome) -> AsyncIterator[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from router.errors import UpstreamError
@@ -27,18 +28,19 @@ def judge_body(chain: list[HostedModel], pricing: Pricing, messages: list[dict[s
 def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
     """The LLM-judge verifier's hosted call, with its bill: the provider charges the judge's tokens, so the
     request it judged carries them (usage as reported, else counted here, as for any hosted answer). A judge
-    that failed after the provider took the call (a broken 200) raises with its prompt's bill as `outcome`."""
+    that failed after the provider took the call (a broken 200), or was cancelled with it in flight (its client
+    gone), raises with its prompt's bill as `outcome`."""
     tokens = TokenEstimator()
 
     async def judge(alias: str, messages: list[dict[str, Any]]) -> JudgeReply:
         attempts: list[Attempt] = []
         try:
             result = await hosted.complete(alias, judge_body(hosted.chain(alias), pricing, messages), attempts)
-        except UpstreamError as exc:
+        except (UpstreamError, asyncio.CancelledError) as exc:  # a call given up in flight is billed its prompt too
             if bills := await pricing.unanswered_bills(attempts, messages, tokens):
                 costs = [cost for _, cost in bills]
-                exc.outcome = JudgeReply("", None if None in costs else sum(c or 0.0 for c in costs),
-                                         sum(n for n, _ in bills))
+                exc.outcome = JudgeReply(  # type: ignore[union-attr]  # a CancelledError takes the slot too
+                    "", None if None in costs else sum(c or 0.0 for c in costs), sum(n for n, _ in bills))
             raise
         (prompt_tokens, completion_tokens), _ = await answer_usage(tokens, result, messages)
         return JudgeReply(answer_text(result.body), pricing.hosted_cost(result.model, prompt_tokens, completion_tokens),

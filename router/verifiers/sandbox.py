@@ -94,6 +94,15 @@ def _warn_root_without_a_user() -> None:
                 "does) or install Python where others can read it", sys.executable)
 
 
+def _signal_name(number: int) -> str:
+    """SIGKILL for 9; real-time signals (a draft may raise signal 40 on itself) have no name in `signal.Signals`,
+    whose ValueError made the verdict "the check could not judge the draft"."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _tail(path: Path, size: int = 4096) -> str:
     with path.open("rb") as file:
         file.seek(max(0, path.stat().st_size - size))
@@ -176,8 +185,7 @@ class PythonTestsVerifier:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode and proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            return f"stopped by {sig} (CPU or memory limit)"
+            return f"stopped by {_signal_name(-proc.returncode)} (CPU or memory limit, or the code's own signal)"
         tail = _tail(Path(work, ".stderr")).strip().splitlines()[-1:]
         if "MemoryError" in "".join(tail):
             return f"stopped: the code exceeded {self._memory_mb} MB of memory"

@@ -225,3 +225,34 @@ def test_a_judge_that_cannot_be_reached_escalates_without_teaching_the_classifie
     assert row is not None and row.detail["judge"]["prompt_tokens"] > 0 and judge_usd
     assert row.detail["judge"]["cost_usd"] == pytest.approx(judge_usd)
     assert row.hosted_cost_usd is not None and row.hosted_cost_usd > judge_usd
+
+
+def test_a_streamed_escalation_keeps_the_judges_bill(gateway_factory, simulator) -> None:  # type: ignore[no-untyped-def]
+    """The judge's hosted call was added to the escalation's dollars before the hosted stream opened; the stream's
+    own price, set when it ended, replaced it: a streamed escalation's row lost the judge's bill."""
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: judged\n      action:\n        cascade:\n"
+             "          escalate_to: gpt-4o-mini\n          verifiers: [{judge: {model: backup, threshold: 0.5}}]\n")
+    gw = gateway_factory(hosted_config(simulator.base_url, rules, local=True))
+    services = gw.services
+    simulator.state.replies.extend(["SCORE: 1", "hosted answer"])
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="auto", messages=[{"role": "user", "content": EXTRACT}], seed=1, stream=True,
+            stream_options={"include_usage": True}) as response:
+        chunks = list(response.parse())
+        request_id = response.headers["x-draftgate-request-id"]
+        assert response.headers["x-draftgate-route"] == "escalated"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hosted answer"
+    judge, escalation = simulator.state.received
+    judge_usage = simulator.state.usage(judge.body, "SCORE: 1")
+    escalation_usage = simulator.state.usage(escalation.body, "hosted answer")
+    judge_usd = services.pricing.hosted_cost(services.hosted.get("backup"), judge_usage["prompt_tokens"],
+                                             judge_usage["completion_tokens"])
+    escalation_usd = services.pricing.hosted_cost(services.hosted.get("gpt-4o-mini"),
+                                                  escalation_usage["prompt_tokens"],
+                                                  escalation_usage["completion_tokens"])
+    assert judge_usd and escalation_usd
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == escalation_usage["completion_tokens"]
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.route == "escalated" and row.status == "ok"
+    assert row.detail["judge"]["cost_usd"] == pytest.approx(judge_usd)
+    assert row.hosted_cost_usd == pytest.approx(judge_usd + escalation_usd)

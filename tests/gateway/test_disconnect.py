@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import MASTER_KEY
 from tests.gateway.test_chat_hosted import client, flushed_db
@@ -186,3 +187,28 @@ def test_a_served_unverified_draft_keeps_the_bill_of_its_failed_escalation(gatew
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
     assert row is not None and row.local_cost_usd and row.local_cost_usd > 0
     assert row.hosted_cost_usd and row.hosted_cost_usd > 0 and row.detail["usage_estimated"] is True
+
+
+def test_a_cascade_left_while_its_judge_answers_is_charged_the_judges_prompt(gateway_factory, simulator,
+                                                                            random_checkpoint) -> None:
+    """The client leaves while the LLM judge is grading the draft: the judge's provider had its prompt (and bills
+    it), as a hosted request's upstream does when its client leaves. The row had the draft's cost alone."""
+    from gateway.simulator import Fault
+
+    rules = ("policies:\n  default: requested\n  rules:\n    - name: judged\n      action:\n        cascade:\n"
+             "          escalate_to: gpt-4o-mini\n          verifiers: [{judge: {model: backup, threshold: 0.5}}]\n")
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint, rules))
+    simulator.state.faults.append(Fault(delay_s=5))  # the judge takes its time
+    for stream in (False, True):
+        _leave_after(gw, {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                          "stream": stream}, 1.5)
+        if not stream:
+            simulator.state.faults.append(Fault(delay_s=5))
+    rows = _rows(gw, 2)
+    assert sorted(r.stream for r in rows) == [False, True]
+    for row in rows:
+        assert (row.status, row.status_code) == ("cancelled", 499), (row.status, row.error)
+        assert row.device_seconds > 0 and row.local_cost_usd and row.local_cost_usd > 0
+        assert row.detail["judge"]["prompt_tokens"] > 0 and row.hosted_cost_usd == pytest.approx(
+            row.detail["judge"]["cost_usd"]) and row.hosted_cost_usd > 0
+        assert row.detail["verdicts"][0]["judged"] is False

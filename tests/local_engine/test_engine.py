@@ -20,6 +20,7 @@ from local_engine import (
     GenerationRequest,
     QueueFullError,
     StreamDelta,
+    choice_limit,
     create_backend,
 )
 from local_engine import engine as engine_module
@@ -170,7 +171,7 @@ async def test_a_burst_onto_an_idle_engine_fills_the_batch_before_the_queue(engi
     streams = [engine.stream(req(f"b{i}", max_tokens=4, seed=i)) for i in range(5)]  # submitted at once
     for stream in streams:
         assert isinstance([e async for e in stream][-1], Completion)
-    assert engine.max_rows == 5  # n choices up to batch + queue
+    assert choice_limit(EngineConfig(model="m", max_batch_size=4, max_queue=1)) == 5  # the planner's n limit
 
 
 async def test_an_exception_fails_one_request_not_the_batch(engine_factory) -> None:  # type: ignore[no-untyped-def]

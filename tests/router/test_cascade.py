@@ -35,7 +35,6 @@ class ScriptedBackend:
     """A LocalBackend whose drafts are scripted: unit tests of the router need no model."""
 
     model_name = "scripted-local"
-    max_rows: int | None = None
     context_length: int | None = None
 
     def __init__(self, *texts: str) -> None:

@@ -150,6 +150,13 @@ async def test_the_answer_may_write_a_few_files_but_not_fill_the_disk() -> None:
     assert not dirs.passed and "at most 16 files" in dirs.reason
 
 
+async def test_a_draft_killed_by_a_signal_without_a_name_is_judged_failed() -> None:
+    """Signal 40 (real-time) is not in `signal.Signals`: its ValueError escaped the verifier, and the cascade
+    recorded "the check could not judge the draft" (judged: false), which training then ignored."""
+    verdict = await run("import signal\nsignal.raise_signal(40)\ndef f(x):\n    return 2 * x")
+    assert not verdict.passed and verdict.judged and "stopped by signal 40" in verdict.reason
+
+
 async def test_an_output_flood_is_stopped_at_the_file_size_limit() -> None:
     started = time.monotonic()
     verdict = await run("import sys\nfor _ in range(300):\n    sys.stdout.write('x' * 1024 * 1024)\n"
