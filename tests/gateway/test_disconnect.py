@@ -51,7 +51,7 @@ def test_a_client_that_leaves_is_cancelled_and_charged_what_it_used(gateway_fact
     gw = gateway_factory(config.replace("  enabled: true\n", "  enabled: true\n  max_batch_size: 1\n", 1))
     long = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "tell me everything"}],
             "max_tokens": 512, "seed": 1}
-    _leave_after(gw, long, 0.5)  # mid-generation, not streaming
+    _leave_after(gw, long, 0.5, passes=8)  # mid-generation (two canvases or more done), not streaming
     (left,) = _rows(gw, 1)
     assert (left.status, left.status_code) == ("cancelled", 499), (left.status, left.status_code, left.error)
     assert left.device_seconds > 0 and left.local_cost_usd and left.local_cost_usd > 0  # never a silent $0
