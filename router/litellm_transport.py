@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,6 +14,7 @@ from router.transport import (
     UpstreamStream,
     is_retryable_status,
     redact,
+    retry_after_seconds,
     short_text,
 )
 
@@ -41,6 +42,15 @@ class _LiteLLMStream:
             await close()
 
 
+def _retry_after(exc: Exception) -> float | None:
+    """The upstream's `Retry-After`, which LiteLLM keeps on its exception as the provider's response headers:
+    without it a 429 was retried at once and relayed with `retry-after: 1`, whatever the provider asked for."""
+    headers = getattr(exc, "litellm_response_headers", None)
+    if not isinstance(headers, Mapping):
+        return None
+    return retry_after_seconds({str(k).lower(): str(v) for k, v in headers.items()})
+
+
 class LiteLLMTransport:
     """Providers that need request translation (Anthropic, Bedrock, Vertex, ...) via LiteLLM."""
 
@@ -66,6 +76,7 @@ class LiteLLMTransport:
             retryable = status is None or is_retryable_status(status)
             message = redact(str(getattr(exc, "message", None) or exc), model)
             raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
+                                retry_after_s=_retry_after(exc),
                                 code=short_text(getattr(exc, "code", None)),
                                 param=short_text(getattr(exc, "param", None))) from exc
 

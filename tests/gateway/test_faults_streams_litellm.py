@@ -82,3 +82,26 @@ def test_litellm_path_stream_broken_halfway_is_not_a_mixed_answer(gateway_factor
     assert len(simulator.state.received) == 1
     row = flushed_db(gw).get_record(request_id)
     assert row is not None and row.status == "error"
+
+
+def test_litellm_path_relays_the_upstreams_retry_after(gateway_factory, simulator) -> None:
+    """LiteLLM keeps the provider's headers on its exception; they were not read, so a 429 asking for 120 s was
+    retried at once (twice) and the client got `retry-after: 1`. Now, as on the direct path: a pause the gateway
+    will not wait out goes to the client at once with its Retry-After, and a short one is waited before the retry."""
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    ai = client(gw).with_options(max_retries=0)
+    ai.chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "warm up"}])
+    simulator.state.received.clear()
+    simulator.state.faults.append(Fault(status=429, retry_after_s=120, message="quota: come back later"))
+    with pytest.raises(openai.RateLimitError) as info:
+        ai.chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "x"}])
+    assert info.value.response.headers["retry-after"] == "120" and "quota: come back later" in info.value.message
+    assert len(simulator.state.received) == 1  # not retried sooner than it asked
+    row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+    assert row is not None and (row.status, row.status_code, row.attempts) == ("error", 429, 1)
+
+    gw2 = gateway_factory(litellm_config(simulator.base_url))  # a fresh gateway: the first one rests the alias
+    simulator.state.faults.append(Fault(status=429, retry_after_s=1.5, message="slow down"))
+    started = time.monotonic()
+    answer = client(gw2).chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "wait"}])
+    assert answer.choices[0].message.content == "echo: wait" and time.monotonic() - started >= 1.5
