@@ -33,13 +33,30 @@ class _LiteLLMStream:
             async for chunk in self._chunks:
                 yield orjson.dumps(chunk.model_dump(exclude_none=True))
         except Exception as exc:  # LiteLLM raises provider-specific types
-            message = redact(f"upstream {self._model.alias} stream broke: {exc}", self._model)
+            message = redact(f"upstream {self._model.alias} stream broke: {_message(exc)}", self._model)
             raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc
 
     async def aclose(self) -> None:
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
+
+
+_TRACEBACK = "\nTraceback (most recent call last):"
+
+
+def _message(exc: BaseException) -> str:
+    """LiteLLM's message without the traceback (file paths, source lines) it appends to an error it did not map:
+    that is for a log, not for the gateway's client."""
+    return str(getattr(exc, "message", None) or exc).split(_TRACEBACK, 1)[0].strip()
+
+
+def _untranslatable(exc: BaseException) -> bool:
+    """LiteLLM failed in its own Python code (a tool type or content part it cannot translate for the provider: a
+    ValueError, KeyError ... it wraps as an APIConnectionError with status 500), not on the network."""
+    origin = exc.__cause__ or exc.__context__
+    return (type(exc).__name__ == "APIConnectionError" and origin is not None
+            and type(origin).__module__ == "builtins" and not isinstance(origin, (OSError, TimeoutError)))
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -74,7 +91,9 @@ class LiteLLMTransport:
             status = getattr(exc, "status_code", None)
             status = int(status) if isinstance(status, int) else None
             retryable = status is None or is_retryable_status(status)
-            message = redact(str(getattr(exc, "message", None) or exc), model)
+            if _untranslatable(exc):  # the same request fails the same way: neither retried nor a 502
+                status, retryable = None, False
+            message = redact(_message(exc), model)
             raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
                                 retry_after_s=_retry_after(exc),
                                 code=short_text(getattr(exc, "code", None)),

@@ -105,3 +105,34 @@ def test_litellm_path_relays_the_upstreams_retry_after(gateway_factory, simulato
     started = time.monotonic()
     answer = client(gw2).chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "wait"}])
     assert answer.choices[0].message.content == "echo: wait" and time.monotonic() - started >= 1.5
+
+
+CLAUDE = """\
+  - name: claude
+    model: anthropic/claude-haiku-4-5-20251001
+    api_base: http://127.0.0.1:1
+    api_key: sk-ant-test
+    timeout_s: 2
+    max_retries: 2
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_litellm_cannot_translate_is_a_clean_400_not_a_retried_502_with_a_traceback(
+        gateway_factory, simulator, stream: bool) -> None:
+    """A tool type or content part LiteLLM cannot turn into Anthropic's API fails in LiteLLM's own code, which it
+    wraps as an APIConnectionError (status 500) with the Python traceback in its message. The client got a 502
+    quoting that traceback (file paths, source lines), after two pointless retries; now a 400 in one line, and a
+    real connection failure is still retried."""
+    gw = gateway_factory(hosted_config(simulator.base_url).replace("local:\n", CLAUDE + "local:\n", 1))
+    ai = client(gw).with_options(max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        ai.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], stream=stream,
+                                   tools=[{"type": "retrieval"}])  # type: ignore[list-item]
+    assert "Unsupported tool type: retrieval" in info.value.message
+    assert "Traceback" not in info.value.message and ".py" not in info.value.message
+    row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+    assert row is not None and (row.status, row.status_code, row.attempts) == ("error", 400, 1)
+    with pytest.raises(openai.InternalServerError) as down:  # nothing listens there: retried, then a 502
+        ai.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], stream=stream)
+    assert down.value.status_code == 502 and "after 3 attempt(s)" in down.value.message
