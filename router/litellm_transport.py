@@ -12,6 +12,7 @@ from router.transport import (
     AttemptFailed,
     StreamBroken,
     UpstreamStream,
+    has_usable_choices,
     is_retryable_status,
     redact,
     retry_after_seconds,
@@ -91,17 +92,23 @@ class LiteLLMTransport:
             status = getattr(exc, "status_code", None)
             status = int(status) if isinstance(status, int) else None
             retryable = status is None or is_retryable_status(status)
+            billed = status is not None and 200 <= status < 300
+            if billed:  # a 200 LiteLLM could not read (a body cut short): the provider did the work, as direct
+                status, retryable = 502, True
             if _untranslatable(exc):  # the same request fails the same way: neither retried nor a 502
                 status, retryable = None, False
             message = redact(_message(exc), model)
             raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
-                                retry_after_s=_retry_after(exc),
+                                retry_after_s=_retry_after(exc), billed=billed,
                                 code=short_text(getattr(exc, "code", None)),
                                 param=short_text(getattr(exc, "param", None))) from exc
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._call(model, body, stream=False)
-        data: dict[str, Any] = response.model_dump(exclude_none=True)
+        data = response.model_dump(exclude_none=True)
+        if not has_usable_choices(data):  # `choices: []` relayed as an answer: the client's SDK fails on it
+            raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
+                                billed=True)
         return data
 
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:

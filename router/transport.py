@@ -174,7 +174,7 @@ def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFa
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
-def _has_usable_choices(data: Any) -> TypeGuard[dict[str, Any]]:
+def has_usable_choices(data: Any) -> TypeGuard[dict[str, Any]]:
     """A chat.completion body with at least one choice, each an object with a `message` object."""
     choices = data.get("choices") if isinstance(data, dict) else None
     return (isinstance(choices, list) and bool(choices)
@@ -331,7 +331,7 @@ class OpenAITransport:
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
                                 retryable=True, billed=True) from exc
-        if not _has_usable_choices(data):  # `choices: null`, `[]`, no message: relayed, the client's SDK fails on it
+        if not has_usable_choices(data):  # `choices: null`, `[]`, no message: relayed, the client's SDK fails on it
             raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
                                 billed=True)
         return data

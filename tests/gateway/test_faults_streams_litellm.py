@@ -136,3 +136,24 @@ def test_a_request_litellm_cannot_translate_is_a_clean_400_not_a_retried_502_wit
     with pytest.raises(openai.InternalServerError) as down:  # nothing listens there: retried, then a 502
         ai.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], stream=stream)
     assert down.value.status_code == 502 and "after 3 attempt(s)" in down.value.message
+
+
+def test_litellm_path_retries_and_bills_a_200_it_cannot_use(gateway_factory, simulator) -> None:
+    """A 200 whose body is cut short, or one with `choices: []`: on the direct path retried and billed its prompt.
+    Through LiteLLM the cut body was a 502 at once, not retried, its row $0; `choices: []` was relayed as an answer
+    (the client's `choices[0]` fails) and recorded ok. Now both are retried, and billed, as on the direct path."""
+    from router.usage import TokenEstimator
+
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    messages = [{"role": "user", "content": "please count these words"}]
+    counted = TokenEstimator().prompt_tokens("hosted_vllm/sim-model", messages)
+    simulator.state.faults.extend([Fault(broken_body=True), Fault(body=b'{"choices": []}')])
+    raw = client(gw).with_options(max_retries=0).chat.completions.with_raw_response.create(
+        model="via-litellm", messages=messages)  # type: ignore[arg-type]
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "echo: please count these words" and answer.usage is not None
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.status == "ok" and len(simulator.state.received) == 3
+    assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True), (502, True),
+                                                                                     (200, None)]
+    assert row.prompt_tokens == answer.usage.prompt_tokens + 2 * counted and row.detail["usage_estimated"]
