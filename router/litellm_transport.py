@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,11 @@ class _LiteLLMStream:
 
     async def lines(self) -> AsyncIterator[bytes]:
         try:
+            count = 0
             async for chunk in self._chunks:
+                count += 1
+                if count % 16 == 0:  # LiteLLM hands out buffered chunks without awaiting: give the loop a turn, or
+                    await asyncio.sleep(0)  # a fast stream starves every other task, its client's hang-up included
                 yield orjson.dumps(chunk.model_dump(exclude_none=True))
         except Exception as exc:  # LiteLLM raises provider-specific types
             message = redact(f"upstream {self._model.alias} stream broke: {_message(exc)}", self._model)

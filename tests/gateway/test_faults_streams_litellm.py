@@ -157,3 +157,27 @@ def test_litellm_path_retries_and_bills_a_200_it_cannot_use(gateway_factory, sim
     assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True), (502, True),
                                                                                      (200, None)]
     assert row.prompt_tokens == answer.usage.prompt_tokens + 2 * counted and row.detail["usage_estimated"]
+
+
+def test_a_litellm_stream_its_client_leaves_stops_at_once(gateway_factory, simulator) -> None:
+    """LiteLLM hands out the chunks it has buffered without awaiting, so a fast upstream's stream kept the event
+    loop to itself: the client's hang-up went unnoticed until the whole answer was read (40 s and 119,000 tokens
+    billed here for a client gone after five chunks), and every other request waited. Now it yields to the loop
+    as the direct path does: the stream stops at once, cancelled, billed what was relayed."""
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    ai = client(gw)
+    ai.chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "warm up"}])
+    simulator.state.replies.append(" ".join(f"w{i}" for i in range(40_000)))  # distinct: LiteLLM cuts repeats
+    started = time.monotonic()
+    with ai.chat.completions.with_streaming_response.create(
+            model="via-litellm", messages=[{"role": "user", "content": "long"}], stream=True) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+    row = None
+    while row is None and time.monotonic() - started < 90:
+        row = flushed_db(gw).get_record(request_id)
+        time.sleep(0.2)
+    assert row is not None and (row.status, row.status_code) == ("cancelled", 499)
+    assert row.completion_tokens < 5_000 and row.latency_ms < 10_000, (row.completion_tokens, row.latency_ms)
