@@ -38,6 +38,9 @@ class _LiteLLMStream:
                 if count % 16 == 0:  # LiteLLM hands out buffered chunks without awaiting: give the loop a turn, or
                     await asyncio.sleep(0)  # a fast stream starves every other task, its client's hang-up included
                 yield orjson.dumps(chunk.model_dump(exclude_none=True))
+            # LiteLLM's stream wrapper relays one finish_reason: with `n` > 1 the later choices' are dropped. It
+            # saw the upstream finish, and ended without an error: the answer is whole, as `[DONE]` says it.
+            self.done = getattr(self._chunks, "received_finish_reason", None) is not None
         except Exception as exc:  # LiteLLM raises provider-specific types
             message = redact(f"upstream {self._model.alias} stream broke: {_message(exc)}", self._model)
             raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc

@@ -181,3 +181,21 @@ def test_a_litellm_stream_its_client_leaves_stops_at_once(gateway_factory, simul
         time.sleep(0.2)
     assert row is not None and (row.status, row.status_code) == ("cancelled", 499)
     assert row.completion_tokens < 5_000 and row.latency_ms < 10_000, (row.completion_tokens, row.latency_ms)
+
+
+def test_a_whole_litellm_stream_of_several_choices_is_relayed_as_whole(gateway_factory, simulator) -> None:
+    """LiteLLM's stream wrapper relays one finish_reason, so with `n: 2` the second choice's never came: the whole
+    answer was followed by a `stream_interrupted` error event (the SDK raised) and recorded as a 502. LiteLLM saw the
+    upstream finish and ended cleanly, so the answer is whole: relayed to `[DONE]`, recorded ok."""
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    texts = {0: "", 1: ""}
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="via-litellm", messages=[{"role": "user", "content": "a b c"}], stream=True, n=2) as response:
+        request_id = response.headers["x-draftgate-request-id"]
+        for chunk in response.parse():  # raises on an error event
+            for choice in chunk.choices:
+                texts[choice.index] += choice.delta.content or ""
+    assert texts == {0: "echo: a b c", 1: "echo: a b c"}
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and (row.status, row.status_code, row.completion_tokens) == ("ok", 200, 8)
+    assert row.detail["upstream_no_finish_reason"] is True
