@@ -255,8 +255,9 @@ class Executor:
         return outcome
 
     async def _carry_abandoned(self, exc: BaseException, job: Job, attempts: Sequence[Attempt]) -> None:
-        """Puts what the attempts cost on the error (its row): always for a client gone, else when any was billed."""
-        if isinstance(exc, asyncio.CancelledError) or any(a.billed for a in attempts):
+        """Puts the attempts and what they cost on the error: its row lists them, and `/metrics` counts them, as a
+        served request's (a request every upstream failed had only their number: an outage showed no failed calls)."""
+        if isinstance(exc, asyncio.CancelledError) or attempts:
             exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
 
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
