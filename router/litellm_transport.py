@@ -65,7 +65,13 @@ def _untranslatable(exc: BaseException) -> bool:
     ValueError, KeyError ... it wraps as an APIConnectionError with status 500), not on the network."""
     origin = exc.__cause__ or exc.__context__
     return (type(exc).__name__ == "APIConnectionError" and origin is not None
-            and type(origin).__module__ == "builtins" and not isinstance(origin, (OSError, TimeoutError)))
+            and type(origin).__module__ == "builtins" and not isinstance(origin, (OSError, TimeoutError, ImportError)))
+
+
+def _missing_sdk(exc: BaseException) -> bool:
+    """The provider needs a package this install lacks (Vertex AI's `google-auth`): the gateway's setup, not the
+    request's fault, and no retry installs it."""
+    return isinstance(exc.__cause__ or exc.__context__, ImportError)
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -105,6 +111,8 @@ class LiteLLMTransport:
                 status, retryable = 502, True
             if _untranslatable(exc):  # the same request fails the same way: neither retried nor a 502
                 status, retryable = None, False
+            elif _missing_sdk(exc):  # a 502 at once (its fallbacks may answer), not a 400 blaming the request
+                status, retryable = 500, False
             message = redact(_message(exc), model)
             raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
                                 retry_after_s=_retry_after(exc), billed=billed,

@@ -138,6 +138,18 @@ def test_a_request_litellm_cannot_translate_is_a_clean_400_not_a_retried_502_wit
     assert down.value.status_code == 502 and "after 3 attempt(s)" in down.value.message
 
 
+def test_a_provider_whose_sdk_is_not_installed_is_a_502_at_once_not_a_400(gateway_factory, simulator) -> None:
+    """Vertex AI needs `google-auth`, which this install lacks: LiteLLM wraps the ImportError like a translation
+    failure, but it is the gateway's setup, not the request: a 502 in one line, without retries or a traceback."""
+    vertex = CLAUDE.replace("name: claude", "name: vertex").replace("anthropic/claude-haiku-4-5-20251001",
+                                                                    "vertex_ai/gemini-1.5-pro")
+    gw = gateway_factory(hosted_config(simulator.base_url).replace("local:\n", vertex + "local:\n", 1))
+    with pytest.raises(openai.InternalServerError) as info:
+        client(gw).chat.completions.create(model="vertex", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 502 and "No module named" in info.value.message
+    assert "after 1 attempt(s)" in info.value.message and "Traceback" not in info.value.message
+
+
 def test_litellm_path_retries_and_bills_a_200_it_cannot_use(gateway_factory, simulator) -> None:
     """A 200 whose body is cut short, or one with `choices: []`: on the direct path retried and billed its prompt.
     Through LiteLLM the cut body was a 502 at once, not retried, its row $0; `choices: []` was relayed as an answer
