@@ -270,9 +270,13 @@ class Executor:
             raise
         outcome = Outcome(route=Route.HOSTED, provider_model=opened.model.model,
                           attempts=[a.as_dict() for a in opened.attempts])
-        return ChunkStream(outcome, self._hosted_chunks(job, opened, outcome))
+        # earlier attempts the provider charged though unusable (timed out waiting for headers): on the row, as
+        # `run_hosted` puts them (the stream's row had only the answer's bill)
+        billed = await self.abandoned_outcome(job, attempts) if any(a.billed for a in attempts) else None
+        return ChunkStream(outcome, self._hosted_chunks(job, opened, outcome, billed))
 
-    async def _hosted_chunks(self, job: Job, opened: Any, outcome: Outcome) -> AsyncIterator[bytes]:
+    async def _hosted_chunks(self, job: Job, opened: Any, outcome: Outcome,
+                             billed: Outcome | None = None) -> AsyncIterator[bytes]:
         reported = False
         answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
         last: dict[str, Any] = {}
@@ -331,6 +335,10 @@ class Executor:
             cost = self._pricing.hosted_cost(opened.model, outcome.prompt_tokens, outcome.completion_tokens)
             outcome.hosted_cost_usd = cost
             outcome.unpriced = cost is None
+            if billed is not None:
+                outcome.prompt_tokens += billed.prompt_tokens
+                outcome.add_hosted_cost_of(billed)
+                outcome.detail["usage_estimated"] = True
 
     async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
                             outcome: Outcome) -> AsyncIterator[bytes]:
