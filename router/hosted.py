@@ -31,7 +31,7 @@ from router.errors import (
     UpstreamRejectedError,
 )
 from router.litellm_transport import LiteLLMTransport
-from router.transport import AttemptFailed, OpenAITransport, Transport, UpstreamStream
+from router.transport import AttemptFailed, OpenAITransport, Transport, UpstreamStream, primed
 from router.usage import TokenEstimator, answer_text
 
 MAX_RETRY_AFTER_S = 30.0
@@ -263,7 +263,8 @@ class HostedClient:
                 started = time.perf_counter()
                 try:
                     if stream:
-                        result: dict[str, Any] | UpstreamStream = await transport.open_stream(model, body)
+                        result: dict[str, Any] | UpstreamStream = await primed(
+                            await transport.open_stream(model, body), model)
                     else:
                         result = await transport.complete(model, body)
                 except AttemptFailed as exc:
