@@ -150,16 +150,18 @@ class _PrimedStream:
 
 
 async def primed(upstream: UpstreamStream, model: HostedModel) -> UpstreamStream:
-    """The stream once its first payload has come. Failing before it (the connection dropped, an error event,
-    silence past the read timeout), nothing has reached the client: the attempt failed and is retried or falls
+    """The stream once its first payload has come. Failing before it (the connection dropped, an error event, an
+    empty body, silence past the read timeout), nothing has reached the client: the attempt failed and is retried or falls
     back like a refused one, billed as a broken 200 is (the upstream had accepted the request)."""
     lines = upstream.lines()
     try:
         first = await anext(lines)
         if first.lstrip().startswith(b"{") and is_error_event(orjson.loads(first)):
             raise stream_error(first, model)
-    except StopAsyncIteration:  # an empty body: the relay says it ended before its answer
-        return upstream
+    except StopAsyncIteration:  # a body without a chunk (`[DONE]` at once, or cut): nothing to relay either
+        await upstream.aclose()
+        raise AttemptFailed(f"upstream {model.alias} ended its stream before its first chunk", status_code=502,
+                            retryable=True, error_type="stream_interrupted", billed=True) from None
     except orjson.JSONDecodeError:  # malformed: the relay ends the stream on it
         pass
     except StreamBroken as exc:

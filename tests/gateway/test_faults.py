@@ -268,20 +268,21 @@ def test_stream_open_failure_is_retried_before_the_first_byte(gateway_factory, s
 
 
 def test_a_stream_that_fails_before_its_first_chunk_is_retried_and_falls_back(gateway_factory, simulator) -> None:
-    """An upstream that accepts a stream (200) and then drops the connection or sends an error event before any
-    chunk: nothing had reached the client, yet it got a 200 whose only event was the error, neither retried nor
+    """An upstream that accepts a stream (200) and then drops the connection, sends an error event or ends its body
+    before any chunk: nothing had reached the client, yet it got a 200 whose only event was the error, neither retried nor
     sent to the fallback. Now such an attempt fails like a refused one (billed its prompt, as a broken 200), and a
     stream whose every attempt fails so is a 502 before the stream, not an error inside a 200."""
     gw = gateway_factory(hosted_config(simulator.base_url))
-    simulator.state.faults.extend([Fault(break_stream_after=-1), Fault(error_in_stream_after=-1, message="busy")])
+    simulator.state.faults.extend([Fault(break_stream_after=-1), Fault(error_in_stream_after=-1, message="busy"),
+                                   Fault(end_stream_after=-1)])  # dropped, an error event, an empty body
     with client(gw).chat.completions.with_streaming_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True) as response:
         text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
         request_id = response.headers["x-draftgate-request-id"]
     assert text == "echo: x"
     row = flushed_db(gw).get_record(request_id)
-    assert row is not None and (row.status, row.attempts) == ("ok", 3)
-    assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True)] * 2 + [(200, None)]
+    assert row is not None and (row.status, row.attempts) == ("ok", 4)
+    assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True)] * 3 + [(200, None)]
     assert row.detail["usage_estimated"] is True
 
     simulator.state.faults.extend([Fault(error_in_stream_after=-1, message="busy")] * 4)  # backup's too
