@@ -132,48 +132,6 @@ def stream_error(payload: bytes, model: HostedModel) -> StreamBroken:
     return StreamBroken(redact(error.message, model), retryable=False, error_type=error.error_type)
 
 
-class _PrimedStream:
-    """An upstream stream whose first payload was already read: handed out first, then the rest."""
-
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], upstream: UpstreamStream) -> None:
-        self._first, self._rest, self._upstream = first, rest, upstream
-        self.done = False
-
-    async def lines(self) -> AsyncIterator[bytes]:
-        yield self._first
-        async for payload in self._rest:
-            yield payload
-        self.done = self._upstream.done
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
-
-
-async def primed(upstream: UpstreamStream, model: HostedModel) -> UpstreamStream:
-    """The stream once its first payload has come. Failing before it (the connection dropped, an error event, an
-    empty body, silence past the read timeout), nothing has reached the client: the attempt failed and is retried or falls
-    back like a refused one, billed as a broken 200 is (the upstream had accepted the request)."""
-    lines = upstream.lines()
-    try:
-        first = await anext(lines)
-        if first.lstrip().startswith(b"{") and is_error_event(orjson.loads(first)):
-            raise stream_error(first, model)
-    except StopAsyncIteration:  # a body without a chunk (`[DONE]` at once, or cut): nothing to relay either
-        await upstream.aclose()
-        raise AttemptFailed(f"upstream {model.alias} ended its stream before its first chunk", status_code=502,
-                            retryable=True, error_type="stream_interrupted", billed=True) from None
-    except orjson.JSONDecodeError:  # malformed: the relay ends the stream on it
-        pass
-    except StreamBroken as exc:
-        await upstream.aclose()
-        raise AttemptFailed(exc.message, status_code=502, retryable=True, error_type=exc.error_type,
-                            billed=True) from exc
-    except BaseException:
-        await upstream.aclose()
-        raise
-    return _PrimedStream(first, lines, upstream)
-
-
 def redact(message: str, model: HostedModel) -> str:
     """Upstream text with the model's own API key blanked out: some upstreams and proxies echo it."""
     return message.replace(model.api_key, "[redacted]") if model.api_key else message
