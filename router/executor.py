@@ -245,8 +245,9 @@ class Executor:
         return outcome
 
     async def _carry_abandoned(self, exc: BaseException, job: Job, attempts: Sequence[Attempt]) -> None:
-        """Puts what the attempts cost on the error (its row): always for a client gone, else when any was billed."""
-        if isinstance(exc, asyncio.CancelledError) or any(a.billed for a in attempts):
+        """Puts the attempts and what they cost on the error: its row lists them, and `/metrics` counts them, as a
+        served request's (a request every upstream failed had only their number: an outage showed no failed calls)."""
+        if isinstance(exc, asyncio.CancelledError) or attempts:
             exc.outcome = await self.abandoned_outcome(job, attempts)  # type: ignore[attr-defined]
 
     async def stream_hosted(self, job: Job, alias: str) -> ChunkStream:
@@ -259,9 +260,13 @@ class Executor:
             raise
         outcome = Outcome(route=Route.HOSTED, provider_model=opened.model.model,
                           attempts=[a.as_dict() for a in opened.attempts])
-        return ChunkStream(outcome, self._hosted_chunks(job, opened, outcome))
+        # earlier attempts the provider charged though unusable (timed out waiting for headers): on the row, as
+        # `run_hosted` puts them (the stream's row had only the answer's bill)
+        billed = await self.abandoned_outcome(job, attempts) if any(a.billed for a in attempts) else None
+        return ChunkStream(outcome, self._hosted_chunks(job, opened, outcome, billed))
 
-    async def _hosted_chunks(self, job: Job, opened: Any, outcome: Outcome) -> AsyncIterator[bytes]:
+    async def _hosted_chunks(self, job: Job, opened: Any, outcome: Outcome,
+                             billed: Outcome | None = None) -> AsyncIterator[bytes]:
         reported = False
         answer: list[str] = []  # the text relayed so far: what a stream without usage is billed on
         last: dict[str, Any] = {}
@@ -320,6 +325,10 @@ class Executor:
             # added, not set: an escalation's outcome already holds its judges' hosted bills
             outcome.add_hosted_cost(self._pricing.hosted_cost(opened.model, outcome.prompt_tokens,
                                                               outcome.completion_tokens))
+            if billed is not None:
+                outcome.prompt_tokens += billed.prompt_tokens
+                outcome.add_hosted_cost_of(billed)
+                outcome.detail["usage_estimated"] = True
 
     async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
                             outcome: Outcome) -> AsyncIterator[bytes]:

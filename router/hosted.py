@@ -31,7 +31,15 @@ from router.errors import (
     UpstreamRejectedError,
 )
 from router.litellm_transport import LiteLLMTransport
-from router.transport import AttemptFailed, OpenAITransport, Transport, UpstreamStream
+from router.transport import (
+    AttemptFailed,
+    OpenAITransport,
+    StreamBroken,
+    Transport,
+    UpstreamStream,
+    is_error_event,
+    stream_error,
+)
 from router.usage import TokenEstimator, answer_text
 
 MAX_RETRY_AFTER_S = 30.0
@@ -125,6 +133,48 @@ class HostedStream:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+
+
+class _PrimedStream:
+    """An upstream stream whose first payload was already read: handed out first, then the rest."""
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], upstream: UpstreamStream) -> None:
+        self._first, self._rest, self._upstream = first, rest, upstream
+        self.done = False
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        yield self._first
+        async for payload in self._rest:
+            yield payload
+        self.done = self._upstream.done
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+
+async def primed(upstream: UpstreamStream, model: HostedModel) -> UpstreamStream:
+    """The stream once its first payload has come. Failing before it (the connection dropped, an error event, an
+    empty body, silence past the read timeout), nothing has reached the client: the attempt failed and is retried or falls
+    back like a refused one, billed as a broken 200 is (the upstream had accepted the request)."""
+    lines = upstream.lines()
+    try:
+        first = await anext(lines)
+        if first.lstrip().startswith(b"{") and is_error_event(orjson.loads(first)):
+            raise stream_error(first, model)
+    except StopAsyncIteration:  # a body without a chunk (`[DONE]` at once, or cut): nothing to relay either
+        await upstream.aclose()
+        raise AttemptFailed(f"upstream {model.alias} ended its stream before its first chunk", status_code=502,
+                            retryable=True, error_type="stream_interrupted", billed=True) from None
+    except orjson.JSONDecodeError:  # malformed: the relay ends the stream on it
+        pass
+    except StreamBroken as exc:
+        await upstream.aclose()
+        raise AttemptFailed(exc.message, status_code=502, retryable=True, error_type=exc.error_type,
+                            billed=True) from exc
+    except BaseException:
+        await upstream.aclose()
+        raise
+    return _PrimedStream(first, lines, upstream)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -263,7 +313,8 @@ class HostedClient:
                 started = time.perf_counter()
                 try:
                     if stream:
-                        result: dict[str, Any] | UpstreamStream = await transport.open_stream(model, body)
+                        result: dict[str, Any] | UpstreamStream = await primed(
+                            await transport.open_stream(model, body), model)
                     else:
                         result = await transport.complete(model, body)
                 except AttemptFailed as exc:

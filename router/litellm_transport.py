@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -12,8 +13,10 @@ from router.transport import (
     AttemptFailed,
     StreamBroken,
     UpstreamStream,
+    has_usable_choices,
     is_retryable_status,
     redact,
+    retry_after_seconds,
     short_text,
 )
 
@@ -29,16 +32,55 @@ class _LiteLLMStream:
 
     async def lines(self) -> AsyncIterator[bytes]:
         try:
+            count = 0
             async for chunk in self._chunks:
+                count += 1
+                if count % 16 == 0:  # LiteLLM hands out buffered chunks without awaiting: give the loop a turn, or
+                    await asyncio.sleep(0)  # a fast stream starves every other task, its client's hang-up included
                 yield orjson.dumps(chunk.model_dump(exclude_none=True))
+            # LiteLLM's stream wrapper relays one finish_reason: with `n` > 1 the later choices' are dropped. It
+            # saw the upstream finish, and ended without an error: the answer is whole, as `[DONE]` says it.
+            self.done = getattr(self._chunks, "received_finish_reason", None) is not None
         except Exception as exc:  # LiteLLM raises provider-specific types
-            message = redact(f"upstream {self._model.alias} stream broke: {exc}", self._model)
+            message = redact(f"upstream {self._model.alias} stream broke: {_message(exc)}", self._model)
             raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc
 
     async def aclose(self) -> None:
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
+
+
+_TRACEBACK = "\nTraceback (most recent call last):"
+
+
+def _message(exc: BaseException) -> str:
+    """LiteLLM's message without the traceback (file paths, source lines) it appends to an error it did not map:
+    that is for a log, not for the gateway's client."""
+    return str(getattr(exc, "message", None) or exc).split(_TRACEBACK, 1)[0].strip()
+
+
+def _untranslatable(exc: BaseException) -> bool:
+    """LiteLLM failed in its own Python code (a tool type or content part it cannot translate for the provider: a
+    ValueError, KeyError ... it wraps as an APIConnectionError with status 500), not on the network."""
+    origin = exc.__cause__ or exc.__context__
+    return (type(exc).__name__ == "APIConnectionError" and origin is not None
+            and type(origin).__module__ == "builtins" and not isinstance(origin, (OSError, TimeoutError, ImportError)))
+
+
+def _missing_sdk(exc: BaseException) -> bool:
+    """The provider needs a package this install lacks (Vertex AI's `google-auth`): the gateway's setup, not the
+    request's fault, and no retry installs it."""
+    return isinstance(exc.__cause__ or exc.__context__, ImportError)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """The upstream's `Retry-After`, which LiteLLM keeps on its exception as the provider's response headers:
+    without it a 429 was retried at once and relayed with `retry-after: 1`, whatever the provider asked for."""
+    headers = getattr(exc, "litellm_response_headers", None)
+    if not isinstance(headers, Mapping):
+        return None
+    return retry_after_seconds({str(k).lower(): str(v) for k, v in headers.items()})
 
 
 class LiteLLMTransport:
@@ -64,14 +106,25 @@ class LiteLLMTransport:
             status = getattr(exc, "status_code", None)
             status = int(status) if isinstance(status, int) else None
             retryable = status is None or is_retryable_status(status)
-            message = redact(str(getattr(exc, "message", None) or exc), model)
+            billed = status is not None and 200 <= status < 300
+            if billed:  # a 200 LiteLLM could not read (a body cut short): the provider did the work, as direct
+                status, retryable = 502, True
+            if _untranslatable(exc):  # the same request fails the same way: neither retried nor a 502
+                status, retryable = None, False
+            elif _missing_sdk(exc):  # a 502 at once (its fallbacks may answer), not a 400 blaming the request
+                status, retryable = 500, False
+            message = redact(_message(exc), model)
             raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
+                                retry_after_s=_retry_after(exc), billed=billed,
                                 code=short_text(getattr(exc, "code", None)),
                                 param=short_text(getattr(exc, "param", None))) from exc
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._call(model, body, stream=False)
-        data: dict[str, Any] = response.model_dump(exclude_none=True)
+        data = response.model_dump(exclude_none=True)
+        if not has_usable_choices(data):  # `choices: []` relayed as an answer: the client's SDK fails on it
+            raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
+                                billed=True)
         return data
 
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:

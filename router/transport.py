@@ -160,13 +160,25 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int, model: Hos
     return bytes(body)
 
 
-def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFailed:
+class _Sent:
+    """Whether a call's request reached the upstream (its headers written), set by aiohttp's trace hook: a
+    timeout told by its type alone bills a never-connected attempt when `total` and the connect limit coincide."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+
+async def _on_headers_sent(session: Any, context: Any, params: Any) -> None:
+    if isinstance(context.trace_request_ctx, _Sent):
+        context.trace_request_ctx.value = True
+
+
+def _failure_from_transport(exc: BaseException, model: HostedModel, sent: _Sent) -> AttemptFailed:
     if isinstance(exc, asyncio.TimeoutError):  # aiohttp's connect and read timeouts are TimeoutErrors
-        # Past the connect, the upstream had the request and works on it whether or not this side waits: it
-        # bills the attempt, as it bills one whose client left (the provider's usage is never seen here).
+        # Once sent, the upstream has the request and works on it whether or not this side waits: it bills
+        # the attempt, as it bills one whose client left (the provider's usage is never seen here).
         return AttemptFailed(f"upstream {model.alias} timed out after {model.timeout_s:g}s", retryable=True,
-                             status_code=None, error_type="timeout",
-                             billed=not isinstance(exc, aiohttp.ConnectionTimeoutError))
+                             status_code=None, error_type="timeout", billed=sent.value)
     return AttemptFailed(f"could not reach upstream {model.alias}: {type(exc).__name__}", retryable=True,
                          error_type="connection_error")
 
@@ -174,7 +186,7 @@ def _failure_from_transport(exc: BaseException, model: HostedModel) -> AttemptFa
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
-def _has_usable_choices(data: Any) -> TypeGuard[dict[str, Any]]:
+def has_usable_choices(data: Any) -> TypeGuard[dict[str, Any]]:
     """A chat.completion body with at least one choice, each an object with a `message` object."""
     choices = data.get("choices") if isinstance(data, dict) else None
     return (isinstance(choices, list) and bool(choices)
@@ -290,8 +302,10 @@ class OpenAITransport:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=30,
                                              ttl_dns_cache=300)
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_on_headers_sent)
             self._session = aiohttp.ClientSession(connector=connector, read_bufsize=2**20, trust_env=False,
-                                                  auto_decompress=True)
+                                                  auto_decompress=True, trace_configs=[trace])
         return self._session
 
     async def aclose(self) -> None:
@@ -317,13 +331,14 @@ class OpenAITransport:
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
         url, payload, headers, timeout = self._request(model, body, stream=False)
+        sent = _Sent()
         try:
             async with self._client().post(url, data=payload, headers=headers, timeout=timeout,
-                                           allow_redirects=False) as response:
+                                           allow_redirects=False, trace_request_ctx=sent) as response:
                 content = await _read_at_most(response, MAX_RESPONSE_BYTES, model)
                 status, response_headers = response.status, response.headers
         except TRANSPORT_ERRORS as exc:
-            raise _failure_from_transport(exc, model) from exc
+            raise _failure_from_transport(exc, model, sent) from exc
         if status != 200:
             raise _failure_from_response(status, content, response_headers, model)
         try:
@@ -331,24 +346,25 @@ class OpenAITransport:
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
                                 retryable=True, billed=True) from exc
-        if not _has_usable_choices(data):  # `choices: null`, `[]`, no message: relayed, the client's SDK fails on it
+        if not has_usable_choices(data):  # `choices: null`, `[]`, no message: relayed, the client's SDK fails on it
             raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
                                 billed=True)
         return data
 
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:
         url, payload, headers, timeout = self._request(model, body, stream=True)
+        sent = _Sent()
         try:
             async with asyncio.timeout(model.timeout_s):  # to the headers, however they trickle in
                 response = await self._client().post(url, data=payload, headers=headers, timeout=timeout,
-                                                     allow_redirects=False)
+                                                     allow_redirects=False, trace_request_ctx=sent)
         except TRANSPORT_ERRORS as exc:
-            raise _failure_from_transport(exc, model) from exc
+            raise _failure_from_transport(exc, model, sent) from exc
         if response.status != 200:
             try:
                 content = await response.read()
             except TRANSPORT_ERRORS as exc:
-                raise _failure_from_transport(exc, model) from exc
+                raise _failure_from_transport(exc, model, sent) from exc
             finally:
                 response.release()
             raise _failure_from_response(response.status, content, response.headers, model)

@@ -86,6 +86,28 @@ def test_metrics_count_every_upstream_attempt_by_alias_and_result(gateway_factor
     assert 'draftgate_requests_total{model="gpt-4o-mini",route="hosted",status="ok"} 1.0' in text
 
 
+def test_a_request_every_upstream_failed_counts_and_lists_its_attempts(gateway_factory, simulator) -> None:
+    """In an outage, when a request fails at every alias, its calls were neither counted in
+    `draftgate_upstream_attempts_total` (only served requests' were: the failing calls were invisible exactly when
+    they mattered) nor listed in its row (only their number). Now both, streaming or not."""
+    import httpx
+
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    for stream in (False, True):
+        simulator.state.faults.extend([Fault(status=503)] * 4)  # gpt-4o-mini's try and both retries, then backup
+        with pytest.raises(openai.InternalServerError) as info:
+            client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                               stream=stream)
+        row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+        assert row is not None and (row.status, row.status_code, row.attempts) == ("error", 502, 4)
+        assert [(a["alias"], a["status_code"]) for a in row.detail["attempts"]] == [("gpt-4o-mini", 503)] * 3 + [
+            ("backup", 503)]
+        assert row.provider_model == "openai/gpt-4o" and not row.hosted_cost_usd
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'draftgate_upstream_attempts_total{alias="gpt-4o-mini",result="error"} 6.0' in text
+    assert 'draftgate_upstream_attempts_total{alias="backup",result="error"} 2.0' in text
+
+
 def test_an_answer_over_the_size_limit_is_refused_not_read_whole(gateway_factory, simulator) -> None:
     """An upstream sending 80 MB for one completion (over the 64 MiB limit) is an attempt that failed, billed
     as answered, and the fallback answers; the gateway read it whole before, into its memory."""
@@ -243,3 +265,28 @@ def test_stream_open_failure_is_retried_before_the_first_byte(gateway_factory, s
     stream = client(gw).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: x"
+
+
+def test_a_stream_that_fails_before_its_first_chunk_is_retried_and_falls_back(gateway_factory, simulator) -> None:
+    """An upstream that accepts a stream (200) and then drops the connection, sends an error event or ends its body
+    before any chunk: nothing had reached the client, yet it got a 200 whose only event was the error, neither retried nor
+    sent to the fallback. Now such an attempt fails like a refused one (billed its prompt, as a broken 200), and a
+    stream whose every attempt fails so is a 502 before the stream, not an error inside a 200."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    simulator.state.faults.extend([Fault(break_stream_after=-1), Fault(error_in_stream_after=-1, message="busy"),
+                                   Fault(end_stream_after=-1)])  # dropped, an error event, an empty body
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True) as response:
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        request_id = response.headers["x-draftgate-request-id"]
+    assert text == "echo: x"
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and (row.status, row.attempts) == ("ok", 4)
+    assert [(a["status_code"], a.get("billed")) for a in row.detail["attempts"]] == [(502, True)] * 3 + [(200, None)]
+    assert row.detail["usage_estimated"] is True
+
+    simulator.state.faults.extend([Fault(error_in_stream_after=-1, message="busy")] * 4)  # backup's too
+    with pytest.raises(openai.InternalServerError) as info:
+        client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                           stream=True)
+    assert info.value.status_code == 502 and "busy" in info.value.message

@@ -124,3 +124,62 @@ def test_a_stream_whose_attempts_all_time_out_is_billed_like_a_non_streaming_one
     assert [a.get("billed") for a in row.detail["attempts"]] == [True] * 4
     assert row.prompt_tokens > 0 and row.hosted_cost_usd and row.hosted_cost_usd > 0
     assert row.detail["usage_estimated"] is True
+
+
+def test_a_stream_answered_after_a_billed_attempt_keeps_that_attempts_bill(gateway_factory, simulator) -> None:
+    """A stream whose first attempt timed out waiting for headers (the upstream had the request: billed) and whose
+    retry answered: its row had only the answer's tokens and dollars; the timed-out attempt's prompt is on it now,
+    as on a non-streaming request's."""
+    from router.usage import TokenEstimator
+
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    mini = gw.services.hosted.get("gpt-4o-mini")
+    counted = TokenEstimator().prompt_tokens("openai/gpt-4o-mini", PROMPT)
+    simulator.state.faults.append(Fault(delay_s=3))  # timeout_s 2
+    with client(gw).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=PROMPT, stream=True, stream_options={"include_usage": True}) as response:
+        chunks = list(response.parse())
+        request_id = response.headers["x-draftgate-request-id"]
+    usage = chunks[-1].usage
+    assert usage is not None
+    row = flushed_db(gw).get_record(request_id)
+    assert row is not None and row.status == "ok"
+    assert [a.get("billed") for a in row.detail["attempts"]] == [True, None]
+    assert row.prompt_tokens == usage.prompt_tokens + counted and row.detail["usage_estimated"] is True
+    assert row.hosted_cost_usd == pytest.approx(gw.services.pricing.hosted_cost(mini, usage.prompt_tokens,
+                                                                                usage.completion_tokens)
+                                                + gw.services.pricing.hosted_cost(mini, counted, 0))
+
+
+def test_an_attempt_that_never_connected_is_not_billed(gateway_factory, simulator) -> None:
+    """An upstream whose connect hangs (its accept queue full) until `timeout_s` (2 s, at or under the 10 s connect
+    limit, so the whole-call timeout fires first): the request never reached it, yet the attempt was marked billed
+    and its prompt charged, its type alone deciding. Now only a request whose headers were sent is billed."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for filler in fillers:
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+        time.sleep(0.2)
+        config = hosted_config(f"http://127.0.0.1:{port}/v1").replace("max_retries: 2", "max_retries: 0")
+        gw = gateway_factory(config.replace("fallbacks: [backup]", "fallbacks: []"))
+        try:
+            for stream in (False, True):
+                with pytest.raises(openai.APIStatusError) as info:
+                    client(gw).chat.completions.create(model="gpt-4o-mini", messages=PROMPT, stream=stream)
+                row = flushed_db(gw).get_record(info.value.response.headers["x-draftgate-request-id"])
+                assert row is not None and row.status_code == 502
+                assert [(a["error"], a.get("billed")) for a in row.detail["attempts"]] == [
+                    ("upstream gpt-4o-mini timed out after 2s", None)], stream
+                assert not row.hosted_cost_usd and row.prompt_tokens == 0
+        finally:
+            for filler in fillers:
+                filler.close()
