@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway.errors import install_error_handlers
 from gateway.middleware import BodyLimit, DraftgateHeaders
@@ -27,6 +28,10 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(dashboard.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DraftgateHeaders)
+    if services.config.cors_allow_origins:  # outermost: a preflight is answered before auth, as browsers need
+        app.add_middleware(CORSMiddleware, allow_origins=services.config.cors_allow_origins, allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials=False, max_age=600,
+                           expose_headers=["*"])  # x-request-id, x-draftgate-*, retry-after, x-ratelimit-*
     return app
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +32,19 @@ from policies.verifier_options import (
 )
 
 Strict = ConfigDict(extra="forbid", frozen=True)
+ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
+
+
+def _an_origin(origin: str) -> str:
+    """A browser sends `Origin: scheme://host[:port]`, never a path or a trailing slash: one written with them would
+    match no request, silently."""
+    if origin != "*" and not ORIGIN.fullmatch(origin):
+        raise ValueError(f"{origin!r} is not an origin: write '*' or scheme://host[:port] (no path, no trailing "
+                         "slash), e.g. https://app.example.com")
+    return origin
+
+
+CorsOrigin = Annotated[str, AfterValidator(_an_origin)]
 
 
 def check_base_url(url: str, meaning: str, *, adds_endpoint: bool = True) -> None:
@@ -288,6 +303,9 @@ class GatewayConfig(BaseModel):
     teams: list[TeamConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    # Browser apps (the OpenAI JS SDK's dangerouslyAllowBrowser) need CORS; vLLM's and LiteLLM's servers allow every
+    # origin by default, so this does too. Credentials (the dashboard's cookie) are never allowed cross-origin.
+    cors_allow_origins: list[CorsOrigin] = Field(default_factory=lambda: ["*"], max_length=256)
     _origin: Origin = PrivateAttr(default_factory=lambda: Origin("config", {}))  # built in code: no lines
 
     @property
