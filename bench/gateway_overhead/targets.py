@@ -99,12 +99,15 @@ def _draftgate_bin() -> str:
     return str(candidate) if candidate.exists() else "draftgate"
 
 
-def start_draftgate(fleet: Fleet, upstream_port: int, cpus: set[int] | None) -> Target:
-    """Writes the YAML, creates a virtual key with the CLI (as an operator would), starts `draftgate serve`."""
+def start_draftgate(fleet: Fleet, upstream_port: int, cpus: set[int] | None, name: str = "draftgate",
+                    extra_env: dict[str, str] | None = None) -> Target:
+    """Writes the YAML, creates a virtual key with the CLI (as an operator would), starts `draftgate serve`.
+    `extra_env` (ab.py: PYTHONPATH of another checkout) reaches both commands."""
     config = fleet.workdir / "draftgate.yaml"
     config.write_text(DRAFTGATE_YAML.format(model=MODEL, upstream_port=upstream_port))
     env = {**OFFLINE, "DRAFTGATE_BENCH_MASTER_KEY": MASTER_KEY, "DRAFTGATE_BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
-           "DRAFTGATE_DATA_DIR": str(fleet.workdir / "draftgate-data"), "DRAFTGATE_LOG_LEVEL": "warning"}
+           "DRAFTGATE_DATA_DIR": str(fleet.workdir / "draftgate-data"), "DRAFTGATE_LOG_LEVEL": "warning",
+           **(extra_env or {})}
     created = subprocess.run([_draftgate_bin(), "keys", "create", "--name", "bench-client", "--team", "bench",
                               "--config", str(config)], capture_output=True, text=True, timeout=120,
                              env={**clean_environ(), **env}, cwd=fleet.workdir)
@@ -112,9 +115,9 @@ def start_draftgate(fleet: Fleet, upstream_port: int, cpus: set[int] | None) -> 
     if created.returncode != 0 or found is None:
         raise RuntimeError(f"draftgate keys create failed: {created.stdout[-500:]} {created.stderr[-1500:]}")
     port = free_port()
-    child = fleet.start("draftgate", [_draftgate_bin(), "serve", "--config", str(config), "--host", "127.0.0.1",
+    child = fleet.start(name, [_draftgate_bin(), "serve", "--config", str(config), "--host", "127.0.0.1",
                                       "--port", str(port)], port, env=env, cpus=cpus, cwd=fleet.workdir)
-    target = Target("draftgate", child, MASTER_KEY, fleet.wait_healthy(child, "/healthz", 120))
+    target = Target(name, child, MASTER_KEY, fleet.wait_healthy(child, "/healthz", 120))
     target.virtual_key = found.group(1)
     return target
 
