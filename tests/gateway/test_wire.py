@@ -1,0 +1,43 @@
+"""What proxies, load balancers and clients other than the SDK see on the wire: SSE framing and its headers,
+HEAD requests, trailing slashes."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+from openai.types.chat import ChatCompletionChunk
+
+from tests.conftest import MASTER_KEY
+from tests.gateway.test_local_route import local_config
+
+AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
+USER = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+def _events(reply: httpx.Response) -> list[bytes]:
+    """The SSE events of a whole body, each checked to be one `data: ` line closed by a blank line."""
+    body = reply.content
+    assert body.endswith(b"data: [DONE]\n\n"), body[-200:]  # nothing after [DONE]
+    events = body.split(b"\n\n")[:-1]
+    assert all(e.startswith(b"data: ") and b"\n" not in e for e in events), body
+    assert events.count(b"data: [DONE]") == 1
+    return [e.removeprefix(b"data: ") for e in events[:-1]]
+
+
+def test_streams_are_framed_as_sse_and_tell_proxies_not_to_buffer(gateway_factory, simulator,
+                                                                  random_checkpoint) -> None:
+    """nginx buffers a proxied response unless told `x-accel-buffering: no`: a client behind it got a stream's
+    every chunk at once, at its end."""
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    for model in ("local/diffusiongemma", "gpt-4o-mini"):
+        for usage in (False, True):
+            reply = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=30, json={
+                "model": model, "messages": USER, "max_tokens": 8, "stream": True,
+                "stream_options": {"include_usage": usage}})
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["content-type"].startswith("text/event-stream")
+            assert reply.headers["cache-control"] == "no-cache" and reply.headers["x-accel-buffering"] == "no"
+            chunks = [ChatCompletionChunk.model_validate(orjson.loads(e), strict=True) for e in _events(reply)]
+            assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+            assert [c for c in chunks if not c.choices] == ([chunks[-1]] if usage else [])
+            assert (chunks[-1].usage is not None) == usage
