@@ -41,3 +41,18 @@ def test_streams_are_framed_as_sse_and_tell_proxies_not_to_buffer(gateway_factor
             assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
             assert [c for c in chunks if not c.choices] == ([chunks[-1]] if usage else [])
             assert (chunks[-1].usage is not None) == usage
+
+
+def test_head_is_answered_as_get_without_a_body(gateway_factory, simulator, random_checkpoint) -> None:
+    """`curl -I` and uptime monitors check health with HEAD: it was a 405, so the gateway looked down."""
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    with httpx.Client(base_url=gw.url, headers=AUTH, timeout=30) as http:  # one connection: a stray body would
+        for path in ("/healthz", "/readyz", "/v1/models", "/v1/models/local/diffusiongemma"):  # break the next
+            head, get = http.head(path), http.get(path)
+            assert head.status_code == get.status_code == 200, (path, head.status_code)
+            assert head.content == b"" and head.headers["content-length"] == get.headers["content-length"]
+            assert head.headers["x-request-id"]
+        refused = http.head("/v1/chat/completions")  # a POST route: still a 405 saying what it takes
+        assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+        assert http.get("/healthz").json() == {"status": "ok"}  # the connection is still in step
+
