@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 import orjson
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.conftest import MASTER_KEY
 from tests.gateway.test_local_route import local_config
@@ -56,3 +56,18 @@ def test_head_is_answered_as_get_without_a_body(gateway_factory, simulator, rand
         assert refused.status_code == 405 and refused.headers["allow"] == "POST"
         assert http.get("/healthz").json() == {"status": "ok"}  # the connection is still in step
 
+
+def test_a_trailing_slash_is_served_not_redirected(gateway_factory, simulator, random_checkpoint) -> None:
+    """`POST /v1/chat/completions/` was an empty 307: curl printed nothing, and behind a TLS proxy the redirect
+    pointed at http://, where the client's key would go in the clear."""
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    body = {"model": "local/diffusiongemma", "messages": USER, "max_tokens": 8}
+    reply = httpx.post(gw.url + "/v1/chat/completions/", headers=AUTH, json=body, timeout=30)
+    assert reply.status_code == 200, (reply.status_code, reply.headers.get("location"))
+    assert ChatCompletion.model_validate(reply.json(), strict=True).choices[0].finish_reason in ("stop", "length")
+    streamed = httpx.post(gw.url + "/v1/chat/completions/", headers=AUTH, json={**body, "stream": True}, timeout=30)
+    assert streamed.status_code == 200 and _events(streamed)
+    card = httpx.get(gw.url + "/v1/models/local/diffusiongemma/", headers=AUTH, timeout=30)
+    assert card.status_code == 200 and card.json()["id"] == "local/diffusiongemma"
+    unknown = httpx.post(gw.url + "/v1/embeddings/", headers=AUTH, json={}, timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
