@@ -71,3 +71,17 @@ def test_a_trailing_slash_is_served_not_redirected(gateway_factory, simulator, r
     assert card.status_code == 200 and card.json()["id"] == "local/diffusiongemma"
     unknown = httpx.post(gw.url + "/v1/embeddings/", headers=AUTH, json={}, timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_a_missing_or_non_object_body_is_a_400_that_says_so(gateway_factory, simulator, random_checkpoint) -> None:
+    """curl without `-d` got `body: Field required`, which named no field a client sends."""
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint))
+    for body, words in ((b"", "missing"), (b"null", "JSON object"), (b"[]", "JSON object"), (b'"hi"', "JSON object")):
+        reply = httpx.post(gw.url + "/v1/chat/completions", content=body, headers=AUTH, timeout=30)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert words in error["message"] and "`model` and `messages`" in error["message"], (body, error)
+        assert error["type"] == "invalid_request_error"
+    admin = httpx.post(gw.url + "/admin/keys", headers=AUTH, timeout=30)  # another route's body: no chat fields
+    assert admin.status_code == 400 and admin.json()["error"]["message"] == ("the request body is missing: send a "
+                                                                            "JSON object"), admin.text
