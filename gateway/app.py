@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway.errors import install_error_handlers
-from gateway.middleware import BodyLimit, DraftgateHeaders
+from gateway.middleware import BodyLimit, CanonicalRequest, DraftgateHeaders
 from gateway.routes import admin, chat, dashboard, health, reports
 from gateway.services import Services
 from gateway.settings import Settings
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.include_router(dashboard.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DraftgateHeaders)
+    app.add_middleware(CanonicalRequest)  # outside DraftgateHeaders, which reads the path
     if services.config.cors_allow_origins:  # outermost: a preflight is answered before auth, as browsers need
         app.add_middleware(CORSMiddleware, allow_origins=services.config.cors_allow_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=False, max_age=600,

@@ -198,12 +198,18 @@ def _named_param(error: Mapping[str, Any]) -> str | None:
     return getattr((error.get("ctx") or {}).get("error"), "param", None)
 
 
-def _validation_reply(exc: RequestValidationError) -> ErrorReply:
+def _validation_reply(exc: RequestValidationError, *, chat: bool) -> ErrorReply:
     errors = exc.errors()
     first = errors[0] if errors else {}
     param = _named_param(first) or openai_param(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return ErrorReply(400, "the request body is not valid JSON", "invalid_request_error", "invalid_json")
+    if tuple(first.get("loc", ())) == ("body",):  # no body at all (curl without -d), or `null`, `[]`, `"x"`
+        missing = first.get("type") == "missing"
+        wanted = "a JSON object with `model` and `messages`" if chat else "a JSON object"
+        return ErrorReply(400, f"the request body is missing: send {wanted}" if missing
+                          else f"the request body must be {wanted}", "invalid_request_error",
+                          "invalid_json" if missing else "invalid_value")
     if first.get("type") == "extra_forbidden":
         return ErrorReply(400, f"Unrecognized request argument supplied: {param}", "invalid_request_error",
                           "unknown_parameter", param)
@@ -217,7 +223,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return error_response(_validation_reply(exc), request_headers(request))
+        chat = request.url.path.endswith("/chat/completions")
+        return error_response(_validation_reply(exc, chat=chat), request_headers(request))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -46,6 +46,32 @@ class DraftgateHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class CanonicalRequest:
+    """Serves HEAD as GET (the server sends no body) and a path with a trailing slash as the path without it:
+    FastAPI answered both with something no client expects, a 405 to a HEAD health check (`curl -I`, uptime
+    monitors), and an empty 307 for `/v1/chat/completions/` that curl does not follow and that, behind a TLS
+    proxy, points the client's key at plain http."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            changed: dict[str, Any] = {}
+            if scope["method"] == "HEAD":
+                changed["method"] = "GET"
+            if len(path) > 1 and path.endswith("/"):
+                changed["path"] = path.rstrip("/") or "/"
+                raw = scope.get("raw_path")
+                if isinstance(raw, bytes):
+                    changed["raw_path"] = raw.rstrip(b"/") or b"/"
+            if changed:  # a copy: the server reads its own scope's method to leave a HEAD reply's body out
+                scope.setdefault("state", {})  # shared, so the outermost 500 handler still finds the request id
+                scope = {**scope, **changed}
+        await self.app(scope, receive, send)
+
+
 def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """A chat body is JSON whatever its content type says (curl -d sends a form type; some clients none), as
     LiteLLM's proxy reads it: without this the body is not parsed and the error blames its shape."""

@@ -19,6 +19,7 @@ from router import UnknownModelError
 
 router = APIRouter()
 T = TypeVar("T")
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 @router.post("/v1/chat/completions")
@@ -36,8 +37,10 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
         if opened is None:
             return Response(status_code=499)
         chunks, headers = opened
+        # no-cache and x-accel-buffering: a proxy in front (nginx buffers by default) would otherwise hold the
+        # events back and hand the client the whole answer at once
         return StreamingResponse(chunks, media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+                                 headers={**headers, **SSE_HEADERS})
     result = await _unless_disconnected(request, services.pipeline.complete(
         body, principal, request.state.request_id, headers_out))
     if result is None:
