@@ -57,7 +57,7 @@ class Metrics:
             self.tokens.labels(route, model, "prompt").inc(prompt_tokens)
         if completion_tokens:
             self.tokens.labels(route, model, "completion").inc(completion_tokens)
-        if cached_tokens:  # of the prompt tokens, those the local engine's prefix cache served
+        if cached_tokens:  # of the prompt tokens, those a cache served (the local prefix cache, a provider's prompt cache)
             self.tokens.labels(route, model, "prompt_cached").inc(cached_tokens)
         if device_seconds:
             self.device_seconds.labels(model).inc(device_seconds)

@@ -20,6 +20,7 @@ from router.hosted import (
     HostedResult,
     answer_usage,
     believable,
+    cached_of,
     parse_chunk,
     usage_is_invalid,
     usage_of,
@@ -193,9 +194,13 @@ class Executor:
             detail["usage_estimated"] = True
             if result.body.get("usage") is not None:  # sent, and not believed
                 detail["upstream_usage_invalid"] = True
-        cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens)
+        cached = 0 if estimated else cached_of(result.body)
+        if cached:
+            detail["cached_prompt_tokens"] = cached  # as a local request's prefix-cache hits are recorded
+        cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens, cached)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
-                       completion_tokens=completion_tokens, hosted_cost_usd=cost, unpriced=cost is None,
+                       completion_tokens=completion_tokens, cached_tokens=cached, hosted_cost_usd=cost,
+                       unpriced=cost is None,
                        attempts=[a.as_dict() for a in result.attempts], detail=detail, body=result.body)
 
     async def stream(self, job: Job, plan: Plan) -> ChunkStream:
@@ -287,6 +292,7 @@ class Executor:
                 usage = usage_of(chunk)
                 if usage is not None:
                     outcome.prompt_tokens, outcome.completion_tokens = usage
+                    outcome.cached_tokens = cached_of(chunk)
                     reported = True
                     if not chunk.get("choices"):
                         held = payload if job.wants_usage else None
@@ -303,6 +309,7 @@ class Executor:
                 outcome.detail["upstream_no_finish_reason"] = True  # `[DONE]` says whole: a quirk, not a cut
             if reported and not believable((outcome.prompt_tokens, outcome.completion_tokens), "".join(answer)):
                 outcome.detail["upstream_usage_invalid"], reported = True, False
+                outcome.cached_tokens = 0
             if reported and held is not None:
                 yield held
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that
@@ -322,9 +329,13 @@ class Executor:
                 outcome.prompt_tokens, outcome.completion_tokens = await counted(
                     self._tokens.usage, opened.model.model, job.messages, answer)
                 outcome.detail["usage_estimated"] = True
+            if outcome.detail.get("usage_estimated"):
+                outcome.cached_tokens = 0  # counted here: what the provider's cache served is not known
+            if outcome.cached_tokens:
+                outcome.detail["cached_prompt_tokens"] = outcome.cached_tokens
             # added, not set: an escalation's outcome already holds its judges' hosted bills
             outcome.add_hosted_cost(self._pricing.hosted_cost(opened.model, outcome.prompt_tokens,
-                                                              outcome.completion_tokens))
+                                                              outcome.completion_tokens, outcome.cached_tokens))
             if billed is not None:
                 outcome.prompt_tokens += billed.prompt_tokens
                 outcome.add_hosted_cost_of(billed)

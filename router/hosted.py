@@ -367,6 +367,20 @@ def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
+def cached_of(body: Mapping[str, Any]) -> int:
+    """Of the prompt tokens, those the provider read from its prompt cache and bills at a lower rate: OpenAI's
+    `usage.prompt_tokens_details.cached_tokens` (LiteLLM reports Anthropic's cache reads there, and as
+    `cache_read_input_tokens`). 0 when absent or not believable (more than the prompt): full price, never less."""
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        return 0
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    cached = _token_count(usage.get("cache_read_input_tokens") if value is None else value)
+    prompt = _token_count(usage.get("prompt_tokens"))
+    return cached if cached is not None and prompt is not None and cached <= prompt else 0
+
+
 def believable(usage: tuple[int, int] | None, answer: str) -> tuple[int, int] | None:
     """`usage` unless it is a placeholder: no prompt tokens (every chat request has some), or none for an answer
     that has text. Believed, it would be a silent $0 for tokens the provider billed."""

@@ -87,7 +87,7 @@ class Outcome:
     provider_model: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens the local engine took from its prefix cache
+    cached_tokens: int = 0  # prompt tokens served from a cache: the local engine's prefix cache, a provider's prompt cache
     hosted_cost_usd: float | None = None
     local_cost_usd: float | None = None
     device_seconds: float = 0.0

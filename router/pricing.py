@@ -18,11 +18,13 @@ class Pricing:
         self._hosted = hosted
         self._reference = reference_alias
 
-    def hosted_cost(self, model: HostedModel, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """USD for these tokens at this alias; None when no price is known."""
+    def hosted_cost(self, model: HostedModel, prompt_tokens: int, completion_tokens: int,
+                    cached_tokens: int = 0) -> float | None:
+        """USD for these tokens at this alias (`cached_tokens` of the prompt's read from the provider's prompt
+        cache, at its cached-input rate); None when no price is known."""
         if self._prices.lookup(model.alias) is not None:
-            return self._prices.cost_usd(model.alias, prompt_tokens, completion_tokens)
-        return self._prices.cost_usd(model.model, prompt_tokens, completion_tokens)
+            return self._prices.cost_usd(model.alias, prompt_tokens, completion_tokens, cached_tokens)
+        return self._prices.cost_usd(model.model, prompt_tokens, completion_tokens, cached_tokens)
 
     def reasons(self, model: HostedModel) -> bool:
         """The model reasons before it answers, by LiteLLM's map or, as LiteLLM's OpenAI configs tell them, by
