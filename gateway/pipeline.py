@@ -193,7 +193,8 @@ class ChatPipeline:
         outcome carries."""
         latency_s = time.perf_counter() - started
         reference = (outcome.hosted_cost_usd if outcome.route is Route.HOSTED
-                     else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens))
+                     else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens,
+                                                       outcome.cached_tokens))
         detail = dict(outcome.detail)
         if plan is not None:
             detail["route"] = {"rule": plan.rule, "explanation": plan.explanation, "p_hosted": plan.p_hosted}

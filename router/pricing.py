@@ -33,11 +33,13 @@ class Pricing:
         named = name.startswith(("o1", "o3", "o4")) or (name.startswith("gpt-5") and "gpt-5-chat" not in name)
         return named or self._prices.supports_reasoning(model.model)
 
-    def reference_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """What the same tokens would cost at the reference hosted model (all-hosted counterfactual)."""
+    def reference_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
+        """What the same tokens would cost at the reference hosted model (all-hosted counterfactual). Prompt tokens
+        the local prefix cache served count at the reference's cached-input rate: its provider caches a shared
+        prefix too, and pricing them in full would overstate the savings."""
         if self._reference is None or self._reference not in self._hosted:
             return None
-        return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens)
+        return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens, cached_tokens)
 
     async def unanswered_bills(self, attempts: Sequence[Attempt], messages: Sequence[Mapping[str, Any]],
                                tokens: TokenEstimator) -> list[tuple[int, float | None]]:

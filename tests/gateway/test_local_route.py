@@ -68,6 +68,11 @@ def test_a_shared_system_prompt_is_reported_as_cached_prompt_tokens(gateway_fact
     assert all(u.prompt_tokens > c for u, c in zip(usages, cached, strict=True))
     rows = [flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"]) for raw in raws]
     assert [(row.detail or {}).get("cached_prompt_tokens", 0) for row in rows] == cached[:3]
+    # all-hosted, gpt-4o-mini (the reference) would have cached that prefix too: its cached tokens at its cached
+    # rate ($0.075 per million instead of $0.15), not in full, which overstated the savings
+    third = rows[2]
+    assert third is not None and third.reference_cost_usd == pytest.approx(
+        ((third.prompt_tokens - cached[2]) * 0.15 + cached[2] * 0.075 + third.completion_tokens * 0.60) / 1e6)
     metric = 'draftgate_tokens_total{direction="prompt_cached",model="local/diffusiongemma",route="local"}'
     assert f"{metric} {float(2 * cached[2])}" in httpx.get(gw.url + "/metrics").text
 
