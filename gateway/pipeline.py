@@ -109,6 +109,11 @@ class ChatPipeline:
             else:
                 result = await (self._executor.stream(job, plan) if job.stream else self._executor.run(job, plan))
         except BaseException as exc:
+            refused = getattr(exc, "plan", None)  # a rule matched, and its route cannot serve the request as asked
+            if plan is None and isinstance(refused, Plan):
+                plan = refused
+                if plan.rule_summary:
+                    headers_out["x-draftgate-rule"] = _header_safe(plan.rule_summary)
             carried = getattr(exc, "outcome", None)  # a failure after work was done (an invalid or wasted draft)
             spent = carried if isinstance(carried, Outcome) else None
             if spent is not None:

@@ -116,8 +116,11 @@ class Planner:
             return Plan(route=Route.LOCAL, alias=self.local_alias, max_local_tokens=spec.max_local_tokens,
                         cascade=spec, **common)
         if unsupported:
-            raise UnsupportedParameterError(f"{unsupported.reason}; send such requests to a hosted model, or add "
-                                            "a policy rule that routes them to one", unsupported.param)
+            refused = UnsupportedParameterError(f"{unsupported.reason}; send such requests to a hosted model, or "
+                                                "add a policy rule that routes them to one", unsupported.param)
+            # the rule that chose the local route, for the ledger row and `x-draftgate-rule` (as `route explain`)
+            refused.plan = Plan(route=Route.LOCAL, alias=self.local_alias, **common)  # type: ignore[attr-defined]
+            raise refused
         return Plan(route=Route.LOCAL, alias=self.local_alias,
                     max_local_tokens=getattr(action, "max_local_tokens", None), **common)
 

@@ -127,6 +127,16 @@ policies:
     other = client(gw).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], metadata={"task": "chat"})
     assert other.headers["x-draftgate-route"] == "hosted" and "x-draftgate-rule" not in other.headers
+    # a request the rule's local route refuses: the refusal names the rule, as `route explain` does (row and header
+    # had none)
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                           metadata={"task": "extract"}, logprobs=True)
+    headers = info.value.response.headers
+    assert (headers["x-draftgate-route"], headers["x-draftgate-rule"]) == (
+        "none", "extract-local (model=gpt-4o-mini, metadata.task='extract')")
+    refused = flushed_db(gw).get_record(headers["x-draftgate-request-id"])
+    assert refused is not None and (refused.route, refused.rule, refused.status_code) == ("none", "extract-local", 400)
 
 
 def test_rules_on_p_hosted_use_the_bundled_classifier(gateway_factory, simulator, random_checkpoint) -> None:
