@@ -78,3 +78,25 @@ def test_the_migrate_service_runs_with_the_config_the_gateway_service_reads(tmp_
     migrate = _service_run(services["migrate"], tmp_path, services["migrate"]["command"])
     assert migrate.returncode == 0, migrate.stderr
     assert "ledger schema is up to date" in migrate.stdout
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (`40s`, `1m30s`, `2m`) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def test_compose_gives_the_gateway_time_to_drain_before_it_kills_it() -> None:
+    """`docker compose stop`/`down` sends SIGTERM, then SIGKILL after the service's `stop_grace_period`: docker's
+    default is 10 s, under the gateway's own drain (DRAFTGATE_SHUTDOWN_TIMEOUT_S, 25 s by default, then the
+    cancelled requests' rows are recorded and the ledger flushed), so a request still running at 10 s was killed
+    with its answer and its ledger row lost. The grace period must cover the drain plus the flush after it."""
+    from gateway.settings import Settings
+
+    gateway = _services()["gateway"]
+    drain = float((gateway.get("environment") or {}).get("DRAFTGATE_SHUTDOWN_TIMEOUT_S",
+                                                           Settings.model_fields["shutdown_timeout_s"].default))
+    grace = _seconds(str(gateway.get("stop_grace_period", "10s")))
+    assert grace >= drain + 10, (grace, drain)
