@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -104,11 +107,29 @@ def serve(config: ConfigOpt = None,
         os.environ["DRAFTGATE_CONFIG"] = str(config)
     metrics_lock = share_metrics_between_workers(settings) if workers > 1 else None  # held while serving
     console.print(f"draftgate listening on {_base_url(host, port)}", soft_wrap=True)
-    uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75,
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)
-    if metrics_lock is not None:
-        metrics_lock.close()
+    try:
+        with _sigterm_exits_zero():
+            uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
+                        log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75,
+                        timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    finally:
+        if metrics_lock is not None:
+            metrics_lock.close()
+
+
+@contextlib.contextmanager
+def _sigterm_exits_zero() -> Iterator[None]:
+    """uvicorn stops gracefully on SIGTERM (drain, ledger flush), then puts the previous handler back and raises
+    the signal again: with the default one the process died by SIGTERM after a clean stop (exit 143 in docker,
+    `Error` in Kubernetes, -15 to a supervisor), where `--workers N` exits 0. This handler ends it with 0."""
+    def stopped(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _base_url(host: str, port: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -10,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_HEADERS = (("x-draftgate-route", "none"), ("x-draftgate-cost-usd", "0"))
+log = logging.getLogger("draftgate")
 
 
 class DraftgateHeaders:
@@ -29,8 +32,12 @@ class DraftgateHeaders:
         state["request_id"] = request_id
         state["draftgate_headers"] = {"x-draftgate-request-id": request_id}
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 if b"x-draftgate-request-id" not in present:
@@ -43,7 +50,28 @@ class DraftgateHeaders:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except asyncio.CancelledError as exc:
+            await _ended_by_shutdown(exc, started, scope, receive, send_with_headers)
+
+
+async def _ended_by_shutdown(exc: asyncio.CancelledError, started: bool, scope: Scope, receive: Receive,
+                             send: Send) -> None:
+    """A request uvicorn cancelled at its graceful-shutdown timeout (already recorded as cancelled): raised on, it
+    was a traceback per request in the log and a plain-text 500 to its client. A client still waiting gets a 503
+    to retry elsewhere; a stream already started is cut (uvicorn closes the connection), so its client sees an
+    error, not an answer that merely stopped. Any other cancellation propagates."""
+    from gateway.errors import ErrorReply, error_response
+    from gateway.pipeline import SHUTDOWN_REASON, cancel_reason
+
+    if cancel_reason(exc) != SHUTDOWN_REASON:
+        raise exc
+    log.warning("request %s ended unfinished: the server is shutting down", scope["state"]["request_id"])
+    if not started:
+        reply = ErrorReply(503, "the server is shutting down; retry the request", "api_error",
+                           "server_shutting_down", headers=(("retry-after", "1"),))
+        await error_response(reply)(scope, receive, send)
 
 
 class CanonicalRequest:

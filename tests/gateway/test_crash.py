@@ -125,7 +125,8 @@ def _sigterm_during_load(tmp_path: Path, *, delay_s: float, timeout_s: float, re
 
 def test_sigterm_finishes_in_flight_requests_then_flushes(tmp_path: Path) -> None:
     result, _, rc, sent_term, gw = _sigterm_during_load(tmp_path, delay_s=1.5, timeout_s=30, requests=16)
-    assert rc in (0, -15), gw.log.read_text()  # uvicorn re-raises the SIGTERM it handled
+    # A clean stop is exit 0 (uvicorn re-raised the SIGTERM it had handled: -15, 143 in docker), without a traceback.
+    assert rc == 0 and "Traceback" not in gw.log.read_text(), gw.log.read_text()
     assert len(result.replies) == 16 and not result.errors, result.summary()
     assert all(r.finished_s > sent_term for r in result.replies)  # they were in flight at SIGTERM
     rows = _rows(gw)
@@ -142,9 +143,12 @@ def test_sigterm_with_requests_that_outlast_the_shutdown_timeout_cancels_and_rec
     flushed, and the process exits (it used to wait for them however long they took)."""
     result, stop_s, rc, _, gw = _sigterm_during_load(tmp_path, delay_s=40, timeout_s=60, requests=4,
                                                      env={"DRAFTGATE_SHUTDOWN_TIMEOUT_S": "2"})
-    assert rc in (0, -15), gw.log.read_text()
+    assert rc == 0 and "Traceback" not in gw.log.read_text(), gw.log.read_text()
     assert stop_s < 10, stop_s
     assert len(result.replies) == 4 and not result.completed
+    # Each client still waiting was told to retry (a 503 naming the shutdown), not a plain-text 500.
+    assert all("server_shutting_down" in (r.error or "") or "503" in (r.error or "") for r in result.replies), \
+        [r.error for r in result.replies]
     rows = _rows(gw)
     assert len(rows) == 4 and sum(r.stream for r in rows.values()) == 2, gw.log.read_text()
     for row in rows.values():
