@@ -14,17 +14,7 @@ from router.errors import (
     LocalUnavailableError,
     UpstreamError,
 )
-from router.hosted import (
-    Attempt,
-    HostedClient,
-    HostedResult,
-    answer_usage,
-    believable,
-    cached_of,
-    parse_chunk,
-    usage_is_invalid,
-    usage_of,
-)
+from router.hosted import Attempt, HostedClient, HostedResult, answer_usage, parse_chunk
 from router.job import Job, Outcome, Plan, Route, for_escalation, note_dropped
 from router.pricing import Pricing
 from router.streams import (
@@ -39,7 +29,15 @@ from router.streams import (
     primed,
 )
 from router.transport import StreamBroken, is_error_event, stream_error
-from router.usage import TokenEstimator, counted, delta_text
+from router.usage import (
+    TokenEstimator,
+    believable,
+    cached_of,
+    counted,
+    delta_text,
+    usage_is_invalid,
+    usage_of,
+)
 from router.verifiers import Draft, ResponseFormatVerifier
 
 

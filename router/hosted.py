@@ -40,7 +40,7 @@ from router.transport import (
     is_error_event,
     stream_error,
 )
-from router.usage import TokenEstimator, answer_text
+from router.usage import TokenEstimator, answer_text, believable, usage_of
 
 MAX_RETRY_AFTER_S = 30.0
 RETRYABLE_4XX = frozenset({408, 409, 429})
@@ -341,57 +341,6 @@ class HostedClient:
         cls = UpstreamRejectedError if _rejects_request(last) else UpstreamError
         return cls(alias, last.message, status_code=last.status_code, error_type=last.error_type, attempts=tried,
                    code=last.code, param=last.param)
-
-
-MAX_REPORTED_TOKENS = 2**31 - 1  # the ledger's token columns; more than any context window times any `n`
-
-
-def _token_count(value: Any) -> int | None:
-    if isinstance(value, float) and value.is_integer():  # `12.0` from a proxy that went through floats
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REPORTED_TOKENS:
-        return value
-    return None
-
-
-def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) from an OpenAI response or usage chunk; None when absent or not
-    believable (null, missing, negative, not an integer, absurdly large): the tokens are then counted here
-    rather than recorded as $0, a negative bill, or a row the ledger cannot store."""
-    usage = body.get("usage")
-    if not isinstance(usage, Mapping):
-        return None
-    prompt, completion = _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens"))
-    if prompt is None or completion is None:
-        return None
-    return prompt, completion
-
-
-def cached_of(body: Mapping[str, Any]) -> int:
-    """Of the prompt tokens, those the provider read from its prompt cache and bills at a lower rate: OpenAI's
-    `usage.prompt_tokens_details.cached_tokens` (LiteLLM reports Anthropic's cache reads there, and as
-    `cache_read_input_tokens`). 0 when absent or not believable (more than the prompt): full price, never less."""
-    usage = body.get("usage")
-    if not isinstance(usage, Mapping):
-        return 0
-    details = usage.get("prompt_tokens_details")
-    value = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    cached = _token_count(usage.get("cache_read_input_tokens") if value is None else value)
-    prompt = _token_count(usage.get("prompt_tokens"))
-    return cached if cached is not None and prompt is not None and cached <= prompt else 0
-
-
-def believable(usage: tuple[int, int] | None, answer: str) -> tuple[int, int] | None:
-    """`usage` unless it is a placeholder: no prompt tokens (every chat request has some), or none for an answer
-    that has text. Believed, it would be a silent $0 for tokens the provider billed."""
-    if usage is None or usage[0] == 0 or (usage[1] == 0 and answer):
-        return None
-    return usage
-
-
-def usage_is_invalid(body: Mapping[str, Any]) -> bool:
-    """The upstream sent a `usage` that `usage_of` could not believe (for the ledger's detail)."""
-    return body.get("usage") is not None and usage_of(body) is None
 
 
 def parse_chunk(line: bytes) -> dict[str, Any]:
