@@ -198,13 +198,17 @@ def _named_param(error: Mapping[str, Any]) -> str | None:
     return getattr((error.get("ctx") or {}).get("error"), "param", None)
 
 
+# What pydantic says of a body that is missing or not an object (a model validator's errors have the same `loc`)
+NOT_AN_OBJECT = frozenset({"missing", "model_type", "model_attributes_type", "dict_type"})
+
+
 def _validation_reply(exc: RequestValidationError, *, chat: bool) -> ErrorReply:
     errors = exc.errors()
     first = errors[0] if errors else {}
     param = _named_param(first) or openai_param(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return ErrorReply(400, "the request body is not valid JSON", "invalid_request_error", "invalid_json")
-    if tuple(first.get("loc", ())) == ("body",):  # no body at all (curl without -d), or `null`, `[]`, `"x"`
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:  # no body, `null`, `[]`
         missing = first.get("type") == "missing"
         wanted = "a JSON object with `model` and `messages`" if chat else "a JSON object"
         return ErrorReply(400, f"the request body is missing: send {wanted}" if missing
