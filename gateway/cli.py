@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import logging.config
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -91,8 +93,8 @@ def serve(config: ConfigOpt = None,
 
     settings = settings_or_exit(config)
     level = logging.DEBUG if settings.log_level == "trace" else settings.log_level.upper()  # trace: uvicorn's own
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a dozen lines of noise per start
+    log_config = _log_config(level)
+    logging.config.dictConfig(log_config)
     loaded = config_or_exit(settings)  # fail fast with precise errors before uvicorn starts
     for problem in policies.lint(loaded):  # what check-config warns about: a rule that never matches, a 503 ...
         typer.echo(f"warning: {problem}", err=True)
@@ -110,11 +112,26 @@ def serve(config: ConfigOpt = None,
     try:
         with _sigterm_exits_zero():
             uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                        log_level=settings.log_level, loop="uvloop", http="httptools", timeout_keep_alive=75,
-                        timeout_graceful_shutdown=settings.shutdown_timeout_s)
+                        log_level=settings.log_level, log_config=log_config, loop="uvloop", http="httptools",
+                        timeout_keep_alive=75, timeout_graceful_shutdown=settings.shutdown_timeout_s)
     finally:
         if metrics_lock is not None:
             metrics_lock.close()
+
+
+def _log_config(level: str | int) -> dict[str, Any]:
+    """uvicorn's logging plus draftgate's (root) handler, level and format. Given to uvicorn, which applies it in
+    each `--workers` process too: set up only here, the workers had none of it (their INFO lines, such as journal
+    recovery, were dropped and their warnings printed without time or level)."""
+    import uvicorn.config
+
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["draftgate"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["draftgate"] = {"class": "logging.StreamHandler", "formatter": "draftgate",
+                                       "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["draftgate"], "level": level}
+    config["loggers"]["alembic.runtime.plugins"] = {"level": "WARNING"}  # a dozen lines of noise per start
+    return config
 
 
 @contextlib.contextmanager

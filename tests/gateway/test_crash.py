@@ -207,3 +207,21 @@ def test_the_row_is_journalled_before_the_client_can_see_a_complete_answer(gatew
     sent = asyncio.run_coroutine_threadsafe(_drive(gw, body), gw.services.loop).result(30)
     complete_at = "[DONE]" if stream else "start"  # a JSON answer is one message after its start
     assert (complete_at, True) in sent, f"the client had the whole answer before its row was safe: {sent}"
+
+
+def test_workers_log_like_a_single_process(tmp_path: Path) -> None:
+    """`serve --workers 2`: the logging set-up was made in the parent only, so each worker's warnings (a model
+    without a known price here; journal recovery at INFO was dropped altogether) came out without time, level or
+    logger, unlike one process's."""
+    config = tmp_path / "draftgate.yaml"
+    config.write_text(process_config("http://127.0.0.1:9/v1").replace("gpt-4o-mini", "mystery"))  # unpriced
+    gw = GatewayProcess(config, tmp_path / "data", tmp_path / "gateway.log", env={"DRAFTGATE_WORKERS": "2"})
+    try:
+        gw.start()
+        assert gw.terminate() == 0
+    finally:
+        gw.stop()
+    lines = [line for line in gw.log.read_text().splitlines() if "has no known price" in line]
+    formatted = [line for line in lines if " WARNING draftgate: model mystery (openai/mystery)" in line
+                 and line[:4].isdigit()]
+    assert len(lines) >= 2 and formatted == lines, lines  # one per worker, each with time, level and logger
