@@ -201,6 +201,8 @@ class ChatPipeline:
                      else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens,
                                                        outcome.cached_tokens))
         detail = dict(outcome.detail)
+        if outcome.cached_tokens:  # the local prefix cache's hits, or the provider's prompt-cache reads
+            detail["cached_prompt_tokens"] = outcome.cached_tokens
         if plan is not None:
             detail["route"] = {"rule": plan.rule, "explanation": plan.explanation, "p_hosted": plan.p_hosted}
         if outcome.attempts:

@@ -93,8 +93,6 @@ class Executor:
         if len(completions) > 1:
             detail["choices"] = len(completions)
             detail["choice_confidence"] = [c.confidence.as_dict() for c in completions]
-        if first.cached_tokens:
-            detail["cached_prompt_tokens"] = first.cached_tokens
         if any(c.usage_estimated for c in completions):  # as a hosted answer without usage is marked
             detail["usage_estimated"] = True
         return Outcome(route=route, provider_model=first.model, prompt_tokens=first.prompt_tokens,
@@ -193,8 +191,6 @@ class Executor:
             if result.body.get("usage") is not None:  # sent, and not believed
                 detail["upstream_usage_invalid"] = True
         cached = 0 if estimated else cached_of(result.body)
-        if cached:
-            detail["cached_prompt_tokens"] = cached  # as a local request's prefix-cache hits are recorded
         cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens, cached)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
                        completion_tokens=completion_tokens, cached_tokens=cached, hosted_cost_usd=cost,
@@ -329,8 +325,6 @@ class Executor:
                 outcome.detail["usage_estimated"] = True
             if outcome.detail.get("usage_estimated"):
                 outcome.cached_tokens = 0  # counted here: what the provider's cache served is not known
-            if outcome.cached_tokens:
-                outcome.detail["cached_prompt_tokens"] = outcome.cached_tokens
             # added, not set: an escalation's outcome already holds its judges' hosted bills
             outcome.add_hosted_cost(self._pricing.hosted_cost(opened.model, outcome.prompt_tokens,
                                                               outcome.completion_tokens, outcome.cached_tokens))
