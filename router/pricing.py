@@ -22,9 +22,8 @@ class Pricing:
                     cached_tokens: int = 0) -> float | None:
         """USD for these tokens at this alias (`cached_tokens` of the prompt's read from the provider's prompt
         cache, at its cached-input rate); None when no price is known."""
-        if self._prices.lookup(model.alias) is not None:
-            return self._prices.cost_usd(model.alias, prompt_tokens, completion_tokens, cached_tokens)
-        return self._prices.cost_usd(model.model, prompt_tokens, completion_tokens, cached_tokens)
+        price = self._prices.lookup(model.alias) or self._prices.lookup(model.model)
+        return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens)
 
     def reasons(self, model: HostedModel) -> bool:
         """The model reasons before it answers, by LiteLLM's map or, as LiteLLM's OpenAI configs tell them, by
