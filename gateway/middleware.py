@@ -54,6 +54,20 @@ class DraftgateHeaders:
             await self.app(scope, receive, send_with_headers)
         except asyncio.CancelledError as exc:
             await _ended_by_shutdown(exc, started, scope, receive, send_with_headers)
+        except Exception as exc:
+            if started:  # a stream already under way: only closing the connection tells its client
+                raise
+            await _answer_bug(exc, scope, receive, send_with_headers)
+
+
+async def _answer_bug(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """An error no handler knows (a bug). Left to Starlette's outermost middleware, its 500 went out without the
+    CORS headers (a browser app could not read it) or the request id (nothing to quote in a report), and the
+    server closed the keep-alive connection. Answered here, inside CORS, it has both and the connection stays."""
+    from gateway.errors import error_response, reply_for
+
+    log.error("unhandled error on %s (request %s)", scope.get("path"), scope["state"]["request_id"], exc_info=exc)
+    await error_response(reply_for(exc))(scope, receive, send)
 
 
 async def _ended_by_shutdown(exc: asyncio.CancelledError, started: bool, scope: Scope, receive: Receive,

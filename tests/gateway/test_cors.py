@@ -57,3 +57,24 @@ def test_an_origin_no_browser_sends_is_a_located_config_error(origin: str) -> No
     (problem,) = [str(p) for p in info.value.problems]
     assert problem.startswith("draftgate.yaml:3: cors_allow_origins[1]: "), problem
     assert "is not an origin" in problem
+
+
+def test_an_unexpected_error_is_a_json_500_with_cors_and_the_request_id(gateway_factory, simulator) -> None:
+    """A bug's 500 was answered by Starlette's outermost error middleware, outside CORS and the id middleware: a
+    browser app could not read it (no access-control-allow-origin), it carried no x-request-id to quote in a
+    report, and the server closed the keep-alive connection."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    gw.app.add_api_route("/v1/broken", broken, methods=["POST"])
+    with httpx.Client() as client:
+        r = client.post(gw.url + "/v1/broken", json={}, headers={"origin": "https://app.example.com"})
+        assert r.status_code == 500, r.text
+        assert r.json()["error"]["code"] == "internal_error" and "a bug" not in r.text
+        assert r.headers["access-control-allow-origin"] == "*"
+        assert r.headers["x-request-id"] == r.headers["x-draftgate-request-id"] != ""
+        assert r.headers.get("connection") != "close"
+        after = client.get(gw.url + "/healthz")  # the same connection goes on serving
+        assert after.status_code == 200
