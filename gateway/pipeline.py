@@ -199,10 +199,12 @@ class ChatPipeline:
         latency_s = time.perf_counter() - started
         reference = (outcome.hosted_cost_usd if outcome.route is Route.HOSTED
                      else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens,
-                                                       outcome.cached_tokens))
+                                                       outcome.cached_tokens, outcome.cache_write_tokens))
         detail = dict(outcome.detail)
         if outcome.cached_tokens:  # the local prefix cache's hits, or the provider's prompt-cache reads
             detail["cached_prompt_tokens"] = outcome.cached_tokens
+        if outcome.cache_write_tokens:  # the provider's prompt-cache writes (Anthropic bills them at 1.25x)
+            detail["cache_write_prompt_tokens"] = outcome.cache_write_tokens
         if plan is not None:
             detail["route"] = {"rule": plan.rule, "explanation": plan.explanation, "p_hosted": plan.p_hosted}
         if outcome.attempts:

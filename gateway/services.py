@@ -40,7 +40,8 @@ def hosted_models(config: policies.GatewayConfig) -> dict[str, HostedModel]:
 
 
 def price_overrides(config: policies.GatewayConfig) -> dict[str, Price]:
-    return {m.name: Price(m.price.input_per_mtok, m.price.output_per_mtok, m.price.cached_input_per_mtok)
+    return {m.name: Price(m.price.input_per_mtok, m.price.output_per_mtok, m.price.cached_input_per_mtok,
+                          m.price.cache_write_input_per_mtok)
             for m in config.models if m.price}
 
 

@@ -26,13 +26,18 @@ class Price:
     input_per_mtok: float
     output_per_mtok: float
     cached_input_per_mtok: float | None = None  # prompt tokens read from the provider's prompt cache; None: full price
+    cache_write_input_per_mtok: float | None = None  # prompt tokens written to it (Anthropic: 1.25x); None: full price
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """`cached_tokens` are part of `prompt_tokens` (as OpenAI's usage counts them), priced at the cached rate."""
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                 cache_write_tokens: int = 0) -> float:
+        """`cached_tokens` (read from the provider's prompt cache) and `cache_write_tokens` (written to it) are part
+        of `prompt_tokens`, as OpenAI's and LiteLLM's usage count them, and priced at their own rates."""
         cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
         cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
-        return ((prompt_tokens - cached) * self.input_per_mtok + cached * cached_rate
-                + completion_tokens * self.output_per_mtok) / 1_000_000
+        write_rate = self.input_per_mtok if self.cache_write_input_per_mtok is None else self.cache_write_input_per_mtok
+        return ((prompt_tokens - cached - written) * self.input_per_mtok + cached * cached_rate
+                + written * write_rate + completion_tokens * self.output_per_mtok) / 1_000_000
 
 
 @cache
@@ -84,10 +89,10 @@ class PriceBook:
             return self._overrides[model]
         for entry in self._entries(model):
             inp, out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
-            cached = entry.get("cache_read_input_token_cost")
             if isinstance(inp, (int, float)) and isinstance(out, (int, float)):
                 return Price(float(inp) * 1_000_000, float(out) * 1_000_000,
-                             float(cached) * 1_000_000 if isinstance(cached, (int, float)) else None)
+                             _per_mtok(entry.get("cache_read_input_token_cost")),
+                             _per_mtok(entry.get("cache_creation_input_token_cost")))
         return None
 
     def supports_reasoning(self, model: str) -> bool:
@@ -95,6 +100,12 @@ class PriceBook:
         reasoning as completion tokens, and OpenAI's refuse `max_tokens` and a `temperature` other than 1."""
         return any(entry.get("supports_reasoning") is True for entry in self._entries(model))
 
-    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
+    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                 cache_write_tokens: int = 0) -> float | None:
         price = self.lookup(model)
-        return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens)
+        return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens,
+                                                         cache_write_tokens)
+
+
+def _per_mtok(per_token: Any) -> float | None:
+    return float(per_token) * 1_000_000 if isinstance(per_token, (int, float)) else None

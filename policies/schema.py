@@ -71,6 +71,7 @@ class PriceConfig(BaseModel):
     input_per_mtok: Number = Field(ge=0)
     output_per_mtok: Number = Field(ge=0)
     cached_input_per_mtok: Number | None = Field(default=None, ge=0)  # prompt-cache reads; default: input price
+    cache_write_input_per_mtok: Number | None = Field(default=None, ge=0)  # prompt-cache writes; default: input price
 
 
 AUTO_ALIAS = "auto"  # the alias that lets the policy choose

@@ -32,6 +32,7 @@ from router.transport import StreamBroken, is_error_event, stream_error
 from router.usage import (
     TokenEstimator,
     believable,
+    cache_writes_of,
     cached_of,
     counted,
     delta_text,
@@ -190,10 +191,11 @@ class Executor:
             detail["usage_estimated"] = True
             if result.body.get("usage") is not None:  # sent, and not believed
                 detail["upstream_usage_invalid"] = True
-        cached = 0 if estimated else cached_of(result.body)
-        cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens, cached)
+        cached, written = (0, 0) if estimated else (cached_of(result.body), cache_writes_of(result.body))
+        cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens, cached, written)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
-                       completion_tokens=completion_tokens, cached_tokens=cached, hosted_cost_usd=cost,
+                       completion_tokens=completion_tokens, cached_tokens=cached, cache_write_tokens=written,
+                       hosted_cost_usd=cost,
                        unpriced=cost is None,
                        attempts=[a.as_dict() for a in result.attempts], detail=detail, body=result.body)
 
@@ -286,7 +288,7 @@ class Executor:
                 usage = usage_of(chunk)
                 if usage is not None:
                     outcome.prompt_tokens, outcome.completion_tokens = usage
-                    outcome.cached_tokens = cached_of(chunk)
+                    outcome.cached_tokens, outcome.cache_write_tokens = cached_of(chunk), cache_writes_of(chunk)
                     reported = True
                     if not chunk.get("choices"):
                         held = payload if job.wants_usage else None
@@ -303,7 +305,7 @@ class Executor:
                 outcome.detail["upstream_no_finish_reason"] = True  # `[DONE]` says whole: a quirk, not a cut
             if reported and not believable((outcome.prompt_tokens, outcome.completion_tokens), "".join(answer)):
                 outcome.detail["upstream_usage_invalid"], reported = True, False
-                outcome.cached_tokens = 0
+                outcome.cached_tokens = outcome.cache_write_tokens = 0
             if reported and held is not None:
                 yield held
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that
@@ -324,10 +326,12 @@ class Executor:
                     self._tokens.usage, opened.model.model, job.messages, answer)
                 outcome.detail["usage_estimated"] = True
             if outcome.detail.get("usage_estimated"):
-                outcome.cached_tokens = 0  # counted here: what the provider's cache served is not known
+                # counted here: what the provider's cache served or stored is not known
+                outcome.cached_tokens = outcome.cache_write_tokens = 0
             # added, not set: an escalation's outcome already holds its judges' hosted bills
             outcome.add_hosted_cost(self._pricing.hosted_cost(opened.model, outcome.prompt_tokens,
-                                                              outcome.completion_tokens, outcome.cached_tokens))
+                                                              outcome.completion_tokens, outcome.cached_tokens,
+                                                              outcome.cache_write_tokens))
             if billed is not None:
                 outcome.prompt_tokens += billed.prompt_tokens
                 outcome.add_hosted_cost_of(billed)

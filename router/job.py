@@ -88,6 +88,7 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from a cache: the local engine's prefix cache, a provider's prompt cache
+    cache_write_tokens: int = 0  # prompt tokens a provider wrote to its prompt cache (billed above the input price)
     hosted_cost_usd: float | None = None
     local_cost_usd: float | None = None
     device_seconds: float = 0.0

@@ -19,11 +19,12 @@ class Pricing:
         self._reference = reference_alias
 
     def hosted_cost(self, model: HostedModel, prompt_tokens: int, completion_tokens: int,
-                    cached_tokens: int = 0) -> float | None:
-        """USD for these tokens at this alias (`cached_tokens` of the prompt's read from the provider's prompt
-        cache, at its cached-input rate); None when no price is known."""
+                    cached_tokens: int = 0, cache_write_tokens: int = 0) -> float | None:
+        """USD for these tokens at this alias (of the prompt's, `cached_tokens` read from the provider's prompt
+        cache and `cache_write_tokens` written to it, each at its own rate); None when no price is known."""
         price = self._prices.lookup(model.alias) or self._prices.lookup(model.model)
-        return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens)
+        return None if price is None else price.cost_usd(prompt_tokens, completion_tokens, cached_tokens,
+                                                         cache_write_tokens)
 
     def reasons(self, model: HostedModel) -> bool:
         """The model reasons before it answers, by LiteLLM's map or, as LiteLLM's OpenAI configs tell them, by
@@ -32,13 +33,15 @@ class Pricing:
         named = name.startswith(("o1", "o3", "o4")) or (name.startswith("gpt-5") and "gpt-5-chat" not in name)
         return named or self._prices.supports_reasoning(model.model)
 
-    def reference_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
+    def reference_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                       cache_write_tokens: int = 0) -> float | None:
         """What the same tokens would cost at the reference hosted model (all-hosted counterfactual). Prompt tokens
         the local prefix cache served count at the reference's cached-input rate: its provider caches a shared
         prefix too, and pricing them in full would overstate the savings."""
         if self._reference is None or self._reference not in self._hosted:
             return None
-        return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens, cached_tokens)
+        return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens, cached_tokens,
+                                cache_write_tokens)
 
     async def unanswered_bills(self, attempts: Sequence[Attempt], messages: Sequence[Mapping[str, Any]],
                                tokens: TokenEstimator) -> list[tuple[int, float | None]]:

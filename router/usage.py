@@ -151,6 +151,21 @@ def cached_of(body: Mapping[str, Any]) -> int:
     return cached if cached is not None and prompt is not None and cached <= prompt else 0
 
 
+def cache_writes_of(body: Mapping[str, Any]) -> int:
+    """Of the prompt tokens, those the provider wrote to its prompt cache, billed above the input price (Anthropic:
+    1.25x): LiteLLM's `usage.cache_creation_input_tokens` (also `prompt_tokens_details.cache_creation_tokens`).
+    0 when absent or not believable (more than the prompt's uncached tokens)."""
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        return 0
+    details = usage.get("prompt_tokens_details")
+    value = usage.get("cache_creation_input_tokens")
+    if value is None and isinstance(details, Mapping):
+        value = details.get("cache_creation_tokens")
+    written, prompt = _token_count(value), _token_count(usage.get("prompt_tokens"))
+    return written if written is not None and prompt is not None and written <= prompt - cached_of(body) else 0
+
+
 def believable(usage: tuple[int, int] | None, answer: str) -> tuple[int, int] | None:
     """`usage` unless it is a placeholder: no prompt tokens (every chat request has some), or none for an answer
     that has text. Believed, it would be a silent $0 for tokens the provider billed."""

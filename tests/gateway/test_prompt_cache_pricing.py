@@ -58,3 +58,47 @@ def test_a_price_override_takes_a_cached_input_rate(gateway_factory, simulator) 
     raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT)
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
     assert row is not None and row.hosted_cost_usd == pytest.approx((464 * 1.0 + 1536 * 0.1 + 10 * 2.0) / 1e6)
+
+
+WRITE_USAGE = {"prompt_tokens": 2000, "completion_tokens": 10, "total_tokens": 2010,
+               "cache_creation_input_tokens": 1200, "cache_read_input_tokens": 500,
+               "prompt_tokens_details": {"cached_tokens": 500, "cache_creation_tokens": 1200}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_cache_writes_are_billed_at_the_cache_write_rate(gateway_factory, simulator, stream: bool) -> None:
+    """Anthropic bills tokens written to its prompt cache at 1.25x the input price and LiteLLM (and a LiteLLM proxy
+    upstream) reports them as `cache_creation_input_tokens`, part of `prompt_tokens`: the ledger billed them at the
+    input price, under-charging every request that primed a cache."""
+    config = hosted_config(simulator.base_url).replace(
+        "    timeout_s: 2\n    max_retries: 2\n",
+        "    timeout_s: 2\n    max_retries: 2\n    price: {input_per_mtok: 3.0, output_per_mtok: 15.0, "
+        "cached_input_per_mtok: 0.3, cache_write_input_per_mtok: 3.75}\n", 1)
+    assert "cache_write_input_per_mtok" in config
+    gw = gateway_factory(config)
+    simulator.state.faults.append(Fault(usage=WRITE_USAGE))
+    bill = (300 * 3.0 + 500 * 0.3 + 1200 * 3.75 + 10 * 15.0) / 1e6
+    if stream:
+        raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT, stream=True,
+                                                                   stream_options={"include_usage": True})
+        list(raw.parse())
+    else:
+        raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT)
+        assert float(raw.headers["x-draftgate-cost-usd"]) == pytest.approx(bill, rel=1e-6)
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.hosted_cost_usd == pytest.approx(bill, rel=1e-6)
+    assert (row.detail or {}).get("cache_write_prompt_tokens") == 1200
+    assert (row.detail or {}).get("cached_prompt_tokens") == 500
+
+
+def test_litellm_map_cache_write_rate_is_read() -> None:
+    from ledger import PriceBook
+
+    book = PriceBook()
+    name = next(k for k, v in book._map.items() if str(k).startswith("claude-") and isinstance(v, dict)
+                and v.get("cache_creation_input_token_cost") and v.get("input_cost_per_token"))
+    entry, price = book._map[name], book.lookup(name)
+    assert price is not None and price.cache_write_input_per_mtok == pytest.approx(
+        entry["cache_creation_input_token_cost"] * 1e6)
+    assert price.cost_usd(1000, 0, 0, 1000) == pytest.approx(1000 * entry["cache_creation_input_token_cost"])
+    assert price.cost_usd(1000, 0, 0, 5000) == pytest.approx(1000 * entry["cache_creation_input_token_cost"])  # capped
