@@ -40,13 +40,12 @@ from local_engine.interface import (
 )
 from local_engine.loading import LoadedModel, context_window, load_model, sampling_of
 from local_engine.metering import Meter, default_rate
+from local_engine.output import CanvasOutput, Emit
 from local_engine.prefix import PrefixCache
 from local_engine.prompts import PromptBuilder, flatten, message_text
 from local_engine.rows import Row, RowState
-from local_engine.stops import stop_index, tokens_through_stop
 from local_engine.submission import RowEvents, abandon, retrieved, submitted_row
 
-Emit = Callable[[StreamDelta | Completion | BaseException], None]
 ADMISSIONS_KEPT = 1024  # recent admissions kept for tests and benchmarks; bounded, the engine runs for months
 # Prompts up to this many characters (of at most INLINE_PROMPT_MESSAGES messages) are prepared on the event loop:
 # a millisecond or two, less than the hop to a thread costs a typical request. Longer ones go to PROMPT_WORKERS
@@ -95,7 +94,7 @@ class DiffusionEngine:
         self.ticks = 0  # scheduler ticks, for tests and benchmarks
         self.admissions: dict[str, Admission] = {}  # request id -> its admission, the newest ADMISSIONS_KEPT
         self.prompts = PromptBuilder(loaded.tokenizer, self.prefixes)
-        self._detokenizer = Detokenizer(loaded.tokenizer)
+        self._output = CanvasOutput(Detokenizer(loaded.tokenizer), self.meter, self.model_name)
         self.inline_prompt_chars = INLINE_PROMPT_CHARS
         self._preparing = 0  # submissions whose prompt is being prepared off the loop: they hold queue places
         self._prompt_pool: ThreadPoolExecutor | None = None
@@ -370,43 +369,4 @@ class DiffusionEngine:
             self._fail([slot], exc)
 
     def _finish_canvas(self, slot: _Slot) -> None:
-        """Streams a committed canvas's text; ends the request on EOS, max_tokens or a stop string."""
-        row = slot.row
-        text = self._decode(row.tokens)
-        stop_at = stop_index(text, row.request.stop)
-        if stop_at is not None:
-            text, row.finish_reason = text[:stop_at], "stop"
-            # Counted as vLLM counts them: the generated tokens up to the one that completed the stop string.
-            # Re-tokenizing the cut text could count more than were generated, or than max_tokens allows
-            # ("name" cut at "e" is "nam": three tokens for one).
-            row.tokens = row.tokens[:tokens_through_stop(row.tokens, row.request.stop, self._decode)]
-        if row.finish_reason is None:
-            hold = max((len(s) for s in row.request.stop), default=1) - 1  # a stop string may span canvases
-            final = self._detokenizer.final_chars(row.tokens, text)  # so may a character's bytes
-            self._emit_text(slot, text[: max(0, min(len(text) - hold, final))])  # hold > len(text): nothing
-            return  # the batch encodes this canvas and opens the next at its canvas boundary
-        self._emit_text(slot, text)
-        row.state = RowState.DONE
-        slot.emit(self._completion(row, text))
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self._detokenizer.decode(tokens)
-
-    def _emit_text(self, slot: _Slot, text: str) -> None:
-        row = slot.row
-        if len(text) > row.emitted_chars:
-            seconds = row.device_seconds[0]
-            slot.emit(StreamDelta(text[row.emitted_chars:], prompt_tokens=len(row.prompt_ids),
-                                  completion_tokens=len(row.tokens), device_seconds=seconds,
-                                  cost_usd=self.meter.cost_usd(seconds)))
-            row.emitted_chars = len(text)
-
-    def _completion(self, row: Row, text: str) -> Completion:
-        seconds = row.device_seconds[0]
-        confidence = row.confidence()
-        return Completion(text=text, finish_reason=row.finish_reason or "length",
-                          prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.tokens),
-                          cached_tokens=row.cached_tokens,
-                          device_seconds=seconds, cost_usd=self.meter.cost_usd(seconds), confidence=confidence,
-                          model=self.model_name)
-
+        self._output.finish_canvas(slot.row, slot.emit)
