@@ -37,7 +37,7 @@ class _LiteLLMStream:
                 count += 1
                 if count % 16 == 0:  # LiteLLM hands out buffered chunks without awaiting: give the loop a turn, or
                     await asyncio.sleep(0)  # a fast stream starves every other task, its client's hang-up included
-                yield orjson.dumps(chunk.model_dump(exclude_none=True))
+                yield orjson.dumps(openai_nulls(chunk.model_dump(exclude_none=True), "delta"))
             # LiteLLM's stream wrapper relays one finish_reason: with `n` > 1 the later choices' are dropped. It
             # saw the upstream finish, and ended without an error: the answer is whole, as `[DONE]` says it.
             self.done = getattr(self._chunks, "received_finish_reason", None) is not None
@@ -52,6 +52,25 @@ class _LiteLLMStream:
 
 
 _TRACEBACK = "\nTraceback (most recent call last):"
+
+
+def openai_nulls(data: dict[str, Any], part: str) -> dict[str, Any]:
+    """LiteLLM's object dumped without its many None fields, with the nulls OpenAI always sends put back: a tool
+    call's `message.content`, each choice's `logprobs` and, in every chunk, `finish_reason`. Clients test them
+    against null (`finish_reason !== null` ends a JS stream loop at its first chunk); LiteLLM's empty
+    `provider_specific_fields` go."""
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        choice.setdefault("finish_reason", None)
+        choice.setdefault("logprobs", None)
+        body = choice.get(part)
+        for holder in (choice, body if isinstance(body, dict) else {}):
+            if holder.get("provider_specific_fields") in ({}, None):
+                holder.pop("provider_specific_fields", None)
+        if part == "message" and isinstance(body, dict):
+            body.setdefault("content", None)
+    return data
 
 
 def _message(exc: BaseException) -> str:
@@ -121,7 +140,7 @@ class LiteLLMTransport:
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._call(model, body, stream=False)
-        data = response.model_dump(exclude_none=True)
+        data = openai_nulls(response.model_dump(exclude_none=True), "message")
         if not has_usable_choices(data):  # `choices: []` relayed as an answer: the client's SDK fails on it
             raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
                                 billed=True)

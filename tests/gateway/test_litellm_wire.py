@@ -1,0 +1,46 @@
+"""Through LiteLLM (the translation path) an answer is dumped from LiteLLM's objects without their None fields,
+which also dropped the nulls OpenAI always sends: a tool call's `message.content`, `logprobs`, and every chunk's
+`finish_reason` — a JS client's `finish_reason !== null` ended its stream loop at the first chunk."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+
+from gateway.simulator import Fault
+from tests.conftest import MASTER_KEY
+from tests.gateway.test_faults_streams_litellm import litellm_config
+
+TOOL_ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "sim-model",
+               "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
+                   "role": "assistant", "content": None, "tool_calls": [
+                       {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+               "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+BODY = {"messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
+AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
+
+
+def test_litellm_answers_keep_openais_nulls(gateway_factory, simulator) -> None:
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    for model in ("gpt-4o-mini", "via-litellm"):  # the direct path relays them as sent: both must agree
+        simulator.state.faults.append(Fault(body=orjson.dumps(TOOL_ANSWER)))
+        r = httpx.post(gw.url + "/v1/chat/completions", json={**BODY, "model": model}, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        (choice,) = r.json()["choices"]
+        assert choice["finish_reason"] == "tool_calls" and "logprobs" in choice and choice["logprobs"] is None
+        assert "content" in choice["message"] and choice["message"]["content"] is None, (model, choice)
+        assert choice["message"]["tool_calls"][0]["function"]["name"] == "f"
+        assert "provider_specific_fields" not in choice and "provider_specific_fields" not in choice["message"]
+
+
+def test_litellm_stream_chunks_say_finish_reason_null_until_the_end(gateway_factory, simulator) -> None:
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    r = httpx.post(gw.url + "/v1/chat/completions", json={**BODY, "model": "via-litellm", "stream": True},
+                   headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+    chunks = [orjson.loads(line[6:]) for line in r.text.split("\n") if line.startswith("data: {")]
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")]
+    assert len(reasons) >= 3 and reasons[-1] == "stop" and all(
+        "finish_reason" in c["choices"][0] for c in chunks if c.get("choices"))
+    assert reasons[:-1] == [None] * (len(reasons) - 1)
