@@ -56,7 +56,7 @@ def test_128_clients_mixed_load_no_errors_flat_memory_all_recorded(tmp_path: Pat
 
     print(f"\nwarm-up: {warmup.summary()}\nmeasured: {measured.summary()}\nRSS after warm-up "
           f"{rss0 / 2**20:.0f} MiB, max {max(samples) / 2**20:.0f} MiB, end {samples[-1] / 2**20:.0f} MiB")
-    assert rc in (0, -15)
+    assert rc == 0, rc  # serve exits 0 on SIGTERM once it has drained and flushed the ledger
     for run in (warmup, measured):
         assert not run.errors, run.summary()
     kinds_served = {r.kind for r in measured.completed}
