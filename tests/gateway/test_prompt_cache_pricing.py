@@ -47,13 +47,17 @@ def test_a_cached_count_larger_than_the_prompt_is_not_believed(gateway_factory, 
     assert row.hosted_cost_usd == pytest.approx(FULL_BILL, rel=1e-6)
 
 
+def priced_config(url: str, price: str) -> str:
+    """The hosted test config with a price override on gpt-4o-mini."""
+    config = hosted_config(url).replace("    timeout_s: 2\n    max_retries: 2\n",
+                                        f"    timeout_s: 2\n    max_retries: 2\n    price: {price}\n", 1)
+    assert price in config
+    return config
+
+
 def test_a_price_override_takes_a_cached_input_rate(gateway_factory, simulator) -> None:
-    config = hosted_config(simulator.base_url).replace(
-        "    timeout_s: 2\n    max_retries: 2\n",
-        "    timeout_s: 2\n    max_retries: 2\n"
-        "    price: {input_per_mtok: 1.0, output_per_mtok: 2.0, cached_input_per_mtok: 0.1}\n", 1)
-    assert "cached_input_per_mtok" in config
-    gw = gateway_factory(config)
+    gw = gateway_factory(priced_config(simulator.base_url,
+                                       "{input_per_mtok: 1.0, output_per_mtok: 2.0, cached_input_per_mtok: 0.1}"))
     simulator.state.faults.append(Fault(usage=USAGE))
     raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT)
     row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
@@ -70,12 +74,8 @@ def test_prompt_cache_writes_are_billed_at_the_cache_write_rate(gateway_factory,
     """Anthropic bills tokens written to its prompt cache at 1.25x the input price and LiteLLM (and a LiteLLM proxy
     upstream) reports them as `cache_creation_input_tokens`, part of `prompt_tokens`: the ledger billed them at the
     input price, under-charging every request that primed a cache."""
-    config = hosted_config(simulator.base_url).replace(
-        "    timeout_s: 2\n    max_retries: 2\n",
-        "    timeout_s: 2\n    max_retries: 2\n    price: {input_per_mtok: 3.0, output_per_mtok: 15.0, "
-        "cached_input_per_mtok: 0.3, cache_write_input_per_mtok: 3.75}\n", 1)
-    assert "cache_write_input_per_mtok" in config
-    gw = gateway_factory(config)
+    gw = gateway_factory(priced_config(simulator.base_url, "{input_per_mtok: 3.0, output_per_mtok: 15.0, "
+                                       "cached_input_per_mtok: 0.3, cache_write_input_per_mtok: 3.75}"))
     simulator.state.faults.append(Fault(usage=WRITE_USAGE))
     bill = (300 * 3.0 + 500 * 0.3 + 1200 * 3.75 + 10 * 15.0) / 1e6
     if stream:
