@@ -66,7 +66,7 @@ policies:
           escalate_to: gpt-4o-mini
           verifiers:
             - json: {{}}
-            - min_confidence: {{max_entropy: 0.02}}  # bench/results/cascade.json: 0.0% leak at 0.02, 5.0% at 0.1
+            - min_confidence: {{max_entropy: 0.02}}  # bench/results/cascade.json: 0.0% leak at 0.02, 4.4% at 0.1
     - name: routine-tasks
       when: {{content: {{regex: '{ROUTINE}', scope: last_user}}}}
       action:

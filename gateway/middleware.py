@@ -26,7 +26,7 @@ class DraftgateHeaders:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
-        if scope["method"] == "POST" and scope["path"].endswith("/chat/completions"):
+        if _takes_json(scope["method"], scope["path"]):
             scope["headers"] = _as_json(scope.get("headers", []))
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -114,9 +114,16 @@ class CanonicalRequest:
         await self.app(scope, receive, send)
 
 
+def _takes_json(method: str, path: str) -> bool:
+    """The routes whose body is JSON: a chat request and the admin API's key bodies (`curl -d` to `/admin/keys`
+    was told its JSON object "must be a JSON object"). The dashboard's sign-in form keeps its form type."""
+    return (method == "POST" and path.endswith("/chat/completions")) or (
+        method in ("POST", "PATCH") and (path == "/admin/keys" or path.startswith("/admin/keys/")))
+
+
 def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """A chat body is JSON whatever its content type says (curl -d sends a form type; some clients none), as
-    LiteLLM's proxy reads it: without this the body is not parsed and the error blames its shape."""
+    """A JSON body is read as JSON whatever its content type says (curl -d sends a form type; some clients none),
+    as LiteLLM's proxy reads it: without this the body is not parsed and the error blames its shape."""
     kept = [(name, value) for name, value in headers if name.lower() != b"content-type"]
     declared = [value for name, value in headers if name.lower() == b"content-type"]
     if declared and b"json" in declared[0].lower():

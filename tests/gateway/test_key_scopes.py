@@ -188,3 +188,20 @@ def test_a_blank_name_or_team_is_a_400_as_keys_create_refuses_it(gateway_factory
         assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
         assert refused.json()["error"]["message"] == f"{param}: must not be blank"
     assert httpx.get(gw.url + "/admin/keys", headers=ADMIN).json() == []
+
+
+def test_admin_key_bodies_are_json_whatever_their_content_type(gateway_factory, simulator) -> None:
+    """`curl -X POST /admin/keys -d '{"name": ...}'` (curl's form type) was a 400 "the request body must be a JSON
+    object" for a JSON object, and the key was not created; a chat body was already read as JSON this way."""
+    gw = gateway_factory(hosted_config(simulator.base_url))
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):  # curl -d, and none at all
+        headers = {**ADMIN, **({"content-type": content_type} if content_type else {})}
+        name = f"curl-{content_type}"
+        created = httpx.post(gw.url + "/admin/keys", content=f'{{"name": "{name}", "rpm_limit": 5}}', headers=headers)
+        assert created.status_code == 201, (content_type, created.text)
+        assert created.json()["name"] == name and created.json()["rpm_limit"] == 5
+        changed = httpx.patch(gw.url + f"/admin/keys/{created.json()['key_id']}", content='{"rpm_limit": 7}',
+                              headers=headers)
+        assert changed.status_code == 200 and changed.json()["rpm_limit"] == 7, (content_type, changed.text)
+    form = httpx.post(gw.url + "/dashboard/login", data={"key": MASTER_KEY}, follow_redirects=False)
+    assert form.status_code == 303, form.text  # the dashboard's sign-in form is still read as a form
