@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import traceback
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,10 @@ class _LiteLLMStream:
 
 
 _TRACEBACK = "\nTraceback (most recent call last):"
+# LiteLLM's functions that turn a provider's answer into its own objects (the providers' configs share
+# `transform_response`; older handlers use the other names)
+_RESPONSE_READERS = frozenset({"transform_response", "transform_parsed_response", "process_response",
+                               "convert_to_model_response_object"})
 
 
 def openai_nulls(data: dict[str, Any], part: str) -> dict[str, Any]:
@@ -85,6 +90,15 @@ def _untranslatable(exc: BaseException) -> bool:
     origin = exc.__cause__ or exc.__context__
     return (type(exc).__name__ == "APIConnectionError" and origin is not None
             and type(origin).__module__ == "builtins" and not isinstance(origin, (OSError, TimeoutError, ImportError)))
+
+
+def _answer_unreadable(exc: BaseException) -> bool:
+    """LiteLLM's own code failed reading the provider's answer (a 200 it cannot parse: an `api_base` that answers
+    in another provider's shape, a provider's new field), not translating the request: the provider did the work,
+    so it is a billed 502 like any broken answer, not a 400 blaming the client's request."""
+    origin = exc.__cause__ or exc.__context__
+    frames = traceback.extract_tb(origin.__traceback__) if origin is not None else []
+    return any(frame.name in _RESPONSE_READERS for frame in frames)
 
 
 def _missing_sdk(exc: BaseException) -> bool:
@@ -128,7 +142,9 @@ class LiteLLMTransport:
             billed = status is not None and 200 <= status < 300
             if billed:  # a 200 LiteLLM could not read (a body cut short): the provider did the work, as direct
                 status, retryable = 502, True
-            if _untranslatable(exc):  # the same request fails the same way: neither retried nor a 502
+            if _untranslatable(exc) and _answer_unreadable(exc):
+                status, retryable, billed = 502, True, True
+            elif _untranslatable(exc):  # the same request fails the same way: neither retried nor a 502
                 status, retryable = None, False
             elif _missing_sdk(exc):  # a 502 at once (its fallbacks may answer), not a 400 blaming the request
                 status, retryable = 500, False

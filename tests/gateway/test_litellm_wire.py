@@ -8,7 +8,8 @@ import httpx
 import orjson
 
 from gateway.simulator import Fault
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, hosted_config
+from tests.gateway.test_chat_hosted import flushed_db
 from tests.gateway.test_faults_streams_litellm import litellm_config
 
 TOOL_ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "sim-model",
@@ -44,3 +45,31 @@ def test_litellm_stream_chunks_say_finish_reason_null_until_the_end(gateway_fact
     assert len(reasons) >= 3 and reasons[-1] == "stop" and all(
         "finish_reason" in c["choices"][0] for c in chunks if c.get("choices"))
     assert reasons[:-1] == [None] * (len(reasons) - 1)
+
+
+ANTHROPIC_MODEL = """\
+  - name: claude
+    model: anthropic/claude-haiku-4-5
+    api_base: {url}
+    api_key: sk-ant-test
+    timeout_s: 2
+    max_retries: 1
+"""
+
+
+def test_an_answer_litellm_cannot_read_is_a_billed_502_not_a_400(gateway_factory, simulator) -> None:
+    """An Anthropic alias whose `api_base` answers in OpenAI's shape (a proxy set up wrong): LiteLLM fails reading
+    the 200 with a KeyError, which the gateway took for a request it cannot translate: a 400 blaming the client,
+    not retried, and a $0 row for work the provider did. It is a 502 (retried, fallbacks tried), each attempt
+    billed at its prompt."""
+    config = hosted_config(simulator.base_url).replace(
+        "local:\n", ANTHROPIC_MODEL.format(url=simulator.base_url) + "local:\n", 1)
+    gw = gateway_factory(config)
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "claude", "messages": BODY["messages"]},
+                   headers=AUTH, timeout=60)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error", r.text
+    assert len(simulator.state.received) == 2  # retried once, as any unusable answer
+    row = flushed_db(gw).get_record(r.headers["x-draftgate-request-id"])
+    assert row is not None and row.status_code == 502 and row.prompt_tokens > 0
+    assert row.hosted_cost_usd is not None and row.hosted_cost_usd > 0 and not row.unpriced
+    assert all(a["billed"] for a in (row.detail or {})["attempts"])
