@@ -7,6 +7,8 @@ these settings only say where that file is and how this process runs.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +39,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, description="worker processes of `draftgate serve`")
     ledger_flush_interval_s: float = Field(default=0.2, ge=0.01, le=60.0,
                                            description="how often journalled ledger rows are written to the database")
-    worker_id: str | None = Field(default=None, description="names this process's ledger journal (default: pid)")
+    worker_id: str | None = Field(default=None, description="names this process's ledger journal (default: the host name)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     shutdown_timeout_s: int = Field(
         default=25, ge=0, le=3600,
@@ -67,8 +69,9 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
 
     def journal_path(self) -> Path:
-        """Each process journals to its own file so workers never interleave lines: `worker_id` tells replicas
-        apart (in containers every one is pid 1), the pid tells apart the workers of one `serve --workers N`,
-        which all read the same DRAFTGATE_WORKER_ID. Recovery replays every orphaned journal, whatever its name."""
-        return self.data_dir / (f"ledger-{self.worker_id}-{os.getpid()}.journal" if self.worker_id
-                                else f"ledger-{os.getpid()}.journal")
+        """Each process journals to its own file so workers never interleave lines: `worker_id`, by default the
+        host name, tells replicas apart (in containers every one is pid 1, and `--scale` replicas share one
+        environment and one journal volume, but each has its own host name); the pid tells apart the workers of
+        one `serve --workers N`. Recovery replays every orphaned journal, whatever its name."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.worker_id or socket.gethostname())
+        return self.data_dir / f"ledger-{name}-{os.getpid()}.journal"

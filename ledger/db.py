@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -176,11 +177,27 @@ def missing_sqlite_file(url: str) -> str | None:
     return path if path and path != ":memory:" and not Path(path).exists() else None
 
 
+def absolute_sqlite_url(url: str) -> str:
+    """A SQLite URL with a relative path (`sqlite:///ledger.db`) made absolute against the current directory, once,
+    when the ledger is opened: journals name their database by its URL, so a relative one named a different file
+    from each directory, and a gateway restarted elsewhere replayed another ledger's rows into its own file."""
+    try:
+        parsed = make_url(url)
+    except (SQLAlchemyError, ValueError):
+        return url  # reported as unusable by Database
+    path = parsed.database
+    if (not parsed.drivername.startswith("sqlite") or not path or path == ":memory:" or path.startswith("file:")
+            or os.path.isabs(path)):
+        return url
+    return parsed.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
+
+
 class Database:
     """One engine per process. SQLite runs in WAL mode so readers never block the writer."""
 
     def __init__(self, url: str) -> None:
         """LedgerError when the URL cannot be used: unparsable, no driver, a folder that cannot be made."""
+        url = absolute_sqlite_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         try:

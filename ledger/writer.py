@@ -54,7 +54,10 @@ def read_segment(path: Path) -> list[RequestRecord]:
         if not line.strip() or (number == 1 and line.startswith(b'{"' + HEADER_KEY.encode())):
             continue
         try:
-            records.append(RequestRecord.from_json_dict(orjson.loads(line)))
+            data = orjson.loads(line)
+            if not isinstance(data, dict):  # valid JSON but no row (`[]`, `0`): `.items()` failed, and with it
+                raise TypeError("not an object")  # every start, until someone deleted the segment by hand
+            records.append(RequestRecord.from_json_dict(data))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("skipping unreadable journal line %s:%d", path, number)
     return records

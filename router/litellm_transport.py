@@ -38,13 +38,29 @@ class _LiteLLMStream:
                 count += 1
                 if count % 16 == 0:  # LiteLLM hands out buffered chunks without awaiting: give the loop a turn, or
                     await asyncio.sleep(0)  # a fast stream starves every other task, its client's hang-up included
-                yield orjson.dumps(openai_nulls(chunk.model_dump(exclude_none=True), "delta"))
+                data = chunk.model_dump(exclude_none=True)
+                if "usage" in data and not self._provider_sent_usage():
+                    # LiteLLM's own count (its tokenizer, at the stream's end) of tokens the provider did not
+                    # report: dropped, so the executor counts them and marks the row `usage_estimated`, as on
+                    # the direct path, instead of recording an estimate as the provider's bill
+                    del data["usage"]
+                    if not data.get("choices"):
+                        continue
+                yield orjson.dumps(openai_nulls(data, "delta"))
             # LiteLLM's stream wrapper relays one finish_reason: with `n` > 1 the later choices' are dropped. It
             # saw the upstream finish, and ended without an error: the answer is whole, as `[DONE]` says it.
             self.done = getattr(self._chunks, "received_finish_reason", None) is not None
         except Exception as exc:  # LiteLLM raises provider-specific types
             message = redact(f"upstream {self._model.alias} stream broke: {_message(exc)}", self._model)
             raise StreamBroken(message, retryable=False, error_type="stream_interrupted") from exc
+
+    def _provider_sent_usage(self) -> bool:
+        """Whether any chunk LiteLLM read from the provider carried usage (its wrapper keeps them in `chunks`, as
+        its own `_reported_total_usage` reads them); True when that cannot be told, as before."""
+        chunks = getattr(self._chunks, "chunks", None)
+        if not isinstance(chunks, list):
+            return True
+        return any(getattr(chunk, "usage", None) is not None for chunk in chunks)
 
     async def aclose(self) -> None:
         close = getattr(self._chunks, "aclose", None)

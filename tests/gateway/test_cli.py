@@ -432,3 +432,23 @@ def test_a_ledger_migrated_by_a_newer_version_is_one_line(tmp_path: Path) -> Non
         assert "Traceback" not in result.stderr + result.stdout, (command, result.stderr[-2000:])
         assert result.returncode == 1, (command, result.stderr)
         assert "'0099'" in result.stderr and "migrated by a newer version" in result.stderr, result.stderr
+
+
+def test_replicas_that_are_each_pid_1_never_share_a_journal(tmp_path: Path) -> None:
+    """Containers from one compose service: every gateway is pid 1, with the same environment and (for the journal
+    to outlive the container) the same data-dir volume. Every one journalled to ledger-1.journal.N: a second
+    replica appended to, sealed and deleted the first one's segments. Here two pid namespaces with their own host
+    names, as docker gives each container, stand in for two replicas."""
+    code = "from gateway.settings import Settings; print(Settings().journal_path().name)"
+    env = {**os.environ, "DRAFTGATE_DATA_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("DRAFTGATE_WORKER_ID", None)
+    names = []
+    for host in ("a1b2c3d4e5f6", "0f9e8d7c6b5a"):
+        run = subprocess.run(["unshare", "--uts", "--pid", "--fork", "sh", "-c",
+                              f'hostname {host} && exec "$0" -c "$1"', sys.executable, code],
+                             capture_output=True, text=True, env=env, timeout=60)
+        if run.returncode != 0 and "unshare" in run.stderr:
+            pytest.skip(f"no namespaces here: {run.stderr.strip()}")
+        assert run.returncode == 0, run.stderr
+        names.append(run.stdout.strip())
+    assert len(set(names)) == 2 and all(n.startswith("ledger-") and n.endswith("-1.journal") for n in names), names

@@ -11,10 +11,11 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
-from ledger import RequestRecord
+from ledger import Database, RequestRecord
 from ledger.writer import read_segment
 from tests.conftest import MASTER_KEY as CONFTEST_MASTER_KEY
 from tests.conftest import hosted_config
@@ -225,3 +226,44 @@ def test_workers_log_like_a_single_process(tmp_path: Path) -> None:
     formatted = [line for line in lines if " WARNING draftgate: model mystery (openai/mystery)" in line
                  and line[:4].isdigit()]
     assert len(lines) >= 2 and formatted == lines, lines  # one per worker, each with time, level and logger
+
+
+def test_a_relative_sqlite_url_replays_only_into_the_file_it_named_at_the_kill(tmp_path: Path) -> None:
+    """`database_url: sqlite:///ledger.db` names a file in the directory serve starts in. Journals said which
+    database they were for by that relative URL, so a gateway restarted from another directory replayed the
+    killed one's rows into its own, other, ledger."""
+    with simulator_process() as sim:
+        config = tmp_path / "draftgate.yaml"
+        config.write_text(process_config(sim) + "database_url: sqlite:///ledger.db\n")
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.mkdir()
+        second.mkdir()
+        data, log = tmp_path / "data", tmp_path / "gateway.log"
+        slow_flush = {"DRAFTGATE_LEDGER_FLUSH_INTERVAL_S": "60"}  # the row is still only journalled at the kill
+        gw = GatewayProcess(config, data, log, env=slow_flush, cwd=first)
+        try:
+            gw.start()
+            answer = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {MASTER_KEY}"},
+                                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+            request_id = answer.headers["x-draftgate-request-id"]
+            gw.kill()
+            assert [r.request_id for seg in gw.journal_segments() for r in read_segment(seg)] == [request_id]
+
+            elsewhere = GatewayProcess(config, data, log, env=slow_flush, cwd=second).start()
+            assert elsewhere.terminate() == 0
+            assert _ids(second / "ledger.db") == set()  # not another directory's ledger's row
+            assert gw.journal_segments()  # left for the database it was written for
+
+            gw.start()  # from the first directory again: its journal is replayed into its ledger
+            assert gw.terminate() == 0
+            assert _ids(first / "ledger.db") == {request_id} and not gw.journal_segments()
+        finally:
+            gw.stop()
+
+
+def _ids(path: Path) -> set[str]:
+    db = Database(f"sqlite:///{path}")
+    try:
+        return {r.request_id for r in db.iter_records()}
+    finally:
+        db.dispose()

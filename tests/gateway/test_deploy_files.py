@@ -100,3 +100,27 @@ def test_compose_gives_the_gateway_time_to_drain_before_it_kills_it() -> None:
                                                            Settings.model_fields["shutdown_timeout_s"].default))
     grace = _seconds(str(gateway.get("stop_grace_period", "10s")))
     assert grace >= drain + 10, (grace, drain)
+
+
+def test_each_gateway_replica_journals_to_a_volume_that_outlives_its_container() -> None:
+    """The gateway's crash journal (rows not yet in the database) was in the container's own filesystem: a replica
+    killed before its flush (OOM, `docker kill`, a host crash) and then recreated lost those rows. The data dir must
+    be a named volume, writable by the image's user, and the replicas sharing it must journal to files of their
+    own: every replica is pid 1 and has the same environment, only its host name differs."""
+    from gateway.settings import Settings
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    gateway = compose["services"]["gateway"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    workdir = re.findall(r"^WORKDIR\s+(\S+)", dockerfile, re.MULTILINE)[-1]
+    environment = gateway.get("environment") or {}
+    data_dir = str(environment.get("DRAFTGATE_DATA_DIR") or Path(workdir) / Settings.model_fields["data_dir"].default)
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in gateway["volumes"])}
+    assert data_dir in mounts, (data_dir, mounts)
+    assert mounts[data_dir] in (compose.get("volumes") or {}), "a named volume (a bind mount or an anonymous one " \
+        "is not kept, or not found again, when compose recreates the container)"
+    user = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)[-1]
+    # a new named volume takes its owner from the image's folder: without it the non-root gateway cannot write
+    assert re.search(rf"chown[^\n]*\b{user}\b[^\n]*\s{re.escape(data_dir)}\b", dockerfile), dockerfile
+    # what would give every replica the same journal name
+    assert "hostname" not in gateway and "DRAFTGATE_WORKER_ID" not in environment

@@ -211,3 +211,26 @@ def test_a_whole_litellm_stream_of_several_choices_is_relayed_as_whole(gateway_f
     row = flushed_db(gw).get_record(request_id)
     assert row is not None and (row.status, row.status_code, row.completion_tokens) == ("ok", 200, 8)
     assert row.detail["upstream_no_finish_reason"] is True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_litellm_path_marks_usage_it_counted_itself_as_estimated(gateway_factory, simulator, stream: bool) -> None:
+    gw = gateway_factory(litellm_config(simulator.base_url))
+    simulator.state.faults.append(Fault(no_usage=True))  # LiteLLM fills in usage from its own tokenizer
+    messages = [{"role": "user", "content": "Tell me about the weather in Oslo in three sentences, please."}]
+    options = {"stream_options": {"include_usage": True}} if stream else {}
+    raw = client(gw).chat.completions.with_raw_response.create(model="via-litellm", messages=messages,
+                                                               stream=stream, **options)
+    usage = [c.usage for c in raw.parse() if c.usage] if stream else []
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and row.status == "ok" and row.prompt_tokens > 0 and row.hosted_cost_usd
+    assert row.detail["usage_estimated"] is True
+    if stream:  # the usage chunk the client asked for holds the figures the ledger holds, counted once
+        assert len(usage) == 1 and (usage[0].prompt_tokens, usage[0].completion_tokens) == (
+            row.prompt_tokens, row.completion_tokens)
+    reported = client(gw).chat.completions.with_raw_response.create(model="via-litellm", messages=messages,
+                                                                    stream=stream)
+    if stream:
+        list(reported.parse())
+    row = flushed_db(gw).get_record(reported.headers["x-draftgate-request-id"])
+    assert row is not None and "usage_estimated" not in (row.detail or {})  # the provider's own figures

@@ -168,6 +168,18 @@ async def test_a_crash_loses_nothing_and_counts_nothing_twice(db: Database, tmp_
     assert list(journal.parent.glob("ledger.journal.*")) == []
 
 
+async def test_a_journal_line_that_is_json_but_no_row_is_skipped_not_fatal(db: Database, tmp_path: Path) -> None:
+    """A corrupt line that still parses as JSON (a damaged segment after a host crash) stopped the replay with an
+    AttributeError, and so every start of the gateway, until the segment was deleted by hand with its good rows."""
+    good = record("good").to_json()
+    (tmp_path / "ledger-9.journal.0").write_bytes(b"\n".join([b"[]", good, b"7", b"null", b'"x"', b"{}"]) + b"\n")
+    writer = LedgerWriter(db, tmp_path / "ledger-1.journal", recover_glob="ledger-*.journal.*")
+    await writer.start()
+    assert db.get_record("good") is not None and db.count_records() == 1
+    await writer.close()
+    assert list(tmp_path.glob("ledger-*.journal.*")) == []
+
+
 def test_timestamps_survive_as_utc(db: Database) -> None:
     db.insert_records([record("t")])
     assert db.get_record("t").created_at == T0  # type: ignore[union-attr]

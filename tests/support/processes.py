@@ -88,6 +88,7 @@ class GatewayProcess:
     data_dir: Path
     log: Path
     env: dict[str, str] | None = None
+    cwd: Path | None = None  # where serve starts (default: the data dir's parent)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
 
@@ -108,7 +109,7 @@ class GatewayProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config), "--port",
-                 str(self.port)], cwd=self.data_dir.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+                 str(self.port)], cwd=self.cwd or self.data_dir.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
