@@ -187,6 +187,7 @@ class GroupBy(str, Enum):
     route = "route"
     day = "day"
     reason = "reason"
+    rule = "rule"
 
 
 class Format(str, Enum):
@@ -197,7 +198,8 @@ class Format(str, Enum):
 
 @app.command()
 def report(by: Annotated[GroupBy, typer.Option("--by", help=(
-               "group rows by (model: the alias requested; provider_model: the model that answered)"))
+               "group rows by (model: the alias requested; provider_model: the model that answered; "
+               "rule: the policy rule that routed it, '(default)' when none matched)"))
            ] = GroupBy.team,
            since: Annotated[str | None, typer.Option(
                help="start: a date/time or a span back from now (30d, 12h); default the 30 days before the end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,15 +132,21 @@ def provider_model_column() -> Column[Any]:
     return Column("provider_model", String(256), nullable=False, server_default="")
 
 
-def usage_daily_columns(*, provider_model: bool = True) -> list[Column[Any]]:
-    """The roll-up's columns (also used by the migrations that create it: 0002 without `provider_model`)."""
+def rule_column() -> Column[Any]:
+    """The policy rule that routed the request ('' when none did: the default route): migration 0007 adds it to
+    the roll-up's key. As long as the requests table's column, whose values are cut to fit it."""
+    return Column("rule", String(256), nullable=False, server_default="")
+
+
+def usage_daily_columns(*, without: Collection[str] = ()) -> list[Column[Any]]:
+    """The roll-up's columns; the migrations that create an older shape of it leave out the keys added after it
+    (`without`: 0002 has neither `provider_model` nor `rule`, 0005 no `rule`)."""
     keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
             Column("key_id", String(64), nullable=False), Column("model_alias", String(256), nullable=False),
             provider_model_column(), Column("route", String(16), nullable=False),
-            Column("reason", String(64), nullable=False)]
+            Column("reason", String(64), nullable=False), rule_column()]
     assert tuple(c.name for c in keys) == GROUP_COLUMNS
-    if not provider_model:
-        keys = [c for c in keys if c.name != "provider_model"]
+    keys = [c for c in keys if c.name not in without]
     sums = [Column("requests", BigInteger, nullable=False), Column("errors", BigInteger, nullable=False),
             Column("prompt_tokens", BigInteger, nullable=False), Column("completion_tokens", BigInteger, nullable=False),
             Column("device_seconds", Float, nullable=False), Column("local_usd", Float, nullable=False),

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from gateway.cli import app as cli
 from gateway.report_render import printable
 from tests.conftest import MASTER_KEY
-from tests.ledger.test_reports import seeded
+from tests.ledger.test_reports import by_rule, seeded
 
 SINCE = "2026-10-01"
 
@@ -90,9 +90,83 @@ def test_reports_group_by_the_model_that_answered(seeded_gateway, tmp_path: Path
     assert {r["group"]: r["requests"] for r in json.loads(out.output)["rows"]} == {"openai/gpt-4o-mini": 5, "": 1}
 
 
+def test_reports_group_by_rule_with_hand_computed_figures(gateway_factory, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each routing rule costs, in the API (a team key sees only its team's) and in the CLI's three formats;
+    requests no rule routed are the `(default)` row."""
+    gw = gateway_factory(config(tmp_path / "ledger.db"))
+    gw.services.db.insert_records(by_rule())
+    body = get(gw, MASTER_KEY, group_by="rule", since=SINCE).json()
+    rows = {r["group"]: r for r in body["rows"]}
+    assert body["group_by"] == "rule" and list(rows) == ["routine-cascade", "tools-go-hosted", ""]
+    cascade = rows["routine-cascade"]
+    assert (cascade["requests"], cascade["local_share"], cascade["escalation_rate"]) == (4, 0.5, 0.5)
+    assert cascade["cost_usd"] == pytest.approx(0.0066) and cascade["savings_usd"] == pytest.approx(0.0034)
+    assert rows[""]["label"] == "(default)" and rows[""]["requests"] == 2 and rows[""]["errors"] == 1
+    research = {r["group"]: r for r in get(gw, "sk-research-123456", group_by="rule", since=SINCE).json()["rows"]}
+    assert {g: r["requests"] for g, r in research.items()} == {"routine-cascade": 4, "tools-go-hosted": 1, "": 2}
+    assert research["tools-go-hosted"]["cost_usd"] == pytest.approx(0.002)  # ops' $0.003 is not its team's
+    cfg = tmp_path / "draftgate.yaml"
+    cfg.write_text(config(tmp_path / "ledger.db"))
+    monkeypatch.setenv("DRAFTGATE_TEST_MASTER", MASTER_KEY)
+    monkeypatch.setenv("COLUMNS", "250")
+
+    def report(*args: str) -> str:
+        out = CliRunner().invoke(cli, ["report", "--by", "rule", "--since", SINCE, *args, "-c", str(cfg)])
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    as_json = {r["label"]: r for r in json.loads(report("--format", "json"))["rows"]}
+    assert as_json["routine-cascade"]["savings_usd"] == pytest.approx(0.0034) and as_json["(default)"]["group"] == ""
+    as_csv = list(csv.DictReader(io.StringIO(report("--format", "csv"))))
+    assert [(r["group"], r["label"], r["requests"]) for r in as_csv] == [
+        ("routine-cascade", "routine-cascade", "4"), ("tools-go-hosted", "tools-go-hosted", "2"),
+        ("", "(default)", "2"), ("total", "total", "8")]
+    table = report("--team", "ops")
+    assert "draftgate costs by rule" in table and "tools-go-hosted" in table and "0.0030" in table
+    assert "routine-cascade" not in table and "(default)" not in table
+    assert "(default)" in report() and "0.0066" in report()
+    unknown = CliRunner().invoke(cli, ["report", "--by", "rules", "-c", str(cfg)])
+    assert unknown.exit_code == 2 and "'reason', 'rule'" in unknown.output, unknown.output
+
+
+def test_reports_by_rule_name_the_rules_that_routed_real_requests(gateway_factory, simulator) -> None:
+    """Through the gateway: a request a rule matched is counted under that rule, one no rule matched under
+    `(default)`; a team key's report holds only its team's requests."""
+    from openai import OpenAI
+
+    from tests.conftest import hosted_config
+
+    gw = gateway_factory(hosted_config(simulator.base_url, """teams: [{name: research}, {name: ops}]
+keys:
+  - {name: research-key, key: sk-research-123456, team: research}
+  - {name: ops-key, key: sk-opskey-1234567, team: ops}
+policies:
+  rules:
+    - name: bots-go-to-backup
+      when: {metadata: {app: bot}}
+      action: {hosted: backup}
+"""))
+    ask = [{"role": "user", "content": "hi"}]
+    for key, metadata in (("sk-research-123456", {"app": "bot"}), ("sk-research-123456", None),
+                          ("sk-opskey-1234567", {"app": "bot"})):
+        client = OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+        reply = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=ask,
+                                                                 **({"metadata": metadata} if metadata else {}))
+        assert reply.http_response.status_code == 200
+    asyncio.run_coroutine_threadsafe(gw.services.writer.flush(), gw.services.loop).result(10)
+    rows = {r["label"]: r for r in get(gw, MASTER_KEY, group_by="rule").json()["rows"]}
+    assert {label: r["requests"] for label, r in rows.items()} == {"bots-go-to-backup": 2, "(default)": 1}
+    assert rows["bots-go-to-backup"]["hosted_requests"] == 2 and rows["bots-go-to-backup"]["cost_usd"] > 0
+    mine = get(gw, "sk-research-123456", group_by="rule").json()
+    assert {r["label"]: r["requests"] for r in mine["rows"]} == {"bots-go-to-backup": 1, "(default)": 1}
+
+
 def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     bad_group = get(seeded_gateway, MASTER_KEY, group_by="planet")
     assert bad_group.status_code == 400 and bad_group.json()["error"]["param"] == "group_by"
+    assert bad_group.json()["error"]["message"] == \
+        "group_by must be one of team, key, model, provider_model, route, day, reason, rule"
     bad_since = get(seeded_gateway, MASTER_KEY, since="last tuesday")
     assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
     backwards = get(seeded_gateway, MASTER_KEY, since="2026-11-02", until="2026-11-01")

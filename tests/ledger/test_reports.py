@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import insert, inspect, text
+from sqlalchemy import MetaData, Table, insert, inspect, text
 
 from ledger import Database, RequestRecord
 from ledger.db import MIGRATIONS, RECORD_FIELDS
@@ -103,10 +103,10 @@ def _brute_force(records: list[RequestRecord], since: datetime, until: datetime,
     return out
 
 
-def test_rollup_and_raw_edges_agree_with_a_brute_force_recount(db: Database) -> None:
-    rng = random.Random(7)
+def _random_records(rng: random.Random, count: int = 400) -> list[RequestRecord]:
+    """Six days of mixed traffic: teams, keys, routes, answering models and rules (None: the default route)."""
     records = []
-    for i in range(400):
+    for i in range(count):
         route = rng.choice(["local", "hosted", "escalated"])
         unpriced = rng.random() < 0.05
         records.append(record(
@@ -119,19 +119,36 @@ def test_rollup_and_raw_edges_agree_with_a_brute_force_recount(db: Database) -> 
             local_cost_usd=rng.uniform(0, 0.001) if route != "hosted" else None,
             wasted_draft_usd=rng.uniform(0, 0.001) if route == "escalated" else 0.0,
             reference_cost_usd=None if unpriced else rng.uniform(0, 0.02),
+            rule=rng.choice(["routine-cascade", "tools-go-hosted", None]),
             escalation_reason="regex: no match" if route == "escalated" else None))
-    db.insert_records(records)
-    for _ in range(12):
+    return records
+
+
+def _report_figures(report) -> dict:
+    """What `_brute_force` computes, read off a report's rows."""
+    return {r.group: (r.totals.requests, round(r.totals.local_usd + r.totals.hosted_usd + r.totals.wasted_usd, 9),
+                      round(r.totals.reference_usd - (r.totals.local_usd + r.totals.hosted_usd
+                                                      + r.totals.wasted_usd), 9),
+                      r.totals.prompt_tokens, r.totals.unpriced) for r in report.rows}
+
+
+def _assert_agrees_with_a_brute_force_recount(db: Database, records: list[RequestRecord], rng: random.Random,
+                                              windows: int = 12) -> None:
+    for _ in range(windows):
         since = T0 + timedelta(minutes=rng.randrange(-600, 5 * 24 * 60))
         until = since + timedelta(minutes=rng.randrange(1, 4 * 24 * 60))
         team = rng.choice(["a", None])
-        group_by = rng.choice(["team", "provider_model"])  # the group's name is its roll-up column's
-        report = Reporter(db).report(ReportQuery(group_by=group_by, since=since, until=until, team=team))
-        got = {r.group: (r.totals.requests, round(r.totals.local_usd + r.totals.hosted_usd + r.totals.wasted_usd, 9),
-                         round(r.totals.reference_usd - (r.totals.local_usd + r.totals.hosted_usd
-                                                         + r.totals.wasted_usd), 9),
-                         r.totals.prompt_tokens, r.totals.unpriced) for r in report.rows}
-        assert got == _brute_force(records, since, until, team, group_by), (since, until, team, group_by)
+        for group_by in ("team", "provider_model", "rule"):  # the group's name is its roll-up column's
+            report = Reporter(db).report(ReportQuery(group_by=group_by, since=since, until=until, team=team))
+            assert _report_figures(report) == _brute_force(records, since, until, team, group_by), \
+                (since, until, team, group_by)
+
+
+def test_rollup_and_raw_edges_agree_with_a_brute_force_recount(db: Database) -> None:
+    rng = random.Random(7)
+    records = _random_records(rng)
+    db.insert_records(records)
+    _assert_agrees_with_a_brute_force_recount(db, records, rng)
 
 
 def test_percentiles_from_buckets_are_within_ten_percent() -> None:
@@ -260,3 +277,102 @@ def test_a_filter_on_no_team_counts_the_edge_days_too(db: Database) -> None:
     teamless = by_group(db, group_by="team", team="", **window)
     everyone = by_group(db, group_by="team", **window)
     assert teamless["total"]["requests"] == everyone[""]["requests"] == 8
+
+
+def by_rule() -> list[RequestRecord]:
+    """Three ways to be routed: a cascade rule, a rule that sends tools hosted, and no rule (the default route)."""
+    day2 = T0 + timedelta(days=1)
+    cascade = {"rule": "routine-cascade", "model_alias": "auto"}
+    return [
+        record("c1", **cascade, route="local", provider_model="dg-local", hosted_cost_usd=None, local_cost_usd=0.0001,
+               device_seconds=3.6, reference_cost_usd=0.002),
+        record("c2", **cascade, route="local", provider_model="dg-local", hosted_cost_usd=None, local_cost_usd=0.0001,
+               device_seconds=3.6, reference_cost_usd=0.002),
+        record("c3", **cascade, route="escalated", hosted_cost_usd=0.003, wasted_draft_usd=0.0002, device_seconds=7.2,
+               reference_cost_usd=0.003, escalation_reason="min_confidence: step cap hit"),
+        record("c4", **cascade, created_at=day2, route="escalated", hosted_cost_usd=0.003, wasted_draft_usd=0.0002,
+               device_seconds=7.2, reference_cost_usd=0.003, escalation_reason="min_confidence: step cap hit"),
+        record("t1", rule="tools-go-hosted", hosted_cost_usd=0.002, reference_cost_usd=0.002),
+        record("t2", rule="tools-go-hosted", team="ops", key_id="key_c", created_at=day2, hosted_cost_usd=0.003,
+               reference_cost_usd=0.003),
+        record("d1", hosted_cost_usd=0.001, reference_cost_usd=0.001),
+        record("d2", route="none", provider_model=None, status="error", status_code=429, hosted_cost_usd=None,
+               reference_cost_usd=None, prompt_tokens=0, completion_tokens=0),  # refused by a budget: no route
+    ]
+
+
+def test_report_by_rule_matches_hand_computed_figures(db: Database) -> None:
+    """What each rule costs, how much of it is served locally, how often it escalates and what it saves."""
+    db.insert_records(by_rule())
+    # whole days from the roll-up; a window whose days are all partial, from the raw rows alone
+    for window in ({}, {"since": T0 - timedelta(hours=1), "until": T0 + timedelta(days=1, hours=1)}):
+        report = Reporter(db).report(ReportQuery(group_by="rule", **window)).as_dict()  # type: ignore[arg-type]
+        assert [r["group"] for r in report["rows"]] == ["routine-cascade", "tools-go-hosted", ""]  # by cost
+        cascade, tools, default = report["rows"]
+        assert (cascade["requests"], cascade["local_requests"], cascade["escalated_requests"]) == (4, 2, 2)
+        assert cascade["local_share"] == pytest.approx(0.5) and cascade["escalation_rate"] == pytest.approx(0.5)
+        assert cascade["local_usd"] == pytest.approx(0.0002) and cascade["hosted_usd"] == pytest.approx(0.006)
+        assert cascade["wasted_draft_usd"] == pytest.approx(0.0004) and cascade["cost_usd"] == pytest.approx(0.0066)
+        assert cascade["all_hosted_usd"] == pytest.approx(0.010) and cascade["savings_usd"] == pytest.approx(0.0034)
+        assert cascade["device_hours"] == pytest.approx(21.6 / 3600)
+        assert (tools["requests"], tools["hosted_requests"], tools["local_share"]) == (2, 2, 0.0)
+        assert tools["cost_usd"] == pytest.approx(0.005) and tools["savings_usd"] == pytest.approx(0.0)
+        assert default["label"] == "(default)" and cascade["label"] == "routine-cascade"
+        assert (default["requests"], default["errors"], default["hosted_requests"]) == (2, 1, 1)
+        assert default["local_share"] == 0.0 and default["cost_usd"] == pytest.approx(0.001)
+        assert report["total"]["requests"] == 8 and report["total"]["savings_usd"] == pytest.approx(0.0034)
+    ops = by_group(db, group_by="rule", team="ops")
+    assert set(ops) == {"tools-go-hosted", "total"} and ops["tools-go-hosted"]["cost_usd"] == pytest.approx(0.003)
+
+
+def _fill_rollup_without_rule(connection, records: list[RequestRecord]) -> None:
+    """The roll-up as a 0006 gateway wrote it: the same sums, keyed without the rule."""
+    index = GROUP_COLUMNS.index("rule")
+    folded: dict[tuple[str, ...], object] = {}
+    for key, totals in aggregate(records).items():
+        old_key = key[:index] + key[index + 1:]
+        if old_key in folded:
+            folded[old_key].merge(totals)  # type: ignore[attr-defined]
+        else:
+            folded[old_key] = totals
+    table = Table("usage_daily", MetaData(), autoload_with=connection)
+    keys = [c for c in GROUP_COLUMNS if c != "rule"]
+    assert "rule" not in table.c
+    connection.execute(insert(table), [dict(zip(keys, key, strict=True)) | totals.as_columns()  # type: ignore[attr-defined]
+                                       for key, totals in folded.items()])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrading_a_0006_ledger_groups_its_history_by_rule(backend: str, tmp_path) -> None:
+    """0007 adds `rule` to the roll-up's key and refills it from the requests (replacing the rows a 0006 gateway
+    rolled up, never adding to them); its downgrade folds the rules back together."""
+    rng = random.Random(11)
+    records = _random_records(rng)
+    with contextlib.ExitStack() as stack:
+        db = unmigrated(backend, tmp_path, stack)
+        _seed_at_revision(db, "0006", records)
+        with db.engine.begin() as connection:
+            _fill_rollup_without_rule(connection, records)
+        def by_team() -> dict:
+            return _report_figures(Reporter(db).report(ReportQuery(group_by="team")))
+
+        before = by_team()  # read from the old roll-up before the upgrade
+        db.migrate()
+        far = T0 + timedelta(days=30)
+        rows = _report_figures(Reporter(db).report(ReportQuery(group_by="rule", since=T0 - timedelta(days=1),
+                                                               until=far)))
+        assert rows == _brute_force(records, T0 - timedelta(days=1), far, None, "rule")  # whole days: the roll-up
+        assert set(rows) == {"routine-cascade", "tools-go-hosted", ""}
+        assert by_team() == before  # refilled, not added to
+        _assert_agrees_with_a_brute_force_recount(db, records, rng, windows=4)
+        config = _migrations()
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+            columns = {c["name"] for c in inspect(connection).get_columns("usage_daily")}
+            folded = connection.execute(text("SELECT SUM(requests), SUM(prompt_tokens) FROM usage_daily")).one()
+        assert "rule" not in columns
+        assert tuple(map(int, folded)) == (len(records), sum(r.prompt_tokens for r in records))
+        assert by_team() == before
+        db.migrate()
+        assert by_group(db, group_by="rule", since=T0 - timedelta(days=1), until=far)["total"]["requests"] == 400

@@ -20,8 +20,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    keys = [c for c in GROUP_COLUMNS if c != "provider_model"]  # the roll-up as it was: 0005 adds that key
-    op.create_table("usage_daily", *usage_daily_columns(provider_model=False),
+    later = ("provider_model", "rule")  # the roll-up as it was: 0005 and 0007 add those keys
+    keys = [c for c in GROUP_COLUMNS if c not in later]
+    op.create_table("usage_daily", *usage_daily_columns(without=later),
                     sa.PrimaryKeyConstraint(*keys, name="pk_usage_daily"))
     op.create_index("ix_usage_daily_team_day", "usage_daily", ["team", "day"])
     op.create_table(
@@ -38,7 +39,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("budget_period", sa.String(16)))
         batch.add_column(sa.Column("rpm_limit", sa.Integer()))
         batch.add_column(sa.Column("tpm_limit", sa.Integer()))
-    # Ledgers written before the roll-up existed: 0005 fills it from their rows (its key is complete there).
+    # Ledgers written before the roll-up existed: 0007 fills it from their rows (its key is complete there).
 
 
 def downgrade() -> None:

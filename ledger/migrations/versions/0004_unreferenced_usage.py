@@ -1,7 +1,7 @@
 """The roll-up keeps the dollars of requests without an all-hosted counterfactual (no `reference_model`).
 
 Before, such requests counted as unpriced and their known cost was left out of every total; the roll-up is
-rebuilt from the requests table (by 0005, which runs after it) so that older days read the same way.
+rebuilt from the requests table (by 0007, which runs after it) so that older days read the same way.
 
 Revision ID: 0004
 Revises: 0003
@@ -28,7 +28,7 @@ def upgrade() -> None:
         with op.batch_alter_table("usage_daily") as batch:
             for column in missing:
                 batch.add_column(column)
-    # The roll-up is rebuilt from the requests table by 0005, whose key the rebuild writes.
+    # The roll-up is rebuilt from the requests table by 0007, whose key the rebuild writes.
 
 
 def downgrade() -> None:

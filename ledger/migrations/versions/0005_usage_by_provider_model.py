@@ -2,7 +2,8 @@
 
 `report --by provider_model` needs it: an alias such as `auto` or a cascade is answered by the local model or
 by a hosted one. Changing a primary key is a table rebuild on SQLite, so the roll-up (derived data) is made
-anew and refilled from the requests table, on both dialects.
+anew, on both dialects, and refilled from the requests table by 0007 (which adds the `rule` key: the refill
+writes the newest key, so it runs in the newest of the migrations that rebuild the roll-up).
 
 Revision ID: 0005
 Revises: 0004
@@ -23,9 +24,9 @@ branch_labels = None
 depends_on = None
 
 
-def _create(*, provider_model: bool) -> None:
-    keys = [c for c in GROUP_COLUMNS if provider_model or c != "provider_model"]
-    op.create_table("usage_daily", *usage_daily_columns(provider_model=provider_model),
+def _create(*, without: tuple[str, ...]) -> None:
+    keys = [c for c in GROUP_COLUMNS if c not in without]
+    op.create_table("usage_daily", *usage_daily_columns(without=without),
                     sa.PrimaryKeyConstraint(*keys, name="pk_usage_daily"))
     op.create_index("ix_usage_daily_team_day", "usage_daily", ["team", "day"])
 
@@ -37,21 +38,18 @@ def _drop() -> None:
 
 def upgrade() -> None:
     _drop()
-    _create(provider_model=True)
-    from ledger.db import backfill_usage
-
-    backfill_usage(op.get_bind())
+    _create(without=("rule",))
 
 
 def downgrade() -> None:
     """Folds the rows that differ only by answering model back together (sums, read before the rebuild)."""
     bind = op.get_bind()
     table = sa.Table("usage_daily", sa.MetaData(), autoload_with=bind)
-    keys = [table.c[c] for c in GROUP_COLUMNS if c != "provider_model"]
+    keys = [table.c[c] for c in GROUP_COLUMNS if c not in ("provider_model", "rule")]  # 0007's downgrade ran
     sums = [sa.func.sum(c).label(c.name) for c in table.c if c.name not in GROUP_COLUMNS]
     rows = [dict(r) for r in bind.execute(sa.select(*keys, *sums).group_by(*keys)).mappings()]
     _drop()
-    _create(provider_model=False)
+    _create(without=("provider_model", "rule"))
     if rows:
         old = sa.Table("usage_daily", sa.MetaData(), autoload_with=bind)
         bind.execute(sa.insert(old), [{k: int(v) if k in _INTEGERS else v for k, v in r.items()} for r in rows])
