@@ -122,17 +122,22 @@ def length_chunks(seeds: list[int], chunks: int, system_share: float = 0.0,
 
 
 PERIODS = (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+# The shipped checkpoint's. At 20 the arithmetic probe learns a sum's units digit, which it never does at 2.5,
+# but the full recipe at 20 or 40 was no better at sums and worse in conversations (bench/results/tiny_model.md).
+NUMBER_FEATURE_SCALE = 2.5
 
 
-def init_number_embeddings(model: PreTrainedModel, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def init_number_embeddings(model: PreTrainedModel, tokenizer,  # type: ignore[no-untyped-def]
+                           feature_scale: float = NUMBER_FEATURE_SCALE) -> None:
     """Starts every number token's embedding (tied: also its output row) from its value: sin/cos of
     value / period over PERIODS and the digit count, in the first dimensions, as Fourier number
     embeddings do. Sorting compares values and a sum is a rotation of these features, so the model
-    does not have to discover what "37" means from co-occurrence alone; the rows still train."""
+    does not have to discover what "37" means from co-occurrence alone; the rows still train.
+    `feature_scale` is the features' size in standard deviations of the random start."""
     embeddings = model.get_input_embeddings()
     assert isinstance(embeddings, torch.nn.Embedding)
     weight = embeddings.weight
-    scale = 2.5 * weight.std().item()
+    scale = feature_scale * weight.std().item()
     with torch.no_grad():
         for token, index in tokenizer.get_vocab().items():
             if not token.isdigit():
@@ -147,7 +152,8 @@ def init_number_embeddings(model: PreTrainedModel, tokenizer) -> None:  # type: 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int | None,
           chunks: int = 1, init_from: Path | None = None, system_share: float = 0.0,
           history_share: float = 0.0, kind_weights: dict[str, float] | None = None,
-          canvas_lengths: tuple[int, ...] = ()) -> dict[str, Any]:
+          canvas_lengths: tuple[int, ...] = (),
+          number_feature_scale: float = NUMBER_FEATURE_SCALE) -> dict[str, Any]:
     """One training stage: from scratch, or on from `init_from` (whose stages the log keeps).
 
     `canvas_lengths` trains canvases of those lengths (each piece draws one, each row a block the
@@ -161,7 +167,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     previous: dict[str, Any] | None = None  # the training log of the checkpoint this stage goes on from
     if init_from is None:
         model = DiffusionGemmaForBlockDiffusion(tiny_config())
-        init_number_embeddings(model, tokenizer)
+        init_number_embeddings(model, tokenizer, number_feature_scale)
     else:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(init_from, dtype=torch.float32)
         previous = json.loads((init_from / "training_log.json").read_text())
@@ -201,6 +207,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, threads:
     stage = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "chunks": chunks,
              "system_share": system_share, "history_share": history_share,
              "kind_weights": kind_weights or None, "canvas_lengths": list(canvas_lengths) or None,
+             "number_feature_scale": None if init_from else number_feature_scale,
              "init_from": "previous stage" if init_from else None,
              "wall_s": round(time.time() - started, 1), "final_loss": log[-1]["loss"]}
     stages = [*(stages_of(previous) if previous else []), stage]
@@ -270,13 +277,16 @@ def main() -> None:
                         help="second stage: canvas lengths to train, e.g. 4,8,16 (the longest must be "
                              f"{CANVAS_LENGTH}); default: only {CANVAS_LENGTH}. Measured: no faster on CPU, "
                              "bench/results/engine.md")
+    parser.add_argument("--number-feature-scale", type=float, default=NUMBER_FEATURE_SCALE,
+                        help="first stage: number tokens' value features, in standard deviations of the random start")
     parser.add_argument("--kind-weights", type=parse_weights, default={},
                         help="both stages: relative share of task kinds, e.g. sort=2.5,case=0.6 (others: 1)")
     args = parser.parse_args()
     start = args.init_from
     if start is None:
         print(json.dumps(train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.threads,
-                               args.chunks, kind_weights=args.kind_weights)))
+                               args.chunks, kind_weights=args.kind_weights,
+                               number_feature_scale=args.number_feature_scale)))
         start = args.out
     if args.system_steps:
         print(json.dumps(train(args.out, args.system_steps, args.batch_size, args.system_lr, args.system_seed,

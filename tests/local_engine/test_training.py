@@ -12,7 +12,7 @@ from local_engine.training import tasks
 from local_engine.training.config import CANVAS_LENGTH, tiny_config
 from local_engine.training.objective import block_diffusion_loss, corrupt
 from local_engine.training.tokenizer import VOCAB_SIZE, build_tokenizer
-from local_engine.training.train import PERIODS, encode_batch, init_number_embeddings
+from local_engine.training.train import NUMBER_FEATURE_SCALE, PERIODS, encode_batch, init_number_embeddings
 
 
 def test_corruption_rate_is_respected() -> None:
@@ -306,3 +306,20 @@ def test_number_tokens_start_from_their_values() -> None:
     assert torch.isclose((angle("37") - angle("10")) % (2 * torch.pi), (angle("47") - angle("20")) % (2 * torch.pi))
     assert torch.equal(weight[vocab["Sort"]], before[vocab["Sort"]])  # words keep their random start
     assert torch.equal(weight[vocab["7"], n + 3:], before[vocab["7"], n + 3:])  # and the rest of each row
+
+
+def test_number_features_are_sized_in_standard_deviations_of_the_random_start() -> None:
+    """The shipped checkpoint started them at 2.5 standard deviations (the default, which reproduces it); the
+    arithmetic probe learns a units digit at 20 (tiny_model.md)."""
+    tokenizer, vocab = build_tokenizer(), build_tokenizer().get_vocab()
+    sizes = {}
+    assert NUMBER_FEATURE_SCALE == 2.5
+    for scale in (2.5, 20.0):
+        torch.manual_seed(0)
+        model = DiffusionGemmaForBlockDiffusion(tiny_config(hidden=64, layers=2, canvas_length=8))
+        std = model.get_input_embeddings().weight.std().item()
+        init_number_embeddings(model, tokenizer, scale)
+        sizes[scale] = model.get_input_embeddings().weight[vocab["37"], : 2 * len(PERIODS)].norm().item() / std
+    # ten sin/cos pairs of norm 1 each: sqrt(10) times the scale
+    assert sizes[2.5] == pytest.approx(2.5 * 10 ** 0.5, rel=1e-4)
+    assert sizes[20.0] == pytest.approx(20.0 * 10 ** 0.5, rel=1e-4)
