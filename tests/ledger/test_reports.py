@@ -184,6 +184,17 @@ def test_known_costs_without_a_reference_model_are_spend_not_unpriced(db: Databa
         assert total["all_hosted_usd"] == pytest.approx(0.010) and total["savings_usd"] == pytest.approx(0.0)
 
 
+def _downgraded(db: Database, revision: str) -> tuple[set[str], tuple[int, int]]:
+    """The roll-up's columns and its summed requests and prompt tokens after downgrading to `revision`."""
+    config = _migrations()
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+        columns = {c["name"] for c in inspect(connection).get_columns("usage_daily")}
+        folded = connection.execute(text("SELECT SUM(requests), SUM(prompt_tokens) FROM usage_daily")).one()
+    return columns, (int(folded[0]), int(folded[1]))
+
+
 def _migrations() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -237,13 +248,8 @@ def test_upgrading_a_0004_ledger_keys_the_rollup_by_the_model_that_answered(back
         assert rows["openai/gpt-4o-mini"]["requests"] == 5 and rows[""]["requests"] == 1  # r2: local, no model
         assert rows["total"]["savings_usd"] == pytest.approx(0.0054)
         by_alias = by_group(db, group_by="model")
-        config = _migrations()
-        with db.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0004")
-            columns = {c["name"] for c in inspect(connection).get_columns("usage_daily")}
-            folded = connection.execute(text("SELECT SUM(requests), SUM(prompt_tokens) FROM usage_daily")).one()
-        assert "provider_model" not in columns and tuple(map(int, folded)) == (6, 140)
+        columns, folded = _downgraded(db, "0004")
+        assert "provider_model" not in columns and folded == (6, 140)
         db.migrate()
         assert by_group(db, group_by="model") == by_alias
 
@@ -365,14 +371,8 @@ def test_upgrading_a_0006_ledger_groups_its_history_by_rule(backend: str, tmp_pa
         assert set(rows) == {"routine-cascade", "tools-go-hosted", ""}
         assert by_team() == before  # refilled, not added to
         _assert_agrees_with_a_brute_force_recount(db, records, rng, windows=4)
-        config = _migrations()
-        with db.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0006")
-            columns = {c["name"] for c in inspect(connection).get_columns("usage_daily")}
-            folded = connection.execute(text("SELECT SUM(requests), SUM(prompt_tokens) FROM usage_daily")).one()
-        assert "rule" not in columns
-        assert tuple(map(int, folded)) == (len(records), sum(r.prompt_tokens for r in records))
+        columns, folded = _downgraded(db, "0006")
+        assert "rule" not in columns and folded == (len(records), sum(r.prompt_tokens for r in records))
         assert by_team() == before
         db.migrate()
         assert by_group(db, group_by="rule", since=T0 - timedelta(days=1), until=far)["total"]["requests"] == 400

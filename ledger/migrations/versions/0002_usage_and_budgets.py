@@ -10,8 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from ledger.models import usage_daily_columns
-from ledger.rollup import GROUP_COLUMNS
+from ledger.migrations.rollup_table import create_usage_daily, drop_usage_daily
 
 revision = "0002"
 down_revision = "0001"
@@ -20,11 +19,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    later = ("provider_model", "rule")  # the roll-up as it was: 0005 and 0007 add those keys
-    keys = [c for c in GROUP_COLUMNS if c not in later]
-    op.create_table("usage_daily", *usage_daily_columns(without=later),
-                    sa.PrimaryKeyConstraint(*keys, name="pk_usage_daily"))
-    op.create_index("ix_usage_daily_team_day", "usage_daily", ["team", "day"])
+    create_usage_daily(without=("provider_model", "rule"))  # the roll-up as it was: 0005 and 0007 add those keys
     op.create_table(
         "budget_usage",
         sa.Column("scope", sa.String(200), nullable=False),
@@ -47,5 +42,4 @@ def downgrade() -> None:
         for name in ("tpm_limit", "rpm_limit", "budget_period", "max_budget_usd"):
             batch.drop_column(name)
     op.drop_table("budget_usage")
-    op.drop_index("ix_usage_daily_team_day", "usage_daily")
-    op.drop_table("usage_daily")
+    drop_usage_daily()
