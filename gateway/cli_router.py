@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -14,10 +14,16 @@ from gateway.cli_common import (
     config_or_exit,
     console,
     err,
+    ledger_or_exit,
     plain,
     settings_or_exit,
     table_console,
 )
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+    from ledger import KeyInfo
+    from policies import GatewayConfig
 
 route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
 router_app = typer.Typer(help="The learned difficulty classifier.", no_args_is_help=True)
@@ -32,10 +38,14 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     """Show which rule a request matches, every condition checked, and the decision."""
     from gateway.explain import explain_request
 
-    loaded = config_or_exit(settings_or_exit(config))
+    settings = settings_or_exit(config)
+    loaded = config_or_exit(settings)
     classifier_or_exit(loaded)
+    virtual = None
+    if key is not None and not any(k.name == key for k in loaded.keys):
+        virtual = _virtual_key(settings, loaded, key)
     try:
-        report = explain_request(loaded, request_file, team=team, key_name=key)
+        report = explain_request(loaded, request_file, team=team, key_name=key, virtual_key=virtual)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -51,6 +61,28 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
     if report["refusal"] is not None:  # the request would not be served: a script sees it in the exit status
         typer.echo(f"error: {request_file}: the gateway would answer {report['refusal']}", err=True)
         raise typer.Exit(code=2)
+
+
+def _virtual_key(settings: Settings, config: GatewayConfig, name: str) -> KeyInfo | None:
+    """The live virtual key of that name in the gateway's ledger: its team and models decide, as in the gateway.
+    Explained as a bare name (with a note) when there is none, or no ledger: a missing one is not created."""
+    from ledger import KeyStore, missing_sqlite_file
+
+    url = settings.resolved_database_url(config.database_url)
+    missing = missing_sqlite_file(url)
+    found = None
+    if missing is None:
+        db = ledger_or_exit(settings, config)
+        try:
+            found = next((k for k in KeyStore(db).list() if k.name == name and k.revoked_at is None
+                          and not k.expired()), None)
+        finally:
+            db.dispose()
+    if found is None:
+        where = f"there is no ledger at {missing}" if missing else "nor a live virtual key in the ledger"
+        err.print(f"note: no key named {name} in the config, {where}: explained as a key of that name with "
+                  "--team's team and every model", markup=False, soft_wrap=True)
+    return found
 
 
 @router_app.command("score")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,12 @@ from gateway.errors import ModelNotAllowed, openai_param, reply_for, validation_
 from gateway.pipeline import to_job
 from gateway.schemas import ChatRequest
 from gateway.services import build_planner, hosted_models
+from ledger import KeyInfo
 from router import HostedClient, RoutingError
 
 
 def explain_request(config: policies.GatewayConfig, request_file: Path, *, team: str | None,
-                    key_name: str | None) -> dict[str, Any]:
+                    key_name: str | None, virtual_key: KeyInfo | None = None) -> dict[str, Any]:
     """Rule, conditions and decision for one request body (`refusal`: the error the gateway would answer with
     instead of serving it); ValueError for an unreadable request or an alias the gateway does not serve."""
     try:
@@ -34,7 +36,7 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
         raise ValueError(f"{request_file}: {len(problems)} problems:\n{listed}") from None
     planner = build_planner(config, HostedClient(hosted_models(config)))  # the client is never called here
     job = to_job(body, "explain")
-    caller = _caller(config, key_name, team)
+    caller = _caller(config, key_name, team, virtual_key)
     try:
         caller.check_model(job.alias)
         decision = planner.explain(job, caller.key_name, caller.team)
@@ -58,17 +60,24 @@ def explain_request(config: policies.GatewayConfig, request_file: Path, *, team:
             "decision": action, "refusal": refusal, "p_hosted": decision.p_hosted, "summary": decision.summary()}
 
 
-def _caller(config: policies.GatewayConfig, key_name: str | None, team: str | None) -> Principal:
-    """Who `--key` and `--team` describe. A key of the config brings its team, as the gateway reads it from the
-    key (a rule on the team held for it there and not here), and its `models`; a virtual key is named as given."""
+def _caller(config: policies.GatewayConfig, key_name: str | None, team: str | None,
+            virtual_key: KeyInfo | None) -> Principal:
+    """Who `--key` and `--team` describe. A key of the config, or a virtual key of the ledger (`virtual_key`),
+    brings its team, as the gateway reads it from the key (a rule on the team held for it there and not here),
+    and its `models`; a name neither knows is taken as given."""
     key = next((k for k in config.keys if k.name == key_name), None)
-    if key is None:
+    models: Sequence[str] | None
+    if key is not None:
+        key_id, key_team, models = f"config:{key.name}", key.team, key.models
+    elif virtual_key is not None:
+        key_id, key_team, models = virtual_key.key_id, virtual_key.team, virtual_key.models
+    else:
         return Principal(key_id=None, key_name=key_name, team=team)
-    if team is not None and team != key.team:
-        raise ValueError(f"--team {team}: the key {key_name} is in team {key.team or '(none)'}, which the gateway "
+    if team is not None and team != key_team:
+        raise ValueError(f"--team {team}: the key {key_name} is in team {key_team or '(none)'}, which the gateway "
                          "uses for it")
-    return Principal(key_id=f"config:{key.name}", key_name=key.name, team=key.team,
-                     models=frozenset(key.models) if key.models is not None else None)
+    return Principal(key_id=key_id, key_name=key_name, team=key_team,
+                     models=frozenset(models) if models is not None else None)
 
 
 def _read(request_file: Path) -> bytes:

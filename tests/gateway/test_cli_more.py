@@ -422,3 +422,32 @@ def test_route_explain_reads_a_request_file_as_the_gateway_reads_a_body(tmp_path
     for name in ("bom.json", "utf16.json"):
         assert explain_request(default_config(), tmp_path / name, team=None, key_name=None)["decision"] == \
             "local (local/diffusiongemma)"
+
+
+def test_route_explain_for_a_virtual_key_uses_its_team_and_its_models(tmp_path: Path) -> None:
+    """`--key app` for a key made with `draftgate keys create` (most teams' keys) was explained as a bare name: no
+    team, so a team rule that holds in the gateway did not, and every model allowed where the gateway answers 403.
+    A name no key has was explained the same way, silently."""
+    (tmp_path / "draftgate.yaml").write_text(
+        "models:\n  - name: big\n    model: openai/gpt-4o\nteams:\n  - name: research\npolicies:\n  rules:\n"
+        "    - name: research-hosted\n      when: {team: research}\n      action: {hosted: big}\n")
+    for model in ("auto", "big"):
+        (tmp_path / f"{model}.json").write_text(json.dumps({"model": model, "messages": [{"role": "user",
+                                                                                           "content": "x"}]}))
+    no_ledger = draftgate("route", "explain", "auto.json", "--config", "draftgate.yaml", "--key", "app", cwd=tmp_path)
+    assert no_ledger.returncode == 0 and "note: no key named app in the config, there is no ledger at" in \
+        " ".join(no_ledger.stderr.split()), no_ledger.stderr
+    assert not (tmp_path / "data" / "ledger.db").exists()  # not created by explaining
+    created = draftgate("keys", "create", "--name", "app", "--team", "research", "--models", "auto", "--config",
+                        "draftgate.yaml", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    explained = draftgate("route", "explain", "auto.json", "--config", "draftgate.yaml", "--key", "app", cwd=tmp_path)
+    assert explained.returncode == 0, explained.stderr
+    assert "matched rule: research-hosted" in explained.stdout and "note:" not in explained.stderr
+    refused = draftgate("route", "explain", "big.json", "--config", "draftgate.yaml", "--key", "app", cwd=tmp_path)
+    assert refused.returncode == 2 and "403 model_not_allowed" in refused.stderr, refused.stderr
+    unknown = draftgate("route", "explain", "auto.json", "--config", "draftgate.yaml", "--key", "nobody",
+                        cwd=tmp_path)
+    assert unknown.returncode == 0 and "matched rule: (default)" in unknown.stdout
+    assert "note: no key named nobody in the config, nor a live virtual key in the ledger" in \
+        " ".join(unknown.stderr.split())
