@@ -37,6 +37,7 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
                   key: Annotated[str | None, typer.Option(help="the caller's key name")] = None) -> None:
     """Show which rule a request matches, every condition checked, and the decision."""
     from gateway.explain import explain_request
+    from ledger.reports import DEFAULT_RULE_LABEL
 
     settings = settings_or_exit(config)
     loaded = config_or_exit(settings)
@@ -54,7 +55,7 @@ def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat requ
         table.add_row(*(plain(c[k]) for k in ("rule", "condition", "expected", "actual")),
                       "pass" if c["passed"] else "fail")
     table_console().print(table)
-    console.print(f"matched rule: {plain(report['rule'] or '(default)')}")
+    console.print(f"matched rule: {plain(report['rule'] or DEFAULT_RULE_LABEL)}")
     typer.echo(f"decision: {report['decision']}")
     if report["p_hosted"] is not None:
         console.print(f"classifier p_hosted: {report['p_hosted']:.3f}")

@@ -32,10 +32,9 @@ from router.transport import StreamBroken, is_error_event, stream_error
 from router.usage import (
     TokenEstimator,
     believable,
-    cache_writes_of,
-    cached_of,
     counted,
     delta_text,
+    prompt_cache_of,
     usage_is_invalid,
     usage_of,
 )
@@ -191,12 +190,11 @@ class Executor:
             detail["usage_estimated"] = True
             if result.body.get("usage") is not None:  # sent, and not believed
                 detail["upstream_usage_invalid"] = True
-        cached, written = (0, 0) if estimated else (cached_of(result.body), cache_writes_of(result.body))
+        cached, written = (0, 0) if estimated else prompt_cache_of(result.body)
         cost = self._pricing.hosted_cost(result.model, prompt_tokens, completion_tokens, cached, written)
         return Outcome(route=Route.HOSTED, provider_model=result.model.model, prompt_tokens=prompt_tokens,
                        completion_tokens=completion_tokens, cached_tokens=cached, cache_write_tokens=written,
-                       hosted_cost_usd=cost,
-                       unpriced=cost is None,
+                       hosted_cost_usd=cost, unpriced=cost is None,
                        attempts=[a.as_dict() for a in result.attempts], detail=detail, body=result.body)
 
     async def stream(self, job: Job, plan: Plan) -> ChunkStream:
@@ -288,7 +286,7 @@ class Executor:
                 usage = usage_of(chunk)
                 if usage is not None:
                     outcome.prompt_tokens, outcome.completion_tokens = usage
-                    outcome.cached_tokens, outcome.cache_write_tokens = cached_of(chunk), cache_writes_of(chunk)
+                    outcome.cached_tokens, outcome.cache_write_tokens = prompt_cache_of(chunk)
                     reported = True
                     if not chunk.get("choices"):
                         held = payload if job.wants_usage else None
@@ -304,8 +302,7 @@ class Executor:
                                        retryable=False, error_type="stream_interrupted")
                 outcome.detail["upstream_no_finish_reason"] = True  # `[DONE]` says whole: a quirk, not a cut
             if reported and not believable((outcome.prompt_tokens, outcome.completion_tokens), "".join(answer)):
-                outcome.detail["upstream_usage_invalid"], reported = True, False
-                outcome.cached_tokens = outcome.cache_write_tokens = 0
+                outcome.detail["upstream_usage_invalid"], reported = True, False  # estimated below: caches zeroed
             if reported and held is not None:
                 yield held
             if not reported:  # the upstream sent no usage: estimated here (off the loop), and the client that

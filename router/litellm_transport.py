@@ -155,12 +155,12 @@ class LiteLLMTransport:
             status = getattr(exc, "status_code", None)
             status = int(status) if isinstance(status, int) else None
             retryable = status is None or is_retryable_status(status)
-            billed = status is not None and 200 <= status < 300
+            untranslatable = _untranslatable(exc)
+            unreadable = untranslatable and _answer_unreadable(exc)  # LiteLLM's parser failed on a provider's 200
+            billed = (status is not None and 200 <= status < 300) or unreadable
             if billed:  # a 200 LiteLLM could not read (a body cut short): the provider did the work, as direct
                 status, retryable = 502, True
-            if _untranslatable(exc) and _answer_unreadable(exc):
-                status, retryable, billed = 502, True, True
-            elif _untranslatable(exc):  # the same request fails the same way: neither retried nor a 502
+            if untranslatable and not unreadable:  # the same request fails the same way: neither retried nor a 502
                 status, retryable = None, False
             elif _missing_sdk(exc):  # a 502 at once (its fallbacks may answer), not a 400 blaming the request
                 status, retryable = 500, False

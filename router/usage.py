@@ -137,33 +137,26 @@ def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
-def cached_of(body: Mapping[str, Any]) -> int:
-    """Of the prompt tokens, those the provider read from its prompt cache and bills at a lower rate: OpenAI's
-    `usage.prompt_tokens_details.cached_tokens` (LiteLLM reports Anthropic's cache reads there, and as
-    `cache_read_input_tokens`). 0 when absent or not believable (more than the prompt): full price, never less."""
+def prompt_cache_of(body: Mapping[str, Any]) -> tuple[int, int]:
+    """Of the prompt tokens, (read, written): those the provider read from its prompt cache, billed at a lower
+    rate (OpenAI's `usage.prompt_tokens_details.cached_tokens`; LiteLLM reports Anthropic's cache reads there, and
+    as `cache_read_input_tokens`), and those it wrote to it, billed above the input price (Anthropic: 1.25x;
+    LiteLLM's `usage.cache_creation_input_tokens`, also `prompt_tokens_details.cache_creation_tokens`). Each 0
+    when absent or not believable (reads more than the prompt, writes more than its uncached rest): full price."""
     usage = body.get("usage")
     if not isinstance(usage, Mapping):
-        return 0
+        return 0, 0
     details = usage.get("prompt_tokens_details")
-    value = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    cached = _token_count(usage.get("cache_read_input_tokens") if value is None else value)
+    details = details if isinstance(details, Mapping) else {}
+    read_value = details.get("cached_tokens")
+    read = _token_count(usage.get("cache_read_input_tokens") if read_value is None else read_value)
+    write_value = usage.get("cache_creation_input_tokens")
+    written = _token_count(details.get("cache_creation_tokens") if write_value is None else write_value)
     prompt = _token_count(usage.get("prompt_tokens"))
-    return cached if cached is not None and prompt is not None and cached <= prompt else 0
-
-
-def cache_writes_of(body: Mapping[str, Any]) -> int:
-    """Of the prompt tokens, those the provider wrote to its prompt cache, billed above the input price (Anthropic:
-    1.25x): LiteLLM's `usage.cache_creation_input_tokens` (also `prompt_tokens_details.cache_creation_tokens`).
-    0 when absent or not believable (more than the prompt's uncached tokens)."""
-    usage = body.get("usage")
-    if not isinstance(usage, Mapping):
-        return 0
-    details = usage.get("prompt_tokens_details")
-    value = usage.get("cache_creation_input_tokens")
-    if value is None and isinstance(details, Mapping):
-        value = details.get("cache_creation_tokens")
-    written, prompt = _token_count(value), _token_count(usage.get("prompt_tokens"))
-    return written if written is not None and prompt is not None and written <= prompt - cached_of(body) else 0
+    if prompt is None:
+        return 0, 0
+    read = read if read is not None and read <= prompt else 0
+    return read, written if written is not None and written <= prompt - read else 0
 
 
 def believable(usage: tuple[int, int] | None, answer: str) -> tuple[int, int] | None:
