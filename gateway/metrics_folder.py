@@ -24,8 +24,9 @@ def share_metrics_between_workers(settings: Settings) -> IO[bytes]:
     anything else (PROMETHEUS_MULTIPROC_DIR set to the data dir: the ledger) is refused, never emptied, since
     /metrics would also read every other *.db in it as metrics. So is a folder another running serve holds (a
     second instance on the same data dir): emptying it would wipe that one's counters. Returns the held lock,
-    which the caller keeps open while the server runs."""
-    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics")
+    which the caller keeps open while the server runs. By default the folder is named after the worker (the host
+    name): replicas that share a data dir volume (docker compose `--scale`) each get their own."""
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics" / settings.worker_name())
     try:
         folder.mkdir(parents=True, exist_ok=True)
         others = sorted(p.name for p in folder.iterdir()

@@ -73,5 +73,8 @@ class Settings(BaseSettings):
         host name, tells replicas apart (in containers every one is pid 1, and `--scale` replicas share one
         environment and one journal volume, but each has its own host name); the pid tells apart the workers of
         one `serve --workers N`. Recovery replays every orphaned journal, whatever its name."""
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.worker_id or socket.gethostname())
-        return self.data_dir / f"ledger-{name}-{os.getpid()}.journal"
+        return self.data_dir / f"ledger-{self.worker_name()}-{os.getpid()}.journal"
+
+    def worker_name(self) -> str:
+        """`worker_id`, else the host name, made safe for a file name."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.worker_id or socket.gethostname())

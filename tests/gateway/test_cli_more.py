@@ -273,6 +273,28 @@ def test_a_second_serve_on_the_same_metrics_folder_is_refused_and_wipes_nothing(
     assert [p.name for p in (data / "metrics").iterdir()] == [METRICS_LOCK]
 
 
+def test_replicas_sharing_a_data_dir_each_get_a_metrics_folder_of_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker compose `--scale gateway=2` with DRAFTGATE_WORKERS=2: the replicas share the data dir volume, and the
+    second replica's serve was refused ("in use by another serve") since both defaulted to `<data dir>/metrics`.
+    The default folder is now named after the worker (its host name), as its ledger journal is."""
+    from gateway.metrics_folder import METRICS_LOCK, share_metrics_between_workers
+    from gateway.settings import Settings
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    data = tmp_path / "data"
+    first = share_metrics_between_workers(Settings(data_dir=data, worker_id="gateway-1"))
+    try:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")  # as in another container, which has not set it
+        second = share_metrics_between_workers(Settings(data_dir=data, worker_id="gateway-2"))
+        second.close()
+    finally:
+        first.close()
+    assert sorted(p.name for p in (data / "metrics").iterdir()) == ["gateway-1", "gateway-2"]
+    assert [p.name for p in (data / "metrics" / "gateway-2").iterdir()] == [METRICS_LOCK]
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str((data / "metrics" / "gateway-2").resolve())
+
+
 def test_report_on_a_ledger_that_does_not_exist_says_so_and_creates_none(tmp_path: Path) -> None:
     """Run away from the gateway's data dir, `report` made a new empty ledger there and printed zeros: the first
     time with a note, every later time silently, since the ledger it had made now existed."""
