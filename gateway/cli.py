@@ -188,6 +188,7 @@ class GroupBy(str, Enum):
     day = "day"
     reason = "reason"
     rule = "rule"
+    user = "user"
 
 
 class Format(str, Enum):
@@ -199,7 +200,8 @@ class Format(str, Enum):
 @app.command()
 def report(by: Annotated[GroupBy, typer.Option("--by", help=(
                "group rows by (model: the alias requested; provider_model: the model that answered; "
-               "rule: the policy rule that routed it, '(default)' when none matched)"))
+               "rule: the policy rule that routed it, '(default)' when none matched; user: the request's `user`, "
+               "the app's own end user)"))
            ] = GroupBy.team,
            since: Annotated[str | None, typer.Option(
                help="start: a date/time or a span back from now (30d, 12h); default the 30 days before the end")

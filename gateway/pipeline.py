@@ -218,7 +218,7 @@ class ChatPipeline:
             device_seconds=outcome.device_seconds, wasted_draft_usd=outcome.wasted_draft_usd,
             reference_cost_usd=reference, unpriced=outcome.unpriced, stream=job.stream,
             attempts=max(1, sum(not a.get("skipped") for a in outcome.attempts) or tried),
-            rule=plan.rule if plan else None, error=error,
+            rule=plan.rule if plan else None, end_user=job.body.get("user"), error=error,
             escalation_reason=outcome.escalation_reason, detail=detail or None)
         self._open.discard(job.request_id)
         self._writer.record(record)

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ledger.rollup import GROUP_COLUMNS, LATENCY_BUCKETS, latency_column
+from ledger.rollup import END_USER_KEY_CHARS, GROUP_COLUMNS, LATENCY_BUCKETS, latency_column
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -82,6 +82,7 @@ class RequestRow(Base):
     stream: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     rule: Mapped[str | None] = mapped_column(String(256))
+    end_user: Mapped[str | None] = mapped_column(String(512))  # the request's `user` (0008)
     error: Mapped[str | None] = mapped_column(Text)
     escalation_reason: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -138,13 +139,21 @@ def rule_column() -> Column[Any]:
     return Column("rule", String(256), nullable=False, server_default="")
 
 
+def end_user_column() -> Column[Any]:
+    """The request's `user` ('' when it named none): migration 0008 adds it to the roll-up's key. Cut to
+    END_USER_KEY_CHARS, a quarter of the requests table's column: the value is the client's, and the whole key must
+    stay within an index entry's bound on PostgreSQL (~2.7 kB) whatever characters it holds."""
+    return Column("end_user", String(END_USER_KEY_CHARS), nullable=False, server_default="")
+
+
 def usage_daily_columns(*, without: Collection[str] = ()) -> list[Column[Any]]:
     """The roll-up's columns; the migrations that create an older shape of it leave out the keys added after it
-    (`without`: 0002 has neither `provider_model` nor `rule`, 0005 no `rule`)."""
+    (`without`: 0002 has none of `provider_model`, `rule` and `end_user`, 0005 neither `rule` nor `end_user`,
+    0007 no `end_user`)."""
     keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
             Column("key_id", String(64), nullable=False), Column("model_alias", String(256), nullable=False),
             provider_model_column(), Column("route", String(16), nullable=False),
-            Column("reason", String(64), nullable=False), rule_column()]
+            Column("reason", String(64), nullable=False), rule_column(), end_user_column()]
     assert tuple(c.name for c in keys) == GROUP_COLUMNS
     keys = [c for c in keys if c.name not in without]
     sums = [Column("requests", BigInteger, nullable=False), Column("errors", BigInteger, nullable=False),

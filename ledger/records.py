@@ -35,6 +35,7 @@ class RequestRecord:
     stream: bool = False
     attempts: int = 1
     rule: str | None = None
+    end_user: str | None = None  # the request's `user`: the client's own end user, as OpenAI's API names it
     error: str | None = None
     escalation_reason: str | None = None
     detail: dict[str, Any] | None = None

@@ -1,7 +1,7 @@
 """Cost reports: who spent what, where, and what routing saved, read from the daily roll-up.
 
 Whole days come from `usage_daily` (one row per day x team x key x requested alias x model that answered x
-route x escalation kind x routing rule);
+route x escalation kind x routing rule x end user);
 the partial days at the edges of a `since`/`until` window come from the raw rows, aggregated the same
 way, so a report is exact at any boundary and still reads only a few thousand roll-up rows.
 Savings = what the same requests would have cost all-hosted (each request's own tokens at the
@@ -31,16 +31,17 @@ from ledger.rollup import (
 
 # "model" is the alias the client asked for (as LiteLLM's model_group); "provider_model" the model that answered
 # it (the local one or a hosted provider's; '' for a request refused before any model was tried); "rule" the
-# policy rule that routed it ('' when no rule matched: the default route, shown as DEFAULT_RULE_LABEL).
-GroupBy = Literal["team", "key", "model", "provider_model", "route", "day", "reason", "rule"]
+# policy rule that routed it ('' when no rule matched: the default route, shown as DEFAULT_RULE_LABEL); "user" the
+# request's `user`, the client's own end user (its first END_USER_KEY_CHARS characters; '' when it named none).
+GroupBy = Literal["team", "key", "model", "provider_model", "route", "day", "reason", "rule", "user"]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
 _COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "provider_model": "provider_model",
-           "route": "route", "day": "day", "reason": "reason", "rule": "rule"}
+           "route": "route", "day": "day", "reason": "reason", "rule": "rule", "user": "end_user"}
 ROUTES = ("local", "hosted", "escalated")
 DEFAULT_RULE_LABEL = "(default)"  # as `draftgate route explain` names the route taken when no rule matches
 # What the roll-up needs from a raw row (not the JSON detail, errors or prompts).
 RAW_FIELDS = ("request_id", "created_at", "team", "key_id", "model_alias", "provider_model", "route",
-              "escalation_reason", "rule", "status", "prompt_tokens", "completion_tokens", "latency_ms",
+              "escalation_reason", "rule", "end_user", "status", "prompt_tokens", "completion_tokens", "latency_ms",
               "device_seconds", "unpriced", "local_cost_usd", "hosted_cost_usd", "wasted_draft_usd", "reference_cost_usd")
 
 
@@ -195,11 +196,11 @@ class Reporter:
             rows.setdefault(key[index], ReportRow(key[index], key[index])).add(key[route_index], totals)
 
     def _labels(self, group_by: str, rows: dict[str, ReportRow]) -> dict[str, str]:
-        """Readable names: key names for key ids, '(none)' for requests without a team or key, '(default)' for
+        """Readable names: key names for key ids, '(none)' for requests without a team, key or user, '(default)' for
         requests no rule routed."""
         groups = list(rows)
         labels = {g: g for g in groups}
-        if group_by in ("team", "key", "provider_model", "reason"):
+        if group_by in ("team", "key", "provider_model", "reason", "user"):
             labels.update({g: "(none)" for g in groups if g == ""})
         if group_by == "rule" and "" in labels:
             labels[""] = DEFAULT_RULE_LABEL

@@ -20,7 +20,8 @@ DEFAULT_DAYS = 30
 # A plain string (an unknown one is a 400 naming the choices, as every draftgate error is), documented in OpenAPI.
 GroupByParam = Annotated[str, Query(description=f"one of {', '.join(GROUP_BY_VALUES)}; model is the alias "
                                     "requested, provider_model the model that answered it, rule the policy rule "
-                                    "that routed it ('' for the default route)")]
+                                    "that routed it ('' for the default route), user the request's `user` (the "
+                                    "app's own end user; '' when it named none)")]
 
 
 # `since=2026-11-01T09:00:00+02:00` typed into a URL as is: its `+` arrives as a space (form encoding), and the

@@ -162,11 +162,38 @@ policies:
     assert {r["label"]: r["requests"] for r in mine["rows"]} == {"bots-go-to-backup": 1, "(default)": 1}
 
 
+def test_reports_by_user_count_each_end_user_a_request_named(gateway_factory, simulator) -> None:
+    """The OpenAI SDK's `user=` (the app's own end user) was accepted and forgotten: no report could say what each
+    end user cost. Each row records it now; `group_by=user` groups by it, streamed requests too."""
+    from openai import OpenAI
+
+    from tests.conftest import hosted_config
+
+    gw = gateway_factory(hosted_config(simulator.base_url, """teams: [{name: research}]
+keys:
+  - {name: research-key, key: sk-research-123456, team: research}
+"""))
+    ask = [{"role": "user", "content": "hi"}]
+    client = OpenAI(base_url=gw.base_url, api_key="sk-research-123456", max_retries=0)
+    for user in ("alice", "alice", "bob", None):
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask, **({"user": user} if user else {}))
+    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=ask, user="bob", stream=True):
+        pass
+    asyncio.run_coroutine_threadsafe(gw.services.writer.flush(), gw.services.loop).result(10)
+    body = get(gw, MASTER_KEY, group_by="user").json()
+    rows = {r["label"]: r for r in body["rows"]}
+    assert {label: r["requests"] for label, r in rows.items()} == {"alice": 2, "bob": 2, "(none)": 1}
+    assert all(r["cost_usd"] > 0 for r in rows.values())
+    assert sum(r["cost_usd"] for r in rows.values()) == pytest.approx(body["total"]["cost_usd"])
+    users = {r.end_user for r in gw.services.db.iter_records()}
+    assert users == {"alice", "bob", None}
+
+
 def test_bad_parameters_are_clear_400s(seeded_gateway) -> None:
     bad_group = get(seeded_gateway, MASTER_KEY, group_by="planet")
     assert bad_group.status_code == 400 and bad_group.json()["error"]["param"] == "group_by"
     assert bad_group.json()["error"]["message"] == \
-        "group_by must be one of team, key, model, provider_model, route, day, reason, rule"
+        "group_by must be one of team, key, model, provider_model, route, day, reason, rule, user"
     bad_since = get(seeded_gateway, MASTER_KEY, since="last tuesday")
     assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
     backwards = get(seeded_gateway, MASTER_KEY, since="2026-11-02", until="2026-11-01")

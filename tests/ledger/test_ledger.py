@@ -246,7 +246,7 @@ def _migrate_concurrently(urls: list[str]) -> None:
         assert failures == [], (url, failures)
         db = Database(url)
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0007"]
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0008"]
         db.dispose()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,9 +14,15 @@ from sqlalchemy import MetaData, Table, insert, inspect, text
 
 from ledger import Database, RequestRecord
 from ledger.db import MIGRATIONS, RECORD_FIELDS
-from ledger.models import RequestRow
 from ledger.reports import Reporter, ReportQuery
-from ledger.rollup import GROUP_COLUMNS, aggregate, is_unreferenced, latency_bucket, quantile_ms
+from ledger.rollup import (
+    END_USER_KEY_CHARS,
+    GROUP_COLUMNS,
+    aggregate,
+    is_unreferenced,
+    latency_bucket,
+    quantile_ms,
+)
 from tests.ledger.conftest import BACKENDS, T0, record, unmigrated
 
 
@@ -119,7 +126,7 @@ def _random_records(rng: random.Random, count: int = 400) -> list[RequestRecord]
             local_cost_usd=rng.uniform(0, 0.001) if route != "hosted" else None,
             wasted_draft_usd=rng.uniform(0, 0.001) if route == "escalated" else 0.0,
             reference_cost_usd=None if unpriced else rng.uniform(0, 0.02),
-            rule=rng.choice(["routine-cascade", "tools-go-hosted", None]),
+            rule=rng.choice(["routine-cascade", "tools-go-hosted", None]), end_user=rng.choice(["u1", "u2", None]),
             escalation_reason="regex: no match" if route == "escalated" else None))
     return records
 
@@ -138,9 +145,10 @@ def _assert_agrees_with_a_brute_force_recount(db: Database, records: list[Reques
         since = T0 + timedelta(minutes=rng.randrange(-600, 5 * 24 * 60))
         until = since + timedelta(minutes=rng.randrange(1, 4 * 24 * 60))
         team = rng.choice(["a", None])
-        for group_by in ("team", "provider_model", "rule"):  # the group's name is its roll-up column's
+        for group_by, column in (("team", "team"), ("provider_model", "provider_model"), ("rule", "rule"),
+                                 ("user", "end_user")):
             report = Reporter(db).report(ReportQuery(group_by=group_by, since=since, until=until, team=team))
-            assert _report_figures(report) == _brute_force(records, since, until, team, group_by), \
+            assert _report_figures(report) == _brute_force(records, since, until, team, column), \
                 (since, until, team, group_by)
 
 
@@ -207,8 +215,9 @@ def _seed_at_revision(db: Database, revision: str, records: list[RequestRecord] 
     with db.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
-        connection.execute(insert(RequestRow), [{n: getattr(r, n) for n in RECORD_FIELDS}
-                                                for r in (seeded() if records is None else records)])
+        requests = Table("requests", MetaData(), autoload_with=connection)  # as it was then: no later columns
+        connection.execute(insert(requests), [{n: getattr(r, n) for n in RECORD_FIELDS if n in requests.c}
+                                              for r in (seeded() if records is None else records)])
 
 
 def test_upgrading_an_old_ledger_backfills_the_rollup(tmp_path) -> None:
@@ -331,19 +340,19 @@ def test_report_by_rule_matches_hand_computed_figures(db: Database) -> None:
     assert set(ops) == {"tools-go-hosted", "total"} and ops["tools-go-hosted"]["cost_usd"] == pytest.approx(0.003)
 
 
-def _fill_rollup_without_rule(connection, records: list[RequestRecord]) -> None:
-    """The roll-up as a 0006 gateway wrote it: the same sums, keyed without the rule."""
-    index = GROUP_COLUMNS.index("rule")
+def _fill_rollup_without(connection, records: list[RequestRecord], absent: tuple[str, ...]) -> None:
+    """The roll-up as an older gateway wrote it: the same sums, keyed without the `absent` columns."""
+    kept = [i for i, c in enumerate(GROUP_COLUMNS) if c not in absent]
     folded: dict[tuple[str, ...], object] = {}
     for key, totals in aggregate(records).items():
-        old_key = key[:index] + key[index + 1:]
+        old_key = tuple(key[i] for i in kept)
         if old_key in folded:
             folded[old_key].merge(totals)  # type: ignore[attr-defined]
         else:
             folded[old_key] = totals
     table = Table("usage_daily", MetaData(), autoload_with=connection)
-    keys = [c for c in GROUP_COLUMNS if c != "rule"]
-    assert "rule" not in table.c
+    keys = [GROUP_COLUMNS[i] for i in kept]
+    assert not set(absent) & set(table.c.keys())
     connection.execute(insert(table), [dict(zip(keys, key, strict=True)) | totals.as_columns()  # type: ignore[attr-defined]
                                        for key, totals in folded.items()])
 
@@ -353,12 +362,12 @@ def test_upgrading_a_0006_ledger_groups_its_history_by_rule(backend: str, tmp_pa
     """0007 adds `rule` to the roll-up's key and refills it from the requests (replacing the rows a 0006 gateway
     rolled up, never adding to them); its downgrade folds the rules back together."""
     rng = random.Random(11)
-    records = _random_records(rng)
+    records = [replace(r, end_user=None) for r in _random_records(rng)]  # a 0006 ledger has no users
     with contextlib.ExitStack() as stack:
         db = unmigrated(backend, tmp_path, stack)
         _seed_at_revision(db, "0006", records)
         with db.engine.begin() as connection:
-            _fill_rollup_without_rule(connection, records)
+            _fill_rollup_without(connection, records, ("rule", "end_user"))
         def by_team() -> dict:
             return _report_figures(Reporter(db).report(ReportQuery(group_by="team")))
 
@@ -372,7 +381,65 @@ def test_upgrading_a_0006_ledger_groups_its_history_by_rule(backend: str, tmp_pa
         assert by_team() == before  # refilled, not added to
         _assert_agrees_with_a_brute_force_recount(db, records, rng, windows=4)
         columns, folded = _downgraded(db, "0006")
-        assert "rule" not in columns and folded == (len(records), sum(r.prompt_tokens for r in records))
+        assert not {"rule", "end_user"} & columns
+        assert folded == (len(records), sum(r.prompt_tokens for r in records))
         assert by_team() == before
         db.migrate()
         assert by_group(db, group_by="rule", since=T0 - timedelta(days=1), until=far)["total"]["requests"] == 400
+
+
+def test_report_by_user_matches_hand_computed_figures(db: Database) -> None:
+    """What each of an app's end users (the request's `user`) costs; requests that named none are '(none)'; a name
+    longer than the roll-up's key is grouped by its first END_USER_KEY_CHARS characters on whole and partial days."""
+    long_name = "u" * 600
+    day2 = T0 + timedelta(days=1)
+    db.insert_records([
+        record("a1", end_user="alice", hosted_cost_usd=0.002, reference_cost_usd=0.002),
+        record("a2", end_user="alice", created_at=day2, route="local", provider_model="dg-local", hosted_cost_usd=None,
+               local_cost_usd=0.0001, reference_cost_usd=0.003),
+        record("b1", end_user="bob", team="ops", key_id="key_c", hosted_cost_usd=0.004, reference_cost_usd=0.004),
+        record("n1", hosted_cost_usd=0.001, reference_cost_usd=0.001),
+        record("l1", end_user=long_name, hosted_cost_usd=0.0005, reference_cost_usd=0.0005),
+        record("l2", end_user=long_name[:END_USER_KEY_CHARS] + "x", created_at=day2, hosted_cost_usd=0.0005,
+               reference_cost_usd=0.0005),
+    ])
+    stored = db.get_record("l1")
+    assert stored is not None and stored.end_user == long_name[:512]  # the requests table keeps 512 characters
+    assert stored.detail == {"truncated_fields": ["end_user"]}
+    for window in ({}, {"since": T0 - timedelta(hours=1), "until": T0 + timedelta(days=1, hours=1)}):
+        rows = by_group(db, group_by="user", **window)
+        assert set(rows) == {"alice", "bob", "", "u" * END_USER_KEY_CHARS, "total"}
+        alice = rows["alice"]
+        assert (alice["requests"], alice["local_requests"], alice["hosted_requests"]) == (2, 1, 1)
+        assert alice["cost_usd"] == pytest.approx(0.0021) and alice["savings_usd"] == pytest.approx(0.0029)
+        assert rows["bob"]["cost_usd"] == pytest.approx(0.004) and rows[""]["label"] == "(none)"
+        assert rows["u" * END_USER_KEY_CHARS]["requests"] == 2
+    ops = by_group(db, group_by="user", team="ops")
+    assert set(ops) == {"bob", "total"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrading_a_0007_ledger_keeps_its_history_and_groups_new_rows_by_user(backend: str, tmp_path) -> None:
+    """0008 adds `end_user` to the requests and to the roll-up's key, and refills the roll-up (rows written
+    before it named no user); its downgrade folds users back together and drops the column."""
+    rng = random.Random(5)
+    records = [replace(r, end_user=None) for r in _random_records(rng)]
+    with contextlib.ExitStack() as stack:
+        db = unmigrated(backend, tmp_path, stack)
+        _seed_at_revision(db, "0007", records)
+        with db.engine.begin() as connection:
+            _fill_rollup_without(connection, records, ("end_user",))
+        before = _report_figures(Reporter(db).report(ReportQuery(group_by="rule")))
+        db.migrate()
+        assert _report_figures(Reporter(db).report(ReportQuery(group_by="rule"))) == before  # refilled, not added to
+        far = T0 + timedelta(days=30)
+        users = by_group(db, group_by="user", since=T0 - timedelta(days=1), until=far)
+        assert set(users) == {"", "total"} and users[""]["requests"] == len(records)
+        db.insert_records([record("new", end_user="carol", created_at=T0 + timedelta(days=2))])
+        assert by_group(db, group_by="user", since=T0 - timedelta(days=1), until=far)["carol"]["requests"] == 1
+        columns, folded = _downgraded(db, "0007")
+        assert "end_user" not in columns and folded == (len(records) + 1, sum(r.prompt_tokens for r in records) + 10)
+        with db.engine.connect() as connection:
+            assert "end_user" not in {c["name"] for c in inspect(connection).get_columns("requests")}
+        db.migrate()
+        assert by_group(db, group_by="user", since=T0 - timedelta(days=1), until=far)["total"]["requests"] == 401
