@@ -133,8 +133,24 @@ def _retry_after(exc: Exception) -> float | None:
     return retry_after_seconds({str(k).lower(): str(v) for k, v in headers.items()})
 
 
+def _provider_error(text: str) -> tuple[str, str | None, str | None] | None:
+    """(message, code, param) of the provider's own error body, which LiteLLM quotes after its prefix
+    (`litellm.BadRequestError: Hosted_vllmException - {"error": {...}}`); None when it quotes none."""
+    _, quoted, rest = text.partition(" - ")
+    try:
+        data = orjson.loads(rest) if quoted and rest.lstrip().startswith("{") else None
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str) or not error["message"]:
+        return None
+    return error["message"], short_text(error.get("code")), short_text(error.get("param"))
+
+
 def _attempt_failed(exc: Exception, model: HostedModel) -> AttemptFailed:
-    """The attempt's failure as the hosted client retries and reports it, from LiteLLM's exception."""
+    """The attempt's failure as the hosted client retries and reports it, from LiteLLM's exception: the provider's
+    own message, `code` and `param` when LiteLLM quotes its error body (clients branch on them, as on the direct
+    path's `context_length_exceeded`), else LiteLLM's words."""
     status = getattr(exc, "status_code", None)
     status = int(status) if isinstance(status, int) else None
     retryable = status is None or is_retryable_status(status)
@@ -147,9 +163,13 @@ def _attempt_failed(exc: Exception, model: HostedModel) -> AttemptFailed:
         status, retryable = None, False
     elif _missing_sdk(exc):  # a 502 at once (its fallbacks may answer), not a 400 blaming the request
         status, retryable = 500, False
-    return AttemptFailed(redact(_message(exc), model), status_code=status, retryable=retryable,
+    message = _message(exc)
+    code, param = short_text(getattr(exc, "code", None)), short_text(getattr(exc, "param", None))
+    if (quoted := _provider_error(message)) is not None:
+        message, code, param = quoted[0], quoted[1] or code, quoted[2] or param
+    return AttemptFailed(redact(message, model), status_code=status, retryable=retryable,
                          error_type=type(exc).__name__, retry_after_s=_retry_after(exc), billed=billed,
-                         code=short_text(getattr(exc, "code", None)), param=short_text(getattr(exc, "param", None)))
+                         code=code, param=param)
 
 
 class LiteLLMTransport:
