@@ -206,3 +206,19 @@ def test_embeddings_through_litellm(gw, simulator) -> None:
     assert row.hosted_cost_usd == pytest.approx(3 / 1e6) and row.attempts == 2
     metrics = httpx.get(gw.url + "/metrics", headers=AUTH).text
     assert 'draftgate_requests_total{model="embed-litellm",route="hosted",status="ok"} 1.0' in metrics
+
+
+def test_a_client_that_leaves_is_recorded_cancelled_and_billed(gw, simulator) -> None:
+    simulator.state.faults.append(Fault(delay_s=1.5))  # the upstream has the request when the client gives up
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gw.url + "/v1/embeddings", json={"model": "embed-small", "input": "one two three"}, headers=AUTH,
+                   timeout=0.5)
+    deadline = time.monotonic() + 10
+    rows: list = []  # type: ignore[type-arg]
+    while not rows and time.monotonic() < deadline:  # recorded once the gateway notices the hang-up
+        time.sleep(0.1)
+        rows = list(flushed_db(gw).iter_records())
+    (row,) = rows
+    assert (row.status, row.status_code) == ("cancelled", 499)
+    assert row.prompt_tokens == 3 and row.hosted_cost_usd is not None and row.hosted_cost_usd > 0
+    assert (row.detail or {})["usage_estimated"] and (row.detail or {})["endpoint"] == "embeddings"
