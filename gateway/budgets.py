@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -19,7 +20,7 @@ import policies
 from gateway.auth import Principal
 from gateway.errors import GatewayError, InvalidRequest
 from ledger.budgets import BudgetExceeded, BudgetStore, Claim, Limits, counters
-from router import Job, Outcome, Plan, Pricing, Route
+from router import EMBEDDINGS, Job, Outcome, Plan, Pricing, Route
 from router.hosted import HostedClient
 
 log = logging.getLogger("draftgate")
@@ -67,8 +68,25 @@ def _limits(config: policies.LimitsConfig) -> Limits:
     return Limits(config.max_budget_usd, config.budget_period, config.rpm_limit, config.tpm_limit)
 
 
+def input_token_bound(value: Any) -> int:
+    """An upper bound on an embeddings `input`'s tokens: a string's UTF-8 bytes, one per token id."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, list):
+        return sum(1 if isinstance(v, int) else input_token_bound(v) for v in value)
+    return 0
+
+
+def completion_bound(job: Job) -> int:
+    """The most completion tokens a request may be billed: `max_tokens` (or a 4,096 guess) per choice; none for
+    embeddings."""
+    return 0 if job.endpoint == EMBEDDINGS else (job.max_tokens or DEFAULT_COMPLETION_RESERVE) * job.n
+
+
 def prompt_token_bound(job: Job) -> int:
     """An upper bound on prompt tokens: no tokenizer makes more tokens than UTF-8 bytes."""
+    if job.endpoint == EMBEDDINGS:
+        return input_token_bound(job.upstream_body.get("input"))
     size = len(orjson.dumps(job.messages))
     for extra in ("tools", "response_format"):
         if job.body.get(extra):
@@ -104,7 +122,7 @@ class Budgets:
 
     def _max_cost(self, job: Job, plan: Plan, prompt_tokens: int) -> float | None:
         """The most this request can cost at the models it may reach; None if one of them is unpriced."""
-        hosted_cap = (job.max_tokens or DEFAULT_COMPLETION_RESERVE) * job.n  # each of the n choices may use the cap
+        hosted_cap = completion_bound(job)
         aliases: list[str] = []
         if plan.route is Route.HOSTED:
             aliases.append(plan.alias)
@@ -133,7 +151,7 @@ class Budgets:
             return None
         now = datetime.now(UTC)
         prompt_tokens = prompt_token_bound(job)
-        completion_cap = (job.max_tokens or DEFAULT_COMPLETION_RESERVE) * job.n
+        completion_cap = completion_bound(job)
         claims: list[Claim] = []
         max_cost: float | None = None  # priced once, only if some scope has a dollar budget
         for scope, limits in scopes:
@@ -153,8 +171,9 @@ class Budgets:
                                              "no known price; set `price:` for it in the config", param="model")
                     # Without max_tokens the worst case is a guess (4,096 tokens), which may exceed a small
                     # budget: such a request claims what is left of it, settled to its real cost. A client's own
-                    # max_tokens is its worst case, held to the budget.
-                    claims.append(Claim(counter, max_cost, flexible=not job.max_tokens))
+                    # max_tokens is its worst case, held to the budget, as is an embeddings request's (no guess).
+                    guessed = job.endpoint != EMBEDDINGS and not job.max_tokens
+                    claims.append(Claim(counter, max_cost, flexible=guessed))
         work = asyncio.ensure_future(asyncio.to_thread(self._store.reserve, claims))
         try:
             reserved = await asyncio.shield(work)

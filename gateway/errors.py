@@ -27,6 +27,7 @@ from local_engine import (
 )
 from policies import is_union_tag
 from router.errors import (
+    EmbeddingsUnsupportedError,
     LocalOutputInvalidError,
     LocalUnavailableError,
     RoutingError,
@@ -165,6 +166,8 @@ def reply_for(exc: BaseException) -> ErrorReply:
                           headers=(("retry-after", "5"),))
     if isinstance(exc, EngineError):
         return ErrorReply(500, f"the local model failed: {exc}", "api_error", "local_error")
+    if isinstance(exc, EmbeddingsUnsupportedError):
+        return ErrorReply(400, str(exc), "invalid_request_error", "model_not_supported", "model")
     if isinstance(exc, UnsupportedParameterError):  # OpenAI's code for a parameter the model cannot take
         return ErrorReply(400, str(exc), "invalid_request_error", "unsupported_parameter", exc.param)
     if isinstance(exc, RoutingError):
@@ -202,7 +205,7 @@ def _named_param(error: Mapping[str, Any]) -> str | None:
 NOT_AN_OBJECT = frozenset({"missing", "model_type", "model_attributes_type", "dict_type"})
 
 
-def _validation_reply(exc: RequestValidationError, *, chat: bool) -> ErrorReply:
+def _validation_reply(exc: RequestValidationError, *, wanted: str) -> ErrorReply:
     errors = exc.errors()
     first = errors[0] if errors else {}
     param = _named_param(first) or openai_param(first.get("loc", ()))
@@ -210,7 +213,6 @@ def _validation_reply(exc: RequestValidationError, *, chat: bool) -> ErrorReply:
         return ErrorReply(400, "the request body is not valid JSON", "invalid_request_error", "invalid_json")
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:  # no body, `null`, `[]`
         missing = first.get("type") == "missing"
-        wanted = "a JSON object with `model` and `messages`" if chat else "a JSON object"
         return ErrorReply(400, f"the request body is missing: send {wanted}" if missing
                           else f"the request body must be {wanted}", "invalid_request_error",
                           "invalid_json" if missing else "invalid_value")
@@ -227,8 +229,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        chat = request.url.path.endswith("/chat/completions")
-        return error_response(_validation_reply(exc, chat=chat), request_headers(request))
+        path = request.url.path
+        wanted = ("a JSON object with `model` and `messages`" if path.endswith("/chat/completions")
+                  else "a JSON object with `model` and `input`" if path.endswith("/embeddings") else "a JSON object")
+        return error_response(_validation_reply(exc, wanted=wanted), request_headers(request))
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -240,7 +244,7 @@ def install_error_handlers(app: FastAPI) -> None:
                                              "invalid_json"), request_headers(request))
         if exc.status_code == 404 and message == "Not Found":  # no such route (not a missing key or record)
             message = (f"draftgate does not serve {request.method} {request.url.path}; its OpenAI API is "
-                       "POST /v1/chat/completions, GET /v1/models and GET /v1/models/{id}")
+                       "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models and GET /v1/models/{id}")
         headers = {**request_headers(request), **(exc.headers or {})}  # e.g. a 405's Allow
         return error_response(ErrorReply(exc.status_code, message, error_type, code), headers)
 

@@ -1,4 +1,4 @@
-"""One chat request end to end: plan, serve, and account for it in the ledger and metrics."""
+"""One chat or embeddings request end to end: plan, serve, and account for it in the ledger and metrics."""
 
 from __future__ import annotations
 
@@ -14,9 +14,22 @@ from gateway.auth import Principal
 from gateway.budgets import Budgets, Reservation
 from gateway.errors import reply_for
 from gateway.metrics import Metrics
-from gateway.schemas import ChatRequest
+from gateway.schemas import ChatRequest, EmbeddingRequest
 from ledger import LedgerWriter, RequestRecord
-from router import Cascade, Executor, Job, Outcome, Plan, Planner, Pricing, Route, StreamBroken
+from router import (
+    CHAT,
+    EMBEDDINGS,
+    Cascade,
+    Embedder,
+    Executor,
+    Job,
+    Outcome,
+    Plan,
+    Planner,
+    Pricing,
+    Route,
+    StreamBroken,
+)
 
 SHUTDOWN_REASON = "server shutting down"  # the row's error when the server, not the client, cancelled it
 
@@ -67,11 +80,13 @@ def to_job(body: ChatRequest, request_id: str) -> Job:
 
 
 class ChatPipeline:
-    """Plans with the policy, serves with the executor, records every request exactly once."""
+    """Plans with the policy, serves with the executor (embeddings with the embedder), records every request
+    exactly once."""
 
-    def __init__(self, *, planner: Planner, executor: Executor, cascade: Cascade, writer: LedgerWriter,
-                 metrics: Metrics, pricing: Pricing, budgets: Budgets) -> None:
+    def __init__(self, *, planner: Planner, executor: Executor, cascade: Cascade, embedder: Embedder,
+                 writer: LedgerWriter, metrics: Metrics, pricing: Pricing, budgets: Budgets) -> None:
         self._planner = planner
+        self._embedder = embedder
         self._executor = executor
         self._cascade = cascade
         self._writer = writer
@@ -114,14 +129,46 @@ class ChatPipeline:
                 plan = refused
                 if plan.rule_summary:
                     headers_out["x-draftgate-rule"] = _header_safe(plan.rule_summary)
-            carried = getattr(exc, "outcome", None)  # a failure after work was done (an invalid or wasted draft)
-            spent = carried if isinstance(carried, Outcome) else None
-            if spent is not None:
-                headers_out.update(_headers(request_id, plan, spent))  # the error reply says what it cost
-            self._budgets.settle(reservation, spent)
-            self._record_failure(job, plan, principal, created_at, started, exc, spent, admitted=admitted)
+            self._failed(job, plan, principal, created_at, started, exc, reservation, headers_out, admitted=admitted)
             raise
         return job, plan, result, started, created_at, reservation
+
+    def _failed(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime, started: float,
+                exc: BaseException, reservation: Reservation | None, headers_out: dict[str, str], *,
+                admitted: bool) -> None:
+        """Settles and records a request that failed, with what it spent before failing."""
+        carried = getattr(exc, "outcome", None)  # a failure after work was done (an invalid or wasted draft)
+        spent = carried if isinstance(carried, Outcome) else None
+        if spent is not None:
+            headers_out.update(_headers(job.request_id, plan, spent))  # the error reply says what it cost
+        self._budgets.settle(reservation, spent)
+        self._record_failure(job, plan, principal, created_at, started, exc, spent, admitted=admitted)
+
+    async def embed(self, body: EmbeddingRequest, principal: Principal, request_id: str,
+                    headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Serves an embeddings request at the hosted alias it names (no policy applies), with the same scopes,
+        budgets, headers and ledger row as a chat request."""
+        started, created_at = time.perf_counter(), datetime.now(UTC)
+        job = Job(request_id=request_id, alias=body.model, body=body.model_dump(exclude_none=True), messages=[],
+                  upstream_body=body.upstream_body(), endpoint=EMBEDDINGS)
+        self._open.add(request_id)
+        plan: Plan | None = None
+        reservation: Reservation | None = None
+        admitted = False
+        try:
+            principal.check_model(job.alias)
+            plan = self._embedder.plan(job.alias)
+            reservation = await self._budgets.reserve(principal, job, plan)
+            admitted = True
+            headers_out.update(_headers(request_id, plan, None))
+            outcome = await self._embedder.run(job)
+        except BaseException as exc:
+            self._failed(job, plan, principal, created_at, started, exc, reservation, headers_out, admitted=admitted)
+            raise
+        self._budgets.settle(reservation, outcome)
+        self._record(job, plan, principal, outcome, created_at, started, "ok", 200)
+        assert outcome.body is not None
+        return outcome.body, _headers(request_id, plan, outcome)
 
     async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
                        headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -201,6 +248,8 @@ class ChatPipeline:
                      else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens,
                                                        outcome.cached_tokens, outcome.cache_write_tokens))
         detail = dict(outcome.detail)
+        if job.endpoint != CHAT:  # reports tell an embeddings row from a chat one by it
+            detail["endpoint"] = job.endpoint
         if outcome.cached_tokens:  # the local prefix cache's hits, or the provider's prompt-cache reads
             detail["cached_prompt_tokens"] = outcome.cached_tokens
         if outcome.cache_write_tokens:  # the provider's prompt-cache writes (Anthropic bills them at 1.25x)

@@ -1,4 +1,4 @@
-"""HTTP schemas at the edge: the OpenAI chat-completions request, validated strictly.
+"""HTTP schemas at the edge: the OpenAI chat-completions and embeddings requests, validated strictly.
 
 Unknown top-level fields are refused (as OpenAI does) so a typo never silently changes behaviour;
 message objects allow provider extras (tool_calls, name, ...) because they are relayed, not read.
@@ -9,7 +9,7 @@ vLLM's common sampling extensions (`top_k`, `min_p`, `repetition_penalty`, sent 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -240,3 +240,55 @@ class ChatRequest(BaseModel):
             # usage chunk again when the client did not ask for it.
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on `input` items per request
+EMBEDDING_INPUT = "input must be a non-empty string, or a non-empty array of non-empty strings, of token ids, or " \
+                  "of non-empty token-id arrays"
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings body, as OpenAI validates it: strict types, unknown fields refused as for chat."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=512)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_shape(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's four union members' errors; an empty string is refused as
+        # OpenAI refuses it (an upstream would answer it with a 400 anyway, after a round trip).
+        if isinstance(value, str):
+            if not value:
+                raise ValueError(EMBEDDING_INPUT)
+            return value
+        if not isinstance(value, list) or not value:
+            raise ValueError(EMBEDDING_INPUT)
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"input takes at most {MAX_EMBEDDING_INPUTS} items, not {len(value)}")
+        if not (all(isinstance(v, str) and v for v in value) or _token_ids(value)
+                or all(_token_ids(v) for v in value)):
+            raise ValueError(EMBEDDING_INPUT)
+        return value
+
+    @model_validator(mode="after")
+    def _relayable(self) -> EmbeddingRequest:
+        try:  # lone surrogates and integers past 64 bits cannot be relayed: a 400 here, not a 500 later
+            orjson.dumps(self.model_dump(exclude_none=True))
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"the request holds a value that cannot be relayed as JSON: {exc}") from None
+        return self
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The body relayed upstream (its `model` replaced by the provider's name at the transport)."""
+        return self.model_dump(exclude_none=True)

@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook
 from ledger.budgets import BudgetStore
 from local_engine import EngineConfig, LocalBackend, backend_capabilities, choice_limit, create_backend
-from router import Cascade, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
+from router import Cascade, Embedder, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
 
 log = logging.getLogger("draftgate")
 READY_TIMEOUT_S = 2.0  # a database slower than this to answer SELECT 1 is not ready to take the ledger's rows
@@ -145,8 +145,10 @@ class Services:
             await self.local.start()
         self.executor = Executor(self.hosted, self.local, self.pricing, local_alias=self.config.local.alias,
                                  local_max_tokens=self.config.local.max_tokens)
+        embedder = Embedder(self.hosted, self.pricing,
+                            unembeddable=[a for a in self.aliases() if a not in self.hosted])  # local, auto
         self.pipeline = ChatPipeline(planner=self.planner, executor=self.executor, cascade=Cascade(self.executor),
-                                     writer=self.writer, metrics=self.metrics, pricing=self.pricing,
+                                     embedder=embedder, writer=self.writer, metrics=self.metrics, pricing=self.pricing,
                                      budgets=self.budgets)
         self.warn_about_config()
 

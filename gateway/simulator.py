@@ -2,16 +2,20 @@
 
 Raw sockets (not an ASGI app) so faults a real provider shows can be injected exactly: HTTP errors
 with `Retry-After`, stalls past a timeout, connection resets, and streams that stop halfway.
-It answers deterministically: scripted replies first, else an echo of the last user message. Asked for
+It answers deterministically: scripted replies first, else an echo of the last user message; `/embeddings`
+with `embedding_vector`s. Asked for
 `logprobs`, it returns them in vLLM's shape (one entry per streamed piece, `top_logprobs` alternatives).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import struct
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +68,15 @@ def _logprob(token: str, rank: int = 0) -> dict[str, Any]:
     """A made-up but repeatable candidate: rank 0 is the token sent, the others are alternatives."""
     token = token if rank == 0 else f"{token.strip()}~{rank}"
     return {"token": token, "logprob": -round(0.01 * (len(token) + 10 * rank), 4), "bytes": list(token.encode())}
+
+
+EMBEDDING_DIMENSIONS = 8  # a vector's length when the request sets no `dimensions`
+
+
+def embedding_vector(item: str | list[int], dims: int) -> list[float]:
+    """A repeatable vector for one input, each value a multiple of 1/64 (exact as float32, so base64 round-trips)."""
+    seed = zlib.crc32(orjson.dumps(item))
+    return [((seed >> (i % 24)) + 7 * i) % 128 / 64 - 1 for i in range(dims)]
 
 
 @dataclass
@@ -145,6 +158,20 @@ class Simulator:
                              "logprobs": logprobs, "finish_reason": "length" if cut else "stop"}
                             for i in range(int(body.get("n") or 1))],
                 "usage": usage}
+
+    def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's embeddings list: `embedding_vector` per input (base64 as float32 when asked), words or
+        token ids as tokens."""
+        value = body.get("input")
+        items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value or [])
+        dims = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
+        vectors: list[list[float] | str] = [embedding_vector(item, dims) for item in items]
+        if body.get("encoding_format") == "base64":
+            vectors = [base64.b64encode(struct.pack(f"<{dims}f", *v)).decode() for v in vectors]
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        tokens = sum(_words(item) if isinstance(item, str) else len(item) for item in items)
+        return {"object": "list", "data": data, "model": body.get("model", "sim"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     def chunks(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
         base = {"id": f"chatcmpl-sim{next(self._ids)}", "object": "chat.completion.chunk",
@@ -278,12 +305,13 @@ class SimulatorServer:
                              "invalid_request_error", "param": fault.param, "code": fault.code}}
             writer.write(_response(fault.status, orjson.dumps(err), extra=extra))
             return True
-        if (refusal := sim.refusal(body)) is not None:
+        embedding = path.endswith("/embeddings")
+        if not embedding and (refusal := sim.refusal(body)) is not None:
             writer.write(_response(400, orjson.dumps({"error": refusal})))
             return True
-        reply = sim.reply_for(body)
-        if not body.get("stream"):
-            completion = sim.completion(body, reply)
+        reply = "" if embedding else sim.reply_for(body)
+        if embedding or not body.get("stream"):
+            completion = sim.embeddings(body) if embedding else sim.completion(body, reply)
             if fault.no_usage:
                 del completion["usage"]
             if fault.usage is not None:

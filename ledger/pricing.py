@@ -89,6 +89,8 @@ class PriceBook:
             return self._overrides[model]
         for entry in self._entries(model):
             inp, out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+            if out is None and entry.get("mode") == "embedding":  # no output to price (mistral-embed lists none)
+                out = 0.0
             if isinstance(inp, (int, float)) and isinstance(out, (int, float)):
                 return Price(float(inp) * 1_000_000, float(out) * 1_000_000,
                              _per_mtok(entry.get("cache_read_input_token_cost")),

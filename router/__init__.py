@@ -1,7 +1,9 @@
 """The router: plans each request (policy + classifier), serves it locally or hosted, verifies drafts."""
 
 from router.cascade import Cascade, CascadeSpec, EscalationMode, OnHostedUnavailable
+from router.embeddings import Embedder
 from router.errors import (
+    EmbeddingsUnsupportedError,
     LocalOutputInvalidError,
     LocalUnavailableError,
     RoutingError,
@@ -13,18 +15,22 @@ from router.errors import (
 )
 from router.executor import ChunkStream, Executor
 from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
-from router.job import Job, Outcome, Plan, Route
+from router.job import CHAT, EMBEDDINGS, Job, Outcome, Plan, Route
 from router.judge import priced_judge
 from router.planner import Planner, facts_for
 from router.pricing import Pricing
 from router.transport import AttemptFailed, StreamBroken
 
 __all__ = [
+    "CHAT",
+    "EMBEDDINGS",
     "Attempt",
     "AttemptFailed",
     "Cascade",
     "CascadeSpec",
     "ChunkStream",
+    "Embedder",
+    "EmbeddingsUnsupportedError",
     "EscalationMode",
     "Executor",
     "HostedClient",

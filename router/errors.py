@@ -63,6 +63,16 @@ class UnknownModelError(RoutingError):
         self.alias = alias
 
 
+class EmbeddingsUnsupportedError(RoutingError):
+    """An embeddings request named an alias that does not embed (the local model, `auto`); `aliases` can."""
+
+    def __init__(self, alias: str, aliases: list[str]) -> None:
+        can = ", ".join(aliases) if aliases else "none is configured"
+        super().__init__(f"The model `{alias}` does not serve embeddings; the hosted aliases in `models:` do "
+                         f"({can}).")
+        self.alias = alias
+
+
 class LocalUnavailableError(RoutingError):
     """The policy chose the local model but no local backend is loaded."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -177,6 +177,21 @@ async def primed(upstream: UpstreamStream, model: HostedModel) -> UpstreamStream
     return _PrimedStream(first, lines, upstream)
 
 
+async def _complete(transport: Transport, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
+    return await transport.complete(model, body)
+
+
+async def _stream(transport: Transport, model: HostedModel, body: dict[str, Any]) -> UpstreamStream:
+    return await primed(await transport.open_stream(model, body), model)
+
+
+async def _embed(transport: Transport, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
+    return await transport.embed(model, body)
+
+
+Call = Callable[[Transport, HostedModel, dict[str, Any]], Awaitable[dict[str, Any] | UpstreamStream]]
+
+
 def _is_retryable(exc: BaseException) -> bool:
     """Worth another try at the same alias: a transient failure, unless the upstream asked for a pause longer
     than a request is held for (a retry sooner is one it asked not to get: the fallbacks, or the client, go next)."""
@@ -256,7 +271,15 @@ class HostedClient:
         given, is filled as they happen: a caller cancelled meanwhile still sees what was sent (the last one
         marked `cancelled` when it was in flight, which the upstream bills)."""
         model, attempts, response = await self._through_chain(alias, body, [] if attempts is None else attempts,
-                                                              stream=False)
+                                                              _complete)
+        return HostedResult(body=cast(dict[str, Any], response), model=model, attempts=attempts)
+
+    async def embed(self, alias: str, body: dict[str, Any], attempts: list[Attempt] | None = None,
+                    ) -> HostedResult:
+        """An embeddings list from `alias` or its fallbacks, with the same retries, cooldowns and `attempts`
+        as `complete`."""
+        model, attempts, response = await self._through_chain(alias, body, [] if attempts is None else attempts,
+                                                              _embed)
         return HostedResult(body=cast(dict[str, Any], response), model=model, attempts=attempts)
 
     async def stream(self, alias: str, body: dict[str, Any], attempts: list[Attempt] | None = None,
@@ -264,10 +287,10 @@ class HostedClient:
         """Opens a stream; retries and fallbacks apply until the upstream accepts the request. `attempts`
         as for `complete`."""
         model, attempts, upstream = await self._through_chain(alias, body, [] if attempts is None else attempts,
-                                                              stream=True)
+                                                              _stream)
         return HostedStream(model=model, attempts=attempts, upstream=cast(UpstreamStream, upstream))
 
-    async def _through_chain(self, alias: str, body: dict[str, Any], attempts: list[Attempt], *, stream: bool,
+    async def _through_chain(self, alias: str, body: dict[str, Any], attempts: list[Attempt], call: Call,
                              ) -> tuple[HostedModel, list[Attempt], dict[str, Any] | UpstreamStream]:
         """The first alias of the fallback chain that answers; a rejected request stops the chain."""
         last: AttemptFailed | None = None
@@ -281,7 +304,7 @@ class HostedClient:
                                         f"{model.allowed_fails} failed requests", 0.0, skipped=True))
                 continue
             try:
-                result = await self._with_retries(model, body, attempts, stream=stream)
+                result = await self._with_retries(model, body, attempts, call)
             except AttemptFailed as exc:
                 last = exc
                 if _stops_chain(exc):  # the request's own fault says nothing about the upstream's health
@@ -304,7 +327,7 @@ class HostedClient:
             health.failures = 0
 
     async def _with_retries(self, model: HostedModel, body: dict[str, Any], attempts: list[Attempt],
-                            *, stream: bool) -> dict[str, Any] | UpstreamStream:
+                            call: Call) -> dict[str, Any] | UpstreamStream:
         transport = self._transport(model)
         retrying = AsyncRetrying(stop=stop_after_attempt(model.max_retries + 1), wait=self._wait,
                                  retry=retry_if_exception(_is_retryable), reraise=True)
@@ -312,11 +335,7 @@ class HostedClient:
             with attempt:
                 started = time.perf_counter()
                 try:
-                    if stream:
-                        result: dict[str, Any] | UpstreamStream = await primed(
-                            await transport.open_stream(model, body), model)
-                    else:
-                        result = await transport.complete(model, body)
+                    result = await call(transport, model, body)
                 except AttemptFailed as exc:
                     attempts.append(Attempt(model.alias, model.model, exc.status_code, exc.message,
                                             (time.perf_counter() - started) * 1000, billed=exc.billed))

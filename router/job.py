@@ -21,9 +21,14 @@ class Route(str, enum.Enum):
     NONE = "none"  # refused before a route was chosen (unknown model, a scope, a bad parameter)
 
 
+CHAT = "chat.completions"
+EMBEDDINGS = "embeddings"
+
+
 @dataclass(frozen=True)
 class Job:
-    """One chat request, validated, as the router sees it (no HTTP types)."""
+    """One request, validated, as the router sees it (no HTTP types): a chat completion, or an embeddings
+    request (`endpoint`), whose `input` is in `upstream_body` and whose `messages` are empty."""
 
     request_id: str
     alias: str
@@ -39,6 +44,7 @@ class Job:
     top_p: float | None = None
     sampling: SamplingOptions = field(default_factory=SamplingOptions)  # applied by only some local backends
     upstream_body: dict[str, Any] = field(default_factory=dict)  # body for hosted models, model filled in later
+    endpoint: str = CHAT  # which API the client called: CHAT or EMBEDDINGS
 
 
 # vLLM's sampling extensions steer the local draft. A cascade's client named the cascade's alias, not its

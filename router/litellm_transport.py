@@ -15,6 +15,7 @@ from router.transport import (
     StreamBroken,
     UpstreamStream,
     has_usable_choices,
+    has_usable_embeddings,
     is_retryable_status,
     redact,
     retry_after_seconds,
@@ -132,6 +133,45 @@ def _retry_after(exc: Exception) -> float | None:
     return retry_after_seconds({str(k).lower(): str(v) for k, v in headers.items()})
 
 
+def _provider_error(text: str) -> tuple[str, str | None, str | None] | None:
+    """(message, code, param) of the provider's own error body, which LiteLLM quotes after its prefix
+    (`litellm.BadRequestError: Hosted_vllmException - {"error": {...}}`); None when it quotes none."""
+    _, quoted, rest = text.partition(" - ")
+    try:
+        data = orjson.loads(rest) if quoted and rest.lstrip().startswith("{") else None
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str) or not error["message"]:
+        return None
+    return error["message"], short_text(error.get("code")), short_text(error.get("param"))
+
+
+def _attempt_failed(exc: Exception, model: HostedModel) -> AttemptFailed:
+    """The attempt's failure as the hosted client retries and reports it, from LiteLLM's exception: the provider's
+    own message, `code` and `param` when LiteLLM quotes its error body (clients branch on them, as on the direct
+    path's `context_length_exceeded`), else LiteLLM's words."""
+    status = getattr(exc, "status_code", None)
+    status = int(status) if isinstance(status, int) else None
+    retryable = status is None or is_retryable_status(status)
+    untranslatable = _untranslatable(exc)
+    unreadable = untranslatable and _answer_unreadable(exc)  # LiteLLM's parser failed on a provider's 200
+    billed = (status is not None and 200 <= status < 300) or unreadable
+    if billed:  # a 200 LiteLLM could not read (a body cut short): the provider did the work, as direct
+        status, retryable = 502, True
+    if untranslatable and not unreadable:  # the same request fails the same way: neither retried nor a 502
+        status, retryable = None, False
+    elif _missing_sdk(exc):  # a 502 at once (its fallbacks may answer), not a 400 blaming the request
+        status, retryable = 500, False
+    message = _message(exc)
+    code, param = short_text(getattr(exc, "code", None)), short_text(getattr(exc, "param", None))
+    if (quoted := _provider_error(message)) is not None:
+        message, code, param = quoted[0], quoted[1] or code, quoted[2] or param
+    return AttemptFailed(redact(message, model), status_code=status, retryable=retryable,
+                         error_type=type(exc).__name__, retry_after_s=_retry_after(exc), billed=billed,
+                         code=code, param=param)
+
+
 class LiteLLMTransport:
     """Providers that need request translation (Anthropic, Bedrock, Vertex, ...) via LiteLLM."""
 
@@ -152,23 +192,22 @@ class LiteLLMTransport:
             return await litellm.acompletion(model=model.model, api_base=model.api_base, api_key=model.api_key,
                                              timeout=model.timeout_s, num_retries=0, stream=stream, **kwargs)
         except Exception as exc:  # LiteLLM maps providers onto its own exception zoo
-            status = getattr(exc, "status_code", None)
-            status = int(status) if isinstance(status, int) else None
-            retryable = status is None or is_retryable_status(status)
-            untranslatable = _untranslatable(exc)
-            unreadable = untranslatable and _answer_unreadable(exc)  # LiteLLM's parser failed on a provider's 200
-            billed = (status is not None and 200 <= status < 300) or unreadable
-            if billed:  # a 200 LiteLLM could not read (a body cut short): the provider did the work, as direct
-                status, retryable = 502, True
-            if untranslatable and not unreadable:  # the same request fails the same way: neither retried nor a 502
-                status, retryable = None, False
-            elif _missing_sdk(exc):  # a 502 at once (its fallbacks may answer), not a 400 blaming the request
-                status, retryable = 500, False
-            message = redact(_message(exc), model)
-            raise AttemptFailed(message, status_code=status, retryable=retryable, error_type=type(exc).__name__,
-                                retry_after_s=_retry_after(exc), billed=billed,
-                                code=short_text(getattr(exc, "code", None)),
-                                param=short_text(getattr(exc, "param", None))) from exc
+            raise _attempt_failed(exc, model) from exc
+
+    async def embed(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
+        """`litellm.aembedding`, its answer dumped as OpenAI's embeddings list."""
+        litellm = self._litellm()
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        try:
+            response = await litellm.aembedding(model=model.model, api_base=model.api_base, api_key=model.api_key,
+                                                timeout=model.timeout_s, num_retries=0, **kwargs)
+        except Exception as exc:  # as for completions
+            raise _attempt_failed(exc, model) from exc
+        data = response.model_dump(exclude_none=True)
+        if not has_usable_embeddings(data):
+            raise AttemptFailed(f"upstream {model.alias} sent no embeddings", status_code=502, retryable=True,
+                                billed=True)
+        return data
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._call(model, body, stream=False)

@@ -54,6 +54,7 @@ class Transport(Protocol):
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]: ...
     async def open_stream(self, model: HostedModel, body: dict[str, Any]) -> UpstreamStream: ...
+    async def embed(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 MAX_PAUSE_S = 86400.0  # the longest pause an upstream's `Retry-After` is believed for: a day's quota
@@ -182,6 +183,13 @@ def connect_limit(timeout_s: float) -> float:
     return min(10.0, 0.9 * timeout_s)
 
 
+def has_usable_embeddings(data: Any) -> TypeGuard[dict[str, Any]]:
+    """An embeddings list body: a non-empty `data` of objects that each hold an `embedding` (floats or base64)."""
+    items = data.get("data") if isinstance(data, dict) else None
+    return (isinstance(items, list) and bool(items)
+            and all(isinstance(i, dict) and isinstance(i.get("embedding"), (list, str)) for i in items))
+
+
 def has_usable_choices(data: Any) -> TypeGuard[dict[str, Any]]:
     """A chat.completion body with at least one choice, each an object with a `message` object."""
     choices = data.get("choices") if isinstance(data, dict) else None
@@ -281,7 +289,7 @@ class _HTTPStream:
 
 
 class OpenAITransport:
-    """Direct calls to OpenAI-compatible `/chat/completions` over one shared aiohttp connection pool.
+    """Direct calls to OpenAI-compatible `/chat/completions` and `/embeddings` over one shared aiohttp connection pool.
 
     aiohttp, not httpx, on this hot path: in one side-by-side run (bench/http_clients.py) the same
     keep-alive POSTs reached ~13,000 req/s with aiohttp and ~350 with an httpx pool sized for a
@@ -309,12 +317,12 @@ class OpenAITransport:
             await self._session.close()
             self._session = None
 
-    def _request(self, model: HostedModel, body: dict[str, Any], *, stream: bool,
+    def _request(self, model: HostedModel, body: dict[str, Any], *, stream: bool, path: str = "/chat/completions",
                  ) -> tuple[str, bytes, dict[str, str], aiohttp.ClientTimeout]:
         """The call's URL, body, headers and timeouts: `timeout_s` bounds a whole non-streaming attempt (as
         LiteLLM's `timeout`: an upstream that trickles its answer must not hold a request for ever); a stream
         may last, so it is bounded by its silences (each read) and by the wait for its headers (`open_stream`)."""
-        url = (model.api_base or OPENAI_DEFAULT_BASE).rstrip("/") + "/chat/completions"
+        url = (model.api_base or OPENAI_DEFAULT_BASE).rstrip("/") + path
         headers = {"content-type": "application/json"}
         if model.api_key:
             headers["authorization"] = f"Bearer {model.api_key}"
@@ -323,8 +331,9 @@ class OpenAITransport:
                                         sock_connect=connect_limit(model.timeout_s), sock_read=model.timeout_s)
         return url, payload, headers, timeout
 
-    async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
-        url, payload, headers, timeout = self._request(model, body, stream=False)
+    async def _post(self, model: HostedModel, body: dict[str, Any], path: str) -> Any:
+        """One non-streaming call's parsed JSON answer; an error status, or a body that is not JSON, fails it."""
+        url, payload, headers, timeout = self._request(model, body, stream=False, path=path)
         try:
             async with self._client().post(url, data=payload, headers=headers, timeout=timeout,
                                            allow_redirects=False) as response:
@@ -335,12 +344,23 @@ class OpenAITransport:
         if status != 200:
             raise _failure_from_response(status, content, response_headers, model)
         try:
-            data = orjson.loads(content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise AttemptFailed(f"upstream {model.alias} sent invalid JSON", status_code=502,
                                 retryable=True, billed=True) from exc
+
+    async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
+        data = await self._post(model, body, "/chat/completions")
         if not has_usable_choices(data):  # `choices: null`, `[]`, no message: relayed, the client's SDK fails on it
             raise AttemptFailed(f"upstream {model.alias} sent no choices", status_code=502, retryable=True,
+                                billed=True)
+        return data
+
+    async def embed(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST {api_base}/embeddings`, relayed as the upstream sent it (base64 vectors stay base64)."""
+        data = await self._post(model, body, "/embeddings")
+        if not has_usable_embeddings(data):  # billed: the upstream did the work, then answered unusably
+            raise AttemptFailed(f"upstream {model.alias} sent no embeddings", status_code=502, retryable=True,
                                 billed=True)
         return data
 

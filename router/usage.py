@@ -137,6 +137,14 @@ def usage_of(body: Mapping[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
+def embedding_usage(body: Mapping[str, Any]) -> int | None:
+    """An embeddings answer's `usage.prompt_tokens`; None when absent or not believable (0 for input that has
+    some: a placeholder, which would be a silent $0)."""
+    usage = body.get("usage")
+    tokens = _token_count(usage.get("prompt_tokens")) if isinstance(usage, Mapping) else None
+    return tokens or None
+
+
 def prompt_cache_of(body: Mapping[str, Any]) -> tuple[int, int]:
     """Of the prompt tokens, (read, written): those the provider read from its prompt cache, billed at a lower
     rate (OpenAI's `usage.prompt_tokens_details.cached_tokens`; LiteLLM reports Anthropic's cache reads there, and

@@ -32,7 +32,7 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
     assert services.pipeline is not None
     headers_out = request.state.draftgate_headers
     if body.stream:  # until its first byte (a queued stream waits here); then the SSE response watches
-        opened = await _unless_disconnected(request, services.pipeline.stream(
+        opened = await unless_disconnected(request, services.pipeline.stream(
             body, principal, request.state.request_id, headers_out))
         if opened is None:
             return Response(status_code=499)
@@ -41,7 +41,7 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
         # events back and hand the client the whole answer at once
         return StreamingResponse(chunks, media_type="text/event-stream",
                                  headers={**headers, **SSE_HEADERS})
-    result = await _unless_disconnected(request, services.pipeline.complete(
+    result = await unless_disconnected(request, services.pipeline.complete(
         body, principal, request.state.request_id, headers_out))
     if result is None:
         return Response(status_code=499)  # nobody reads it
@@ -49,7 +49,7 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
     return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
     """The work's result, or None when the client closed the connection first: the work is then cancelled
     (its row says cancelled, charged what it used), so a client that timed out stops costing engine time,
     as vLLM's servers do."""

@@ -73,3 +73,21 @@ def test_an_answer_litellm_cannot_read_is_a_billed_502_not_a_400(gateway_factory
     assert row is not None and row.status_code == 502 and row.prompt_tokens > 0
     assert row.hosted_cost_usd is not None and row.hosted_cost_usd > 0 and not row.unpriced
     assert all(a["billed"] for a in (row.detail or {})["attempts"])
+
+
+def test_a_refusal_through_litellm_keeps_the_providers_message_code_and_param(gateway_factory, simulator) -> None:
+    """Through LiteLLM a provider's 400 came back as `upstream_rejected` with no `param`, its message LiteLLM's
+    prefix and the provider's raw JSON body: a client branching on `context_length_exceeded` (which the direct
+    path relays, as the README says) could not. Embeddings through LiteLLM share the mapping."""
+    gw = gateway_factory(litellm_config(simulator.base_url).replace(
+        "local:\n", "  - name: embed-litellm\n    model: hosted_vllm/sim-embedder\n"
+                    f"    api_base: {simulator.base_url}\n    max_retries: 0\nlocal:\n", 1))
+    calls = (("/v1/chat/completions", {"model": "via-litellm", "messages": BODY["messages"]}),
+             ("/v1/embeddings", {"model": "embed-litellm", "input": "hi"}))
+    for path, body in calls:
+        simulator.state.faults.append(Fault(status=400, message="prompt is too long", code="context_length_exceeded",
+                                            param="messages"))
+        r = httpx.post(gw.url + path, json=body, headers=AUTH, timeout=60)
+        error = r.json()["error"]
+        assert r.status_code == 400 and (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+        assert error["message"] == f"upstream {body['model']}: prompt is too long", error

@@ -132,6 +132,15 @@ def test_prices_from_the_litellm_map_and_overrides() -> None:
     assert book.lookup("openai/no-such-model") is None and book.cost_usd("nothing", 1, 1) is None
 
 
+def test_an_embedding_model_listed_with_an_input_price_only_is_priced() -> None:
+    """LiteLLM's map gives mistral-embed an input price and no output one (an embedding has no output): its
+    embeddings requests were recorded as unpriced although their price is known."""
+    book = PriceBook()
+    assert book.cost_usd("mistral/mistral-embed", 1_000_000, 0) == pytest.approx(0.1)
+    price = book.lookup("mistral/mistral-embed")
+    assert price is not None and price.output_per_mtok == 0.0
+
+
 async def test_writer_batches_and_a_clean_close_leaves_no_journal(db: Database, tmp_path: Path) -> None:
     writer = LedgerWriter(db, tmp_path / "j" / "ledger.journal", flush_interval_s=0.05)
     await writer.start()
