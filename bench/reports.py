@@ -7,7 +7,7 @@ day at the window's start) next to the same figures computed by a plain GROUP BY
 (what the report would cost without the roll-up). Prints medians of `--repeat` runs and the ratios.
 
     python bench/reports.py [--rows 1000000] [--postgres-url postgresql+psycopg://...] \
-        [--out bench/results/reports.json]
+        [--users 5000] [--out bench/results/reports.json]
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from ledger.models import RequestRow
 from ledger.reports import Reporter, ReportQuery
 from ledger.synthetic import synthetic_records
 
-GROUPS = ("team", "key", "model", "provider_model", "route", "day")
+GROUPS = ("team", "key", "model", "provider_model", "route", "day", "rule", "user")
 RAW_COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "provider_model": "provider_model",
-              "route": "route"}
+              "route": "route", "rule": "rule", "user": "end_user"}
 
 
-def seed(db: Database, rows: int, end: datetime) -> float:
+def seed(db: Database, rows: int, end: datetime, users: int) -> float:
     started = time.perf_counter()
     batch: list[Any] = []
-    for record in synthetic_records(rows, end=end, days=90, seed=1):
+    for record in synthetic_records(rows, end=end, days=90, seed=1, users=users):
         batch.append(record)
         if len(batch) == 20_000:
             db.insert_records(batch)
@@ -74,18 +74,19 @@ def timed(fn: Any, repeat: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def bench_backend(name: str, db: Database, rows: int, repeat: int) -> dict[str, Any]:
+def bench_backend(name: str, db: Database, rows: int, repeat: int, users: int) -> dict[str, Any]:
     end = datetime.now(UTC)
     db.migrate()
-    seconds = seed(db, rows, end)
+    seconds = seed(db, rows, end, users)
     with db.engine.connect() as connection:
         stored = connection.execute(text("SELECT COUNT(*) FROM requests")).scalar_one()
         rollup = connection.execute(text("SELECT COUNT(*) FROM usage_daily")).scalar_one()
+        user_rollup = connection.execute(text("SELECT COUNT(*) FROM usage_daily_user")).scalar_one()
     since, until = end - timedelta(days=30), end + timedelta(seconds=1)
-    results: dict[str, Any] = {"rows": stored, "rollup_rows": rollup, "seed_seconds": round(seconds, 1),
-                               "reports": {}}
+    results: dict[str, Any] = {"rows": stored, "rollup_rows": rollup, "user_rollup_rows": user_rollup,
+                               "seed_seconds": round(seconds, 1), "reports": {}}
     print(f"\n{name}: {stored:,} rows seeded in {seconds:.0f} s ({stored / seconds:,.0f} rows/s); "
-          f"{rollup:,} roll-up rows")
+          f"{rollup:,} roll-up rows, {user_rollup:,} in the end users' roll-up")
     print(f"{'group_by':<14} {'report s':>9} {'groups':>7} {'raw GROUP BY s':>15} {'raw/report':>11}")
     for group in GROUPS:
         query = ReportQuery(group_by=group, since=since, until=until)  # type: ignore[arg-type]
@@ -106,15 +107,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--postgres-url", default=os.environ.get("DRAFTGATE_TEST_POSTGRES_URL"))
+    parser.add_argument("--users", type=int, default=0, help="end users the requests name (0: none)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                        "platform": platform.platform()},
                            "date": datetime.now(UTC).isoformat(timespec="seconds"), "window_days": 30,
-                           "seeded_days": 90, "backends": {}}
+                           "seeded_days": 90, "end_users": args.users, "backends": {}}
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{tmp}/ledger.db")
-        out["backends"]["sqlite"] = bench_backend("SQLite", db, args.rows, args.repeat)
+        out["backends"]["sqlite"] = bench_backend("SQLite", db, args.rows, args.repeat, args.users)
         db.dispose()
     if args.postgres_url:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -124,7 +126,7 @@ def main() -> None:
         sep = "&" if "?" in args.postgres_url else "?"
         db = Database(f"{args.postgres_url}{sep}options=-csearch_path%3D{schema}")
         try:
-            out["backends"]["postgresql"] = bench_backend("PostgreSQL", db, args.rows, args.repeat)
+            out["backends"]["postgresql"] = bench_backend("PostgreSQL", db, args.rows, args.repeat, args.users)
         finally:
             db.dispose()
             with admin.engine.begin() as connection:

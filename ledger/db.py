@@ -16,16 +16,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, String, create_engine, event, func, make_url, select, text
+from sqlalchemy import Connection, Engine, String, create_engine, event, func, inspect, make_url, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ledger.errors import DatabaseUnavailableError, LedgerError
-from ledger.models import RequestRow, usage_daily
+from ledger.models import RequestRow, usage_daily, usage_daily_user
 from ledger.records import RequestRecord
-from ledger.rollup import GROUP_COLUMNS, aggregate
+from ledger.rollup import GROUP_COLUMNS, USER_GROUP_COLUMNS, aggregate, group_key, user_group_key
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
@@ -80,12 +80,17 @@ def insert_for(dialect: str) -> Any:
     return sqlite_insert if dialect == "sqlite" else pg_insert
 
 
+_ROLLUPS = {False: (usage_daily, GROUP_COLUMNS, group_key), True: (usage_daily_user, USER_GROUP_COLUMNS, user_group_key)}
+
+
 @functools.cache
-def _usage_upsert(dialect: str) -> Any:
-    """Built once per dialect: ~80 `col = col + excluded.col` terms cost more to build than a small flush."""
-    statement = insert_for(dialect)(usage_daily)
-    sums = {c.name: c + statement.excluded[c.name] for c in usage_daily.c if c.name not in GROUP_COLUMNS}
-    return statement.on_conflict_do_update(index_elements=list(GROUP_COLUMNS), set_=sums)
+def _usage_upsert(dialect: str, users: bool) -> Any:
+    """Built once per dialect and roll-up: ~80 `col = col + excluded.col` terms cost more to build than a small
+    flush."""
+    table, keys, _ = _ROLLUPS[users]
+    statement = insert_for(dialect)(table)
+    sums = {c.name: c + statement.excluded[c.name] for c in table.c if c.name not in keys}
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=sums)
 
 
 @functools.cache
@@ -95,22 +100,41 @@ def _request_insert(dialect: str) -> Any:
             .returning(RequestRow.request_id))
 
 
-def upsert_usage(connection: Connection, records: Sequence[RequestRecord]) -> None:
-    """Adds rows to the daily roll-up with `col = col + excluded.col`: atomic across replicas."""
-    groups = aggregate(records)
-    if not groups:
-        return
-    rows = [dict(zip(GROUP_COLUMNS, key, strict=True)) | totals.as_columns() for key, totals in groups.items()]
-    connection.execute(_usage_upsert(connection.dialect.name), rows)  # executemany: compiled once, cached
+def upsert_usage(connection: Connection, records: Sequence[RequestRecord], *, main: bool = True,
+                 users: bool = True) -> None:
+    """Adds rows to the daily roll-ups (the main one, the end users' one) with `col = col + excluded.col`: atomic
+    across replicas."""
+    for of_users in [False] * main + [True] * users:
+        _, keys, key = _ROLLUPS[of_users]
+        groups = aggregate(records, key)
+        if groups:
+            rows = [dict(zip(keys, k, strict=True)) | totals.as_columns() for k, totals in groups.items()]
+            connection.execute(_usage_upsert(connection.dialect.name, of_users), rows)  # executemany, cached
+
+
+def _stored_records(connection: Connection, batch: int) -> Iterator[list[RequestRecord]]:
+    """The requests table's rows as records, in batches, read with only the columns it has at the migration that
+    calls this (a later migration's column is not there yet: its field keeps the record's default)."""
+    present = {c["name"] for c in inspect(connection).get_columns("requests")}
+    names = [n for n in RECORD_FIELDS if n in present]
+    table = RequestRow.__table__
+    result = connection.execute(select(*(table.c[n] for n in names))).mappings()
+    while chunk := result.fetchmany(batch):
+        yield [RequestRecord(**{n: row[n] for n in names}) for row in chunk]
 
 
 def backfill_usage(connection: Connection, batch: int = 5000) -> None:
-    """Rebuilds the roll-up from the requests table (the migration that adds it calls this)."""
+    """Rebuilds the main roll-up from the requests table (the migrations that change its key call this)."""
     connection.execute(usage_daily.delete())
-    table = RequestRow.__table__
-    result = connection.execute(select(table)).mappings()
-    while chunk := result.fetchmany(batch):
-        upsert_usage(connection, [RequestRecord(**{n: row[n] for n in RECORD_FIELDS}) for row in chunk])
+    for records in _stored_records(connection, batch):
+        upsert_usage(connection, records, users=False)
+
+
+def backfill_user_usage(connection: Connection, batch: int = 5000) -> None:
+    """Fills the end users' roll-up from the requests table (the migration that adds it calls this)."""
+    connection.execute(usage_daily_user.delete())
+    for records in _stored_records(connection, batch):
+        upsert_usage(connection, records, main=False)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

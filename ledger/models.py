@@ -24,7 +24,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ledger.rollup import END_USER_KEY_CHARS, GROUP_COLUMNS, LATENCY_BUCKETS, latency_column
+from ledger.rollup import (
+    END_USER_KEY_CHARS,
+    GROUP_COLUMNS,
+    LATENCY_BUCKETS,
+    USER_GROUP_COLUMNS,
+    latency_column,
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -139,23 +145,20 @@ def rule_column() -> Column[Any]:
     return Column("rule", String(256), nullable=False, server_default="")
 
 
-def end_user_column() -> Column[Any]:
-    """The request's `user` ('' when it named none): migration 0008 adds it to the roll-up's key. Cut to
-    END_USER_KEY_CHARS, a quarter of the requests table's column: the value is the client's, and the whole key must
-    stay within an index entry's bound on PostgreSQL (~2.7 kB) whatever characters it holds."""
-    return Column("end_user", String(END_USER_KEY_CHARS), nullable=False, server_default="")
-
-
 def usage_daily_columns(*, without: Collection[str] = ()) -> list[Column[Any]]:
     """The roll-up's columns; the migrations that create an older shape of it leave out the keys added after it
-    (`without`: 0002 has none of `provider_model`, `rule` and `end_user`, 0005 neither `rule` nor `end_user`,
-    0007 no `end_user`)."""
+    (`without`: 0002 has neither `provider_model` nor `rule`, 0005 no `rule`)."""
     keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
             Column("key_id", String(64), nullable=False), Column("model_alias", String(256), nullable=False),
             provider_model_column(), Column("route", String(16), nullable=False),
-            Column("reason", String(64), nullable=False), rule_column(), end_user_column()]
+            Column("reason", String(64), nullable=False), rule_column()]
     assert tuple(c.name for c in keys) == GROUP_COLUMNS
     keys = [c for c in keys if c.name not in without]
+    return keys + _usage_sums()
+
+
+def _usage_sums() -> list[Column[Any]]:
+    """What a roll-up row adds up: the counts, tokens, dollars and the latency histogram."""
     sums = [Column("requests", BigInteger, nullable=False), Column("errors", BigInteger, nullable=False),
             Column("prompt_tokens", BigInteger, nullable=False), Column("completion_tokens", BigInteger, nullable=False),
             Column("device_seconds", Float, nullable=False), Column("local_usd", Float, nullable=False),
@@ -163,12 +166,28 @@ def usage_daily_columns(*, without: Collection[str] = ()) -> list[Column[Any]]:
             Column("reference_usd", Float, nullable=False), Column("unpriced", BigInteger, nullable=False),
             Column("latency_ms_sum", Float, nullable=False), *unreferenced_columns()]
     latency = [Column(latency_column(i), BigInteger, nullable=False, default=0) for i in range(LATENCY_BUCKETS)]
-    return keys + sums + latency
+    return sums + latency
 
 
 usage_daily = Table("usage_daily", Base.metadata, *usage_daily_columns(),
                     PrimaryKeyConstraint(*GROUP_COLUMNS, name="pk_usage_daily"),
                     Index("ix_usage_daily_team_day", "team", "day"))
+
+
+def usage_daily_user_columns() -> list[Column[Any]]:
+    """The end users' roll-up (migration 0008): `end_user` is the request's `user` ('' when it named none), cut
+    to END_USER_KEY_CHARS, half the requests table's column: the value is the client's, and the whole key must stay
+    within an index entry's bound on PostgreSQL (~2.7 kB) whatever characters it holds."""
+    keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
+            Column("key_id", String(64), nullable=False), Column("route", String(16), nullable=False),
+            Column("end_user", String(END_USER_KEY_CHARS), nullable=False)]
+    assert tuple(c.name for c in keys) == USER_GROUP_COLUMNS
+    return keys + _usage_sums()
+
+
+usage_daily_user = Table("usage_daily_user", Base.metadata, *usage_daily_user_columns(),
+                         PrimaryKeyConstraint(*USER_GROUP_COLUMNS, name="pk_usage_daily_user"),
+                         Index("ix_usage_daily_user_team_day", "team", "day"))
 
 
 class BudgetUsageRow(Base):

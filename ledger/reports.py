@@ -1,7 +1,7 @@
 """Cost reports: who spent what, where, and what routing saved, read from the daily roll-up.
 
 Whole days come from `usage_daily` (one row per day x team x key x requested alias x model that answered x
-route x escalation kind x routing rule x end user);
+route x escalation kind x routing rule; `usage_daily_user` for `user`: day x team x key x route x end user);
 the partial days at the edges of a `since`/`until` window come from the raw rows, aggregated the same
 way, so a report is exact at any boundary and still reads only a few thousand roll-up rows.
 Savings = what the same requests would have cost all-hosted (each request's own tokens at the
@@ -18,21 +18,25 @@ from typing import Any, Literal, get_args
 from sqlalchemy import and_, func, or_, select
 
 from ledger.db import Database, answered
-from ledger.models import ApiKeyRow, RequestRow, usage_daily
+from ledger.models import ApiKeyRow, RequestRow, usage_daily, usage_daily_user
 from ledger.rollup import (
     GROUP_COLUMNS,
     LATENCY_BUCKETS,
     SCALAR_FIELDS,
+    USER_GROUP_COLUMNS,
     UsageTotals,
     aggregate,
+    group_key,
     latency_column,
     quantile_ms,
+    user_group_key,
 )
 
 # "model" is the alias the client asked for (as LiteLLM's model_group); "provider_model" the model that answered
 # it (the local one or a hosted provider's; '' for a request refused before any model was tried); "rule" the
 # policy rule that routed it ('' when no rule matched: the default route, shown as DEFAULT_RULE_LABEL); "user" the
-# request's `user`, the client's own end user (its first END_USER_KEY_CHARS characters; '' when it named none).
+# request's `user`, the client's own end user (its first END_USER_KEY_CHARS characters; '' when it named none), read
+# from the end users' roll-up.
 GroupBy = Literal["team", "key", "model", "provider_model", "route", "day", "reason", "rule", "user"]
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
 _COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "provider_model": "provider_model",
@@ -156,19 +160,20 @@ class Reporter:
 
     def _fold_rollup(self, query: ReportQuery, since: datetime | None, until: datetime | None,
                      rows: dict[str, ReportRow]) -> None:
-        group_col = usage_daily.c[_COLUMN[query.group_by]]
-        sums = [func.sum(usage_daily.c[name]).label(name) for name in SCALAR_FIELDS]
-        sums += [func.sum(usage_daily.c[latency_column(i)]).label(latency_column(i)) for i in range(LATENCY_BUCKETS)]
-        statement = select(group_col.label("grp"), usage_daily.c.route, *sums).group_by(group_col, usage_daily.c.route)
+        table = usage_daily_user if query.group_by == "user" else usage_daily
+        group_col = table.c[_COLUMN[query.group_by]]
+        sums = [func.sum(table.c[name]).label(name) for name in SCALAR_FIELDS]
+        sums += [func.sum(table.c[latency_column(i)]).label(latency_column(i)) for i in range(LATENCY_BUCKETS)]
+        statement = select(group_col.label("grp"), table.c.route, *sums).group_by(group_col, table.c.route)
         conditions = []
         if since is not None:
-            conditions.append(usage_daily.c.day >= _day(since))
+            conditions.append(table.c.day >= _day(since))
         if until is not None:
-            conditions.append(usage_daily.c.day < _day(until))
+            conditions.append(table.c.day < _day(until))
         if query.team is not None:
-            conditions.append(usage_daily.c.team == query.team)
+            conditions.append(table.c.team == query.team)
         if query.key_id is not None:
-            conditions.append(usage_daily.c.key_id == query.key_id)
+            conditions.append(table.c.key_id == query.key_id)
         if conditions:
             statement = statement.where(and_(*conditions))
         with self._db.engine.connect() as connection:
@@ -190,9 +195,9 @@ class Reporter:
             # Rows go straight into the aggregation (they have the attributes it reads): building a
             # record object per row would double the cost of the edge days.
             records = connection.execute(statement).all()
-        index = GROUP_COLUMNS.index(_COLUMN[query.group_by])
-        route_index = GROUP_COLUMNS.index("route")
-        for key, totals in aggregate(records).items():
+        columns, keyed = (USER_GROUP_COLUMNS, user_group_key) if query.group_by == "user" else (GROUP_COLUMNS, group_key)
+        index, route_index = columns.index(_COLUMN[query.group_by]), columns.index("route")
+        for key, totals in aggregate(records, keyed).items():
             rows.setdefault(key[index], ReportRow(key[index], key[index])).add(key[route_index], totals)
 
     def _labels(self, group_by: str, rows: dict[str, ReportRow]) -> dict[str, str]:

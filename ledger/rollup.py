@@ -1,16 +1,17 @@
 """Daily roll-up of the ledger: what keeps grouped reports fast on millions of rows.
 
 Each inserted request adds itself to one `usage_daily` row (day x team x key x requested alias x
-model that answered x route x escalation kind x routing rule x end user) in the same transaction as the
-request row, with an atomic `count = count + n` upsert, so replicas sharing a database never lose an update
-and a replayed row (already stored) is never counted twice. Latency is kept as a log-spaced histogram (buckets 20% wide, so a p50/p99 read
+model that answered x route x escalation kind x routing rule), and to one `usage_daily_user` row (day x team x
+key x route x end user), in the same transaction as the request row, with an atomic `count = count + n`
+upsert, so replicas sharing a database never lose an update and a replayed row (already stored) is never
+counted twice. Latency is kept as a log-spaced histogram (buckets 20% wide, so a p50/p99 read
 from it is within about 10% of the exact value), the way Prometheus keeps latency.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC
 from typing import Any
@@ -20,8 +21,11 @@ from ledger.records import RequestRecord
 LATENCY_BUCKETS = 72
 LATENCY_BASE_MS = 0.5
 LATENCY_RATIO = 1.2
-GROUP_COLUMNS = ("day", "team", "key_id", "model_alias", "provider_model", "route", "reason", "rule", "end_user")
-END_USER_KEY_CHARS = 128  # of a request's `user` (up to 512 characters) in the roll-up's key
+GROUP_COLUMNS = ("day", "team", "key_id", "model_alias", "provider_model", "route", "reason", "rule")
+# The end users' roll-up (`usage_daily_user`), apart from the main one: an app that names its users may have
+# thousands a day, and in the main key they would multiply its rows for every other report.
+USER_GROUP_COLUMNS = ("day", "team", "key_id", "route", "end_user")
+END_USER_KEY_CHARS = 256  # of a request's `user` (up to 512 characters) in that roll-up's key
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -139,13 +143,20 @@ def latency_column(index: int) -> str:
 def group_key(record: RequestRecord) -> tuple[str, ...]:
     """The roll-up row a request belongs to (None becomes '' so the key can be unique)."""
     return (record.created_at.astimezone(UTC).date().isoformat(), record.team or "", record.key_id or "", record.model_alias,
-            record.provider_model or "", record.route, reason_kind(record.escalation_reason), record.rule or "",
-            (record.end_user or "")[:END_USER_KEY_CHARS])
+            record.provider_model or "", record.route, reason_kind(record.escalation_reason), record.rule or "")
 
 
-def aggregate(records: Iterable[RequestRecord] | Iterable[Any]) -> dict[tuple[str, ...], UsageTotals]:
-    """Roll-up groups of records, or of database rows with the same attribute names."""
+def user_group_key(record: RequestRecord) -> tuple[str, ...]:
+    """The end users' roll-up row a request belongs to."""
+    return (record.created_at.astimezone(UTC).date().isoformat(), record.team or "", record.key_id or "",
+            record.route, (record.end_user or "")[:END_USER_KEY_CHARS])
+
+
+def aggregate(records: Iterable[RequestRecord] | Iterable[Any],
+              key: Callable[[Any], tuple[str, ...]] = group_key) -> dict[tuple[str, ...], UsageTotals]:
+    """Roll-up groups (by `key`: the main roll-up's, or `user_group_key`) of records, or of database rows with
+    the same attribute names."""
     groups: dict[tuple[str, ...], UsageTotals] = {}
     for record in records:
-        groups.setdefault(group_key(record), UsageTotals()).add(record)
+        groups.setdefault(key(record), UsageTotals()).add(record)
     return groups

@@ -22,9 +22,12 @@ REASONS = ["json_schema: draft is not valid JSON", "python_tests: 2 of 5 tests f
 IN_PER_TOK, OUT_PER_TOK, DEVICE_USD_PER_S = 2.5e-6, 10e-6, 2.69 / 3600
 
 
-def synthetic_records(count: int, *, end: datetime, days: int = 30, seed: int = 0,
-                      prefix: str = "syn") -> Iterator[RequestRecord]:
+def synthetic_records(count: int, *, end: datetime, days: int = 30, seed: int = 0, prefix: str = "syn",
+                      users: int = 0) -> Iterator[RequestRecord]:
+    """`users`: how many end users the requests name (each one drawn evenly; 0: none, and the draws of the other
+    fields are those of a ledger without users)."""
     rng = random.Random(seed)
+    user_rng = random.Random(seed + 1)
     keys = [(team, f"key_{team[:3]}_{i}") for team, names in TEAMS.items() for i in range(len(names))]
     span = days * 86400
     for i in range(count):
@@ -50,5 +53,5 @@ def synthetic_records(count: int, *, end: datetime, days: int = 30, seed: int = 
             hosted_cost_usd=hosted, local_cost_usd=device * DEVICE_USD_PER_S if route == "local" else None,
             device_seconds=device, wasted_draft_usd=device * DEVICE_USD_PER_S if route == "escalated" else 0.0,
             reference_cost_usd=None if unpriced else (hosted if route == "hosted" else reference),
-            unpriced=unpriced, rule="default",
+            unpriced=unpriced, rule="default", end_user=f"user-{user_rng.randrange(users)}" if users else None,
             escalation_reason=rng.choice(REASONS) if route == "escalated" else None)

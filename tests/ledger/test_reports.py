@@ -18,10 +18,13 @@ from ledger.reports import Reporter, ReportQuery
 from ledger.rollup import (
     END_USER_KEY_CHARS,
     GROUP_COLUMNS,
+    USER_GROUP_COLUMNS,
     aggregate,
+    group_key,
     is_unreferenced,
     latency_bucket,
     quantile_ms,
+    user_group_key,
 )
 from tests.ledger.conftest import BACKENDS, T0, record, unmigrated
 
@@ -99,8 +102,9 @@ def _brute_force(records: list[RequestRecord], since: datetime, until: datetime,
                  column: str = "team") -> dict:
     chosen = [r for r in records if since <= r.created_at < until and (team is None or r.team == team)]
     totals = {}
-    for key, t in aggregate(chosen).items():
-        totals.setdefault(key[GROUP_COLUMNS.index(column)], []).append(t)
+    columns, keyed = (USER_GROUP_COLUMNS, user_group_key) if column == "end_user" else (GROUP_COLUMNS, group_key)
+    for key, t in aggregate(chosen, keyed).items():
+        totals.setdefault(key[columns.index(column)], []).append(t)
     out = {}
     for group, parts in totals.items():
         requests = sum(t.requests for t in parts)
@@ -367,7 +371,7 @@ def test_upgrading_a_0006_ledger_groups_its_history_by_rule(backend: str, tmp_pa
         db = unmigrated(backend, tmp_path, stack)
         _seed_at_revision(db, "0006", records)
         with db.engine.begin() as connection:
-            _fill_rollup_without(connection, records, ("rule", "end_user"))
+            _fill_rollup_without(connection, records, ("rule",))
         def by_team() -> dict:
             return _report_figures(Reporter(db).report(ReportQuery(group_by="team")))
 
@@ -381,7 +385,7 @@ def test_upgrading_a_0006_ledger_groups_its_history_by_rule(backend: str, tmp_pa
         assert by_team() == before  # refilled, not added to
         _assert_agrees_with_a_brute_force_recount(db, records, rng, windows=4)
         columns, folded = _downgraded(db, "0006")
-        assert not {"rule", "end_user"} & columns
+        assert "rule" not in columns
         assert folded == (len(records), sum(r.prompt_tokens for r in records))
         assert by_team() == before
         db.migrate()
@@ -420,26 +424,29 @@ def test_report_by_user_matches_hand_computed_figures(db: Database) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upgrading_a_0007_ledger_keeps_its_history_and_groups_new_rows_by_user(backend: str, tmp_path) -> None:
-    """0008 adds `end_user` to the requests and to the roll-up's key, and refills the roll-up (rows written
-    before it named no user); its downgrade folds users back together and drops the column."""
+    """0008 adds `end_user` to the requests and the end users' roll-up, filled from the requests (rows written
+    before it named no user); the main roll-up is left as it was; its downgrade drops both."""
     rng = random.Random(5)
     records = [replace(r, end_user=None) for r in _random_records(rng)]
     with contextlib.ExitStack() as stack:
         db = unmigrated(backend, tmp_path, stack)
         _seed_at_revision(db, "0007", records)
         with db.engine.begin() as connection:
-            _fill_rollup_without(connection, records, ("end_user",))
+            _fill_rollup_without(connection, records, ())
         before = _report_figures(Reporter(db).report(ReportQuery(group_by="rule")))
         db.migrate()
-        assert _report_figures(Reporter(db).report(ReportQuery(group_by="rule"))) == before  # refilled, not added to
+        assert _report_figures(Reporter(db).report(ReportQuery(group_by="rule"))) == before
         far = T0 + timedelta(days=30)
         users = by_group(db, group_by="user", since=T0 - timedelta(days=1), until=far)
         assert set(users) == {"", "total"} and users[""]["requests"] == len(records)
+        assert users[""]["cost_usd"] == pytest.approx(by_group(db, group_by="team", since=T0 - timedelta(days=1),
+                                                               until=far)["total"]["cost_usd"])
         db.insert_records([record("new", end_user="carol", created_at=T0 + timedelta(days=2))])
         assert by_group(db, group_by="user", since=T0 - timedelta(days=1), until=far)["carol"]["requests"] == 1
-        columns, folded = _downgraded(db, "0007")
-        assert "end_user" not in columns and folded == (len(records) + 1, sum(r.prompt_tokens for r in records) + 10)
+        _, folded = _downgraded(db, "0007")
+        assert folded == (len(records) + 1, sum(r.prompt_tokens for r in records) + 10)
         with db.engine.connect() as connection:
             assert "end_user" not in {c["name"] for c in inspect(connection).get_columns("requests")}
+            assert not inspect(connection).has_table("usage_daily_user")
         db.migrate()
         assert by_group(db, group_by="user", since=T0 - timedelta(days=1), until=far)["total"]["requests"] == 401

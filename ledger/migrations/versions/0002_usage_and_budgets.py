@@ -19,7 +19,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    create_usage_daily(without=("provider_model", "rule", "end_user"))  # as it was: 0005, 0007, 0008 add those
+    create_usage_daily(without=("provider_model", "rule"))  # the roll-up as it was: 0005 and 0007 add those keys
     op.create_table(
         "budget_usage",
         sa.Column("scope", sa.String(200), nullable=False),

@@ -2,7 +2,7 @@
 
 `report --by provider_model` needs it: an alias such as `auto` or a cascade is answered by the local model or
 by a hosted one. Changing a primary key is a table rebuild on SQLite, so the roll-up (derived data) is made
-anew, on both dialects, and refilled from the requests table by 0008 (which adds the `end_user` key: the refill
+anew, on both dialects, and refilled from the requests table by 0007 (which adds the `rule` key: the refill
 writes the newest key, so it runs in the newest of the migrations that rebuild the roll-up).
 
 Revision ID: 0005
@@ -22,9 +22,9 @@ depends_on = None
 
 def upgrade() -> None:
     drop_usage_daily()
-    create_usage_daily(without=("rule", "end_user"))
+    create_usage_daily(without=("rule",))
 
 
 def downgrade() -> None:
     """Folds the rows that differ only by answering model back together (0007's downgrade already folded rules)."""
-    fold_usage_daily(without=("provider_model", "rule", "end_user"))
+    fold_usage_daily(without=("provider_model", "rule"))

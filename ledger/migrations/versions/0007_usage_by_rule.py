@@ -2,8 +2,8 @@
 
 `report --by rule` needs it: what each routing rule costs, how much of it is served locally, how often it
 escalates and what it saves. Every request row has recorded its rule since 0001, so the roll-up (derived data)
-is made anew with the new key, as 0005 did, and refilled from the requests table (by 0008 now, on both dialects): a
-ledger's history is grouped by rule as if the key had always been there.
+is made anew with the new key, as 0005 did, and refilled from the requests table on both dialects: a ledger's
+history is grouped by rule as if the key had always been there.
 
 Revision ID: 0007
 Revises: 0006
@@ -11,6 +11,8 @@ Create Date: 2026-12-02
 """
 
 from __future__ import annotations
+
+from alembic import op
 
 from ledger.migrations.rollup_table import create_usage_daily, drop_usage_daily, fold_usage_daily
 
@@ -22,9 +24,14 @@ depends_on = None
 
 def upgrade() -> None:
     drop_usage_daily()
-    create_usage_daily(without=("end_user",))  # refilled by 0008, which adds that key: the refill writes the newest
+    create_usage_daily()
+    # The refill writes the newest roll-up key: a later migration that changes the key takes it over, as this one
+    # took it over from 0005.
+    from ledger.db import backfill_usage
+
+    backfill_usage(op.get_bind())
 
 
 def downgrade() -> None:
-    """Folds the rows that differ only by rule back together (0008's downgrade already folded end users)."""
-    fold_usage_daily(without=("rule", "end_user"))
+    """Folds the rows that differ only by rule back together."""
+    fold_usage_daily(without=("rule",))

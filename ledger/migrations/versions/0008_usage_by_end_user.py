@@ -1,9 +1,10 @@
-"""Each request records its `user` (OpenAI's field for the client's own end user) and the roll-up is keyed by it.
+"""Each request records its `user` (OpenAI's field for the client's own end user), rolled up by day, team, key,
+route and end user.
 
 `report --by user` needs it: what each of an app's end users costs, as LiteLLM's end-user spend tracking shows.
-Requests before this migration named no user (the gateway did not keep it), so their rows have none. Changing the
-roll-up's primary key is a table rebuild on SQLite, so the roll-up (derived data) is made anew on both dialects and
-refilled from the requests table: this is the newest migration that rebuilds it, so the refill runs here.
+The end users have a roll-up of their own (`usage_daily_user`) rather than a key in the main one: an app that names
+its users may have thousands a day, which would multiply the main roll-up's rows for every other report. Requests
+before this migration named no user (the gateway did not keep it): they are rolled up under none.
 
 Revision ID: 0008
 Revises: 0007
@@ -15,7 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from ledger.migrations.rollup_table import create_usage_daily, drop_usage_daily, fold_usage_daily
+from ledger.models import usage_daily_user_columns
+from ledger.rollup import USER_GROUP_COLUMNS
 
 revision = "0008"
 down_revision = "0007"
@@ -25,15 +27,16 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("requests", sa.Column("end_user", sa.String(512), nullable=True))
-    drop_usage_daily()
-    create_usage_daily()
-    from ledger.db import backfill_usage
+    op.create_table("usage_daily_user", *usage_daily_user_columns(),
+                    sa.PrimaryKeyConstraint(*USER_GROUP_COLUMNS, name="pk_usage_daily_user"))
+    op.create_index("ix_usage_daily_user_team_day", "usage_daily_user", ["team", "day"])
+    from ledger.db import backfill_user_usage
 
-    backfill_usage(op.get_bind())
+    backfill_user_usage(op.get_bind())
 
 
 def downgrade() -> None:
-    """Folds the rows that differ only by end user back together, then drops the requests' column."""
-    fold_usage_daily(without=("end_user",))
+    op.drop_index("ix_usage_daily_user_team_day", "usage_daily_user")
+    op.drop_table("usage_daily_user")
     with op.batch_alter_table("requests") as batch:
         batch.drop_column("end_user")
