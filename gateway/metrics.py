@@ -23,7 +23,7 @@ class Metrics:
         # otherwise add a series per name to every scrape, and to this process's memory, for ever.
         self._models = frozenset(models)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("draftgate_requests", "Chat requests served", ["route", "model", "status"],
+        self.requests = Counter("draftgate_requests", "Requests served (chat completions and embeddings)", ["route", "model", "status"],
                                 registry=self.registry)
         self.latency = Histogram("draftgate_request_latency_seconds", "End-to-end chat latency",
                                  ["route", "model"], buckets=LATENCY_BUCKETS, registry=self.registry)
