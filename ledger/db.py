@@ -108,7 +108,8 @@ def upsert_usage(connection: Connection, records: Sequence[RequestRecord], *, ma
         _, keys, key = _ROLLUPS[of_users]
         groups = aggregate(records, key)
         if groups:
-            rows = [dict(zip(keys, k, strict=True)) | totals.as_columns() for k, totals in groups.items()]
+            rows = [dict(zip(keys, k, strict=True)) | totals.as_columns(latency=not of_users)
+                    for k, totals in groups.items()]
             connection.execute(_usage_upsert(connection.dialect.name, of_users), rows)  # executemany, cached
 
 

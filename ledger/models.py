@@ -157,16 +157,16 @@ def usage_daily_columns(*, without: Collection[str] = ()) -> list[Column[Any]]:
     return keys + _usage_sums()
 
 
-def _usage_sums() -> list[Column[Any]]:
-    """What a roll-up row adds up: the counts, tokens, dollars and the latency histogram."""
+def _usage_sums(*, latency: bool = True) -> list[Column[Any]]:
+    """What a roll-up row adds up: the counts, tokens, dollars and (`latency`) the latency histogram."""
     sums = [Column("requests", BigInteger, nullable=False), Column("errors", BigInteger, nullable=False),
             Column("prompt_tokens", BigInteger, nullable=False), Column("completion_tokens", BigInteger, nullable=False),
             Column("device_seconds", Float, nullable=False), Column("local_usd", Float, nullable=False),
             Column("hosted_usd", Float, nullable=False), Column("wasted_usd", Float, nullable=False),
             Column("reference_usd", Float, nullable=False), Column("unpriced", BigInteger, nullable=False),
             Column("latency_ms_sum", Float, nullable=False), *unreferenced_columns()]
-    latency = [Column(latency_column(i), BigInteger, nullable=False, default=0) for i in range(LATENCY_BUCKETS)]
-    return sums + latency
+    histogram = [Column(latency_column(i), BigInteger, nullable=False, default=0) for i in range(LATENCY_BUCKETS)]
+    return sums + histogram if latency else sums
 
 
 usage_daily = Table("usage_daily", Base.metadata, *usage_daily_columns(),
@@ -175,14 +175,14 @@ usage_daily = Table("usage_daily", Base.metadata, *usage_daily_columns(),
 
 
 def usage_daily_user_columns() -> list[Column[Any]]:
-    """The end users' roll-up (migration 0008): `end_user` is the request's `user` ('' when it named none), cut
-    to END_USER_KEY_CHARS, half the requests table's column: the value is the client's, and the whole key must stay
-    within an index entry's bound on PostgreSQL (~2.7 kB) whatever characters it holds."""
+    """The end users' roll-up (migration 0008), without a latency histogram: `end_user` is the request's `user`
+    ('' when it named none), cut to END_USER_KEY_CHARS, half the requests table's column: the value is the client's,
+    and the whole key must stay within an index entry's bound on PostgreSQL (~2.7 kB) whatever characters it holds."""
     keys = [Column("day", String(10), nullable=False), Column("team", String(128), nullable=False),
             Column("key_id", String(64), nullable=False), Column("route", String(16), nullable=False),
             Column("end_user", String(END_USER_KEY_CHARS), nullable=False)]
     assert tuple(c.name for c in keys) == USER_GROUP_COLUMNS
-    return keys + _usage_sums()
+    return keys + _usage_sums(latency=False)
 
 
 usage_daily_user = Table("usage_daily_user", Base.metadata, *usage_daily_user_columns(),

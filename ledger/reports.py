@@ -163,7 +163,8 @@ class Reporter:
         table = usage_daily_user if query.group_by == "user" else usage_daily
         group_col = table.c[_COLUMN[query.group_by]]
         sums = [func.sum(table.c[name]).label(name) for name in SCALAR_FIELDS]
-        sums += [func.sum(table.c[latency_column(i)]).label(latency_column(i)) for i in range(LATENCY_BUCKETS)]
+        if table is usage_daily:  # the end users' roll-up keeps no latency histogram
+            sums += [func.sum(table.c[latency_column(i)]).label(latency_column(i)) for i in range(LATENCY_BUCKETS)]
         statement = select(group_col.label("grp"), table.c.route, *sums).group_by(group_col, table.c.route)
         conditions = []
         if since is not None:
@@ -198,6 +199,8 @@ class Reporter:
         columns, keyed = (USER_GROUP_COLUMNS, user_group_key) if query.group_by == "user" else (GROUP_COLUMNS, group_key)
         index, route_index = columns.index(_COLUMN[query.group_by]), columns.index("route")
         for key, totals in aggregate(records, keyed).items():
+            if query.group_by == "user":  # as the end users' roll-up has none: no percentiles from the edges alone
+                totals.latency = [0] * LATENCY_BUCKETS
             rows.setdefault(key[index], ReportRow(key[index], key[index])).add(key[route_index], totals)
 
     def _labels(self, group_by: str, rows: dict[str, ReportRow]) -> dict[str, str]:

@@ -23,7 +23,9 @@ LATENCY_BASE_MS = 0.5
 LATENCY_RATIO = 1.2
 GROUP_COLUMNS = ("day", "team", "key_id", "model_alias", "provider_model", "route", "reason", "rule")
 # The end users' roll-up (`usage_daily_user`), apart from the main one: an app that names its users may have
-# thousands a day, and in the main key they would multiply its rows for every other report.
+# thousands a day, and in the main key they would multiply its rows for every other report. It keeps the sums but
+# no latency histogram: where each user sends a request or two a day it has a row per request, and 72 buckets on
+# each made a report by user read ~7x more than the raw rows (bench/results/reports_users.json).
 USER_GROUP_COLUMNS = ("day", "team", "key_id", "route", "end_user")
 END_USER_KEY_CHARS = 256  # of a request's `user` (up to 512 characters) in that roll-up's key
 
@@ -119,16 +121,18 @@ class UsageTotals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
 
-    def as_columns(self) -> dict[str, Any]:
+    def as_columns(self, *, latency: bool = True) -> dict[str, Any]:
+        """A roll-up row's sums (`latency`: and its histogram, which the end users' roll-up does not keep)."""
         columns: dict[str, Any] = {name: getattr(self, name) for name in SCALAR_FIELDS}
-        columns.update({latency_column(i): n for i, n in enumerate(self.latency)})
+        if latency:
+            columns.update({latency_column(i): n for i, n in enumerate(self.latency)})
         return columns
 
     @classmethod
     def from_columns(cls, row: Any) -> UsageTotals:
         # PostgreSQL sums BIGINT columns into NUMERIC (Decimal): bring every value back to int/float.
         totals = cls(**{name: INT_OR_FLOAT[name](row[name] or 0) for name in SCALAR_FIELDS})  # type: ignore[arg-type]
-        totals.latency = [int(row[latency_column(i)] or 0) for i in range(LATENCY_BUCKETS)]
+        totals.latency = [int(row.get(latency_column(i)) or 0) for i in range(LATENCY_BUCKETS)]  # none: empty
         return totals
 
 

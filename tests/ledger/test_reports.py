@@ -418,6 +418,7 @@ def test_report_by_user_matches_hand_computed_figures(db: Database) -> None:
         assert alice["cost_usd"] == pytest.approx(0.0021) and alice["savings_usd"] == pytest.approx(0.0029)
         assert rows["bob"]["cost_usd"] == pytest.approx(0.004) and rows[""]["label"] == "(none)"
         assert rows["u" * END_USER_KEY_CHARS]["requests"] == 2
+        assert {r["p50_latency_ms"] for r in rows.values()} == {None}  # no latency kept by user, edges neither
     ops = by_group(db, group_by="user", team="ops")
     assert set(ops) == {"bob", "total"}
 
