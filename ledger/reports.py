@@ -180,7 +180,8 @@ class Reporter:
         with self._db.engine.connect() as connection:
             for row in connection.execute(statement).mappings():
                 group = row["grp"] or ""
-                rows.setdefault(group, ReportRow(group, group)).add(row["route"], UsageTotals.from_columns(row))
+                rows.setdefault(group, ReportRow(group, group)).add(
+                    row["route"], UsageTotals.from_columns(row, latency=table is usage_daily))
 
     def _fold_raw(self, query: ReportQuery, since: datetime, until: datetime, rows: dict[str, ReportRow]) -> None:
         if until <= since:

@@ -119,7 +119,8 @@ class UsageTotals:
     def merge(self, other: UsageTotals) -> None:
         for name in SCALAR_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
+        if any(other.latency):  # totals from the end users' roll-up have none: a report by user merges thousands
+            self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
 
     def as_columns(self, *, latency: bool = True) -> dict[str, Any]:
         """A roll-up row's sums (`latency`: and its histogram, which the end users' roll-up does not keep)."""
@@ -129,10 +130,12 @@ class UsageTotals:
         return columns
 
     @classmethod
-    def from_columns(cls, row: Any) -> UsageTotals:
+    def from_columns(cls, row: Any, *, latency: bool = True) -> UsageTotals:
+        """A roll-up row's totals (`latency`: with its histogram; without, the histogram stays empty)."""
         # PostgreSQL sums BIGINT columns into NUMERIC (Decimal): bring every value back to int/float.
         totals = cls(**{name: INT_OR_FLOAT[name](row[name] or 0) for name in SCALAR_FIELDS})  # type: ignore[arg-type]
-        totals.latency = [int(row.get(latency_column(i)) or 0) for i in range(LATENCY_BUCKETS)]  # none: empty
+        if latency:
+            totals.latency = [int(row[latency_column(i)] or 0) for i in range(LATENCY_BUCKETS)]
         return totals
 
 
