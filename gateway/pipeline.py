@@ -174,7 +174,8 @@ class ChatPipeline:
         assert outcome.body is not None
         return outcome.body, _headers(request_id, plan, outcome)
 
-    async def _lookup(self, body: ChatRequest, principal: Principal, headers_out: dict[str, str]) -> Lookup | None:
+    async def _lookup(self, body: ChatRequest, principal: Principal, request_id: str,
+                      headers_out: dict[str, str]) -> Lookup | None:
         """The response cache's decision, before routing; None when the cache is off, or when the request will be
         refused for its model (unknown, or not this key's), which no entry may answer."""
         if self._cache is None:
@@ -182,7 +183,14 @@ class ChatPipeline:
         if not (self._planner.known_alias(body.model) and principal.may_use(body.model)):
             headers_out["x-draftgate-cache"] = "skip"
             return None
-        lookup = await self._cache.lookup(body, principal)
+        started, created_at = time.perf_counter(), datetime.now(UTC)
+        try:
+            lookup = await self._cache.lookup(body, principal)
+        except BaseException as exc:  # a client gone while the database was read: recorded, as in planning
+            job = to_job(body, request_id)
+            self._open.add(request_id)
+            self._failed(job, None, principal, created_at, started, exc, None, headers_out, admitted=False)
+            raise
         headers_out["x-draftgate-cache"] = lookup.state
         return lookup
 
@@ -208,7 +216,7 @@ class ChatPipeline:
     async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
                        headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         """Serves a non-streaming request; `headers_out` is filled as soon as the route is known."""
-        lookup = await self._lookup(body, principal, headers_out)
+        lookup = await self._lookup(body, principal, request_id, headers_out)
         if lookup is not None and lookup.entry is not None:
             job, plan, outcome, started, created_at, reservation = await self._hit(body, principal, request_id,
                                                                                     headers_out, lookup.entry)
@@ -226,7 +234,7 @@ class ChatPipeline:
     async def stream(self, body: ChatRequest, principal: Principal, request_id: str,
                      headers_out: dict[str, str]) -> tuple[AsyncIterator[bytes], dict[str, str]]:
         """Opens a stream (errors before the first byte become normal error responses)."""
-        lookup = await self._lookup(body, principal, headers_out)
+        lookup = await self._lookup(body, principal, request_id, headers_out)
         if lookup is not None and lookup.entry is not None:  # replayed: its cost ($0) is known from the start
             job, plan, outcome, started, created_at, reservation = await self._hit(body, principal, request_id,
                                                                                     headers_out, lookup.entry)

@@ -261,3 +261,25 @@ def test_a_bad_cache_block_is_a_located_config_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "draftgate.yaml"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "draftgate.yaml:3: cache.ttl_s:" in result.stderr, result.stderr
+
+
+def test_a_local_answer_is_stored_and_its_hit_priced_as_the_local_row_was(gateway_factory, simulator,
+                                                                          random_checkpoint) -> None:
+    from tests.gateway.test_local_route import local_config
+
+    gw = gateway_factory(local_config(simulator.base_url, random_checkpoint, CACHE))
+    local = {"model": "local/diffusiongemma", "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+             "max_tokens": 12, "seed": 7}
+    streamed, _, miss = _stream(gw, **local)
+    assert miss["x-draftgate-cache"] == "miss" and miss["x-draftgate-route"] == "local"
+    answer, hit = _ask(gw, **local)
+    assert hit["x-draftgate-cache"] == "hit" and answer.choices[0].message.content == streamed
+    assert answer.model_extra["draftgate"]["confidence"]["steps_per_canvas"]  # the draft's signals, kept
+    assert answer.model_extra["draftgate"]["cache"] == {"source_request_id": miss["x-draftgate-request-id"]}
+    db = flushed_db(gw)
+    source, row = db.get_record(miss["x-draftgate-request-id"]), db.get_record(hit["x-draftgate-request-id"])
+    assert source is not None and row is not None and source.local_cost_usd and source.reference_cost_usd
+    assert (row.route, row.local_cost_usd, row.device_seconds) == ("cache", 0.0, 0.0)
+    assert row.reference_cost_usd == pytest.approx(source.reference_cost_usd)
+    assert answer.usage.completion_tokens == source.completion_tokens == row.completion_tokens
+    assert simulator.state.received == []
