@@ -122,6 +122,8 @@ class Budgets:
 
     def _max_cost(self, job: Job, plan: Plan, prompt_tokens: int) -> float | None:
         """The most this request can cost at the models it may reach; None if one of them is unpriced."""
+        if plan.route is Route.CACHE:  # answered from the response cache: no model is called
+            return 0.0
         hosted_cap = completion_bound(job)
         aliases: list[str] = []
         if plan.route is Route.HOSTED:

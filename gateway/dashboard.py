@@ -16,7 +16,8 @@ from gateway.report_render import amount
 from ledger import Database
 from ledger.reports import ROUTES, Reporter, ReportQuery, escalation_reasons
 
-COLORS = {"local": "#2e9d5b", "hosted": "#3b6fd4", "escalated": "#e08a1e"}
+COLORS = {"local": "#2e9d5b", "hosted": "#3b6fd4", "escalated": "#e08a1e", "cache": "#8a63d2"}
+SPEND_ROUTES = tuple(r for r in ROUTES if r != "cache")  # a cache hit costs $0: no bar, no legend entry
 
 
 @dataclass
@@ -104,7 +105,7 @@ def spend_chart(days: list[DayFigures], width: int = 920, height: int = 280) -> 
     for index, figures in enumerate(days):
         x = left + index * slot + (slot - bar_w) / 2
         y = top + plot_h
-        for route in ROUTES:
+        for route in SPEND_ROUTES:
             usd = figures.cost_by_route[route]
             h = plot_h * usd / y_max
             if h > 0:
@@ -119,7 +120,7 @@ def spend_chart(days: list[DayFigures], width: int = 920, height: int = 280) -> 
     if line:
         parts.append(f'<polyline id="all-hosted-line" points="{" ".join(line)}" fill="none" stroke="#b3261e" '
                      'stroke-width="2" stroke-dasharray="6 4"/>')
-    legend = [(COLORS[r], r) for r in ROUTES] + [("#b3261e", "all-hosted would have cost")]
+    legend = [(COLORS[r], r) for r in SPEND_ROUTES] + [("#b3261e", "all-hosted would have cost")]
     for i, (color, label) in enumerate(legend):
         x = left + i * 150
         parts.append(f'<rect x="{x}" y="{height - 14}" width="10" height="10" fill="{color}"/>'

@@ -81,9 +81,10 @@ def dashboard_page(data: DashboardData, who: str, days: int) -> str:
     kpis = "".join([
         _kpi("spend", "spent (local + hosted + wasted drafts)", money(t["cost_usd"])),
         _kpi("all-hosted", "all-hosted would have cost", money(t["all_hosted_usd"])),
-        _kpi("savings", "saved by routing" + escape(saved_pct), money(t["savings_usd"])),
+        _kpi("savings", "saved by routing and caching" + escape(saved_pct), money(t["savings_usd"])),
         _kpi("local-share", "served locally", f"{t['local_share']:.0%}"),
-        _kpi("requests", "requests", f"{t['requests']:,}"),
+        _kpi("requests", f"requests ({t['cache_requests']:,} from the response cache)" if t["cache_requests"]
+             else "requests", f"{t['requests']:,}"),
         _kpi("escalation-rate", "escalated (of routed requests)", f"{t['escalation_rate']:.0%}"),
         _kpi("device-hours", "local device-hours", amount(t["device_hours"])),
         _kpi("unpriced", "unpriced requests (not in $)", f"{t['unpriced_requests']:,}"),

@@ -12,14 +12,16 @@ import orjson
 
 from gateway.auth import Principal
 from gateway.budgets import Budgets, Reservation
+from gateway.cache import CacheFront, Lookup, assembled, replayed, served
 from gateway.errors import reply_for
 from gateway.metrics import Metrics
 from gateway.schemas import ChatRequest, EmbeddingRequest
-from ledger import LedgerWriter, RequestRecord
+from ledger import CachedAnswer, LedgerWriter, RequestRecord
 from router import (
     CHAT,
     EMBEDDINGS,
     Cascade,
+    ChunkStream,
     Embedder,
     Executor,
     Job,
@@ -72,7 +74,7 @@ def _header_safe(text: str, limit: int = 512) -> str:
 def to_job(body: ChatRequest, request_id: str) -> Job:
     """The router's view of a validated request."""
     provider_body = body.upstream_body("")
-    return Job(request_id=request_id, alias=body.model, body=body.model_dump(exclude_none=True),
+    return Job(request_id=request_id, alias=body.model, body=body.model_dump(exclude_none=True, exclude={"cache"}),
                messages=[m.model_dump(exclude_none=True) for m in body.messages], stream=body.stream,
                wants_usage=body.wants_usage_chunk(), max_tokens=body.token_cap(), temperature=body.temperature,
                stop=tuple(body.stop_list()), seed=body.seed, n=body.n or 1, top_p=body.top_p,
@@ -84,7 +86,8 @@ class ChatPipeline:
     exactly once."""
 
     def __init__(self, *, planner: Planner, executor: Executor, cascade: Cascade, embedder: Embedder,
-                 writer: LedgerWriter, metrics: Metrics, pricing: Pricing, budgets: Budgets) -> None:
+                 writer: LedgerWriter, metrics: Metrics, pricing: Pricing, budgets: Budgets,
+                 cache: CacheFront | None = None) -> None:
         self._planner = planner
         self._embedder = embedder
         self._executor = executor
@@ -93,6 +96,7 @@ class ChatPipeline:
         self._metrics = metrics
         self._pricing = pricing
         self._budgets = budgets
+        self._cache = cache  # None unless the config enables it: then no request reads or writes its table
         self._open: set[str] = set()  # request ids admitted and not yet recorded
 
     async def drained(self, timeout_s: float) -> bool:
@@ -170,35 +174,99 @@ class ChatPipeline:
         assert outcome.body is not None
         return outcome.body, _headers(request_id, plan, outcome)
 
+    async def _lookup(self, body: ChatRequest, principal: Principal, request_id: str,
+                      headers_out: dict[str, str]) -> Lookup | None:
+        """The response cache's decision, before routing; None when the cache is off, or when the request will be
+        refused for its model (unknown, or not this key's), which no entry may answer."""
+        if self._cache is None:
+            return None
+        if not (self._planner.known_alias(body.model) and principal.may_use(body.model)):
+            headers_out["x-draftgate-cache"] = "skip"
+            return None
+        started, created_at = time.perf_counter(), datetime.now(UTC)
+        try:
+            lookup = await self._cache.lookup(body, principal)
+        except BaseException as exc:  # a client gone while the database was read: recorded, as in planning
+            job = to_job(body, request_id)
+            self._open.add(request_id)
+            self._failed(job, None, principal, created_at, started, exc, None, headers_out, admitted=False)
+            raise
+        headers_out["x-draftgate-cache"] = lookup.state
+        return lookup
+
+    async def _hit(self, body: ChatRequest, principal: Principal, request_id: str, headers_out: dict[str, str],
+                   entry: CachedAnswer) -> tuple[Job, Plan, Outcome, float, datetime, Reservation | None]:
+        """A request answered from the cache: it counts against rate limits (a request, its answer's tokens) and
+        costs $0, since no model was called; a refused one is recorded as any refused request."""
+        started, created_at = time.perf_counter(), datetime.now(UTC)
+        job = to_job(body, request_id)
+        plan = Plan(route=Route.CACHE, alias=job.alias)
+        self._open.add(request_id)
+        try:
+            reservation = await self._budgets.reserve(principal, job, plan)
+        except BaseException as exc:
+            self._failed(job, None, principal, created_at, started, exc, None, headers_out, admitted=False)
+            raise
+        outcome = Outcome(route=Route.CACHE, provider_model=entry.provider_model, prompt_tokens=entry.prompt_tokens,
+                          completion_tokens=entry.completion_tokens, hosted_cost_usd=0.0, local_cost_usd=0.0,
+                          detail={"cache": {"source_request_id": entry.request_id}}, body=served(entry, request_id))
+        headers_out.update(_headers(request_id, plan, outcome))
+        return job, plan, outcome, started, created_at, reservation
+
     async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
                        headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         """Serves a non-streaming request; `headers_out` is filled as soon as the route is known."""
-        job, plan, outcome, started, created_at, reservation = await self._serve(body, principal, request_id,
-                                                                                  headers_out)
+        lookup = await self._lookup(body, principal, request_id, headers_out)
+        if lookup is not None and lookup.entry is not None:
+            job, plan, outcome, started, created_at, reservation = await self._hit(body, principal, request_id,
+                                                                                    headers_out, lookup.entry)
+        else:
+            job, plan, outcome, started, created_at, reservation = await self._serve(body, principal, request_id,
+                                                                                      headers_out)
         self._budgets.settle(reservation, outcome)
-        self._record(job, plan, principal, outcome, created_at, started, "ok", 200)
+        cached = lookup.entry if lookup is not None else None
+        self._record(job, plan, principal, outcome, created_at, started, "ok", 200, cached=cached)
         assert outcome.body is not None
-        return outcome.body, _headers(request_id, plan, outcome)
+        if lookup is not None and cached is None and self._cache is not None:
+            self._cache.store(lookup, request_id, outcome.body, outcome, self._reference(outcome))
+        return outcome.body, _headers(request_id, plan, outcome) | _cache_header(lookup)
 
     async def stream(self, body: ChatRequest, principal: Principal, request_id: str,
                      headers_out: dict[str, str]) -> tuple[AsyncIterator[bytes], dict[str, str]]:
         """Opens a stream (errors before the first byte become normal error responses)."""
-        job, plan, chunks, started, created_at, reservation = await self._serve(body, principal, request_id,
-                                                                                 headers_out)
-        headers = _headers(request_id, plan, chunks.outcome, deferred=True)
-        return self._sse(job, plan, principal, chunks, created_at, started, reservation), headers
+        lookup = await self._lookup(body, principal, request_id, headers_out)
+        if lookup is not None and lookup.entry is not None:  # replayed: its cost ($0) is known from the start
+            job, plan, outcome, started, created_at, reservation = await self._hit(body, principal, request_id,
+                                                                                    headers_out, lookup.entry)
+            assert outcome.body is not None
+            chunks = ChunkStream(outcome, replayed(outcome.body, wants_usage=job.wants_usage))
+            headers = _headers(request_id, plan, outcome)
+        else:
+            job, plan, chunks, started, created_at, reservation = await self._serve(body, principal, request_id,
+                                                                                     headers_out)
+            headers = _headers(request_id, plan, chunks.outcome, deferred=True)
+        sse = self._sse(job, plan, principal, chunks, created_at, started, reservation, lookup)
+        return sse, headers | _cache_header(lookup)
 
     async def _sse(self, job: Job, plan: Plan, principal: Principal, chunks: Any, created_at: datetime,
-                   started: float, reservation: Reservation | None) -> AsyncIterator[bytes]:
+                   started: float, reservation: Reservation | None, lookup: Lookup | None) -> AsyncIterator[bytes]:
         status, code, error = "cancelled", 499, "client disconnected"
         recorded = False
+        cached = lookup.entry if lookup is not None else None
+        kept: list[bytes] | None = [] if lookup is not None and cached is None and lookup.store else None
         try:
             async for payload in chunks:
+                if kept is not None:
+                    kept.append(payload)
                 yield b"data: " + payload + b"\n\n"
             status, code, error = "ok", 200, ""
             # journalled before [DONE]: once a client has the whole answer, a kill -9 cannot lose its row
-            self._finish_stream(job, plan, principal, chunks.outcome, created_at, started, reservation, status, code)
+            self._finish_stream(job, plan, principal, chunks.outcome, created_at, started, reservation, status, code,
+                                cached=cached)
             recorded = True
+            if kept is not None and lookup is not None and self._cache is not None:  # whole: never a stream cut short
+                self._cache.store(lookup, job.request_id, assembled(kept, chunks.outcome), chunks.outcome,
+                                  self._reference(chunks.outcome))
             yield b"data: [DONE]\n\n"
         except asyncio.CancelledError as exc:
             error = cancel_reason(exc)
@@ -215,13 +283,13 @@ class ChatPipeline:
         finally:
             if not recorded:
                 self._finish_stream(job, plan, principal, chunks.outcome, created_at, started, reservation, status,
-                                    code, error or None)
+                                    code, error or None, cached=cached)
 
     def _finish_stream(self, job: Job, plan: Plan, principal: Principal, outcome: Outcome, created_at: datetime,
                        started: float, reservation: Reservation | None, status: str, code: int,
-                       error: str | None = None) -> None:
+                       error: str | None = None, *, cached: CachedAnswer | None = None) -> None:
         self._budgets.settle(reservation, outcome)
-        self._record(job, plan, principal, outcome, created_at, started, status, code, error)
+        self._record(job, plan, principal, outcome, created_at, started, status, code, error, cached=cached)
 
     def _record_failure(self, job: Job, plan: Plan | None, principal: Principal, created_at: datetime,
                         started: float, exc: BaseException, spent: Outcome | None, *, admitted: bool) -> None:
@@ -239,14 +307,21 @@ class ChatPipeline:
             status, code, message = "cancelled", 499, cancel_reason(exc)
         self._record(job, plan, principal, outcome, created_at, started, status, code, message, tried=tried)
 
+    def _reference(self, outcome: Outcome) -> float | None:
+        """What the request would have cost all-hosted: a hosted one what it did cost; others their tokens at the
+        reference model's price."""
+        if outcome.route is Route.HOSTED:
+            return outcome.hosted_cost_usd
+        return self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens,
+                                            outcome.cache_write_tokens)
+
     def _record(self, job: Job, plan: Plan | None, principal: Principal, outcome: Outcome, created_at: datetime,
-                started: float, status: str, status_code: int, error: str | None = None, *, tried: int = 0) -> None:
+                started: float, status: str, status_code: int, error: str | None = None, *, tried: int = 0,
+                cached: CachedAnswer | None = None) -> None:
         """One ledger row and the metrics; `tried` counts a failed request's upstream attempts, which no
-        outcome carries."""
+        outcome carries; `cached`, the entry a cache hit repeats, whose all-hosted price is the hit's too."""
         latency_s = time.perf_counter() - started
-        reference = (outcome.hosted_cost_usd if outcome.route is Route.HOSTED
-                     else self._pricing.reference_cost(outcome.prompt_tokens, outcome.completion_tokens,
-                                                       outcome.cached_tokens, outcome.cache_write_tokens))
+        reference = cached.reference_cost_usd if cached is not None else self._reference(outcome)
         detail = dict(outcome.detail)
         if job.endpoint != CHAT:  # reports tell an embeddings row from a chat one by it
             detail["endpoint"] = job.endpoint
@@ -277,3 +352,7 @@ class ChatPipeline:
                               wasted_usd=outcome.wasted_draft_usd, device_seconds=outcome.device_seconds,
                               unpriced=outcome.unpriced, cached_tokens=outcome.cached_tokens,
                               attempts=outcome.attempts)
+
+
+def _cache_header(lookup: Lookup | None) -> dict[str, str]:
+    return {} if lookup is None else {"x-draftgate-cache": lookup.state}

@@ -84,6 +84,22 @@ class StreamOptions(BaseModel):
     include_obfuscation: bool | None = None
 
 
+MAX_CACHE_TTL_S = 31_536_000  # a year, as the config's ttl_s
+
+
+class CacheControl(BaseModel):
+    """LiteLLM's per-request `cache` controls: `no-cache` (do not read), `no-store` (do not write), `ttl` (this entry's
+    seconds), `s-maxage` (accept only an entry at most this old). Read by the gateway's cache, never relayed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    no_cache: bool = Field(default=False, alias="no-cache")
+    no_store: bool = Field(default=False, alias="no-store")
+    ttl: int | float | None = Field(default=None, gt=0, le=MAX_CACHE_TTL_S, allow_inf_nan=False)
+    s_maxage: int | float | None = Field(default=None, ge=0, le=MAX_CACHE_TTL_S, alias="s-maxage",
+                                         allow_inf_nan=False)
+
+
 class ChatRequest(BaseModel):
     """POST /v1/chat/completions body. Strict types, as OpenAI's API: `"max_tokens": "5"` or `"n": true` is a
     400, not silently coerced."""
@@ -131,6 +147,7 @@ class ChatRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
+    cache: CacheControl | None = None  # the gateway's response cache (LiteLLM's field): never relayed, never routed on
 
     @field_validator("stream", mode="before")
     @classmethod
@@ -233,7 +250,7 @@ class ChatRequest(BaseModel):
     def upstream_body(self, provider_model: str) -> dict[str, Any]:
         """The body relayed to an OpenAI-compatible upstream: the client's fields, the provider's model."""
         # metadata steers draftgate's own rules; OpenAI refuses it without `store`, so it stays here.
-        body = self.model_dump(exclude_none=True, exclude={"metadata"})
+        body = self.model_dump(exclude_none=True, exclude={"metadata", "cache"})
         body["model"] = provider_model
         if self.stream:
             # Always ask for usage so the ledger has real token counts; the relay drops the

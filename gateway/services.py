@@ -13,10 +13,11 @@ from typing import Any
 import policies
 from gateway.auth import Authenticator, StaticKey
 from gateway.budgets import Budgets
+from gateway.cache import CacheFront
 from gateway.metrics import Metrics
 from gateway.pipeline import ChatPipeline
 from gateway.settings import Settings
-from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook
+from ledger import Database, KeyStore, LedgerWriter, Price, PriceBook, ResponseCache
 from ledger.budgets import BudgetStore
 from local_engine import EngineConfig, LocalBackend, backend_capabilities, choice_limit, create_backend
 from router import Cascade, Embedder, Executor, HostedClient, HostedModel, Planner, Pricing, priced_judge
@@ -93,6 +94,7 @@ class Services:
     local: LocalBackend | None = None
     executor: Executor | None = None
     pipeline: ChatPipeline | None = None
+    cache: CacheFront | None = None  # the response cache, when the config enables it
     loop: asyncio.AbstractEventLoop | None = None
     _ping: asyncio.Future[bool] | None = None  # the database ping /readyz is waiting on, if one is running
 
@@ -147,9 +149,12 @@ class Services:
                                  local_max_tokens=self.config.local.max_tokens)
         embedder = Embedder(self.hosted, self.pricing,
                             unembeddable=[a for a in self.aliases() if a not in self.hosted])  # local, auto
+        cache = self.config.cache
+        if cache.enabled:
+            self.cache = CacheFront(ResponseCache(self.db, max_entries=cache.max_entries), cache)
         self.pipeline = ChatPipeline(planner=self.planner, executor=self.executor, cascade=Cascade(self.executor),
                                      embedder=embedder, writer=self.writer, metrics=self.metrics, pricing=self.pricing,
-                                     budgets=self.budgets)
+                                     budgets=self.budgets, cache=self.cache)
         self.warn_about_config()
 
     async def stop(self) -> None:
@@ -159,6 +164,8 @@ class Services:
         if self.pipeline is not None and not await self.pipeline.drained(5.0):
             log.warning("stopping with requests still unrecorded: their rows are lost")
         await self.budgets.drain()
+        if self.cache is not None:
+            await self.cache.drain()
         await self.writer.close()
         await self.hosted.aclose()
         self.db.dispose()

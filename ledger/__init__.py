@@ -1,5 +1,6 @@
 """The cost ledger: one row per request, batched crash-safe writes, prices, virtual keys."""
 
+from ledger.cache import CachedAnswer, ResponseCache
 from ledger.db import Database, missing_sqlite_file
 from ledger.errors import (
     DatabaseUnavailableError,
@@ -15,6 +16,7 @@ from ledger.writer import LedgerWriter
 
 __all__ = [
     "DURATION_PATTERN",
+    "CachedAnswer",
     "Database",
     "DatabaseUnavailableError",
     "KeyInfo",
@@ -26,6 +28,7 @@ __all__ = [
     "Price",
     "PriceBook",
     "RequestRecord",
+    "ResponseCache",
     "UnknownKeyError",
     "missing_sqlite_file",
     "parse_duration",

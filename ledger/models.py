@@ -190,6 +190,29 @@ usage_daily_user = Table("usage_daily_user", Base.metadata, *usage_daily_user_co
                          Index("ix_usage_daily_user_team_day", "team", "day"))
 
 
+class ResponseCacheRow(Base):
+    """One stored answer of the exact-match response cache (migration 0009): shared by every replica."""
+
+    __tablename__ = "response_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of scope + the request's canonical JSON
+    scope: Mapped[str] = mapped_column(String(200), nullable=False)  # "team:...", "key:...", "master", "open"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    request_id: Mapped[str] = mapped_column(String(64), nullable=False)  # the request whose answer it is
+    route: Mapped[str] = mapped_column(String(16), nullable=False)  # how that request was served
+    provider_model: Mapped[str | None] = mapped_column(String(256))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    reference_cost_usd: Mapped[float | None] = mapped_column(Float)  # what the request costs all-hosted
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # the chat.completion object
+
+    __table_args__ = (
+        Index("ix_response_cache_expires_at", "expires_at"),
+        Index("ix_response_cache_created_at", "created_at"),
+    )
+
+
 class BudgetUsageRow(Base):
     """Spend and in-flight reservations per scope (key:... / team:...), metric and window."""
 

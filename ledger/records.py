@@ -19,7 +19,7 @@ class RequestRecord:
     key_id: str | None
     team: str | None
     model_alias: str
-    route: str  # "local" | "hosted" | "escalated"
+    route: str  # "local" | "hosted" | "escalated" | "cache" | "none"
     provider_model: str | None
     prompt_tokens: int
     completion_tokens: int

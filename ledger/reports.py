@@ -5,8 +5,8 @@ route x escalation kind x routing rule; `usage_daily_user` for `user`: day x tea
 the partial days at the edges of a `since`/`until` window come from the raw rows, aggregated the same
 way, so a report is exact at any boundary and still reads only a few thousand roll-up rows.
 Savings = what the same requests would have cost all-hosted (each request's own tokens at the
-reference hosted model; hosted requests at what they cost) minus what they did cost (local device $ +
-hosted $ + wasted drafts). Unpriced rows are counted on their own and never enter the dollar sums.
+reference hosted model; hosted requests at what they cost; a response-cache hit what the answer it repeats
+would have) minus what they did cost (local device $ + hosted $ + wasted drafts; a hit costs $0). Unpriced rows are counted on their own and never enter the dollar sums.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ GroupBy = Literal["team", "key", "model", "provider_model", "route", "day", "rea
 GROUP_BY_VALUES: tuple[str, ...] = get_args(GroupBy)
 _COLUMN = {"team": "team", "key": "key_id", "model": "model_alias", "provider_model": "provider_model",
            "route": "route", "day": "day", "reason": "reason", "rule": "rule", "user": "end_user"}
-ROUTES = ("local", "hosted", "escalated")
+ROUTES = ("local", "hosted", "escalated", "cache")  # "cache": answered by the response cache, at $0
 DEFAULT_RULE_LABEL = "(default)"  # as `draftgate route explain` names the route taken when no rule matches
 # What the roll-up needs from a raw row (not the JSON detail, errors or prompts).
 RAW_FIELDS = ("request_id", "created_at", "team", "key_id", "model_alias", "provider_model", "route",
@@ -90,7 +90,7 @@ class ReportRow:
         return {
             "group": self.group, "label": self.label, "requests": t.requests, "errors": t.errors,
             "local_requests": self.requests_on("local"), "hosted_requests": self.requests_on("hosted"),
-            "escalated_requests": self.requests_on("escalated"),
+            "escalated_requests": self.requests_on("escalated"), "cache_requests": self.requests_on("cache"),
             "local_share": self.requests_on("local") / served if routed else 0.0,
             "escalation_rate": self.requests_on("escalated") / served if routed else 0.0,
             "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,

@@ -6,6 +6,7 @@ from policies.lint import implies, lint
 from policies.loading import default_config, load, load_text
 from policies.matching import ConditionResult, Decision, PolicySet, RequestFacts
 from policies.schema import (
+    CacheConfig,
     CascadeAction,
     GatewayConfig,
     HostedAction,
@@ -21,6 +22,7 @@ from policies.schema import (
 from policies.verifier_options import schema_problem, tests_problem
 
 __all__ = [
+    "CacheConfig",
     "CascadeAction",
     "ConditionResult",
     "ConfigError",

@@ -282,6 +282,16 @@ class Rule(BaseModel):
         return {} if value is None else value
 
 
+class CacheConfig(BaseModel):
+    """The exact-match response cache (LiteLLM's `cache: true`, Portkey's simple cache): off unless enabled, since
+    serving a stored answer again is a choice an operator makes, not a default."""
+
+    model_config = Strict
+    enabled: bool = False
+    ttl_s: Count = Field(default=3600, ge=1, le=31_536_000)  # an entry's life unless the request sets `cache.ttl`
+    max_entries: Count = Field(default=100_000, ge=1, le=100_000_000)  # beyond it the oldest entries are evicted
+
+
 class PoliciesConfig(BaseModel):
     model_config = Strict
     default: Action = Field(default_factory=RequestedAction)
@@ -305,6 +315,7 @@ class GatewayConfig(BaseModel):
     teams: list[TeamConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     # Browser apps (the OpenAI JS SDK's dangerouslyAllowBrowser) need CORS; vLLM's and LiteLLM's servers allow every
     # origin by default, so this does too. Credentials (the dashboard's cookie) are never allowed cross-origin.
     cors_allow_origins: list[CorsOrigin] = Field(default_factory=lambda: ["*"], max_length=256)

@@ -18,6 +18,7 @@ class Route(str, enum.Enum):
     LOCAL = "local"
     HOSTED = "hosted"
     ESCALATED = "escalated"
+    CACHE = "cache"  # answered from the gateway's response cache: no model was called
     NONE = "none"  # refused before a route was chosen (unknown model, a scope, a bad parameter)
 
 
