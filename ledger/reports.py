@@ -67,7 +67,7 @@ class ReportRow:
     group: str
     label: str
     totals: UsageTotals = field(default_factory=UsageTotals)
-    by_route: dict[str, UsageTotals] = field(default_factory=lambda: {r: UsageTotals() for r in ROUTES})
+    by_route: dict[str, UsageTotals] = field(default_factory=dict)  # the routes its requests took
 
     def add(self, route: str, totals: UsageTotals) -> None:
         self.totals.merge(totals)

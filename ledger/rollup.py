@@ -117,8 +117,20 @@ class UsageTotals:
             self.reference_usd += record.reference_cost_usd or 0.0
 
     def merge(self, other: UsageTotals) -> None:
-        for name in SCALAR_FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Spelt out, not a loop over SCALAR_FIELDS: a report by user merges tens of thousands of totals.
+        self.requests += other.requests
+        self.errors += other.errors
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.device_seconds += other.device_seconds
+        self.local_usd += other.local_usd
+        self.hosted_usd += other.hosted_usd
+        self.wasted_usd += other.wasted_usd
+        self.reference_usd += other.reference_usd
+        self.unpriced += other.unpriced
+        self.unreferenced += other.unreferenced
+        self.unreferenced_usd += other.unreferenced_usd
+        self.latency_ms_sum += other.latency_ms_sum
         if any(other.latency):  # totals from the end users' roll-up have none: a report by user merges thousands
             self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
 
@@ -140,6 +152,9 @@ class UsageTotals:
 
 
 SCALAR_FIELDS = tuple(f.name for f in fields(UsageTotals) if f.name != "latency")
+assert SCALAR_FIELDS == ("requests", "errors", "prompt_tokens", "completion_tokens", "device_seconds", "local_usd",
+                         "hosted_usd", "wasted_usd", "reference_usd", "unpriced", "unreferenced", "unreferenced_usd",
+                         "latency_ms_sum"), "UsageTotals.merge spells out every field: add a new one there too"
 INT_OR_FLOAT = {f.name: int if f.type in ("int", int) else float for f in fields(UsageTotals)}
 
 
