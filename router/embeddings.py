@@ -56,10 +56,7 @@ class Embedder:
             raise
         outcome = await self._answered(job, result)
         if any(a.billed for a in attempts):  # earlier attempts billed though unusable (a broken 200)
-            billed = await self._unanswered(job, attempts)
-            outcome.prompt_tokens += billed.prompt_tokens
-            outcome.add_hosted_cost_of(billed)
-            outcome.detail["usage_estimated"] = True
+            outcome.add_billed_attempts(await self._unanswered(job, attempts))
         return outcome
 
     async def _counted(self, model: str, job: Job) -> int:

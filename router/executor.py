@@ -176,10 +176,7 @@ class Executor:
             raise
         outcome = await self._answered_outcome(job, result)
         if any(a.billed for a in attempts):  # earlier attempts the provider charged though they were unusable
-            billed = await self.abandoned_outcome(job, attempts)
-            outcome.prompt_tokens += billed.prompt_tokens
-            outcome.add_hosted_cost_of(billed)
-            outcome.detail["usage_estimated"] = True
+            outcome.add_billed_attempts(await self.abandoned_outcome(job, attempts))
         return outcome
 
     async def _answered_outcome(self, job: Job, result: HostedResult) -> Outcome:
@@ -330,9 +327,7 @@ class Executor:
                                                               outcome.completion_tokens, outcome.cached_tokens,
                                                               outcome.cache_write_tokens))
             if billed is not None:
-                outcome.prompt_tokens += billed.prompt_tokens
-                outcome.add_hosted_cost_of(billed)
-                outcome.detail["usage_estimated"] = True
+                outcome.add_billed_attempts(billed)
 
     async def _local_chunks(self, job: Job, streams: list[AsyncIterator[StreamDelta | Completion]],
                             outcome: Outcome) -> AsyncIterator[bytes]:

@@ -121,6 +121,13 @@ class Outcome:
             self.add_hosted_cost(other.hosted_cost_usd)
         self.unpriced = self.unpriced or other.unpriced
 
+    def add_billed_attempts(self, billed: Outcome) -> None:
+        """Adds what earlier attempts were billed though they answered nothing usable (a broken 200): their
+        prompt tokens and dollars, counted here, so the row's usage is an estimate."""
+        self.prompt_tokens += billed.prompt_tokens
+        self.add_hosted_cost_of(billed)
+        self.detail["usage_estimated"] = True
+
     @property
     def cost_usd(self) -> float | None:
         """Everything this request cost; None while any part of it is unpriced."""
