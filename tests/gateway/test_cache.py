@@ -122,6 +122,18 @@ def test_anything_that_changes_the_answer_is_a_different_entry(gateway_factory, 
         assert _ask(gw, **variant)[1]["x-draftgate-cache"] == "hit", variant
 
 
+def test_a_field_sent_with_its_default_is_the_same_entry(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url, CACHE))
+    _ask(gw)  # the openai SDK leaves defaults out; LangChain's ChatOpenAI sends n: 1, others logprobs: false
+    for same in ({"n": 1}, {"logprobs": False}, {"presence_penalty": 0, "frequency_penalty": 0.0}):
+        assert _ask(gw, **same)[1]["x-draftgate-cache"] == "hit", same
+    assert _calls(simulator) == 1
+    _ask(gw, n=1, messages=[{"role": "user", "content": "stored with n: 1"}])  # and the other way round
+    assert _ask(gw, messages=[{"role": "user", "content": "stored with n: 1"}])[1]["x-draftgate-cache"] == "hit"
+    for different in ({"presence_penalty": 0.5}, {"logprobs": True}, {"temperature": 1}):
+        assert _ask(gw, **different)[1]["x-draftgate-cache"] == "miss", different
+
+
 def test_no_cache_no_store_and_ttl(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url, CACHE))
     _ask(gw)
