@@ -11,12 +11,13 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, func, select, text
 
 from ledger.db import Database, answered, insert_for
 from ledger.models import ResponseCacheRow
 
 TABLE: Table = ResponseCacheRow.__table__  # type: ignore[assignment]  # declared as a Table
+WRITE_LOCK = 7235104502  # PostgreSQL advisory lock taken by each write (7235104501 is the migrations')
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class ResponseCache:
         upsert = upsert.on_conflict_do_update(index_elements=["key"],
                                               set_={k: v for k, v in values.items() if k != "key"})
         with self._db.engine.begin() as connection:
+            if dialect == "postgresql":
+                # One write at a time, across replicas: two writes pruning and evicting the same rows in different
+                # orders deadlocked (PostgreSQL aborted one: its answer was lost, an error logged), and each counted
+                # without the other's new entry, so both left the table above max_entries. SQLite's writes are
+                # serialised by its database lock already.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": WRITE_LOCK})
             connection.execute(upsert)
             connection.execute(delete(TABLE).where(TABLE.c.expires_at <= answer.created_at))
             count = int(connection.execute(select(func.count()).select_from(TABLE)).scalar_one())
