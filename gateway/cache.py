@@ -161,7 +161,10 @@ async def replayed(body: dict[str, Any], *, wants_usage: bool) -> AsyncIterator[
     choices = body.get("choices") or []
     for position, choice in enumerate(choices):
         index, message = choice.get("index", position), choice.get("message") or {}
-        yield chunk(index, {"role": message.get("role") or "assistant", "content": ""})
+        # as OpenAI opens a choice: content "" for text, null for tool calls or a refusal (the SDK's accumulated
+        # message has the content the JSON answer has, not "")
+        opening = "" if isinstance(message.get("content"), str) else None
+        yield chunk(index, {"role": message.get("role") or "assistant", "content": opening})
         delta = {field: message[field] for field in ("content", "refusal", "function_call") if message.get(field)}
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]

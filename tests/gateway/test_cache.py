@@ -3,6 +3,7 @@ billed $0 with its savings in the reports, and never across tenants, from an err
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -14,9 +15,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 from sqlalchemy import text
 
 import policies
+from gateway.cache import replayed
 from gateway.simulator import Fault
 from policies import ConfigError
 from tests.conftest import MASTER_KEY, hosted_config
@@ -106,6 +110,32 @@ def test_a_repeated_request_is_answered_from_the_cache_streamed_or_not(gateway_f
     again_streamed, chunks, headers = _stream(gw, messages=other)
     assert again_streamed == streamed and all(c.usage is None for c in chunks) and _calls(simulator) == 2
     assert all("cache" not in r.body for r in simulator.state.received)  # never relayed
+
+
+def test_a_tool_call_answer_replays_as_openai_streams_it() -> None:
+    """The openai SDK's stream accumulator, fed the replay of a stored tool-call answer, builds the message the JSON
+    answer has: content null (the replay opened every choice with content "", as for text), the call whole."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    stored = {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "refusal": None,
+                                                   "tool_calls": [call]},
+                           "logprobs": None, "finish_reason": "tool_calls"},
+                          {"index": 1, "message": {"role": "assistant", "content": "It is sunny.", "refusal": None},
+                           "logprobs": None, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+
+    async def accumulate() -> Any:
+        state = ChatCompletionStreamState()
+        async for payload in replayed(stored, wants_usage=True):
+            state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(payload)))
+        return state.get_final_completion()
+
+    final = asyncio.run(accumulate())
+    tool, text = final.choices
+    assert tool.message.content is None and tool.finish_reason == "tool_calls"
+    assert [c.function.name for c in tool.message.tool_calls or []] == ["get_weather"]
+    assert tool.message.tool_calls[0].function.arguments == '{"city":"Paris"}'  # type: ignore[index]
+    assert text.message.content == "It is sunny." and final.usage is not None and final.usage.total_tokens == 12
 
 
 def test_anything_that_changes_the_answer_is_a_different_entry(gateway_factory, simulator) -> None:
