@@ -40,9 +40,20 @@ def cache_scope(principal: Principal) -> str:
     return "master" if principal.is_master else "open"
 
 
+# Fields some clients always send with the value every route gives them when absent (LangChain's ChatOpenAI sends
+# `n: 1`): the same request either way, so the same entry. Not `temperature` or `top_p`: a vLLM upstream fills
+# absent ones from the model's generation config, so there "absent" and 1 can differ.
+NEUTRAL: dict[str, object] = {"n": 1, "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0}
+
+
 def cache_key(scope: str, body: ChatRequest) -> str:
-    """sha256 of the scope and the request's canonical JSON (sorted keys; a field sent as null is one left out)."""
+    """sha256 of the scope and the request's canonical JSON (sorted keys; a field sent as null, or with the value
+    it has when absent, is one left out)."""
     request = body.model_dump(exclude_none=True, exclude=NOT_IN_KEY)
+    for name, neutral in NEUTRAL.items():
+        value = request.get(name)
+        if value == neutral and isinstance(value, bool) is isinstance(neutral, bool):  # 0 is not False here
+            del request[name]
     return hashlib.sha256(orjson.dumps([scope, request], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -150,7 +161,10 @@ async def replayed(body: dict[str, Any], *, wants_usage: bool) -> AsyncIterator[
     choices = body.get("choices") or []
     for position, choice in enumerate(choices):
         index, message = choice.get("index", position), choice.get("message") or {}
-        yield chunk(index, {"role": message.get("role") or "assistant", "content": ""})
+        # as OpenAI opens a choice: content "" for text, null for tool calls or a refusal (the SDK's accumulated
+        # message has the content the JSON answer has, not "")
+        opening = "" if isinstance(message.get("content"), str) else None
+        yield chunk(index, {"role": message.get("role") or "assistant", "content": opening})
         delta = {field: message[field] for field in ("content", "refusal", "function_call") if message.get(field)}
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]

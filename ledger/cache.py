@@ -11,12 +11,13 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, func, select, text
 
 from ledger.db import Database, answered, insert_for
 from ledger.models import ResponseCacheRow
 
 TABLE: Table = ResponseCacheRow.__table__  # type: ignore[assignment]  # declared as a Table
+WRITE_LOCK = 7235104502  # PostgreSQL advisory lock a write prunes under (7235104501 is the migrations')
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class ResponseCache:
 
     @answered
     def put(self, answer: CachedAnswer) -> None:
-        """Stores (or replaces) an entry, then drops expired entries and the oldest beyond `max_entries`."""
+        """Stores (or replaces) an entry, then drops expired entries and the oldest beyond `max_entries` (on
+        PostgreSQL unless another write is doing so: entries written meanwhile may exceed it until the next)."""
         values = {name: getattr(answer, name) for name in COLUMNS}
         dialect = self._db.engine.dialect.name
         upsert = insert_for(dialect)(TABLE).values(**values)
@@ -66,6 +68,13 @@ class ResponseCache:
                                               set_={k: v for k, v in values.items() if k != "key"})
         with self._db.engine.begin() as connection:
             connection.execute(upsert)
+            # One write prunes at a time, across replicas: two pruning and evicting the same rows in different
+            # orders deadlocked (PostgreSQL aborted one: its answer was lost, an error logged). A write that finds
+            # another pruning leaves it to that one rather than wait (a waiting write would hold a worker thread);
+            # SQLite runs whole writes one at a time already.
+            if dialect == "postgresql" and not connection.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": WRITE_LOCK}).scalar_one():
+                return
             connection.execute(delete(TABLE).where(TABLE.c.expires_at <= answer.created_at))
             count = int(connection.execute(select(func.count()).select_from(TABLE)).scalar_one())
             if count > self._max_entries:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
+import struct
 import traceback
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,19 @@ from router.transport import (
 
 if TYPE_CHECKING:
     from router.hosted import HostedModel
+
+# OpenAI's embeddings fields the gateway serves itself on this path: most of LiteLLM's embedding providers (Gemini,
+# Jina, Fireworks, Ollama; Mistral, Cohere, Vertex, Voyage for `user`) refuse them with UnsupportedParamsError, and
+# the openai SDK sends `encoding_format` on every call. `user` is recorded in the ledger; base64 is encoded here.
+SERVED_HERE = ("encoding_format", "user")
+
+
+def _base64_vectors(data: dict[str, Any]) -> None:
+    """Each float vector as OpenAI sends it for `encoding_format: base64` (little-endian float32), in place."""
+    for item in data["data"]:
+        vector = item.get("embedding")
+        if isinstance(vector, list) and all(isinstance(v, (int, float)) for v in vector):
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 class _LiteLLMStream:
@@ -195,9 +210,9 @@ class LiteLLMTransport:
             raise _attempt_failed(exc, model) from exc
 
     async def embed(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:
-        """`litellm.aembedding`, its answer dumped as OpenAI's embeddings list."""
+        """`litellm.aembedding` without the fields served here, its answer dumped as OpenAI's embeddings list."""
         litellm = self._litellm()
-        kwargs = {k: v for k, v in body.items() if k != "model"}
+        kwargs = {k: v for k, v in body.items() if k != "model" and k not in SERVED_HERE}
         try:
             response = await litellm.aembedding(model=model.model, api_base=model.api_base, api_key=model.api_key,
                                                 timeout=model.timeout_s, num_retries=0, **kwargs)
@@ -207,6 +222,8 @@ class LiteLLMTransport:
         if not has_usable_embeddings(data):
             raise AttemptFailed(f"upstream {model.alias} sent no embeddings", status_code=502, retryable=True,
                                 billed=True)
+        if body.get("encoding_format") == "base64":
+            _base64_vectors(data)
         return data
 
     async def complete(self, model: HostedModel, body: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ billed $0 with its savings in the reports, and never across tenants, from an err
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -14,9 +15,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 from sqlalchemy import text
 
 import policies
+from gateway.cache import replayed
 from gateway.simulator import Fault
 from policies import ConfigError
 from tests.conftest import MASTER_KEY, hosted_config
@@ -108,6 +112,32 @@ def test_a_repeated_request_is_answered_from_the_cache_streamed_or_not(gateway_f
     assert all("cache" not in r.body for r in simulator.state.received)  # never relayed
 
 
+def test_a_tool_call_answer_replays_as_openai_streams_it() -> None:
+    """The openai SDK's stream accumulator, fed the replay of a stored tool-call answer, builds the message the JSON
+    answer has: content null (the replay opened every choice with content "", as for text), the call whole."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    stored = {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "refusal": None,
+                                                   "tool_calls": [call]},
+                           "logprobs": None, "finish_reason": "tool_calls"},
+                          {"index": 1, "message": {"role": "assistant", "content": "It is sunny.", "refusal": None},
+                           "logprobs": None, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+
+    async def accumulate() -> Any:
+        state = ChatCompletionStreamState()
+        async for payload in replayed(stored, wants_usage=True):
+            state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(payload)))
+        return state.get_final_completion()
+
+    final = asyncio.run(accumulate())
+    tool, text = final.choices
+    assert tool.message.content is None and tool.finish_reason == "tool_calls"
+    assert [c.function.name for c in tool.message.tool_calls or []] == ["get_weather"]
+    assert tool.message.tool_calls[0].function.arguments == '{"city":"Paris"}'  # type: ignore[index]
+    assert text.message.content == "It is sunny." and final.usage is not None and final.usage.total_tokens == 12
+
+
 def test_anything_that_changes_the_answer_is_a_different_entry(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url, CACHE))
     _ask(gw)
@@ -120,6 +150,18 @@ def test_anything_that_changes_the_answer_is_a_different_entry(gateway_factory, 
     assert _calls(simulator) == 1 + len(variants)
     for variant in variants:  # and each was stored under its own key
         assert _ask(gw, **variant)[1]["x-draftgate-cache"] == "hit", variant
+
+
+def test_a_field_sent_with_its_default_is_the_same_entry(gateway_factory, simulator) -> None:
+    gw = gateway_factory(hosted_config(simulator.base_url, CACHE))
+    _ask(gw)  # the openai SDK leaves defaults out; LangChain's ChatOpenAI sends n: 1, others logprobs: false
+    for same in ({"n": 1}, {"logprobs": False}, {"presence_penalty": 0, "frequency_penalty": 0.0}):
+        assert _ask(gw, **same)[1]["x-draftgate-cache"] == "hit", same
+    assert _calls(simulator) == 1
+    _ask(gw, n=1, messages=[{"role": "user", "content": "stored with n: 1"}])  # and the other way round
+    assert _ask(gw, messages=[{"role": "user", "content": "stored with n: 1"}])[1]["x-draftgate-cache"] == "hit"
+    for different in ({"presence_penalty": 0.5}, {"logprobs": True}, {"temperature": 1}):
+        assert _ask(gw, **different)[1]["x-draftgate-cache"] == "miss", different
 
 
 def test_no_cache_no_store_and_ttl(gateway_factory, simulator) -> None:

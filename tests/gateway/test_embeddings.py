@@ -40,6 +40,11 @@ EMBEDDING_MODELS = """\
     price: {{input_per_mtok: 1.0, output_per_mtok: 0}}
     timeout_s: 5
     max_retries: 1
+  - name: embed-jina
+    model: jina_ai/jina-embeddings-v3
+    api_base: {url}
+    price: {{input_per_mtok: 1.0, output_per_mtok: 0}}
+    max_retries: 0
 """
 KEYS = """\
 keys:
@@ -206,6 +211,22 @@ def test_embeddings_through_litellm(gw, simulator) -> None:
     assert row.hosted_cost_usd == pytest.approx(3 / 1e6) and row.attempts == 2
     metrics = httpx.get(gw.url + "/metrics", headers=AUTH).text
     assert 'draftgate_requests_total{model="embed-litellm",route="hosted",status="ok"} 1.0' in metrics
+
+
+def test_litellm_providers_that_refuse_encoding_format_or_user_still_embed(gw, simulator) -> None:
+    # The SDK sends encoding_format (base64) on every call, and `user` names the end user the ledger records; through
+    # LiteLLM, Jina (as Gemini, Fireworks, Ollama; Mistral, Cohere, Vertex, Voyage for `user`) refused them: a 400
+    # telling the client to set litellm.drop_params. The gateway serves both itself there.
+    raw = client(gw).embeddings.with_raw_response.create(model="embed-jina", input=["one two", "three"], user="u-7")
+    assert [d.embedding for d in raw.parse().data] == [embedding_vector("one two", 8), embedding_vector("three", 8)]
+    sent = simulator.state.received[-1]
+    assert sent.path == "/v1/embeddings" and "encoding_format" not in sent.body and "user" not in sent.body
+    row = flushed_db(gw).get_record(raw.headers["x-draftgate-request-id"])
+    assert row is not None and (row.status_code, row.end_user, row.prompt_tokens) == (200, "u-7", 3)
+    encoded = client(gw).embeddings.create(model="embed-jina", input="x", encoding_format="base64").data[0].embedding
+    assert isinstance(encoded, str) and floats(encoded) == embedding_vector("x", 8)  # as OpenAI encodes it
+    plain = client(gw).embeddings.create(model="embed-jina", input="x", encoding_format="float").data[0].embedding
+    assert plain == embedding_vector("x", 8)
 
 
 def test_a_client_that_leaves_is_recorded_cancelled_and_billed(gw, simulator) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import random
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,6 +43,30 @@ def test_expired_entries_are_not_served_and_the_oldest_are_evicted(db: Database)
     cache.put(answer("c", now, reference_cost_usd=None))  # replaced in place, not added
     replaced = cache.get("c", now)
     assert cache.count() == 2 and replaced is not None and replaced.reference_cost_usd is None
+
+
+def test_concurrent_writes_neither_fail_nor_overfill(db: Database) -> None:
+    """Replicas (and one replica's worker threads) store answers at once, replacing keys and pruning expired ones;
+    on PostgreSQL some writes died in deadlocks (their answers lost) before one write at a time pruned."""
+    cache = ResponseCache(db, max_entries=20)
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(60):
+            try:
+                cache.put(answer(f"k{rng.randrange(40)}", datetime.now(UTC), ttl_s=rng.choice([0.01, 60])))
+            except Exception as exc:  # noqa: BLE001 - collected, then asserted on
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    cache.put(answer("last", datetime.now(UTC)))  # the next write evicts any written while another pruned
+    assert cache.count() <= 20 and cache.get("last", datetime.now(UTC)) is not None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
