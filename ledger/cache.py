@@ -7,6 +7,7 @@ past its `expires_at` is never served, and each write prunes the expired ones an
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,12 +41,22 @@ class CachedAnswer:
 COLUMNS = tuple(f.name for f in fields(CachedAnswer))
 
 
+def evict_interval(max_entries: int) -> int:
+    """How many writes apart a writer counts the table: 1 (every write) up to 100 entries, then 1% of the bound,
+    at most 64, so the overshoot stays within 1% of `max_entries` per writer."""
+    return max(1, min(64, max_entries // 100))
+
+
 class ResponseCache:
     """Reads and writes cached answers; `put` keeps the table within `max_entries`."""
 
     def __init__(self, db: Database, *, max_entries: int) -> None:
         self._db = db
         self._max_entries = max_entries
+        # Counting the table costs a scan (~50 ms at 100,000 entries on PostgreSQL here), so a writer counts on
+        # every `_evict_every`-th write only: the table may hold that many entries more per writer until it does.
+        self._evict_every = evict_interval(max_entries)
+        self._writes = itertools.count(1)  # next() is atomic under the GIL: the writers are worker threads
 
     @answered
     def get(self, key: str, now: datetime, max_age_s: float | None = None) -> CachedAnswer | None:
@@ -75,7 +86,9 @@ class ResponseCache:
             if dialect == "postgresql" and not connection.execute(
                     text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": WRITE_LOCK}).scalar_one():
                 return
-            connection.execute(delete(TABLE).where(TABLE.c.expires_at <= answer.created_at))
+            connection.execute(delete(TABLE).where(TABLE.c.expires_at <= answer.created_at))  # indexed: cheap
+            if next(self._writes) % self._evict_every:
+                return
             count = int(connection.execute(select(func.count()).select_from(TABLE)).scalar_one())
             if count > self._max_entries:
                 oldest = select(TABLE.c.key).order_by(TABLE.c.created_at, TABLE.c.key).limit(count - self._max_entries)
