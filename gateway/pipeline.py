@@ -205,6 +205,7 @@ class ChatPipeline:
         try:
             reservation = await self._budgets.reserve(principal, job, plan)
         except BaseException as exc:
+            headers_out.pop("x-draftgate-cache", None)  # refused, not answered from the cache: a 429 is no hit
             self._failed(job, None, principal, created_at, started, exc, None, headers_out, admitted=False)
             raise
         outcome = Outcome(route=Route.CACHE, provider_model=entry.provider_model, prompt_tokens=entry.prompt_tokens,

@@ -266,8 +266,9 @@ def test_a_hit_is_one_ledger_row_at_no_cost_with_its_savings_reported(gateway_fa
     assert 'draftgate_requests_total{model="gpt-4o-mini",route="cache",status="ok"} 2.0' in metrics
     # rpm counts a hit (alpha allows 4 a minute: three were served, one more is), dollars do not
     assert _ask(gw, key)[1]["x-draftgate-cache"] == "hit"
-    with pytest.raises(openai.RateLimitError):
+    with pytest.raises(openai.RateLimitError) as refused:
         _ask(gw, key)
+    assert "x-draftgate-cache" not in refused.value.response.headers  # a refusal was not answered from the cache
     with db.engine.connect() as connection:
         spent = connection.execute(text("SELECT metric, used, reserved FROM budget_usage WHERE scope = 'team:alpha'"))
         usage = {metric: (used, reserved) for metric, used, reserved in spent}
