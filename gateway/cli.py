@@ -69,7 +69,10 @@ def check_config(file: Annotated[Path, typer.Argument(help="the YAML file to che
     """Validate a config file: every problem with file, line and field path; non-zero exit on errors."""
     config = config_or_exit(settings_or_exit(file))
     classifier_or_exit(config)
-    warnings = [str(p) for p in policies.lint(config)] + local_model_or_exit(config, device_must_work=False)
+    from gateway.services import vector_size_mismatches
+
+    warnings = ([str(p) for p in policies.lint(config)] + local_model_or_exit(config, device_must_work=False)
+                + vector_size_mismatches(config))
     if config.local.enabled and config.local.backend == "vllm":
         typer.echo("note: local.backend is vllm: its servers load the checkpoint, so it is not checked here",
                    err=True)

@@ -46,6 +46,23 @@ def price_overrides(config: policies.GatewayConfig) -> dict[str, Price]:
             for m in config.models if m.price}
 
 
+def vector_size_mismatches(config: policies.GatewayConfig, prices: PriceBook | None = None) -> list[str]:
+    """Embedding aliases whose fallbacks return vectors of another length (LiteLLM's map lists the sizes): an
+    embeddings request the fallback serves gets vectors the client's index cannot take, with no error."""
+    prices = prices or PriceBook(price_overrides(config))
+    models = {m.name: m for m in config.models}
+    problems = []
+    for alias in config.models:
+        size = prices.vector_size(alias.model)
+        for name in alias.fallbacks:
+            other = prices.vector_size(models[name].model) if name in models else None
+            if size is not None and other is not None and other != size:
+                problems.append(f"models: {alias.name} ({alias.model}, {size}-dimension vectors) falls back to "
+                                f"{name} ({models[name].model}, {other}): an embeddings request it serves gets "
+                                f"vectors of another length")
+    return problems
+
+
 def engine_config(config: policies.GatewayConfig) -> EngineConfig:
     local = config.local
     return EngineConfig(model=local.model, backend=local.backend, device=local.device, dtype=local.dtype,
@@ -138,6 +155,8 @@ class Services:
             if self.pricing.hosted_cost(model, 1, 1) is None:
                 log.warning("model %s (%s) has no known price: its requests are recorded as unpriced", alias,
                             model.model)
+        for problem in vector_size_mismatches(self.config, self.prices):
+            log.warning("%s", problem)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()

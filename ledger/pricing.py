@@ -97,6 +97,15 @@ class PriceBook:
                              _per_mtok(entry.get("cache_creation_input_token_cost")))
         return None
 
+    def vector_size(self, model: str) -> int | None:
+        """How long an embedding model's vectors are, as LiteLLM's map lists it (None: not an embedding model, or
+        not listed)."""
+        for entry in self._entries(model):
+            size = entry.get("output_vector_size")
+            if isinstance(size, int) and not isinstance(size, bool):
+                return size
+        return None
+
     def supports_reasoning(self, model: str) -> bool:
         """LiteLLM's map says the model reasons before it answers (o-series, gpt-5, ...): such a model bills its
         reasoning as completion tokens, and OpenAI's refuse `max_tokens` and a `temperature` other than 1."""

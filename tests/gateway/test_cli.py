@@ -57,6 +57,24 @@ def test_check_config_ok_with_lint_warnings(tmp_path: Path) -> None:
     assert "OK (1 hosted model(s), 2 rule(s), 1 warning(s))" in result.stdout
 
 
+def test_check_config_warns_of_an_embedding_fallback_with_vectors_of_another_length(tmp_path: Path) -> None:
+    """An embeddings alias falling back to a model with longer vectors served them without a word: an app's vector
+    index then gets 3,072 numbers where it stores 1,536. LiteLLM's map lists each model's size."""
+    (tmp_path / "draftgate.yaml").write_text("""local: {enabled: false}
+policies: {default: {hosted: embed-old}}
+models:
+  - {name: embed, model: openai/text-embedding-3-small, api_key: sk-x, fallbacks: [embed-large, embed-old]}
+  - {name: embed-large, model: openai/text-embedding-3-large, api_key: sk-x}
+  - {name: embed-old, model: openai/text-embedding-ada-002, api_key: sk-x}
+""")
+    result = draftgate("check-config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("warning: models: embed (openai/text-embedding-3-small, 1536-dimension vectors) falls back to embed-large "
+            "(openai/text-embedding-3-large, 3072)") in result.stderr
+    assert "embed-old" not in result.stderr  # ada-002 has 1,536 too
+    assert "1 warning(s)" in result.stdout
+
+
 def test_check_config_without_a_file_checks_the_one_serve_would_read(tmp_path: Path) -> None:
     """With DRAFTGATE_CONFIG set (the compose file sets it), `draftgate check-config` was 'Missing argument'."""
     (tmp_path / "draftgate.yaml").write_text(BAD)
