@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -257,6 +257,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_error(request: Request, exc: Exception) -> Response:
         reply = reply_for(exc)
+        path = request.url.path
+        if path.endswith("/completions") and not path.endswith("/chat/completions") and (reply.param or "").startswith(
+                "messages"):  # a legacy completion's messages are its prompt: the client sent no `messages`
+            reply = replace(reply, param="prompt")
         if not isinstance(exc, KNOWN_ERRORS):
             log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         elif reply.status >= 500:  # expected failures (an upstream down, an invalid draft): one line each

@@ -121,6 +121,9 @@ def test_the_local_model_and_policy_rules_serve_completions(gateway_factory, sim
     with pytest.raises(openai.BadRequestError) as info:  # the in-process model returns no logprobs: said, not dropped
         client(gw).completions.create(model="local/diffusiongemma", prompt="x", logprobs=1)
     assert info.value.code == "unsupported_parameter" and info.value.param == "logprobs"
+    with pytest.raises(openai.BadRequestError) as info:  # named as the client sent it: it sent no `messages`
+        client(gw).completions.create(model="local/diffusiongemma", prompt="x " * 3000)
+    assert info.value.code == "context_length_exceeded" and info.value.param == "prompt"
 
 
 @pytest.mark.parametrize(("extra", "param"), [
