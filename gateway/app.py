@@ -7,7 +7,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from gateway.errors import install_error_handlers
 from gateway.middleware import BodyLimit, CanonicalRequest, DraftgateHeaders
-from gateway.routes import admin, chat, dashboard, embeddings, health, reports
+from gateway.routes import admin, chat, completions, dashboard, embeddings, health, reports
 from gateway.services import Services
 from gateway.settings import Settings
 from policies import GatewayConfig
@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     app.state.services = services
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -31,7 +31,8 @@ DEFAULT_DATA = Path("../shared/data/routellm")
 
 
 @route_app.command("explain")
-def route_explain(request_file: Annotated[Path, typer.Argument(help="a chat request body (JSON); - reads stdin")],
+def route_explain(request_file: Annotated[Path, typer.Argument(
+                      help="a chat (or completions) request body (JSON); - reads stdin")],
                   config: ConfigOpt = None,
                   team: Annotated[str | None, typer.Option(help="the caller's team")] = None,
                   key: Annotated[str | None, typer.Option(help="the caller's key name")] = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -201,6 +201,11 @@ def _named_param(error: Mapping[str, Any]) -> str | None:
     return getattr((error.get("ctx") or {}).get("error"), "param", None)
 
 
+def _named_code(error: Mapping[str, Any]) -> str:
+    """OpenAI's code a check gives (schemas.ParamError: `unsupported_parameter`), else `invalid_value`."""
+    return getattr((error.get("ctx") or {}).get("error"), "code", None) or "invalid_value"
+
+
 # What pydantic says of a body that is missing or not an object (a model validator's errors have the same `loc`)
 NOT_AN_OBJECT = frozenset({"missing", "model_type", "model_attributes_type", "dict_type"})
 
@@ -221,7 +226,7 @@ def _validation_reply(exc: RequestValidationError, *, wanted: str) -> ErrorReply
                           "unknown_parameter", param)
     message = "; ".join(f"{_named_param(e) or openai_param(e.get('loc', ())) or 'body'}: {validation_text(e)}"
                         for e in errors[:5])
-    return ErrorReply(400, message, "invalid_request_error", "invalid_value", param)
+    return ErrorReply(400, message, "invalid_request_error", _named_code(first), param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -231,6 +236,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         path = request.url.path
         wanted = ("a JSON object with `model` and `messages`" if path.endswith("/chat/completions")
+                  else "a JSON object with `model` and `prompt`" if path.endswith("/completions")
                   else "a JSON object with `model` and `input`" if path.endswith("/embeddings") else "a JSON object")
         return error_response(_validation_reply(exc, wanted=wanted), request_headers(request))
 
@@ -244,12 +250,17 @@ def install_error_handlers(app: FastAPI) -> None:
                                              "invalid_json"), request_headers(request))
         if exc.status_code == 404 and message == "Not Found":  # no such route (not a missing key or record)
             message = (f"draftgate does not serve {request.method} {request.url.path}; its OpenAI API is "
-                       "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models and GET /v1/models/{id}")
+                       "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models and "
+                       "GET /v1/models/{id}")
         headers = {**request_headers(request), **(exc.headers or {})}  # e.g. a 405's Allow
         return error_response(ErrorReply(exc.status_code, message, error_type, code), headers)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         reply = reply_for(exc)
+        path = request.url.path
+        if path.endswith("/completions") and not path.endswith("/chat/completions") and (reply.param or "").startswith(
+                "messages"):  # a legacy completion's messages are its prompt: the client sent no `messages`
+            reply = replace(reply, param="prompt")
         if not isinstance(exc, KNOWN_ERRORS):
             log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         elif reply.status >= 500:  # expected failures (an upstream down, an invalid draft): one line each

@@ -14,7 +14,7 @@ import policies
 from gateway.auth import Principal
 from gateway.errors import ModelNotAllowed, openai_param, reply_for, validation_text
 from gateway.pipeline import to_job
-from gateway.schemas import ChatRequest
+from gateway.schemas import ChatRequest, CompletionRequest
 from gateway.services import build_planner, hosted_models
 from ledger import KeyInfo
 from router import HostedClient, RoutingError
@@ -23,9 +23,12 @@ from router import HostedClient, RoutingError
 def explain_request(config: policies.GatewayConfig, request_file: Path, *, team: str | None,
                     key_name: str | None, virtual_key: KeyInfo | None = None) -> dict[str, Any]:
     """Rule, conditions and decision for one request body (`refusal`: the error the gateway would answer with
-    instead of serving it); ValueError for an unreadable request or an alias the gateway does not serve."""
+    instead of serving it); ValueError for an unreadable request or an alias the gateway does not serve. A body with
+    `prompt` and no `messages` is a /v1/completions request: explained as the chat request it is served as."""
     try:
-        body = ChatRequest.model_validate(json.loads(_read(request_file)))
+        raw = json.loads(_read(request_file))
+        legacy = isinstance(raw, dict) and "prompt" in raw and "messages" not in raw
+        body = CompletionRequest.model_validate(raw).to_chat() if legacy else ChatRequest.model_validate(raw)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{request_file}: cannot read a JSON request: {exc}") from None
     except ValidationError as exc:  # every problem at once, as check-config reports a config's

@@ -115,9 +115,9 @@ class CanonicalRequest:
 
 
 def _takes_json(method: str, path: str) -> bool:
-    """The routes whose body is JSON: a chat or embeddings request and the admin API's key bodies (`curl -d` to `/admin/keys`
+    """The routes whose body is JSON: a chat, completions or embeddings request and the admin API's key bodies (`curl -d` to `/admin/keys`
     was told its JSON object "must be a JSON object"). The dashboard's sign-in form keeps its form type."""
-    return (method == "POST" and path.endswith(("/chat/completions", "/embeddings"))) or (
+    return (method == "POST" and path.endswith(("/completions", "/embeddings"))) or (
         method in ("POST", "PATCH") and (path == "/admin/keys" or path.startswith("/admin/keys/")))
 
 

@@ -1,4 +1,4 @@
-"""One chat or embeddings request end to end: plan, serve, and account for it in the ledger and metrics."""
+"""One chat, completions or embeddings request end to end: plan, serve, and account for it in the ledger and metrics."""
 
 from __future__ import annotations
 
@@ -71,14 +71,14 @@ def _header_safe(text: str, limit: int = 512) -> str:
     return text.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace").decode("latin-1")[:limit]
 
 
-def to_job(body: ChatRequest, request_id: str) -> Job:
-    """The router's view of a validated request."""
+def to_job(body: ChatRequest, request_id: str, endpoint: str = CHAT) -> Job:
+    """The router's view of a validated request; `endpoint` COMPLETIONS for a legacy completion served as chat."""
     provider_body = body.upstream_body("")
     return Job(request_id=request_id, alias=body.model, body=body.model_dump(exclude_none=True, exclude={"cache"}),
                messages=[m.model_dump(exclude_none=True) for m in body.messages], stream=body.stream,
                wants_usage=body.wants_usage_chunk(), max_tokens=body.token_cap(), temperature=body.temperature,
                stop=tuple(body.stop_list()), seed=body.seed, n=body.n or 1, top_p=body.top_p,
-               sampling=body.sampling_options(), upstream_body=provider_body)
+               sampling=body.sampling_options(), upstream_body=provider_body, endpoint=endpoint)
 
 
 class ChatPipeline:
@@ -107,11 +107,11 @@ class ChatPipeline:
             await asyncio.sleep(0.02)
         return not self._open
 
-    async def _serve(self, body: ChatRequest, principal: Principal, request_id: str,
-                     headers_out: dict[str, str]) -> tuple[Job, Plan, Any, float, datetime, Reservation | None]:
+    async def _serve(self, body: ChatRequest, principal: Principal, request_id: str, headers_out: dict[str, str],
+                     endpoint: str) -> tuple[Job, Plan, Any, float, datetime, Reservation | None]:
         """Plans, reserves budget, and serves (or opens the stream); a failure is recorded, then raised."""
         started, created_at = time.perf_counter(), datetime.now(UTC)
-        job = to_job(body, request_id)
+        job = to_job(body, request_id, endpoint)
         self._open.add(request_id)
         plan: Plan | None = None
         reservation: Reservation | None = None
@@ -174,8 +174,8 @@ class ChatPipeline:
         assert outcome.body is not None
         return outcome.body, _headers(request_id, plan, outcome)
 
-    async def _lookup(self, body: ChatRequest, principal: Principal, request_id: str,
-                      headers_out: dict[str, str]) -> Lookup | None:
+    async def _lookup(self, body: ChatRequest, principal: Principal, request_id: str, headers_out: dict[str, str],
+                      endpoint: str) -> Lookup | None:
         """The response cache's decision, before routing; None when the cache is off, or when the request will be
         refused for its model (unknown, or not this key's), which no entry may answer."""
         if self._cache is None:
@@ -187,7 +187,7 @@ class ChatPipeline:
         try:
             lookup = await self._cache.lookup(body, principal)
         except BaseException as exc:  # a client gone while the database was read: recorded, as in planning
-            job = to_job(body, request_id)
+            job = to_job(body, request_id, endpoint)
             self._open.add(request_id)
             self._failed(job, None, principal, created_at, started, exc, None, headers_out, admitted=False)
             raise
@@ -195,11 +195,11 @@ class ChatPipeline:
         return lookup
 
     async def _hit(self, body: ChatRequest, principal: Principal, request_id: str, headers_out: dict[str, str],
-                   entry: CachedAnswer) -> tuple[Job, Plan, Outcome, float, datetime, Reservation | None]:
+                   entry: CachedAnswer, endpoint: str) -> tuple[Job, Plan, Outcome, float, datetime, Reservation | None]:
         """A request answered from the cache: it counts against rate limits (a request, its answer's tokens) and
         costs $0, since no model was called; a refused one is recorded as any refused request."""
         started, created_at = time.perf_counter(), datetime.now(UTC)
-        job = to_job(body, request_id)
+        job = to_job(body, request_id, endpoint)
         plan = Plan(route=Route.CACHE, alias=job.alias)
         self._open.add(request_id)
         try:
@@ -214,16 +214,17 @@ class ChatPipeline:
         headers_out.update(_headers(request_id, plan, outcome))
         return job, plan, outcome, started, created_at, reservation
 
-    async def complete(self, body: ChatRequest, principal: Principal, request_id: str,
-                       headers_out: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-        """Serves a non-streaming request; `headers_out` is filled as soon as the route is known."""
-        lookup = await self._lookup(body, principal, request_id, headers_out)
+    async def complete(self, body: ChatRequest, principal: Principal, request_id: str, headers_out: dict[str, str],
+                       endpoint: str = CHAT) -> tuple[dict[str, Any], dict[str, str]]:
+        """Serves a non-streaming request; `headers_out` is filled as soon as the route is known. `endpoint` names
+        the API the client called (its ledger rows say so), the answer is chat's either way."""
+        lookup = await self._lookup(body, principal, request_id, headers_out, endpoint)
         if lookup is not None and lookup.entry is not None:
             job, plan, outcome, started, created_at, reservation = await self._hit(body, principal, request_id,
-                                                                                    headers_out, lookup.entry)
+                                                                                    headers_out, lookup.entry, endpoint)
         else:
             job, plan, outcome, started, created_at, reservation = await self._serve(body, principal, request_id,
-                                                                                      headers_out)
+                                                                                      headers_out, endpoint)
         self._budgets.settle(reservation, outcome)
         cached = lookup.entry if lookup is not None else None
         self._record(job, plan, principal, outcome, created_at, started, "ok", 200, cached=cached)
@@ -232,19 +233,19 @@ class ChatPipeline:
             self._cache.store(lookup, request_id, outcome.body, outcome, self._reference(outcome))
         return outcome.body, _headers(request_id, plan, outcome) | _cache_header(lookup)
 
-    async def stream(self, body: ChatRequest, principal: Principal, request_id: str,
-                     headers_out: dict[str, str]) -> tuple[AsyncIterator[bytes], dict[str, str]]:
-        """Opens a stream (errors before the first byte become normal error responses)."""
-        lookup = await self._lookup(body, principal, request_id, headers_out)
+    async def stream(self, body: ChatRequest, principal: Principal, request_id: str, headers_out: dict[str, str],
+                     endpoint: str = CHAT) -> tuple[AsyncIterator[bytes], dict[str, str]]:
+        """Opens a stream of chat chunks as SSE (errors before the first byte become normal error responses)."""
+        lookup = await self._lookup(body, principal, request_id, headers_out, endpoint)
         if lookup is not None and lookup.entry is not None:  # replayed: its cost ($0) is known from the start
             job, plan, outcome, started, created_at, reservation = await self._hit(body, principal, request_id,
-                                                                                    headers_out, lookup.entry)
+                                                                                    headers_out, lookup.entry, endpoint)
             assert outcome.body is not None
             chunks = ChunkStream(outcome, replayed(outcome.body, wants_usage=job.wants_usage))
             headers = _headers(request_id, plan, outcome)
         else:
             job, plan, chunks, started, created_at, reservation = await self._serve(body, principal, request_id,
-                                                                                     headers_out)
+                                                                                     headers_out, endpoint)
             headers = _headers(request_id, plan, chunks.outcome, deferred=True)
         sse = self._sse(job, plan, principal, chunks, created_at, started, reservation, lookup)
         return sse, headers | _cache_header(lookup)
@@ -324,7 +325,7 @@ class ChatPipeline:
         latency_s = time.perf_counter() - started
         reference = cached.reference_cost_usd if cached is not None else self._reference(outcome)
         detail = dict(outcome.detail)
-        if job.endpoint != CHAT:  # reports tell an embeddings row from a chat one by it
+        if job.endpoint != CHAT:  # reports tell an embeddings or completions row from a chat one by it
             detail["endpoint"] = job.endpoint
         if outcome.cached_tokens:  # the local prefix cache's hits, or the provider's prompt-cache reads
             detail["cached_prompt_tokens"] = outcome.cached_tokens

@@ -1,4 +1,4 @@
-"""HTTP schemas at the edge: the OpenAI chat-completions and embeddings requests, validated strictly.
+"""HTTP schemas at the edge: the OpenAI chat-completions, completions and embeddings requests, validated strictly.
 
 Unknown top-level fields are refused (as OpenAI does) so a typo never silently changes behaviour;
 message objects allow provider extras (tool_calls, name, ...) because they are relayed, not read.
@@ -9,7 +9,7 @@ vLLM's common sampling extensions (`top_k`, `min_p`, `repetition_penalty`, sent 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,9 +70,10 @@ class ChatMessage(BaseModel):
 class ParamError(ValueError):
     """A request refused for want of another parameter: the error names `param`, as OpenAI's does."""
 
-    def __init__(self, param: str, message: str) -> None:
+    def __init__(self, param: str, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code  # OpenAI's code when not invalid_value (unsupported_parameter)
 
 
 class StreamOptions(BaseModel):
@@ -100,18 +101,17 @@ class CacheControl(BaseModel):
                                          allow_inf_nan=False)
 
 
-class ChatRequest(BaseModel):
-    """POST /v1/chat/completions body. Strict types, as OpenAI's API: `"max_tokens": "5"` or `"n": true` is a
-    400, not silently coerced."""
+class SamplingRequest(BaseModel):
+    """The fields the chat and the legacy completions requests share, validated alike: a completion is served as a
+    chat request, so the two must never accept different values for the same field. Strict types, as OpenAI's API:
+    `"max_tokens": "5"` or `"n": true` is a 400, not silently coerced."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
@@ -119,30 +119,9 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     user: str | None = Field(default=None, max_length=512)
     metadata: dict[str, str] | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = Field(default=None, max_length=512)
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    reasoning_effort: str | None = None
-    service_tier: str | None = None
-    store: bool | None = None
-    modalities: list[str] | None = None
-    prediction: dict[str, Any] | None = None
-    prompt_cache_key: str | None = None
-    safety_identifier: str | None = None
-    verbosity: str | None = None
-    functions: list[dict[str, Any]] | None = Field(default=None, max_length=128)  # deprecated, still in the SDK
-    function_call: str | dict[str, Any] | None = None
-    web_search_options: dict[str, Any] | None = None
-    audio: dict[str, Any] | None = None
-    prompt_cache_retention: str | None = None
-    prompt_cache_options: dict[str, Any] | None = None
-    moderation: dict[str, Any] | None = None  # the local route refuses it: it runs no moderation
     # vLLM's extensions, sent through extra_body; "off" is top_k -1 or 0, min_p 0, repetition_penalty 1
     top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -169,6 +148,50 @@ class ChatRequest(BaseModel):
         if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
             raise ValueError("metadata takes at most 16 keys of at most 64 characters with values of at most 512")
         return value
+
+    @model_validator(mode="after")
+    def _one_token_cap(self) -> Self:
+        if self.stream_options is not None and not self.stream:
+            raise ParamError("stream_options", "stream_options is only allowed when stream is true")
+        return self
+
+    @model_validator(mode="after")
+    def _relayable(self) -> Self:
+        # JSON admits lone surrogate escapes ("\ud800") and integers of any size; neither can be relayed
+        # upstream, journalled or matched as text, so they are refused here rather than failing later as a 500.
+        try:
+            orjson.dumps(self.model_dump(exclude_none=True))
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"the request holds a value that cannot be relayed as JSON: {exc}") from None
+        return self
+
+
+class ChatRequest(SamplingRequest):
+    """POST /v1/chat/completions body."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=512)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    verbosity: str | None = None
+    functions: list[dict[str, Any]] | None = Field(default=None, max_length=128)  # deprecated, still in the SDK
+    function_call: str | dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None  # the local route refuses it: it runs no moderation
 
     @field_validator("response_format")
     @classmethod
@@ -197,12 +220,6 @@ class ChatRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_token_cap(self) -> ChatRequest:
-        if self.stream_options is not None and not self.stream:
-            raise ParamError("stream_options", "stream_options is only allowed when stream is true")
-        return self
-
-    @model_validator(mode="after")
     def _tool_choice_needs_tools(self) -> ChatRequest:
         # OpenAI refuses these; served locally without tools, "required" would silently get plain text.
         if self.tools is not None and not self.tools:
@@ -211,16 +228,6 @@ class ChatRequest(BaseModel):
             raise ParamError("tool_choice", "tool_choice is only allowed when tools are specified")
         if self.function_call is not None and self.function_call != "none" and not self.functions:
             raise ParamError("function_call", "function_call is only allowed when functions are specified")
-        return self
-
-    @model_validator(mode="after")
-    def _relayable(self) -> ChatRequest:
-        # JSON admits lone surrogate escapes ("\ud800") and integers of any size; neither can be relayed
-        # upstream, journalled or matched as text, so they are refused here rather than failing later as a 500.
-        try:
-            orjson.dumps(self.model_dump(exclude_none=True))
-        except orjson.JSONEncodeError as exc:
-            raise ValueError(f"the request holds a value that cannot be relayed as JSON: {exc}") from None
         return self
 
     def token_cap(self) -> int | None:
@@ -257,6 +264,61 @@ class ChatRequest(BaseModel):
             # usage chunk again when the client did not ask for it.
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
+
+
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's (and vLLM's) max_tokens for /v1/completions when left out
+SERVED_AS_CHAT = "draftgate serves /v1/completions as a chat request (the prompt as one user message)"
+
+
+def _unsupported(param: str, what: str) -> ParamError:
+    return ParamError(param, f"{what} is not supported: {SERVED_AS_CHAT}", code="unsupported_parameter")
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions body (OpenAI's legacy text completions), served as a chat request, as LiteLLM's
+    text_completion serves chat models: what a chat request cannot express (several prompts, token ids, `suffix`,
+    `echo`, `best_of`) is a 400 naming the parameter, never silently dropped."""
+
+    prompt: str
+    suffix: str | None = None
+    echo: bool | None = None
+    best_of: int | None = Field(default=None, ge=1, le=20)
+    logprobs: int | None = Field(default=None, ge=0, le=20)  # served as chat's logprobs + top_logprobs
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_text_prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]  # the SDK's `prompt=["..."]`
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            raise _unsupported("prompt", f"a list of {len(value)} prompts (send one request per prompt)")
+        if _token_ids(value) or (isinstance(value, list) and value and all(_token_ids(v) for v in value)):
+            raise _unsupported("prompt", "a prompt of token ids (send its text)")
+        if not isinstance(value, str):
+            raise ValueError("prompt must be a string, or an array of one string")
+        return value
+
+    @model_validator(mode="after")
+    def _served_as_chat(self) -> CompletionRequest:
+        if self.suffix:
+            raise _unsupported("suffix", "suffix (insertion)")
+        if self.echo:
+            raise _unsupported("echo", "echo: true")
+        if self.best_of is not None and self.best_of > 1:
+            raise _unsupported("best_of", "best_of above 1 (use n)")
+        if self.best_of is not None and self.n is not None and self.n > self.best_of:
+            raise ParamError("best_of", "best_of must be at least n")
+        return self
+
+    def to_chat(self) -> ChatRequest:
+        """The chat request this completion is served as: the prompt as one user message, max_tokens 16 when left
+        out, as OpenAI's completions default it; `logprobs: k` as chat's logprobs with k top_logprobs."""
+        shared = {name: getattr(self, name) for name in SamplingRequest.model_fields}
+        fields = {name: value for name, value in shared.items() if value is not None}
+        fields["max_tokens"] = self.max_tokens or DEFAULT_COMPLETION_TOKENS
+        if self.logprobs is not None:
+            fields |= {"logprobs": True, "top_logprobs": self.logprobs}
+        return ChatRequest(messages=[ChatMessage(role="user", content=self.prompt)], **fields)
 
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on `input` items per request

@@ -15,7 +15,7 @@ from router.errors import (
 )
 from router.executor import ChunkStream, Executor
 from router.hosted import Attempt, HostedClient, HostedModel, HostedResult, HostedStream
-from router.job import CHAT, EMBEDDINGS, Job, Outcome, Plan, Route
+from router.job import CHAT, COMPLETIONS, EMBEDDINGS, Job, Outcome, Plan, Route
 from router.judge import priced_judge
 from router.planner import Planner, facts_for
 from router.pricing import Pricing
@@ -23,6 +23,7 @@ from router.transport import AttemptFailed, StreamBroken
 
 __all__ = [
     "CHAT",
+    "COMPLETIONS",
     "EMBEDDINGS",
     "Attempt",
     "AttemptFailed",

@@ -24,6 +24,7 @@ class Route(str, enum.Enum):
 
 CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
+COMPLETIONS = "completions"  # the legacy text-completions API, served as a chat request
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Job:
     top_p: float | None = None
     sampling: SamplingOptions = field(default_factory=SamplingOptions)  # applied by only some local backends
     upstream_body: dict[str, Any] = field(default_factory=dict)  # body for hosted models, model filled in later
-    endpoint: str = CHAT  # which API the client called: CHAT or EMBEDDINGS
+    endpoint: str = CHAT  # which API the client called: CHAT, COMPLETIONS or EMBEDDINGS
 
 
 # vLLM's sampling extensions steer the local draft. A cascade's client named the cascade's alias, not its

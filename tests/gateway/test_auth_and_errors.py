@@ -25,7 +25,7 @@ def test_missing_and_wrong_keys_are_401_json(gateway_factory, simulator) -> None
 
 def test_an_endpoint_draftgate_does_not_serve_says_which_it_does(gateway_factory, simulator) -> None:
     gw = gateway_factory(hosted_config(simulator.base_url))
-    for path in ("/v1/completions", "/v1/responses", "/v1/audio/speech"):
+    for path in ("/v1/responses", "/v1/audio/speech", "/v1/images/generations"):
         r = httpx.post(gw.url + path, json={"model": "gpt-4o-mini", "input": "hi"},
                        headers={"authorization": f"Bearer {MASTER_KEY}"})
         error = r.json()["error"]

@@ -313,6 +313,18 @@ def test_route_explain(tmp_path: Path) -> None:
     assert "model: " in worse.stderr and "messages[0].role: " in worse.stderr
 
 
+def test_route_explain_of_a_completions_request_explains_the_chat_request_it_is_served_as(tmp_path: Path) -> None:
+    """A /v1/completions body was refused for want of `messages`: it is explained as the gateway serves it."""
+    (tmp_path / "draftgate.yaml").write_text(RULES.replace("has_response_format: true}", "content: {keywords: [jsonify]}}", 1))
+    (tmp_path / "req.json").write_text(json.dumps({"model": "auto", "prompt": "please jsonify this", "echo": False}))
+    result = draftgate("route", "explain", "req.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "matched rule: json-to-big" in result.stdout and "decision: hosted (big)" in result.stdout
+    (tmp_path / "bad.json").write_text(json.dumps({"model": "auto", "prompt": "x", "suffix": "y"}))
+    bad = draftgate("route", "explain", "bad.json", "--config", "draftgate.yaml", cwd=tmp_path)
+    assert bad.returncode == 2 and "suffix" in bad.stderr and "not supported" in bad.stderr
+
+
 def test_route_explain_reads_the_request_from_stdin_on_a_dash(tmp_path: Path) -> None:
     (tmp_path / "draftgate.yaml").write_text(RULES)
     request = {"model": "auto", "messages": [{"role": "user", "content": "x"}],

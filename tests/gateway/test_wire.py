@@ -69,7 +69,7 @@ def test_a_trailing_slash_is_served_not_redirected(gateway_factory, simulator, r
     assert streamed.status_code == 200 and _events(streamed)
     card = httpx.get(gw.url + "/v1/models/local/diffusiongemma/", headers=AUTH, timeout=30)
     assert card.status_code == 200 and card.json()["id"] == "local/diffusiongemma"
-    unknown = httpx.post(gw.url + "/v1/completions/", headers=AUTH, json={}, timeout=30)
+    unknown = httpx.post(gw.url + "/v1/responses/", headers=AUTH, json={}, timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
 
 
