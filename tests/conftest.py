@@ -36,6 +36,16 @@ MASTER_KEY = "sk-master-test-0123456789"
 ACCEPT_ALL = EntropyBoundSamplerConfig(entropy_bound=1e9)
 
 
+@pytest.fixture(autouse=True)
+def _metrics_mode_is_left_as_found() -> Iterator[None]:
+    """`serve --workers` code sets PROMETHEUS_MULTIPROC_DIR in the process: a test that leaves it set puts every
+    later gateway of its pytest worker in multiprocess mode, counting other gateways' metrics (order-dependent
+    failures far from the cause). The leaking test fails instead."""
+    before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    yield
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") == before, "this test left PROMETHEUS_MULTIPROC_DIR changed"
+
+
 @pytest.fixture
 def simulator() -> Iterator[SimulatorServer]:
     """A fresh simulated provider per test."""

@@ -281,11 +281,13 @@ def test_replicas_sharing_a_data_dir_each_get_a_metrics_folder_of_their_own(
     from gateway.metrics_folder import METRICS_LOCK, share_metrics_between_workers
     from gateway.settings import Settings
 
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # set through monkeypatch before each call, so the value each call leaves is undone after the test (a delenv
+    # of a variable not set records nothing: the path the call set leaked into every later test of the process)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
     data = tmp_path / "data"
     first = share_metrics_between_workers(Settings(data_dir=data, worker_id="gateway-1"))
     try:
-        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")  # as in another container, which has not set it
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # as in another container, which has not set it
         second = share_metrics_between_workers(Settings(data_dir=data, worker_id="gateway-2"))
         second.close()
     finally:
