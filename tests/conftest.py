@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
 from collections.abc import Callable, Iterator
@@ -44,6 +45,24 @@ def _metrics_mode_is_left_as_found() -> Iterator[None]:
     before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     yield
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") == before, "this test left PROMETHEUS_MULTIPROC_DIR changed"
+
+
+@pytest.fixture(autouse=True)
+def _logging_is_left_as_found() -> Iterator[None]:
+    """`serve` run in-process (CliRunner) configures logging with handlers on the runner's stderr, which is closed
+    once the command returns: every later log line of the pytest worker (alembic's at each migrate) became a
+    '--- Logging error ---' in the next CliRunner's output, and its JSON did not parse. Each logger's handlers,
+    level and flags are put back after every test; loggers a test created lose what it gave them."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    yield
+    for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(lg, logging.Logger):
+            handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
 
 
 @pytest.fixture
