@@ -78,13 +78,5 @@ class Embedder:
     async def _unanswered(self, job: Job, attempts: Sequence[Attempt]) -> Outcome:
         """Attempts without a usable answer: each the provider bills (a broken 200, one in flight when the client
         left) is charged its input, counted here; one refused with an error status costs nothing."""
-        last = attempts[-1] if attempts else None
-        outcome = Outcome(route=Route.HOSTED, provider_model=last.provider_model if last else None,
-                          attempts=[a.as_dict() for a in attempts])
-        for attempt in (a for a in attempts if a.billed):
-            model = self._hosted.get(attempt.alias)
-            tokens = await self._counted(model.model, job)
-            outcome.prompt_tokens += tokens
-            outcome.add_hosted_cost(self._pricing.hosted_cost(model, tokens, 0))
-            outcome.detail["usage_estimated"] = True
-        return outcome
+        return Outcome.unanswered(attempts, await self._pricing.unanswered_bills(
+            attempts, lambda model: self._counted(model, job)))

@@ -229,16 +229,8 @@ class Executor:
         when its client left, a 200 whose body was broken) is charged at least its prompt, counted here as for
         a stream without usage (`usage_estimated`); one left between attempts (a backoff), or failed with an
         error status, costs nothing."""
-        last = attempts[-1] if attempts else None
-        outcome = Outcome(route=Route.HOSTED, provider_model=last.provider_model if last else None,
-                          attempts=[a.as_dict() for a in attempts])
-        bills = await self._pricing.unanswered_bills(attempts, job.messages, self._tokens)
-        for tokens, cost in bills:
-            outcome.prompt_tokens += tokens
-            outcome.add_hosted_cost(cost)
-        if bills:
-            outcome.detail["usage_estimated"] = True
-        return outcome
+        return Outcome.unanswered(attempts, await self._pricing.unanswered_bills(
+            attempts, lambda model: counted(self._tokens.prompt_tokens, model, job.messages)))
 
     async def _carry_abandoned(self, exc: BaseException, job: Job, attempts: Sequence[Attempt]) -> None:
         """Puts the attempts and what they cost on the error: its row lists them, and `/metrics` counts them, as a

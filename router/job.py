@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ from local_engine import SamplingOptions
 
 if TYPE_CHECKING:
     from router.cascade import CascadeSpec
+    from router.hosted import Attempt
 
 
 class Route(str, enum.Enum):
@@ -121,6 +123,20 @@ class Outcome:
         if other.hosted_cost_usd is not None:
             self.add_hosted_cost(other.hosted_cost_usd)
         self.unpriced = self.unpriced or other.unpriced
+
+    @classmethod
+    def unanswered(cls, attempts: Sequence[Attempt], bills: Sequence[tuple[int, float | None]]) -> Outcome:
+        """What hosted attempts without a usable answer cost (`bills`: each billed one's prompt tokens and USD,
+        counted here, hence `usage_estimated`); the model of the last attempt, none when none was made."""
+        last = attempts[-1] if attempts else None
+        outcome = cls(route=Route.HOSTED, provider_model=last.provider_model if last else None,
+                      attempts=[a.as_dict() for a in attempts])
+        for tokens, cost in bills:
+            outcome.prompt_tokens += tokens
+            outcome.add_hosted_cost(cost)
+        if bills:
+            outcome.detail["usage_estimated"] = True
+        return outcome
 
     def add_billed_attempts(self, billed: Outcome) -> None:
         """Adds what earlier attempts were billed though they answered nothing usable (a broken 200): their

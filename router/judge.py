@@ -8,7 +8,7 @@ from typing import Any
 from router.errors import UpstreamError
 from router.hosted import Attempt, HostedClient, HostedModel, answer_usage
 from router.pricing import Pricing
-from router.usage import TokenEstimator, answer_text
+from router.usage import TokenEstimator, answer_text, counted
 from router.verifiers import JudgeFn, JudgeReply
 
 JUDGE_MAX_TOKENS = 16  # `SCORE: N`, with room to spare
@@ -37,7 +37,8 @@ def priced_judge(hosted: HostedClient, pricing: Pricing) -> JudgeFn:
         try:
             result = await hosted.complete(alias, judge_body(hosted.chain(alias), pricing, messages), attempts)
         except (UpstreamError, asyncio.CancelledError) as exc:  # a call given up in flight is billed its prompt too
-            if bills := await pricing.unanswered_bills(attempts, messages, tokens):
+            if bills := await pricing.unanswered_bills(
+                    attempts, lambda model: counted(tokens.prompt_tokens, model, messages)):
                 costs = [cost for _, cost in bills]
                 exc.outcome = JudgeReply(  # type: ignore[union-attr]  # a CancelledError takes the slot too
                     "", None if None in costs else sum(c or 0.0 for c in costs), sum(n for n, _ in bills))

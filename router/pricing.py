@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from ledger import PriceBook
 from router.hosted import Attempt, HostedClient, HostedModel
-from router.usage import TokenEstimator, counted
 
 
 class Pricing:
@@ -43,12 +41,13 @@ class Pricing:
         return self.hosted_cost(self._hosted.get(self._reference), prompt_tokens, completion_tokens, cached_tokens,
                                 cache_write_tokens)
 
-    async def unanswered_bills(self, attempts: Sequence[Attempt], messages: Sequence[Mapping[str, Any]],
-                               tokens: TokenEstimator) -> list[tuple[int, float | None]]:
+    async def unanswered_bills(self, attempts: Sequence[Attempt], count: Callable[[str], Awaitable[int]],
+                               ) -> list[tuple[int, float | None]]:
         """(prompt tokens, USD) of each attempt the provider billed without a usable answer (a 200 whose body
-        was broken, one abandoned in flight): at least its prompt, counted here; None where no price is known."""
+        was broken, one abandoned in flight): at least its input, counted here by `count` for the attempt's
+        provider model (a chat request's messages, an embeddings input); None where no price is known."""
         bills = []
         for model in (self._hosted.get(a.alias) for a in attempts if a.billed):
-            prompt_tokens = await counted(tokens.prompt_tokens, model.model, messages)
+            prompt_tokens = await count(model.model)
             bills.append((prompt_tokens, self.hosted_cost(model, prompt_tokens, 0)))
         return bills
