@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -15,7 +15,7 @@ from gateway.deps import PrincipalDep, ServicesDep
 from gateway.pipeline import SHUTDOWN_REASON
 from gateway.schemas import ChatRequest
 from gateway.services import Services
-from router import UnknownModelError
+from router import CHAT, UnknownModelError
 
 router = APIRouter()
 T = TypeVar("T")
@@ -26,6 +26,15 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 @router.post("/chat/completions", include_in_schema=False)
 async def chat_completions(body: ChatRequest, request: Request, principal: PrincipalDep) -> Response:
     """Serves a chat completion from the route the policy picks; SSE when `stream` is true."""
+    return await served(body, request, principal)
+
+
+async def served(body: ChatRequest, request: Request, principal: PrincipalDep, endpoint: str = CHAT,
+                 as_json: Callable[[dict[str, Any]], dict[str, Any]] = lambda answer: answer,
+                 as_events: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] = lambda events: events,
+                 ) -> Response:
+    """A chat request through the pipeline, its answer rendered by `as_json` / `as_events` (the identity for
+    chat; another endpoint served as chat, such as legacy completions, renders its own shape)."""
     # app.state, not ServicesDep: FastAPI runs the sync `get_services` dependency in its thread pool, a
     # thread hop per request that bench/gateway_overhead's profile showed on the hot path.
     services: Services = request.app.state.services
@@ -33,20 +42,20 @@ async def chat_completions(body: ChatRequest, request: Request, principal: Princ
     headers_out = request.state.draftgate_headers
     if body.stream:  # until its first byte (a queued stream waits here); then the SSE response watches
         opened = await unless_disconnected(request, services.pipeline.stream(
-            body, principal, request.state.request_id, headers_out))
+            body, principal, request.state.request_id, headers_out, endpoint))
         if opened is None:
             return Response(status_code=499)
         chunks, headers = opened
         # no-cache and x-accel-buffering: a proxy in front (nginx buffers by default) would otherwise hold the
         # events back and hand the client the whole answer at once
-        return StreamingResponse(chunks, media_type="text/event-stream",
+        return StreamingResponse(as_events(chunks), media_type="text/event-stream",
                                  headers={**headers, **SSE_HEADERS})
     result = await unless_disconnected(request, services.pipeline.complete(
-        body, principal, request.state.request_id, headers_out))
+        body, principal, request.state.request_id, headers_out, endpoint))
     if result is None:
-        return Response(status_code=499)  # nobody reads it
+        return Response(status_code=499)  # nobody reads it; its row says cancelled
     answer, headers = result
-    return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+    return Response(orjson.dumps(as_json(answer)), media_type="application/json", headers=headers)
 
 
 async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
